@@ -1,0 +1,123 @@
+"""PostgreSQL access: the asyncpg pool, start-up checks and migrations.
+
+Every service keeps its tables in a schema of its own name and migrates it
+with yoyo from plain ``.sql`` files in ``services/<name>/migrations``. yoyo
+takes a lock in the database, so replicas starting together apply each
+migration once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+import asyncpg
+from yoyo import get_backend, read_migrations
+
+from infra.errors import StartupError
+from infra.logging import get_logger
+
+log = get_logger(__name__)
+
+
+def redact_dsn(dsn: str) -> str:
+    """The DSN without its password, fit for a log line or an error message."""
+    parts = urlsplit(dsn)
+    if parts.password is None:
+        return dsn
+    netloc = parts.netloc.replace(f":{parts.password}@", ":***@")
+    return urlunsplit(parts._replace(netloc=netloc))
+
+
+def _yoyo_uri(dsn: str, schema: str) -> str:
+    parts = urlsplit(dsn)
+    query = dict(parse_qsl(parts.query))
+    query["schema"] = schema
+    return urlunsplit(parts._replace(scheme="postgresql+psycopg", query=urlencode(query)))
+
+
+async def init_connection(connection: asyncpg.Connection) -> None:
+    await connection.set_type_codec(
+        "jsonb", encoder=json.dumps, decoder=json.loads, schema="pg_catalog"
+    )
+
+
+async def create_pool(
+    dsn: str, schema: str, *, min_size: int = 1, max_size: int = 10, timeout: float = 20.0
+) -> asyncpg.Pool:
+    """Open a pool whose connections see ``schema`` first, or fail clearly.
+
+    Retries until ``timeout`` so that a service started together with its
+    database does not need an external wait loop.
+    """
+    deadline = asyncio.get_running_loop().time() + timeout
+    while True:
+        try:
+            pool = await asyncpg.create_pool(
+                dsn,
+                min_size=min_size,
+                max_size=max_size,
+                init=init_connection,
+                server_settings={"search_path": f"{schema},public"},
+            )
+        except (OSError, asyncpg.PostgresError, asyncio.TimeoutError) as error:
+            if asyncio.get_running_loop().time() >= deadline:
+                raise StartupError(
+                    f"PostgreSQL at {redact_dsn(dsn)} is not reachable: {error}. "
+                    "Start it or set DATABASE_URL."
+                ) from error
+            await asyncio.sleep(0.5)
+        else:
+            assert pool is not None
+            return pool
+
+
+def _apply_migrations(dsn: str, schema: str, directories: list[Path]) -> list[str]:
+    backend = get_backend(_yoyo_uri(dsn, schema))
+    migrations = read_migrations(*(str(directory) for directory in directories))
+    with backend.lock():
+        pending = backend.to_apply(migrations)
+        backend.apply_migrations(pending)
+    return [migration.id for migration in pending]
+
+
+async def migrate(dsn: str, schema: str, directories: list[Path]) -> list[str]:
+    """Create the service's schema and apply its pending migrations, in order."""
+    connection = await asyncpg.connect(dsn)
+    try:
+        await connection.execute(f'CREATE SCHEMA IF NOT EXISTS "{schema}"')
+    finally:
+        await connection.close()
+    applied = await asyncio.to_thread(_apply_migrations, dsn, schema, directories)
+    if applied:
+        log.info("db.migrated", schema=schema, migrations=applied)
+    return applied
+
+
+async def migrate_with_retry(
+    dsn: str, schema: str, directories: list[Path], *, timeout: float
+) -> list[str]:
+    """:func:`migrate`, waiting up to ``timeout`` for the database to answer."""
+    deadline = asyncio.get_running_loop().time() + timeout
+    while True:
+        try:
+            return await migrate(dsn, schema, directories)
+        except (OSError, asyncio.TimeoutError) as error:
+            if asyncio.get_running_loop().time() >= deadline:
+                raise StartupError(
+                    f"PostgreSQL at {redact_dsn(dsn)} is not reachable: {error}. "
+                    "Start it or set DATABASE_URL."
+                ) from error
+            await asyncio.sleep(0.5)
+        except asyncpg.InvalidCatalogNameError as error:
+            raise StartupError(
+                f"PostgreSQL at {redact_dsn(dsn)} has no such database: {error}. "
+                "Create it or correct DATABASE_URL."
+            ) from error
+
+
+def record_to_dict(record: asyncpg.Record | None) -> dict[str, Any] | None:
+    return None if record is None else dict(record.items())

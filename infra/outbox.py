@@ -1,0 +1,175 @@
+"""The transactional outbox and its relay.
+
+Services never publish to Kafka from a request or handler. They call
+:func:`enqueue` in the same PostgreSQL transaction as the state change, so an
+event exists exactly when the change committed. The :class:`OutboxRelay`
+then publishes pending rows in id order and marks them published.
+
+* **Key order.** One relay per schema is active at a time (a PostgreSQL
+  advisory lock elects it), and it publishes a batch in id order, waiting
+  for the broker's acknowledgement before marking rows. Events with the same
+  key therefore reach their partition in commit order.
+* **No busy polling.** An insert trigger sends ``NOTIFY <schema>_outbox`` on
+  commit; the relay sleeps on that channel, with a slow safety poll in case a
+  notification is missed while reconnecting.
+* **Crash safety.** A row is marked only after Kafka acknowledged it, so a
+  crash re-publishes at most the last batch; consumers de-duplicate by
+  ``event_id`` (see :mod:`infra.inbox`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from datetime import timedelta
+from typing import Protocol
+
+import asyncpg
+from aiokafka import AIOKafkaProducer
+from aiokafka.errors import KafkaError
+
+from infra.db import init_connection
+from infra.logging import get_logger
+
+log = get_logger(__name__)
+
+INSERT = "INSERT INTO outbox (topic, key, payload, headers) VALUES ($1, $2, $3, $4)"
+PENDING = """
+SELECT id, topic, key, payload, headers FROM outbox
+WHERE published_at IS NULL ORDER BY id LIMIT $1
+"""
+MARK_PUBLISHED = "UPDATE outbox SET published_at = now() WHERE id = ANY($1::bigint[])"
+PURGE_PUBLISHED = "DELETE FROM outbox WHERE published_at < now() - $1::interval"
+BACKLOG = "SELECT count(*) FROM outbox WHERE published_at IS NULL"
+
+
+class OutboxEvent(Protocol):
+    """What :func:`enqueue` needs of an event: the contracts' envelopes fit."""
+
+    TOPIC: str
+
+    @property
+    def type(self) -> str: ...
+
+    @property
+    def correlation_id(self) -> str: ...
+
+    def key(self) -> str: ...
+
+    def model_dump_json(self) -> str: ...
+
+
+async def enqueue(connection: asyncpg.Connection, *events: OutboxEvent) -> None:
+    """Stage events for publication in the caller's open transaction."""
+    assert connection.is_in_transaction(), "enqueue must share the state change's transaction"
+    await connection.executemany(
+        INSERT,
+        [
+            (
+                event.TOPIC,
+                event.key(),
+                event.model_dump_json().encode(),
+                {"type": event.type, "correlation_id": event.correlation_id},
+            )
+            for event in events
+        ],
+    )
+
+
+async def backlog(pool: asyncpg.Pool) -> int:
+    return int(await pool.fetchval(BACKLOG))
+
+
+class OutboxRelay:
+    """Publishes a schema's outbox rows to Kafka; run one per service process."""
+
+    def __init__(
+        self,
+        dsn: str,
+        schema: str,
+        producer: AIOKafkaProducer,
+        *,
+        batch_size: int = 500,
+        safety_poll_seconds: float = 5.0,
+        retention: timedelta = timedelta(hours=24),
+    ) -> None:
+        self._dsn = dsn
+        self._schema = schema
+        self._producer = producer
+        self._batch_size = batch_size
+        self._safety_poll = safety_poll_seconds
+        self._retention = retention
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self.published = 0
+
+    @property
+    def channel(self) -> str:
+        return f"{self._schema}_outbox"
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name=f"outbox-relay-{self._schema}")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+    async def _run(self) -> None:
+        while True:
+            try:
+                await self._serve()
+            except (OSError, asyncpg.PostgresError, KafkaError) as error:
+                log.warning("outbox.relay.retrying", schema=self._schema, error=str(error))
+                await asyncio.sleep(1.0)
+
+    async def _serve(self) -> None:
+        connection = await asyncpg.connect(
+            self._dsn, server_settings={"search_path": self._schema}
+        )
+        try:
+            await init_connection(connection)
+            await self._become_leader(connection)
+            await connection.add_listener(self.channel, self._on_notify)
+            log.info("outbox.relay.started", schema=self._schema)
+            await connection.execute(PURGE_PUBLISHED, self._retention)
+            while True:
+                self._wake.clear()
+                published = await self.publish_pending(connection)
+                if published < self._batch_size:
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(self._wake.wait(), self._safety_poll)
+        finally:
+            with contextlib.suppress(Exception):
+                await connection.close()
+
+    async def _become_leader(self, connection: asyncpg.Connection) -> None:
+        # Session-level lock: released by PostgreSQL if this process dies.
+        while not await connection.fetchval(
+            "SELECT pg_try_advisory_lock(hashtext($1))", self.channel
+        ):
+            await asyncio.sleep(self._safety_poll)
+
+    def _on_notify(self, *_: object) -> None:
+        self._wake.set()
+
+    async def publish_pending(self, connection: asyncpg.Connection) -> int:
+        """Publish one batch of pending rows in id order; returns how many."""
+        rows = await connection.fetch(PENDING, self._batch_size)
+        if not rows:
+            return 0
+        sends = [
+            await self._producer.send(
+                row["topic"],
+                value=row["payload"],
+                key=row["key"].encode(),
+                headers=[(name, str(value).encode()) for name, value in row["headers"].items()],
+            )
+            for row in rows
+        ]
+        await asyncio.gather(*sends)
+        await connection.execute(MARK_PUBLISHED, [row["id"] for row in rows])
+        self.published += len(rows)
+        log.debug("outbox.published", schema=self._schema, count=len(rows))
+        return len(rows)

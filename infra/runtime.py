@@ -1,0 +1,203 @@
+"""What every service process does around its own code.
+
+A :class:`ServiceRuntime` owns the connections a service needs (the asyncpg
+pool, the FastStream broker, the outbox relay and its producer), brings them
+up in order with clear errors, and tears them down in reverse. :func:`serve`
+runs it together with the service's HTTP app under uvicorn.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import uvicorn
+from aiokafka import AIOKafkaProducer
+from fastapi import APIRouter, FastAPI
+from fastapi.responses import JSONResponse
+from faststream.kafka import KafkaBroker
+
+from infra import db
+from infra.errors import StartupError
+from infra.logging import configure_logging, get_logger
+from infra.outbox import OutboxRelay
+from infra.broker import start_producer
+from infra.settings import ServiceSettings
+
+log = get_logger(__name__)
+
+INFRA_MIGRATIONS = Path(__file__).parent / "migrations"
+
+ReadinessCheck = Callable[[], Awaitable[bool]]
+
+
+class ServiceRuntime:
+    """The infrastructure of one service process."""
+
+    def __init__(
+        self,
+        settings: ServiceSettings,
+        *,
+        schema: str,
+        migrations: Path,
+        broker: KafkaBroker | None = None,
+        relay: bool = True,
+    ) -> None:
+        self.settings = settings
+        self.schema = schema
+        self.migrations = migrations
+        self.broker = broker
+        self._with_relay = relay
+        self._pool: asyncpg.Pool | None = None
+        self._producer: AIOKafkaProducer | None = None
+        self.relay: OutboxRelay | None = None
+        self.readiness_checks: dict[str, ReadinessCheck] = {
+            "database": self._database_ready,
+            "broker": self._broker_ready,
+        }
+        self._on_start: list[Callable[[], Awaitable[None]]] = []
+        self._on_stop: list[Callable[[], Awaitable[None]]] = []
+
+    @property
+    def pool(self) -> asyncpg.Pool:
+        if self._pool is None:
+            raise RuntimeError("the service runtime has not started")
+        return self._pool
+
+    def on_start(self, hook: Callable[[], Awaitable[None]]) -> None:
+        """Run ``hook`` after the database and broker are up."""
+        self._on_start.append(hook)
+
+    def on_stop(self, hook: Callable[[], Awaitable[None]]) -> None:
+        self._on_stop.append(hook)
+
+    async def start(self) -> None:
+        settings = self.settings
+        await db.migrate_with_retry(
+            settings.database_url,
+            self.schema,
+            [INFRA_MIGRATIONS, self.migrations],
+            timeout=settings.startup_timeout_seconds,
+        )
+        self._pool = await db.create_pool(
+            settings.database_url,
+            self.schema,
+            min_size=settings.db_pool_min,
+            max_size=settings.db_pool_max,
+            timeout=settings.startup_timeout_seconds,
+        )
+        if self._with_relay:
+            self._producer = await start_producer(settings)
+            self.relay = OutboxRelay(settings.database_url, self.schema, self._producer)
+            self.relay.start()
+        if self.broker is not None:
+            await self._start_broker(self.broker)
+        for hook in self._on_start:
+            await hook()
+        log.info("service.started", port=settings.port)
+
+    async def _start_broker(self, broker: KafkaBroker) -> None:
+        try:
+            await asyncio.wait_for(broker.start(), self.settings.startup_timeout_seconds)
+        except Exception as error:
+            raise StartupError(
+                f"Kafka at {self.settings.kafka_bootstrap_servers} is not reachable: "
+                f"{error or type(error).__name__}. Start it or set KAFKA_BOOTSTRAP_SERVERS."
+            ) from error
+
+    async def stop(self) -> None:
+        for hook in reversed(self._on_stop):
+            await hook()
+        if self.broker is not None:
+            await self.broker.stop()
+        if self.relay is not None:
+            await self.relay.stop()
+        if self._producer is not None:
+            await self._producer.stop()
+        if self._pool is not None:
+            await self._pool.close()
+        log.info("service.stopped")
+
+    async def _database_ready(self) -> bool:
+        await self.pool.fetchval("SELECT 1")
+        return True
+
+    async def _broker_ready(self) -> bool:
+        if self.broker is not None:
+            return bool(await self.broker.ping(timeout=2.0))
+        return self._producer is not None
+
+
+def health_router(runtime: ServiceRuntime) -> APIRouter:
+    """``/healthz`` (the process answers) and ``/readyz`` (it can do its work)."""
+    router = APIRouter(tags=["health"])
+
+    @router.get("/healthz")
+    async def healthz() -> dict[str, str]:
+        """The process is alive."""
+        return {"status": "ok"}
+
+    @router.get("/readyz")
+    async def readyz() -> JSONResponse:
+        """Database and broker reachable, projections caught up."""
+        results: dict[str, bool] = {}
+        for name, check in runtime.readiness_checks.items():
+            try:
+                results[name] = await asyncio.wait_for(check(), 3.0)
+            except Exception:
+                results[name] = False
+        ready = all(results.values())
+        return JSONResponse(
+            {"status": "ready" if ready else "not ready", "checks": results},
+            status_code=200 if ready else 503,
+        )
+
+    return router
+
+
+def serve(app: FastAPI, runtime: ServiceRuntime) -> None:
+    """Run a service until SIGINT/SIGTERM; start-up failures exit 2 with one clear line."""
+    settings = runtime.settings
+    configure_logging(settings.service_name, settings.log_level, settings.log_json)
+    sys.exit(asyncio.run(_serve(app, runtime)))
+
+
+async def _serve(app: FastAPI, runtime: ServiceRuntime) -> int:
+    settings = runtime.settings
+    try:
+        await runtime.start()
+    except StartupError as error:
+        log.error("service.start_failed", reason=str(error))
+        await _stop_quietly(runtime)
+        return 2
+    config = uvicorn.Config(
+        app,
+        host=settings.host,
+        port=settings.port,
+        log_config=None,
+        access_log=False,
+        lifespan="off",
+    )
+    server = uvicorn.Server(config)
+    try:
+        await server.serve()
+    finally:
+        await runtime.stop()
+    return 0 if server.started else 2
+
+
+async def _stop_quietly(runtime: ServiceRuntime) -> None:
+    try:
+        await runtime.stop()
+    except Exception as error:  # already failing; say so and go on
+        log.warning("service.stop_failed", error=str(error))
+
+
+def app_with_health(runtime: ServiceRuntime, **fastapi_options: Any) -> FastAPI:
+    app = FastAPI(**fastapi_options)
+    app.include_router(health_router(runtime))
+    return app

@@ -1,0 +1,115 @@
+"""Settings shared by every service.
+
+Each service has one pydantic-settings class with its own env prefix
+(``RULES_``, ``TRIGGER_``, ...). The infrastructure settings also read the
+unprefixed names (``DATABASE_URL``, ``KAFKA_BOOTSTRAP_SERVERS``, ``SMTP_URL``,
+``LOG_LEVEL``, ...), so one variable points every service at an external
+server while a prefixed one still overrides it for a single service.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any, ClassVar, Literal
+
+from pydantic import Field
+from pydantic.fields import FieldInfo
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+)
+
+RunMode = Literal["development", "production"]
+
+#: Settings every service also reads without its prefix.
+SHARED_NAMES = frozenset(
+    {
+        "mode",
+        "database_url",
+        "kafka_bootstrap_servers",
+        "kafka_idempotent_producer",
+        "kafka_security_protocol",
+        "kafka_sasl_mechanism",
+        "kafka_sasl_username",
+        "kafka_sasl_password",
+        "smtp_url",
+        "log_level",
+        "log_json",
+        "token_issuer_url",
+    }
+)
+
+
+class SharedEnvSource(PydanticBaseSettingsSource):
+    """Reads the unprefixed, platform-wide names of :data:`SHARED_NAMES`."""
+
+    def get_field_value(self, field: FieldInfo, field_name: str) -> tuple[Any, str, bool]:
+        name = f"POINTS_{field_name.upper()}" if field_name == "mode" else field_name.upper()
+        return os.environ.get(name), name, False
+
+    def __call__(self) -> dict[str, Any]:
+        values: dict[str, Any] = {}
+        for field_name, field in self.settings_cls.model_fields.items():
+            if field_name not in SHARED_NAMES:
+                continue
+            value, _, _ = self.get_field_value(field, field_name)
+            if value not in (None, ""):
+                values[field_name] = value
+        return values
+
+
+class ServiceSettings(BaseSettings):
+    """The infrastructure part of every service's settings."""
+
+    model_config = SettingsConfigDict(extra="ignore", env_ignore_empty=True)
+
+    service_name: ClassVar[str] = "service"
+
+    mode: RunMode = Field(
+        default="production",
+        description="`development` relaxes checks meant for the open internet, such as "
+        "callbacks to 127.0.0.1; `points dev` sets it (POINTS_MODE).",
+    )
+    host: str = Field(default="127.0.0.1", description="Address the HTTP server binds.")
+    port: int = Field(default=8000, description="Port the HTTP server binds.")
+    database_url: str = Field(
+        default="postgresql://postgres@127.0.0.1:5432/points",
+        description="PostgreSQL DSN; each service keeps its tables in its own schema.",
+    )
+    db_pool_min: int = 1
+    db_pool_max: int = 10
+    kafka_bootstrap_servers: str = Field(
+        default="127.0.0.1:9092", description="Comma-separated Kafka bootstrap servers."
+    )
+    kafka_idempotent_producer: bool = Field(
+        default=False,
+        description="Idempotent producer with acks=all: turn on with Apache Kafka. "
+        "The embedded Tansu broker refuses idempotent producers.",
+    )
+    kafka_security_protocol: str = "PLAINTEXT"
+    kafka_sasl_mechanism: str | None = None
+    kafka_sasl_username: str | None = None
+    kafka_sasl_password: str | None = None
+    log_level: str = "INFO"
+    log_json: bool | None = Field(
+        default=None, description="JSON log lines; by default JSON unless stderr is a terminal."
+    )
+    startup_timeout_seconds: float = Field(
+        default=20.0, description="How long start-up waits for PostgreSQL and Kafka."
+    )
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        return (init_settings, env_settings, SharedEnvSource(settings_cls), file_secret_settings)
+
+    @property
+    def is_development(self) -> bool:
+        return self.mode == "development"
