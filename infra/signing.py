@@ -1,0 +1,64 @@
+"""Callback signatures and the derivation of callback-signing secrets.
+
+Callbacks carry ``X-Points-Signature: t=<unix seconds>,v1=<hex>``, where the
+hex is HMAC-SHA256 over ``"<t>.<raw body>"`` keyed with the client's
+callback-signing secret. Receivers recompute it and refuse stale timestamps.
+
+Signing secrets are never stored. Each client has a random, public salt
+(carried on ``clients.lifecycle.v1``); the secret is
+HMAC-SHA256(platform signing key, ``client_id:salt``), so the rules service
+can show it once at creation and the notifier can recompute it to sign,
+while neither the database nor the event log holds it. Rotating the secret
+means drawing a new salt.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import secrets
+import time
+
+SIGNATURE_HEADER = "X-Points-Signature"
+EVENT_ID_HEADER = "X-Points-Event-Id"
+DEFAULT_TOLERANCE_SECONDS = 300
+
+
+def new_salt() -> str:
+    return secrets.token_urlsafe(16)
+
+
+def derive_signing_secret(platform_key: str, client_id: str, salt: str) -> str:
+    digest = hmac.new(
+        platform_key.encode(), f"{client_id}:{salt}".encode(), hashlib.sha256
+    ).digest()
+    return "whsec_" + base64.urlsafe_b64encode(digest).decode().rstrip("=")
+
+
+def sign(secret: str, body: bytes, timestamp: int | None = None) -> str:
+    """The header value for ``body`` signed at ``timestamp`` (now by default)."""
+    moment = int(time.time()) if timestamp is None else timestamp
+    mac = hmac.new(secret.encode(), f"{moment}.".encode() + body, hashlib.sha256)
+    return f"t={moment},v1={mac.hexdigest()}"
+
+
+def verify(
+    secret: str,
+    body: bytes,
+    header: str,
+    *,
+    tolerance: int = DEFAULT_TOLERANCE_SECONDS,
+    now: int | None = None,
+) -> bool:
+    """True when ``header`` signs ``body`` with ``secret`` within ``tolerance`` seconds."""
+    try:
+        fields = dict(part.split("=", 1) for part in header.split(","))
+        moment = int(fields["t"])
+    except (ValueError, KeyError):
+        return False
+    current = int(time.time()) if now is None else now
+    if abs(current - moment) > tolerance:
+        return False
+    expected = sign(secret, body, moment).split(",", 1)[1].removeprefix("v1=")
+    return hmac.compare_digest(expected, fields.get("v1", ""))
