@@ -1,0 +1,97 @@
+"""Every Kafka topic name and event schema of the points platform.
+
+Services import their messages from here and nowhere else, so a change to a
+message is a change to this package, seen in review and caught by the schema
+drift check (`python -m contracts.export --check`).
+"""
+
+from typing import Any
+
+from contracts.clients_lifecycle import (
+    ClientLifecycleEvent,
+    ClientLifecycleType,
+    ClientSnapshot,
+    ClientStatus,
+)
+from contracts.envelope import ContractModel, Environment, EventEnvelope
+from contracts.notifications_requested import (
+    EmailAddress,
+    ShareEmailRequested,
+    ShareEmailRequestedEvent,
+    ShareEmailRequestedType,
+)
+from contracts.points_requested import (
+    PointsRequested,
+    PointsRequestedEvent,
+    PointsRequestedType,
+    member_key,
+)
+from contracts.points_results import (
+    PointsResult,
+    PointsResultEvent,
+    PointsResultStatus,
+    PointsResultType,
+)
+from contracts.rules_lifecycle import (
+    RuleLifecycleEvent,
+    RuleLifecycleType,
+    RuleSnapshot,
+    RuleStatus,
+    RuleType,
+)
+from contracts.topics import (
+    ALL_TOPICS,
+    CLIENTS_LIFECYCLE,
+    NOTIFICATIONS_REQUESTED,
+    POINTS_REQUESTED,
+    POINTS_RESULTS,
+    RULES_LIFECYCLE,
+    TopicSpec,
+)
+
+# Topic name -> the one event class its messages parse into.
+EVENT_TYPES: dict[str, type[EventEnvelope[Any]]] = {
+    event.TOPIC: event
+    for event in (
+        RuleLifecycleEvent,
+        ClientLifecycleEvent,
+        PointsRequestedEvent,
+        PointsResultEvent,
+        ShareEmailRequestedEvent,
+    )
+}
+
+__all__ = [
+    "ALL_TOPICS",
+    "CLIENTS_LIFECYCLE",
+    "EVENT_TYPES",
+    "NOTIFICATIONS_REQUESTED",
+    "POINTS_REQUESTED",
+    "POINTS_RESULTS",
+    "RULES_LIFECYCLE",
+    "ClientLifecycleEvent",
+    "ClientLifecycleType",
+    "ClientSnapshot",
+    "ClientStatus",
+    "ContractModel",
+    "EmailAddress",
+    "Environment",
+    "EventEnvelope",
+    "PointsRequested",
+    "PointsRequestedEvent",
+    "PointsRequestedType",
+    "PointsResult",
+    "PointsResultEvent",
+    "PointsResultStatus",
+    "PointsResultType",
+    "RuleLifecycleEvent",
+    "RuleLifecycleType",
+    "RuleSnapshot",
+    "RuleStatus",
+    "RuleType",
+    "ShareEmailRequested",
+    "ShareEmailRequestedEvent",
+    "ShareEmailRequestedType",
+    "TopicSpec",
+    "member_key",
+]

@@ -1,0 +1,62 @@
+"""Topic `clients.lifecycle.v1`: API clients registered, revoked or rotated."""
+
+from typing import ClassVar, Literal, Self, get_args
+
+from pydantic import AwareDatetime, Field, model_validator
+
+from contracts.envelope import ContractModel, Environment, EventEnvelope
+from contracts.topics import CLIENTS_LIFECYCLE
+
+ClientStatus = Literal["active", "revoked"]
+ClientLifecycleType = Literal["client.registered", "client.revoked", "client.secret_rotated"]
+
+
+class ClientSnapshot(ContractModel):
+    """An API client as the trigger gateway and the notifier need to know it.
+
+    No secret, and no hash of a secret, is ever carried: the topic is readable
+    by every service and kept forever by compaction. Callback signatures use a
+    per-client secret that the notifier derives from ``signing_key_salt`` with a
+    key only the server side holds; the salt alone signs nothing.
+    """
+
+    client_id: str = Field(min_length=1, description="The OAuth2 client id.")
+    org_id: str = Field(min_length=1, description="Organisation that owns the client.")
+    environment: Environment = Field(description="The only environment the client may act in.")
+    name: str = Field(min_length=1, description="Name the operator gave the client.")
+    status: ClientStatus = Field(description="Revoked clients can no longer trigger rules.")
+    signing_key_salt: str = Field(
+        min_length=1,
+        description=(
+            "Public, non-secret salt from which the notifier derives the client's"
+            " callback-signing secret with a server-side key. Not a secret or a hash."
+        ),
+    )
+    rotated_at: AwareDatetime | None = Field(
+        default=None, description="When the client's secret was last rotated; null if never."
+    )
+
+
+class ClientLifecycleEvent(EventEnvelope[ClientSnapshot]):
+    """Sent when an API client is registered, revoked, or has its secret rotated."""
+
+    TOPIC: ClassVar[str] = CLIENTS_LIFECYCLE
+    VERSION: ClassVar[int] = 1
+    TYPES: ClassVar[tuple[str, ...]] = get_args(ClientLifecycleType)
+
+    type: ClientLifecycleType = Field(description="What happened to the client.")
+
+    def key(self) -> str:
+        """The client id, so one client's changes stay in order and compact together."""
+        return self.data.client_id
+
+    @model_validator(mode="after")
+    def _data_matches_envelope_and_type(self) -> Self:
+        self._check_data_belongs_to_envelope(
+            environment=self.data.environment, org_id=self.data.org_id
+        )
+        if self.type == "client.revoked" and self.data.status != "revoked":
+            raise ValueError("a client.revoked event carries a client with status 'revoked'")
+        if self.type == "client.secret_rotated" and self.data.rotated_at is None:
+            raise ValueError("a client.secret_rotated event carries the client's rotated_at")
+        return self

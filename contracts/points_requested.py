@@ -1,0 +1,54 @@
+"""Topic `points.requested.v1`: earn and redeem requests accepted by the gateway."""
+
+from typing import ClassVar, Literal, get_args
+from uuid import UUID
+
+from pydantic import AwareDatetime, Field
+
+from contracts.envelope import ContractModel, EventEnvelope
+from contracts.rules_lifecycle import RuleType
+from contracts.topics import POINTS_REQUESTED
+
+PointsRequestedType = Literal["points.requested"]
+
+
+class PointsRequested(ContractModel):
+    """A verified request to move a member's points, for the ledger to apply."""
+
+    request_id: str = Field(
+        min_length=1, description="The developer's idempotency key, unique per client."
+    )
+    transaction_id: UUID = Field(
+        description="Id the gateway gave the transaction; the ledger records it as is."
+    )
+    client_id: str = Field(min_length=1, description="API client that made the request.")
+    rule_id: str = Field(min_length=1, description="Rule that was triggered.")
+    rule_version: int = Field(
+        ge=1, description="Version of the rule the request was checked against."
+    )
+    user_id: str = Field(min_length=1, description="Member whose points move.")
+    type: RuleType = Field(description="Earn adds points to the member; redeem takes them away.")
+    amount: int = Field(gt=0, description="Number of points to move; always positive.")
+    callback_url: str | None = Field(
+        default=None, description="Where the outcome is posted; null for no callback."
+    )
+    requested_at: AwareDatetime = Field(description="When the gateway accepted the request.")
+
+
+class PointsRequestedEvent(EventEnvelope[PointsRequested]):
+    """Sent when the trigger gateway accepts an earn or redeem request (it answered 202)."""
+
+    TOPIC: ClassVar[str] = POINTS_REQUESTED
+    VERSION: ClassVar[int] = 1
+    TYPES: ClassVar[tuple[str, ...]] = get_args(PointsRequestedType)
+
+    type: PointsRequestedType = Field(description="Always `points.requested`.")
+
+    def key(self) -> str:
+        """`environment:org_id:user_id`, so one member's requests stay in order."""
+        return member_key(self.environment, self.org_id, self.data.user_id)
+
+
+def member_key(environment: str, org_id: str, user_id: str) -> str:
+    """The Kafka key of a member's points messages: `environment:org_id:user_id`."""
+    return f"{environment}:{org_id}:{user_id}"
