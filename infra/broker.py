@@ -49,7 +49,7 @@ def broker_security(settings: ServiceSettings) -> BaseSecurity | None:
         }
         if mechanism not in classes:
             raise StartupError(f"KAFKA_SASL_MECHANISM {mechanism!r} is not supported")
-        return classes[mechanism](username, password, ssl_context=context)  # type: ignore[no-any-return]
+        return classes[mechanism](username, password, ssl_context=context)
     if use_ssl:
         return BaseSecurity(ssl_context=context)
     return None

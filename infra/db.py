@@ -63,7 +63,7 @@ async def create_pool(
                 init=init_connection,
                 server_settings={"search_path": f"{schema},public"},
             )
-        except (OSError, asyncpg.PostgresError, asyncio.TimeoutError) as error:
+        except (TimeoutError, OSError, asyncpg.PostgresError) as error:
             if asyncio.get_running_loop().time() >= deadline:
                 raise StartupError(
                     f"PostgreSQL at {redact_dsn(dsn)} is not reachable: {error}. "
@@ -105,7 +105,7 @@ async def migrate_with_retry(
     while True:
         try:
             return await migrate(dsn, schema, directories)
-        except (OSError, asyncio.TimeoutError) as error:
+        except (TimeoutError, OSError) as error:
             if asyncio.get_running_loop().time() >= deadline:
                 raise StartupError(
                     f"PostgreSQL at {redact_dsn(dsn)} is not reachable: {error}. "
@@ -121,3 +121,10 @@ async def migrate_with_retry(
 
 def record_to_dict(record: asyncpg.Record | None) -> dict[str, Any] | None:
     return None if record is None else dict(record.items())
+
+
+async def connect(dsn: str, schema: str) -> asyncpg.Connection:
+    """One connection that sees ``schema`` first (for commands and tools)."""
+    connection = await asyncpg.connect(dsn, server_settings={"search_path": f"{schema},public"})
+    await init_connection(connection)
+    return connection

@@ -22,7 +22,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from datetime import timedelta
-from typing import Protocol
+from typing import ClassVar, Protocol
 
 import asyncpg
 from aiokafka import AIOKafkaProducer
@@ -46,7 +46,7 @@ BACKLOG = "SELECT count(*) FROM outbox WHERE published_at IS NULL"
 class OutboxEvent(Protocol):
     """What :func:`enqueue` needs of an event: the contracts' envelopes fit."""
 
-    TOPIC: str
+    TOPIC: ClassVar[str]
 
     @property
     def type(self) -> str: ...
@@ -125,9 +125,7 @@ class OutboxRelay:
                 await asyncio.sleep(1.0)
 
     async def _serve(self) -> None:
-        connection = await asyncpg.connect(
-            self._dsn, server_settings={"search_path": self._schema}
-        )
+        connection = await asyncpg.connect(self._dsn, server_settings={"search_path": self._schema})
         try:
             await init_connection(connection)
             await self._become_leader(connection)
@@ -146,7 +144,7 @@ class OutboxRelay:
 
     async def _become_leader(self, connection: asyncpg.Connection) -> None:
         # Session-level lock: released by PostgreSQL if this process dies.
-        while not await connection.fetchval(
+        while not await connection.fetchval(  # noqa: ASYNC110 - polling another process's lock
             "SELECT pg_try_advisory_lock(hashtext($1))", self.channel
         ):
             await asyncio.sleep(self._safety_poll)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import asyncpg
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
@@ -80,9 +81,22 @@ def install_problem_handlers(app: FastAPI) -> None:
         summary, errors = _validation_detail(error)
         return problem_response(Problem(summary, code="INVALID_REQUEST", errors=errors))
 
+    @app.exception_handler(OSError)
+    @app.exception_handler(asyncpg.PostgresConnectionError)
+    @app.exception_handler(asyncpg.InterfaceError)
+    @app.exception_handler(asyncpg.CannotConnectNowError)
+    async def _unavailable(_: Request, error: Exception) -> JSONResponse:
+        # The database is down or unreachable: say so, and let the caller retry.
+        return problem_response(
+            Problem(
+                "the service cannot record requests right now; retry later",
+                status=503,
+                code="SERVICE_UNAVAILABLE",
+                headers={"Retry-After": "5"},
+            )
+        )
+
     @app.exception_handler(StarletteHTTPException)
     async def _http(_: Request, error: StarletteHTTPException) -> JSONResponse:
         code = {404: "NOT_FOUND", 405: "METHOD_NOT_ALLOWED"}.get(error.status_code, "HTTP_ERROR")
-        return problem_response(
-            Problem(str(error.detail), status=error.status_code, code=code)
-        )
+        return problem_response(Problem(str(error.detail), status=error.status_code, code=code))

@@ -12,7 +12,6 @@ import asyncio
 import sys
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any
 
 import asyncpg
 import uvicorn
@@ -20,12 +19,13 @@ from aiokafka import AIOKafkaProducer
 from fastapi import APIRouter, FastAPI
 from fastapi.responses import JSONResponse
 from faststream.kafka import KafkaBroker
+from pydantic import ValidationError
 
 from infra import db
+from infra.broker import start_producer
 from infra.errors import StartupError
 from infra.logging import configure_logging, get_logger
 from infra.outbox import OutboxRelay
-from infra.broker import start_producer
 from infra.settings import ServiceSettings
 
 log = get_logger(__name__)
@@ -159,8 +159,21 @@ def health_router(runtime: ServiceRuntime) -> APIRouter:
     return router
 
 
-def serve(app: FastAPI, runtime: ServiceRuntime) -> None:
-    """Run a service until SIGINT/SIGTERM; start-up failures exit 2 with one clear line."""
+def serve(build: Callable[[], tuple[FastAPI, ServiceRuntime]]) -> None:
+    """Build a service and run it until SIGINT/SIGTERM.
+
+    Bad settings and unreachable dependencies exit 2 with one clear line
+    instead of a traceback.
+    """
+    try:
+        app, runtime = build()
+    except ValidationError as error:
+        problems = "; ".join(
+            f"{'.'.join(str(part) for part in item['loc']) or 'settings'}: {item['msg']}"
+            for item in error.errors()
+        )
+        print(f"invalid settings: {problems}", file=sys.stderr)
+        sys.exit(2)
     settings = runtime.settings
     configure_logging(settings.service_name, settings.log_level, settings.log_json)
     sys.exit(asyncio.run(_serve(app, runtime)))
@@ -195,9 +208,3 @@ async def _stop_quietly(runtime: ServiceRuntime) -> None:
         await runtime.stop()
     except Exception as error:  # already failing; say so and go on
         log.warning("service.stop_failed", error=str(error))
-
-
-def app_with_health(runtime: ServiceRuntime, **fastapi_options: Any) -> FastAPI:
-    app = FastAPI(**fastapi_options)
-    app.include_router(health_router(runtime))
-    return app

@@ -10,6 +10,7 @@ server while a prefixed one still overrides it for a single service.
 from __future__ import annotations
 
 import os
+from pathlib import Path
 from typing import Any, ClassVar, Literal
 
 from pydantic import Field
@@ -113,3 +114,33 @@ class ServiceSettings(BaseSettings):
     @property
     def is_development(self) -> bool:
         return self.mode == "development"
+
+
+def project_root() -> Path:
+    """The repository root (the project is installed in editable mode)."""
+    return Path(__file__).resolve().parent.parent
+
+
+def var_dir() -> Path:
+    """Where the embedded stack keeps its state (``POINTS_VAR_DIR``, else ``<root>/var``)."""
+    return Path(os.environ.get("POINTS_VAR_DIR") or project_root() / "var")
+
+
+def load_stack_environment(path: Path) -> bool:
+    """Adopt the connection settings a running ``points dev`` wrote to ``path``.
+
+    Variables already set win, so an operator can still aim elsewhere.
+    Returns False when there is no such file.
+    """
+    if not path.is_file():
+        return False
+    for line in path.read_text().splitlines():
+        name, sep, value = line.partition("=")
+        if sep and name.strip() and not name.startswith("#"):
+            os.environ.setdefault(name.strip(), value.strip())
+    return True
+
+
+def environment_overrides() -> dict[str, str]:
+    """The current process environment, for children that should inherit it."""
+    return dict(os.environ)

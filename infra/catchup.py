@@ -1,0 +1,56 @@
+"""Readiness of a projection: has its consumer group caught up with the topics?
+
+At start-up we note each partition's end offset; the projection is caught up
+once the group's committed offsets reach those marks. It then stays ready:
+later lag is normal operation, not a reason to leave the load balancer.
+"""
+
+from __future__ import annotations
+
+from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient
+
+from infra.settings import ServiceSettings
+
+
+class CatchUp:
+    def __init__(self, settings: ServiceSettings, group_id: str, topics: list[str]) -> None:
+        self._servers = settings.kafka_bootstrap_servers.split(",")
+        self._group_id = group_id
+        self._topics = topics
+        self._marks: dict[TopicPartition, int] | None = None
+        self._caught_up = False
+
+    async def mark(self) -> None:
+        """Remember where the topics end now."""
+        consumer = AIOKafkaConsumer(bootstrap_servers=self._servers, enable_auto_commit=False)
+        await consumer.start()
+        try:
+            partitions = [
+                TopicPartition(topic, partition)
+                for topic in self._topics
+                for partition in sorted(consumer.partitions_for_topic(topic) or ())
+            ]
+            ends = await consumer.end_offsets(partitions) if partitions else {}
+        finally:
+            await consumer.stop()
+        self._marks = {tp: offset for tp, offset in ends.items() if offset > 0}
+
+    async def caught_up(self) -> bool:
+        if self._caught_up:
+            return True
+        if self._marks is None:
+            return False
+        if self._marks:
+            admin = AIOKafkaAdminClient(bootstrap_servers=self._servers)
+            await admin.start()
+            try:
+                committed = await admin.list_consumer_group_offsets(self._group_id)
+            finally:
+                await admin.close()
+            for tp, mark in self._marks.items():
+                meta = committed.get(tp)
+                if meta is None or meta.offset < mark:
+                    return False
+        self._caught_up = True
+        return True

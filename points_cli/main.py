@@ -1,0 +1,104 @@
+"""``points``: the operator's command line.
+
+It reads the same settings as the services (``DATABASE_URL`` and friends) and,
+when none are set, the connection details a running ``points dev`` left in
+``var/dev.env``, so it works against ``make run`` with no flags.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+from collections.abc import Callable, Coroutine
+from typing import Any
+
+from infra.errors import StartupError
+from infra.problems import Problem
+from infra.settings import load_stack_environment, var_dir
+
+Command = Callable[[argparse.Namespace], Coroutine[Any, Any, int]]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from points_cli import commands
+
+    parser = argparse.ArgumentParser(prog="points", description="Operate the points platform.")
+    topics = parser.add_subparsers(dest="topic", required=True)
+
+    org = topics.add_parser("org", help="organisations").add_subparsers(
+        dest="action", required=True
+    )
+    create = org.add_parser("create", help="create an organisation")
+    create.add_argument("name")
+    create.add_argument("--timezone", default="UTC")
+    create.add_argument("--json", action="store_true")
+    create.set_defaults(run=commands.org_create)
+
+    user = topics.add_parser("user", help="business users").add_subparsers(
+        dest="action", required=True
+    )
+    create = user.add_parser("create", help="create a business user")
+    create.add_argument("--org", required=True)
+    create.add_argument("--email", required=True)
+    create.add_argument("--password", required=True)
+    create.add_argument("--role", default="admin", choices=["admin", "editor", "viewer"])
+    create.add_argument("--json", action="store_true")
+    create.set_defaults(run=commands.user_create)
+
+    client = topics.add_parser("client", help="API clients").add_subparsers(
+        dest="action", required=True
+    )
+    create = client.add_parser("create", help="create an API client (secrets shown once)")
+    create.add_argument("--org", required=True)
+    create.add_argument("--environment", required=True, choices=["staging", "production"])
+    create.add_argument("--name", required=True)
+    create.add_argument("--json", action="store_true")
+    create.set_defaults(run=commands.client_create)
+    revoke = client.add_parser("revoke", help="revoke an API client at once")
+    revoke.add_argument("client_id")
+    revoke.set_defaults(run=commands.client_revoke)
+    rotate = client.add_parser("rotate-secret", help="issue a new secret; the old one overlaps")
+    rotate.add_argument("client_id")
+    rotate.add_argument("--json", action="store_true")
+    rotate.set_defaults(run=commands.client_rotate)
+
+    ledger = topics.add_parser("ledger", help="the points ledger").add_subparsers(
+        dest="action", required=True
+    )
+    verify = ledger.add_parser("verify", help="check the ledger's invariants")
+    verify.set_defaults(run=commands.ledger_verify)
+
+    migrate = topics.add_parser("migrate", help="apply every service's database migrations")
+    migrate.set_defaults(run=commands.migrate)
+
+    dev = topics.add_parser("dev", help="run the whole platform on one machine (make run)")
+    dev.set_defaults(run=commands.dev)
+    return parser
+
+
+def emit(value: dict[str, Any], as_json: bool) -> None:
+    if as_json:
+        print(json.dumps(value))
+    else:
+        for key, item in value.items():
+            print(f"{key}: {item}")
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
+    if args.topic != "dev":
+        load_stack_environment(var_dir() / "dev.env")
+    run: Command = args.run
+    try:
+        code = asyncio.run(run(args))
+    except Problem as problem:
+        print(f"points: {problem.detail}", file=sys.stderr)
+        code = 1
+    except StartupError as error:
+        print(f"points: {error}", file=sys.stderr)
+        code = 2
+    except KeyboardInterrupt:
+        code = 130
+    sys.exit(code)

@@ -1,0 +1,7 @@
+"""``python -m services.rules``: run the rules service."""
+
+from infra.runtime import serve
+from services.rules.app import create_app
+
+if __name__ == "__main__":
+    serve(create_app)

@@ -1,0 +1,326 @@
+"""HTTP routes of the rules service: thin translations into service calls."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Annotated, Any
+from urllib.parse import parse_qs
+
+import asyncpg
+import jwt
+from fastapi import APIRouter, Depends, Request
+from fastapi.responses import JSONResponse
+
+from infra.http import Forbidden, Unauthorized, bearer_token
+from infra.logging import get_logger
+from infra.tokens import ALGORITHM, JWKS_PATH, REALM_PATH, TOKEN_PATH
+from services.rules import service
+from services.rules.schemas import (
+    LoginRequest,
+    RuleCreate,
+    RuleUpdate,
+    RuleView,
+    ShareInfo,
+    StatusChange,
+    TokenResponse,
+)
+from services.rules.settings import RulesSettings
+
+log = get_logger(__name__)
+
+
+@dataclass(frozen=True)
+class RulesContext:
+    """What the routes need, put on ``app.state.rules`` by the app factory."""
+
+    settings: RulesSettings
+    pool_of: Any  # a callable returning the runtime's pool once it has started
+    issuer: service.TokenIssuer
+
+    @property
+    def pool(self) -> asyncpg.Pool:
+        pool: asyncpg.Pool = self.pool_of()
+        return pool
+
+
+def context(request: Request) -> RulesContext:
+    ctx: RulesContext = request.app.state.rules
+    return ctx
+
+
+Context = Annotated[RulesContext, Depends(context)]
+
+
+async def transaction(ctx: Context) -> AsyncIterator[asyncpg.Connection]:
+    """The request's transaction: committed when the route returns, rolled back on error."""
+    async with ctx.pool.acquire() as connection, connection.transaction():
+        yield connection
+
+
+Tx = Annotated[asyncpg.Connection, Depends(transaction)]
+
+
+@dataclass(frozen=True)
+class BusinessUser:
+    id: str
+    org_id: str
+    role: str
+
+    def require_editor(self) -> None:
+        if self.role == "viewer":
+            raise Forbidden("viewers cannot change anything", code="READ_ONLY_ROLE")
+
+
+async def current_user(request: Request, ctx: Context) -> BusinessUser:
+    token = bearer_token(request)
+    try:
+        kid = jwt.get_unverified_header(token).get("kid")
+        jwks = await ctx.issuer.jwks(ctx.pool)
+        key = next((key for key in jwks["keys"] if key["kid"] == kid), None)
+        if key is None:
+            raise Unauthorized("token signed with an unknown key")
+        claims = jwt.decode(
+            token,
+            jwt.PyJWK(key).key,
+            algorithms=[ALGORITHM],
+            audience=service.CONSOLE_AUDIENCE,
+            issuer=ctx.issuer.issuer,
+        )
+    except jwt.PyJWTError as error:
+        raise Unauthorized(f"token is invalid: {error}") from error
+    if claims.get("typ") != "user":
+        raise Unauthorized("a business user's token is required")
+    return BusinessUser(claims["sub"], claims["org_id"], claims["role"])
+
+
+User = Annotated[BusinessUser, Depends(current_user)]
+
+
+def correlation_id(request: Request) -> str:
+    return str(request.state.correlation_id)
+
+
+CorrelationId = Annotated[str, Depends(correlation_id)]
+
+router = APIRouter()
+
+
+# --- OAuth2 token issuer (Keycloak-compatible paths) -------------------------
+
+
+def oauth_error(status: int, error: str, description: str, basic: bool = False) -> JSONResponse:
+    headers = {"Cache-Control": "no-store"}
+    if basic:
+        headers["WWW-Authenticate"] = 'Basic realm="partner"'
+    return JSONResponse(
+        {"error": error, "error_description": description}, status_code=status, headers=headers
+    )
+
+
+def _basic_credentials(request: Request) -> tuple[str, str] | None:
+    scheme, _, encoded = request.headers.get("Authorization", "").partition(" ")
+    if scheme.lower() != "basic":
+        return None
+    try:
+        client_id, _, secret = base64.b64decode(encoded).decode().partition(":")
+    except (binascii.Error, UnicodeDecodeError):
+        return ("", "")
+    return client_id, secret
+
+
+@router.post(TOKEN_PATH, tags=["oauth2"])
+async def issue_token(request: Request, ctx: Context) -> JSONResponse:
+    """OAuth2 client-credentials grant: form fields or HTTP Basic client authentication."""
+    if not request.headers.get("content-type", "").startswith("application/x-www-form-urlencoded"):
+        return oauth_error(400, "invalid_request", "send application/x-www-form-urlencoded")
+    form = {key: values[0] for key, values in parse_qs((await request.body()).decode()).items()}
+    basic = _basic_credentials(request)
+    grant_type = form.get("grant_type")
+    if not grant_type:
+        return oauth_error(400, "invalid_request", "grant_type is required")
+    if grant_type != "client_credentials":
+        return oauth_error(400, "unsupported_grant_type", "only client_credentials is supported")
+    if basic is not None and "client_secret" in form:
+        return oauth_error(400, "invalid_request", "use one client authentication method")
+    client_id, secret = (
+        basic
+        if basic is not None
+        else (
+            form.get("client_id", ""),
+            form.get("client_secret", ""),
+        )
+    )
+    if not client_id or not secret:
+        return oauth_error(401, "invalid_client", "client authentication failed", basic=True)
+    async with ctx.pool.acquire() as connection:
+        client = await service.authenticate_client(connection, client_id, secret)
+        if client is None:
+            log.info("token.refused", client_id=client_id)
+            return oauth_error(
+                401, "invalid_client", "client authentication failed", basic=basic is not None
+            )
+        lifetime = ctx.settings.client_token_lifetime_seconds
+        token = await ctx.issuer.client_token(connection, client, lifetime)
+    log.info("token.issued", client_id=client_id)
+    return JSONResponse(
+        {
+            "access_token": token,
+            "token_type": "Bearer",
+            "expires_in": lifetime,
+            "refresh_expires_in": 0,
+            "not-before-policy": 0,
+            "scope": service.CLIENT_SCOPE,
+        },
+        headers={"Cache-Control": "no-store", "Pragma": "no-cache"},
+    )
+
+
+@router.get(JWKS_PATH, tags=["oauth2"])
+async def jwks(ctx: Context) -> dict[str, Any]:
+    """The realm's public signing keys."""
+    return await ctx.issuer.jwks(ctx.pool)
+
+
+@router.get(f"{REALM_PATH}/.well-known/openid-configuration", tags=["oauth2"])
+async def openid_configuration(ctx: Context) -> dict[str, Any]:
+    """OpenID Connect discovery for the partner realm."""
+    base = ctx.settings.public_url.rstrip("/")
+    return {
+        "issuer": ctx.issuer.issuer,
+        "token_endpoint": base + TOKEN_PATH,
+        "jwks_uri": base + JWKS_PATH,
+        "grant_types_supported": ["client_credentials"],
+        "token_endpoint_auth_methods_supported": ["client_secret_post", "client_secret_basic"],
+        "id_token_signing_alg_values_supported": [ALGORITHM],
+        "response_types_supported": ["token"],
+        "subject_types_supported": ["public"],
+    }
+
+
+# --- business users ------------------------------------------------------------
+
+
+@router.post("/v1/auth/login", response_model=TokenResponse, tags=["auth"])
+async def login(body: LoginRequest, tx: Tx, ctx: Context) -> TokenResponse:
+    """Exchange a business user's e-mail and password for a bearer token."""
+    user = await service.authenticate_user(tx, body.email, body.password)
+    lifetime = ctx.settings.user_token_lifetime_seconds
+    token = await ctx.issuer.user_token(tx, user, lifetime)
+    log.info("user.logged_in", user_id=user["id"])
+    return TokenResponse(access_token=token, expires_in=lifetime)
+
+
+@router.get("/v1/clients", tags=["clients"])
+async def list_clients(user: User, tx: Tx, environment: str | None = None) -> dict[str, Any]:
+    """The organisation's API clients, without secrets."""
+    return {"items": await service.list_clients(tx, user.org_id, environment)}
+
+
+# --- rules -------------------------------------------------------------------
+
+
+@router.post("/v1/rules", status_code=201, response_model=RuleView, tags=["rules"])
+async def create_rule(body: RuleCreate, user: User, tx: Tx, cid: CorrelationId) -> RuleView:
+    """Create a rule as a draft."""
+    user.require_editor()
+    draft = service.RuleDraft(
+        **body.model_dump(exclude={"authorized_client_ids"}),
+        authorized_client_ids=tuple(body.authorized_client_ids),
+    )
+    return RuleView.of(await service.create_rule(tx, user.org_id, user.id, draft, cid))
+
+
+@router.get("/v1/rules", tags=["rules"])
+async def list_rules(user: User, tx: Tx, environment: str | None = None) -> dict[str, Any]:
+    """The organisation's rules, newest first."""
+    rules = await service.list_rules(tx, user.org_id, environment)
+    return {"items": [RuleView.of(rule).model_dump(by_alias=True, mode="json") for rule in rules]}
+
+
+@router.get("/v1/rules/{rule_id}", response_model=RuleView, tags=["rules"])
+async def get_rule(rule_id: str, user: User, tx: Tx) -> RuleView:
+    """One rule."""
+    return RuleView.of(await service.get_rule(tx, user.org_id, rule_id))
+
+
+@router.patch("/v1/rules/{rule_id}", response_model=RuleView, tags=["rules"])
+async def update_rule(
+    rule_id: str, body: RuleUpdate, user: User, tx: Tx, cid: CorrelationId
+) -> RuleView:
+    """Change a rule; 409 when ``version`` is not the rule's current version."""
+    user.require_editor()
+    rule = await service.update_rule(
+        tx, user.org_id, user.id, rule_id, body.version, body.changes(), cid
+    )
+    return RuleView.of(rule)
+
+
+async def _transition(
+    action: str, rule_id: str, body: StatusChange | None, user: BusinessUser, tx: Any, cid: str
+) -> RuleView:
+    user.require_editor()
+    version = body.version if body else None
+    rule = await service.change_status(tx, user.org_id, user.id, rule_id, action, cid, version)
+    return RuleView.of(rule)
+
+
+@router.post("/v1/rules/{rule_id}/activate", response_model=RuleView, tags=["rules"])
+async def activate_rule(
+    rule_id: str, user: User, tx: Tx, cid: CorrelationId, body: StatusChange | None = None
+) -> RuleView:
+    """Activate a draft or paused rule; refused with the reasons when it is not ready."""
+    return await _transition("activate", rule_id, body, user, tx, cid)
+
+
+@router.post("/v1/rules/{rule_id}/pause", response_model=RuleView, tags=["rules"])
+async def pause_rule(
+    rule_id: str, user: User, tx: Tx, cid: CorrelationId, body: StatusChange | None = None
+) -> RuleView:
+    """Stop an active rule from accepting triggers."""
+    return await _transition("pause", rule_id, body, user, tx, cid)
+
+
+@router.post("/v1/rules/{rule_id}/archive", response_model=RuleView, tags=["rules"])
+async def archive_rule(
+    rule_id: str, user: User, tx: Tx, cid: CorrelationId, body: StatusChange | None = None
+) -> RuleView:
+    """Retire a rule for good."""
+    return await _transition("archive", rule_id, body, user, tx, cid)
+
+
+@router.get("/v1/rules/{rule_id}/share", response_model=ShareInfo, tags=["rules"])
+async def share_rule(rule_id: str, user: User, tx: Tx, ctx: Context) -> ShareInfo:
+    """What a business user sends a third-party developer about a rule."""
+    rule = await service.get_rule(tx, user.org_id, rule_id)
+    return ShareInfo(
+        rule_name=rule["name"],
+        rule_id=rule["id"],
+        rule_type="Earn Points" if rule["type"] == "earn" else "Redeem Points",
+        environment="Production" if rule["environment"] == "production" else "Staging",
+        url_endpoint=ctx.settings.trigger_url(rule["environment"]).rstrip("/")
+        + "/v1/points/requests",
+        integration_guide_url=ctx.settings.integration_guide_url,
+    )
+
+
+@router.get("/v1/audit", tags=["audit"])
+async def audit_log(
+    user: User, tx: Tx, before: int | None = None, limit: int = 50
+) -> dict[str, Any]:
+    """The organisation's audit history, newest first."""
+    rows = await service.list_audit(tx, user.org_id, before, min(max(limit, 1), 200))
+    items = [
+        {
+            "id": row["id"],
+            "actor": row["actor"],
+            "action": row["action"],
+            "subjectId": row["subject_id"],
+            "details": row["details"],
+            "at": row["at"].isoformat(),
+        }
+        for row in rows
+    ]
+    return {"items": items, "nextBefore": items[-1]["id"] if len(items) == limit else None}

@@ -1,0 +1,37 @@
+"""Builds the rules service: its runtime, HTTP app and token issuer."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from fastapi import FastAPI
+
+from infra.http import create_http_app
+from infra.runtime import ServiceRuntime, health_router
+from services.rules.api import RulesContext, router
+from services.rules.service import TokenIssuer
+from services.rules.settings import RulesSettings
+
+MIGRATIONS = Path(__file__).parent / "migrations"
+
+
+def create_app(settings: RulesSettings | None = None) -> tuple[FastAPI, ServiceRuntime]:
+    settings = settings or RulesSettings()
+    # The rules service only publishes; it consumes nothing.
+    runtime = ServiceRuntime(settings, schema="rules", migrations=MIGRATIONS)
+    issuer = TokenIssuer(settings.public_url)
+
+    async def ensure_signing_key() -> None:
+        async with runtime.pool.acquire() as connection:
+            await issuer.ensure_signing_key(connection)
+
+    runtime.on_start(ensure_signing_key)
+    app = create_http_app(
+        title="Points platform — rules service",
+        description="Business console API, API clients and the OAuth2 token issuer.",
+        version="1",
+    )
+    app.state.rules = RulesContext(settings=settings, pool_of=lambda: runtime.pool, issuer=issuer)
+    app.include_router(health_router(runtime))
+    app.include_router(router)
+    return app, runtime

@@ -1,0 +1,92 @@
+"""Every SQL statement of the rules service."""
+
+from __future__ import annotations
+
+INSERT_ORGANISATION = "INSERT INTO organisations (id, name, timezone) VALUES ($1, $2, $3)"
+GET_ORGANISATION = "SELECT * FROM organisations WHERE id = $1"
+
+INSERT_USER = """
+INSERT INTO users (id, org_id, email, password_hash, role) VALUES ($1, $2, $3, $4, $5)
+"""
+GET_USER_BY_EMAIL = "SELECT * FROM users WHERE lower(email) = lower($1)"
+UPDATE_PASSWORD_HASH = "UPDATE users SET password_hash = $2 WHERE id = $1"
+
+INSERT_CLIENT = """
+INSERT INTO api_clients (id, org_id, environment, name, secret_hash, signing_key_salt)
+VALUES ($1, $2, $3, $4, $5, $6)
+RETURNING *
+"""
+GET_CLIENT = "SELECT * FROM api_clients WHERE id = $1"
+GET_CLIENT_FOR_UPDATE = "SELECT * FROM api_clients WHERE id = $1 FOR UPDATE"
+LIST_CLIENTS = """
+SELECT * FROM api_clients
+WHERE org_id = $1 AND ($2::text IS NULL OR environment = $2)
+ORDER BY created_at, id
+"""
+ACTIVE_CLIENT_IDS = """
+SELECT id FROM api_clients
+WHERE org_id = $1 AND environment = $2 AND status = 'active' AND id = ANY($3::text[])
+"""
+REVOKE_CLIENT = """
+UPDATE api_clients SET status = 'revoked', revoked_at = now() WHERE id = $1 RETURNING *
+"""
+ROTATE_CLIENT_SECRET = """
+UPDATE api_clients
+SET previous_secret_hash = secret_hash, previous_valid_until = $3,
+    secret_hash = $2, signing_key_salt = $4, rotated_at = now()
+WHERE id = $1
+RETURNING *
+"""
+REHASH_CLIENT_SECRET = "UPDATE api_clients SET secret_hash = $2 WHERE id = $1"
+
+ACTIVE_SIGNING_KEYS = """
+SELECT * FROM signing_keys WHERE retired_at IS NULL ORDER BY created_at DESC
+"""
+PUBLISHED_SIGNING_KEYS = """
+SELECT public_jwk FROM signing_keys
+WHERE retired_at IS NULL OR retired_at > now() - interval '1 day'
+ORDER BY created_at DESC
+"""
+INSERT_SIGNING_KEY = """
+INSERT INTO signing_keys (kid, private_pem, public_jwk) VALUES ($1, $2, $3)
+ON CONFLICT DO NOTHING
+"""
+# Serialises key creation between replicas starting together.
+LOCK_SIGNING_KEYS = "SELECT pg_advisory_xact_lock(hashtext('rules.signing_keys'))"
+
+INSERT_RULE = """
+INSERT INTO rules (
+    id, org_id, environment, name, description, type, api_trigger, authorized_client_ids,
+    cap_max, cap_per_member, max_amount_per_request, starts_at, ends_at, promoted_from
+) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)
+RETURNING *
+"""
+GET_RULE = "SELECT * FROM rules WHERE id = $1 AND org_id = $2"
+GET_RULE_FOR_UPDATE = "SELECT * FROM rules WHERE id = $1 AND org_id = $2 FOR UPDATE"
+LIST_RULES = """
+SELECT * FROM rules
+WHERE org_id = $1 AND ($2::text IS NULL OR environment = $2)
+ORDER BY created_at DESC, id
+"""
+UPDATE_RULE = """
+UPDATE rules SET
+    name = $3, description = $4, api_trigger = $5, authorized_client_ids = $6,
+    cap_max = $7, cap_per_member = $8, max_amount_per_request = $9,
+    starts_at = $10, ends_at = $11, type = $12,
+    version = version + 1, updated_at = now()
+WHERE id = $1 AND org_id = $2
+RETURNING *
+"""
+SET_RULE_STATUS = """
+UPDATE rules SET status = $3, version = version + 1, updated_at = now()
+WHERE id = $1 AND org_id = $2
+RETURNING *
+"""
+
+INSERT_AUDIT = """
+INSERT INTO audit_log (org_id, actor, action, subject_id, details) VALUES ($1, $2, $3, $4, $5)
+"""
+LIST_AUDIT = """
+SELECT * FROM audit_log WHERE org_id = $1 AND ($2::bigint IS NULL OR id < $2)
+ORDER BY id DESC LIMIT $3
+"""

@@ -1,0 +1,119 @@
+"""Request and response bodies of the rules API (camelCase JSON)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, Literal
+
+import asyncpg
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
+from pydantic.alias_generators import to_camel
+
+from services.rules.service import display_status
+
+
+class CamelModel(BaseModel):
+    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="forbid")
+
+
+class LoginRequest(CamelModel):
+    email: str = Field(max_length=254)
+    password: str = Field(max_length=1024)
+
+
+class TokenResponse(CamelModel):
+    access_token: str
+    token_type: Literal["Bearer"] = "Bearer"  # noqa: S105 - the scheme name
+    expires_in: int
+
+
+class RuleCreate(CamelModel):
+    name: str = Field(min_length=1, max_length=200)
+    description: str = Field(default="", max_length=2000)
+    type: Literal["earn", "redeem"]
+    environment: Literal["staging", "production"]
+    api_trigger: bool = False
+    authorized_client_ids: list[str] = Field(default_factory=list, max_length=100)
+    cap_max: int | None = Field(default=None, ge=1)
+    cap_per_member: int | None = Field(default=None, ge=1)
+    max_amount_per_request: int | None = Field(default=None, ge=1)
+    starts_at: AwareDatetime | None = None
+    ends_at: AwareDatetime | None = None
+
+
+class RuleUpdate(CamelModel):
+    """A partial update; ``version`` is the version the caller read."""
+
+    version: int = Field(ge=1)
+    name: str | None = Field(default=None, min_length=1, max_length=200)
+    description: str | None = Field(default=None, max_length=2000)
+    type: Literal["earn", "redeem"] | None = None
+    api_trigger: bool | None = None
+    authorized_client_ids: list[str] | None = Field(default=None, max_length=100)
+    cap_max: int | None = Field(default=None, ge=1)
+    cap_per_member: int | None = Field(default=None, ge=1)
+    max_amount_per_request: int | None = Field(default=None, ge=1)
+    starts_at: AwareDatetime | None = None
+    ends_at: AwareDatetime | None = None
+
+    def changes(self) -> dict[str, Any]:
+        """The fields the caller sent (an explicit null clears an optional field)."""
+        changed = self.model_dump(exclude_unset=True, exclude={"version"})
+        if "authorized_client_ids" in changed:
+            changed["authorized_client_ids"] = tuple(changed["authorized_client_ids"] or ())
+        return changed
+
+
+class StatusChange(CamelModel):
+    version: int | None = Field(default=None, ge=1)
+
+
+class RuleView(CamelModel):
+    id: str
+    name: str
+    description: str
+    type: str
+    environment: str
+    status: str
+    display_status: str
+    api_trigger: bool
+    authorized_client_ids: list[str]
+    cap_max: int | None
+    cap_per_member: int | None
+    max_amount_per_request: int | None
+    starts_at: datetime | None
+    ends_at: datetime | None
+    version: int
+    created_at: datetime
+    updated_at: datetime
+
+    @classmethod
+    def of(cls, rule: asyncpg.Record) -> RuleView:
+        return cls(
+            id=rule["id"],
+            name=rule["name"],
+            description=rule["description"],
+            type=rule["type"],
+            environment=rule["environment"],
+            status=rule["status"],
+            display_status=display_status(rule),
+            api_trigger=rule["api_trigger"],
+            authorized_client_ids=list(rule["authorized_client_ids"]),
+            cap_max=rule["cap_max"],
+            cap_per_member=rule["cap_per_member"],
+            max_amount_per_request=rule["max_amount_per_request"],
+            starts_at=rule["starts_at"],
+            ends_at=rule["ends_at"],
+            version=rule["version"],
+            created_at=rule["created_at"],
+            updated_at=rule["updated_at"],
+        )
+
+
+class ShareInfo(CamelModel):
+    rule_name: str
+    rule_id: str
+    rule_type: Literal["Earn Points", "Redeem Points"]
+    environment: Literal["Staging", "Production"]
+    url_endpoint: str
+    integration_guide_url: str

@@ -1,0 +1,57 @@
+"""Settings of the rules service (env prefix ``RULES_``)."""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+from pydantic import AliasChoices, Field, model_validator
+from pydantic_settings import SettingsConfigDict
+
+from infra.settings import ServiceSettings
+from infra.signing import DEVELOPMENT_SIGNING_KEY as DEV_CALLBACK_SIGNING_KEY
+
+
+class RulesSettings(ServiceSettings):
+    model_config = SettingsConfigDict(env_prefix="RULES_")
+    service_name: ClassVar[str] = "rules"
+
+    port: int = 8001
+    public_url: str = Field(
+        default="http://127.0.0.1:8001",
+        description="Base URL developers and services reach this service at; "
+        "the token issuer is `<public_url>/realms/partner`.",
+    )
+    staging_trigger_url: str = Field(
+        default="http://127.0.0.1:8002", description="Trigger gateway URL shared for staging rules."
+    )
+    production_trigger_url: str = Field(
+        default="http://127.0.0.1:8002",
+        description="Trigger gateway URL shared for production rules.",
+    )
+    integration_guide_url: str = "http://127.0.0.1:8001/docs/integration-guide"
+    client_token_lifetime_seconds: int = 300
+    user_token_lifetime_seconds: int = 3600
+    secret_rotation_overlap_seconds: int = Field(
+        default=86400, description="How long a rotated client secret keeps working."
+    )
+    callback_signing_key: str = Field(
+        default="",
+        validation_alias=AliasChoices("RULES_CALLBACK_SIGNING_KEY", "CALLBACK_SIGNING_KEY"),
+        description="Platform key from which per-client callback-signing secrets are derived; "
+        "the notifier needs the same value.",
+    )
+
+    @model_validator(mode="after")
+    def _signing_key_outside_development(self) -> RulesSettings:
+        if not self.callback_signing_key:
+            if not self.is_development:
+                raise ValueError("CALLBACK_SIGNING_KEY must be set outside development mode")
+            self.callback_signing_key = DEV_CALLBACK_SIGNING_KEY
+        elif self.callback_signing_key == DEV_CALLBACK_SIGNING_KEY and not self.is_development:
+            raise ValueError("CALLBACK_SIGNING_KEY is the development placeholder; set a real one")
+        return self
+
+    def trigger_url(self, environment: str) -> str:
+        return (
+            self.production_trigger_url if environment == "production" else self.staging_trigger_url
+        )

@@ -1,0 +1,7 @@
+"""``python -m services.trigger``: run the trigger gateway."""
+
+from infra.runtime import serve
+from services.trigger.app import create_app
+
+if __name__ == "__main__":
+    serve(create_app)

@@ -1,0 +1,45 @@
+"""Builds the trigger gateway: runtime, subscribers, HTTP app and token verifier."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from fastapi import FastAPI
+
+from contracts import CLIENTS_LIFECYCLE, RULES_LIFECYCLE
+from infra.broker import create_broker
+from infra.catchup import CatchUp
+from infra.http import create_http_app
+from infra.runtime import ServiceRuntime, health_router
+from infra.tokens import JwksVerifier
+from services.trigger import subscribers
+from services.trigger.api import TriggerContext, router
+from services.trigger.settings import TriggerSettings
+
+MIGRATIONS = Path(__file__).parent / "migrations"
+
+
+def create_app(
+    settings: TriggerSettings | None = None, verifier: JwksVerifier | None = None
+) -> tuple[FastAPI, ServiceRuntime]:
+    settings = settings or TriggerSettings()
+    broker = create_broker(settings)
+    runtime = ServiceRuntime(settings, schema="trigger", migrations=MIGRATIONS, broker=broker)
+    subscribers.register(broker, runtime)
+    verifier = verifier or JwksVerifier(settings.token_issuer_url)
+    projection = CatchUp(
+        settings, subscribers.PROJECTION_GROUP, [RULES_LIFECYCLE, CLIENTS_LIFECYCLE]
+    )
+    runtime.on_start(projection.mark)
+    runtime.on_stop(verifier.aclose)
+    runtime.readiness_checks["projection"] = projection.caught_up
+
+    app = create_http_app(
+        title="Points platform — trigger gateway",
+        description="The developer-facing API: trigger earning and redemption, poll outcomes.",
+        version="1",
+    )
+    app.state.trigger = TriggerContext(verifier=verifier, pool_of=lambda: runtime.pool)
+    app.include_router(health_router(runtime))
+    app.include_router(router)
+    return app, runtime

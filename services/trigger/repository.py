@@ -1,0 +1,62 @@
+"""Every SQL statement of the trigger gateway."""
+
+from __future__ import annotations
+
+UPSERT_RULE = """
+INSERT INTO rules (
+    rule_id, org_id, environment, name, type, status, api_trigger, authorized_client_ids,
+    cap_max, cap_per_member, max_amount_per_request, starts_at, ends_at, version
+) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)
+ON CONFLICT (rule_id) DO UPDATE SET
+    name = EXCLUDED.name, type = EXCLUDED.type, status = EXCLUDED.status,
+    api_trigger = EXCLUDED.api_trigger, authorized_client_ids = EXCLUDED.authorized_client_ids,
+    cap_max = EXCLUDED.cap_max, cap_per_member = EXCLUDED.cap_per_member,
+    max_amount_per_request = EXCLUDED.max_amount_per_request,
+    starts_at = EXCLUDED.starts_at, ends_at = EXCLUDED.ends_at,
+    version = EXCLUDED.version, projected_at = now()
+WHERE rules.version < EXCLUDED.version
+"""
+UPSERT_CLIENT = """
+INSERT INTO clients (client_id, org_id, environment, status, occurred_at)
+VALUES ($1, $2, $3, $4, $5)
+ON CONFLICT (client_id) DO UPDATE SET status = EXCLUDED.status, occurred_at = EXCLUDED.occurred_at
+WHERE clients.occurred_at <= EXCLUDED.occurred_at
+"""
+GET_RULE = "SELECT * FROM rules WHERE rule_id = $1"
+CLIENT_STATUS = "SELECT status FROM clients WHERE client_id = $1"
+
+GET_REQUEST = "SELECT * FROM requests WHERE client_id = $1 AND request_id = $2"
+INSERT_REQUEST = """
+INSERT INTO requests (
+    client_id, request_id, transaction_id, body_hash, org_id, environment,
+    rule_id, rule_version, user_id, type, amount
+) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)
+ON CONFLICT (client_id, request_id) DO NOTHING
+RETURNING *
+"""
+RECORD_RESULT = """
+UPDATE requests SET status = $3, reason = $4, balance = $5, updated_at = now()
+WHERE client_id = $1 AND request_id = $2 AND status = 'pending'
+RETURNING rule_id, user_id, amount
+"""
+PURGE_REQUESTS = "DELETE FROM requests WHERE created_at < now() - make_interval(days => $1)"
+
+# Caps: the conditional UPDATE is the reservation. Its row lock serialises
+# concurrent reservations on one rule, so the check and the increment are one
+# atomic step no matter how many gateway replicas run.
+ENSURE_CAP_ROW = "INSERT INTO cap_usage (rule_id, used) VALUES ($1, 0) ON CONFLICT DO NOTHING"
+RESERVE_CAP = """
+UPDATE cap_usage SET used = used + $2 WHERE rule_id = $1 AND used + $2 <= $3 RETURNING used
+"""
+RELEASE_CAP = "UPDATE cap_usage SET used = greatest(used - $2, 0) WHERE rule_id = $1"
+ENSURE_MEMBER_CAP_ROW = """
+INSERT INTO member_cap_usage (rule_id, user_id, used) VALUES ($1, $2, 0) ON CONFLICT DO NOTHING
+"""
+RESERVE_MEMBER_CAP = """
+UPDATE member_cap_usage SET used = used + $3
+WHERE rule_id = $1 AND user_id = $2 AND used + $3 <= $4
+RETURNING used
+"""
+RELEASE_MEMBER_CAP = """
+UPDATE member_cap_usage SET used = greatest(used - $3, 0) WHERE rule_id = $1 AND user_id = $2
+"""

@@ -1,0 +1,314 @@
+"""The gateway's logic: projections, the ordered checks, caps and idempotency.
+
+A trigger is accepted in one PostgreSQL transaction: the idempotency record,
+the cap reservations and the outbox row of ``points.requested.v1`` commit
+together before the 202 is sent, so an accepted request is never lost and a
+refused one reserves nothing.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import uuid
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import asyncpg
+
+from contracts import (
+    ClientLifecycleEvent,
+    PointsRequested,
+    PointsRequestedEvent,
+    PointsResultEvent,
+    RuleLifecycleEvent,
+)
+from infra import outbox
+from infra.problems import Problem
+from services.trigger import repository as sql
+
+USER_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:@+-]{0,127}")
+
+
+class Refused(Problem):
+    """A trigger the gateway will not accept (400 unless the subclass says otherwise)."""
+
+    title = "Request refused"
+
+
+class NotAuthorised(Refused):
+    status = 403
+    title = "Forbidden"
+
+
+class Replayed(Problem):
+    status = 409
+    code = "REQUEST_ID_REUSED"
+    title = "Conflict"
+
+
+@dataclass(frozen=True)
+class Trigger:
+    """A developer's trigger request as received (values not yet validated)."""
+
+    user_id: Any
+    rule_id: str
+    amount: Any
+    request_id: str
+    callback_url: str | None
+
+    def body_hash(self) -> str:
+        canonical = json.dumps(
+            {
+                "userId": self.user_id,
+                "ruleId": self.rule_id,
+                "amount": self.amount,
+                "callbackUrl": self.callback_url,
+            },
+            sort_keys=True,
+        )
+        return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+@dataclass(frozen=True)
+class Caller:
+    client_id: str
+    org_id: str
+    environment: str
+
+
+def now() -> datetime:
+    return datetime.now(UTC)
+
+
+# --- projections -------------------------------------------------------------
+
+
+async def project_rule(connection: asyncpg.Connection, event: RuleLifecycleEvent) -> None:
+    rule = event.data
+    await connection.execute(
+        sql.UPSERT_RULE,
+        rule.rule_id,
+        rule.org_id,
+        rule.environment,
+        rule.name,
+        rule.type,
+        rule.status,
+        rule.api_trigger,
+        list(rule.authorized_client_ids),
+        rule.cap_max,
+        rule.cap_per_member,
+        rule.max_amount_per_request,
+        rule.starts_at,
+        rule.ends_at,
+        rule.version,
+    )
+
+
+async def project_client(connection: asyncpg.Connection, event: ClientLifecycleEvent) -> None:
+    client = event.data
+    await connection.execute(
+        sql.UPSERT_CLIENT,
+        client.client_id,
+        client.org_id,
+        client.environment,
+        client.status,
+        event.occurred_at,
+    )
+
+
+async def client_revoked(connection: asyncpg.Connection, client_id: str) -> bool:
+    status = await connection.fetchval(sql.CLIENT_STATUS, client_id)
+    return bool(status == "revoked")
+
+
+# --- accepting a trigger ---------------------------------------------------------
+
+
+def request_view(row: asyncpg.Record) -> dict[str, Any]:
+    view: dict[str, Any] = {
+        "requestId": row["request_id"],
+        "transactionId": str(row["transaction_id"]),
+        "status": row["status"],
+    }
+    if row["reason"]:
+        view["reason"] = row["reason"]
+    return view
+
+
+async def _replay(
+    connection: asyncpg.Connection, caller: Caller, trigger: Trigger
+) -> dict[str, Any] | None:
+    """The original answer for a repeated requestId; 409 when the body differs."""
+    earlier = await connection.fetchrow(sql.GET_REQUEST, caller.client_id, trigger.request_id)
+    if earlier is None:
+        return None
+    if earlier["body_hash"] != trigger.body_hash():
+        raise Replayed(f"requestId {trigger.request_id} was already used with a different body")
+    return {
+        "requestId": earlier["request_id"],
+        "transactionId": str(earlier["transaction_id"]),
+        "status": "pending",
+    }
+
+
+def check_rule(rule: asyncpg.Record | None, caller: Caller, rule_id: str, at: datetime) -> None:
+    """The rule checks, in the documented order, each with its own code."""
+    if rule is None or rule["org_id"] != caller.org_id:
+        raise Refused(f"rule {rule_id} does not exist", code="RULE_NOT_FOUND")
+    if rule["environment"] != caller.environment:
+        raise NotAuthorised(
+            f"rule {rule_id} belongs to {rule['environment']}; "
+            f"this client is a {caller.environment} client",
+            code="ENVIRONMENT_MISMATCH",
+        )
+    if not rule["api_trigger"]:
+        raise Refused(f"rule {rule_id} cannot be triggered by API", code="RULE_NOT_API_TRIGGERABLE")
+    if rule["status"] != "active":
+        raise Refused(f"rule {rule_id} is {rule['status']}, not active", code="RULE_INACTIVE")
+    if rule["starts_at"] and at < rule["starts_at"]:
+        raise Refused(
+            f"rule {rule_id} starts at {rule['starts_at'].isoformat()}", code="RULE_NOT_STARTED"
+        )
+    if rule["ends_at"] and at >= rule["ends_at"]:
+        raise Refused(f"rule {rule_id} ended at {rule['ends_at'].isoformat()}", code="RULE_ENDED")
+    if caller.client_id not in rule["authorized_client_ids"]:
+        raise NotAuthorised(
+            f"this client is not authorised to trigger rule {rule_id}",
+            code="CLIENT_NOT_AUTHORIZED",
+        )
+
+
+def check_member_and_amount(rule: asyncpg.Record, trigger: Trigger) -> tuple[str, int]:
+    user_id, amount = trigger.user_id, trigger.amount
+    if not isinstance(user_id, str) or not USER_ID.fullmatch(user_id):
+        raise Refused(
+            "userId must be 1-128 characters: letters, digits and . _ : @ + -",
+            code="INVALID_USER_ID",
+        )
+    if isinstance(amount, bool) or not isinstance(amount, int) or amount <= 0:
+        raise Refused("amount must be a positive integer", code="INVALID_AMOUNT")
+    limit = rule["max_amount_per_request"]
+    if limit is not None and amount > limit:
+        raise Refused(
+            f"amount {amount} is over this rule's per-request maximum of {limit}",
+            code="AMOUNT_OVER_MAXIMUM",
+        )
+    return user_id, amount
+
+
+async def reserve_caps(
+    connection: asyncpg.Connection, rule: asyncpg.Record, user_id: str, amount: int
+) -> None:
+    if rule["cap_max"] is not None:
+        await connection.execute(sql.ENSURE_CAP_ROW, rule["rule_id"])
+        reserved = await connection.fetchval(
+            sql.RESERVE_CAP, rule["rule_id"], amount, rule["cap_max"]
+        )
+        if reserved is None:
+            raise Refused(
+                f"the rule's cap of {rule['cap_max']} points would be exceeded",
+                code="CAP_EXCEEDED",
+            )
+    if rule["cap_per_member"] is not None:
+        await connection.execute(sql.ENSURE_MEMBER_CAP_ROW, rule["rule_id"], user_id)
+        reserved = await connection.fetchval(
+            sql.RESERVE_MEMBER_CAP, rule["rule_id"], user_id, amount, rule["cap_per_member"]
+        )
+        if reserved is None:
+            raise Refused(
+                f"the rule's per-member cap of {rule['cap_per_member']} points would be "
+                "exceeded for this member",
+                code="MEMBER_CAP_EXCEEDED",
+            )
+
+
+async def release_caps(
+    connection: asyncpg.Connection, rule_id: str, user_id: str, amount: int
+) -> None:
+    await connection.execute(sql.RELEASE_CAP, rule_id, amount)
+    await connection.execute(sql.RELEASE_MEMBER_CAP, rule_id, user_id, amount)
+
+
+async def accept_trigger(
+    connection: asyncpg.Connection, caller: Caller, trigger: Trigger, correlation_id: str
+) -> dict[str, Any]:
+    """Check, reserve and record a trigger in the caller's transaction; the 202 body."""
+    replay = await _replay(connection, caller, trigger)
+    if replay is not None:
+        return replay
+    rule = await connection.fetchrow(sql.GET_RULE, trigger.rule_id)
+    check_rule(rule, caller, trigger.rule_id, now())
+    assert rule is not None
+    user_id, amount = check_member_and_amount(rule, trigger)
+    transaction_id = uuid.uuid4()
+    inserted = await connection.fetchrow(
+        sql.INSERT_REQUEST,
+        caller.client_id,
+        trigger.request_id,
+        transaction_id,
+        trigger.body_hash(),
+        caller.org_id,
+        caller.environment,
+        rule["rule_id"],
+        rule["version"],
+        user_id,
+        rule["type"],
+        amount,
+    )
+    if inserted is None:
+        # A concurrent request with the same requestId committed first.
+        replay = await _replay(connection, caller, trigger)
+        assert replay is not None
+        return replay
+    await reserve_caps(connection, rule, user_id, amount)
+    event = PointsRequestedEvent.new_event(
+        data=PointsRequested(
+            request_id=trigger.request_id,
+            transaction_id=transaction_id,
+            client_id=caller.client_id,
+            rule_id=rule["rule_id"],
+            rule_version=rule["version"],
+            user_id=user_id,
+            type=rule["type"],
+            amount=amount,
+            callback_url=trigger.callback_url,
+            requested_at=now(),
+        ),
+        environment=caller.environment,  # type: ignore[arg-type]
+        org_id=caller.org_id,
+        correlation_id=correlation_id,
+    )
+    await outbox.enqueue(connection, event)
+    return {
+        "requestId": trigger.request_id,
+        "transactionId": str(transaction_id),
+        "status": "pending",
+    }
+
+
+async def request_status(
+    connection: asyncpg.Connection, caller: Caller, request_id: str
+) -> dict[str, Any]:
+    row = await connection.fetchrow(sql.GET_REQUEST, caller.client_id, request_id)
+    if row is None:
+        raise Problem(f"request {request_id} is not known", status=404, code="REQUEST_NOT_FOUND")
+    return request_view(row)
+
+
+async def record_result(connection: asyncpg.Connection, event: PointsResultEvent) -> None:
+    """Settle a request with the ledger's outcome; a rejection frees its reservations."""
+    result = event.data
+    status = "succeeded" if result.status == "applied" else "failed"
+    settled = await connection.fetchrow(
+        sql.RECORD_RESULT,
+        result.client_id,
+        result.request_id,
+        status,
+        result.reason,
+        result.balance,
+    )
+    if settled is not None and status == "failed":
+        await release_caps(connection, settled["rule_id"], settled["user_id"], settled["amount"])
