@@ -8,7 +8,6 @@ later lag is normal operation, not a reason to leave the load balancer.
 from __future__ import annotations
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
-from aiokafka.admin import AIOKafkaAdminClient
 
 from infra.settings import ServiceSettings
 
@@ -42,15 +41,18 @@ class CatchUp:
         if self._marks is None:
             return False
         if self._marks:
-            admin = AIOKafkaAdminClient(bootstrap_servers=self._servers)
-            await admin.start()
+            # A consumer that names the group but never subscribes only reads
+            # the group's committed offsets; it does not join or rebalance it.
+            reader = AIOKafkaConsumer(
+                bootstrap_servers=self._servers, group_id=self._group_id, enable_auto_commit=False
+            )
+            await reader.start()
             try:
-                committed = await admin.list_consumer_group_offsets(self._group_id)
+                for tp, mark in self._marks.items():
+                    committed = await reader.committed(tp)
+                    if committed is None or committed < mark:
+                        return False
             finally:
-                await admin.close()
-            for tp, mark in self._marks.items():
-                meta = committed.get(tp)
-                if meta is None or meta.offset < mark:
-                    return False
+                await reader.stop()
         self._caught_up = True
         return True

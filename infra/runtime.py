@@ -9,6 +9,7 @@ runs it together with the service's HTTP app under uvicorn.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import sys
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -61,6 +62,7 @@ class ServiceRuntime:
         }
         self._on_start: list[Callable[[], Awaitable[None]]] = []
         self._on_stop: list[Callable[[], Awaitable[None]]] = []
+        self._broker_task: asyncio.Task[None] | None = None
 
     @property
     def pool(self) -> asyncpg.Pool:
@@ -95,23 +97,27 @@ class ServiceRuntime:
             self.relay = OutboxRelay(settings.database_url, self.schema, self._producer)
             self.relay.start()
         if self.broker is not None:
-            await self._start_broker(self.broker)
+            # Joining consumer groups can take a rebalance or two (seconds);
+            # HTTP comes up meanwhile and /readyz says when the consumers run.
+            self._broker_task = asyncio.create_task(self._start_broker(self.broker))
         for hook in self._on_start:
             await hook()
         log.info("service.started", port=settings.port)
 
     async def _start_broker(self, broker: KafkaBroker) -> None:
         try:
-            await asyncio.wait_for(broker.start(), self.settings.startup_timeout_seconds)
+            await broker.start()
         except Exception as error:
-            raise StartupError(
-                f"Kafka at {self.settings.kafka_bootstrap_servers} is not reachable: "
-                f"{error or type(error).__name__}. Start it or set KAFKA_BOOTSTRAP_SERVERS."
-            ) from error
+            log.error("broker.start_failed", error=str(error) or type(error).__name__)
+            raise
 
     async def stop(self) -> None:
         for hook in reversed(self._on_stop):
             await hook()
+        if self._broker_task is not None:
+            self._broker_task.cancel()
+            with contextlib.suppress(BaseException):
+                await self._broker_task
         if self.broker is not None:
             await self.broker.stop()
         if self.relay is not None:
@@ -127,6 +133,9 @@ class ServiceRuntime:
         return True
 
     async def _broker_ready(self) -> bool:
+        if self._broker_task is not None:
+            if not self._broker_task.done() or self._broker_task.exception() is not None:
+                return False
         if self.broker is not None:
             return bool(await self.broker.ping(timeout=2.0))
         return self._producer is not None

@@ -23,23 +23,18 @@ RESULTS_GROUP = "trigger.results"
 def register(broker: KafkaBroker, runtime: ServiceRuntime) -> None:
     @broker.subscriber(
         RULES_LIFECYCLE,
-        group_id=PROJECTION_GROUP,
-        auto_offset_reset="earliest",
-        description="Keeps the gateway's rule projection (versioned upserts, so replays are safe).",
-    )
-    async def on_rule_lifecycle(event: RuleLifecycleEvent) -> None:
-        async with runtime.pool.acquire() as connection:
-            await service.project_rule(connection, event)
-
-    @broker.subscriber(
         CLIENTS_LIFECYCLE,
         group_id=PROJECTION_GROUP,
         auto_offset_reset="earliest",
-        description="Keeps the client projection; a revoked client is refused at once.",
+        description="Keeps the gateway's rule and client projections. Upserts are "
+        "versioned, so a replay from the beginning is safe; a revoked client is refused at once.",
     )
-    async def on_client_lifecycle(event: ClientLifecycleEvent) -> None:
+    async def on_lifecycle(event: RuleLifecycleEvent | ClientLifecycleEvent) -> None:
         async with runtime.pool.acquire() as connection:
-            await service.project_client(connection, event)
+            if isinstance(event, RuleLifecycleEvent):
+                await service.project_rule(connection, event)
+            else:
+                await service.project_client(connection, event)
 
     @broker.subscriber(
         POINTS_RESULTS,
