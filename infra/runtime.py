@@ -133,9 +133,9 @@ class ServiceRuntime:
         return True
 
     async def _broker_ready(self) -> bool:
-        if self._broker_task is not None:
-            if not self._broker_task.done() or self._broker_task.exception() is not None:
-                return False
+        task = self._broker_task
+        if task is not None and (not task.done() or task.exception() is not None):
+            return False
         if self.broker is not None:
             return bool(await self.broker.ping(timeout=2.0))
         return self._producer is not None
