@@ -9,7 +9,9 @@ Tansu broker), which is what runs on this project's machines and in CI.
 from __future__ import annotations
 
 import os
+import shutil
 import socket
+import tempfile
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -37,7 +39,7 @@ def _docker_answers() -> bool:
 
 
 @pytest.fixture(scope="session")
-def postgres_server_dsn(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+def postgres_server_dsn() -> Iterator[str]:
     """A DSN for a PostgreSQL server on which tests may create databases."""
     external = os.environ.get("TEST_DATABASE_URL")
     if external:
@@ -48,11 +50,16 @@ def postgres_server_dsn(tmp_path_factory: pytest.TempPathFactory) -> Iterator[st
         with PostgresContainer("postgres:16-alpine", driver=None) as container:
             yield container.get_connection_url()
     else:
-        server = start_embedded_postgres(tmp_path_factory.mktemp("pg") / "data")
+        # Not under pytest's tmp_path: run as root, the server runs as the
+        # `embedded_postgres` user, which cannot enter /tmp/pytest-of-root.
+        parent = Path(tempfile.mkdtemp(prefix="points-test-pg-"))
+        parent.chmod(0o755)
+        server = start_embedded_postgres(parent / "data")
         try:
             yield server.dsn
         finally:
             server.stop()
+            shutil.rmtree(parent, ignore_errors=True)
 
 
 @pytest.fixture

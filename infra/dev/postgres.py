@@ -114,12 +114,15 @@ def _forget_instance(data_dir: Path) -> None:
 
 def _stop_postmaster(server: PostgresServer, postmaster: psutil.Process) -> None:
     """``pg_ctl stop`` (fast mode), falling back to killing the postmaster."""
-    pg_ctl = POSTGRES_BIN_PATH / "pg_ctl"
-    argv = [str(pg_ctl), "-D", str(server.pgdata), "-m", "fast", "-w", "stop"]
+    argv = [str(POSTGRES_BIN_PATH / "pg_ctl"), "-D", ".", "-m", "fast", "-w", "stop"]
     # A server pg_ctl cannot stop is killed below.
     with contextlib.suppress(subprocess.CalledProcessError, subprocess.TimeoutExpired):
         subprocess.run(  # noqa: S603 - argv is the library's own pg_ctl binary
             argv,
+            # The working directory is entered before dropping to the server's
+            # user, so this works even when a parent directory has since become
+            # private (pytest makes /tmp/pytest-of-<user> private at each start).
+            cwd=server.pgdata,
             user=server.system_user,
             check=True,
             capture_output=True,
