@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import subprocess
 import sys
 import textwrap
 import time
@@ -73,12 +72,17 @@ class TestOutboxRelay:
     ) -> None:
         await db.migrate(database_url, SCHEMA, [INFRA_MIGRATIONS])
         await create_topics(kafka_bootstrap_servers, ALL_TOPICS)
-        writer = subprocess.run(
-            [sys.executable, "-c", CRASHING_WRITER, database_url, str(EXAMPLE), "50"],
-            capture_output=True,
-            check=False,
+        writer = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-c",
+            CRASHING_WRITER,
+            database_url,
+            str(EXAMPLE),
+            "50",
+            stderr=asyncio.subprocess.PIPE,
         )
-        assert writer.returncode == -9, writer.stderr.decode()
+        _, stderr = await writer.communicate()
+        assert writer.returncode == -9, stderr.decode()
 
         settings = ServiceSettings(kafka_bootstrap_servers=kafka_bootstrap_servers)
         producer = await start_producer(settings)
