@@ -71,6 +71,18 @@ def _ports() -> dict[str, int]:
     }
 
 
+def _public_urls(ports: dict[str, int]) -> dict[str, str]:
+    """Where the rules service tells developers to go, unless the operator said otherwise."""
+    urls = {
+        "RULES_PUBLIC_URL": f"http://127.0.0.1:{ports['rules']}",
+        "RULES_STAGING_TRIGGER_URL": f"http://127.0.0.1:{ports['trigger']}",
+        "RULES_PRODUCTION_TRIGGER_URL": f"http://127.0.0.1:{ports['trigger']}",
+        "RULES_INTEGRATION_GUIDE_URL": f"http://127.0.0.1:{ports['rules']}/docs/integration-guide",
+    }
+    current = environment_overrides()
+    return {name: current.get(name) or value for name, value in urls.items()}
+
+
 class Stack:
     """The running embedded servers and what the services need to reach them."""
 
@@ -200,6 +212,7 @@ async def run_stack() -> int:
             "SMTP_URL": smtp_url,
             "CALLBACK_SIGNING_KEY": DEVELOPMENT_SIGNING_KEY,
             "TOKEN_ISSUER_URL": f"http://127.0.0.1:{ports['rules']}",
+            **_public_urls(ports),
         }
         stack_env = state / "dev.env"
         stack_env.write_text(

@@ -6,6 +6,12 @@ from pathlib import Path
 
 from fastapi import FastAPI
 
+from contracts import (
+    CLIENTS_LIFECYCLE,
+    RULES_LIFECYCLE,
+    ClientLifecycleEvent,
+    RuleLifecycleEvent,
+)
 from infra.http import create_http_app
 from infra.runtime import ServiceRuntime, health_router
 from services.rules.api import RulesContext, router
@@ -13,6 +19,12 @@ from services.rules.service import TokenIssuer
 from services.rules.settings import RulesSettings
 
 MIGRATIONS = Path(__file__).parent / "migrations"
+
+#: What this service publishes, through its outbox (for the AsyncAPI document).
+PUBLISHES = (
+    (RULES_LIFECYCLE, RuleLifecycleEvent, "Full rule snapshot on every change of a rule."),
+    (CLIENTS_LIFECYCLE, ClientLifecycleEvent, "API client registered, revoked or rotated."),
+)
 
 
 def create_app(settings: RulesSettings | None = None) -> tuple[FastAPI, ServiceRuntime]:

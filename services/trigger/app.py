@@ -6,7 +6,12 @@ from pathlib import Path
 
 from fastapi import FastAPI
 
-from contracts import CLIENTS_LIFECYCLE, RULES_LIFECYCLE
+from contracts import (
+    CLIENTS_LIFECYCLE,
+    POINTS_REQUESTED,
+    RULES_LIFECYCLE,
+    PointsRequestedEvent,
+)
 from infra.broker import create_broker
 from infra.catchup import CatchUp
 from infra.http import create_http_app
@@ -17,6 +22,11 @@ from services.trigger.api import TriggerContext, router
 from services.trigger.settings import TriggerSettings
 
 MIGRATIONS = Path(__file__).parent / "migrations"
+
+#: What this service publishes, through its outbox (for the AsyncAPI document).
+PUBLISHES = (
+    (POINTS_REQUESTED, PointsRequestedEvent, "An earn or redeem request the gateway accepted."),
+)
 
 
 def create_app(

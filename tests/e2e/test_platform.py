@@ -1,0 +1,274 @@
+"""The whole platform, started the way `make run` starts it, used only through
+its public interfaces: the `points` CLI an operator runs and the HTTP APIs a
+business user and a third-party developer call."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import uvicorn
+
+from infra.signing import EVENT_ID_HEADER, SIGNATURE_HEADER, verify
+from tests.conftest import free_port
+
+pytestmark = pytest.mark.e2e
+
+SERVICES = ("rules", "trigger", "ledger", "notifier")
+
+
+@dataclass
+class Platform:
+    env: dict[str, str]
+    urls: dict[str, str]
+    process: subprocess.Popen[bytes]
+    log: Path
+
+    def points(self, *args: str) -> Any:
+        """Run the operator CLI against this platform; its JSON output."""
+        completed = subprocess.run(
+            [sys.executable, "-m", "points_cli", *args, "--json"],
+            env=self.env,
+            capture_output=True,
+            timeout=60,
+            check=False,
+        )
+        assert completed.returncode == 0, completed.stderr.decode()
+        return json.loads(completed.stdout)
+
+
+def _wait_ready(platform: Platform, timeout: float = 90.0) -> None:
+    deadline = time.monotonic() + timeout
+    waiting = set(SERVICES)
+    while waiting and time.monotonic() < deadline:
+        if platform.process.poll() is not None:
+            raise AssertionError(f"points dev exited:\n{platform.log.read_text()[-4000:]}")
+        for name in list(waiting):
+            try:
+                if httpx.get(f"{platform.urls[name]}/readyz", timeout=2).status_code == 200:
+                    waiting.discard(name)
+            except httpx.HTTPError:
+                pass
+        time.sleep(0.5)
+    if waiting:
+        raise AssertionError(f"not ready: {sorted(waiting)}\n{platform.log.read_text()[-4000:]}")
+
+
+@pytest.fixture(scope="module")
+def platform() -> Iterator[Platform]:
+    state = Path(tempfile.mkdtemp(prefix="points-e2e-"))
+    state.chmod(0o755)  # the embedded PostgreSQL runs as its own system user
+    ports = {name: free_port() for name in SERVICES}
+    urls = {name: f"http://127.0.0.1:{port}" for name, port in ports.items()}
+    env = {
+        key: value
+        for key, value in os.environ.items()
+        if not key.startswith(("DATABASE_URL", "KAFKA_", "SMTP_", "RULES_", "TRIGGER_"))
+    }
+    env.update(
+        POINTS_VAR_DIR=str(state),
+        DEV_KAFKA_PORT=str(free_port()),
+        DEV_SMTP_PORT=str(free_port()),
+        **{f"{name.upper()}_PORT": str(port) for name, port in ports.items()},
+    )
+    log = state / "points-dev.log"
+    with log.open("wb") as output:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "points_cli", "dev"],
+            env=env,
+            stdout=output,
+            stderr=subprocess.STDOUT,
+        )
+    running = Platform(env, urls, process, log)
+    try:
+        _wait_ready(running)
+        yield running
+    finally:
+        process.terminate()
+        try:
+            process.wait(30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+        shutil.rmtree(state, ignore_errors=True)
+
+
+@dataclass
+class CallbackReceiver:
+    """A developer's HTTP endpoint that records every callback it is sent."""
+
+    url: str = ""
+    received: list[tuple[dict[str, str], bytes]] = field(default_factory=list)
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            return
+        body = b""
+        while True:
+            message = await receive()
+            body += message.get("body", b"")
+            if not message.get("more_body"):
+                break
+        headers = {key.decode().lower(): value.decode() for key, value in scope["headers"]}
+        self.received.append((headers, body))
+        await send({"type": "http.response.start", "status": 204, "headers": []})
+        await send({"type": "http.response.body", "body": b""})
+
+
+@pytest.fixture
+async def receiver() -> AsyncIterator[CallbackReceiver]:
+    app = CallbackReceiver()
+    port = free_port()
+    app.url = f"http://127.0.0.1:{port}/points-callback"
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    task = asyncio.create_task(server.serve())
+    while not server.started:  # noqa: ASYNC110 - uvicorn offers no started event
+        await asyncio.sleep(0.05)
+    yield app
+    server.should_exit = True
+    await task
+
+
+async def _eventually(probe: Any, timeout: float = 30.0) -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        value = await probe()
+        if value or time.monotonic() > deadline:
+            return value
+        await asyncio.sleep(0.25)
+
+
+class TestAnEarnTriggerTravelsThroughThePlatform:
+    async def test_points_land_in_the_ledger_and_a_signed_callback_reports_them(
+        self, platform: Platform, receiver: CallbackReceiver
+    ) -> None:
+        org = platform.points("org", "create", "Corner Bakery")
+        platform.points(
+            "user",
+            "create",
+            "--org",
+            org["id"],
+            "--email",
+            "owner@bakery.example",
+            "--password",
+            "croissant-42",
+        )
+        client = platform.points(
+            "client",
+            "create",
+            "--org",
+            org["id"],
+            "--environment",
+            "staging",
+            "--name",
+            "Bakery app",
+        )
+        async with httpx.AsyncClient(timeout=10) as http:
+            # The business user creates and activates an API-triggered earn rule.
+            login = await http.post(
+                f"{platform.urls['rules']}/v1/auth/login",
+                json={"email": "owner@bakery.example", "password": "croissant-42"},
+            )
+            assert login.status_code == 200, login.text
+            console = {"Authorization": f"Bearer {login.json()['accessToken']}"}
+            created = await http.post(
+                f"{platform.urls['rules']}/v1/rules",
+                headers=console,
+                json={
+                    "name": "Croissant points",
+                    "type": "earn",
+                    "environment": "staging",
+                    "apiTrigger": True,
+                    "authorizedClientIds": [client["clientId"]],
+                    "capMax": 10_000,
+                },
+            )
+            assert created.status_code == 201, created.text
+            rule_id = created.json()["id"]
+            activated = await http.post(
+                f"{platform.urls['rules']}/v1/rules/{rule_id}/activate", headers=console
+            )
+            assert activated.json()["status"] == "active"
+
+            # The developer gets a token and triggers the rule.
+            token = await http.post(
+                f"{platform.urls['rules']}/realms/partner/protocol/openid-connect/token",
+                data={
+                    "grant_type": "client_credentials",
+                    "client_id": client["clientId"],
+                    "client_secret": client["clientSecret"],
+                },
+            )
+            assert token.status_code == 200, token.text
+            developer = {"Authorization": f"Bearer {token.json()['access_token']}"}
+            trigger = {
+                "userId": "member-7",
+                "ruleId": rule_id,
+                "amount": 250,
+                "requestId": "order-1001",
+                "callbackUrl": receiver.url,
+            }
+
+            async def accepted() -> httpx.Response | None:
+                # The gateway learns of the rule through Kafka; until then it
+                # truthfully answers that the rule does not exist.
+                response = await http.post(
+                    f"{platform.urls['trigger']}/v1/points/requests",
+                    headers=developer,
+                    json=trigger,
+                )
+                return response if response.status_code == 202 else None
+
+            response = await _eventually(accepted)
+            assert response is not None, "the gateway never accepted the trigger"
+            transaction_id = response.json()["transactionId"]
+
+            async def settled() -> dict[str, Any] | None:
+                status = await http.get(
+                    f"{platform.urls['trigger']}/v1/points/requests/order-1001", headers=developer
+                )
+                body = status.json()
+                return body if body["status"] != "pending" else None
+
+            outcome = await _eventually(settled)
+            assert outcome == {
+                "requestId": "order-1001",
+                "transactionId": transaction_id,
+                "status": "succeeded",
+            }
+
+            balance = await http.get(
+                f"{platform.urls['ledger']}/v1/members/member-7/balance",
+                params={"environment": "staging"},
+                headers=developer,
+            )
+            assert balance.json() == {
+                "userId": "member-7",
+                "environment": "staging",
+                "balance": 250,
+            }
+
+        async def called_back() -> bool:
+            return bool(receiver.received)
+
+        assert await _eventually(called_back), "no callback arrived"
+        headers, body = receiver.received[0]
+        assert verify(client["callbackSigningSecret"], body, headers[SIGNATURE_HEADER.lower()])
+        assert headers[EVENT_ID_HEADER.lower()]
+        callback = json.loads(body)
+        assert callback["transactionId"] == transaction_id
+        assert callback["status"] == "succeeded"
+        assert callback["balance"] == 250
+        assert len(receiver.received) == 1
