@@ -1,0 +1,80 @@
+"""Builds the ledger process: broker, runtime (database, outbox relay) and HTTP app."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from fastapi import FastAPI
+from faststream.kafka import KafkaBroker
+
+from contracts import POINTS_RESULTS, PointsResultEvent
+from infra.broker import create_broker
+from infra.http import create_http_app
+from infra.runtime import ServiceRuntime, health_router
+from infra.tokens import JwksVerifier
+from services.ledger.api import router as members_router
+from services.ledger.settings import LedgerSettings
+from services.ledger.subscribers import register_subscribers
+
+MIGRATIONS = Path(__file__).parent / "migrations"
+
+#: What this service publishes, through its outbox (for the AsyncAPI document).
+PUBLISHES = (
+    (POINTS_RESULTS, PointsResultEvent, "Applied (with the balance after) or rejected requests."),
+)
+
+
+@dataclass(frozen=True)
+class Ledger:
+    """One ledger process: ``runtime.start()`` it, serve ``app``, ``runtime.stop()`` it."""
+
+    settings: LedgerSettings
+    broker: KafkaBroker
+    runtime: ServiceRuntime
+    verifier: JwksVerifier
+    app: FastAPI
+
+
+def create_ledger(
+    settings: LedgerSettings | None = None,
+    *,
+    verifier: JwksVerifier | None = None,
+    consume: bool = True,
+) -> Ledger:
+    """Wire the ledger; ``verifier`` defaults to the issuer's JWKS at ``token_issuer_url``.
+
+    With ``consume=False`` the process only serves reads: no Kafka consumer and
+    no outbox relay, so it needs nothing but PostgreSQL.
+    """
+    settings = settings or LedgerSettings()
+    broker = create_broker(settings)
+    runtime = ServiceRuntime(
+        settings,
+        schema="ledger",
+        migrations=MIGRATIONS,
+        broker=broker if consume else None,
+        relay=consume,
+    )
+    if not consume:
+        del runtime.readiness_checks["broker"]
+    verifier = verifier or JwksVerifier(settings.token_issuer_url)
+    runtime.on_stop(verifier.aclose)
+    register_subscribers(broker, runtime, settings)
+    app = create_http_app(
+        title="Points ledger",
+        description="Double-entry points ledger: member balances and transaction history.",
+    )
+    app.state.runtime = runtime
+    app.state.verifier = verifier
+    app.include_router(health_router(runtime))
+    app.include_router(members_router)
+    return Ledger(settings, broker, runtime, verifier, app)
+
+
+def create_app(
+    settings: LedgerSettings | None = None, verifier: JwksVerifier | None = None
+) -> tuple[FastAPI, ServiceRuntime]:
+    """The ledger's HTTP app and runtime, the pair ``infra.runtime.serve`` runs."""
+    ledger = create_ledger(settings, verifier=verifier)
+    return ledger.app, ledger.runtime

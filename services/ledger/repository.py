@@ -1,0 +1,264 @@
+"""Every SQL statement of the ledger, and the thin functions that run them.
+
+Connections see the ``ledger`` schema first (``search_path``), so table names
+are unqualified. Batch statements take PostgreSQL arrays and ``unnest`` them,
+one round trip per statement whatever the batch size.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, Literal, NamedTuple
+from uuid import UUID
+
+import asyncpg
+
+AccountKind = Literal["member", "pool"]
+
+
+class AccountKey(NamedTuple):
+    """Names an account; tuples sort, which gives every batch the same order."""
+
+    environment: str
+    org_id: str
+    kind: AccountKind
+    owner_id: str
+
+
+@dataclass(frozen=True)
+class Account:
+    id: int
+    key: AccountKey
+    balance: int
+
+
+@dataclass(frozen=True)
+class TransactionRow:
+    """A transaction as inserted: one per points request the ledger decided."""
+
+    id: UUID
+    environment: str
+    org_id: str
+    user_id: str
+    request_id: str
+    client_id: str
+    rule_id: str
+    rule_version: int
+    correlation_id: str
+    type: str
+    amount: int
+    status: str
+    reason: str | None
+    created_at: datetime
+
+
+# Accounts are inserted in the caller's (sorted) order so that concurrent
+# batches creating the same accounts wait on each other instead of deadlocking.
+CREATE_MISSING_ACCOUNTS = """
+INSERT INTO accounts (environment, org_id, kind, owner_id)
+SELECT environment, org_id, kind, owner_id
+FROM unnest($1::text[], $2::text[], $3::text[], $4::text[]) WITH ORDINALITY
+    AS wanted (environment, org_id, kind, owner_id, position)
+ORDER BY position
+ON CONFLICT (environment, org_id, kind, owner_id) DO NOTHING
+"""
+
+# ORDER BY is applied before the row locks, so rows are locked in id order:
+# two batches touching the same accounts queue instead of deadlocking.
+LOCK_ACCOUNTS = """
+SELECT account.id, account.environment, account.org_id, account.kind, account.owner_id,
+       account.balance
+FROM accounts AS account
+JOIN unnest($1::text[], $2::text[], $3::text[], $4::text[])
+    AS wanted (environment, org_id, kind, owner_id)
+    USING (environment, org_id, kind, owner_id)
+ORDER BY account.id
+FOR UPDATE OF account
+"""
+
+RECORDED_TRANSACTIONS = """
+SELECT id, client_id, request_id FROM transactions
+WHERE id = ANY($1::uuid[])
+   OR (client_id, request_id) IN (
+       SELECT client_id, request_id
+       FROM unnest($2::text[], $3::text[]) AS wanted (client_id, request_id)
+   )
+"""
+
+INSERT_TRANSACTIONS = """
+INSERT INTO transactions (
+    id, environment, org_id, user_id, request_id, client_id, rule_id, rule_version,
+    correlation_id, type, amount, status, reason, created_at
+)
+SELECT id, environment, org_id, user_id, request_id, client_id, rule_id, rule_version,
+       correlation_id, type, amount, status, reason, created_at
+FROM unnest(
+    $1::uuid[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[],
+    $8::integer[], $9::text[], $10::text[], $11::bigint[], $12::text[], $13::text[],
+    $14::timestamptz[]
+) WITH ORDINALITY AS decided (
+    id, environment, org_id, user_id, request_id, client_id, rule_id, rule_version,
+    correlation_id, type, amount, status, reason, created_at, position
+)
+ORDER BY position
+"""
+
+INSERT_ENTRIES = """
+INSERT INTO entries (transaction_id, account_id, amount)
+SELECT transaction_id, account_id, amount
+FROM unnest($1::uuid[], $2::bigint[], $3::bigint[]) WITH ORDINALITY
+    AS entry (transaction_id, account_id, amount, position)
+ORDER BY position
+"""
+
+ADD_TO_BALANCES = """
+UPDATE accounts SET balance = accounts.balance + change.amount
+FROM unnest($1::bigint[], $2::bigint[]) AS change (account_id, amount)
+WHERE accounts.id = change.account_id
+"""
+
+MEMBER_BALANCE = """
+SELECT balance FROM accounts
+WHERE environment = $1 AND org_id = $2 AND kind = 'member' AND owner_id = $3
+"""
+
+MEMBER_HISTORY = """
+SELECT id, seq, request_id, rule_id, type, amount, status, reason, created_at
+FROM transactions
+WHERE environment = $1 AND org_id = $2 AND user_id = $3
+  AND ($4::bigint IS NULL OR seq < $4)
+ORDER BY seq DESC
+LIMIT $5
+"""
+
+# The invariant checks of `points ledger verify`; each returns at most $1 rows.
+UNBALANCED_TRANSACTIONS = """
+SELECT transaction_id, sum(amount) AS total
+FROM entries GROUP BY transaction_id HAVING sum(amount) <> 0
+ORDER BY transaction_id LIMIT $1
+"""
+
+BALANCES_DIFFERING_FROM_ENTRIES = """
+SELECT account.id, account.environment, account.org_id, account.kind, account.owner_id,
+       account.balance, coalesce(moved.total, 0) AS total
+FROM accounts AS account
+LEFT JOIN (
+    SELECT account_id, sum(amount) AS total FROM entries GROUP BY account_id
+) AS moved ON moved.account_id = account.id
+WHERE account.balance <> coalesce(moved.total, 0)
+ORDER BY account.id LIMIT $1
+"""
+
+NEGATIVE_MEMBER_BALANCES = """
+SELECT id, environment, org_id, owner_id, balance FROM accounts
+WHERE kind = 'member' AND balance < 0
+ORDER BY id LIMIT $1
+"""
+
+APPLIED_WITHOUT_ENTRIES = """
+SELECT id FROM transactions AS txn
+WHERE status = 'applied'
+  AND NOT EXISTS (SELECT 1 FROM entries WHERE entries.transaction_id = txn.id)
+ORDER BY seq LIMIT $1
+"""
+
+REJECTED_WITH_ENTRIES = """
+SELECT id FROM transactions AS txn
+WHERE status = 'rejected'
+  AND EXISTS (SELECT 1 FROM entries WHERE entries.transaction_id = txn.id)
+ORDER BY seq LIMIT $1
+"""
+
+
+def _columns(keys: Sequence[AccountKey]) -> list[list[str]]:
+    return [list(column) for column in zip(*keys, strict=True)] if keys else [[], [], [], []]
+
+
+async def create_missing_accounts(
+    connection: asyncpg.Connection, keys: Sequence[AccountKey]
+) -> None:
+    await connection.execute(CREATE_MISSING_ACCOUNTS, *_columns(keys))
+
+
+async def lock_accounts(
+    connection: asyncpg.Connection, keys: Sequence[AccountKey]
+) -> dict[AccountKey, Account]:
+    """Lock the named accounts (FOR UPDATE, in id order) and return them by key."""
+    rows = await connection.fetch(LOCK_ACCOUNTS, *_columns(keys))
+    accounts = {}
+    for row in rows:
+        key = AccountKey(row["environment"], row["org_id"], row["kind"], row["owner_id"])
+        accounts[key] = Account(id=row["id"], key=key, balance=row["balance"])
+    return accounts
+
+
+async def recorded_transactions(
+    connection: asyncpg.Connection,
+    transaction_ids: Sequence[UUID],
+    requests: Sequence[tuple[str, str]],
+) -> tuple[set[UUID], set[tuple[str, str]]]:
+    """Which of these transaction ids and (client id, request id) pairs are recorded."""
+    rows = await connection.fetch(
+        RECORDED_TRANSACTIONS,
+        list(transaction_ids),
+        [client_id for client_id, _ in requests],
+        [request_id for _, request_id in requests],
+    )
+    return (
+        {row["id"] for row in rows},
+        {(row["client_id"], row["request_id"]) for row in rows},
+    )
+
+
+async def insert_transactions(
+    connection: asyncpg.Connection, transactions: Sequence[TransactionRow]
+) -> None:
+    fields = list(TransactionRow.__dataclass_fields__)
+    columns = [[getattr(row, name) for row in transactions] for name in fields]
+    await connection.execute(INSERT_TRANSACTIONS, *columns)
+
+
+async def insert_entries(
+    connection: asyncpg.Connection, entries: Sequence[tuple[UUID, int, int]]
+) -> None:
+    """Insert ``(transaction id, account id, signed amount)`` rows."""
+    await connection.execute(
+        INSERT_ENTRIES,
+        [transaction_id for transaction_id, _, _ in entries],
+        [account_id for _, account_id, _ in entries],
+        [amount for _, _, amount in entries],
+    )
+
+
+async def add_to_balances(connection: asyncpg.Connection, changes: dict[int, int]) -> None:
+    """Add each signed amount to its account's balance (account id -> amount)."""
+    await connection.execute(ADD_TO_BALANCES, list(changes), list(changes.values()))
+
+
+async def member_balance(
+    connection: asyncpg.Connection, environment: str, org_id: str, user_id: str
+) -> int | None:
+    balance = await connection.fetchval(MEMBER_BALANCE, environment, org_id, user_id)
+    return None if balance is None else int(balance)
+
+
+async def member_history(
+    connection: asyncpg.Connection,
+    environment: str,
+    org_id: str,
+    user_id: str,
+    *,
+    before_seq: int | None,
+    limit: int,
+) -> list[asyncpg.Record]:
+    return list(
+        await connection.fetch(MEMBER_HISTORY, environment, org_id, user_id, before_seq, limit)
+    )
+
+
+async def fetch_violations(
+    connection: asyncpg.Connection, statement: str, limit: int
+) -> list[dict[str, Any]]:
+    return [dict(row.items()) for row in await connection.fetch(statement, limit)]

@@ -1,0 +1,395 @@
+"""The ledger's logic: applying points requests as double-entry transactions.
+
+Nothing here opens or commits a transaction: the message handler (or the
+test, or the CLI) owns it, so a batch's inbox claims, ledger rows and outbox
+events commit together or not at all.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Literal, cast, get_args
+from uuid import UUID
+
+import asyncpg
+
+from contracts import (
+    POINTS_REQUESTED,
+    Environment,
+    PointsRequestedEvent,
+    PointsResult,
+    PointsResultEvent,
+)
+from infra import inbox, outbox
+from infra.logging import get_logger
+from infra.problems import Problem
+from infra.tokens import Principal
+from services.ledger import repository
+from services.ledger.repository import Account, AccountKey, TransactionRow
+
+log = get_logger(__name__)
+
+INSUFFICIENT_BALANCE = "INSUFFICIENT_BALANCE"
+ENVIRONMENTS: tuple[str, ...] = get_args(Environment)
+#: How many offending rows each invariant check reports at most.
+VIOLATIONS_REPORTED_PER_CHECK = 100
+
+
+class UnknownEnvironment(Problem):
+    status = 400
+    code = "UNKNOWN_ENVIRONMENT"
+    title = "Unknown environment"
+
+
+class EnvironmentForbidden(Problem):
+    status = 403
+    code = "ENVIRONMENT_FORBIDDEN"
+    title = "Forbidden"
+
+
+class InvalidCursor(Problem):
+    status = 400
+    code = "INVALID_CURSOR"
+    title = "Invalid cursor"
+
+
+# -- applying points requests ------------------------------------------------
+
+
+def member_account(event: PointsRequestedEvent) -> AccountKey:
+    return AccountKey(event.environment, event.org_id, "member", event.data.user_id)
+
+
+def pool_account(event: PointsRequestedEvent) -> AccountKey:
+    """The account of the rule's points: debited on earn, credited on redeem."""
+    return AccountKey(event.environment, event.org_id, "pool", event.data.rule_id)
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What the ledger decided for one request."""
+
+    event: PointsRequestedEvent
+    status: Literal["applied", "rejected"]
+    reason: str | None
+    member_balance: int
+    """The member's balance after this request (unchanged when rejected)."""
+    entries: tuple[tuple[AccountKey, int], ...]
+
+
+def decide(
+    events: Sequence[PointsRequestedEvent], balances: dict[AccountKey, int]
+) -> list[Outcome]:
+    """Apply ``events`` in order to ``balances`` (updated in place), deciding each.
+
+    Earn moves points from the rule's pool to the member; redeem moves them
+    back, and is rejected when the member's balance cannot cover it.
+    """
+    outcomes = []
+    for event in events:
+        member, pool = member_account(event), pool_account(event)
+        amount = event.data.amount
+        if event.data.type == "redeem" and balances[member] < amount:
+            outcomes.append(
+                Outcome(event, "rejected", INSUFFICIENT_BALANCE, balances[member], entries=())
+            )
+            continue
+        signed = amount if event.data.type == "earn" else -amount
+        balances[member] += signed
+        balances[pool] -= signed
+        outcomes.append(
+            Outcome(event, "applied", None, balances[member], ((pool, -signed), (member, signed)))
+        )
+    return outcomes
+
+
+async def apply_batch(
+    connection: asyncpg.Connection, events: Sequence[PointsRequestedEvent]
+) -> list[PointsResultEvent]:
+    """Apply a batch of points requests in the caller's transaction; return the results.
+
+    Redeliveries (an event id already in the inbox) and requests already
+    recorded (same transaction id, or same client and request id) change
+    nothing and produce no result. Each result is staged in the outbox.
+    """
+    assert connection.is_in_transaction(), "apply_batch must run in the caller's transaction"
+    fresh = await _claim(connection, events)
+    if not fresh:
+        return []
+    keys = sorted({key for event in fresh for key in (member_account(event), pool_account(event))})
+    await repository.create_missing_accounts(connection, keys)
+    accounts = await repository.lock_accounts(connection, keys)
+    fresh = await _not_yet_recorded(connection, fresh)
+    outcomes = decide(fresh, {key: account.balance for key, account in accounts.items()})
+    results = await _record(connection, outcomes, accounts)
+    log.info(
+        "points.batch.applied",
+        received=len(events),
+        applied=sum(outcome.status == "applied" for outcome in outcomes),
+        rejected=sum(outcome.status == "rejected" for outcome in outcomes),
+    )
+    return results
+
+
+async def _claim(
+    connection: asyncpg.Connection, events: Sequence[PointsRequestedEvent]
+) -> list[PointsRequestedEvent]:
+    # Claims go in event id order so that two batches carrying the same
+    # redelivered events wait on each other rather than deadlock; the events
+    # themselves keep their delivery order, which is each member's order.
+    claimed = set()
+    for event_id in sorted({event.event_id for event in events}):
+        if await inbox.claim(connection, event_id, POINTS_REQUESTED):
+            claimed.add(event_id)
+    fresh = []
+    for event in events:
+        if event.event_id in claimed:
+            claimed.discard(event.event_id)
+            fresh.append(event)
+    return fresh
+
+
+async def _not_yet_recorded(
+    connection: asyncpg.Connection, events: list[PointsRequestedEvent]
+) -> list[PointsRequestedEvent]:
+    # Runs after the member accounts are locked, so a concurrent batch with the
+    # same request has either committed (and is seen here) or waits for us.
+    recorded_ids, recorded_requests = await repository.recorded_transactions(
+        connection,
+        [event.data.transaction_id for event in events],
+        [(event.data.client_id, event.data.request_id) for event in events],
+    )
+    fresh = []
+    for event in events:
+        request = (event.data.client_id, event.data.request_id)
+        if event.data.transaction_id in recorded_ids or request in recorded_requests:
+            log.warning(
+                "points.request.already_recorded",
+                event_id=str(event.event_id),
+                transaction_id=str(event.data.transaction_id),
+                request_id=event.data.request_id,
+            )
+            continue
+        recorded_ids.add(event.data.transaction_id)
+        recorded_requests.add(request)
+        fresh.append(event)
+    return fresh
+
+
+async def _record(
+    connection: asyncpg.Connection,
+    outcomes: list[Outcome],
+    accounts: dict[AccountKey, Account],
+) -> list[PointsResultEvent]:
+    now = datetime.now(UTC)
+    entries = [
+        (outcome.event.data.transaction_id, accounts[key].id, amount)
+        for outcome in outcomes
+        for key, amount in outcome.entries
+    ]
+    changes: dict[int, int] = {}
+    for _, account_id, amount in entries:
+        changes[account_id] = changes.get(account_id, 0) + amount
+    await repository.insert_transactions(
+        connection, [_transaction_row(outcome, now) for outcome in outcomes]
+    )
+    await repository.insert_entries(connection, entries)
+    await repository.add_to_balances(connection, changes)
+    results = [_result_event(outcome, now) for outcome in outcomes]
+    if results:
+        await outbox.enqueue(connection, *results)
+    return results
+
+
+def _transaction_row(outcome: Outcome, created_at: datetime) -> TransactionRow:
+    event, data = outcome.event, outcome.event.data
+    return TransactionRow(
+        id=data.transaction_id,
+        environment=event.environment,
+        org_id=event.org_id,
+        user_id=data.user_id,
+        request_id=data.request_id,
+        client_id=data.client_id,
+        rule_id=data.rule_id,
+        rule_version=data.rule_version,
+        correlation_id=event.correlation_id,
+        type=data.type,
+        amount=data.amount,
+        status=outcome.status,
+        reason=outcome.reason,
+        created_at=created_at,
+    )
+
+
+def _result_event(outcome: Outcome, processed_at: datetime) -> PointsResultEvent:
+    event, data = outcome.event, outcome.event.data
+    return PointsResultEvent.new_event(
+        data=PointsResult(
+            request_id=data.request_id,
+            transaction_id=data.transaction_id,
+            client_id=data.client_id,
+            rule_id=data.rule_id,
+            user_id=data.user_id,
+            type=data.type,
+            amount=data.amount,
+            status=outcome.status,
+            reason=outcome.reason,
+            balance=outcome.member_balance,
+            callback_url=data.callback_url,
+            processed_at=processed_at,
+        ),
+        environment=event.environment,
+        org_id=event.org_id,
+        correlation_id=event.correlation_id,
+    )
+
+
+# -- reads -------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ReadScope:
+    """The organisation and environment a caller's read is confined to."""
+
+    org_id: str
+    environment: Environment
+
+
+def read_scope(principal: Principal, environment: str) -> ReadScope:
+    """Where ``principal`` may read members' points in ``environment``, or a problem.
+
+    A client reads its own organisation in its own environment only; a
+    business user reads its own organisation in either environment.
+    """
+    if environment not in ENVIRONMENTS:
+        raise UnknownEnvironment(
+            f"environment must be one of {', '.join(ENVIRONMENTS)}, not {environment!r}"
+        )
+    if principal.kind == "client" and principal.environment != environment:
+        raise EnvironmentForbidden(
+            f"this client belongs to the {principal.environment} environment, not {environment}"
+        )
+    return ReadScope(org_id=principal.org_id, environment=cast("Environment", environment))
+
+
+async def member_balance(connection: asyncpg.Connection, scope: ReadScope, user_id: str) -> int:
+    """The member's balance; 0 for a member the ledger has never seen."""
+    balance = await repository.member_balance(connection, scope.environment, scope.org_id, user_id)
+    return balance or 0
+
+
+@dataclass(frozen=True)
+class HistoryItem:
+    transaction_id: UUID
+    request_id: str
+    rule_id: str
+    type: str
+    amount: int
+    status: str
+    reason: str | None
+    created_at: datetime
+
+
+@dataclass(frozen=True)
+class HistoryPage:
+    items: list[HistoryItem]
+    next_cursor: str | None
+
+
+def encode_cursor(seq: int) -> str:
+    return base64.urlsafe_b64encode(f"seq:{seq}".encode()).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str) -> int:
+    try:
+        text = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
+        prefix, _, seq = text.partition(":")
+        if prefix != "seq":
+            raise ValueError(text)
+        return int(seq)
+    except (ValueError, binascii.Error, UnicodeDecodeError) as error:
+        raise InvalidCursor("cursor is not one this API returned") from error
+
+
+async def member_history(
+    connection: asyncpg.Connection,
+    scope: ReadScope,
+    user_id: str,
+    *,
+    limit: int,
+    cursor: str | None = None,
+) -> HistoryPage:
+    """The member's transactions, newest first, ``limit`` at a time."""
+    rows = await repository.member_history(
+        connection,
+        scope.environment,
+        scope.org_id,
+        user_id,
+        before_seq=None if cursor is None else decode_cursor(cursor),
+        limit=limit + 1,
+    )
+    page = rows[:limit]
+    items = [
+        HistoryItem(
+            transaction_id=row["id"],
+            request_id=row["request_id"],
+            rule_id=row["rule_id"],
+            type=row["type"],
+            amount=row["amount"],
+            status=row["status"],
+            reason=row["reason"],
+            created_at=row["created_at"],
+        )
+        for row in page
+    ]
+    next_cursor = encode_cursor(page[-1]["seq"]) if len(rows) > limit else None
+    return HistoryPage(items=items, next_cursor=next_cursor)
+
+
+# -- verification --------------------------------------------------------------
+
+
+async def verify_ledger(connection: asyncpg.Connection) -> list[str]:
+    """Check the ledger's invariants; each violation found, as a sentence.
+
+    An empty list means: every transaction's entries sum to zero, every
+    account's balance equals the sum of its entries, no member balance is
+    negative, every applied transaction has entries and no rejected one has.
+    ``connection`` must see the ledger schema (``search_path``).
+    """
+    limit = VIOLATIONS_REPORTED_PER_CHECK
+    violations: list[str] = []
+    for row in await repository.fetch_violations(
+        connection, repository.UNBALANCED_TRANSACTIONS, limit
+    ):
+        violations.append(
+            f"Transaction {row['transaction_id']} has entries summing to {row['total']}, not 0."
+        )
+    for row in await repository.fetch_violations(
+        connection, repository.BALANCES_DIFFERING_FROM_ENTRIES, limit
+    ):
+        violations.append(
+            f"The {row['kind']} account of {row['owner_id']!r} ({row['environment']}, "
+            f"org {row['org_id']}) has balance {row['balance']} but its entries sum to "
+            f"{row['total']}."
+        )
+    for row in await repository.fetch_violations(
+        connection, repository.NEGATIVE_MEMBER_BALANCES, limit
+    ):
+        violations.append(
+            f"Member {row['owner_id']!r} ({row['environment']}, org {row['org_id']}) "
+            f"has a negative balance of {row['balance']}."
+        )
+    for row in await repository.fetch_violations(
+        connection, repository.APPLIED_WITHOUT_ENTRIES, limit
+    ):
+        violations.append(f"Applied transaction {row['id']} has no entries.")
+    for row in await repository.fetch_violations(
+        connection, repository.REJECTED_WITH_ENTRIES, limit
+    ):
+        violations.append(f"Rejected transaction {row['id']} has entries.")
+    return violations

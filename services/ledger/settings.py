@@ -1,0 +1,30 @@
+"""Settings of the ledger service (env prefix ``LEDGER_``)."""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+from pydantic import Field
+from pydantic_settings import SettingsConfigDict
+
+from infra.settings import ServiceSettings
+
+
+class LedgerSettings(ServiceSettings):
+    """What the ledger reads from its environment."""
+
+    model_config = SettingsConfigDict(env_prefix="LEDGER_", extra="ignore", env_ignore_empty=True)
+
+    service_name: ClassVar[str] = "ledger"
+
+    port: int = Field(default=8003, description="Port the ledger's HTTP API binds.")
+    token_issuer_url: str = Field(
+        default="http://127.0.0.1:8001",
+        description="Base URL of the token issuer (the rules service) whose JWKS signs "
+        "the tokens the read API accepts (also TOKEN_ISSUER_URL).",
+    )
+    batch_max_records: int = Field(
+        default=500,
+        ge=1,
+        description="Most points requests applied in one PostgreSQL transaction.",
+    )

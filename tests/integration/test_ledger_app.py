@@ -1,0 +1,407 @@
+"""The running ledger: its subscriber through a real broker, and its HTTP reads."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime
+from typing import Any, Literal
+from uuid import uuid4
+
+import httpx
+import jwt
+import pytest
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka.structs import TopicPartition
+from cryptography.hazmat.primitives.asymmetric import ec
+
+from contracts import (
+    ALL_TOPICS,
+    POINTS_REQUESTED,
+    POINTS_RESULTS,
+    PointsRequested,
+    PointsRequestedEvent,
+    PointsResultEvent,
+)
+from infra.dev.kafka import create_topics
+from infra.tokens import API_AUDIENCE, JWKS_PATH, REALM_PATH, JwksVerifier
+from services.ledger.app import Ledger, create_ledger
+from services.ledger.service import apply_batch
+from services.ledger.settings import LedgerSettings
+
+ISSUER_URL = "http://issuer.test"
+
+
+class TestIssuer:
+    """Signs tokens the way the rules service does and serves its JWKS in memory."""
+
+    __test__ = False
+
+    def __init__(self) -> None:
+        self.key = ec.generate_private_key(ec.SECP256R1())
+        self.kid = "test-key-1"
+
+    def jwks(self) -> dict[str, Any]:
+        public = json.loads(jwt.algorithms.ECAlgorithm.to_jwk(self.key.public_key()))
+        return {"keys": [{**public, "kid": self.kid, "use": "sig", "alg": "ES256"}]}
+
+    def verifier(self) -> JwksVerifier:
+        def serve(request: httpx.Request) -> httpx.Response:
+            assert request.url.path == JWKS_PATH
+            return httpx.Response(200, json=self.jwks())
+
+        return JwksVerifier(
+            ISSUER_URL, http=httpx.AsyncClient(transport=httpx.MockTransport(serve))
+        )
+
+    def token(
+        self,
+        *,
+        typ: Literal["client", "user"] = "client",
+        org_id: str = "org-1",
+        environment: str | None = "staging",
+        expires_in: int = 300,
+    ) -> str:
+        now = int(time.time())
+        claims: dict[str, Any] = {
+            "iss": ISSUER_URL + REALM_PATH,
+            "aud": API_AUDIENCE,
+            "typ": typ,
+            "sub": "client-1" if typ == "client" else "user-1",
+            "org_id": org_id,
+            "iat": now,
+            "exp": now + expires_in,
+        }
+        if environment is not None:
+            claims["environment"] = environment
+        return jwt.encode(claims, self.key, algorithm="ES256", headers={"kid": self.kid})
+
+
+def points_requested(
+    amount: int, *, type: Literal["earn", "redeem"] = "earn", environment: str = "staging"
+) -> PointsRequestedEvent:
+    return PointsRequestedEvent.new_event(
+        data=PointsRequested(
+            request_id=f"request-{uuid4().hex[:8]}",
+            transaction_id=uuid4(),
+            client_id="client-1",
+            rule_id="rule-1",
+            rule_version=1,
+            user_id="member-1",
+            type=type,
+            amount=amount,
+            callback_url=None,
+            requested_at=datetime.now(UTC),
+        ),
+        environment=environment,  # type: ignore[arg-type]
+        org_id="org-1",
+        correlation_id=f"correlation-{uuid4().hex[:8]}",
+    )
+
+
+@pytest.fixture
+def issuer() -> TestIssuer:
+    return TestIssuer()
+
+
+@pytest.fixture
+async def ledger(
+    database_url: str, kafka_bootstrap_servers: str, issuer: TestIssuer
+) -> AsyncIterator[Ledger]:
+    await create_topics(
+        kafka_bootstrap_servers,
+        [topic for topic in ALL_TOPICS if topic.name in (POINTS_REQUESTED, POINTS_RESULTS)],
+    )
+    settings = LedgerSettings(
+        database_url=database_url,
+        kafka_bootstrap_servers=kafka_bootstrap_servers,
+        startup_timeout_seconds=15,
+    )
+    ledger = create_ledger(settings, verifier=issuer.verifier())
+    await ledger.runtime.start()
+    try:
+        yield ledger
+    finally:
+        await ledger.runtime.stop()
+
+
+@pytest.fixture
+async def reader(database_url: str, issuer: TestIssuer) -> AsyncIterator[Ledger]:
+    """A ledger that serves reads only: PostgreSQL, no broker."""
+    settings = LedgerSettings(database_url=database_url, startup_timeout_seconds=15)
+    ledger = create_ledger(settings, verifier=issuer.verifier(), consume=False)
+    await ledger.runtime.start()
+    try:
+        yield ledger
+    finally:
+        await ledger.runtime.stop()
+
+
+def http_client(ledger: Ledger) -> httpx.AsyncClient:
+    transport = httpx.ASGITransport(app=ledger.app)
+    return httpx.AsyncClient(transport=transport, base_url="http://ledger.test")
+
+
+@pytest.fixture
+async def http(reader: Ledger) -> AsyncIterator[httpx.AsyncClient]:
+    async with http_client(reader) as client:
+        yield client
+
+
+async def seed(ledger: Ledger, *events: PointsRequestedEvent) -> None:
+    async with ledger.runtime.pool.acquire() as connection, connection.transaction():
+        await apply_batch(connection, events)
+
+
+def bearer(token: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"}
+
+
+async def first_result(bootstrap_servers: str, timeout: float) -> PointsResultEvent:
+    consumer = AIOKafkaConsumer(
+        POINTS_RESULTS,
+        bootstrap_servers=bootstrap_servers,
+        group_id=f"test-{uuid4().hex[:8]}",
+        auto_offset_reset="earliest",
+    )
+    await consumer.start()
+    try:
+        async with asyncio.timeout(timeout):
+            while True:
+                batches = await consumer.getmany(timeout_ms=500)
+                for records in batches.values():
+                    for record in records:
+                        return PointsResultEvent.model_validate_json(record.value)
+    finally:
+        await consumer.stop()
+
+
+async def wait_until_committed(
+    bootstrap_servers: str, partition: TopicPartition, offset: int, *, timeout: float
+) -> None:
+    """Wait until the ledger's consumer group has committed ``offset`` on ``partition``."""
+    # Never subscribes, so it reads the group's offsets without joining the group.
+    observer = AIOKafkaConsumer(
+        bootstrap_servers=bootstrap_servers, group_id="ledger", enable_auto_commit=False
+    )
+    await observer.start()
+    try:
+        async with asyncio.timeout(timeout):
+            while True:
+                if await observer.committed(partition) == offset:
+                    return
+                await asyncio.sleep(0.2)
+    finally:
+        await observer.stop()
+
+
+class TestThroughTheBroker:
+    async def test_a_requested_earn_is_applied_published_and_readable(
+        self, ledger: Ledger, issuer: TestIssuer
+    ) -> None:
+        servers = ledger.settings.kafka_bootstrap_servers
+        event = points_requested(120)
+        producer = AIOKafkaProducer(bootstrap_servers=servers, acks="all")
+        await producer.start()
+        try:
+            await producer.send_and_wait(
+                POINTS_REQUESTED, event.model_dump_json().encode(), key=event.key().encode()
+            )
+            # A malformed message on the same partition is skipped, not retried forever.
+            malformed = await producer.send_and_wait(
+                POINTS_REQUESTED, b"not json", key=event.key().encode()
+            )
+        finally:
+            await producer.stop()
+
+        result = await first_result(servers, timeout=30)
+        partition = TopicPartition(POINTS_REQUESTED, malformed.partition)
+        await wait_until_committed(servers, partition, malformed.offset + 1, timeout=30)
+
+        assert result.type == "points.applied"
+        assert result.data.transaction_id == event.data.transaction_id
+        assert result.correlation_id == event.correlation_id
+        assert result.data.balance == 120
+        async with http_client(ledger) as http:
+            response = await http.get(
+                "/v1/members/member-1/balance",
+                params={"environment": "staging"},
+                headers=bearer(issuer.token()),
+            )
+        assert response.json() == {"userId": "member-1", "environment": "staging", "balance": 120}
+
+
+class TestBalanceReads:
+    async def test_a_client_reads_a_members_balance_in_its_environment(
+        self, reader: Ledger, http: httpx.AsyncClient, issuer: TestIssuer
+    ) -> None:
+        await seed(reader, points_requested(50), points_requested(20, type="redeem"))
+
+        response = await http.get(
+            "/v1/members/member-1/balance",
+            params={"environment": "staging"},
+            headers=bearer(issuer.token()),
+        )
+
+        assert response.status_code == 200
+        assert response.json() == {"userId": "member-1", "environment": "staging", "balance": 30}
+
+    async def test_an_unknown_member_has_a_zero_balance(
+        self, http: httpx.AsyncClient, issuer: TestIssuer
+    ) -> None:
+        response = await http.get(
+            "/v1/members/nobody/balance",
+            params={"environment": "staging"},
+            headers=bearer(issuer.token()),
+        )
+
+        assert response.json()["balance"] == 0
+
+    async def test_another_organisation_sees_none_of_the_members_points(
+        self, reader: Ledger, http: httpx.AsyncClient, issuer: TestIssuer
+    ) -> None:
+        await seed(reader, points_requested(50))
+        token = issuer.token(org_id="org-2")
+
+        balance = await http.get(
+            "/v1/members/member-1/balance", params={"environment": "staging"}, headers=bearer(token)
+        )
+        history = await http.get(
+            "/v1/members/member-1/transactions",
+            params={"environment": "staging"},
+            headers=bearer(token),
+        )
+
+        assert balance.json()["balance"] == 0
+        assert history.json() == {"items": [], "nextCursor": None}
+
+    async def test_a_client_may_not_read_another_environment(
+        self, http: httpx.AsyncClient, issuer: TestIssuer
+    ) -> None:
+        response = await http.get(
+            "/v1/members/member-1/balance",
+            params={"environment": "production"},
+            headers=bearer(issuer.token(environment="staging")),
+        )
+
+        assert response.status_code == 403
+        assert response.headers["content-type"] == "application/problem+json"
+        assert response.json()["code"] == "ENVIRONMENT_FORBIDDEN"
+
+    async def test_a_business_user_reads_either_environment(
+        self, reader: Ledger, http: httpx.AsyncClient, issuer: TestIssuer
+    ) -> None:
+        await seed(reader, points_requested(7, environment="production"))
+        token = issuer.token(typ="user", environment=None)
+
+        balances = [
+            (
+                await http.get(
+                    "/v1/members/member-1/balance",
+                    params={"environment": environment},
+                    headers=bearer(token),
+                )
+            ).json()["balance"]
+            for environment in ("staging", "production")
+        ]
+
+        assert balances == [0, 7]
+
+    @pytest.mark.parametrize(
+        "headers",
+        [{}, {"Authorization": "Bearer not-a-token"}, {"Authorization": "Basic abc"}],
+        ids=["missing", "malformed", "not-bearer"],
+    )
+    async def test_a_missing_or_invalid_token_is_unauthorized(
+        self, http: httpx.AsyncClient, headers: dict[str, str]
+    ) -> None:
+        response = await http.get(
+            "/v1/members/member-1/balance", params={"environment": "staging"}, headers=headers
+        )
+
+        assert response.status_code == 401
+        assert response.json()["code"] == "UNAUTHORIZED"
+
+    async def test_an_expired_token_is_unauthorized(
+        self, http: httpx.AsyncClient, issuer: TestIssuer
+    ) -> None:
+        response = await http.get(
+            "/v1/members/member-1/balance",
+            params={"environment": "staging"},
+            headers=bearer(issuer.token(expires_in=-60)),
+        )
+
+        assert response.status_code == 401
+
+    async def test_an_unknown_environment_is_a_bad_request(
+        self, http: httpx.AsyncClient, issuer: TestIssuer
+    ) -> None:
+        response = await http.get(
+            "/v1/members/member-1/balance",
+            params={"environment": "moon"},
+            headers=bearer(issuer.token(typ="user", environment=None)),
+        )
+
+        assert response.status_code == 400
+        assert response.json()["code"] == "UNKNOWN_ENVIRONMENT"
+
+
+class TestHealth:
+    async def test_a_read_only_ledger_is_ready_without_a_broker(
+        self, http: httpx.AsyncClient
+    ) -> None:
+        response = await http.get("/readyz")
+
+        assert response.status_code == 200
+        assert response.json()["checks"] == {"database": True}
+
+
+class TestHistoryReads:
+    async def test_pages_through_transactions_newest_first_in_camel_case(
+        self, reader: Ledger, http: httpx.AsyncClient, issuer: TestIssuer
+    ) -> None:
+        events = [points_requested(n) for n in (1, 2, 3)]
+        for event in events:
+            await seed(reader, event)
+        path, headers = "/v1/members/member-1/transactions", bearer(issuer.token())
+
+        first = (
+            await http.get(path, params={"environment": "staging", "limit": 2}, headers=headers)
+        ).json()
+        second = (
+            await http.get(
+                path,
+                params={"environment": "staging", "limit": 2, "cursor": first["nextCursor"]},
+                headers=headers,
+            )
+        ).json()
+
+        assert [item["amount"] for item in first["items"]] == [3, 2]
+        assert set(first["items"][0]) == {
+            "transactionId",
+            "requestId",
+            "ruleId",
+            "type",
+            "amount",
+            "status",
+            "reason",
+            "createdAt",
+        }
+        assert [item["transactionId"] for item in second["items"]] == [
+            str(events[0].data.transaction_id)
+        ]
+        assert second["nextCursor"] is None
+
+    async def test_a_cursor_it_did_not_issue_is_a_bad_request(
+        self, http: httpx.AsyncClient, issuer: TestIssuer
+    ) -> None:
+        response = await http.get(
+            "/v1/members/member-1/transactions",
+            params={"environment": "staging", "cursor": "bogus!"},
+            headers=bearer(issuer.token()),
+        )
+
+        assert response.status_code == 400
+        assert response.json()["code"] == "INVALID_CURSOR"

@@ -1,0 +1,115 @@
+"""The ledger's pure logic: deciding requests, read scopes and history cursors."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Literal
+from uuid import uuid4
+
+import pytest
+
+from contracts import PointsRequested, PointsRequestedEvent
+from infra.tokens import Principal
+from services.ledger.service import (
+    INSUFFICIENT_BALANCE,
+    EnvironmentForbidden,
+    InvalidCursor,
+    UnknownEnvironment,
+    decide,
+    decode_cursor,
+    encode_cursor,
+    member_account,
+    pool_account,
+    read_scope,
+)
+
+
+def request(type: Literal["earn", "redeem"], amount: int) -> PointsRequestedEvent:
+    return PointsRequestedEvent.new_event(
+        data=PointsRequested(
+            request_id=uuid4().hex,
+            transaction_id=uuid4(),
+            client_id="client-1",
+            rule_id="rule-1",
+            rule_version=1,
+            user_id="member-1",
+            type=type,
+            amount=amount,
+            requested_at=datetime.now(UTC),
+        ),
+        environment="staging",
+        org_id="org-1",
+        correlation_id="correlation-1",
+    )
+
+
+def principal(kind: Literal["client", "user"], environment: str | None) -> Principal:
+    return Principal(
+        kind=kind,
+        subject="someone",
+        org_id="org-1",
+        environment=environment,
+        role=None,
+        scopes=frozenset(),
+        claims={},
+    )
+
+
+class TestDecide:
+    def test_an_earn_moves_points_from_the_pool_to_the_member(self) -> None:
+        earn = request("earn", 30)
+        balances = {member_account(earn): 0, pool_account(earn): 0}
+
+        [outcome] = decide([earn], balances)
+
+        assert outcome.status == "applied"
+        assert dict(outcome.entries) == {pool_account(earn): -30, member_account(earn): 30}
+        assert balances == {member_account(earn): 30, pool_account(earn): -30}
+
+    def test_a_redeem_beyond_the_balance_is_rejected_without_entries(self) -> None:
+        redeem = request("redeem", 31)
+        balances = {member_account(redeem): 30, pool_account(redeem): -30}
+
+        [outcome] = decide([redeem], balances)
+
+        assert (outcome.status, outcome.reason, outcome.entries) == (
+            "rejected",
+            INSUFFICIENT_BALANCE,
+            (),
+        )
+        assert outcome.member_balance == 30
+
+    def test_requests_are_decided_in_order(self) -> None:
+        events = [request("redeem", 5), request("earn", 5), request("redeem", 5)]
+        balances = {member_account(events[0]): 0, pool_account(events[0]): 0}
+
+        statuses = [outcome.status for outcome in decide(events, balances)]
+
+        assert statuses == ["rejected", "applied", "applied"]
+
+
+class TestReadScope:
+    def test_a_client_reads_its_own_environment(self) -> None:
+        scope = read_scope(principal("client", "staging"), "staging")
+        assert (scope.org_id, scope.environment) == ("org-1", "staging")
+
+    def test_a_client_may_not_read_another_environment(self) -> None:
+        with pytest.raises(EnvironmentForbidden):
+            read_scope(principal("client", "staging"), "production")
+
+    def test_a_business_user_reads_either_environment(self) -> None:
+        assert read_scope(principal("user", None), "production").environment == "production"
+
+    def test_an_unknown_environment_is_refused(self) -> None:
+        with pytest.raises(UnknownEnvironment):
+            read_scope(principal("user", None), "dev")
+
+
+class TestCursor:
+    def test_round_trips(self) -> None:
+        assert decode_cursor(encode_cursor(42)) == 42
+
+    @pytest.mark.parametrize("cursor", ["", "!!", "bm90LWEtY3Vyc29y", encode_cursor(1)[:-2]])
+    def test_a_cursor_the_api_did_not_issue_is_refused(self, cursor: str) -> None:
+        with pytest.raises(InvalidCursor):
+            decode_cursor(cursor)
