@@ -1,0 +1,258 @@
+"""Every SQL statement of the notifier, and the rows they return."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+from uuid import UUID
+
+import asyncpg
+
+#: Stored as ``last_error`` when a callback waits for its client's lifecycle event.
+UNKNOWN_CLIENT_ERROR = "unknown client: no clients.lifecycle.v1 event seen for it yet"
+
+UPSERT_CLIENT = """
+INSERT INTO clients (client_id, org_id, environment, status, signing_key_salt, occurred_at)
+VALUES ($1, $2, $3, $4, $5, $6)
+ON CONFLICT (client_id) DO UPDATE SET
+    org_id = EXCLUDED.org_id,
+    environment = EXCLUDED.environment,
+    status = EXCLUDED.status,
+    signing_key_salt = EXCLUDED.signing_key_salt,
+    occurred_at = EXCLUDED.occurred_at
+WHERE clients.occurred_at < EXCLUDED.occurred_at
+RETURNING client_id
+"""
+
+CLIENT_SALT = "SELECT signing_key_salt FROM clients WHERE client_id = $1"
+
+# Callbacks that failed only because the client was not projected yet go out
+# as soon as it is, instead of after their next retry delay; those that ran out
+# of attempts waiting for it start a fresh schedule. (Both topics are consumed
+# independently, so a result can overtake its client's lifecycle event.)
+RETRY_AWAITING_CLIENT = """
+UPDATE deliveries
+SET status = 'pending',
+    attempts = CASE WHEN status = 'parked' THEN 0 ELSE attempts END,
+    next_attempt_at = now(),
+    updated_at = now()
+WHERE client_id = $1 AND status IN ('pending', 'parked') AND last_error = $2
+RETURNING id
+"""
+
+INSERT_DELIVERY = """
+INSERT INTO deliveries (
+    event_id, client_id, org_id, environment, request_id, transaction_id, url, host, body
+) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
+ON CONFLICT (event_id) DO NOTHING
+RETURNING id
+"""
+
+# SKIP LOCKED lets workers (in this and other replicas) claim different rows
+# without waiting on each other; the lease keeps the row theirs while they send
+# outside any transaction, and counting the attempt now means a callback that
+# crashes its sender still runs out of attempts.
+CLAIM_DUE = """
+WITH due AS (
+    SELECT id FROM deliveries
+    WHERE status = 'pending'
+      AND next_attempt_at <= now()
+      AND (locked_until IS NULL OR locked_until <= now())
+      AND host <> ALL($2::text[])
+    ORDER BY next_attempt_at
+    LIMIT 1
+    FOR UPDATE SKIP LOCKED
+)
+UPDATE deliveries AS d
+SET locked_until = now() + $1::interval, attempts = d.attempts + 1, updated_at = now()
+FROM due WHERE d.id = due.id
+RETURNING d.id, d.event_id, d.client_id, d.request_id, d.url, d.host, d.body, d.attempts
+"""
+
+SECONDS_UNTIL_DUE = """
+SELECT EXTRACT(EPOCH FROM min(greatest(next_attempt_at, coalesce(locked_until, next_attempt_at)))
+       - now())::float8
+FROM deliveries WHERE status = 'pending'
+"""
+
+# Each statement below names the attempt it records, so a worker whose lease
+# expired (and whose delivery another worker took over) changes nothing.
+MARK_DELIVERED = """
+UPDATE deliveries
+SET status = 'delivered', delivered_at = now(), locked_until = NULL,
+    last_status_code = $3, last_error = NULL, updated_at = now()
+WHERE id = $1 AND attempts = $2 AND status = 'pending'
+"""
+
+SCHEDULE_RETRY = """
+UPDATE deliveries
+SET next_attempt_at = now() + $3::interval, locked_until = NULL,
+    last_status_code = $4, last_error = $5, updated_at = now()
+WHERE id = $1 AND attempts = $2 AND status = 'pending'
+"""
+
+PARK = """
+UPDATE deliveries
+SET status = 'parked', locked_until = NULL, last_status_code = $3, last_error = $4,
+    updated_at = now()
+WHERE id = $1 AND attempts = $2 AND status = 'pending'
+"""
+
+REPLAY_PARKED = """
+UPDATE deliveries
+SET status = 'pending', attempts = 0, next_attempt_at = now(), locked_until = NULL,
+    updated_at = now()
+WHERE id = $1 AND status = 'parked'
+RETURNING id
+"""
+
+LIST_DELIVERIES = """
+SELECT id, event_id, client_id, org_id, environment, request_id, transaction_id, url, status,
+       attempts, next_attempt_at, last_status_code, last_error, created_at, updated_at,
+       delivered_at
+FROM deliveries
+WHERE ($1::text IS NULL OR status = $1)
+ORDER BY updated_at DESC, id DESC
+LIMIT $2
+"""
+
+
+@dataclass(frozen=True)
+class ClaimedDelivery:
+    """A callback a worker holds the lease on, with the attempt it is making."""
+
+    id: int
+    event_id: UUID
+    client_id: str
+    request_id: str
+    url: str
+    host: str
+    body: bytes
+    attempt: int
+
+
+async def upsert_client(
+    connection: asyncpg.Connection,
+    *,
+    client_id: str,
+    org_id: str,
+    environment: str,
+    status: str,
+    signing_key_salt: str,
+    occurred_at: datetime,
+) -> bool:
+    """Store the client unless a newer event already did; True when stored."""
+    row = await connection.fetchval(
+        UPSERT_CLIENT, client_id, org_id, environment, status, signing_key_salt, occurred_at
+    )
+    return row is not None
+
+
+async def client_salt(connection: asyncpg.Connection | asyncpg.Pool, client_id: str) -> str | None:
+    salt: str | None = await connection.fetchval(CLIENT_SALT, client_id)
+    return salt
+
+
+async def retry_awaiting_client(connection: asyncpg.Connection, client_id: str) -> int:
+    return len(await connection.fetch(RETRY_AWAITING_CLIENT, client_id, UNKNOWN_CLIENT_ERROR))
+
+
+@dataclass(frozen=True)
+class NewDelivery:
+    """A callback to queue: where it goes and the exact bytes it carries."""
+
+    event_id: UUID
+    client_id: str
+    org_id: str
+    environment: str
+    request_id: str
+    transaction_id: UUID
+    url: str
+    host: str
+    body: bytes
+
+
+async def insert_delivery(connection: asyncpg.Connection, delivery: NewDelivery) -> bool:
+    """Queue a callback; False when one for the same event exists already."""
+    row = await connection.fetchval(
+        INSERT_DELIVERY,
+        delivery.event_id,
+        delivery.client_id,
+        delivery.org_id,
+        delivery.environment,
+        delivery.request_id,
+        delivery.transaction_id,
+        delivery.url,
+        delivery.host,
+        delivery.body,
+    )
+    return row is not None
+
+
+async def claim_due(
+    pool: asyncpg.Pool, *, lease_seconds: float, skip_hosts: list[str]
+) -> ClaimedDelivery | None:
+    """Lease the most overdue callback not bound for one of ``skip_hosts``."""
+    async with pool.acquire() as connection, connection.transaction():
+        row = await connection.fetchrow(CLAIM_DUE, _interval(lease_seconds), skip_hosts)
+    if row is None:
+        return None
+    return ClaimedDelivery(
+        id=row["id"],
+        event_id=row["event_id"],
+        client_id=row["client_id"],
+        request_id=row["request_id"],
+        url=row["url"],
+        host=row["host"],
+        body=bytes(row["body"]),
+        attempt=row["attempts"],
+    )
+
+
+async def seconds_until_due(pool: asyncpg.Pool) -> float | None:
+    seconds: float | None = await pool.fetchval(SECONDS_UNTIL_DUE)
+    return seconds
+
+
+async def mark_delivered(pool: asyncpg.Pool, delivery: ClaimedDelivery, status_code: int) -> None:
+    await pool.execute(MARK_DELIVERED, delivery.id, delivery.attempt, status_code)
+
+
+async def schedule_retry(
+    pool: asyncpg.Pool,
+    delivery: ClaimedDelivery,
+    *,
+    delay_seconds: float,
+    status_code: int | None,
+    error: str,
+) -> None:
+    await pool.execute(
+        SCHEDULE_RETRY,
+        delivery.id,
+        delivery.attempt,
+        _interval(delay_seconds),
+        status_code,
+        error,
+    )
+
+
+async def park(
+    pool: asyncpg.Pool, delivery: ClaimedDelivery, *, status_code: int | None, error: str
+) -> None:
+    await pool.execute(PARK, delivery.id, delivery.attempt, status_code, error)
+
+
+async def replay_parked(pool: asyncpg.Pool, delivery_id: int) -> bool:
+    return await pool.fetchval(REPLAY_PARKED, delivery_id) is not None
+
+
+async def list_deliveries(
+    pool: asyncpg.Pool, *, status: str | None, limit: int
+) -> list[dict[str, Any]]:
+    rows = await pool.fetch(LIST_DELIVERIES, status, limit)
+    return [dict(row.items()) for row in rows]
+
+
+def _interval(seconds: float) -> timedelta:
+    return timedelta(seconds=seconds)

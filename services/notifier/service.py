@@ -1,0 +1,454 @@
+"""Signed HTTP callbacks: queue one per points result, then deliver it with retries.
+
+A points result that names a callback URL becomes a ``deliveries`` row in the
+same transaction that records the event in the inbox, so a redelivered event
+queues nothing twice. Delivery workers then lease due rows, check the target
+against SSRF, sign the stored body with the client's derived secret and POST
+it outside any transaction. A 2xx ends the delivery; anything else schedules
+the next attempt from ``retry_schedule_seconds`` until the schedule runs out
+and the delivery is parked for an operator.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ipaddress
+import json
+import random
+import socket
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+from datetime import UTC
+from typing import Any
+from urllib.parse import urlsplit
+
+import asyncpg
+import httpx
+
+from contracts import POINTS_RESULTS, ClientLifecycleEvent, PointsResult, PointsResultEvent
+from infra import inbox
+from infra.logging import get_logger
+from infra.signing import EVENT_ID_HEADER, SIGNATURE_HEADER, derive_signing_secret, sign
+from services.notifier import repository
+from services.notifier.repository import UNKNOWN_CLIENT_ERROR, ClaimedDelivery, NewDelivery
+from services.notifier.settings import NotifierSettings
+
+log = get_logger(__name__)
+
+ALLOWED_SCHEMES = frozenset({"http", "https"})
+JITTER = 0.1
+#: How long a lease outlives the longest attempt, so a live sender never loses it.
+LEASE_MARGIN_SECONDS = 60.0
+USER_AGENT = "points-notifier/1"
+
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+
+
+# --- queueing (runs in the consumer's transaction) -------------------------------------
+
+
+def callback_body(result: PointsResult) -> bytes:
+    """The callback JSON of DESIGN §5, as the exact bytes that are signed and sent."""
+    document = {
+        "requestId": result.request_id,
+        "transactionId": str(result.transaction_id),
+        "ruleId": result.rule_id,
+        "userId": result.user_id,
+        "type": result.type,
+        "amount": result.amount,
+        "status": "succeeded" if result.status == "applied" else "failed",
+        "reason": result.reason,
+        "balance": result.balance,
+        "processedAt": result.processed_at.astimezone(UTC).isoformat().replace("+00:00", "Z"),
+    }
+    return json.dumps(document, separators=(",", ":")).encode()
+
+
+def callback_host(url: str) -> str:
+    """The lower-cased host of ``url``; empty when it has none."""
+    try:
+        return (urlsplit(url).hostname or "").lower()
+    except ValueError:
+        return ""
+
+
+async def queue_callback(connection: asyncpg.Connection, event: PointsResultEvent) -> bool:
+    """Queue the callback ``event`` asks for, once however often it arrives.
+
+    Returns True when a new delivery was queued.
+    """
+    if not await inbox.claim(connection, event.event_id, POINTS_RESULTS):
+        return False
+    result = event.data
+    if result.callback_url is None:
+        return False
+    queued = await repository.insert_delivery(
+        connection,
+        NewDelivery(
+            event_id=event.event_id,
+            client_id=result.client_id,
+            org_id=event.org_id,
+            environment=event.environment,
+            request_id=result.request_id,
+            transaction_id=result.transaction_id,
+            url=result.callback_url,
+            host=callback_host(result.callback_url),
+            body=callback_body(result),
+        ),
+    )
+    if queued:
+        log.info(
+            "callback.queued",
+            event_id=str(event.event_id),
+            request_id=result.request_id,
+            client_id=result.client_id,
+        )
+    return queued
+
+
+async def project_client(connection: asyncpg.Connection, event: ClientLifecycleEvent) -> bool:
+    """Keep the newest known state of the event's client.
+
+    Returns True when callbacks that were waiting for this client are due now.
+    """
+    client = event.data
+    stored = await repository.upsert_client(
+        connection,
+        client_id=client.client_id,
+        org_id=client.org_id,
+        environment=client.environment,
+        status=client.status,
+        signing_key_salt=client.signing_key_salt,
+        occurred_at=event.occurred_at,
+    )
+    if not stored:
+        return False
+    return await repository.retry_awaiting_client(connection, client.client_id) > 0
+
+
+# --- retry schedule ---------------------------------------------------------------------
+
+
+def retry_delay(schedule: tuple[float, ...], attempts_made: int) -> float | None:
+    """Seconds until the next attempt after ``attempts_made`` failed ones; None to park.
+
+    Each delay is jittered by ±10% so that callbacks failing together (a
+    receiver's outage) do not all come back in the same instant.
+    """
+    if attempts_made > len(schedule):
+        return None
+    delay = schedule[attempts_made - 1]
+    return delay * random.uniform(1 - JITTER, 1 + JITTER)
+
+
+# --- SSRF guard -----------------------------------------------------------------------
+
+
+class RefusedTarget(Exception):
+    """A callback URL the notifier will never call: the delivery is parked."""
+
+
+class UnreachableTarget(Exception):
+    """A callback host that cannot be resolved now; the attempt fails and is retried."""
+
+
+@dataclass(frozen=True)
+class CallbackTarget:
+    """A vetted callback URL, pinned to the address that was checked.
+
+    Connecting to the checked address (rather than resolving the name again)
+    keeps a DNS answer that changes between check and connect from reaching an
+    internal address. The original host still goes in ``Host`` and, for
+    https, in the TLS server name, which the certificate is verified against.
+    """
+
+    url: httpx.URL
+    host_header: str
+    extensions: dict[str, Any] = field(default_factory=dict)
+
+
+def refusal_reason(address: IPAddress, *, allow_loopback: bool) -> str | None:
+    """Why ``address`` must not be called, or None when it may."""
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        address = address.ipv4_mapped
+    if address.is_loopback:
+        return None if allow_loopback else "loopback"
+    checks = (
+        ("unspecified", address.is_unspecified),
+        ("link-local", address.is_link_local),
+        ("multicast", address.is_multicast),
+        ("private", address.is_private),
+        ("reserved", address.is_reserved),
+        ("non-public", not address.is_global),
+    )
+    return next((name for name, applies in checks if applies), None)
+
+
+async def vet_callback_url(url: str, *, allow_loopback: bool) -> CallbackTarget:
+    """Resolve ``url``'s host and refuse it unless every address is public.
+
+    Raises :class:`RefusedTarget` for URLs that can never be called and
+    :class:`UnreachableTarget` when the name does not resolve now.
+    """
+    try:
+        parsed = httpx.URL(url)
+    except httpx.InvalidURL as error:
+        raise RefusedTarget(f"malformed callback URL: {error}") from error
+    if parsed.scheme not in ALLOWED_SCHEMES:
+        raise RefusedTarget(f"scheme {parsed.scheme!r} is not http or https")
+    host = parsed.raw_host.decode("ascii")
+    if not host:
+        raise RefusedTarget("callback URL has no host")
+    port = parsed.port or (443 if parsed.scheme == "https" else 80)
+    addresses = await _resolve(host, port)
+    for address in addresses:
+        reason = refusal_reason(address, allow_loopback=allow_loopback)
+        if reason is not None:
+            raise RefusedTarget(f"{host} resolves to {address}, a {reason} address")
+    return CallbackTarget(
+        url=parsed.copy_with(host=str(addresses[0])),
+        host_header=parsed.netloc.decode("ascii"),
+        extensions={"sni_hostname": host} if parsed.scheme == "https" else {},
+    )
+
+
+async def _resolve(host: str, port: int) -> list[IPAddress]:
+    loop = asyncio.get_running_loop()
+    try:
+        infos = await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except (socket.gaierror, UnicodeError) as error:
+        raise UnreachableTarget(f"cannot resolve {host}: {error}") from error
+    # An IPv6 link-local answer may carry a zone ("fe80::1%eth0"); the zone
+    # does not change what kind of address it is.
+    addresses = [ipaddress.ip_address(str(info[4][0]).split("%", 1)[0]) for info in infos]
+    if not addresses:
+        raise UnreachableTarget(f"{host} has no addresses")
+    return addresses
+
+
+# --- delivery -------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class AttemptOutcome:
+    status_code: int | None
+    error: str | None
+
+    @property
+    def delivered(self) -> bool:
+        return self.status_code is not None and 200 <= self.status_code < 300
+
+
+class HostLimiter:
+    """At most ``limit`` concurrent callbacks per receiving host.
+
+    Workers do not claim deliveries for a host that is at its limit (see
+    :meth:`saturated`), so one slow receiver cannot tie up every worker; the
+    semaphore still holds the limit when two workers race for the last slot.
+    """
+
+    def __init__(self, limit: int, on_slot_freed: Callable[[], None]) -> None:
+        self._limit = limit
+        self._on_slot_freed = on_slot_freed
+        self._users: dict[str, int] = {}
+        self._slots: dict[str, asyncio.Semaphore] = {}
+
+    def saturated(self) -> list[str]:
+        return [host for host, users in self._users.items() if users >= self._limit]
+
+    @contextlib.asynccontextmanager
+    async def slot(self, host: str) -> AsyncIterator[None]:
+        self._users[host] = self._users.get(host, 0) + 1
+        semaphore = self._slots.setdefault(host, asyncio.Semaphore(self._limit))
+        try:
+            async with semaphore:
+                yield
+        finally:
+            was_saturated = self._users[host] >= self._limit
+            self._users[host] -= 1
+            if not self._users[host]:
+                del self._users[host], self._slots[host]
+            if was_saturated:
+                self._on_slot_freed()
+
+
+class CallbackDispatcher:
+    """Delivers queued callbacks with ``settings.workers`` concurrent workers.
+
+    Workers lease one due delivery at a time with ``FOR UPDATE SKIP LOCKED``,
+    so any number of notifier replicas can run them side by side.
+    """
+
+    def __init__(
+        self, settings: NotifierSettings, *, transport: httpx.AsyncBaseTransport | None = None
+    ) -> None:
+        self._settings = settings
+        self._transport = transport
+        self._wake = asyncio.Event()
+        self._hosts = HostLimiter(settings.per_host_concurrency, self.wake)
+        self._pool: asyncpg.Pool | None = None
+        self._http: httpx.AsyncClient | None = None
+        self._workers: list[asyncio.Task[None]] = []
+
+    @property
+    def _lease_seconds(self) -> float:
+        return self._settings.total_timeout + LEASE_MARGIN_SECONDS
+
+    def wake(self) -> None:
+        """Tell idle workers that a delivery may be due now."""
+        self._wake.set()
+
+    async def start(self, pool: asyncpg.Pool) -> None:
+        settings = self._settings
+        self._pool = pool
+        self._http = httpx.AsyncClient(
+            timeout=httpx.Timeout(settings.total_timeout, connect=settings.connect_timeout),
+            follow_redirects=False,
+            # Proxies from the environment would connect to the name again
+            # and bypass the address the SSRF check pinned.
+            trust_env=False,
+            transport=self._transport,
+            headers={"User-Agent": USER_AGENT},
+        )
+        self._workers = [
+            asyncio.create_task(self._work(), name=f"notifier-callback-worker-{number}")
+            for number in range(settings.workers)
+        ]
+        log.info("callback.workers.started", workers=settings.workers)
+
+    async def stop(self) -> None:
+        """Stop the workers; a callback cut off mid-send is retried when its lease ends."""
+        for worker in self._workers:
+            worker.cancel()
+        await asyncio.gather(*self._workers, return_exceptions=True)
+        self._workers = []
+        if self._http is not None:
+            await self._http.aclose()
+            self._http = None
+
+    async def _work(self) -> None:
+        while True:
+            try:
+                delivery = await self._next_due()
+                if delivery is not None:
+                    await self._attempt(delivery)
+            except Exception as error:  # a worker outlives a database hiccup
+                log.warning("callback.worker.error", error=str(error) or type(error).__name__)
+                await asyncio.sleep(self._settings.poll_interval_seconds)
+
+    async def _next_due(self) -> ClaimedDelivery | None:
+        """Lease a due delivery, or sleep until one may be due and return None."""
+        pool = self._require_pool()
+        self._wake.clear()
+        delivery = await repository.claim_due(
+            pool, lease_seconds=self._lease_seconds, skip_hosts=self._hosts.saturated()
+        )
+        if delivery is None:
+            seconds = await repository.seconds_until_due(pool)
+            poll = self._settings.poll_interval_seconds
+            # Due but unclaimed means its host is saturated: a freed slot wakes us.
+            timeout = poll if seconds is None or seconds <= 0 else min(poll, seconds)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), timeout)
+        return delivery
+
+    async def _attempt(self, delivery: ClaimedDelivery) -> None:
+        pool = self._require_pool()
+        try:
+            target = await vet_callback_url(
+                delivery.url, allow_loopback=self._settings.is_development
+            )
+        except RefusedTarget as refused:
+            await repository.park(pool, delivery, status_code=None, error=str(refused))
+            _log_outcome("callback.parked", delivery, reason=str(refused))
+            return
+        except UnreachableTarget as unreachable:
+            await self._record(delivery, AttemptOutcome(None, str(unreachable)))
+            return
+        salt = await repository.client_salt(pool, delivery.client_id)
+        if salt is None:
+            await self._record(delivery, AttemptOutcome(None, UNKNOWN_CLIENT_ERROR))
+            return
+        secret = derive_signing_secret(
+            self._settings.callback_signing_key, delivery.client_id, salt
+        )
+        async with self._hosts.slot(delivery.host):
+            outcome = await self._post(target, delivery, sign(secret, delivery.body))
+        await self._record(delivery, outcome)
+
+    async def _post(
+        self, target: CallbackTarget, delivery: ClaimedDelivery, signature: str
+    ) -> AttemptOutcome:
+        http = self._http
+        assert http is not None, "the dispatcher has not started"
+        headers = {
+            "Host": target.host_header,
+            "Content-Type": "application/json",
+            EVENT_ID_HEADER: str(delivery.event_id),
+            SIGNATURE_HEADER: signature,
+        }
+        total = self._settings.total_timeout
+        try:
+            async with (
+                asyncio.timeout(total),
+                # Streamed and never read: a receiver's answer is its status code,
+                # and a huge response body should cost nothing.
+                http.stream(
+                    "POST",
+                    target.url,
+                    content=delivery.body,
+                    headers=headers,
+                    extensions=target.extensions,
+                ) as response,
+            ):
+                code = response.status_code
+        except TimeoutError:
+            return AttemptOutcome(None, f"no answer within {total:g} s")
+        except httpx.HTTPError as error:
+            return AttemptOutcome(None, f"{type(error).__name__}: {error}".rstrip(": "))
+        return AttemptOutcome(code, None if 200 <= code < 300 else f"HTTP {code}")
+
+    async def _record(self, delivery: ClaimedDelivery, outcome: AttemptOutcome) -> None:
+        pool = self._require_pool()
+        if outcome.delivered:
+            assert outcome.status_code is not None
+            await repository.mark_delivered(pool, delivery, outcome.status_code)
+            _log_outcome("callback.delivered", delivery, status_code=outcome.status_code)
+            return
+        error = outcome.error or "failed"
+        delay = retry_delay(self._settings.retry_schedule_seconds, delivery.attempt)
+        if delay is None:
+            await repository.park(pool, delivery, status_code=outcome.status_code, error=error)
+            _log_outcome("callback.parked", delivery, status_code=outcome.status_code, reason=error)
+            return
+        await repository.schedule_retry(
+            pool, delivery, delay_seconds=delay, status_code=outcome.status_code, error=error
+        )
+        _log_outcome(
+            "callback.failed",
+            delivery,
+            status_code=outcome.status_code,
+            error=error,
+            retry_in_seconds=round(delay, 3),
+        )
+
+    def _require_pool(self) -> asyncpg.Pool:
+        if self._pool is None:
+            raise RuntimeError("the callback dispatcher has not started")
+        return self._pool
+
+
+def _log_outcome(event: str, delivery: ClaimedDelivery, **fields: Any) -> None:
+    # The URL's path and query may carry the receiver's own tokens: log the host only.
+    method = log.info if event == "callback.delivered" else log.warning
+    method(
+        event,
+        delivery_id=delivery.id,
+        event_id=str(delivery.event_id),
+        request_id=delivery.request_id,
+        client_id=delivery.client_id,
+        host=delivery.host,
+        attempt=delivery.attempt,
+        **fields,
+    )

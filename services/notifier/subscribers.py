@@ -1,0 +1,42 @@
+"""The notifier's Kafka handlers: each one transaction around a service call."""
+
+from __future__ import annotations
+
+from faststream.kafka import KafkaBroker
+
+from contracts import CLIENTS_LIFECYCLE, POINTS_RESULTS, ClientLifecycleEvent, PointsResultEvent
+from infra.runtime import ServiceRuntime
+from services.notifier import service
+from services.notifier.service import CallbackDispatcher
+
+
+def register_subscribers(
+    broker: KafkaBroker, runtime: ServiceRuntime, dispatcher: CallbackDispatcher
+) -> None:
+    """Subscribe the notifier to client lifecycle events and points results."""
+
+    @broker.subscriber(
+        CLIENTS_LIFECYCLE,
+        group_id="notifier.clients",
+        auto_offset_reset="earliest",
+        description="Projects each API client's signing salt, to sign its callbacks.",
+    )
+    async def on_client_lifecycle(event: ClientLifecycleEvent) -> None:
+        """Keep the newest state of an API client; older events change nothing."""
+        async with runtime.pool.acquire() as connection, connection.transaction():
+            waiting_callbacks_due = await service.project_client(connection, event)
+        if waiting_callbacks_due:
+            dispatcher.wake()
+
+    @broker.subscriber(
+        POINTS_RESULTS,
+        group_id="notifier.callbacks",
+        auto_offset_reset="earliest",
+        description="Queues the signed callback a points result asks for.",
+    )
+    async def on_points_result(event: PointsResultEvent) -> None:
+        """Queue the result's callback once, however often the event is delivered."""
+        async with runtime.pool.acquire() as connection, connection.transaction():
+            queued = await service.queue_callback(connection, event)
+        if queued:
+            dispatcher.wake()

@@ -1,0 +1,191 @@
+"""The notifier's pure logic: callback bodies, retry delays, the SSRF guard, settings."""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import json
+import uuid
+from datetime import UTC, datetime, timedelta, timezone
+
+import pytest
+from pydantic import ValidationError
+
+from contracts import PointsResult
+from infra.signing import DEVELOPMENT_SIGNING_KEY
+from services.notifier.service import (
+    HostLimiter,
+    RefusedTarget,
+    callback_body,
+    callback_host,
+    refusal_reason,
+    retry_delay,
+    vet_callback_url,
+)
+from services.notifier.settings import NotifierSettings
+
+
+def points_result(**changes: object) -> PointsResult:
+    values: dict[str, object] = {
+        "request_id": "req-1",
+        "transaction_id": uuid.UUID("00000000-0000-4000-8000-000000000001"),
+        "client_id": "client-1",
+        "rule_id": "rule-1",
+        "user_id": "user-1",
+        "type": "redeem",
+        "amount": 20,
+        "status": "applied",
+        "balance": 80,
+        "callback_url": "https://partner.example/hooks",
+        "processed_at": datetime(2026, 11, 3, 13, 0, tzinfo=timezone(timedelta(hours=1))),
+        **changes,
+    }
+    return PointsResult.model_validate(values)
+
+
+class TestCallbackBody:
+    def test_is_compact_camel_case_json_with_a_utc_timestamp(self) -> None:
+        body = callback_body(points_result())
+
+        assert body == (
+            b'{"requestId":"req-1","transactionId":"00000000-0000-4000-8000-000000000001",'
+            b'"ruleId":"rule-1","userId":"user-1","type":"redeem","amount":20,'
+            b'"status":"succeeded","reason":null,"balance":80,"processedAt":"2026-11-03T12:00:00Z"}'
+        )
+
+    def test_reports_a_rejection_as_failed_with_its_reason(self) -> None:
+        result = points_result(status="rejected", reason="INSUFFICIENT_BALANCE", balance=None)
+
+        body = json.loads(callback_body(result))
+
+        assert (body["status"], body["reason"]) == ("failed", "INSUFFICIENT_BALANCE")
+
+    def test_keeps_the_instant_the_ledger_processed_it(self) -> None:
+        body = json.loads(callback_body(points_result()))
+
+        assert datetime.fromisoformat(body["processedAt"]) == datetime(2026, 11, 3, 12, tzinfo=UTC)
+
+
+class TestRetryDelay:
+    def test_follows_the_schedule_within_ten_percent(self) -> None:
+        schedule = (10.0, 60.0)
+
+        delays = [retry_delay(schedule, 2) for _ in range(200)]
+
+        assert all(delay is not None and 54.0 <= delay <= 66.0 for delay in delays)
+        assert len(set(delays)) > 1
+
+    def test_parks_once_the_schedule_is_used_up(self) -> None:
+        assert retry_delay((10.0, 60.0), 3) is None
+        assert retry_delay((), 1) is None
+
+
+class TestRefusalReason:
+    @pytest.mark.parametrize(
+        ("address", "reason"),
+        [
+            ("127.0.0.1", "loopback"),
+            ("::1", "loopback"),
+            ("10.0.0.1", "private"),
+            ("172.16.5.4", "private"),
+            ("192.168.1.1", "private"),
+            ("169.254.169.254", "link-local"),
+            ("fe80::1", "link-local"),
+            ("224.0.0.1", "multicast"),
+            ("0.0.0.0", "unspecified"),  # noqa: S104 - an address to refuse, not to bind
+            ("240.0.0.1", "private"),
+            ("100.64.0.1", "non-public"),
+            ("::ffff:10.0.0.1", "private"),
+            ("fc00::1", "private"),
+        ],
+    )
+    def test_refuses_addresses_that_are_not_public(self, address: str, reason: str) -> None:
+        assert refusal_reason(ipaddress.ip_address(address), allow_loopback=False) == reason
+
+    def test_allows_public_addresses(self) -> None:
+        for address in ("93.184.216.34", "2606:4700::1111"):
+            assert refusal_reason(ipaddress.ip_address(address), allow_loopback=False) is None
+
+    def test_allows_loopback_only_when_told_to(self) -> None:
+        assert refusal_reason(ipaddress.ip_address("127.0.0.1"), allow_loopback=True) is None
+        assert refusal_reason(ipaddress.ip_address("10.0.0.1"), allow_loopback=True) == "private"
+
+
+class TestVetCallbackUrl:
+    async def test_pins_a_public_https_target_and_keeps_its_name_for_host_and_tls(self) -> None:
+        target = await vet_callback_url("https://93.184.216.34:8443/cb?x=1", allow_loopback=False)
+
+        assert str(target.url) == "https://93.184.216.34:8443/cb?x=1"
+        assert target.host_header == "93.184.216.34:8443"
+        assert target.extensions == {"sni_hostname": "93.184.216.34"}
+
+    @pytest.mark.parametrize(
+        "url",
+        [
+            "file:///etc/passwd",
+            "gopher://93.184.216.34/",
+            "http:///no-host",
+            "http://localhost:8080/",
+            "http://[::1]/",
+            "http://0.0.0.0/",
+            "http://[::ffff:127.0.0.1]/",
+        ],
+    )
+    async def test_refuses_what_production_must_never_call(self, url: str) -> None:
+        with pytest.raises(RefusedTarget):
+            await vet_callback_url(url, allow_loopback=False)
+
+    def test_callback_host_is_lower_cased_and_empty_when_missing(self) -> None:
+        assert callback_host("https://Partner.Example:8443/x") == "partner.example"
+        assert callback_host("not a url") == ""
+
+
+class TestHostLimiter:
+    async def test_a_host_at_its_limit_is_saturated_until_a_slot_frees(self) -> None:
+        freed: list[bool] = []
+        limiter = HostLimiter(2, lambda: freed.append(True))
+        release = asyncio.Event()
+
+        async def hold(host: str) -> None:
+            async with limiter.slot(host):
+                await release.wait()
+
+        holders = [asyncio.create_task(hold("slow.example")) for _ in range(2)]
+        other = asyncio.create_task(hold("fast.example"))
+        await asyncio.sleep(0)
+        saturated = limiter.saturated()
+        release.set()
+        await asyncio.gather(*holders, other)
+
+        assert saturated == ["slow.example"]
+        assert limiter.saturated() == []
+        assert freed == [True]
+
+
+class TestNotifierSettings:
+    def test_development_uses_the_development_signing_key(self) -> None:
+        settings = NotifierSettings(mode="development")
+
+        assert settings.callback_signing_key == DEVELOPMENT_SIGNING_KEY
+
+    def test_production_refuses_a_missing_key(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        monkeypatch.delenv("CALLBACK_SIGNING_KEY", raising=False)
+        monkeypatch.delenv("NOTIFIER_CALLBACK_SIGNING_KEY", raising=False)
+
+        with pytest.raises(ValidationError, match="CALLBACK_SIGNING_KEY"):
+            NotifierSettings(mode="production")
+
+    @pytest.mark.parametrize("key", [DEVELOPMENT_SIGNING_KEY, "changeme", "short-key"])
+    def test_production_refuses_a_placeholder_key(self, key: str) -> None:
+        with pytest.raises(ValidationError, match="placeholder"):
+            NotifierSettings(mode="production", callback_signing_key=key)
+
+    def test_reads_the_unprefixed_platform_key(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        key = "k" * 40
+        monkeypatch.setenv("CALLBACK_SIGNING_KEY", key)
+        monkeypatch.setenv("NOTIFIER_RETRY_SCHEDULE_SECONDS", "[1, 5]")
+
+        settings = NotifierSettings(mode="production")
+
+        assert settings.callback_signing_key == key
+        assert settings.retry_schedule_seconds == (1.0, 5.0)
