@@ -20,6 +20,7 @@ import ssl
 from typing import Any
 
 from aiokafka import AIOKafkaProducer
+from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.errors import KafkaError
 from faststream import AckPolicy
 from faststream.kafka import KafkaBroker
@@ -31,6 +32,8 @@ from infra.logging import get_logger
 from infra.settings import ServiceSettings
 
 log = get_logger(__name__)
+
+_RETRY_SECONDS = 0.1
 
 
 def broker_security(settings: ServiceSettings) -> BaseSecurity | None:
@@ -86,21 +89,92 @@ def create_producer(settings: ServiceSettings) -> AIOKafkaProducer:
     )
 
 
+async def wait_for_broker(settings: ServiceSettings) -> None:
+    """:func:`wait_for_kafka` with a service's settings and start-up timeout."""
+    await wait_for_kafka(
+        settings.kafka_bootstrap_servers,
+        settings.startup_timeout_seconds,
+        **parse_security(broker_security(settings)),
+    )
+
+
 async def start_producer(settings: ServiceSettings) -> AIOKafkaProducer:
-    """Start a producer, retrying until the start-up timeout, or fail clearly."""
+    """Start a producer once the broker answers, or fail clearly."""
+    await wait_for_broker(settings)
+    producer = create_producer(settings)
+    try:
+        await producer.start()
+    except KafkaError as error:
+        await producer.stop()
+        raise StartupError(
+            f"Kafka at {settings.kafka_bootstrap_servers} refused the producer: {error}. "
+            "Check KAFKA_* settings."
+        ) from error
+    return producer
+
+
+# The timeout is a retry deadline, not a cancellation: when it passes, the error
+# names the broker and the last failure, which a caller's asyncio.timeout cannot.
+async def wait_for_kafka(
+    bootstrap_servers: str,
+    timeout: float,
+    **client_options: Any,
+) -> None:
+    """Return once a Kafka client can fetch metadata from ``bootstrap_servers``.
+
+    Retries until ``timeout`` seconds have passed, then raises ``StartupError``
+    ("Kafka broker at X is not reachable"). ``client_options`` go to aiokafka's
+    admin client (``security_protocol``, ``ssl_context``, ``sasl_*``).
+    """
     loop = asyncio.get_running_loop()
-    deadline = loop.time() + settings.startup_timeout_seconds
+    deadline = loop.time() + timeout
     while True:
-        producer = create_producer(settings)
         try:
-            await producer.start()
-        except KafkaError as error:
-            await producer.stop()
+            async with asyncio.timeout(max(deadline - loop.time(), _RETRY_SECONDS)):
+                await _fetch_metadata(bootstrap_servers, client_options)
+            return
+        except (OSError, KafkaError, TimeoutError) as error:
             if loop.time() >= deadline:
                 raise StartupError(
-                    f"Kafka at {settings.kafka_bootstrap_servers} is not reachable: {error}. "
+                    f"Kafka broker at {bootstrap_servers} is not reachable "
+                    f"(waited {timeout:g} s; last error: {error or type(error).__name__}). "
                     "Start it or set KAFKA_BOOTSTRAP_SERVERS."
                 ) from error
-            await asyncio.sleep(0.5)
-        else:
-            return producer
+        await asyncio.sleep(_RETRY_SECONDS)
+
+
+async def _fetch_metadata(bootstrap_servers: str, client_options: dict[str, Any]) -> None:
+    # A plain TCP connect first: while nothing listens, aiokafka would log an
+    # error on every attempt.
+    await _connect_to_any(bootstrap_servers)
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap_servers, **client_options)
+    try:
+        await admin.start()  # bootstraps, which fetches the cluster metadata
+    finally:
+        await admin.close()
+
+
+async def _connect_to_any(bootstrap_servers: str) -> None:
+    """Open and close a TCP connection to the first server that accepts one."""
+    error: OSError = ConnectionRefusedError(f"no server in {bootstrap_servers!r}")
+    for host, port in _host_ports(bootstrap_servers):
+        try:
+            _, writer = await asyncio.open_connection(host, port)
+        except OSError as refused:
+            error = refused
+            continue
+        writer.close()
+        await writer.wait_closed()
+        return
+    raise error
+
+
+def _host_ports(bootstrap_servers: str) -> list[tuple[str, int]]:
+    """``"a:9092,[::1]:9093,b"`` as host and port pairs (9092 when no port is given)."""
+    pairs = []
+    for server in filter(None, (s.strip() for s in bootstrap_servers.split(","))):
+        host, colon, port = server.rpartition(":")
+        if not colon or host.endswith(":") or not port.isdigit():
+            host, port = server, "9092"
+        pairs.append((host.strip("[]"), int(port)))
+    return pairs

@@ -23,7 +23,7 @@ from faststream.kafka import KafkaBroker
 from pydantic import ValidationError
 
 from infra import db
-from infra.broker import start_producer
+from infra.broker import start_producer, wait_for_broker
 from infra.errors import StartupError
 from infra.logging import configure_logging, get_logger
 from infra.outbox import OutboxRelay
@@ -92,6 +92,7 @@ class ServiceRuntime:
             max_size=settings.db_pool_max,
             timeout=settings.startup_timeout_seconds,
         )
+        await wait_for_broker(settings)
         if self._with_relay:
             self._producer = await start_producer(settings)
             self.relay = OutboxRelay(settings.database_url, self.schema, self._producer)

