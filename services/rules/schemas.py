@@ -6,10 +6,14 @@ from datetime import datetime
 from typing import Any, Literal
 
 import asyncpg
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, model_validator
 from pydantic.alias_generators import to_camel
 
 from services.rules.service import display_status
+
+#: The most points a cap or limit may name: exact in every JSON client, and within
+#: PostgreSQL's bigint with room for the sums built on it.
+MAX_POINTS = 2**53 - 1
 
 
 class CamelModel(BaseModel):
@@ -34,9 +38,9 @@ class RuleCreate(CamelModel):
     environment: Literal["staging", "production"]
     api_trigger: bool = False
     authorized_client_ids: list[str] = Field(default_factory=list, max_length=100)
-    cap_max: int | None = Field(default=None, ge=1)
-    cap_per_member: int | None = Field(default=None, ge=1)
-    max_amount_per_request: int | None = Field(default=None, ge=1)
+    cap_max: int | None = Field(default=None, ge=1, le=MAX_POINTS)
+    cap_per_member: int | None = Field(default=None, ge=1, le=MAX_POINTS)
+    max_amount_per_request: int | None = Field(default=None, ge=1, le=MAX_POINTS)
     starts_at: AwareDatetime | None = None
     ends_at: AwareDatetime | None = None
 
@@ -50,11 +54,23 @@ class RuleUpdate(CamelModel):
     type: Literal["earn", "redeem"] | None = None
     api_trigger: bool | None = None
     authorized_client_ids: list[str] | None = Field(default=None, max_length=100)
-    cap_max: int | None = Field(default=None, ge=1)
-    cap_per_member: int | None = Field(default=None, ge=1)
-    max_amount_per_request: int | None = Field(default=None, ge=1)
+    cap_max: int | None = Field(default=None, ge=1, le=MAX_POINTS)
+    cap_per_member: int | None = Field(default=None, ge=1, le=MAX_POINTS)
+    max_amount_per_request: int | None = Field(default=None, ge=1, le=MAX_POINTS)
     starts_at: AwareDatetime | None = None
     ends_at: AwareDatetime | None = None
+
+    @model_validator(mode="after")
+    def _required_fields_are_not_cleared(self) -> RuleUpdate:
+        # Only the optional fields (caps, limits, dates, clients) can be cleared with null.
+        cleared = [
+            name
+            for name in ("name", "description", "type", "api_trigger")
+            if name in self.model_fields_set and getattr(self, name) is None
+        ]
+        if cleared:
+            raise ValueError(f"{', '.join(to_camel(name) for name in cleared)} cannot be null")
+        return self
 
     def changes(self) -> dict[str, Any]:
         """The fields the caller sent (an explicit null clears an optional field)."""

@@ -30,6 +30,9 @@ from infra.problems import Problem
 from services.trigger import repository as sql
 
 USER_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:@+-]{0,127}")
+#: The largest amount accepted: every JSON client represents it exactly, and cap
+#: sums built from such amounts stay far inside PostgreSQL's bigint.
+MAX_AMOUNT = 2**53 - 1
 
 
 class Refused(Problem):
@@ -188,8 +191,10 @@ def check_member_and_amount(rule: asyncpg.Record, trigger: Trigger) -> tuple[str
             "userId must be 1-128 characters: letters, digits and . _ : @ + -",
             code="INVALID_USER_ID",
         )
-    if isinstance(amount, bool) or not isinstance(amount, int) or amount <= 0:
-        raise Refused("amount must be a positive integer", code="INVALID_AMOUNT")
+    if isinstance(amount, bool) or not isinstance(amount, int) or not 0 < amount <= MAX_AMOUNT:
+        raise Refused(
+            f"amount must be a positive integer of at most {MAX_AMOUNT}", code="INVALID_AMOUNT"
+        )
     limit = rule["max_amount_per_request"]
     if limit is not None and amount > limit:
         raise Refused(

@@ -1,0 +1,210 @@
+"""Shared pieces for tests that run the rules service and the trigger gateway in-process.
+
+The per-test ``database_url`` and ``kafka_bootstrap_servers`` fixtures of
+``conftest.py`` give every test fresh infrastructure. Tests that share one
+running stack per module (consumer-group joins on Tansu take seconds) get the
+same kind of infrastructure here, as context managers a module-scoped fixture
+can hold open.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+import tempfile
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from contextlib import asynccontextmanager, contextmanager
+from dataclasses import dataclass
+from datetime import timedelta
+from pathlib import Path
+from typing import Any, TypeVar
+
+import asyncpg
+import httpx
+
+from infra import db
+from infra.dev.postgres import with_database
+from infra.tokens import TOKEN_PATH
+from services.rules import service as rules
+from services.rules.settings import RulesSettings
+
+T = TypeVar("T")
+
+RULES_URL = "http://rules.test"
+TRIGGER_URL = "http://trigger.test"
+PASSWORD = "correct horse battery staple"
+
+
+@asynccontextmanager
+async def fresh_database(server_dsn: str) -> AsyncIterator[str]:
+    """A new, empty database on ``server_dsn`` for as long as the block runs."""
+    name = f"test_{uuid.uuid4().hex[:12]}"
+    admin = await asyncpg.connect(server_dsn)
+    try:
+        await admin.execute(f'CREATE DATABASE "{name}"')
+    finally:
+        await admin.close()
+    try:
+        yield with_database(server_dsn, name)
+    finally:
+        admin = await asyncpg.connect(server_dsn)
+        try:
+            await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        finally:
+            await admin.close()
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+@contextmanager
+def kafka_broker() -> Iterator[str]:
+    """A Kafka-protocol broker's bootstrap servers: external if named, else a fresh Tansu."""
+    external = os.environ.get("TEST_KAFKA_BOOTSTRAP_SERVERS")
+    if external:
+        yield external
+        return
+    from infra.dev.kafka import start_tansu
+
+    with tempfile.TemporaryDirectory(prefix="tansu-") as directory:
+        broker = start_tansu(free_port(), Path(directory) / "tansu.log")
+        try:
+            yield broker.bootstrap_servers
+        finally:
+            broker.stop()
+
+
+def rules_settings(database_url: str, kafka_bootstrap_servers: str) -> RulesSettings:
+    return RulesSettings(
+        mode="development",
+        database_url=database_url,
+        kafka_bootstrap_servers=kafka_bootstrap_servers,
+        public_url=RULES_URL,
+        staging_trigger_url="https://trigger-staging.example.com",
+        production_trigger_url="https://trigger.example.com",
+        startup_timeout_seconds=15,
+    )
+
+
+def asgi_client(app: Any, base_url: str) -> httpx.AsyncClient:
+    return httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url=base_url)
+
+
+@asynccontextmanager
+async def rules_transaction(database_url: str) -> AsyncIterator[asyncpg.Connection]:
+    """One transaction in the rules schema (migrated by a started rules service)."""
+    connection = await db.connect(database_url, "rules")
+    try:
+        async with connection.transaction():
+            yield connection
+    finally:
+        await connection.close()
+
+
+@dataclass(frozen=True)
+class Client:
+    """An API client as an operator hands it to a developer."""
+
+    client_id: str
+    client_secret: str
+
+
+@dataclass(frozen=True)
+class Organisation:
+    """A seeded tenant: its id and an editor's e-mail address."""
+
+    id: str
+    email: str
+
+
+class Seeder:
+    """Creates organisations, users and API clients through the rules service's logic."""
+
+    def __init__(self, database_url: str, settings: RulesSettings) -> None:
+        self.database_url = database_url
+        self.settings = settings
+
+    async def organisation(self, name: str = "Acme Coffee", role: str = "admin") -> Organisation:
+        email = f"{uuid.uuid4().hex[:10]}@example.com"
+        async with rules_transaction(self.database_url) as connection:
+            organisation = await rules.create_organisation(connection, name)
+            await rules.create_user(connection, organisation["id"], email, PASSWORD, role)
+        return Organisation(organisation["id"], email)
+
+    async def user(self, org_id: str, role: str) -> str:
+        email = f"{uuid.uuid4().hex[:10]}@example.com"
+        async with rules_transaction(self.database_url) as connection:
+            await rules.create_user(connection, org_id, email, PASSWORD, role)
+        return email
+
+    async def client(self, org_id: str, environment: str = "staging") -> Client:
+        async with rules_transaction(self.database_url) as connection:
+            issued = await rules.create_client(
+                connection,
+                org_id=org_id,
+                environment=environment,
+                name=f"{environment} app",
+                platform_signing_key=self.settings.callback_signing_key,
+            )
+        return Client(issued.client_id, issued.client_secret)
+
+    async def revoke(self, client_id: str) -> None:
+        async with rules_transaction(self.database_url) as connection:
+            await rules.revoke_client(connection, client_id)
+
+    async def rotate(self, client_id: str) -> Client:
+        async with rules_transaction(self.database_url) as connection:
+            issued = await rules.rotate_client_secret(
+                connection,
+                client_id,
+                platform_signing_key=self.settings.callback_signing_key,
+                overlap=timedelta(seconds=self.settings.secret_rotation_overlap_seconds),
+            )
+        return Client(issued.client_id, issued.client_secret)
+
+
+async def request_token(http: httpx.AsyncClient, client: Client) -> httpx.Response:
+    return await http.post(
+        TOKEN_PATH,
+        data={
+            "grant_type": "client_credentials",
+            "client_id": client.client_id,
+            "client_secret": client.client_secret,
+        },
+    )
+
+
+async def client_token(http: httpx.AsyncClient, client: Client) -> str:
+    response = await request_token(http, client)
+    assert response.status_code == 200, response.text
+    return str(response.json()["access_token"])
+
+
+async def login(http: httpx.AsyncClient, email: str, password: str = PASSWORD) -> str:
+    response = await http.post("/v1/auth/login", json={"email": email, "password": password})
+    assert response.status_code == 200, response.text
+    return str(response.json()["accessToken"])
+
+
+def bearer(token: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"}
+
+
+async def eventually(
+    probe: Callable[[], Awaitable[T | None]], *, timeout: float = 30.0, what: str = "condition"
+) -> T:
+    """The first truthy result of ``probe``, polled until ``timeout`` seconds have passed."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while True:
+        result = await probe()
+        if result:
+            return result
+        if loop.time() >= deadline:
+            raise AssertionError(f"timed out after {timeout:g} s waiting for {what}")
+        await asyncio.sleep(0.1)

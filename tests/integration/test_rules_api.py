@@ -1,0 +1,573 @@
+"""The rules service over HTTP: the OAuth2 token issuer, console login and the rule lifecycle.
+
+One rules service runs for the whole module against a real PostgreSQL and a
+real broker (its outbox relay publishes); every test seeds an organisation of
+its own, so tests do not see each other's data.
+"""
+
+from __future__ import annotations
+
+import base64
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import httpx
+import jwt
+import pytest
+import pytest_asyncio
+
+from contracts import RULES_LIFECYCLE, RuleLifecycleEvent
+from infra.runtime import ServiceRuntime
+from infra.tokens import API_AUDIENCE, JWKS_PATH, REALM_PATH, TOKEN_PATH
+from services.rules.app import create_app
+from tests.helpers import (
+    RULES_URL,
+    Client,
+    Seeder,
+    asgi_client,
+    bearer,
+    client_token,
+    fresh_database,
+    kafka_broker,
+    login,
+    request_token,
+    rules_settings,
+)
+
+
+@dataclass(frozen=True)
+class RulesStack:
+    http: httpx.AsyncClient
+    seeder: Seeder
+    runtime: ServiceRuntime
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="session")
+async def stack(postgres_server_dsn: str) -> AsyncIterator[RulesStack]:
+    with kafka_broker() as bootstrap_servers:
+        async with fresh_database(postgres_server_dsn) as database_url:
+            settings = rules_settings(database_url, bootstrap_servers)
+            app, runtime = create_app(settings)
+            await runtime.start()
+            try:
+                async with asgi_client(app, RULES_URL) as http:
+                    yield RulesStack(http, Seeder(database_url, settings), runtime)
+            finally:
+                await runtime.stop()
+
+
+@dataclass(frozen=True)
+class Tenant:
+    """An organisation with a logged-in admin and one active staging client."""
+
+    org_id: str
+    headers: dict[str, str]
+    client: Client
+
+
+@pytest.fixture
+async def tenant(stack: RulesStack) -> Tenant:
+    organisation = await stack.seeder.organisation()
+    token = await login(stack.http, organisation.email)
+    client = await stack.seeder.client(organisation.id, "staging")
+    return Tenant(organisation.id, bearer(token), client)
+
+
+@pytest.fixture
+def http(stack: RulesStack) -> httpx.AsyncClient:
+    return stack.http
+
+
+def rule_body(**overrides: Any) -> dict[str, Any]:
+    starts = datetime.now(UTC) - timedelta(hours=1)
+    body: dict[str, Any] = {
+        "name": "Double points weekend",
+        "type": "earn",
+        "environment": "staging",
+        "apiTrigger": True,
+        "authorizedClientIds": [],
+        "capMax": 10_000,
+        "startsAt": starts.isoformat(),
+        "endsAt": (starts + timedelta(days=30)).isoformat(),
+    }
+    return {**body, **overrides}
+
+
+async def create_rule(http: httpx.AsyncClient, tenant: Tenant, **overrides: Any) -> dict[str, Any]:
+    body = rule_body(authorizedClientIds=[tenant.client.client_id], **overrides)
+    response = await http.post("/v1/rules", json=body, headers=tenant.headers)
+    assert response.status_code == 201, response.text
+    rule: dict[str, Any] = response.json()
+    return rule
+
+
+async def transition(
+    http: httpx.AsyncClient, tenant: Tenant, rule_id: str, action: str
+) -> httpx.Response:
+    return await http.post(f"/v1/rules/{rule_id}/{action}", headers=tenant.headers)
+
+
+def basic_auth(client_id: str, secret: str) -> dict[str, str]:
+    encoded = base64.b64encode(f"{client_id}:{secret}".encode()).decode()
+    return {"Authorization": f"Basic {encoded}"}
+
+
+def assert_bearer_token_response(response: httpx.Response) -> None:
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert body["token_type"] == "Bearer"
+    assert body["access_token"].count(".") == 2
+    assert body["expires_in"] > 0
+    assert "points:trigger" in body["scope"].split()
+
+
+class TestTokenEndpoint:
+    async def test_form_client_authentication_gets_a_bearer_token(
+        self, http: httpx.AsyncClient, tenant: Tenant
+    ) -> None:
+        response = await request_token(http, tenant.client)
+
+        assert_bearer_token_response(response)
+
+    async def test_http_basic_client_authentication_gets_a_bearer_token(
+        self, http: httpx.AsyncClient, tenant: Tenant
+    ) -> None:
+        response = await http.post(
+            TOKEN_PATH,
+            data={"grant_type": "client_credentials"},
+            headers=basic_auth(tenant.client.client_id, tenant.client.client_secret),
+        )
+
+        assert_bearer_token_response(response)
+
+    async def test_a_wrong_secret_is_refused_as_an_invalid_client(
+        self, http: httpx.AsyncClient, tenant: Tenant
+    ) -> None:
+        response = await request_token(http, Client(tenant.client.client_id, "not-the-secret"))
+
+        assert response.status_code == 401
+        assert response.json()["error"] == "invalid_client"
+
+    async def test_a_wrong_secret_over_http_basic_is_refused_as_an_invalid_client(
+        self, http: httpx.AsyncClient, tenant: Tenant
+    ) -> None:
+        response = await http.post(
+            TOKEN_PATH,
+            data={"grant_type": "client_credentials"},
+            headers=basic_auth(tenant.client.client_id, "not-the-secret"),
+        )
+
+        assert response.status_code == 401
+        assert response.json()["error"] == "invalid_client"
+        assert response.headers["WWW-Authenticate"].startswith("Basic")
+
+    async def test_the_password_grant_is_unsupported(
+        self, http: httpx.AsyncClient, tenant: Tenant
+    ) -> None:
+        response = await http.post(
+            TOKEN_PATH,
+            data={
+                "grant_type": "password",
+                "client_id": tenant.client.client_id,
+                "client_secret": tenant.client.client_secret,
+                "username": "someone",
+                "password": "something",
+            },
+        )
+
+        assert response.status_code == 400
+        assert response.json()["error"] == "unsupported_grant_type"
+
+    async def test_a_request_without_a_grant_type_is_invalid(
+        self, http: httpx.AsyncClient, tenant: Tenant
+    ) -> None:
+        response = await http.post(
+            TOKEN_PATH,
+            data={
+                "client_id": tenant.client.client_id,
+                "client_secret": tenant.client.client_secret,
+            },
+        )
+
+        assert response.status_code == 400
+        assert response.json()["error"] == "invalid_request"
+
+    async def test_a_revoked_client_gets_no_token(
+        self, http: httpx.AsyncClient, stack: RulesStack, tenant: Tenant
+    ) -> None:
+        await stack.seeder.revoke(tenant.client.client_id)
+
+        response = await request_token(http, tenant.client)
+
+        assert response.status_code == 401
+        assert response.json()["error"] == "invalid_client"
+
+    async def test_old_and_new_secrets_both_work_during_the_rotation_overlap(
+        self, http: httpx.AsyncClient, stack: RulesStack, tenant: Tenant
+    ) -> None:
+        rotated = await stack.seeder.rotate(tenant.client.client_id)
+
+        assert rotated.client_secret != tenant.client.client_secret
+        assert_bearer_token_response(await request_token(http, tenant.client))
+        assert_bearer_token_response(await request_token(http, rotated))
+
+    async def test_tokens_are_es256_signed_with_a_key_the_jwks_publishes(
+        self, http: httpx.AsyncClient, tenant: Tenant
+    ) -> None:
+        token = await client_token(http, tenant.client)
+        jwks = (await http.get(JWKS_PATH)).json()
+
+        header = jwt.get_unverified_header(token)
+        assert header["alg"] == "ES256"
+        published = {key["kid"]: key for key in jwks["keys"]}
+        assert header["kid"] in published
+        claims = jwt.decode(
+            token,
+            jwt.PyJWK(published[header["kid"]]).key,
+            algorithms=["ES256"],
+            audience=API_AUDIENCE,
+            issuer=RULES_URL + REALM_PATH,
+        )
+        assert claims["sub"] == tenant.client.client_id
+        assert claims["org_id"] == tenant.org_id
+        assert claims["environment"] == "staging"
+
+    async def test_discovery_names_the_token_endpoint_and_the_jwks_uri(
+        self, http: httpx.AsyncClient
+    ) -> None:
+        response = await http.get(f"{REALM_PATH}/.well-known/openid-configuration")
+
+        assert response.status_code == 200
+        discovery = response.json()
+        assert discovery["issuer"] == RULES_URL + REALM_PATH
+        assert discovery["token_endpoint"] == RULES_URL + TOKEN_PATH
+        assert discovery["jwks_uri"] == RULES_URL + JWKS_PATH
+        assert "client_credentials" in discovery["grant_types_supported"]
+
+
+class TestLogin:
+    async def test_the_right_password_gives_a_bearer_token(
+        self, http: httpx.AsyncClient, stack: RulesStack
+    ) -> None:
+        organisation = await stack.seeder.organisation()
+
+        response = await http.post(
+            "/v1/auth/login",
+            json={"email": organisation.email, "password": "correct horse battery staple"},
+        )
+
+        assert response.status_code == 200, response.text
+        body = response.json()
+        assert body["tokenType"] == "Bearer"
+        assert body["expiresIn"] > 0
+        rules = await http.get("/v1/rules", headers=bearer(body["accessToken"]))
+        assert rules.status_code == 200
+
+    async def test_a_wrong_password_is_refused(
+        self, http: httpx.AsyncClient, stack: RulesStack
+    ) -> None:
+        organisation = await stack.seeder.organisation()
+
+        response = await http.post(
+            "/v1/auth/login", json={"email": organisation.email, "password": "wrong password"}
+        )
+
+        assert response.status_code == 401
+        assert "accessToken" not in response.json()
+
+    async def test_a_viewer_cannot_create_a_rule(
+        self, http: httpx.AsyncClient, stack: RulesStack, tenant: Tenant
+    ) -> None:
+        viewer = await stack.seeder.user(tenant.org_id, "viewer")
+        headers = bearer(await login(http, viewer))
+
+        response = await http.post("/v1/rules", json=rule_body(apiTrigger=False), headers=headers)
+
+        assert response.status_code == 403
+        assert response.json()["code"] == "READ_ONLY_ROLE"
+        listed = await http.get("/v1/rules", headers=headers)
+        assert listed.json()["items"] == []
+
+    async def test_a_client_token_cannot_act_as_a_business_user(
+        self, http: httpx.AsyncClient, tenant: Tenant
+    ) -> None:
+        token = await client_token(http, tenant.client)
+
+        response = await http.get("/v1/rules", headers=bearer(token))
+
+        assert response.status_code == 401
+
+
+class TestRuleLifecycle:
+    async def test_a_new_rule_is_a_draft_at_version_one(
+        self, http: httpx.AsyncClient, tenant: Tenant
+    ) -> None:
+        rule = await create_rule(http, tenant)
+
+        assert rule["status"] == "draft"
+        assert rule["version"] == 1
+        assert rule["authorizedClientIds"] == [tenant.client.client_id]
+        fetched = await http.get(f"/v1/rules/{rule['id']}", headers=tenant.headers)
+        assert fetched.json()["id"] == rule["id"]
+
+    async def test_a_client_of_another_organisation_cannot_be_authorised(
+        self, http: httpx.AsyncClient, stack: RulesStack, tenant: Tenant
+    ) -> None:
+        other = await stack.seeder.organisation("Other Org")
+        foreign = await stack.seeder.client(other.id, "staging")
+
+        response = await http.post(
+            "/v1/rules",
+            json=rule_body(authorizedClientIds=[foreign.client_id]),
+            headers=tenant.headers,
+        )
+
+        assert response.status_code == 400
+        assert response.json()["code"] == "INVALID_AUTHORIZED_CLIENTS"
+
+    async def test_a_client_of_another_environment_cannot_be_authorised(
+        self, http: httpx.AsyncClient, stack: RulesStack, tenant: Tenant
+    ) -> None:
+        production = await stack.seeder.client(tenant.org_id, "production")
+
+        response = await http.post(
+            "/v1/rules",
+            json=rule_body(authorizedClientIds=[production.client_id]),
+            headers=tenant.headers,
+        )
+
+        assert response.status_code == 400
+        assert response.json()["code"] == "INVALID_AUTHORIZED_CLIENTS"
+
+    async def test_a_rule_cannot_end_before_it_starts(
+        self, http: httpx.AsyncClient, tenant: Tenant
+    ) -> None:
+        starts = datetime.now(UTC) + timedelta(days=2)
+
+        response = await http.post(
+            "/v1/rules",
+            json=rule_body(
+                startsAt=starts.isoformat(), endsAt=(starts - timedelta(days=1)).isoformat()
+            ),
+            headers=tenant.headers,
+        )
+
+        assert response.status_code == 400
+        assert response.json()["code"] == "INVALID_PERIOD"
+
+    async def test_a_change_based_on_a_stale_version_is_refused(
+        self, http: httpx.AsyncClient, tenant: Tenant
+    ) -> None:
+        rule = await create_rule(http, tenant)
+        first = await http.patch(
+            f"/v1/rules/{rule['id']}", json={"version": 1, "name": "First"}, headers=tenant.headers
+        )
+        assert first.status_code == 200
+
+        second = await http.patch(
+            f"/v1/rules/{rule['id']}", json={"version": 1, "name": "Second"}, headers=tenant.headers
+        )
+
+        assert second.status_code == 409
+        assert second.json()["code"] == "STALE_VERSION"
+        current = (await http.get(f"/v1/rules/{rule['id']}", headers=tenant.headers)).json()
+        assert (current["name"], current["version"]) == ("First", 2)
+
+    async def test_an_api_triggered_rule_without_clients_cannot_be_activated(
+        self, http: httpx.AsyncClient, tenant: Tenant
+    ) -> None:
+        response = await http.post("/v1/rules", json=rule_body(), headers=tenant.headers)
+        rule = response.json()
+
+        activation = await transition(http, tenant, rule["id"], "activate")
+
+        assert activation.status_code == 400
+        assert activation.json()["code"] == "ACTIVATION_BLOCKED"
+        current = (await http.get(f"/v1/rules/{rule['id']}", headers=tenant.headers)).json()
+        assert current["status"] == "draft"
+
+    async def test_a_rule_is_activated_paused_and_archived_in_turn(
+        self, http: httpx.AsyncClient, tenant: Tenant
+    ) -> None:
+        rule = await create_rule(http, tenant)
+
+        seen = []
+        for action in ("activate", "pause", "activate", "archive"):
+            response = await transition(http, tenant, rule["id"], action)
+            assert response.status_code == 200, response.text
+            seen.append((response.json()["status"], response.json()["version"]))
+
+        assert seen == [("active", 2), ("paused", 3), ("active", 4), ("archived", 5)]
+
+    async def test_an_archived_rule_cannot_be_activated_again(
+        self, http: httpx.AsyncClient, tenant: Tenant
+    ) -> None:
+        rule = await create_rule(http, tenant)
+        assert (await transition(http, tenant, rule["id"], "archive")).status_code == 200
+
+        response = await transition(http, tenant, rule["id"], "activate")
+
+        assert response.status_code == 409
+        current = (await http.get(f"/v1/rules/{rule['id']}", headers=tenant.headers)).json()
+        assert current["status"] == "archived"
+
+    async def test_a_draft_cannot_be_paused(self, http: httpx.AsyncClient, tenant: Tenant) -> None:
+        rule = await create_rule(http, tenant)
+
+        response = await transition(http, tenant, rule["id"], "pause")
+
+        assert response.status_code == 409
+        assert response.json()["code"] == "INVALID_TRANSITION"
+
+    async def test_the_type_cannot_change_after_activation(
+        self, http: httpx.AsyncClient, tenant: Tenant
+    ) -> None:
+        rule = await create_rule(http, tenant)
+        active = (await transition(http, tenant, rule["id"], "activate")).json()
+
+        response = await http.patch(
+            f"/v1/rules/{rule['id']}",
+            json={"version": active["version"], "type": "redeem"},
+            headers=tenant.headers,
+        )
+
+        assert response.status_code == 409
+        assert response.json()["code"] == "RULE_IMMUTABLE"
+
+    async def test_the_environment_cannot_change_after_activation(
+        self, http: httpx.AsyncClient, tenant: Tenant
+    ) -> None:
+        rule = await create_rule(http, tenant)
+        active = (await transition(http, tenant, rule["id"], "activate")).json()
+
+        response = await http.patch(
+            f"/v1/rules/{rule['id']}",
+            json={"version": active["version"], "environment": "production"},
+            headers=tenant.headers,
+        )
+
+        assert response.status_code == 400
+        current = (await http.get(f"/v1/rules/{rule['id']}", headers=tenant.headers)).json()
+        assert (current["environment"], current["version"]) == ("staging", active["version"])
+
+    @pytest.mark.parametrize("field", ["name", "description", "apiTrigger", "type"])
+    async def test_a_field_every_rule_has_cannot_be_cleared_with_null(
+        self, http: httpx.AsyncClient, tenant: Tenant, field: str
+    ) -> None:
+        rule = await create_rule(http, tenant)
+
+        response = await http.patch(
+            f"/v1/rules/{rule['id']}", json={"version": 1, field: None}, headers=tenant.headers
+        )
+
+        assert response.status_code == 400
+        assert response.json()["code"] == "INVALID_REQUEST"
+        current = (await http.get(f"/v1/rules/{rule['id']}", headers=tenant.headers)).json()
+        assert (current[field], current["version"]) == (rule[field], 1)
+
+    async def test_an_optional_cap_can_be_cleared_with_null(
+        self, http: httpx.AsyncClient, tenant: Tenant
+    ) -> None:
+        rule = await create_rule(http, tenant)
+
+        response = await http.patch(
+            f"/v1/rules/{rule['id']}", json={"version": 1, "capMax": None}, headers=tenant.headers
+        )
+
+        assert response.status_code == 200
+        assert response.json()["capMax"] is None
+
+    @pytest.mark.parametrize("field", ["capMax", "capPerMember", "maxAmountPerRequest"])
+    async def test_a_cap_or_limit_too_large_to_count_exactly_is_refused(
+        self, http: httpx.AsyncClient, tenant: Tenant, field: str
+    ) -> None:
+        response = await http.post(
+            "/v1/rules", json=rule_body(apiTrigger=False, **{field: 10**30}), headers=tenant.headers
+        )
+
+        assert response.status_code == 400
+        assert response.json()["code"] == "INVALID_REQUEST"
+
+    async def test_a_draft_can_still_change_its_type(
+        self, http: httpx.AsyncClient, tenant: Tenant
+    ) -> None:
+        rule = await create_rule(http, tenant)
+
+        response = await http.patch(
+            f"/v1/rules/{rule['id']}", json={"version": 1, "type": "redeem"}, headers=tenant.headers
+        )
+
+        assert response.status_code == 200
+        assert response.json()["type"] == "redeem"
+
+
+class TestShareInfo:
+    async def test_share_info_has_exactly_the_six_fields_a_developer_needs(
+        self, http: httpx.AsyncClient, tenant: Tenant
+    ) -> None:
+        rule = await create_rule(http, tenant, name="Coffee stamps")
+
+        response = await http.get(f"/v1/rules/{rule['id']}/share", headers=tenant.headers)
+
+        assert response.status_code == 200
+        assert response.json() == {
+            "ruleName": "Coffee stamps",
+            "ruleId": rule["id"],
+            "ruleType": "Earn Points",
+            "environment": "Staging",
+            "urlEndpoint": "https://trigger-staging.example.com/v1/points/requests",
+            "integrationGuideUrl": "http://127.0.0.1:8001/docs/integration-guide",
+        }
+
+
+class TestTenantIsolation:
+    async def test_another_organisations_user_cannot_see_or_change_the_rule(
+        self, http: httpx.AsyncClient, stack: RulesStack, tenant: Tenant
+    ) -> None:
+        rule = await create_rule(http, tenant)
+        intruder = await stack.seeder.organisation("Intruder Inc")
+        headers = bearer(await login(http, intruder.email))
+
+        responses = [
+            await http.get(f"/v1/rules/{rule['id']}", headers=headers),
+            await http.get(f"/v1/rules/{rule['id']}/share", headers=headers),
+            await http.patch(
+                f"/v1/rules/{rule['id']}", json={"version": 1, "name": "Mine"}, headers=headers
+            ),
+            await http.post(f"/v1/rules/{rule['id']}/archive", headers=headers),
+        ]
+
+        assert [response.status_code for response in responses] == [404, 404, 404, 404]
+        assert (await http.get("/v1/rules", headers=headers)).json()["items"] == []
+        current = (await http.get(f"/v1/rules/{rule['id']}", headers=tenant.headers)).json()
+        assert (current["name"], current["status"]) == (rule["name"], "draft")
+
+
+class TestLifecycleEvents:
+    async def test_every_change_puts_a_rule_snapshot_with_its_new_version_in_the_outbox(
+        self, http: httpx.AsyncClient, stack: RulesStack, tenant: Tenant
+    ) -> None:
+        rule = await create_rule(http, tenant)
+        await http.patch(
+            f"/v1/rules/{rule['id']}", json={"version": 1, "capMax": 500}, headers=tenant.headers
+        )
+        for action in ("activate", "pause", "archive"):
+            await transition(http, tenant, rule["id"], action)
+
+        rows = await stack.runtime.pool.fetch(
+            "SELECT topic, key, payload FROM outbox WHERE key = $1 ORDER BY id", rule["id"]
+        )
+
+        events = [RuleLifecycleEvent.model_validate_json(row["payload"]) for row in rows]
+        assert {row["topic"] for row in rows} == {RULES_LIFECYCLE}
+        assert [(event.type, event.data.version, event.data.status) for event in events] == [
+            ("rule.created", 1, "draft"),
+            ("rule.updated", 2, "draft"),
+            ("rule.activated", 3, "active"),
+            ("rule.paused", 4, "paused"),
+            ("rule.archived", 5, "archived"),
+        ]
+        assert events[1].data.cap_max == 500
+        assert all(event.org_id == tenant.org_id for event in events)

@@ -1,0 +1,606 @@
+"""The trigger gateway as a developer meets it: real tokens, a real broker, real PostgreSQL.
+
+One stack runs for the whole module: the rules service (token issuer and rule
+lifecycle) and the gateway share a database and a broker, and the gateway
+verifies tokens against the rules service's JWKS through an in-process
+transport. Rules are created through the console API and reach the gateway
+the way they do in production, as ``rules.lifecycle.v1`` events.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import httpx
+import jwt
+import pytest
+import pytest_asyncio
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from cryptography.hazmat.primitives.asymmetric import ec
+
+from contracts import (
+    ALL_TOPICS,
+    POINTS_REQUESTED,
+    POINTS_RESULTS,
+    PointsRequestedEvent,
+    PointsResult,
+    PointsResultEvent,
+)
+from infra.dev.kafka import create_topics
+from infra.runtime import ServiceRuntime
+from infra.tokens import API_AUDIENCE, REALM_PATH, JwksVerifier
+from services.rules.app import create_app as create_rules_app
+from services.rules.settings import RulesSettings
+from services.trigger.app import create_app as create_trigger_app
+from services.trigger.settings import TriggerSettings
+from tests.helpers import (
+    RULES_URL,
+    TRIGGER_URL,
+    Client,
+    Seeder,
+    asgi_client,
+    bearer,
+    client_token,
+    eventually,
+    fresh_database,
+    kafka_broker,
+    login,
+    rules_settings,
+)
+
+REQUESTS_PATH = "/v1/points/requests"
+PROJECTION_TIMEOUT = 30.0
+
+
+def iso(moment: datetime) -> str:
+    return moment.isoformat()
+
+
+@dataclass
+class Gateway:
+    """The running stack, the seeded tenants and the rules the tests trigger."""
+
+    http: httpx.AsyncClient
+    runtime: ServiceRuntime
+    seeder: Seeder
+    bootstrap_servers: str
+    org_id: str
+    rules_http: httpx.AsyncClient
+    console: dict[str, str]
+    clients: dict[str, Client] = field(default_factory=dict)
+    tokens: dict[str, str] = field(default_factory=dict)
+    rules: dict[str, str] = field(default_factory=dict)
+    versions: dict[str, int] = field(default_factory=dict)
+
+    async def trigger(
+        self,
+        rule: str,
+        *,
+        amount: Any = 10,
+        user_id: Any = "member-1",
+        request_id: str | None = None,
+        client: str = "main",
+        rule_id: str | None = None,
+    ) -> httpx.Response:
+        body = {
+            "userId": user_id,
+            "ruleId": rule_id or self.rules[rule],
+            "amount": amount,
+            "requestId": request_id or f"req-{uuid.uuid4().hex}",
+        }
+        return await self.http.post(REQUESTS_PATH, json=body, headers=bearer(self.tokens[client]))
+
+    async def status(self, request_id: str, client: str = "main") -> httpx.Response:
+        return await self.http.get(
+            f"{REQUESTS_PATH}/{request_id}", headers=bearer(self.tokens[client])
+        )
+
+    async def cap_used(self, rule: str) -> int:
+        used = await self.runtime.pool.fetchval(
+            "SELECT used FROM cap_usage WHERE rule_id = $1", self.rules[rule]
+        )
+        return int(used or 0)
+
+
+class Console:
+    """A business user creating rules through the rules service's API."""
+
+    def __init__(self, http: httpx.AsyncClient, headers: dict[str, str]) -> None:
+        self.http = http
+        self.headers = headers
+
+    async def rule(
+        self, *, actions: tuple[str, ...] = ("activate",), **fields: Any
+    ) -> dict[str, Any]:
+        now = datetime.now(UTC)
+        body = {
+            "name": "Gateway test rule",
+            "type": "earn",
+            "environment": "staging",
+            "apiTrigger": True,
+            "startsAt": iso(now - timedelta(days=2)),
+            "endsAt": iso(now + timedelta(days=30)),
+            **fields,
+        }
+        response = await self.http.post("/v1/rules", json=body, headers=self.headers)
+        assert response.status_code == 201, response.text
+        rule: dict[str, Any] = response.json()
+        for action in actions:
+            response = await self.http.post(
+                f"/v1/rules/{rule['id']}/{action}", headers=self.headers
+            )
+            assert response.status_code == 200, response.text
+            rule = response.json()
+        return rule
+
+    async def patch(self, rule: dict[str, Any], **changes: Any) -> dict[str, Any]:
+        response = await self.http.patch(
+            f"/v1/rules/{rule['id']}",
+            json={"version": rule["version"], **changes},
+            headers=self.headers,
+        )
+        assert response.status_code == 200, response.text
+        patched: dict[str, Any] = response.json()
+        return patched
+
+
+async def seed_rules(gateway: Gateway, console: Console, foreign: Console) -> None:
+    """The rules the tests trigger, each in the state its name says."""
+    main, prod = gateway.clients["main"].client_id, gateway.clients["prod"].client_id
+    now = datetime.now(UTC)
+    staging: dict[str, Any] = {"authorizedClientIds": [main]}
+    rules = {
+        "open": await console.rule(**staging),
+        "replayed": await console.rule(**staging),
+        "production": await console.rule(environment="production", authorizedClientIds=[prod]),
+        "not_api": await console.rule(apiTrigger=False, **staging),
+        "paused": await console.rule(actions=("activate", "pause"), **staging),
+        "not_started": await console.rule(
+            startsAt=iso(now + timedelta(days=1)), endsAt=iso(now + timedelta(days=30)), **staging
+        ),
+        "limited": await console.rule(maxAmountPerRequest=50, **staging),
+        "capped": await console.rule(capMax=100, **staging),
+        "member_capped": await console.rule(capPerMember=30, **staging),
+        "crowded": await console.rule(capMax=1000, **staging),
+        "released": await console.rule(capMax=10, **staging),
+        "settled": await console.rule(capMax=10, **staging),
+        "foreign": await foreign.rule(authorizedClientIds=[gateway.clients["foreign"].client_id]),
+    }
+    rules["ended"] = await console.patch(
+        await console.rule(**staging), endsAt=iso(now - timedelta(hours=1))
+    )
+    gateway.rules = {name: rule["id"] for name, rule in rules.items()}
+    gateway.versions = {rule["id"]: rule["version"] for rule in rules.values()}
+
+
+async def wait_for_projection(gateway: Gateway) -> None:
+    async def projected() -> bool:
+        rows = await gateway.runtime.pool.fetch("SELECT rule_id, version FROM rules")
+        return {row["rule_id"]: row["version"] for row in rows} == gateway.versions
+
+    await eventually(projected, timeout=PROJECTION_TIMEOUT, what="the gateway's rule projection")
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="session")
+async def gateway(postgres_server_dsn: str) -> AsyncIterator[Gateway]:
+    with kafka_broker() as bootstrap_servers:
+        async with fresh_database(postgres_server_dsn) as database_url:
+            await create_topics(bootstrap_servers, ALL_TOPICS)
+            settings = rules_settings(database_url, bootstrap_servers)
+            rules_app, rules_runtime = create_rules_app(settings)
+            trigger_app, trigger_runtime = create_trigger_app(
+                TriggerSettings(
+                    mode="development",
+                    database_url=database_url,
+                    kafka_bootstrap_servers=bootstrap_servers,
+                    token_issuer_url=RULES_URL,
+                    startup_timeout_seconds=15,
+                ),
+                verifier=JwksVerifier(RULES_URL, http=asgi_client(rules_app, RULES_URL)),
+            )
+            await rules_runtime.start()
+            try:
+                await trigger_runtime.start()
+                try:
+                    async with (
+                        asgi_client(rules_app, RULES_URL) as rules_http,
+                        asgi_client(trigger_app, TRIGGER_URL) as http,
+                    ):
+                        yield await seeded_gateway(
+                            http, trigger_runtime, rules_http, settings, bootstrap_servers
+                        )
+                finally:
+                    await trigger_runtime.stop()
+            finally:
+                await rules_runtime.stop()
+
+
+async def seeded_gateway(
+    http: httpx.AsyncClient,
+    runtime: ServiceRuntime,
+    rules_http: httpx.AsyncClient,
+    settings: RulesSettings,
+    bootstrap_servers: str,
+) -> Gateway:
+    seeder = Seeder(settings.database_url, settings)
+    acme = await seeder.organisation("Acme Coffee")
+    other = await seeder.organisation("Other Org")
+    console = bearer(await login(rules_http, acme.email))
+    gateway = Gateway(http, runtime, seeder, bootstrap_servers, acme.id, rules_http, console)
+    gateway.clients = {
+        "main": await seeder.client(acme.id, "staging"),
+        "outsider": await seeder.client(acme.id, "staging"),
+        "prod": await seeder.client(acme.id, "production"),
+        "foreign": await seeder.client(other.id, "staging"),
+    }
+    gateway.tokens = {
+        name: await client_token(rules_http, client) for name, client in gateway.clients.items()
+    }
+    foreign = Console(rules_http, bearer(await login(rules_http, other.email)))
+    await seed_rules(gateway, Console(rules_http, console), foreign)
+    await wait_for_projection(gateway)
+    return gateway
+
+
+def assert_refused(response: httpx.Response, status: int, code: str) -> None:
+    assert response.status_code == status, response.text
+    assert response.headers["content-type"].startswith("application/problem+json")
+    assert response.json()["code"] == code
+
+
+async def published_request(
+    bootstrap_servers: str, request_id: str, timeout: float = 20.0
+) -> tuple[bytes, PointsRequestedEvent]:
+    """The key and event of the ``points.requested.v1`` message for ``request_id``."""
+    partitions = next(topic.partitions for topic in ALL_TOPICS if topic.name == POINTS_REQUESTED)
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=bootstrap_servers, enable_auto_commit=False, group_id=None
+    )
+    await consumer.start()
+    try:
+        assigned = [TopicPartition(POINTS_REQUESTED, p) for p in range(partitions)]
+        consumer.assign(assigned)
+        await consumer.seek_to_beginning(*assigned)
+        async with asyncio.timeout(timeout):
+            while True:
+                batches = await consumer.getmany(timeout_ms=200)
+                for records in batches.values():
+                    for record in records:
+                        event = PointsRequestedEvent.model_validate_json(record.value)
+                        if event.data.request_id == request_id:
+                            assert record.key is not None
+                            return record.key, event
+    finally:
+        await consumer.stop()
+
+
+async def publish_result(bootstrap_servers: str, event: PointsResultEvent) -> None:
+    producer = AIOKafkaProducer(
+        bootstrap_servers=bootstrap_servers, acks="all", enable_idempotence=False
+    )
+    await producer.start()
+    try:
+        await producer.send_and_wait(
+            POINTS_RESULTS, value=event.model_dump_json().encode(), key=event.key().encode()
+        )
+    finally:
+        await producer.stop()
+
+
+async def ledger_outcome(
+    gateway: Gateway, rule: str, accepted: dict[str, Any], *, applied: bool
+) -> PointsResultEvent:
+    """What the ledger would publish about an accepted 10-point earn for member-1."""
+    result = PointsResult(
+        request_id=accepted["requestId"],
+        transaction_id=uuid.UUID(accepted["transactionId"]),
+        client_id=gateway.clients["main"].client_id,
+        rule_id=gateway.rules[rule],
+        user_id="member-1",
+        type="earn",
+        amount=10,
+        status="applied" if applied else "rejected",
+        reason=None if applied else "MEMBER_BLOCKED",
+        balance=10 if applied else None,
+        processed_at=datetime.now(UTC),
+    )
+    return PointsResultEvent.new_event(
+        data=result, environment="staging", org_id=gateway.org_id, correlation_id="ledger-test"
+    )
+
+
+async def settled_status(gateway: Gateway, request_id: str) -> dict[str, Any]:
+    async def settled() -> dict[str, Any] | None:
+        view: dict[str, Any] = (await gateway.status(request_id)).json()
+        return view if view["status"] != "pending" else None
+
+    return await eventually(settled, timeout=PROJECTION_TIMEOUT, what="the ledger's result")
+
+
+class TestAcceptedTrigger:
+    async def test_a_valid_trigger_is_accepted_and_published_keyed_by_member(
+        self, gateway: Gateway
+    ) -> None:
+        response = await gateway.trigger("open", amount=25, user_id="member-42")
+
+        assert response.status_code == 202, response.text
+        accepted = response.json()
+        assert accepted["status"] == "pending"
+        uuid.UUID(accepted["transactionId"])
+        key, event = await published_request(gateway.bootstrap_servers, accepted["requestId"])
+        assert key.decode() == f"staging:{gateway.org_id}:member-42"
+        assert str(event.data.transaction_id) == accepted["transactionId"]
+        assert (event.data.rule_id, event.data.amount, event.data.type) == (
+            gateway.rules["open"],
+            25,
+            "earn",
+        )
+        assert event.data.client_id == gateway.clients["main"].client_id
+
+    async def test_the_status_of_an_accepted_request_is_pending(self, gateway: Gateway) -> None:
+        accepted = (await gateway.trigger("open")).json()
+
+        response = await gateway.status(accepted["requestId"])
+
+        assert response.status_code == 200
+        assert response.json() == {**accepted, "status": "pending"}
+
+    async def test_the_same_request_again_gets_the_same_transaction_and_is_recorded_once(
+        self, gateway: Gateway
+    ) -> None:
+        request_id = f"req-{uuid.uuid4().hex}"
+        first = await gateway.trigger("replayed", request_id=request_id)
+
+        second = await gateway.trigger("replayed", request_id=request_id)
+
+        assert (first.status_code, second.status_code) == (202, 202)
+        assert second.json()["transactionId"] == first.json()["transactionId"]
+        published = await gateway.runtime.pool.fetchval(
+            "SELECT count(*) FROM outbox WHERE convert_from(payload, 'UTF8')::jsonb"
+            " -> 'data' ->> 'request_id' = $1",
+            request_id,
+        )
+        assert published == 1
+
+    async def test_a_request_id_reused_with_a_different_body_is_a_conflict(
+        self, gateway: Gateway
+    ) -> None:
+        request_id = f"req-{uuid.uuid4().hex}"
+        await gateway.trigger("open", request_id=request_id, amount=10)
+
+        response = await gateway.trigger("open", request_id=request_id, amount=11)
+
+        assert_refused(response, 409, "REQUEST_ID_REUSED")
+
+    async def test_the_status_of_an_unknown_request_is_not_found(self, gateway: Gateway) -> None:
+        response = await gateway.status("never-sent")
+
+        assert_refused(response, 404, "REQUEST_NOT_FOUND")
+
+    async def test_another_client_cannot_see_a_requests_status(self, gateway: Gateway) -> None:
+        accepted = (await gateway.trigger("open")).json()
+
+        response = await gateway.status(accepted["requestId"], client="outsider")
+
+        assert response.status_code == 404
+
+
+class TestRuleRefusals:
+    async def test_an_unknown_rule_is_not_found(self, gateway: Gateway) -> None:
+        response = await gateway.trigger("open", rule_id="rul_does_not_exist")
+
+        assert_refused(response, 400, "RULE_NOT_FOUND")
+
+    async def test_another_organisations_rule_is_not_found(self, gateway: Gateway) -> None:
+        response = await gateway.trigger("foreign")
+
+        assert_refused(response, 400, "RULE_NOT_FOUND")
+
+    async def test_a_staging_client_cannot_trigger_a_production_rule(
+        self, gateway: Gateway
+    ) -> None:
+        response = await gateway.trigger("production")
+
+        assert_refused(response, 403, "ENVIRONMENT_MISMATCH")
+
+    async def test_a_rule_without_the_api_trigger_option_is_refused(self, gateway: Gateway) -> None:
+        response = await gateway.trigger("not_api")
+
+        assert_refused(response, 400, "RULE_NOT_API_TRIGGERABLE")
+
+    async def test_a_paused_rule_is_inactive(self, gateway: Gateway) -> None:
+        response = await gateway.trigger("paused")
+
+        assert_refused(response, 400, "RULE_INACTIVE")
+
+    async def test_a_rule_before_its_start_date_is_refused(self, gateway: Gateway) -> None:
+        response = await gateway.trigger("not_started")
+
+        assert_refused(response, 400, "RULE_NOT_STARTED")
+
+    async def test_a_rule_after_its_end_date_is_refused(self, gateway: Gateway) -> None:
+        response = await gateway.trigger("ended")
+
+        assert_refused(response, 400, "RULE_ENDED")
+
+    async def test_a_client_the_rule_does_not_authorise_is_forbidden(
+        self, gateway: Gateway
+    ) -> None:
+        response = await gateway.trigger("open", client="outsider")
+
+        assert_refused(response, 403, "CLIENT_NOT_AUTHORIZED")
+
+    async def test_rule_checks_come_before_member_and_amount_checks(self, gateway: Gateway) -> None:
+        response = await gateway.trigger("paused", user_id="", amount=-5)
+
+        assert_refused(response, 400, "RULE_INACTIVE")
+
+
+class TestMemberAndAmountRefusals:
+    @pytest.mark.parametrize("user_id", ["", "has space", "-leading-dash", 42, None, "x" * 129])
+    async def test_an_invalid_user_id_is_refused(self, gateway: Gateway, user_id: Any) -> None:
+        response = await gateway.trigger("open", user_id=user_id)
+
+        assert_refused(response, 400, "INVALID_USER_ID")
+
+    @pytest.mark.parametrize("amount", [0, -1, 1.5, "10", True, None, 2**53, 10**30])
+    async def test_an_amount_that_is_not_a_positive_integer_is_refused(
+        self, gateway: Gateway, amount: Any
+    ) -> None:
+        response = await gateway.trigger("open", amount=amount)
+
+        assert_refused(response, 400, "INVALID_AMOUNT")
+
+    async def test_an_amount_over_the_rules_maximum_is_refused_and_the_maximum_is_not(
+        self, gateway: Gateway
+    ) -> None:
+        over = await gateway.trigger("limited", amount=51)
+        at_maximum = await gateway.trigger("limited", amount=50)
+
+        assert_refused(over, 400, "AMOUNT_OVER_MAXIMUM")
+        assert at_maximum.status_code == 202
+
+
+class TestCaps:
+    async def test_a_trigger_that_would_exceed_the_cap_is_refused_and_reserves_nothing(
+        self, gateway: Gateway
+    ) -> None:
+        first = await gateway.trigger("capped", amount=60)
+        over = await gateway.trigger("capped", amount=60)
+        rest = await gateway.trigger("capped", amount=40)
+
+        assert first.status_code == 202
+        assert_refused(over, 400, "CAP_EXCEEDED")
+        assert rest.status_code == 202
+        assert await gateway.cap_used("capped") == 100
+
+    async def test_a_member_over_the_per_member_cap_is_refused_while_others_still_earn(
+        self, gateway: Gateway
+    ) -> None:
+        first = await gateway.trigger("member_capped", amount=20, user_id="member-1")
+        over = await gateway.trigger("member_capped", amount=20, user_id="member-1")
+        other = await gateway.trigger("member_capped", amount=20, user_id="member-2")
+
+        assert first.status_code == 202
+        assert_refused(over, 400, "MEMBER_CAP_EXCEEDED")
+        assert other.status_code == 202
+
+    async def test_the_cap_is_never_exceeded_under_concurrent_triggers(
+        self, gateway: Gateway
+    ) -> None:
+        responses = await asyncio.gather(
+            *(gateway.trigger("crowded", amount=10, user_id=f"member-{i % 25}") for i in range(200))
+        )
+
+        outcomes = [
+            "accepted" if response.status_code == 202 else response.json()["code"]
+            for response in responses
+        ]
+        assert outcomes.count("accepted") == 100
+        assert outcomes.count("CAP_EXCEEDED") == 100
+        assert await gateway.cap_used("crowded") == 1000
+
+    async def test_a_rejection_by_the_ledger_releases_the_reservation(
+        self, gateway: Gateway
+    ) -> None:
+        accepted = (await gateway.trigger("released", amount=10)).json()
+        assert_refused(await gateway.trigger("released", amount=10), 400, "CAP_EXCEEDED")
+
+        await publish_result(
+            gateway.bootstrap_servers,
+            await ledger_outcome(gateway, "released", accepted, applied=False),
+        )
+
+        status = await settled_status(gateway, accepted["requestId"])
+        assert status == {**accepted, "status": "failed", "reason": "MEMBER_BLOCKED"}
+        assert (await gateway.trigger("released", amount=10)).status_code == 202
+
+    async def test_an_applied_result_keeps_the_reservation(self, gateway: Gateway) -> None:
+        accepted = (await gateway.trigger("settled", amount=10)).json()
+
+        await publish_result(
+            gateway.bootstrap_servers,
+            await ledger_outcome(gateway, "settled", accepted, applied=True),
+        )
+
+        status = await settled_status(gateway, accepted["requestId"])
+        assert status == {**accepted, "status": "succeeded"}
+        assert_refused(await gateway.trigger("settled", amount=10), 400, "CAP_EXCEEDED")
+        assert await gateway.cap_used("settled") == 10
+
+
+def tampered(token: str, **claims: Any) -> str:
+    """The token with its claims changed and its original signature kept."""
+    header, payload, signature = token.split(".")
+    decoded = json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
+    forged = base64.urlsafe_b64encode(json.dumps({**decoded, **claims}).encode()).rstrip(b"=")
+    return f"{header}.{forged.decode()}.{signature}"
+
+
+def self_signed(gateway: Gateway) -> str:
+    """A well-formed token signed by a key the issuer never published."""
+    now = int(datetime.now(UTC).timestamp())
+    claims = {
+        "iss": RULES_URL + REALM_PATH,
+        "aud": API_AUDIENCE,
+        "typ": "client",
+        "sub": gateway.clients["main"].client_id,
+        "org_id": gateway.org_id,
+        "environment": "staging",
+        "scope": "points:trigger points:read",
+        "iat": now,
+        "exp": now + 300,
+    }
+    key = ec.generate_private_key(ec.SECP256R1())
+    return jwt.encode(claims, key, algorithm="ES256", headers={"kid": "forged-key"})
+
+
+class TestAuthentication:
+    async def test_a_trigger_without_a_token_is_unauthorised(self, gateway: Gateway) -> None:
+        body = {"userId": "member-1", "ruleId": gateway.rules["open"], "amount": 1}
+
+        response = await gateway.http.post(REQUESTS_PATH, json={**body, "requestId": "r-1"})
+
+        assert_refused(response, 401, "UNAUTHORIZED")
+        assert response.headers["WWW-Authenticate"].startswith("Bearer")
+
+    async def test_a_tampered_token_is_unauthorised(self, gateway: Gateway) -> None:
+        token = tampered(gateway.tokens["foreign"], org_id=gateway.org_id)
+
+        response = await gateway.http.get(f"{REQUESTS_PATH}/anything", headers=bearer(token))
+
+        assert_refused(response, 401, "UNAUTHORIZED")
+
+    async def test_a_token_signed_by_an_unknown_key_is_unauthorised(self, gateway: Gateway) -> None:
+        response = await gateway.http.get(
+            f"{REQUESTS_PATH}/anything", headers=bearer(self_signed(gateway))
+        )
+
+        assert_refused(response, 401, "UNAUTHORIZED")
+
+    async def test_a_revoked_clients_token_is_unauthorised_once_the_revocation_arrives(
+        self, gateway: Gateway
+    ) -> None:
+        client = await gateway.seeder.client(gateway.org_id, "staging")
+        token = await client_token(gateway.rules_http, client)
+        before = await gateway.http.get(f"{REQUESTS_PATH}/anything", headers=bearer(token))
+        assert before.status_code == 404
+
+        await gateway.seeder.revoke(client.client_id)
+
+        async def revocation_projected() -> bool:
+            status = await gateway.runtime.pool.fetchval(
+                "SELECT status FROM clients WHERE client_id = $1", client.client_id
+            )
+            return bool(status == "revoked")
+
+        await eventually(revocation_projected, timeout=PROJECTION_TIMEOUT, what="the revocation")
+        after = await gateway.http.get(f"{REQUESTS_PATH}/anything", headers=bearer(token))
+        assert_refused(after, 401, "UNAUTHORIZED")

@@ -1,0 +1,173 @@
+"""The gateway's ordered trigger checks, with rules as plain dicts (records read the same)."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+
+from services.trigger.service import (
+    MAX_AMOUNT,
+    Caller,
+    NotAuthorised,
+    Refused,
+    Trigger,
+    check_member_and_amount,
+    check_rule,
+)
+
+NOW = datetime(2026, 11, 15, 12, 0, tzinfo=UTC)
+CALLER = Caller(client_id="cli_1", org_id="org_1", environment="staging")
+
+
+def rule(**overrides: Any) -> dict[str, Any]:
+    """An active, API-triggerable staging rule of org_1 that authorises cli_1, in its period."""
+    return {
+        "rule_id": "rul_1",
+        "org_id": "org_1",
+        "environment": "staging",
+        "type": "earn",
+        "status": "active",
+        "api_trigger": True,
+        "authorized_client_ids": ["cli_1"],
+        "cap_max": None,
+        "cap_per_member": None,
+        "max_amount_per_request": None,
+        "starts_at": NOW - timedelta(days=1),
+        "ends_at": NOW + timedelta(days=1),
+        "version": 1,
+        **overrides,
+    }
+
+
+def trigger(user_id: Any = "member-1", amount: Any = 10) -> Trigger:
+    return Trigger(
+        user_id=user_id, rule_id="rul_1", amount=amount, request_id="req-1", callback_url=None
+    )
+
+
+def refusal_of_rule(candidate: dict[str, Any] | None) -> tuple[int, str] | None:
+    try:
+        check_rule(candidate, CALLER, "rul_1", NOW)
+    except Refused as refused:
+        return refused.status, refused.code
+    return None
+
+
+class TestCheckRule:
+    def test_an_active_rule_in_its_period_that_authorises_the_client_passes(self) -> None:
+        assert refusal_of_rule(rule()) is None
+
+    def test_a_rule_without_dates_passes(self) -> None:
+        assert refusal_of_rule(rule(starts_at=None, ends_at=None)) is None
+
+    def test_a_missing_rule_is_not_found(self) -> None:
+        assert refusal_of_rule(None) == (400, "RULE_NOT_FOUND")
+
+    def test_another_organisations_rule_is_not_found_even_when_it_fails_everything_else(
+        self,
+    ) -> None:
+        foreign = rule(org_id="org_2", environment="production", status="paused")
+
+        assert refusal_of_rule(foreign) == (400, "RULE_NOT_FOUND")
+
+    def test_an_environment_mismatch_is_forbidden_before_any_other_rule_check(self) -> None:
+        production = rule(environment="production", api_trigger=False, authorized_client_ids=[])
+
+        assert refusal_of_rule(production) == (403, "ENVIRONMENT_MISMATCH")
+
+    def test_a_rule_without_the_api_trigger_option_is_refused_before_its_status(self) -> None:
+        assert refusal_of_rule(rule(api_trigger=False, status="draft")) == (
+            400,
+            "RULE_NOT_API_TRIGGERABLE",
+        )
+
+    @pytest.mark.parametrize("status", ["draft", "paused", "archived"])
+    def test_a_rule_that_is_not_active_is_inactive(self, status: str) -> None:
+        assert refusal_of_rule(rule(status=status)) == (400, "RULE_INACTIVE")
+
+    def test_an_inactive_rule_is_refused_before_its_dates_are_looked_at(self) -> None:
+        assert refusal_of_rule(rule(status="paused", starts_at=NOW + timedelta(days=1))) == (
+            400,
+            "RULE_INACTIVE",
+        )
+
+    def test_a_rule_that_starts_later_is_not_started(self) -> None:
+        assert refusal_of_rule(rule(starts_at=NOW + timedelta(seconds=1))) == (
+            400,
+            "RULE_NOT_STARTED",
+        )
+
+    def test_a_rule_is_open_from_the_moment_it_starts(self) -> None:
+        assert refusal_of_rule(rule(starts_at=NOW)) is None
+
+    def test_a_rule_has_ended_at_the_moment_it_ends(self) -> None:
+        assert refusal_of_rule(rule(ends_at=NOW)) == (400, "RULE_ENDED")
+
+    def test_dates_are_checked_before_the_client_is(self) -> None:
+        ended = rule(ends_at=NOW - timedelta(hours=1), authorized_client_ids=["cli_2"])
+
+        assert refusal_of_rule(ended) == (400, "RULE_ENDED")
+
+    def test_a_client_the_rule_does_not_authorise_is_forbidden(self) -> None:
+        refusal = refusal_of_rule(rule(authorized_client_ids=["cli_2"]))
+
+        assert refusal == (403, "CLIENT_NOT_AUTHORIZED")
+
+    def test_authorisation_refusals_are_forbidden_problems(self) -> None:
+        with pytest.raises(NotAuthorised):
+            check_rule(rule(authorized_client_ids=[]), CALLER, "rul_1", NOW)
+
+
+def refusal_of_trigger(candidate: Trigger, **rule_fields: Any) -> str | None:
+    try:
+        check_member_and_amount(rule(**rule_fields), candidate)
+    except Refused as refused:
+        assert refused.status == 400
+        return refused.code
+    return None
+
+
+class TestCheckMemberAndAmount:
+    def test_a_valid_member_and_amount_are_returned(self) -> None:
+        checked = check_member_and_amount(rule(), trigger("member.42@shop:eu+1", 7))
+
+        assert checked == ("member.42@shop:eu+1", 7)
+
+    @pytest.mark.parametrize(
+        "user_id", ["", " member", "-member", "member 1", "x" * 129, 42, None, ["member"]]
+    )
+    def test_an_invalid_user_id_is_refused(self, user_id: Any) -> None:
+        assert refusal_of_trigger(trigger(user_id=user_id)) == "INVALID_USER_ID"
+
+    def test_a_user_id_of_128_characters_is_accepted(self) -> None:
+        assert refusal_of_trigger(trigger(user_id="x" * 128)) is None
+
+    @pytest.mark.parametrize("amount", [0, -1, 1.5, 10.0, "10", True, False, None])
+    def test_an_amount_that_is_not_a_positive_integer_is_refused(self, amount: Any) -> None:
+        assert refusal_of_trigger(trigger(amount=amount)) == "INVALID_AMOUNT"
+
+    def test_an_amount_beyond_what_can_be_counted_exactly_is_refused(self) -> None:
+        assert refusal_of_trigger(trigger(amount=MAX_AMOUNT + 1)) == "INVALID_AMOUNT"
+
+    def test_the_largest_countable_amount_is_accepted_when_the_rule_sets_no_maximum(
+        self,
+    ) -> None:
+        assert refusal_of_trigger(trigger(amount=MAX_AMOUNT)) is None
+
+    def test_the_user_id_is_checked_before_the_amount(self) -> None:
+        assert refusal_of_trigger(trigger(user_id="", amount=-1)) == "INVALID_USER_ID"
+
+    def test_an_amount_over_the_per_request_maximum_is_refused(self) -> None:
+        refusal = refusal_of_trigger(trigger(amount=51), max_amount_per_request=50)
+
+        assert refusal == "AMOUNT_OVER_MAXIMUM"
+
+    def test_an_amount_at_the_per_request_maximum_is_accepted(self) -> None:
+        assert refusal_of_trigger(trigger(amount=50), max_amount_per_request=50) is None
+
+    def test_an_invalid_amount_is_refused_before_the_maximum_is_compared(self) -> None:
+        refusal = refusal_of_trigger(trigger(amount=0), max_amount_per_request=50)
+
+        assert refusal == "INVALID_AMOUNT"
