@@ -92,7 +92,8 @@ class ServiceRuntime:
             max_size=settings.db_pool_max,
             timeout=settings.startup_timeout_seconds,
         )
-        await wait_for_broker(settings)
+        if self._with_relay or self.broker is not None:
+            await wait_for_broker(settings)
         if self._with_relay:
             self._producer = await start_producer(settings)
             self.relay = OutboxRelay(settings.database_url, self.schema, self._producer)
