@@ -29,15 +29,15 @@ GET_REQUEST = "SELECT * FROM requests WHERE client_id = $1 AND request_id = $2"
 INSERT_REQUEST = """
 INSERT INTO requests (
     client_id, request_id, transaction_id, body_hash, org_id, environment,
-    rule_id, rule_version, user_id, type, amount
-) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)
+    rule_id, rule_version, user_id, type, amount, cap_reserved, member_cap_reserved
+) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)
 ON CONFLICT (client_id, request_id) DO NOTHING
 RETURNING *
 """
 RECORD_RESULT = """
 UPDATE requests SET status = $3, reason = $4, balance = $5, updated_at = now()
 WHERE client_id = $1 AND request_id = $2 AND status = 'pending'
-RETURNING rule_id, user_id, amount
+RETURNING rule_id, user_id, cap_reserved, member_cap_reserved
 """
 PURGE_REQUESTS = "DELETE FROM requests WHERE created_at < now() - make_interval(days => $1)"
 

@@ -230,11 +230,17 @@ async def reserve_caps(
             )
 
 
-async def release_caps(
-    connection: asyncpg.Connection, rule_id: str, user_id: str, amount: int
-) -> None:
-    await connection.execute(sql.RELEASE_CAP, rule_id, amount)
-    await connection.execute(sql.RELEASE_MEMBER_CAP, rule_id, user_id, amount)
+async def release_caps(connection: asyncpg.Connection, settled: asyncpg.Record) -> None:
+    """Free what a request reserved (and nothing it did not)."""
+    if settled["cap_reserved"]:
+        await connection.execute(sql.RELEASE_CAP, settled["rule_id"], settled["cap_reserved"])
+    if settled["member_cap_reserved"]:
+        await connection.execute(
+            sql.RELEASE_MEMBER_CAP,
+            settled["rule_id"],
+            settled["user_id"],
+            settled["member_cap_reserved"],
+        )
 
 
 async def accept_trigger(
@@ -262,6 +268,8 @@ async def accept_trigger(
         user_id,
         rule["type"],
         amount,
+        amount if rule["cap_max"] is not None else 0,
+        amount if rule["cap_per_member"] is not None else 0,
     )
     if inserted is None:
         # A concurrent request with the same requestId committed first.
@@ -316,4 +324,4 @@ async def record_result(connection: asyncpg.Connection, event: PointsResultEvent
         result.balance,
     )
     if settled is not None and status == "failed":
-        await release_caps(connection, settled["rule_id"], settled["user_id"], settled["amount"])
+        await release_caps(connection, settled)

@@ -171,6 +171,7 @@ async def seed_rules(gateway: Gateway, console: Console, foreign: Console) -> No
         "crowded": await console.rule(capMax=1000, **staging),
         "released": await console.rule(capMax=10, **staging),
         "settled": await console.rule(capMax=10, **staging),
+        "capped_later": await console.rule(**staging),
         "foreign": await foreign.rule(authorizedClientIds=[gateway.clients["foreign"].client_id]),
     }
     rules["ended"] = await console.patch(
@@ -534,6 +535,31 @@ class TestCaps:
         assert status == {**accepted, "status": "succeeded"}
         assert_refused(await gateway.trigger("settled", amount=10), 400, "CAP_EXCEEDED")
         assert await gateway.cap_used("settled") == 10
+
+
+class TestCapsChangedAfterAcceptance:
+    async def test_a_rejection_frees_only_what_its_request_had_reserved(
+        self, gateway: Gateway
+    ) -> None:
+        uncapped = (await gateway.trigger("capped_later", amount=10)).json()
+        rule_id = gateway.rules["capped_later"]
+        console = Console(gateway.rules_http, gateway.console)
+        patched = await console.patch(
+            {"id": rule_id, "version": gateway.versions[rule_id]}, capMax=10
+        )
+        gateway.versions[rule_id] = patched["version"]
+        await wait_for_projection(gateway)
+        assert (await gateway.trigger("capped_later", amount=10)).status_code == 202
+
+        await publish_result(
+            gateway.bootstrap_servers,
+            await ledger_outcome(gateway, "capped_later", uncapped, applied=False),
+        )
+        await settled_status(gateway, uncapped["requestId"])
+
+        # The first request reserved nothing, so its rejection frees nothing.
+        assert await gateway.cap_used("capped_later") == 10
+        assert_refused(await gateway.trigger("capped_later", amount=10), 400, "CAP_EXCEEDED")
 
 
 def tampered(token: str, **claims: Any) -> str:

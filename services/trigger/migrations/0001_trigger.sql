@@ -52,6 +52,10 @@ CREATE TABLE requests (
     user_id        text NOT NULL,
     type           text NOT NULL,
     amount         bigint NOT NULL,
+    -- What this request reserved, so a rejection frees exactly that even if
+    -- the rule's caps changed since.
+    cap_reserved        bigint NOT NULL DEFAULT 0,
+    member_cap_reserved bigint NOT NULL DEFAULT 0,
     status         text NOT NULL DEFAULT 'pending'
                    CHECK (status IN ('pending', 'succeeded', 'failed')),
     reason         text,
