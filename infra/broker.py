@@ -17,12 +17,14 @@ from __future__ import annotations
 
 import asyncio
 import ssl
+from collections.abc import Awaitable, Callable
 from typing import Any
 
+import structlog
 from aiokafka import AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.errors import KafkaError
-from faststream import AckPolicy
+from faststream import AckPolicy, BaseMiddleware, StreamMessage
 from faststream.kafka import KafkaBroker
 from faststream.kafka.security import parse_security
 from faststream.security import BaseSecurity, SASLPlaintext, SASLScram256, SASLScram512
@@ -66,10 +68,23 @@ def producer_options(settings: ServiceSettings) -> dict[str, Any]:
     }
 
 
+class BindMessageIds(BaseMiddleware):
+    """Bind the message's correlation id (set by the outbox relay) to every log line."""
+
+    async def consume_scope(
+        self, call_next: Callable[[StreamMessage[Any]], Awaitable[Any]], msg: StreamMessage[Any]
+    ) -> Any:
+        with structlog.contextvars.bound_contextvars(
+            correlation_id=msg.correlation_id, message_id=msg.message_id
+        ):
+            return await call_next(msg)
+
+
 def create_broker(settings: ServiceSettings, **options: Any) -> KafkaBroker:
     """A FastStream Kafka broker that never acknowledges a failed message."""
     return KafkaBroker(
         settings.kafka_bootstrap_servers.split(","),
+        middlewares=(BindMessageIds,),
         client_id=settings.service_name,
         ack_policy=AckPolicy.NACK_ON_ERROR,
         security=broker_security(settings),
