@@ -178,9 +178,12 @@ def banner(ports: dict[str, int], seeded: dict[str, str] | None, elapsed: float)
             f"  Staging client secret {seeded['clientSecret']}   (shown once)",
             f"  Callback signing key  {seeded['callbackSigningSecret']}   (shown once)",
             "",
-            "Try it:",
-            f"  curl -s -d grant_type=client_credentials -d client_id={seeded['clientId']} \\",
-            f"       -d client_secret=... {rules_url}/realms/partner/protocol/openid-connect/token",
+            "Try it: get a token as the demo partner app",
+            f"  curl -s {rules_url}/realms/partner/protocol/openid-connect/token \\",
+            "       -d grant_type=client_credentials \\",
+            f"       -d client_id={seeded['clientId']} -d client_secret={seeded['clientSecret']}",
+            "then log in as the demo user, create and activate an earn rule authorising that",
+            f"client (see {rules_url}/docs), and POST to the trigger gateway.",
         ]
     lines += ["", "Ctrl-C stops everything.", ""]
     return "\n".join(lines)
@@ -215,6 +218,9 @@ async def run_stack() -> int:
             "TOKEN_ISSUER_URL": f"http://127.0.0.1:{ports['rules']}",
             **_public_urls(ports),
         }
+        if sys.stdout.isatty():
+            # The merged output goes to a person: readable lines, not JSON.
+            env.setdefault("LOG_JSON", "false")
         stack_env = state / "dev.env"
         stack_env.write_text(
             "".join(

@@ -8,6 +8,8 @@ import asyncio
 import json
 import os
 import shutil
+import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -18,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import psutil
 import pytest
 import uvicorn
 
@@ -35,6 +38,7 @@ class Platform:
     urls: dict[str, str]
     process: subprocess.Popen[bytes]
     log: Path
+    state: Path
 
     def points(self, *args: str) -> Any:
         """Run the operator CLI against this platform; its JSON output."""
@@ -91,7 +95,7 @@ def platform() -> Iterator[Platform]:
             stdout=output,
             stderr=subprocess.STDOUT,
         )
-    running = Platform(env, urls, process, log)
+    running = Platform(env, urls, process, log, state)
     try:
         _wait_ready(running)
         yield running
@@ -272,3 +276,40 @@ class TestAnEarnTriggerTravelsThroughThePlatform:
         assert callback["status"] == "succeeded"
         assert callback["balance"] == 250
         assert len(receiver.received) == 1
+
+
+def _stack_processes(platform: Platform) -> list[psutil.Process]:
+    """Every process that belongs to this platform: its children and their servers."""
+    found = []
+    for process in psutil.process_iter(["cmdline", "environ"]):
+        try:
+            cmdline = " ".join(process.info["cmdline"] or ())
+            environ = process.info["environ"] or {}
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            continue
+        ours = str(platform.state) in cmdline or environ.get("POINTS_VAR_DIR") == str(
+            platform.state
+        )
+        if ours and process.pid != os.getpid():
+            found.append(process)
+    return found
+
+
+class TestStoppingThePlatform:
+    """Runs last in this module: it stops the shared platform."""
+
+    def test_sigterm_stops_every_process_and_frees_every_port(self, platform: Platform) -> None:
+        assert len(_stack_processes(platform)) >= 6  # points dev, four services, PostgreSQL
+
+        platform.process.send_signal(signal.SIGTERM)
+        assert platform.process.wait(30) == 0
+
+        deadline = time.monotonic() + 10
+        while _stack_processes(platform) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert _stack_processes(platform) == []
+        for url in platform.urls.values():
+            with pytest.raises(httpx.ConnectError):
+                httpx.get(f"{url}/healthz", timeout=2)
+        with pytest.raises(ConnectionRefusedError):  # the embedded broker is gone too
+            socket.create_connection(("127.0.0.1", int(platform.env["DEV_KAFKA_PORT"])), 2)
