@@ -46,33 +46,27 @@ async def init_connection(connection: asyncpg.Connection) -> None:
 
 
 async def create_pool(
-    dsn: str, schema: str, *, min_size: int = 1, max_size: int = 10, timeout: float = 20.0
+    dsn: str, schema: str, *, min_size: int = 1, max_size: int = 10
 ) -> asyncpg.Pool:
-    """Open a pool whose connections see ``schema`` first, or fail clearly.
+    """Open a pool whose connections see ``schema`` first.
 
-    Retries until ``timeout`` so that a service started together with its
-    database does not need an external wait loop.
+    Start-up runs :func:`migrate_with_retry` before this, so the database has
+    already answered; a failure here is reported, not retried.
     """
-    deadline = asyncio.get_running_loop().time() + timeout
-    while True:
-        try:
-            pool = await asyncpg.create_pool(
-                dsn,
-                min_size=min_size,
-                max_size=max_size,
-                init=init_connection,
-                server_settings={"search_path": f"{schema},public"},
-            )
-        except (TimeoutError, OSError, asyncpg.PostgresError) as error:
-            if asyncio.get_running_loop().time() >= deadline:
-                raise StartupError(
-                    f"PostgreSQL at {redact_dsn(dsn)} is not reachable: {error}. "
-                    "Start it or set DATABASE_URL."
-                ) from error
-            await asyncio.sleep(0.5)
-        else:
-            assert pool is not None
-            return pool
+    try:
+        pool = await asyncpg.create_pool(
+            dsn,
+            min_size=min_size,
+            max_size=max_size,
+            init=init_connection,
+            server_settings={"search_path": f"{schema},public"},
+        )
+    except (TimeoutError, OSError, asyncpg.PostgresError) as error:
+        raise StartupError(
+            f"PostgreSQL at {redact_dsn(dsn)} refused the connection pool: {error}."
+        ) from error
+    assert pool is not None
+    return pool
 
 
 def _apply_migrations(dsn: str, schema: str, directories: list[Path]) -> list[str]:

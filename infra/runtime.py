@@ -90,7 +90,6 @@ class ServiceRuntime:
             self.schema,
             min_size=settings.db_pool_min,
             max_size=settings.db_pool_max,
-            timeout=settings.startup_timeout_seconds,
         )
         if self._with_relay or self.broker is not None:
             await wait_for_broker(settings)

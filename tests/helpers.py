@@ -62,12 +62,30 @@ def free_port() -> int:
         return int(probe.getsockname()[1])
 
 
+def docker_answers() -> bool:
+    """True when a Docker engine answers, so testcontainers can provide servers."""
+    try:
+        import docker  # type: ignore[import-untyped]
+
+        docker.from_env(timeout=2).ping()
+    except Exception:
+        return False
+    return True
+
+
 @contextmanager
 def kafka_broker() -> Iterator[str]:
-    """A Kafka-protocol broker's bootstrap servers: external if named, else a fresh Tansu."""
+    """A Kafka-protocol broker's bootstrap servers: external if named, Apache Kafka in a
+    container where Docker answers, else a fresh embedded Tansu."""
     external = os.environ.get("TEST_KAFKA_BOOTSTRAP_SERVERS")
     if external:
         yield external
+        return
+    if docker_answers():
+        from testcontainers.kafka import KafkaContainer
+
+        with KafkaContainer().with_kraft() as container:
+            yield container.get_bootstrap_server()
         return
     from infra.dev.kafka import start_tansu
 

@@ -25,7 +25,7 @@ import pytest
 import uvicorn
 
 from infra.signing import EVENT_ID_HEADER, SIGNATURE_HEADER, verify
-from tests.conftest import free_port
+from tests.helpers import free_port
 
 pytestmark = pytest.mark.e2e
 

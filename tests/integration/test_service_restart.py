@@ -28,7 +28,7 @@ from contracts import (
 from infra import db
 from infra.dev.kafka import create_topics
 from services.ledger.service import verify_ledger
-from tests.conftest import free_port
+from tests.helpers import free_port
 
 REQUESTS = 2000
 MEMBERS = 40
