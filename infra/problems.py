@@ -59,11 +59,17 @@ def problem_response(problem: Problem) -> JSONResponse:
     )
 
 
+def _field(item: dict[str, Any]) -> str:
+    if item.get("type") == "json_invalid":
+        return ""  # the location is a character offset, not a field
+    return ".".join(str(part) for part in item["loc"] if part != "body")
+
+
 def _validation_detail(error: RequestValidationError) -> tuple[str, list[dict[str, Any]]]:
     errors = [
         {
-            "field": ".".join(str(part) for part in item["loc"] if part != "body"),
-            "message": item["msg"],
+            "field": _field(item),
+            "message": "not valid JSON" if item.get("type") == "json_invalid" else item["msg"],
         }
         for item in error.errors()
     ]
