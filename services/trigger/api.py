@@ -14,6 +14,8 @@ from infra.http import Unauthorized, authenticate
 from infra.logging import get_logger
 from infra.tokens import JwksVerifier
 from services.trigger import service
+from services.trigger.callback_urls import check_callback_url
+from services.trigger.settings import TriggerSettings
 
 log = get_logger(__name__)
 
@@ -21,6 +23,7 @@ log = get_logger(__name__)
 @dataclass(frozen=True)
 class TriggerContext:
     verifier: JwksVerifier
+    settings: TriggerSettings
     pool_of: Any
 
     @property
@@ -51,6 +54,47 @@ async def current_client(request: Request, ctx: Context) -> service.Caller:
 Client = Annotated[service.Caller, Depends(current_client)]
 
 
+def rate_limit_headers(limit: service.RateLimit) -> dict[str, str]:
+    return {
+        "RateLimit-Limit": str(limit.burst),
+        "RateLimit-Remaining": str(limit.remaining),
+        "RateLimit-Reset": str(limit.reset_seconds),
+    }
+
+
+@dataclass(frozen=True)
+class LimitedCaller:
+    caller: service.Caller
+    rate_limit: service.RateLimit
+
+
+async def rate_limited_client(caller: Client, ctx: Context) -> LimitedCaller:
+    """The authenticated caller, once it has taken a token from its rate-limit bucket.
+
+    Runs before the body is looked at, so a refused request records nothing.
+    """
+    limit = await service.take_rate_token(
+        ctx.pool,
+        caller.client_id,
+        default_per_second=ctx.settings.rate_limit_per_second,
+        default_burst=ctx.settings.rate_limit_burst,
+    )
+    if not limit.granted:
+        log.info("points.request.rate_limited", client_id=caller.client_id)
+        raise service.RateLimited(
+            f"this client may send {limit.per_second:g} requests per second "
+            f"(bursts of {limit.burst}); retry after {limit.retry_after_seconds} s",
+            headers={
+                "Retry-After": str(limit.retry_after_seconds),
+                **rate_limit_headers(limit),
+            },
+        )
+    return LimitedCaller(caller, limit)
+
+
+RateLimitedClient = Annotated[LimitedCaller, Depends(rate_limited_client)]
+
+
 class TriggerRequest(BaseModel):
     """A trigger; userId and amount are checked by the gateway with their own error codes."""
 
@@ -76,9 +120,17 @@ router = APIRouter(tags=["points"])
 
 @router.post("/v1/points/requests", status_code=202)
 async def trigger_points(
-    body: TriggerRequest, caller: Client, ctx: Context, request: Request
+    body: TriggerRequest, limited: RateLimitedClient, ctx: Context, request: Request
 ) -> JSONResponse:
     """Ask for points to be earned or redeemed under a rule; 202 once recorded."""
+    caller = limited.caller
+    if body.callback_url is not None:
+        # Before a pooled connection is taken: a name lookup can take a while.
+        await check_callback_url(
+            body.callback_url,
+            development=ctx.settings.is_development,
+            timeout=ctx.settings.callback_dns_timeout_seconds,
+        )
     trigger = service.Trigger(
         body.user_id, body.rule_id, body.amount, body.request_id, body.callback_url
     )
@@ -93,7 +145,7 @@ async def trigger_points(
         rule_id=body.rule_id,
         transaction_id=accepted["transactionId"],
     )
-    return JSONResponse(accepted, status_code=202)
+    return JSONResponse(accepted, status_code=202, headers=rate_limit_headers(limited.rate_limit))
 
 
 @router.get("/v1/points/requests/{request_id}")

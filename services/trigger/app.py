@@ -19,6 +19,7 @@ from infra.runtime import ServiceRuntime, health_router
 from infra.tokens import JwksVerifier
 from services.trigger import subscribers
 from services.trigger.api import TriggerContext, router
+from services.trigger.housekeeping import RequestPurger
 from services.trigger.settings import TriggerSettings
 
 MIGRATIONS = Path(__file__).parent / "migrations"
@@ -40,7 +41,14 @@ def create_app(
     projection = CatchUp(
         settings, subscribers.PROJECTION_GROUP, [RULES_LIFECYCLE, CLIENTS_LIFECYCLE]
     )
+    purger = RequestPurger(
+        lambda: runtime.pool,
+        retention_days=settings.idempotency_retention_days,
+        interval=settings.purge_interval_seconds,
+    )
     runtime.on_start(projection.mark)
+    runtime.on_start(purger.start)
+    runtime.on_stop(purger.stop)
     runtime.on_stop(verifier.aclose)
     runtime.readiness_checks["projection"] = projection.caught_up
 
@@ -49,7 +57,9 @@ def create_app(
         description="The developer-facing API: trigger earning and redemption, poll outcomes.",
         version="1",
     )
-    app.state.trigger = TriggerContext(verifier=verifier, pool_of=lambda: runtime.pool)
+    app.state.trigger = TriggerContext(
+        verifier=verifier, settings=settings, pool_of=lambda: runtime.pool
+    )
     app.include_router(health_router(runtime))
     app.include_router(router)
     return app, runtime

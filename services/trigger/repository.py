@@ -39,7 +39,18 @@ UPDATE requests SET status = $3, reason = $4, balance = $5, updated_at = now()
 WHERE client_id = $1 AND request_id = $2 AND status = 'pending'
 RETURNING rule_id, user_id, cap_reserved, member_cap_reserved
 """
-PURGE_REQUESTS = "DELETE FROM requests WHERE created_at < now() - make_interval(days => $1)"
+# Settled requests past their retention, a batch at a time so no purge holds
+# many row locks or a long transaction; SKIP LOCKED lets replicas purge together.
+# Pending ones stay: purging them would lose the cap reservation a rejection frees.
+PURGE_REQUESTS = """
+DELETE FROM requests WHERE (client_id, request_id) IN (
+    SELECT client_id, request_id FROM requests
+    WHERE created_at < now() - make_interval(days => $1) AND status <> 'pending'
+    ORDER BY created_at
+    LIMIT $2
+    FOR UPDATE SKIP LOCKED
+)
+"""
 
 # Caps: the conditional UPDATE is the reservation. Its row lock serialises
 # concurrent reservations on one rule, so the check and the increment are one
@@ -59,4 +70,37 @@ RETURNING used
 """
 RELEASE_MEMBER_CAP = """
 UPDATE member_cap_usage SET used = greatest(used - $3, 0) WHERE rule_id = $1 AND user_id = $2
+"""
+
+# Rate limits: one token bucket per client, refilled from the time elapsed since
+# it was last touched and taken from in the same atomic upsert. The row lock
+# serialises a client's requests across replicas for this one statement only.
+# $2/$3 are the settings' defaults; a client_rate_limits row overrides them.
+# ``granted`` says whether this call took a token (a new bucket starts full).
+TAKE_RATE_TOKEN = """
+INSERT INTO rate_limit_buckets AS bucket
+    (client_id, per_second, burst, tokens, granted, refilled_at)
+SELECT $1, coalesce(l.per_second, $2), coalesce(l.burst, $3),
+       coalesce(l.burst, $3) - 1, true, clock_timestamp()
+FROM (VALUES (1)) AS one (x)
+LEFT JOIN client_rate_limits AS l ON l.client_id = $1
+ON CONFLICT (client_id) DO UPDATE SET
+    (per_second, burst, granted, tokens, refilled_at) = (
+        SELECT EXCLUDED.per_second, EXCLUDED.burst, refill.tokens >= 1,
+               CASE WHEN refill.tokens >= 1 THEN refill.tokens - 1 ELSE refill.tokens END,
+               greatest(bucket.refilled_at, EXCLUDED.refilled_at)
+        FROM (
+            SELECT least(
+                EXCLUDED.burst::double precision,
+                bucket.tokens + EXCLUDED.per_second
+                    * greatest(0, extract(epoch FROM EXCLUDED.refilled_at - bucket.refilled_at))
+            ) AS tokens
+        ) AS refill
+    )
+RETURNING granted, tokens, per_second, burst
+"""
+SET_CLIENT_RATE_LIMIT = """
+INSERT INTO client_rate_limits (client_id, per_second, burst) VALUES ($1, $2, $3)
+ON CONFLICT (client_id) DO UPDATE SET
+    per_second = EXCLUDED.per_second, burst = EXCLUDED.burst, updated_at = now()
 """

@@ -1,4 +1,4 @@
-"""The gateway's logic: projections, the ordered checks, caps and idempotency.
+"""The gateway's logic: projections, rate limits, the ordered checks, caps and idempotency.
 
 A trigger is accepted in one PostgreSQL transaction: the idempotency record,
 the cap reservations and the outbox row of ``points.requested.v1`` commit
@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import re
 import uuid
 from dataclasses import dataclass
@@ -44,6 +45,12 @@ class Refused(Problem):
 class NotAuthorised(Refused):
     status = 403
     title = "Forbidden"
+
+
+class RateLimited(Problem):
+    status = 429
+    code = "RATE_LIMITED"
+    title = "Too many requests"
 
 
 class Replayed(Problem):
@@ -125,6 +132,71 @@ async def project_client(connection: asyncpg.Connection, event: ClientLifecycleE
 async def client_revoked(connection: asyncpg.Connection, client_id: str) -> bool:
     status = await connection.fetchval(sql.CLIENT_STATUS, client_id)
     return bool(status == "revoked")
+
+
+# --- rate limits ---------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class RateLimit:
+    """The outcome of taking a token from a client's bucket, and the bucket after it."""
+
+    granted: bool
+    tokens: float
+    per_second: float
+    burst: int
+
+    @property
+    def remaining(self) -> int:
+        return max(0, math.floor(self.tokens))
+
+    @property
+    def reset_seconds(self) -> int:
+        """Seconds until the bucket is full again."""
+        return max(0, math.ceil((self.burst - self.tokens) / self.per_second))
+
+    @property
+    def retry_after_seconds(self) -> int:
+        """Seconds until the next token (at least 1, as Retry-After counts whole seconds)."""
+        return max(1, math.ceil((1 - self.tokens) / self.per_second))
+
+
+async def take_rate_token(
+    connection: asyncpg.Connection | asyncpg.Pool,
+    client_id: str,
+    *,
+    default_per_second: float,
+    default_burst: int,
+) -> RateLimit:
+    """Take one token from the client's bucket, shared by every replica.
+
+    The bucket lives in PostgreSQL, so the limit holds for the client as a
+    whole however many gateway replicas serve it (N replicas do not grant N
+    times the limit), and a replica that restarts forgets nothing.
+
+    One statement, committed on its own rather than in the request's
+    transaction, so the bucket's row lock is held for that statement only.
+    Measured on the embedded PostgreSQL of this 2-core machine (fsync on):
+    0.13 ms per call, against 3.4 ms for a whole accepted trigger served
+    in-process, i.e. about 4 % of a request; 16 concurrent callers on one
+    client's bucket still took about 10,700 tokens/s. So it does not dominate;
+    an in-memory bucket per replica would save that round trip but would let
+    a client send the limit times the number of replicas.
+    """
+    row = await connection.fetchrow(
+        sql.TAKE_RATE_TOKEN, client_id, default_per_second, default_burst
+    )
+    assert row is not None
+    return RateLimit(row["granted"], row["tokens"], row["per_second"], row["burst"])
+
+
+async def set_client_rate_limit(
+    connection: asyncpg.Connection, client_id: str, *, per_second: float, burst: int
+) -> None:
+    """Give one client its own limit instead of the settings' default; applies at once."""
+    if per_second <= 0 or burst < 1:
+        raise ValueError("a rate limit needs per_second > 0 and burst >= 1")
+    await connection.execute(sql.SET_CLIENT_RATE_LIMIT, client_id, per_second, burst)
 
 
 # --- accepting a trigger ---------------------------------------------------------
@@ -309,6 +381,23 @@ async def request_status(
     if row is None:
         raise Problem(f"request {request_id} is not known", status=404, code="REQUEST_NOT_FOUND")
     return request_view(row)
+
+
+async def purge_expired_requests(
+    pool: asyncpg.Pool, *, retention_days: int, batch_size: int = 1000
+) -> int:
+    """Forget settled requests older than the retention; how many were purged.
+
+    Each batch commits on its own, so a large backlog never becomes one long
+    transaction holding thousands of row locks.
+    """
+    purged = 0
+    while True:
+        status = await pool.execute(sql.PURGE_REQUESTS, retention_days, batch_size)
+        deleted = int(status.split()[-1])
+        purged += deleted
+        if deleted < batch_size:
+            return purged
 
 
 async def record_result(connection: asyncpg.Connection, event: PointsResultEvent) -> None:

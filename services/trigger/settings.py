@@ -24,3 +24,18 @@ class TriggerSettings(ServiceSettings):
     idempotency_retention_days: int = Field(
         default=7, ge=7, description="How long a requestId is remembered."
     )
+    purge_interval_seconds: float = Field(
+        default=3600.0, gt=0, description="How often expired requestIds are purged."
+    )
+    rate_limit_per_second: float = Field(
+        default=50.0,
+        gt=0,
+        description="Triggers per second a client may send, unless its client_rate_limits "
+        "row says otherwise; shared by all gateway replicas.",
+    )
+    rate_limit_burst: int = Field(
+        default=100, ge=1, description="Triggers a client may send at once after a quiet spell."
+    )
+    callback_dns_timeout_seconds: float = Field(
+        default=2.0, gt=0, description="How long checking a callbackUrl's host may take."
+    )

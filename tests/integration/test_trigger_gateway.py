@@ -38,6 +38,7 @@ from infra.runtime import ServiceRuntime
 from infra.tokens import API_AUDIENCE, REALM_PATH, JwksVerifier
 from services.rules.app import create_app as create_rules_app
 from services.rules.settings import RulesSettings
+from services.trigger import service
 from services.trigger.app import create_app as create_trigger_app
 from services.trigger.settings import TriggerSettings
 from tests.helpers import (
@@ -78,6 +79,8 @@ class Gateway:
     tokens: dict[str, str] = field(default_factory=dict)
     rules: dict[str, str] = field(default_factory=dict)
     versions: dict[str, int] = field(default_factory=dict)
+    #: A second gateway app on the same database and broker: another replica.
+    replica: httpx.AsyncClient | None = None
 
     async def trigger(
         self,
@@ -88,6 +91,8 @@ class Gateway:
         request_id: str | None = None,
         client: str = "main",
         rule_id: str | None = None,
+        callback_url: str | None = None,
+        on_replica: bool = False,
     ) -> httpx.Response:
         body = {
             "userId": user_id,
@@ -95,7 +100,10 @@ class Gateway:
             "amount": amount,
             "requestId": request_id or f"req-{uuid.uuid4().hex}",
         }
-        return await self.http.post(REQUESTS_PATH, json=body, headers=bearer(self.tokens[client]))
+        if callback_url is not None:
+            body["callbackUrl"] = callback_url
+        http = self.replica if on_replica and self.replica is not None else self.http
+        return await http.post(REQUESTS_PATH, json=body, headers=bearer(self.tokens[client]))
 
     async def status(self, request_id: str, client: str = "main") -> httpx.Response:
         return await self.http.get(
@@ -169,9 +177,13 @@ async def seed_rules(gateway: Gateway, console: Console, foreign: Console) -> No
         "capped": await console.rule(capMax=100, **staging),
         "member_capped": await console.rule(capPerMember=30, **staging),
         "crowded": await console.rule(capMax=1000, **staging),
+        "member_crowded": await console.rule(capPerMember=1000, **staging),
         "released": await console.rule(capMax=10, **staging),
         "settled": await console.rule(capMax=10, **staging),
         "capped_later": await console.rule(**staging),
+        "throttled": await console.rule(
+            authorizedClientIds=[gateway.clients["throttled"].client_id]
+        ),
         "foreign": await foreign.rule(authorizedClientIds=[gateway.clients["foreign"].client_id]),
     }
     rules["ended"] = await console.patch(
@@ -189,35 +201,53 @@ async def wait_for_projection(gateway: Gateway) -> None:
     await eventually(projected, timeout=PROJECTION_TIMEOUT, what="the gateway's rule projection")
 
 
+def gateway_settings(database_url: str, bootstrap_servers: str) -> TriggerSettings:
+    # Limits far above what these tests send: the rate-limit tests give their
+    # clients small limits of their own.
+    return TriggerSettings(
+        mode="development",
+        database_url=database_url,
+        kafka_bootstrap_servers=bootstrap_servers,
+        token_issuer_url=RULES_URL,
+        startup_timeout_seconds=15,
+        rate_limit_per_second=100_000,
+        rate_limit_burst=100_000,
+    )
+
+
 @pytest_asyncio.fixture(scope="module", loop_scope="session")
 async def gateway(postgres_server_dsn: str) -> AsyncIterator[Gateway]:
+    """The stack, with a second gateway replica on the same database and broker."""
     with kafka_broker() as bootstrap_servers:
         async with fresh_database(postgres_server_dsn) as database_url:
             await create_topics(bootstrap_servers, ALL_TOPICS)
             settings = rules_settings(database_url, bootstrap_servers)
             rules_app, rules_runtime = create_rules_app(settings)
             trigger_app, trigger_runtime = create_trigger_app(
-                TriggerSettings(
-                    mode="development",
-                    database_url=database_url,
-                    kafka_bootstrap_servers=bootstrap_servers,
-                    token_issuer_url=RULES_URL,
-                    startup_timeout_seconds=15,
-                ),
+                gateway_settings(database_url, bootstrap_servers),
+                verifier=JwksVerifier(RULES_URL, http=asgi_client(rules_app, RULES_URL)),
+            )
+            replica_app, replica_runtime = create_trigger_app(
+                gateway_settings(database_url, bootstrap_servers),
                 verifier=JwksVerifier(RULES_URL, http=asgi_client(rules_app, RULES_URL)),
             )
             await rules_runtime.start()
             try:
                 await trigger_runtime.start()
+                await replica_runtime.start()
                 try:
                     async with (
                         asgi_client(rules_app, RULES_URL) as rules_http,
                         asgi_client(trigger_app, TRIGGER_URL) as http,
+                        asgi_client(replica_app, TRIGGER_URL) as replica_http,
                     ):
-                        yield await seeded_gateway(
+                        seeded = await seeded_gateway(
                             http, trigger_runtime, rules_http, settings, bootstrap_servers
                         )
+                        seeded.replica = replica_http
+                        yield seeded
                 finally:
+                    await replica_runtime.stop()
                     await trigger_runtime.stop()
             finally:
                 await rules_runtime.stop()
@@ -240,6 +270,7 @@ async def seeded_gateway(
         "outsider": await seeder.client(acme.id, "staging"),
         "prod": await seeder.client(acme.id, "production"),
         "foreign": await seeder.client(other.id, "staging"),
+        "throttled": await seeder.client(acme.id, "staging"),
     }
     gateway.tokens = {
         name: await client_token(rules_http, client) for name, client in gateway.clients.items()
@@ -323,6 +354,25 @@ async def settled_status(gateway: Gateway, request_id: str) -> dict[str, Any]:
         return view if view["status"] != "pending" else None
 
     return await eventually(settled, timeout=PROJECTION_TIMEOUT, what="the ledger's result")
+
+
+def outcomes(responses: list[httpx.Response]) -> dict[str, int]:
+    """How many were accepted, and how many refused with each code."""
+    codes = [
+        "accepted" if response.status_code == 202 else response.json()["code"]
+        for response in responses
+    ]
+    return {code: codes.count(code) for code in set(codes)}
+
+
+async def recorded_total(gateway: Gateway, rule: str) -> tuple[int, int]:
+    """How many requests the gateway recorded on ``rule``, and their total amount."""
+    row = await gateway.runtime.pool.fetchrow(
+        "SELECT count(*), coalesce(sum(amount), 0) FROM requests WHERE rule_id = $1",
+        gateway.rules[rule],
+    )
+    assert row is not None
+    return int(row[0]), int(row[1])
 
 
 class TestAcceptedTrigger:
@@ -493,20 +543,34 @@ class TestCaps:
         assert_refused(over, 400, "MEMBER_CAP_EXCEEDED")
         assert other.status_code == 202
 
-    async def test_the_cap_is_never_exceeded_under_concurrent_triggers(
+    async def test_the_cap_is_never_exceeded_by_concurrent_triggers_on_two_replicas(
         self, gateway: Gateway
     ) -> None:
         responses = await asyncio.gather(
-            *(gateway.trigger("crowded", amount=10, user_id=f"member-{i % 25}") for i in range(200))
+            *(
+                gateway.trigger(
+                    "crowded", amount=10, user_id=f"member-{i % 25}", on_replica=i % 2 == 1
+                )
+                for i in range(500)
+            )
         )
 
-        outcomes = [
-            "accepted" if response.status_code == 202 else response.json()["code"]
-            for response in responses
-        ]
-        assert outcomes.count("accepted") == 100
-        assert outcomes.count("CAP_EXCEEDED") == 100
+        assert outcomes(responses) == {"accepted": 100, "CAP_EXCEEDED": 400}
         assert await gateway.cap_used("crowded") == 1000
+        assert await recorded_total(gateway, "crowded") == (100, 1000)
+
+    async def test_the_per_member_cap_is_never_exceeded_by_concurrent_triggers_on_two_replicas(
+        self, gateway: Gateway
+    ) -> None:
+        responses = await asyncio.gather(
+            *(
+                gateway.trigger("member_crowded", amount=10, on_replica=i % 2 == 1)
+                for i in range(500)
+            )
+        )
+
+        assert outcomes(responses) == {"accepted": 100, "MEMBER_CAP_EXCEEDED": 400}
+        assert await recorded_total(gateway, "member_crowded") == (100, 1000)
 
     async def test_a_rejection_by_the_ledger_releases_the_reservation(
         self, gateway: Gateway
@@ -630,3 +694,102 @@ class TestAuthentication:
         await eventually(revocation_projected, timeout=PROJECTION_TIMEOUT, what="the revocation")
         after = await gateway.http.get(f"{REQUESTS_PATH}/anything", headers=bearer(token))
         assert_refused(after, 401, "UNAUTHORIZED")
+
+
+class TestRateLimits:
+    async def test_a_client_over_its_limit_is_refused_on_any_replica_until_it_slows_down(
+        self, gateway: Gateway
+    ) -> None:
+        throttled = gateway.clients["throttled"].client_id
+        async with gateway.runtime.pool.acquire() as connection:
+            await service.set_client_rate_limit(connection, throttled, per_second=5, burst=5)
+
+        burst = [
+            await gateway.trigger("throttled", client="throttled", on_replica=i % 2 == 1)
+            for i in range(5)
+        ]
+        refused = await gateway.trigger("throttled", client="throttled", on_replica=True)
+        other_client = await gateway.trigger("open")
+
+        assert [response.status_code for response in burst] == [202] * 5
+        assert [response.headers["RateLimit-Remaining"] for response in burst] == list("43210")
+        assert burst[0].headers["RateLimit-Limit"] == "5"
+        assert_refused(refused, 429, "RATE_LIMITED")
+        retry_after = int(refused.headers["Retry-After"])
+        assert retry_after >= 1
+        assert refused.headers["RateLimit-Limit"] == "5"
+        assert refused.headers["RateLimit-Remaining"] == "0"
+        assert int(refused.headers["RateLimit-Reset"]) >= 1
+        assert other_client.status_code == 202
+        assert await recorded_total(gateway, "throttled") == (5, 50)
+
+        await asyncio.sleep(retry_after)
+
+        assert (await gateway.trigger("throttled", client="throttled")).status_code == 202
+
+    async def test_the_rate_limit_comes_before_the_rule_checks(self, gateway: Gateway) -> None:
+        throttled = gateway.clients["throttled"].client_id
+        async with gateway.runtime.pool.acquire() as connection:
+            await service.set_client_rate_limit(connection, throttled, per_second=0.01, burst=1)
+        await gateway.trigger("throttled", client="throttled", rule_id="rul_does_not_exist")
+
+        response = await gateway.trigger("paused", client="throttled")
+
+        assert_refused(response, 429, "RATE_LIMITED")
+        async with gateway.runtime.pool.acquire() as connection:
+            await service.set_client_rate_limit(connection, throttled, per_second=1000, burst=1000)
+
+
+class TestCallbackUrls:
+    @pytest.mark.parametrize(
+        "callback_url", ["http://localhost:8080/points", "http://127.0.0.1/cb", "https://[::1]/cb"]
+    )
+    async def test_a_loopback_callback_is_accepted_in_development(
+        self, gateway: Gateway, callback_url: str
+    ) -> None:
+        response = await gateway.trigger("open", callback_url=callback_url)
+
+        assert response.status_code == 202, response.text
+
+    @pytest.mark.parametrize(
+        ("callback_url", "reason"),
+        [
+            ("https://10.1.2.3/cb", "a private address"),
+            ("http://169.254.169.254/latest/meta-data", "a link-local address"),
+            ("https://0.0.0.0/cb", "an unspecified address"),
+            ("https://[ff02::1]/cb", "a multicast address"),
+        ],
+    )
+    async def test_a_callback_to_a_non_public_address_is_refused_with_the_reason(
+        self, gateway: Gateway, callback_url: str, reason: str
+    ) -> None:
+        response = await gateway.trigger("open", callback_url=callback_url)
+
+        assert_refused(response, 400, "INVALID_CALLBACK_URL")
+        assert reason in response.json()["detail"]
+
+
+class TestIdempotencyRetention:
+    async def test_settled_requests_past_the_retention_are_purged_and_recent_ones_kept(
+        self, gateway: Gateway
+    ) -> None:
+        old = (await gateway.trigger("open")).json()["requestId"]
+        recent = (await gateway.trigger("open")).json()["requestId"]
+        old_pending = (await gateway.trigger("open")).json()["requestId"]
+        pool = gateway.runtime.pool
+        await pool.execute(
+            "UPDATE requests SET status = 'succeeded' WHERE request_id = ANY($1::text[])",
+            [old, recent],
+        )
+        await pool.execute(
+            "UPDATE requests SET created_at = now() - interval '8 days'"
+            " WHERE request_id = ANY($1::text[])",
+            [old, old_pending],
+        )
+
+        await service.purge_expired_requests(pool, retention_days=7, batch_size=1)
+
+        assert_refused(await gateway.status(old), 404, "REQUEST_NOT_FOUND")
+        assert (await gateway.status(recent)).status_code == 200
+        # A pending request keeps the reservation a rejection would still free.
+        assert (await gateway.status(old_pending)).status_code == 200

@@ -1,0 +1,119 @@
+"""Checking a trigger's ``callbackUrl`` before it is accepted (SSRF).
+
+A callback is a POST the platform makes from inside its network to an address
+a third party chose, so the gateway refuses, at once and with the reason,
+URLs that are not https (outside development) and hosts that are, or resolve
+to, addresses that are not on the public internet: loopback, private,
+link-local (where cloud metadata services answer), multicast, reserved and
+unspecified ones. The notifier checks the address again when it sends, since
+a name can resolve differently later.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import socket
+from collections.abc import Awaitable, Callable
+from urllib.parse import urlsplit
+
+from infra.problems import Problem
+
+Address = ipaddress.IPv4Address | ipaddress.IPv6Address
+#: Looks up a host name; returns its addresses as strings.
+Resolver = Callable[[str], Awaitable[list[str]]]
+LOOPBACK = "a loopback address"
+
+
+class InvalidCallbackUrl(Problem):
+    code = "INVALID_CALLBACK_URL"
+    title = "Invalid callback URL"
+
+
+class CallbackHostUnresolved(Problem):
+    """The host's name could not be looked up in time: the caller may retry."""
+
+    status = 503
+    code = "CALLBACK_HOST_UNRESOLVED"
+    title = "Service unavailable"
+
+
+async def resolve_with_system(host: str) -> list[str]:
+    infos = await asyncio.get_running_loop().getaddrinfo(host, None, type=socket.SOCK_STREAM)
+    return [str(info[4][0]) for info in infos]
+
+
+def non_public_reason(address: Address) -> str | None:
+    """Why ``address`` is not a public internet address, or None when it is."""
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        address = address.ipv4_mapped
+    checks = (
+        ("an unspecified address", address.is_unspecified),
+        (LOOPBACK, address.is_loopback),
+        ("a link-local address", address.is_link_local),
+        ("a multicast address", address.is_multicast),
+        ("a private address", address.is_private),
+        ("a reserved address", address.is_reserved),
+        ("not a public address", not address.is_global),
+    )
+    return next((reason for reason, applies in checks if applies), None)
+
+
+def _literal(host: str) -> Address | None:
+    try:
+        return ipaddress.ip_address(host)
+    except ValueError:
+        return None
+
+
+async def check_callback_url(
+    url: str,
+    *,
+    development: bool,
+    timeout: float,
+    resolve: Resolver = resolve_with_system,
+) -> None:
+    """Raise :class:`InvalidCallbackUrl` naming why ``url`` may not receive callbacks.
+
+    In development, http and loopback targets (``localhost``, ``127.0.0.1``)
+    are allowed so callbacks reach a receiver on the same machine.
+    """
+    try:
+        parts = urlsplit(url)
+        host = parts.hostname
+        parts.port  # noqa: B018 - parsing the port is what validates it
+    except ValueError as error:
+        raise InvalidCallbackUrl(f"callbackUrl is not a valid URL: {error}") from error
+    allowed_schemes = ("https", "http") if development else ("https",)
+    if parts.scheme not in allowed_schemes:
+        raise InvalidCallbackUrl("callbackUrl must use https")
+    if not host:
+        raise InvalidCallbackUrl("callbackUrl has no host")
+    literal = _literal(host)
+    if literal is not None:
+        addresses = [literal]
+    else:
+        addresses = await _resolved(host, timeout, resolve)
+    for address in addresses:
+        reason = non_public_reason(address)
+        if reason is None or (development and reason == LOOPBACK):
+            continue
+        named = f"{host} is" if literal is not None else f"{host} resolves to {address}, which is"
+        raise InvalidCallbackUrl(f"callbackUrl host {named} {reason}")
+
+
+async def _resolved(host: str, timeout: float, resolve: Resolver) -> list[Address]:
+    try:
+        async with asyncio.timeout(timeout):
+            found = await resolve(host)
+    except TimeoutError as error:
+        raise CallbackHostUnresolved(
+            f"callbackUrl host {host} could not be resolved within {timeout:g} s; retry later",
+            headers={"Retry-After": "5"},
+        ) from error
+    except OSError as error:
+        raise InvalidCallbackUrl(f"callbackUrl host {host} does not resolve") from error
+    addresses = [address for address in map(_literal, found) if address is not None]
+    if not addresses:
+        raise InvalidCallbackUrl(f"callbackUrl host {host} does not resolve")
+    return addresses
