@@ -124,16 +124,23 @@ async def trigger_points(
 ) -> JSONResponse:
     """Ask for points to be earned or redeemed under a rule; 202 once recorded."""
     caller = limited.caller
+    trigger = service.Trigger(
+        body.user_id, body.rule_id, body.amount, body.request_id, body.callback_url
+    )
     if body.callback_url is not None:
-        # Before a pooled connection is taken: a name lookup can take a while.
+        # A replay gets its original answer even if the host has since moved.
+        async with ctx.pool.acquire() as connection:
+            replay = await service.replay_of(connection, caller, trigger)
+        if replay is not None:
+            return JSONResponse(
+                replay, status_code=202, headers=rate_limit_headers(limited.rate_limit)
+            )
+        # With no connection held: a name lookup can take a while.
         await check_callback_url(
             body.callback_url,
             development=ctx.settings.is_development,
             timeout=ctx.settings.callback_dns_timeout_seconds,
         )
-    trigger = service.Trigger(
-        body.user_id, body.rule_id, body.amount, body.request_id, body.callback_url
-    )
     async with ctx.pool.acquire() as connection, connection.transaction():
         accepted = await service.accept_trigger(
             connection, caller, trigger, request.state.correlation_id

@@ -213,7 +213,7 @@ def request_view(row: asyncpg.Record) -> dict[str, Any]:
     return view
 
 
-async def _replay(
+async def replay_of(
     connection: asyncpg.Connection, caller: Caller, trigger: Trigger
 ) -> dict[str, Any] | None:
     """The original answer for a repeated requestId; 409 when the body differs."""
@@ -319,7 +319,7 @@ async def accept_trigger(
     connection: asyncpg.Connection, caller: Caller, trigger: Trigger, correlation_id: str
 ) -> dict[str, Any]:
     """Check, reserve and record a trigger in the caller's transaction; the 202 body."""
-    replay = await _replay(connection, caller, trigger)
+    replay = await replay_of(connection, caller, trigger)
     if replay is not None:
         return replay
     rule = await connection.fetchrow(sql.GET_RULE, trigger.rule_id)
@@ -345,7 +345,7 @@ async def accept_trigger(
     )
     if inserted is None:
         # A concurrent request with the same requestId committed first.
-        replay = await _replay(connection, caller, trigger)
+        replay = await replay_of(connection, caller, trigger)
         assert replay is not None
         return replay
     await reserve_caps(connection, rule, user_id, amount)

@@ -38,8 +38,10 @@ from infra.runtime import ServiceRuntime
 from infra.tokens import API_AUDIENCE, REALM_PATH, JwksVerifier
 from services.rules.app import create_app as create_rules_app
 from services.rules.settings import RulesSettings
+from services.trigger import api as trigger_api
 from services.trigger import service
 from services.trigger.app import create_app as create_trigger_app
+from services.trigger.service import Refused
 from services.trigger.settings import TriggerSettings
 from tests.helpers import (
     RULES_URL,
@@ -767,6 +769,26 @@ class TestCallbackUrls:
 
         assert_refused(response, 400, "INVALID_CALLBACK_URL")
         assert reason in response.json()["detail"]
+
+    async def test_a_replay_gets_its_original_answer_even_if_its_host_has_since_moved(
+        self, gateway: Gateway, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        first = await gateway.trigger(
+            "open", callback_url="http://127.0.0.1/cb", request_id="moved"
+        )
+        assert first.status_code == 202, first.text
+
+        async def host_now_private(url: str, **_: object) -> None:
+            # Stands in for DNS: the name now resolves to a private address.
+            raise Refused(f"{url} resolves to a private address", code="INVALID_CALLBACK_URL")
+
+        monkeypatch.setattr(trigger_api, "check_callback_url", host_now_private)
+        replay = await gateway.trigger(
+            "open", callback_url="http://127.0.0.1/cb", request_id="moved"
+        )
+
+        assert replay.status_code == 202, replay.text
+        assert replay.json()["transactionId"] == first.json()["transactionId"]
 
 
 class TestIdempotencyRetention:
