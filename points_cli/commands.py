@@ -4,10 +4,14 @@ in one transaction with their audit lines and outbox events."""
 from __future__ import annotations
 
 import argparse
+import json
+import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from datetime import timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
+from typing import Any
+from uuid import UUID
 
 import asyncpg
 
@@ -111,6 +115,86 @@ async def ledger_verify(args: argparse.Namespace) -> int:
         return 1
     print("ledger verify: every invariant holds")
     return 0
+
+
+@asynccontextmanager
+async def notifier_transaction() -> AsyncIterator[asyncpg.Connection]:
+    from services.notifier.settings import NotifierSettings
+
+    settings = NotifierSettings()
+    await db.migrate_with_retry(
+        settings.database_url,
+        "notifier",
+        migrations_of("notifier"),
+        timeout=settings.startup_timeout_seconds,
+    )
+    connection = await db.connect(settings.database_url, "notifier")
+    try:
+        async with connection.transaction():
+            yield connection
+    finally:
+        await connection.close()
+
+
+async def deliveries_list(args: argparse.Namespace) -> int:
+    from services.notifier import service as notifier
+
+    status = "parked" if args.parked else None
+    async with notifier_transaction() as connection:
+        rows = await notifier.list_deliveries(connection, status=status, limit=args.limit)
+    if args.json:
+        print(json.dumps([delivery_json(row) for row in rows]))
+        return 0
+    if not rows:
+        print("no parked deliveries" if args.parked else "no deliveries")
+    for row in rows:
+        print(delivery_line(row))
+    return 0
+
+
+async def deliveries_replay(args: argparse.Namespace) -> int:
+    from services.notifier import service as notifier
+
+    async with notifier_transaction() as connection:
+        if args.all:
+            ids = await notifier.replay_parked_deliveries(connection)
+            print(f"{len(ids)} parked deliveries queued again")
+            return 0
+        if not await notifier.replay_delivery(connection, args.delivery_id):
+            print(
+                f"points: delivery {args.delivery_id} does not exist or is neither "
+                "parked nor failed",
+                file=sys.stderr,
+            )
+            return 1
+    print(f"delivery {args.delivery_id} queued again")
+    return 0
+
+
+def delivery_json(row: dict[str, Any]) -> dict[str, Any]:
+    """A delivery in the camelCase of the notifier's HTTP API."""
+    return {
+        _camel(name): value.isoformat() if isinstance(value, datetime) else _plain(value)
+        for name, value in row.items()
+    }
+
+
+def delivery_line(row: dict[str, Any]) -> str:
+    target = row["url"] if row["kind"] == "callback" else ", ".join(row["recipients"] or [])
+    error = f"  last error: {row['last_error']}" if row["last_error"] else ""
+    return (
+        f"{row['id']}  {row['kind']:<8}  {row['status']:<9}  attempts={row['attempts']}  "
+        f"{target}{error}"
+    )
+
+
+def _camel(name: str) -> str:
+    head, *rest = name.split("_")
+    return head + "".join(part.title() for part in rest)
+
+
+def _plain(value: Any) -> Any:
+    return str(value) if isinstance(value, UUID) else value
 
 
 async def migrate(args: argparse.Namespace) -> int:

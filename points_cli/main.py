@@ -70,6 +70,22 @@ def build_parser() -> argparse.ArgumentParser:
     verify = ledger.add_parser("verify", help="check the ledger's invariants")
     verify.set_defaults(run=commands.ledger_verify)
 
+    deliveries = topics.add_parser(
+        "deliveries", help="the notifier's callbacks and e-mails"
+    ).add_subparsers(dest="action", required=True)
+    listing = deliveries.add_parser("list", help="list deliveries, most recently changed first")
+    listing.add_argument("--parked", action="store_true", help="only those that ran out of retries")
+    listing.add_argument("--limit", type=int, default=100)
+    listing.add_argument("--json", action="store_true")
+    listing.set_defaults(run=commands.deliveries_list)
+    replay = deliveries.add_parser(
+        "replay", help="send a parked (or failed) delivery again with a fresh retry schedule"
+    )
+    which = replay.add_mutually_exclusive_group(required=True)
+    which.add_argument("delivery_id", nargs="?", type=int, help="the delivery to replay")
+    which.add_argument("--all", action="store_true", help="every parked delivery")
+    replay.set_defaults(run=commands.deliveries_replay)
+
     migrate = topics.add_parser("migrate", help="apply every service's database migrations")
     migrate.set_defaults(run=commands.migrate)
 

@@ -1,4 +1,4 @@
-"""The notifier's operator endpoints: see callbacks that were parked, and replay them."""
+"""The notifier's operator endpoints: see deliveries that gave up, and replay them."""
 
 from __future__ import annotations
 
@@ -14,37 +14,43 @@ from pydantic.alias_generators import to_camel
 from infra.http import Forbidden, bearer_token
 from infra.problems import Problem
 from infra.runtime import ServiceRuntime
-from services.notifier import repository
-from services.notifier.service import CallbackDispatcher
+from services.notifier import service
+from services.notifier.service import DeliveryDispatcher
 from services.notifier.settings import NotifierSettings
 
-DeliveryStatus = Literal["pending", "delivered", "parked"]
+DeliveryStatus = Literal["pending", "delivered", "parked", "failed"]
+DeliveryKind = Literal["callback", "email"]
 
 
 class DeliveryNotParked(Problem):
     status = 404
     code = "DELIVERY_NOT_PARKED"
-    title = "No such parked delivery"
+    title = "No such parked or failed delivery"
 
 
 class Delivery(BaseModel):
-    """One callback and where its delivery stands (the body is not shown)."""
+    """One callback or e-mail and where its delivery stands (the body is not shown)."""
 
     model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True)
 
     id: int
+    kind: DeliveryKind
     event_id: UUID
-    client_id: str
     org_id: str
     environment: str
-    request_id: str
-    transaction_id: UUID
-    url: str
+    client_id: str | None = Field(description="Callbacks: the API client it reports to.")
+    request_id: str | None = Field(description="Callbacks: the developer's request id.")
+    transaction_id: UUID | None = Field(description="Callbacks: the ledger transaction.")
+    url: str | None = Field(description="Callbacks: where it is posted.")
+    notification_id: UUID | None = Field(description="E-mails: the share request's id.")
+    recipients: list[str] | None = Field(description="E-mails: who it is sent to.")
     status: DeliveryStatus
     attempts: int
     next_attempt_at: datetime
-    last_status_code: int | None
-    last_error: str | None
+    last_status_code: int | None = Field(
+        description="HTTP status (callbacks) or SMTP reply code (e-mails) of the last attempt."
+    )
+    last_error: str | None = Field(description="What went wrong last, such as the SMTP reply.")
     created_at: datetime
     updated_at: datetime
     delivered_at: datetime | None
@@ -55,7 +61,7 @@ class DeliveryList(BaseModel):
 
 
 def deliveries_router(
-    settings: NotifierSettings, runtime: ServiceRuntime, dispatcher: CallbackDispatcher
+    settings: NotifierSettings, runtime: ServiceRuntime, dispatcher: DeliveryDispatcher
 ) -> APIRouter:
     def require_operator(request: Request) -> None:
         if not settings.operator_token:
@@ -72,17 +78,20 @@ def deliveries_router(
     @router.get("", response_model=DeliveryList, response_model_by_alias=True)
     async def list_deliveries(
         status: DeliveryStatus | None = None,
+        kind: DeliveryKind | None = None,
         limit: Annotated[int, Query(ge=1, le=1000)] = 100,
     ) -> dict[str, Any]:
-        """Callbacks by status, such as `?status=parked` for those that gave up."""
-        rows = await repository.list_deliveries(runtime.pool, status=status, limit=limit)
+        """Deliveries by status and kind, such as `?kind=email&status=failed`."""
+        rows = await service.list_deliveries(runtime.pool, status=status, kind=kind, limit=limit)
         return {"items": rows}
 
     @router.post("/{delivery_id}/replay", status_code=202)
     async def replay_delivery(delivery_id: int) -> dict[str, Any]:
-        """Send a parked callback again, with a fresh retry schedule."""
-        if not await repository.replay_parked(runtime.pool, delivery_id):
-            raise DeliveryNotParked(f"delivery {delivery_id} does not exist or is not parked")
+        """Send a parked or failed delivery again, with a fresh retry schedule."""
+        if not await service.replay_delivery(runtime.pool, delivery_id):
+            raise DeliveryNotParked(
+                f"delivery {delivery_id} does not exist or is neither parked nor failed"
+            )
         dispatcher.wake()
         return {"id": delivery_id, "status": "pending"}
 

@@ -11,7 +11,7 @@ from infra.broker import create_broker
 from infra.http import create_http_app
 from infra.runtime import ServiceRuntime, health_router
 from services.notifier.api import deliveries_router
-from services.notifier.service import CallbackDispatcher
+from services.notifier.service import DeliveryDispatcher
 from services.notifier.settings import NotifierSettings
 from services.notifier.subscribers import register_subscribers
 
@@ -24,7 +24,7 @@ class Notifier:
 
     settings: NotifierSettings
     runtime: ServiceRuntime
-    dispatcher: CallbackDispatcher
+    dispatcher: DeliveryDispatcher
     app: FastAPI
 
 
@@ -35,8 +35,8 @@ def create_notifier(settings: NotifierSettings | None = None) -> Notifier:
     runtime = ServiceRuntime(
         settings, schema="notifier", migrations=MIGRATIONS, broker=broker, relay=False
     )
-    dispatcher = CallbackDispatcher(settings)
-    register_subscribers(broker, runtime, dispatcher)
+    dispatcher = DeliveryDispatcher(settings)
+    register_subscribers(broker, runtime, dispatcher, settings)
 
     async def start_delivery_workers() -> None:
         await dispatcher.start(runtime.pool)
@@ -46,8 +46,14 @@ def create_notifier(settings: NotifierSettings | None = None) -> Notifier:
 
     app = create_http_app(
         title="Points notifier",
-        description="Signed HTTP callbacks for points results, with retries.",
+        description="Signed HTTP callbacks for points results and share e-mails, with retries.",
     )
     app.include_router(health_router(runtime))
     app.include_router(deliveries_router(settings, runtime, dispatcher))
     return Notifier(settings=settings, runtime=runtime, dispatcher=dispatcher, app=app)
+
+
+def create_app(settings: NotifierSettings | None = None) -> tuple[FastAPI, ServiceRuntime]:
+    """The HTTP app and its runtime, as every service's ``app`` module offers them."""
+    notifier = create_notifier(settings)
+    return notifier.app, notifier.runtime

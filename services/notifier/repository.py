@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, TypeAlias
 from uuid import UUID
 
 import asyncpg
@@ -49,6 +49,16 @@ ON CONFLICT (event_id) DO NOTHING
 RETURNING id
 """
 
+# Conflicts on event_id (a redelivered event) or on notification_id (the same
+# share request in another event) both leave the queued e-mail alone.
+INSERT_EMAIL_DELIVERY = """
+INSERT INTO deliveries (
+    kind, event_id, notification_id, org_id, environment, recipients, host, body
+) VALUES ('email', $1, $2, $3, $4, $5, '', $6)
+ON CONFLICT DO NOTHING
+RETURNING id
+"""
+
 # SKIP LOCKED lets workers (in this and other replicas) claim different rows
 # without waiting on each other; the lease keeps the row theirs while they send
 # outside any transaction, and counting the attempt now means a callback that
@@ -67,7 +77,8 @@ WITH due AS (
 UPDATE deliveries AS d
 SET locked_until = now() + $1::interval, attempts = d.attempts + 1, updated_at = now()
 FROM due WHERE d.id = due.id
-RETURNING d.id, d.event_id, d.client_id, d.request_id, d.url, d.host, d.body, d.attempts
+RETURNING d.id, d.kind, d.event_id, d.client_id, d.request_id, d.url, d.host, d.body,
+          d.attempts, d.notification_id, d.recipients
 """
 
 SECONDS_UNTIL_DUE = """
@@ -99,37 +110,68 @@ SET status = 'parked', locked_until = NULL, last_status_code = $3, last_error = 
 WHERE id = $1 AND attempts = $2 AND status = 'pending'
 """
 
-REPLAY_PARKED = """
+FAIL = """
+UPDATE deliveries
+SET status = 'failed', locked_until = NULL, last_status_code = $3, last_error = $4,
+    updated_at = now()
+WHERE id = $1 AND attempts = $2 AND status = 'pending'
+"""
+
+# A delivery that gave up (parked) or was refused for good (failed) starts a
+# fresh schedule: an operator replays it once the receiver is fixed.
+REPLAY = """
 UPDATE deliveries
 SET status = 'pending', attempts = 0, next_attempt_at = now(), locked_until = NULL,
     updated_at = now()
-WHERE id = $1 AND status = 'parked'
+WHERE id = $1 AND status IN ('parked', 'failed')
+RETURNING id
+"""
+
+REPLAY_ALL_PARKED = """
+UPDATE deliveries
+SET status = 'pending', attempts = 0, next_attempt_at = now(), locked_until = NULL,
+    updated_at = now()
+WHERE status = 'parked'
 RETURNING id
 """
 
 LIST_DELIVERIES = """
-SELECT id, event_id, client_id, org_id, environment, request_id, transaction_id, url, status,
-       attempts, next_attempt_at, last_status_code, last_error, created_at, updated_at,
-       delivered_at
+SELECT id, kind, event_id, client_id, org_id, environment, request_id, transaction_id, url,
+       notification_id, recipients, status, attempts, next_attempt_at, last_status_code,
+       last_error, created_at, updated_at, delivered_at
 FROM deliveries
-WHERE ($1::text IS NULL OR status = $1)
+WHERE ($1::text IS NULL OR status = $1) AND ($2::text IS NULL OR kind = $2)
 ORDER BY updated_at DESC, id DESC
-LIMIT $2
+LIMIT $3
 """
 
 
 @dataclass(frozen=True)
 class ClaimedDelivery:
-    """A callback a worker holds the lease on, with the attempt it is making."""
+    """A delivery a worker holds the lease on, with the attempt it is making."""
 
     id: int
     event_id: UUID
+    body: bytes
+    attempt: int
+
+
+@dataclass(frozen=True)
+class ClaimedCallback(ClaimedDelivery):
+    """A signed HTTP callback; ``body`` is the JSON that is signed and posted."""
+
     client_id: str
     request_id: str
     url: str
     host: str
-    body: bytes
-    attempt: int
+
+
+@dataclass(frozen=True)
+class ClaimedEmail(ClaimedDelivery):
+    """A share e-mail; ``body`` is the complete message as sent over SMTP."""
+
+    notification_id: UUID
+    recipients: tuple[str, ...]
 
 
 async def upsert_client(
@@ -190,23 +232,58 @@ async def insert_delivery(connection: asyncpg.Connection, delivery: NewDelivery)
     return row is not None
 
 
+@dataclass(frozen=True)
+class NewEmail:
+    """A share e-mail to queue: its recipients and the rendered message."""
+
+    event_id: UUID
+    notification_id: UUID
+    org_id: str
+    environment: str
+    recipients: tuple[str, ...]
+    message: bytes
+
+
+async def insert_email(connection: asyncpg.Connection, email: NewEmail) -> bool:
+    """Queue a share e-mail; False when its notification was queued already."""
+    row = await connection.fetchval(
+        INSERT_EMAIL_DELIVERY,
+        email.event_id,
+        email.notification_id,
+        email.org_id,
+        email.environment,
+        list(email.recipients),
+        email.message,
+    )
+    return row is not None
+
+
 async def claim_due(
     pool: asyncpg.Pool, *, lease_seconds: float, skip_hosts: list[str]
-) -> ClaimedDelivery | None:
-    """Lease the most overdue callback not bound for one of ``skip_hosts``."""
+) -> ClaimedCallback | ClaimedEmail | None:
+    """Lease the most overdue delivery not bound for one of ``skip_hosts``."""
     async with pool.acquire() as connection, connection.transaction():
         row = await connection.fetchrow(CLAIM_DUE, _interval(lease_seconds), skip_hosts)
     if row is None:
         return None
-    return ClaimedDelivery(
+    if row["kind"] == "email":
+        return ClaimedEmail(
+            id=row["id"],
+            event_id=row["event_id"],
+            body=bytes(row["body"]),
+            attempt=row["attempts"],
+            notification_id=row["notification_id"],
+            recipients=tuple(row["recipients"]),
+        )
+    return ClaimedCallback(
         id=row["id"],
         event_id=row["event_id"],
+        body=bytes(row["body"]),
+        attempt=row["attempts"],
         client_id=row["client_id"],
         request_id=row["request_id"],
         url=row["url"],
         host=row["host"],
-        body=bytes(row["body"]),
-        attempt=row["attempts"],
     )
 
 
@@ -243,14 +320,29 @@ async def park(
     await pool.execute(PARK, delivery.id, delivery.attempt, status_code, error)
 
 
-async def replay_parked(pool: asyncpg.Pool, delivery_id: int) -> bool:
-    return await pool.fetchval(REPLAY_PARKED, delivery_id) is not None
+async def fail(
+    pool: asyncpg.Pool, delivery: ClaimedDelivery, *, status_code: int | None, error: str
+) -> None:
+    await pool.execute(FAIL, delivery.id, delivery.attempt, status_code, error)
+
+
+#: A pool (the service) or one connection (the CLI, inside its transaction).
+Executor: TypeAlias = asyncpg.Pool | asyncpg.Connection
+
+
+async def replay(executor: Executor, delivery_id: int) -> bool:
+    """Send a parked or failed delivery again; False when there is no such delivery."""
+    return await executor.fetchval(REPLAY, delivery_id) is not None
+
+
+async def replay_all_parked(executor: Executor) -> list[int]:
+    return [row["id"] for row in await executor.fetch(REPLAY_ALL_PARKED)]
 
 
 async def list_deliveries(
-    pool: asyncpg.Pool, *, status: str | None, limit: int
+    executor: Executor, *, status: str | None, kind: str | None = None, limit: int
 ) -> list[dict[str, Any]]:
-    rows = await pool.fetch(LIST_DELIVERIES, status, limit)
+    rows = await executor.fetch(LIST_DELIVERIES, status, kind, limit)
     return [dict(row.items()) for row in rows]
 
 

@@ -1,12 +1,15 @@
-"""Signed HTTP callbacks: queue one per points result, then deliver it with retries.
+"""Outbound deliveries: signed HTTP callbacks and share e-mails, sent with retries.
 
-A points result that names a callback URL becomes a ``deliveries`` row in the
-same transaction that records the event in the inbox, so a redelivered event
-queues nothing twice. Delivery workers then lease due rows, check the target
-against SSRF, sign the stored body with the client's derived secret and POST
-it outside any transaction. A 2xx ends the delivery; anything else schedules
-the next attempt from ``retry_schedule_seconds`` until the schedule runs out
-and the delivery is parked for an operator.
+A points result that names a callback URL, and a share-email request, each
+become a ``deliveries`` row (``kind`` callback or email) in the same
+transaction that records the event in the inbox, so a redelivered event
+queues nothing twice. One pool of delivery workers leases due rows of both
+kinds and sends them outside any transaction: a callback is checked against
+SSRF, signed with the client's derived secret and POSTed; an e-mail goes to
+the SMTP server as stored. Success ends the delivery; a temporary failure
+schedules the next attempt from ``retry_schedule_seconds`` until the schedule
+runs out and the delivery is parked for an operator; a permanent refusal (an
+SMTP 5xx) marks it failed at once.
 """
 
 from __future__ import annotations
@@ -23,15 +26,30 @@ from datetime import UTC
 from typing import Any
 from urllib.parse import urlsplit
 
+import aiosmtplib
 import asyncpg
 import httpx
 
-from contracts import POINTS_RESULTS, ClientLifecycleEvent, PointsResult, PointsResultEvent
+from contracts import (
+    NOTIFICATIONS_REQUESTED,
+    POINTS_RESULTS,
+    ClientLifecycleEvent,
+    PointsResult,
+    PointsResultEvent,
+    ShareEmailRequestedEvent,
+)
 from infra import inbox
 from infra.logging import get_logger
 from infra.signing import EVENT_ID_HEADER, SIGNATURE_HEADER, derive_signing_secret, sign
-from services.notifier import repository
-from services.notifier.repository import UNKNOWN_CLIENT_ERROR, ClaimedDelivery, NewDelivery
+from services.notifier import emails, repository
+from services.notifier.repository import (
+    UNKNOWN_CLIENT_ERROR,
+    ClaimedCallback,
+    ClaimedDelivery,
+    ClaimedEmail,
+    NewDelivery,
+    NewEmail,
+)
 from services.notifier.settings import NotifierSettings
 
 log = get_logger(__name__)
@@ -107,6 +125,46 @@ async def queue_callback(connection: asyncpg.Connection, event: PointsResultEven
     return queued
 
 
+async def queue_share_email(
+    connection: asyncpg.Connection, event: ShareEmailRequestedEvent, settings: NotifierSettings
+) -> bool:
+    """Queue the share e-mail ``event`` asks for, once per notification.
+
+    Returns True when a new e-mail was queued.
+    """
+    if not await inbox.claim(connection, event.event_id, NOTIFICATIONS_REQUESTED):
+        return False
+    share = event.data
+    try:
+        message = emails.render_share_email(
+            share, mail_from=settings.mail_from, reply_to=settings.mail_reply_to
+        )
+    except emails.InvalidShareEmail as error:
+        # Retrying cannot fix the request; refusing it here keeps it from
+        # blocking the partition forever.
+        log.warning("email.rejected", notification_id=str(share.notification_id), reason=str(error))
+        return False
+    queued = await repository.insert_email(
+        connection,
+        NewEmail(
+            event_id=event.event_id,
+            notification_id=share.notification_id,
+            org_id=event.org_id,
+            environment=event.environment,
+            recipients=share.recipients,
+            message=message,
+        ),
+    )
+    if queued:
+        log.info(
+            "email.queued",
+            notification_id=str(share.notification_id),
+            rule_id=share.rule_id,
+            recipients=len(share.recipients),
+        )
+    return queued
+
+
 async def project_client(connection: asyncpg.Connection, event: ClientLifecycleEvent) -> bool:
     """Keep the newest known state of the event's client.
 
@@ -125,6 +183,35 @@ async def project_client(connection: asyncpg.Connection, event: ClientLifecycleE
     if not stored:
         return False
     return await repository.retry_awaiting_client(connection, client.client_id) > 0
+
+
+# --- operators: what gave up, and sending it again ---------------------------------------
+
+
+async def list_deliveries(
+    executor: repository.Executor,
+    *,
+    status: str | None = None,
+    kind: str | None = None,
+    limit: int = 100,
+) -> list[dict[str, Any]]:
+    """Deliveries (never their bodies), most recently changed first."""
+    return await repository.list_deliveries(executor, status=status, kind=kind, limit=limit)
+
+
+async def replay_delivery(executor: repository.Executor, delivery_id: int) -> bool:
+    """Queue a parked or failed delivery again with a fresh schedule; False if there is none."""
+    replayed = await repository.replay(executor, delivery_id)
+    if replayed:
+        log.info("delivery.replayed", delivery_id=delivery_id)
+    return replayed
+
+
+async def replay_parked_deliveries(executor: repository.Executor) -> list[int]:
+    """Queue every parked delivery again with a fresh schedule; their ids."""
+    ids = await repository.replay_all_parked(executor)
+    log.info("delivery.replayed_all", count=len(ids))
+    return ids
 
 
 # --- retry schedule ---------------------------------------------------------------------
@@ -232,12 +319,38 @@ async def _resolve(host: str, port: int) -> list[IPAddress]:
 
 @dataclass(frozen=True)
 class AttemptOutcome:
+    """What one attempt came to: an HTTP status or SMTP reply code, and what went wrong.
+
+    Both protocols say success with a 2xx code. ``permanent`` failures are
+    never retried.
+    """
+
     status_code: int | None
     error: str | None
+    permanent: bool = False
 
     @property
     def delivered(self) -> bool:
         return self.status_code is not None and 200 <= self.status_code < 300
+
+
+def smtp_outcome(error: Exception) -> AttemptOutcome:
+    """Classify an SMTP failure: 5xx replies are permanent, the rest worth retrying."""
+    if isinstance(error, aiosmtplib.SMTPRecipientsRefused):
+        replies = [(refused.code, refused.message) for refused in error.recipients]
+        # Retry while any recipient was only deferred; give up when all refused for good.
+        code = min(code for code, _ in replies) if replies else None
+        reason = "; ".join(f"{reply_code} {message}" for reply_code, message in replies)
+        return AttemptOutcome(code, f"recipients refused: {reason}", _is_permanent(code))
+    if isinstance(error, aiosmtplib.SMTPResponseException):
+        return AttemptOutcome(
+            error.code, f"{error.code} {error.message}", _is_permanent(error.code)
+        )
+    return AttemptOutcome(None, f"{type(error).__name__}: {error}".rstrip(": "))
+
+
+def _is_permanent(code: int | None) -> bool:
+    return code is not None and 500 <= code < 600
 
 
 class HostLimiter:
@@ -273,8 +386,8 @@ class HostLimiter:
                 self._on_slot_freed()
 
 
-class CallbackDispatcher:
-    """Delivers queued callbacks with ``settings.workers`` concurrent workers.
+class DeliveryDispatcher:
+    """Delivers queued callbacks and e-mails with ``settings.workers`` concurrent workers.
 
     Workers lease one due delivery at a time with ``FOR UPDATE SKIP LOCKED``,
     so any number of notifier replicas can run them side by side.
@@ -293,7 +406,8 @@ class CallbackDispatcher:
 
     @property
     def _lease_seconds(self) -> float:
-        return self._settings.total_timeout + LEASE_MARGIN_SECONDS
+        longest = max(self._settings.total_timeout, self._settings.smtp_timeout)
+        return longest + LEASE_MARGIN_SECONDS
 
     def wake(self) -> None:
         """Tell idle workers that a delivery may be due now."""
@@ -312,13 +426,13 @@ class CallbackDispatcher:
             headers={"User-Agent": USER_AGENT},
         )
         self._workers = [
-            asyncio.create_task(self._work(), name=f"notifier-callback-worker-{number}")
+            asyncio.create_task(self._work(), name=f"notifier-delivery-worker-{number}")
             for number in range(settings.workers)
         ]
-        log.info("callback.workers.started", workers=settings.workers)
+        log.info("delivery.workers.started", workers=settings.workers)
 
     async def stop(self) -> None:
-        """Stop the workers; a callback cut off mid-send is retried when its lease ends."""
+        """Stop the workers; a delivery cut off mid-send is retried when its lease ends."""
         for worker in self._workers:
             worker.cancel()
         await asyncio.gather(*self._workers, return_exceptions=True)
@@ -334,10 +448,10 @@ class CallbackDispatcher:
                 if delivery is not None:
                     await self._attempt(delivery)
             except Exception as error:  # a worker outlives a database hiccup
-                log.warning("callback.worker.error", error=str(error) or type(error).__name__)
+                log.warning("delivery.worker.error", error=str(error) or type(error).__name__)
                 await asyncio.sleep(self._settings.poll_interval_seconds)
 
-    async def _next_due(self) -> ClaimedDelivery | None:
+    async def _next_due(self) -> ClaimedCallback | ClaimedEmail | None:
         """Lease a due delivery, or sleep until one may be due and return None."""
         pool = self._require_pool()
         self._wake.clear()
@@ -353,7 +467,29 @@ class CallbackDispatcher:
                 await asyncio.wait_for(self._wake.wait(), timeout)
         return delivery
 
-    async def _attempt(self, delivery: ClaimedDelivery) -> None:
+    async def _attempt(self, delivery: ClaimedCallback | ClaimedEmail) -> None:
+        if isinstance(delivery, ClaimedEmail):
+            await self._record(delivery, await self._send_email(delivery))
+        else:
+            await self._attempt_callback(delivery)
+
+    async def _send_email(self, delivery: ClaimedEmail) -> AttemptOutcome:
+        try:
+            refused = await emails.send_message(self._settings, delivery.body, delivery.recipients)
+        except (aiosmtplib.SMTPException, OSError) as error:
+            return smtp_outcome(error)
+        if refused:
+            # The server took the message for the other recipients; sending
+            # again would duplicate it for them, so it counts as delivered.
+            log.warning(
+                "email.recipients_refused",
+                delivery_id=delivery.id,
+                notification_id=str(delivery.notification_id),
+                refused=len(refused),
+            )
+        return AttemptOutcome(250, None)
+
+    async def _attempt_callback(self, delivery: ClaimedCallback) -> None:
         pool = self._require_pool()
         try:
             target = await vet_callback_url(
@@ -361,7 +497,7 @@ class CallbackDispatcher:
             )
         except RefusedTarget as refused:
             await repository.park(pool, delivery, status_code=None, error=str(refused))
-            _log_outcome("callback.parked", delivery, reason=str(refused))
+            _log_outcome("parked", delivery, reason=str(refused))
             return
         except UnreachableTarget as unreachable:
             await self._record(delivery, AttemptOutcome(None, str(unreachable)))
@@ -378,7 +514,7 @@ class CallbackDispatcher:
         await self._record(delivery, outcome)
 
     async def _post(
-        self, target: CallbackTarget, delivery: ClaimedDelivery, signature: str
+        self, target: CallbackTarget, delivery: ClaimedCallback, signature: str
     ) -> AttemptOutcome:
         http = self._http
         assert http is not None, "the dispatcher has not started"
@@ -409,24 +545,30 @@ class CallbackDispatcher:
             return AttemptOutcome(None, f"{type(error).__name__}: {error}".rstrip(": "))
         return AttemptOutcome(code, None if 200 <= code < 300 else f"HTTP {code}")
 
-    async def _record(self, delivery: ClaimedDelivery, outcome: AttemptOutcome) -> None:
+    async def _record(
+        self, delivery: ClaimedCallback | ClaimedEmail, outcome: AttemptOutcome
+    ) -> None:
         pool = self._require_pool()
         if outcome.delivered:
             assert outcome.status_code is not None
             await repository.mark_delivered(pool, delivery, outcome.status_code)
-            _log_outcome("callback.delivered", delivery, status_code=outcome.status_code)
+            _log_outcome("delivered", delivery, status_code=outcome.status_code)
             return
         error = outcome.error or "failed"
+        if outcome.permanent:
+            await repository.fail(pool, delivery, status_code=outcome.status_code, error=error)
+            _log_outcome("refused", delivery, status_code=outcome.status_code, reason=error)
+            return
         delay = retry_delay(self._settings.retry_schedule_seconds, delivery.attempt)
         if delay is None:
             await repository.park(pool, delivery, status_code=outcome.status_code, error=error)
-            _log_outcome("callback.parked", delivery, status_code=outcome.status_code, reason=error)
+            _log_outcome("parked", delivery, status_code=outcome.status_code, reason=error)
             return
         await repository.schedule_retry(
             pool, delivery, delay_seconds=delay, status_code=outcome.status_code, error=error
         )
         _log_outcome(
-            "callback.failed",
+            "failed",
             delivery,
             status_code=outcome.status_code,
             error=error,
@@ -435,20 +577,37 @@ class CallbackDispatcher:
 
     def _require_pool(self) -> asyncpg.Pool:
         if self._pool is None:
-            raise RuntimeError("the callback dispatcher has not started")
+            raise RuntimeError("the delivery dispatcher has not started")
         return self._pool
 
 
-def _log_outcome(event: str, delivery: ClaimedDelivery, **fields: Any) -> None:
+def _log_outcome(outcome: str, delivery: ClaimedCallback | ClaimedEmail, **fields: Any) -> None:
+    """Log ``callback.<outcome>`` or ``email.<outcome>`` with the delivery's ids."""
+    method = log.info if outcome == "delivered" else log.warning
+    if isinstance(delivery, ClaimedEmail):
+        # Addresses are personal data: the count says enough in a log line.
+        method(
+            f"email.{outcome}",
+            **_ids(delivery),
+            notification_id=str(delivery.notification_id),
+            recipients=len(delivery.recipients),
+            **fields,
+        )
+        return
     # The URL's path and query may carry the receiver's own tokens: log the host only.
-    method = log.info if event == "callback.delivered" else log.warning
     method(
-        event,
-        delivery_id=delivery.id,
-        event_id=str(delivery.event_id),
+        f"callback.{outcome}",
+        **_ids(delivery),
         request_id=delivery.request_id,
         client_id=delivery.client_id,
         host=delivery.host,
-        attempt=delivery.attempt,
         **fields,
     )
+
+
+def _ids(delivery: ClaimedDelivery) -> dict[str, Any]:
+    return {
+        "delivery_id": delivery.id,
+        "event_id": str(delivery.event_id),
+        "attempt": delivery.attempt,
+    }

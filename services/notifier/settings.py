@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 from typing import ClassVar
+from urllib.parse import urlsplit
 
-from pydantic import AliasChoices, Field, model_validator
+from pydantic import AliasChoices, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import SettingsConfigDict
 
 from infra.settings import ServiceSettings
 from infra.signing import DEVELOPMENT_SIGNING_KEY
+
+#: Where ``points dev`` runs its SMTP sink; the default SMTP server in development.
+DEVELOPMENT_SMTP_URL = "smtp://127.0.0.1:1025"
 
 #: Values that show a key was copied from an example rather than generated.
 PLACEHOLDER_KEYS = frozenset({"changeme", "change-me", "placeholder", "secret", "example"})
@@ -31,7 +35,7 @@ class NotifierSettings(ServiceSettings):
     )
     retry_schedule_seconds: tuple[float, ...] = Field(
         default=(10, 60, 300, 1800, 7200, 21600, 43200, 86400),
-        description="Delay before each retry of a failed callback (jittered by ±10%); "
+        description="Delay before each retry of a failed callback or e-mail (jittered by ±10%); "
         "after the last one the delivery is parked.",
     )
     connect_timeout: float = Field(
@@ -40,7 +44,9 @@ class NotifierSettings(ServiceSettings):
     total_timeout: float = Field(
         default=15.0, gt=0, description="Seconds one callback attempt may take in all."
     )
-    workers: int = Field(default=4, ge=1, description="Concurrent callback deliveries.")
+    workers: int = Field(
+        default=4, ge=1, description="Concurrent deliveries (callbacks and e-mails)."
+    )
     per_host_concurrency: int = Field(
         default=4, ge=1, description="Concurrent deliveries to one receiving host."
     )
@@ -54,6 +60,43 @@ class NotifierSettings(ServiceSettings):
         description="Bearer token for the operator endpoints (`/v1/deliveries`); without "
         "one they answer only in development mode.",
     )
+
+    smtp_url: str | None = Field(
+        default=None,
+        description="SMTP server for share e-mails: `smtp://host:port`, or `smtps://host:port` "
+        "for implicit TLS (also SMTP_URL). Defaults to the local sink in development; "
+        "without it elsewhere, e-mails wait (and are retried) until it is set.",
+    )
+    smtp_starttls: bool = Field(
+        default=False, description="Upgrade an `smtp://` connection with STARTTLS."
+    )
+    smtp_username: str | None = Field(default=None, description="SMTP login, if any.")
+    smtp_password: SecretStr | None = Field(default=None, description="SMTP password, if any.")
+    smtp_timeout: float = Field(
+        default=30.0, gt=0, description="Seconds one SMTP conversation may take."
+    )
+    mail_from: str = Field(
+        default="Points platform <no-reply@points.localhost>",
+        description="From address of share e-mails.",
+    )
+    mail_reply_to: str | None = Field(
+        default=None, description="Reply-To address of share e-mails, if any."
+    )
+
+    @field_validator("smtp_url")
+    @classmethod
+    def _smtp_url_names_a_server(cls, url: str | None) -> str | None:
+        if url is not None:
+            parts = urlsplit(url)
+            if parts.scheme not in {"smtp", "smtps"} or not parts.hostname:
+                raise ValueError("SMTP_URL must look like smtp://host:port or smtps://host:port")
+        return url
+
+    @model_validator(mode="after")
+    def _local_smtp_sink_in_development(self) -> NotifierSettings:
+        if self.smtp_url is None and self.is_development:
+            self.smtp_url = DEVELOPMENT_SMTP_URL
+        return self
 
     @model_validator(mode="after")
     def _signing_key_outside_development(self) -> NotifierSettings:

@@ -4,16 +4,27 @@ from __future__ import annotations
 
 from faststream.kafka import KafkaBroker
 
-from contracts import CLIENTS_LIFECYCLE, POINTS_RESULTS, ClientLifecycleEvent, PointsResultEvent
+from contracts import (
+    CLIENTS_LIFECYCLE,
+    NOTIFICATIONS_REQUESTED,
+    POINTS_RESULTS,
+    ClientLifecycleEvent,
+    PointsResultEvent,
+    ShareEmailRequestedEvent,
+)
 from infra.runtime import ServiceRuntime
 from services.notifier import service
-from services.notifier.service import CallbackDispatcher
+from services.notifier.service import DeliveryDispatcher
+from services.notifier.settings import NotifierSettings
 
 
 def register_subscribers(
-    broker: KafkaBroker, runtime: ServiceRuntime, dispatcher: CallbackDispatcher
+    broker: KafkaBroker,
+    runtime: ServiceRuntime,
+    dispatcher: DeliveryDispatcher,
+    settings: NotifierSettings,
 ) -> None:
-    """Subscribe the notifier to client lifecycle events and points results."""
+    """Subscribe the notifier to client lifecycle events, points results and e-mail requests."""
 
     @broker.subscriber(
         CLIENTS_LIFECYCLE,
@@ -38,5 +49,18 @@ def register_subscribers(
         """Queue the result's callback once, however often the event is delivered."""
         async with runtime.pool.acquire() as connection, connection.transaction():
             queued = await service.queue_callback(connection, event)
+        if queued:
+            dispatcher.wake()
+
+    @broker.subscriber(
+        NOTIFICATIONS_REQUESTED,
+        group_id="notifier.emails",
+        auto_offset_reset="earliest",
+        description="Queues the share e-mail a business user asked for.",
+    )
+    async def on_share_email_requested(event: ShareEmailRequestedEvent) -> None:
+        """Queue the e-mail once per notification, however often the event is delivered."""
+        async with runtime.pool.acquire() as connection, connection.transaction():
+            queued = await service.queue_share_email(connection, event, settings)
         if queued:
             dispatcher.wake()

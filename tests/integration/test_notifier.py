@@ -36,7 +36,7 @@ from infra.signing import DEVELOPMENT_SIGNING_KEY, derive_signing_secret, verify
 from services.notifier import service
 from services.notifier.api import deliveries_router
 from services.notifier.app import MIGRATIONS, create_notifier
-from services.notifier.service import CallbackDispatcher
+from services.notifier.service import DeliveryDispatcher
 from services.notifier.settings import NotifierSettings
 
 PRODUCTION_KEY = "a-production-callback-signing-key-of-some-length"
@@ -128,7 +128,7 @@ def notifier_settings(database_url: str, **overrides: Any) -> NotifierSettings:
 class RunningCallbacks:
     settings: NotifierSettings
     runtime: ServiceRuntime
-    dispatcher: CallbackDispatcher
+    dispatcher: DeliveryDispatcher
 
     async def receive_client(self, event: ClientLifecycleEvent) -> None:
         async with self.runtime.pool.acquire() as connection, connection.transaction():
@@ -164,7 +164,7 @@ class RunningCallbacks:
 @asynccontextmanager
 async def running_callbacks(settings: NotifierSettings) -> AsyncIterator[RunningCallbacks]:
     runtime = ServiceRuntime(settings, schema="notifier", migrations=MIGRATIONS, relay=False)
-    dispatcher = CallbackDispatcher(settings)
+    dispatcher = DeliveryDispatcher(settings)
     await runtime.start()
     await dispatcher.start(runtime.pool)
     try:
