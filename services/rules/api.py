@@ -11,8 +11,9 @@ from urllib.parse import parse_qs
 
 import asyncpg
 import jwt
-from fastapi import APIRouter, Depends, Request
+from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import JSONResponse
+from pydantic import AwareDatetime
 
 from infra.http import Forbidden, Unauthorized, bearer_token
 from infra.logging import get_logger
@@ -23,6 +24,8 @@ from services.rules.schemas import (
     RuleCreate,
     RuleUpdate,
     RuleView,
+    ShareEmailAccepted,
+    ShareEmailRequest,
     ShareInfo,
     StatusChange,
     TokenResponse,
@@ -204,11 +207,16 @@ async def openid_configuration(ctx: Context) -> dict[str, Any]:
 
 
 @router.post("/v1/auth/login", response_model=TokenResponse, tags=["auth"])
-async def login(body: LoginRequest, tx: Tx, ctx: Context) -> TokenResponse:
-    """Exchange a business user's e-mail and password for a bearer token."""
-    user = await service.authenticate_user(tx, body.email, body.password)
-    lifetime = ctx.settings.user_token_lifetime_seconds
-    token = await ctx.issuer.user_token(tx, user, lifetime)
+async def login(body: LoginRequest, request: Request, ctx: Context) -> TokenResponse:
+    """Exchange a business user's e-mail and password for a bearer token (429 after repeated
+    failures)."""
+    client_ip = request.client.host if request.client else None
+    throttle = service.LoginThrottle.of(ctx.settings)
+    # Not the request transaction: a failed attempt must be counted, and stay counted.
+    async with ctx.pool.acquire() as connection:
+        user = await service.log_in(connection, body.email, body.password, client_ip, throttle)
+        lifetime = ctx.settings.user_token_lifetime_seconds
+        token = await ctx.issuer.user_token(connection, user, lifetime)
     log.info("user.logged_in", user_id=user["id"])
     return TokenResponse(access_token=token, expires_in=lifetime)
 
@@ -291,27 +299,55 @@ async def archive_rule(
     return await _transition("archive", rule_id, body, user, tx, cid)
 
 
+@router.post(
+    "/v1/rules/{rule_id}/promote", status_code=201, response_model=RuleView, tags=["rules"]
+)
+async def promote_rule(rule_id: str, user: User, tx: Tx, cid: CorrelationId) -> RuleView:
+    """Copy a staging rule into a production draft; its production clients are chosen next."""
+    user.require_editor()
+    return RuleView.of(await service.promote_rule(tx, user.org_id, user.id, rule_id, cid))
+
+
 @router.get("/v1/rules/{rule_id}/share", response_model=ShareInfo, tags=["rules"])
 async def share_rule(rule_id: str, user: User, tx: Tx, ctx: Context) -> ShareInfo:
-    """What a business user sends a third-party developer about a rule."""
-    rule = await service.get_rule(tx, user.org_id, rule_id)
-    return ShareInfo(
-        rule_name=rule["name"],
-        rule_id=rule["id"],
-        rule_type="Earn Points" if rule["type"] == "earn" else "Redeem Points",
-        environment="Production" if rule["environment"] == "production" else "Staging",
-        url_endpoint=ctx.settings.trigger_url(rule["environment"]).rstrip("/")
-        + "/v1/points/requests",
-        integration_guide_url=ctx.settings.integration_guide_url,
+    """What a business user sends a third-party developer about an active rule."""
+    return ShareInfo.of(await service.share_details(tx, user.org_id, rule_id, ctx.settings))
+
+
+@router.post(
+    "/v1/rules/{rule_id}/share/email",
+    status_code=202,
+    response_model=ShareEmailAccepted,
+    tags=["rules"],
+)
+async def email_rule(
+    rule_id: str, body: ShareEmailRequest, user: User, tx: Tx, ctx: Context, cid: CorrelationId
+) -> ShareEmailAccepted:
+    """E-mail an active rule's share information to developers; the notifier sends it."""
+    user.require_editor()
+    notification_id = await service.request_share_email(
+        tx, user.org_id, user.id, rule_id, body.recipients(), ctx.settings, cid
     )
+    log.info("rule.share_email.requested", rule_id=rule_id, notification_id=str(notification_id))
+    return ShareEmailAccepted(notification_id=str(notification_id))
 
 
 @router.get("/v1/audit", tags=["audit"])
 async def audit_log(
-    user: User, tx: Tx, before: int | None = None, limit: int = 50
+    user: User,
+    tx: Tx,
+    rule_id: Annotated[str | None, Query(alias="ruleId", max_length=100)] = None,
+    actor: Annotated[str | None, Query(max_length=100)] = None,
+    since: Annotated[AwareDatetime | None, Query(description="From this time (ISO 8601).")] = None,
+    until: Annotated[
+        AwareDatetime | None, Query(description="Before this time (ISO 8601).")
+    ] = None,
+    before: Annotated[int | None, Query(ge=1, description="Lines older than this id.")] = None,
+    limit: Annotated[int, Query(ge=1, le=200)] = 50,
 ) -> dict[str, Any]:
-    """The organisation's audit history, newest first."""
-    rows = await service.list_audit(tx, user.org_id, before, min(max(limit, 1), 200))
+    """The organisation's audit history, newest first, filtered by rule, actor and time."""
+    where = service.AuditFilter(rule_id, actor, since, until, before)
+    rows = await service.list_audit(tx, user.org_id, where, limit)
     items = [
         {
             "id": row["id"],

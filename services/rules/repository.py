@@ -38,6 +38,10 @@ WHERE id = $1
 RETURNING *
 """
 REHASH_CLIENT_SECRET = "UPDATE api_clients SET secret_hash = $2 WHERE id = $1"
+CLIENT_STATUSES = """
+SELECT id, status FROM api_clients
+WHERE org_id = $1 AND environment = $2 AND id = ANY($3::text[])
+"""
 
 ACTIVE_SIGNING_KEYS = """
 SELECT * FROM signing_keys WHERE retired_at IS NULL ORDER BY created_at DESC
@@ -47,9 +51,17 @@ SELECT public_jwk FROM signing_keys
 WHERE retired_at IS NULL OR retired_at > now() - interval '1 day'
 ORDER BY created_at DESC
 """
+# clock_timestamp(), not now(): two keys added in one transaction must still be ordered.
 INSERT_SIGNING_KEY = """
-INSERT INTO signing_keys (kid, private_pem, public_jwk) VALUES ($1, $2, $3)
+INSERT INTO signing_keys (kid, private_pem, public_jwk, created_at)
+VALUES ($1, $2, $3, clock_timestamp())
 ON CONFLICT DO NOTHING
+"""
+# Keys that may still sign are retired at $2: they stop signing at once (the newest
+# key signs) and the JWKS keeps publishing them for a day after $2.
+RETIRE_SIGNING_KEYS = """
+UPDATE signing_keys SET retired_at = $2
+WHERE retired_at IS NULL AND kid <> ALL($1::text[])
 """
 # Serialises key creation between replicas starting together.
 LOCK_SIGNING_KEYS = "SELECT pg_advisory_xact_lock(hashtext('rules.signing_keys'))"
@@ -87,6 +99,29 @@ INSERT_AUDIT = """
 INSERT INTO audit_log (org_id, actor, action, subject_id, details) VALUES ($1, $2, $3, $4, $5)
 """
 LIST_AUDIT = """
-SELECT * FROM audit_log WHERE org_id = $1 AND ($2::bigint IS NULL OR id < $2)
-ORDER BY id DESC LIMIT $3
+SELECT * FROM audit_log
+WHERE org_id = $1
+  AND ($2::bigint IS NULL OR id < $2)
+  AND ($3::text IS NULL OR subject_id = $3)
+  AND ($4::text IS NULL OR actor = $4)
+  AND ($5::timestamptz IS NULL OR at >= $5)
+  AND ($6::timestamptz IS NULL OR at < $6)
+ORDER BY id DESC LIMIT $7
+"""
+
+# Counts one login attempt for a key, starting a new window when the last one has
+# passed; the row lock makes concurrent attempts count one after another.
+COUNT_LOGIN_ATTEMPT = """
+INSERT INTO login_attempts AS la (scope, key, attempts, window_started_at)
+VALUES ($1, $2, 1, now())
+ON CONFLICT (scope, key) DO UPDATE SET
+    attempts = CASE WHEN la.window_started_at <= now() - $3::interval
+                    THEN 1 ELSE la.attempts + 1 END,
+    window_started_at = CASE WHEN la.window_started_at <= now() - $3::interval
+                             THEN now() ELSE la.window_started_at END
+RETURNING attempts, window_started_at + $3::interval - now() AS retry_after
+"""
+CLEAR_LOGIN_ATTEMPTS = "DELETE FROM login_attempts WHERE scope = $1 AND key = $2"
+GIVE_BACK_LOGIN_ATTEMPT = """
+UPDATE login_attempts SET attempts = greatest(attempts - 1, 0) WHERE scope = $1 AND key = $2
 """

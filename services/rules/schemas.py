@@ -9,7 +9,8 @@ import asyncpg
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, model_validator
 from pydantic.alias_generators import to_camel
 
-from services.rules.service import display_status
+from contracts.notifications_requested import EmailAddress
+from services.rules.service import ShareDetails, display_status
 
 #: The most points a cap or limit may name: exact in every JSON client, and within
 #: PostgreSQL's bigint with room for the sums built on it.
@@ -100,6 +101,9 @@ class RuleView(CamelModel):
     starts_at: datetime | None
     ends_at: datetime | None
     version: int
+    promoted_from: str | None = Field(
+        description="Id of the staging rule this production rule was promoted from."
+    )
     created_at: datetime
     updated_at: datetime
 
@@ -121,6 +125,7 @@ class RuleView(CamelModel):
             starts_at=rule["starts_at"],
             ends_at=rule["ends_at"],
             version=rule["version"],
+            promoted_from=rule["promoted_from"],
             created_at=rule["created_at"],
             updated_at=rule["updated_at"],
         )
@@ -133,3 +138,33 @@ class ShareInfo(CamelModel):
     environment: Literal["Staging", "Production"]
     url_endpoint: str
     integration_guide_url: str
+
+    @classmethod
+    def of(cls, details: ShareDetails) -> ShareInfo:
+        return cls(
+            rule_name=details.rule_name,
+            rule_id=details.rule_id,
+            rule_type="Earn Points" if details.rule_type == "earn" else "Redeem Points",
+            environment="Production" if details.environment == "production" else "Staging",
+            url_endpoint=details.url_endpoint,
+            integration_guide_url=details.integration_guide_url,
+        )
+
+
+class ShareEmailRequest(CamelModel):
+    """Who should receive a rule's share details: 1 to 20 e-mail addresses."""
+
+    to: list[EmailAddress] = Field(
+        min_length=1, max_length=20, examples=[["dev@partner.example.com"]]
+    )
+
+    def recipients(self) -> list[str]:
+        """The addresses in the order given, each once (ignoring case)."""
+        first: dict[str, str] = {}
+        for address in self.to:
+            first.setdefault(address.lower(), address)
+        return list(first.values())
+
+
+class ShareEmailAccepted(CamelModel):
+    notification_id: str

@@ -7,6 +7,7 @@ outbox event commit together or not at all.
 
 from __future__ import annotations
 
+import math
 import secrets
 import uuid
 from dataclasses import dataclass
@@ -19,18 +20,27 @@ from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
+from pydantic.alias_generators import to_camel
 
 from contracts import (
     ClientLifecycleEvent,
     ClientSnapshot,
+    Environment,
     RuleLifecycleEvent,
     RuleSnapshot,
+    RuleType,
+    ShareEmailRequested,
+    ShareEmailRequestedEvent,
 )
 from infra import outbox
+from infra.logging import get_logger
 from infra.problems import Problem
 from infra.signing import derive_signing_secret, new_salt
 from infra.tokens import ALGORITHM, API_AUDIENCE, REALM_PATH
 from services.rules import repository as sql
+from services.rules.settings import RulesSettings
+
+log = get_logger(__name__)
 
 hasher = PasswordHasher()  # argon2id with the library's current recommended cost
 
@@ -55,6 +65,28 @@ class InvalidCredentials(Problem):
     status = 401
     code = "INVALID_CREDENTIALS"
     title = "Invalid credentials"
+
+
+class TooManyLoginAttempts(Problem):
+    status = 429
+    code = "TOO_MANY_LOGIN_ATTEMPTS"
+    title = "Too many login attempts"
+
+    def __init__(self, retry_after: int) -> None:
+        super().__init__(
+            f"too many failed logins; try again in {retry_after} seconds",
+            headers={"Retry-After": str(retry_after)},
+            retryAfter=retry_after,
+        )
+
+
+class ActivationBlocked(Problem):
+    status = 422
+    code = "ACTIVATION_BLOCKED"
+    title = "Rule cannot be activated"
+
+    def __init__(self, problems: list[dict[str, str]]) -> None:
+        super().__init__("; ".join(problem["detail"] for problem in problems), problems=problems)
 
 
 def new_id(prefix: str) -> str:
@@ -130,6 +162,58 @@ async def authenticate_user(
 
 
 _DUMMY_HASH = hasher.hash(secrets.token_urlsafe(16))
+
+
+@dataclass(frozen=True)
+class LoginThrottle:
+    """How many login attempts one e-mail address and one client IP get per window."""
+
+    max_per_email: int
+    max_per_ip: int
+    window: timedelta
+
+    @classmethod
+    def of(cls, settings: RulesSettings) -> LoginThrottle:
+        return cls(
+            settings.login_max_attempts_per_email,
+            settings.login_max_attempts_per_ip,
+            timedelta(seconds=settings.login_throttle_window_seconds),
+        )
+
+
+async def log_in(
+    connection: asyncpg.Connection,
+    email: str,
+    password: str,
+    client_ip: str | None,
+    throttle: LoginThrottle,
+) -> asyncpg.Record:
+    """The user these credentials name, counting the attempt against the throttle.
+
+    Unlike the other functions here this one manages its own transactions: the
+    attempt must be counted (committed) even when the login fails. An attempt is
+    counted *before* the password is checked, so concurrent guesses on several
+    replicas cannot slip past the limit; a success clears the e-mail's count and
+    gives the IP its attempt back.
+    """
+    keys = [("email", email.strip().lower(), throttle.max_per_email)]
+    if client_ip:
+        keys.append(("ip", client_ip, throttle.max_per_ip))
+    waits = []
+    for scope, key, limit in keys:
+        counted = await connection.fetchrow(sql.COUNT_LOGIN_ATTEMPT, scope, key, throttle.window)
+        # The attempt that reaches the limit still gets its password checked.
+        if counted["attempts"] > limit:
+            waits.append(max(1, math.ceil(counted["retry_after"].total_seconds())))
+    if waits:
+        log.info("user.login_throttled", ip=client_ip)
+        raise TooManyLoginAttempts(max(waits))
+    async with connection.transaction():
+        user = await authenticate_user(connection, email, password)
+        await connection.execute(sql.CLEAR_LOGIN_ATTEMPTS, "email", keys[0][1])
+        if client_ip:
+            await connection.execute(sql.GIVE_BACK_LOGIN_ATTEMPT, "ip", client_ip)
+    return user
 
 
 # --- API clients -----------------------------------------------------------
@@ -292,7 +376,8 @@ class TokenIssuer:
             if await connection.fetchrow(sql.ACTIVE_SIGNING_KEYS) is None:
                 await self.add_signing_key(connection)
 
-    async def add_signing_key(self, connection: asyncpg.Connection) -> str:
+    @staticmethod
+    async def add_signing_key(connection: asyncpg.Connection) -> str:
         """Create a new key; it signs from now on while older keys still verify."""
         private_key = ec.generate_private_key(ec.SECP256R1())
         kid = uuid.uuid4().hex
@@ -365,6 +450,26 @@ class TokenIssuer:
 
 
 CLIENT_SCOPE = "points:trigger points:read"
+
+
+async def rotate_signing_key(
+    connection: asyncpg.Connection, *, token_lifetime: timedelta = timedelta(hours=1)
+) -> str:
+    """Add a signing key, which signs from now on, and retire the keys before the previous one.
+
+    Nothing is refused meanwhile: the previous key stays live, so tokens it signed a
+    moment ago verify; older keys stop signing now and are retired once every token
+    they signed has expired (``token_lifetime``), after which the JWKS still publishes
+    them for a day. Returns the new key's ``kid``.
+    """
+    async with connection.transaction():
+        await connection.execute(sql.LOCK_SIGNING_KEYS)
+        previous = await connection.fetchrow(sql.ACTIVE_SIGNING_KEYS)
+        kid = await TokenIssuer.add_signing_key(connection)
+        keep = [kid] + ([previous["kid"]] if previous else [])
+        await connection.execute(sql.RETIRE_SIGNING_KEYS, keep, now() + token_lifetime)
+    log.info("signing_key.rotated", kid=kid)
+    return kid
 
 
 # --- rules -----------------------------------------------------------------
@@ -562,19 +667,79 @@ async def update_rule(
         merged.ends_at,
         merged.type,
     )
-    await audit(connection, org_id, actor, "rule.updated", rule_id, {"fields": sorted(changes)})
+    await audit(
+        connection, org_id, actor, "rule.updated", rule_id, _change_details(current, merged)
+    )
     await _publish_rule(connection, updated, "rule.updated", correlation_id)
     return updated
 
 
-def activation_problems(rule: asyncpg.Record, at: datetime | None = None) -> list[str]:
-    """Why a rule cannot be activated, in words a business user understands."""
+def _json_safe(value: Any) -> Any:
+    if isinstance(value, datetime):
+        return value.isoformat()
+    if isinstance(value, tuple | list):
+        return list(value)
+    return value
+
+
+def _change_details(current: dict[str, Any], merged: RuleDraft) -> dict[str, Any]:
+    """The audit details of an update: each changed field's value before and after, camelCase."""
+    before, after = {}, {}
+    for field, old in current.items():
+        new = getattr(merged, field)
+        if field == "authorized_client_ids":
+            new = tuple(dict.fromkeys(new))
+        if new != old:
+            before[to_camel(field)] = _json_safe(old)
+            after[to_camel(field)] = _json_safe(new)
+    return {"fields": sorted(after), "before": before, "after": after}
+
+
+def activation_problems(
+    rule: asyncpg.Record, client_statuses: dict[str, str], at: datetime | None = None
+) -> list[dict[str, str]]:
+    """Every reason a rule cannot be activated, each naming the field to fix.
+
+    ``client_statuses`` maps the rule's authorised clients that still exist in its
+    organisation and environment to their status.
+    """
     problems = []
     if rule["api_trigger"] and not rule["authorized_client_ids"]:
-        problems.append("an API-triggered rule needs at least one authorised client")
+        problems.append(
+            {
+                "field": "authorizedClientIds",
+                "code": "NO_AUTHORIZED_CLIENT",
+                "detail": "an API-triggered rule needs at least one authorised client",
+            }
+        )
+    for client_id in rule["authorized_client_ids"]:
+        status = client_statuses.get(client_id)
+        if status != "active":
+            problems.append(
+                {
+                    "field": "authorizedClientIds",
+                    "code": "CLIENT_NOT_ACTIVE",
+                    "clientId": client_id,
+                    "detail": f"authorised client {client_id} is {status or 'no longer available'}",
+                }
+            )
     if rule["ends_at"] and rule["ends_at"] <= (at or now()):
-        problems.append("the rule's end date has passed")
+        problems.append(
+            {"field": "endsAt", "code": "END_IN_PAST", "detail": "the rule's end date has passed"}
+        )
     return problems
+
+
+async def _check_activation(connection: asyncpg.Connection, rule: asyncpg.Record) -> None:
+    rows = await connection.fetch(
+        sql.CLIENT_STATUSES,
+        rule["org_id"],
+        rule["environment"],
+        list(rule["authorized_client_ids"]),
+    )
+    problems = activation_problems(rule, {row["id"]: row["status"] for row in rows})
+    if problems:
+        raise ActivationBlocked(problems)
 
 
 _TRANSITIONS = {
@@ -598,24 +763,119 @@ async def change_status(
     if rule["status"] not in sources:
         raise Conflict(f"a {rule['status']} rule cannot be {target}", code="INVALID_TRANSITION")
     if action == "activate":
-        # Active clients only: one revoked since the rule was saved blocks activation.
-        await _check_draft(
-            connection,
-            org_id,
-            RuleDraft(
-                name=rule["name"],
-                type=rule["type"],
-                environment=rule["environment"],
-                authorized_client_ids=tuple(rule["authorized_client_ids"]),
-            ),
-        )
-        problems = activation_problems(rule)
-        if problems:
-            raise Problem("; ".join(problems), code="ACTIVATION_BLOCKED", problems=problems)
+        await _check_activation(connection, rule)
     updated = await connection.fetchrow(sql.SET_RULE_STATUS, rule_id, org_id, target)
-    await audit(connection, org_id, actor, event_type, rule_id, {"from": rule["status"]})
+    details = {
+        "from": rule["status"],
+        "before": {"status": rule["status"]},
+        "after": {"status": target},
+    }
+    await audit(connection, org_id, actor, event_type, rule_id, details)
     await _publish_rule(connection, updated, event_type, correlation_id)
     return updated
+
+
+async def promote_rule(
+    connection: asyncpg.Connection, org_id: str, actor: str, rule_id: str, correlation_id: str
+) -> asyncpg.Record:
+    """Copy a staging rule into a production draft that remembers its source.
+
+    Clients are per environment, so the copy has none: production clients must be
+    chosen before it can be activated.
+    """
+    source = await _rule_for_change(connection, org_id, rule_id, None)
+    if source["environment"] == "production":
+        raise Conflict(f"rule {rule_id} is already a production rule", code="ALREADY_PRODUCTION")
+    rule = await connection.fetchrow(
+        sql.INSERT_RULE,
+        new_id("rul"),
+        org_id,
+        "production",
+        source["name"],
+        source["description"],
+        source["type"],
+        source["api_trigger"],
+        [],
+        source["cap_max"],
+        source["cap_per_member"],
+        source["max_amount_per_request"],
+        source["starts_at"],
+        source["ends_at"],
+        rule_id,
+    )
+    details = {"name": rule["name"], "promotedFrom": rule_id}
+    await audit(connection, org_id, actor, "rule.promoted", rule["id"], details)
+    await _publish_rule(connection, rule, "rule.created", correlation_id)
+    return rule
+
+
+# --- sharing -----------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ShareDetails:
+    """What a business user hands a third-party developer about a rule: no secrets."""
+
+    rule_name: str
+    rule_id: str
+    rule_type: RuleType
+    environment: Environment
+    url_endpoint: str
+    integration_guide_url: str
+
+
+async def share_details(
+    connection: asyncpg.Connection, org_id: str, rule_id: str, settings: RulesSettings
+) -> ShareDetails:
+    """The share information of an active rule; other rules are not shared."""
+    rule = await get_rule(connection, org_id, rule_id)
+    if rule["status"] != "active":
+        raise Conflict(
+            f"rule {rule_id} is {rule['status']}; only active rules are shared",
+            code="RULE_NOT_ACTIVE",
+        )
+    return ShareDetails(
+        rule_name=rule["name"],
+        rule_id=rule["id"],
+        rule_type=rule["type"],
+        environment=rule["environment"],
+        url_endpoint=settings.trigger_url(rule["environment"]).rstrip("/") + "/v1/points/requests",
+        integration_guide_url=settings.integration_guide_url,
+    )
+
+
+async def request_share_email(
+    connection: asyncpg.Connection,
+    org_id: str,
+    actor: str,
+    rule_id: str,
+    recipients: list[str],
+    settings: RulesSettings,
+    correlation_id: str,
+) -> uuid.UUID:
+    """Ask the notifier, through the outbox, to e-mail an active rule's share details."""
+    details = await share_details(connection, org_id, rule_id, settings)
+    notification_id = uuid.uuid4()
+    event = ShareEmailRequestedEvent.new_event(
+        data=ShareEmailRequested(
+            notification_id=notification_id,
+            rule_id=details.rule_id,
+            rule_name=details.rule_name,
+            rule_type=details.rule_type,
+            environment=details.environment,
+            url_endpoint=details.url_endpoint,
+            integration_guide_url=details.integration_guide_url,
+            recipients=tuple(recipients),
+            requested_by=actor,
+        ),
+        environment=details.environment,
+        org_id=org_id,
+        correlation_id=correlation_id,
+    )
+    audit_details = {"recipients": recipients, "notificationId": str(notification_id)}
+    await audit(connection, org_id, actor, "rule.shared_by_email", rule_id, audit_details)
+    await outbox.enqueue(connection, event)
+    return notification_id
 
 
 # --- audit -----------------------------------------------------------------
@@ -632,7 +892,31 @@ async def audit(
     await connection.execute(sql.INSERT_AUDIT, org_id, actor, action, subject_id, details)
 
 
+@dataclass(frozen=True)
+class AuditFilter:
+    """Which audit lines to list: all of them when nothing is set."""
+
+    rule_id: str | None = None
+    actor: str | None = None
+    since: datetime | None = None
+    until: datetime | None = None
+    before: int | None = None
+
+
 async def list_audit(
-    connection: asyncpg.Connection, org_id: str, before: int | None, limit: int
+    connection: asyncpg.Connection, org_id: str, where: AuditFilter, limit: int
 ) -> list[asyncpg.Record]:
-    return list(await connection.fetch(sql.LIST_AUDIT, org_id, before, limit))
+    if where.since and where.until and where.until <= where.since:
+        raise Problem("until must be after since", code="INVALID_PERIOD", field="until")
+    return list(
+        await connection.fetch(
+            sql.LIST_AUDIT,
+            org_id,
+            where.before,
+            where.rule_id,
+            where.actor,
+            where.since,
+            where.until,
+            limit,
+        )
+    )

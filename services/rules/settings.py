@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import timedelta
 from typing import ClassVar
 
 from pydantic import AliasChoices, Field, model_validator
@@ -34,6 +35,21 @@ class RulesSettings(ServiceSettings):
     secret_rotation_overlap_seconds: int = Field(
         default=86400, description="How long a rotated client secret keeps working."
     )
+    login_max_attempts_per_email: int = Field(
+        default=5,
+        ge=1,
+        description="Failed logins for one e-mail address within the window before further "
+        "attempts are refused with 429.",
+    )
+    login_max_attempts_per_ip: int = Field(
+        default=20,
+        ge=1,
+        description="Failed logins from one client IP within the window before further attempts "
+        "are refused; higher than per e-mail because offices share an address.",
+    )
+    login_throttle_window_seconds: int = Field(
+        default=900, ge=1, description="Length of the login-throttling window."
+    )
     callback_signing_key: str = Field(
         default="",
         validation_alias=AliasChoices("RULES_CALLBACK_SIGNING_KEY", "CALLBACK_SIGNING_KEY"),
@@ -50,6 +66,13 @@ class RulesSettings(ServiceSettings):
         elif self.callback_signing_key == DEV_CALLBACK_SIGNING_KEY and not self.is_development:
             raise ValueError("CALLBACK_SIGNING_KEY is the development placeholder; set a real one")
         return self
+
+    @property
+    def longest_token_lifetime(self) -> timedelta:
+        """How long a token signed now may be presented: retired keys must verify that long."""
+        return timedelta(
+            seconds=max(self.client_token_lifetime_seconds, self.user_token_lifetime_seconds)
+        )
 
     def trigger_url(self, environment: str) -> str:
         return (

@@ -383,7 +383,7 @@ class TestRuleLifecycle:
 
         activation = await transition(http, tenant, rule["id"], "activate")
 
-        assert activation.status_code == 400
+        assert activation.status_code == 422
         assert activation.json()["code"] == "ACTIVATION_BLOCKED"
         current = (await http.get(f"/v1/rules/{rule['id']}", headers=tenant.headers)).json()
         assert current["status"] == "draft"
@@ -508,6 +508,7 @@ class TestShareInfo:
         self, http: httpx.AsyncClient, tenant: Tenant
     ) -> None:
         rule = await create_rule(http, tenant, name="Coffee stamps")
+        assert (await transition(http, tenant, rule["id"], "activate")).status_code == 200
 
         response = await http.get(f"/v1/rules/{rule['id']}/share", headers=tenant.headers)
 

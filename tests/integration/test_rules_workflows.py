@@ -1,0 +1,701 @@
+"""The rules service's console workflows over HTTP: activation checks, sharing, promotion,
+the audit trail, login throttling and signing-key rotation.
+
+One rules service runs for the whole module against a real PostgreSQL and a real
+broker; every test seeds an organisation of its own, and tests that count failed
+logins use a client IP of their own.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import httpx
+import jwt
+import pytest
+import pytest_asyncio
+from fastapi import FastAPI
+
+from contracts import NOTIFICATIONS_REQUESTED, RULES_LIFECYCLE, ShareEmailRequestedEvent
+from infra.runtime import ServiceRuntime
+from infra.tokens import API_AUDIENCE, JWKS_PATH
+from services.rules import service as rules
+from services.rules.app import create_app
+from tests.helpers import (
+    PASSWORD,
+    RULES_URL,
+    Client,
+    Seeder,
+    asgi_client,
+    bearer,
+    client_token,
+    fresh_database,
+    kafka_broker,
+    login,
+    rules_settings,
+    rules_transaction,
+)
+
+
+@dataclass(frozen=True)
+class RulesStack:
+    app: FastAPI
+    http: httpx.AsyncClient
+    seeder: Seeder
+    runtime: ServiceRuntime
+    database_url: str
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="session")
+async def stack(postgres_server_dsn: str) -> AsyncIterator[RulesStack]:
+    with kafka_broker() as bootstrap_servers:
+        async with fresh_database(postgres_server_dsn) as database_url:
+            settings = rules_settings(database_url, bootstrap_servers)
+            app, runtime = create_app(settings)
+            await runtime.start()
+            try:
+                async with asgi_client(app, RULES_URL) as http:
+                    yield RulesStack(
+                        app, http, Seeder(database_url, settings), runtime, database_url
+                    )
+            finally:
+                await runtime.stop()
+
+
+@dataclass(frozen=True)
+class Tenant:
+    """An organisation with a logged-in admin and one active staging client."""
+
+    org_id: str
+    user_id: str
+    headers: dict[str, str]
+    client: Client
+
+
+@pytest.fixture
+async def tenant(stack: RulesStack) -> Tenant:
+    organisation = await stack.seeder.organisation()
+    token = await login(stack.http, organisation.email)
+    client = await stack.seeder.client(organisation.id, "staging")
+    user_id = jwt.decode(token, options={"verify_signature": False})["sub"]
+    return Tenant(organisation.id, user_id, bearer(token), client)
+
+
+@pytest.fixture
+def http(stack: RulesStack) -> httpx.AsyncClient:
+    return stack.http
+
+
+def rule_body(**overrides: Any) -> dict[str, Any]:
+    starts = datetime.now(UTC) - timedelta(hours=1)
+    body: dict[str, Any] = {
+        "name": "Double points weekend",
+        "description": "Twice the points on Saturdays and Sundays",
+        "type": "earn",
+        "environment": "staging",
+        "apiTrigger": True,
+        "authorizedClientIds": [],
+        "capMax": 10_000,
+        "capPerMember": 500,
+        "maxAmountPerRequest": 100,
+        "startsAt": starts.isoformat(),
+        "endsAt": (starts + timedelta(days=30)).isoformat(),
+    }
+    return {**body, **overrides}
+
+
+async def create_rule(http: httpx.AsyncClient, tenant: Tenant, **overrides: Any) -> dict[str, Any]:
+    body = rule_body(**{"authorizedClientIds": [tenant.client.client_id], **overrides})
+    response = await http.post("/v1/rules", json=body, headers=tenant.headers)
+    assert response.status_code == 201, response.text
+    rule: dict[str, Any] = response.json()
+    return rule
+
+
+async def active_rule(http: httpx.AsyncClient, tenant: Tenant, **overrides: Any) -> dict[str, Any]:
+    rule = await create_rule(http, tenant, **overrides)
+    response = await http.post(f"/v1/rules/{rule['id']}/activate", headers=tenant.headers)
+    assert response.status_code == 200, response.text
+    activated: dict[str, Any] = response.json()
+    return activated
+
+
+async def get_rule(http: httpx.AsyncClient, tenant: Tenant, rule_id: str) -> dict[str, Any]:
+    response = await http.get(f"/v1/rules/{rule_id}", headers=tenant.headers)
+    assert response.status_code == 200, response.text
+    rule: dict[str, Any] = response.json()
+    return rule
+
+
+async def audit_lines(
+    http: httpx.AsyncClient, tenant: Tenant, **params: Any
+) -> list[dict[str, Any]]:
+    response = await http.get("/v1/audit", params=params, headers=tenant.headers)
+    assert response.status_code == 200, response.text
+    items: list[dict[str, Any]] = response.json()["items"]
+    return items
+
+
+async def outbox_payloads(stack: RulesStack, topic: str, key: str) -> list[bytes]:
+    rows = await stack.runtime.pool.fetch(
+        "SELECT payload FROM outbox WHERE topic = $1 AND key = $2 ORDER BY id", topic, key
+    )
+    return [row["payload"] for row in rows]
+
+
+async def viewer_headers(stack: RulesStack, tenant: Tenant) -> dict[str, str]:
+    viewer = await stack.seeder.user(tenant.org_id, "viewer")
+    return bearer(await login(stack.http, viewer))
+
+
+class TestActivationChecks:
+    async def test_every_reason_a_rule_cannot_be_activated_is_returned_at_once(
+        self, http: httpx.AsyncClient, stack: RulesStack, tenant: Tenant
+    ) -> None:
+        second = await stack.seeder.client(tenant.org_id, "staging")
+        rule = await create_rule(
+            http, tenant, authorizedClientIds=[tenant.client.client_id, second.client_id]
+        )
+        await stack.seeder.revoke(tenant.client.client_id)
+        await stack.seeder.revoke(second.client_id)
+        async with rules_transaction(stack.database_url) as connection:
+            await connection.execute(
+                "UPDATE rules SET starts_at = now() - interval '2 days', "
+                "ends_at = now() - interval '1 day' WHERE id = $1",
+                rule["id"],
+            )
+
+        response = await http.post(f"/v1/rules/{rule['id']}/activate", headers=tenant.headers)
+
+        assert response.status_code == 422
+        assert response.headers["content-type"].startswith("application/problem+json")
+        body = response.json()
+        assert body["code"] == "ACTIVATION_BLOCKED"
+        named = {(p["field"], p["code"], p.get("clientId")) for p in body["problems"]}
+        assert len(body["problems"]) == 3
+        assert named == {
+            ("authorizedClientIds", "CLIENT_NOT_ACTIVE", second.client_id),
+            ("authorizedClientIds", "CLIENT_NOT_ACTIVE", tenant.client.client_id),
+            ("endsAt", "END_IN_PAST", None),
+        }
+        current = await get_rule(http, tenant, rule["id"])
+        assert (current["status"], current["version"]) == ("draft", 1)
+
+    async def test_an_api_triggered_rule_without_clients_is_refused_naming_the_field(
+        self, http: httpx.AsyncClient, tenant: Tenant
+    ) -> None:
+        rule = await create_rule(http, tenant, authorizedClientIds=[])
+
+        response = await http.post(f"/v1/rules/{rule['id']}/activate", headers=tenant.headers)
+
+        assert response.status_code == 422
+        assert [(p["field"], p["code"]) for p in response.json()["problems"]] == [
+            ("authorizedClientIds", "NO_AUTHORIZED_CLIENT")
+        ]
+
+    async def test_a_refused_activation_publishes_and_audits_nothing(
+        self, http: httpx.AsyncClient, stack: RulesStack, tenant: Tenant
+    ) -> None:
+        rule = await create_rule(http, tenant, authorizedClientIds=[])
+
+        await http.post(f"/v1/rules/{rule['id']}/activate", headers=tenant.headers)
+
+        assert len(await outbox_payloads(stack, RULES_LIFECYCLE, rule["id"])) == 1  # created
+        actions = [line["action"] for line in await audit_lines(http, tenant, ruleId=rule["id"])]
+        assert actions == ["rule.created"]
+
+
+class TestSharing:
+    async def test_a_draft_rule_is_not_shared(
+        self, http: httpx.AsyncClient, tenant: Tenant
+    ) -> None:
+        rule = await create_rule(http, tenant)
+
+        response = await http.get(f"/v1/rules/{rule['id']}/share", headers=tenant.headers)
+
+        assert response.status_code == 409
+        assert response.json()["code"] == "RULE_NOT_ACTIVE"
+
+    async def test_a_paused_rule_cannot_be_emailed(
+        self, http: httpx.AsyncClient, stack: RulesStack, tenant: Tenant
+    ) -> None:
+        rule = await active_rule(http, tenant)
+        await http.post(f"/v1/rules/{rule['id']}/pause", headers=tenant.headers)
+
+        response = await http.post(
+            f"/v1/rules/{rule['id']}/share/email",
+            json={"to": ["dev@partner.example.com"]},
+            headers=tenant.headers,
+        )
+
+        assert response.status_code == 409
+        assert response.json()["code"] == "RULE_NOT_ACTIVE"
+        assert await outbox_payloads(stack, NOTIFICATIONS_REQUESTED, rule["id"]) == []
+
+    async def test_emailing_an_active_rule_queues_exactly_its_share_details(
+        self, http: httpx.AsyncClient, stack: RulesStack, tenant: Tenant
+    ) -> None:
+        rule = await active_rule(http, tenant, name="Coffee stamps")
+
+        response = await http.post(
+            f"/v1/rules/{rule['id']}/share/email",
+            json={"to": ["dev@partner.example.com", "ops@partner.example.com"]},
+            headers=tenant.headers,
+        )
+
+        assert response.status_code == 202, response.text
+        notification_id = response.json()["notificationId"]
+        [payload] = await outbox_payloads(stack, NOTIFICATIONS_REQUESTED, rule["id"])
+        event = ShareEmailRequestedEvent.model_validate_json(payload)
+        assert str(event.data.notification_id) == notification_id
+        assert (event.org_id, event.environment) == (tenant.org_id, "staging")
+        assert event.data.model_dump(exclude={"notification_id"}) == {
+            "rule_id": rule["id"],
+            "rule_name": "Coffee stamps",
+            "rule_type": "earn",
+            "environment": "staging",
+            "url_endpoint": "https://trigger-staging.example.com/v1/points/requests",
+            "integration_guide_url": "http://127.0.0.1:8001/docs/integration-guide",
+            "recipients": ("dev@partner.example.com", "ops@partner.example.com"),
+            "requested_by": tenant.user_id,
+        }
+        assert tenant.client.client_secret.encode() not in payload
+
+    async def test_the_email_request_is_audited_with_its_recipients(
+        self, http: httpx.AsyncClient, tenant: Tenant
+    ) -> None:
+        rule = await active_rule(http, tenant)
+
+        await http.post(
+            f"/v1/rules/{rule['id']}/share/email",
+            json={"to": ["dev@partner.example.com"]},
+            headers=tenant.headers,
+        )
+
+        [line] = await audit_lines(http, tenant, ruleId=rule["id"], actor=tenant.user_id, limit=1)
+        assert line["action"] == "rule.shared_by_email"
+        assert line["details"]["recipients"] == ["dev@partner.example.com"]
+
+    @pytest.mark.parametrize(
+        ("to", "field"),
+        [
+            ([], "to"),
+            (["not-an-address"], "to.0"),
+            (["dev@partner.example.com", "dev @partner.example.com"], "to.1"),
+            ([f"dev{n}@partner.example.com" for n in range(21)], "to"),
+        ],
+    )
+    async def test_bad_recipients_are_refused_naming_the_field(
+        self,
+        http: httpx.AsyncClient,
+        stack: RulesStack,
+        tenant: Tenant,
+        to: list[str],
+        field: str,
+    ) -> None:
+        rule = await active_rule(http, tenant)
+
+        response = await http.post(
+            f"/v1/rules/{rule['id']}/share/email", json={"to": to}, headers=tenant.headers
+        )
+
+        assert response.status_code == 400
+        assert [error["field"] for error in response.json()["errors"]] == [field]
+        assert await outbox_payloads(stack, NOTIFICATIONS_REQUESTED, rule["id"]) == []
+
+    async def test_a_viewer_cannot_send_the_email(
+        self, http: httpx.AsyncClient, stack: RulesStack, tenant: Tenant
+    ) -> None:
+        rule = await active_rule(http, tenant)
+
+        response = await http.post(
+            f"/v1/rules/{rule['id']}/share/email",
+            json={"to": ["dev@partner.example.com"]},
+            headers=await viewer_headers(stack, tenant),
+        )
+
+        assert response.status_code == 403
+        assert await outbox_payloads(stack, NOTIFICATIONS_REQUESTED, rule["id"]) == []
+
+    async def test_another_organisation_cannot_email_the_rule(
+        self, http: httpx.AsyncClient, stack: RulesStack, tenant: Tenant
+    ) -> None:
+        rule = await active_rule(http, tenant)
+        intruder = await stack.seeder.organisation("Intruder Inc")
+
+        response = await http.post(
+            f"/v1/rules/{rule['id']}/share/email",
+            json={"to": ["dev@partner.example.com"]},
+            headers=bearer(await login(http, intruder.email)),
+        )
+
+        assert response.status_code == 404
+        assert await outbox_payloads(stack, NOTIFICATIONS_REQUESTED, rule["id"]) == []
+
+
+class TestPromotion:
+    async def test_a_staging_rule_is_copied_into_a_production_draft_without_clients(
+        self, http: httpx.AsyncClient, tenant: Tenant
+    ) -> None:
+        source = await active_rule(http, tenant)
+
+        response = await http.post(f"/v1/rules/{source['id']}/promote", headers=tenant.headers)
+
+        assert response.status_code == 201, response.text
+        promoted = response.json()
+        copied = (
+            "name",
+            "description",
+            "type",
+            "apiTrigger",
+            "capMax",
+            "capPerMember",
+            "maxAmountPerRequest",
+            "startsAt",
+            "endsAt",
+        )
+        assert {field: promoted[field] for field in copied} == {
+            field: source[field] for field in copied
+        }
+        assert promoted["id"] != source["id"]
+        assert (promoted["environment"], promoted["status"], promoted["version"]) == (
+            "production",
+            "draft",
+            1,
+        )
+        assert (promoted["authorizedClientIds"], promoted["promotedFrom"]) == ([], source["id"])
+        assert source["promotedFrom"] is None
+        assert (await get_rule(http, tenant, source["id"]))["status"] == "active"
+
+    async def test_the_production_draft_is_announced_and_audited(
+        self, http: httpx.AsyncClient, stack: RulesStack, tenant: Tenant
+    ) -> None:
+        source = await create_rule(http, tenant)
+
+        promoted = (
+            await http.post(f"/v1/rules/{source['id']}/promote", headers=tenant.headers)
+        ).json()
+
+        [payload] = await outbox_payloads(stack, RULES_LIFECYCLE, promoted["id"])
+        assert b'"type":"rule.created"' in payload
+        assert b'"environment":"production"' in payload
+        [line] = await audit_lines(http, tenant, ruleId=promoted["id"])
+        assert (line["action"], line["details"]["promotedFrom"]) == ("rule.promoted", source["id"])
+
+    async def test_the_production_draft_needs_production_clients_before_activation(
+        self, http: httpx.AsyncClient, stack: RulesStack, tenant: Tenant
+    ) -> None:
+        source = await create_rule(http, tenant)
+        promoted = (
+            await http.post(f"/v1/rules/{source['id']}/promote", headers=tenant.headers)
+        ).json()
+        refused = await http.post(f"/v1/rules/{promoted['id']}/activate", headers=tenant.headers)
+        production = await stack.seeder.client(tenant.org_id, "production")
+
+        await http.patch(
+            f"/v1/rules/{promoted['id']}",
+            json={"version": 1, "authorizedClientIds": [production.client_id]},
+            headers=tenant.headers,
+        )
+        accepted = await http.post(f"/v1/rules/{promoted['id']}/activate", headers=tenant.headers)
+
+        assert refused.status_code == 422
+        assert accepted.status_code == 200, accepted.text
+        assert accepted.json()["status"] == "active"
+
+    async def test_a_production_rule_cannot_be_promoted(
+        self, http: httpx.AsyncClient, stack: RulesStack, tenant: Tenant
+    ) -> None:
+        production = await stack.seeder.client(tenant.org_id, "production")
+        rule = await create_rule(
+            http, tenant, environment="production", authorizedClientIds=[production.client_id]
+        )
+
+        response = await http.post(f"/v1/rules/{rule['id']}/promote", headers=tenant.headers)
+
+        assert response.status_code == 409
+        assert response.json()["code"] == "ALREADY_PRODUCTION"
+        listed = await http.get("/v1/rules", headers=tenant.headers)
+        assert [item["id"] for item in listed.json()["items"]] == [rule["id"]]
+
+    async def test_an_archived_rule_cannot_be_promoted(
+        self, http: httpx.AsyncClient, tenant: Tenant
+    ) -> None:
+        rule = await create_rule(http, tenant)
+        await http.post(f"/v1/rules/{rule['id']}/archive", headers=tenant.headers)
+
+        response = await http.post(f"/v1/rules/{rule['id']}/promote", headers=tenant.headers)
+
+        assert response.status_code == 409
+        assert response.json()["code"] == "RULE_ARCHIVED"
+
+    async def test_a_viewer_cannot_promote(
+        self, http: httpx.AsyncClient, stack: RulesStack, tenant: Tenant
+    ) -> None:
+        rule = await create_rule(http, tenant)
+
+        response = await http.post(
+            f"/v1/rules/{rule['id']}/promote", headers=await viewer_headers(stack, tenant)
+        )
+
+        assert response.status_code == 403
+
+
+class TestAuditTrail:
+    async def test_an_update_records_the_changed_fields_before_and_after(
+        self, http: httpx.AsyncClient, tenant: Tenant
+    ) -> None:
+        rule = await create_rule(http, tenant)
+        new_end = datetime(2031, 1, 1, tzinfo=UTC)
+
+        await http.patch(
+            f"/v1/rules/{rule['id']}",
+            json={"version": 1, "capMax": 500, "name": rule["name"], "endsAt": new_end.isoformat()},
+            headers=tenant.headers,
+        )
+
+        [line, _created] = await audit_lines(http, tenant, ruleId=rule["id"])
+        before, after = line["details"]["before"], line["details"]["after"]
+        assert (line["action"], sorted(before), sorted(after)) == (
+            "rule.updated",
+            ["capMax", "endsAt"],
+            ["capMax", "endsAt"],
+        )
+        assert (before["capMax"], after["capMax"]) == (10_000, 500)
+        assert datetime.fromisoformat(before["endsAt"]) == datetime.fromisoformat(rule["endsAt"])
+        assert datetime.fromisoformat(after["endsAt"]) == new_end
+
+    async def test_a_status_change_records_the_status_before_and_after(
+        self, http: httpx.AsyncClient, tenant: Tenant
+    ) -> None:
+        rule = await active_rule(http, tenant)
+        await http.post(f"/v1/rules/{rule['id']}/pause", headers=tenant.headers)
+
+        lines = await audit_lines(http, tenant, ruleId=rule["id"])
+
+        assert [(line["details"].get("before"), line["details"].get("after")) for line in lines][
+            :2
+        ] == [
+            ({"status": "active"}, {"status": "paused"}),
+            ({"status": "draft"}, {"status": "active"}),
+        ]
+
+    async def test_the_log_is_filtered_by_rule_actor_and_time(
+        self, http: httpx.AsyncClient, stack: RulesStack, tenant: Tenant
+    ) -> None:
+        editor_email = await stack.seeder.user(tenant.org_id, "editor")
+        editor_headers = bearer(await login(http, editor_email))
+        first = await create_rule(http, tenant)
+        second = await create_rule(http, tenant)
+        await http.patch(
+            f"/v1/rules/{second['id']}",
+            json={"version": 1, "name": "Edited"},
+            headers=editor_headers,
+        )
+        everything = await audit_lines(http, tenant)
+        last_at = everything[0]["at"]
+
+        by_rule = await audit_lines(http, tenant, ruleId=first["id"])
+        by_actor = await audit_lines(http, tenant, actor=tenant.user_id, ruleId=second["id"])
+        since_last = await audit_lines(http, tenant, since=last_at)
+        until_last = await audit_lines(http, tenant, until=last_at)
+
+        assert [line["subjectId"] for line in by_rule] == [first["id"]]
+        assert [line["action"] for line in by_actor] == ["rule.created"]
+        assert [line["id"] for line in since_last] == [everything[0]["id"]]
+        assert [line["id"] for line in until_last] == [line["id"] for line in everything[1:]]
+
+    async def test_the_log_is_paged_with_before_and_limit(
+        self, http: httpx.AsyncClient, tenant: Tenant
+    ) -> None:
+        for _ in range(3):
+            await create_rule(http, tenant)
+        everything = await audit_lines(http, tenant)
+
+        page = await http.get("/v1/audit", params={"limit": 2}, headers=tenant.headers)
+        rest = await audit_lines(http, tenant, before=page.json()["nextBefore"])
+
+        assert [line["id"] for line in page.json()["items"] + rest] == [
+            line["id"] for line in everything
+        ]
+
+    async def test_another_organisations_lines_are_not_listed(
+        self, http: httpx.AsyncClient, stack: RulesStack, tenant: Tenant
+    ) -> None:
+        rule = await create_rule(http, tenant)
+        intruder = await stack.seeder.organisation("Intruder Inc")
+        headers = bearer(await login(http, intruder.email))
+
+        response = await http.get("/v1/audit", params={"ruleId": rule["id"]}, headers=headers)
+
+        assert response.json()["items"] == []
+
+    @pytest.mark.parametrize(
+        ("params", "field"),
+        [
+            ({"since": "yesterday"}, "query.since"),
+            ({"until": "2026-13-01T00:00:00Z"}, "query.until"),
+            ({"since": "2026-01-01T00:00:00"}, "query.since"),  # no time zone
+            ({"before": "abc"}, "query.before"),
+            ({"limit": "0"}, "query.limit"),
+            ({"limit": "1000"}, "query.limit"),
+        ],
+    )
+    async def test_a_bad_filter_is_refused_naming_the_parameter(
+        self, http: httpx.AsyncClient, tenant: Tenant, params: dict[str, str], field: str
+    ) -> None:
+        response = await http.get("/v1/audit", params=params, headers=tenant.headers)
+
+        assert response.status_code == 400
+        assert [error["field"] for error in response.json()["errors"]] == [field]
+
+    async def test_until_before_since_is_refused(
+        self, http: httpx.AsyncClient, tenant: Tenant
+    ) -> None:
+        response = await http.get(
+            "/v1/audit",
+            params={"since": "2026-02-01T00:00:00Z", "until": "2026-01-01T00:00:00Z"},
+            headers=tenant.headers,
+        )
+
+        assert response.status_code == 400
+        assert response.json()["field"] == "until"
+
+
+class TestLoginThrottling:
+    @pytest.fixture
+    async def from_own_ip(self, stack: RulesStack) -> AsyncIterator[httpx.AsyncClient]:
+        """A console on a client IP no other test uses."""
+        address = f"10.{uuid.uuid4().int % 250}.{uuid.uuid4().int % 250}.{uuid.uuid4().int % 250}"
+        transport = httpx.ASGITransport(app=stack.app, client=(address, 40000))
+        async with httpx.AsyncClient(transport=transport, base_url=RULES_URL) as client:
+            yield client
+
+    @staticmethod
+    async def attempt(http: httpx.AsyncClient, email: str, password: str) -> httpx.Response:
+        return await http.post("/v1/auth/login", json={"email": email, "password": password})
+
+    async def test_the_sixth_attempt_within_the_window_is_refused_even_with_the_right_password(
+        self, from_own_ip: httpx.AsyncClient, stack: RulesStack
+    ) -> None:
+        organisation = await stack.seeder.organisation()
+        failures = [await self.attempt(from_own_ip, organisation.email, "wrong") for _ in range(5)]
+
+        response = await self.attempt(from_own_ip, organisation.email, PASSWORD)
+
+        assert [failure.status_code for failure in failures] == [401] * 5
+        assert response.status_code == 429
+        assert response.json()["code"] == "TOO_MANY_LOGIN_ATTEMPTS"
+        assert 0 < int(response.headers["Retry-After"]) <= 900
+        assert "accessToken" not in response.json()
+
+    async def test_the_throttle_holds_across_client_addresses_for_one_email(
+        self, stack: RulesStack
+    ) -> None:
+        organisation = await stack.seeder.organisation()
+        for n in range(5):
+            transport = httpx.ASGITransport(app=stack.app, client=(f"192.0.2.{n + 1}", 1))
+            async with httpx.AsyncClient(transport=transport, base_url=RULES_URL) as client:
+                await self.attempt(client, organisation.email.upper(), "wrong")
+
+        response = await self.attempt(stack.http, organisation.email, PASSWORD)
+
+        assert response.status_code == 429
+
+    async def test_a_success_resets_the_count(
+        self, from_own_ip: httpx.AsyncClient, stack: RulesStack
+    ) -> None:
+        organisation = await stack.seeder.organisation()
+        for _ in range(4):
+            await self.attempt(from_own_ip, organisation.email, "wrong")
+        assert (await self.attempt(from_own_ip, organisation.email, PASSWORD)).status_code == 200
+
+        responses = [await self.attempt(from_own_ip, organisation.email, "wrong") for _ in range(5)]
+
+        assert [response.status_code for response in responses] == [401] * 5
+
+    async def test_logins_work_again_once_the_window_has_passed(
+        self, from_own_ip: httpx.AsyncClient, stack: RulesStack
+    ) -> None:
+        organisation = await stack.seeder.organisation()
+        for _ in range(6):
+            await self.attempt(from_own_ip, organisation.email, "wrong")
+        await stack.runtime.pool.execute(
+            "UPDATE login_attempts SET window_started_at = now() - interval '16 minutes'"
+            " WHERE key = $1",
+            organisation.email.lower(),
+        )
+
+        response = await self.attempt(from_own_ip, organisation.email, PASSWORD)
+
+        assert response.status_code == 200, response.text
+
+    async def test_one_address_guessing_many_emails_is_slowed_down(
+        self, from_own_ip: httpx.AsyncClient, stack: RulesStack
+    ) -> None:
+        organisation = await stack.seeder.organisation()
+        limit = stack.seeder.settings.login_max_attempts_per_ip
+        for n in range(limit):
+            await self.attempt(from_own_ip, f"guess{n}@example.com", "wrong")
+
+        response = await self.attempt(from_own_ip, organisation.email, PASSWORD)
+        elsewhere = await self.attempt(stack.http, organisation.email, PASSWORD)
+
+        assert response.status_code == 429
+        assert elsewhere.status_code == 200
+
+
+class TestSigningKeyRotation:
+    async def test_a_token_signed_before_rotation_still_verifies_and_new_tokens_use_the_new_key(
+        self, http: httpx.AsyncClient, stack: RulesStack, tenant: Tenant
+    ) -> None:
+        before = await client_token(http, tenant.client)
+
+        async with rules_transaction(stack.database_url) as connection:
+            kid = await rules.rotate_signing_key(connection)
+        after = await client_token(http, tenant.client)
+
+        jwks = (await http.get(JWKS_PATH)).json()
+        keys = {key["kid"]: jwt.PyJWK(key).key for key in jwks["keys"]}
+        for token in (before, after):
+            header = jwt.get_unverified_header(token)
+            claims = jwt.decode(
+                token, keys[header["kid"]], algorithms=["ES256"], audience=API_AUDIENCE
+            )
+            assert claims["client_id"] == tenant.client.client_id
+        assert jwt.get_unverified_header(after)["kid"] == kid
+        assert jwt.get_unverified_header(before)["kid"] != kid
+
+    async def test_keys_before_the_previous_one_stop_signing_but_stay_published(
+        self, http: httpx.AsyncClient, stack: RulesStack, tenant: Tenant
+    ) -> None:
+        oldest = jwt.get_unverified_header(await client_token(http, tenant.client))["kid"]
+        async with rules_transaction(stack.database_url) as connection:
+            previous = await rules.rotate_signing_key(connection)
+            newest = await rules.rotate_signing_key(connection)
+
+        rows = await stack.runtime.pool.fetch(
+            "SELECT kid, retired_at FROM signing_keys WHERE kid = ANY($1::text[])",
+            [oldest, previous, newest],
+        )
+        published = {key["kid"] for key in (await http.get(JWKS_PATH)).json()["keys"]}
+
+        retired = {row["kid"] for row in rows if row["retired_at"] is not None}
+        assert retired == {oldest}
+        assert {oldest, previous, newest} <= published
+        token = await client_token(http, tenant.client)
+        assert jwt.get_unverified_header(token)["kid"] == newest
+
+    async def test_business_users_stay_logged_in_across_a_rotation(
+        self, http: httpx.AsyncClient, stack: RulesStack, tenant: Tenant
+    ) -> None:
+        async with rules_transaction(stack.database_url) as connection:
+            await rules.rotate_signing_key(connection)
+
+        response = await http.get("/v1/rules", headers=tenant.headers)
+
+        assert response.status_code == 200
