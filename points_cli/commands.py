@@ -92,6 +92,15 @@ async def client_rotate(args: argparse.Namespace) -> int:
     return 0
 
 
+async def keys_rotate(args: argparse.Namespace) -> int:
+    async with rules_transaction() as (connection, settings):
+        kid = await rules.rotate_signing_key(
+            connection, token_lifetime=settings.longest_token_lifetime
+        )
+    emit({"kid": kid}, args.json)
+    return 0
+
+
 async def ledger_verify(args: argparse.Namespace) -> int:
     from services.ledger.service import verify_ledger
     from services.ledger.settings import LedgerSettings

@@ -15,6 +15,7 @@ from collections.abc import Callable, Coroutine
 from typing import Any
 
 from infra.errors import StartupError
+from infra.logging import configure_logging
 from infra.problems import Problem
 from infra.settings import load_stack_environment, var_dir
 
@@ -64,6 +65,15 @@ def build_parser() -> argparse.ArgumentParser:
     rotate.add_argument("--json", action="store_true")
     rotate.set_defaults(run=commands.client_rotate)
 
+    keys = topics.add_parser("keys", help="the token issuer's signing keys").add_subparsers(
+        dest="action", required=True
+    )
+    rotate_key = keys.add_parser(
+        "rotate", help="sign with a new key from now on; tokens already issued keep working"
+    )
+    rotate_key.add_argument("--json", action="store_true")
+    rotate_key.set_defaults(run=commands.keys_rotate)
+
     ledger = topics.add_parser("ledger", help="the points ledger").add_subparsers(
         dest="action", required=True
     )
@@ -104,6 +114,8 @@ def emit(value: dict[str, Any], as_json: bool) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
+    # Standard output is for results (often JSON for scripts); logs go to stderr.
+    configure_logging("points", "INFO" if args.topic == "dev" else "WARNING")
     if args.topic != "dev":
         load_stack_environment(var_dir() / "dev.env")
     run: Command = args.run

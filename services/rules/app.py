@@ -8,9 +8,11 @@ from fastapi import FastAPI
 
 from contracts import (
     CLIENTS_LIFECYCLE,
+    NOTIFICATIONS_REQUESTED,
     RULES_LIFECYCLE,
     ClientLifecycleEvent,
     RuleLifecycleEvent,
+    ShareEmailRequestedEvent,
 )
 from infra.http import create_http_app
 from infra.runtime import ServiceRuntime, health_router
@@ -24,6 +26,11 @@ MIGRATIONS = Path(__file__).parent / "migrations"
 PUBLISHES = (
     (RULES_LIFECYCLE, RuleLifecycleEvent, "Full rule snapshot on every change of a rule."),
     (CLIENTS_LIFECYCLE, ClientLifecycleEvent, "API client registered, revoked or rotated."),
+    (
+        NOTIFICATIONS_REQUESTED,
+        ShareEmailRequestedEvent,
+        "A business user asked for a rule's integration details to be e-mailed.",
+    ),
 )
 
 
