@@ -112,21 +112,28 @@ def emit(value: dict[str, Any], as_json: bool) -> None:
             print(f"{key}: {item}")
 
 
-def main(argv: list[str] | None = None) -> None:
+def run(argv: list[str]) -> int:
+    """Carry out one ``points`` command; its exit code. Leaves logging as it finds it."""
     args = build_parser().parse_args(argv)
-    # Standard output is for results (often JSON for scripts); logs go to stderr.
-    configure_logging("points", "INFO" if args.topic == "dev" else "WARNING")
     if args.topic != "dev":
         load_stack_environment(var_dir() / "dev.env")
-    run: Command = args.run
+    command: Command = args.run
     try:
-        code = asyncio.run(run(args))
+        return asyncio.run(command(args))
     except Problem as problem:
         print(f"points: {problem.detail}", file=sys.stderr)
-        code = 1
+        return 1
     except StartupError as error:
         print(f"points: {error}", file=sys.stderr)
-        code = 2
+        return 2
     except KeyboardInterrupt:
-        code = 130
-    sys.exit(code)
+        return 130
+
+
+def main(argv: list[str] | None = None) -> None:
+    """The ``points`` executable."""
+    arguments = sys.argv[1:] if argv is None else argv
+    # Standard output is for results (often JSON for scripts); logs go to stderr.
+    quiet = not arguments or arguments[0] != "dev"
+    configure_logging("points", "WARNING" if quiet else "INFO")
+    sys.exit(run(arguments))

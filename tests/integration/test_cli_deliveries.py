@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from structlog.testing import capture_logs
 
-from points_cli.main import main
+from points_cli.main import run
 from tests.integration.test_notifier import (
     CallbackReceiver,
     client_event,
@@ -50,15 +50,7 @@ def cli_environment(database_url: str, tmp_path: Path, monkeypatch: pytest.Monke
 
 async def points(*argv: str) -> int:
     """Run ``points ARGV`` in a thread (it runs its own event loop); its exit code."""
-
-    def run() -> int:
-        try:
-            main(list(argv))
-        except SystemExit as exit_:
-            return int(exit_.code or 0)
-        return 0
-
-    return await asyncio.to_thread(run)
+    return await asyncio.to_thread(run, list(argv))
 
 
 @pytest.mark.usefixtures("cli_environment")

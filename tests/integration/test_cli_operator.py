@@ -2,13 +2,21 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
+import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from infra import db
 from tests.integration.test_cli_deliveries import points
+
+
+def last_json(capsys: pytest.CaptureFixture[str]) -> Any:
+    """The command's JSON result. In-process, the test run's logging shares stdout."""
+    return json.loads(capsys.readouterr().out.strip().splitlines()[-1])
 
 
 @pytest.fixture
@@ -20,20 +28,40 @@ def cli_environment(database_url: str, tmp_path: Path, monkeypatch: pytest.Monke
 
 @pytest.mark.usefixtures("cli_environment")
 class TestOperatorCommands:
+    async def test_json_output_is_the_whole_of_standard_output_even_on_a_fresh_database(
+        self,
+    ) -> None:
+        # The real executable: its log lines (migrations run first) go to stderr.
+        process = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "points_cli",
+            "org",
+            "create",
+            "Corner Bakery",
+            "--json",
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+        )
+        stdout, stderr = await process.communicate()
+        assert process.returncode == 0, stderr.decode()
+        org = json.loads(stdout)
+        assert set(org) == {"id", "name"} and org["name"] == "Corner Bakery"
+
     async def test_an_operator_creates_an_organisation_a_user_and_a_client_with_json_output(
         self, capsys: pytest.CaptureFixture[str]
     ) -> None:
         assert await points("org", "create", "Corner Bakery", "--json") == 0
-        org = json.loads(capsys.readouterr().out)
+        org = last_json(capsys)
         assert set(org) == {"id", "name"} and org["name"] == "Corner Bakery"
 
         args = ["--org", org["id"], "--email", "o@bakery.example", "--password", "long-enough"]
         assert await points("user", "create", *args, "--json") == 0
-        assert json.loads(capsys.readouterr().out)["email"] == "o@bakery.example"
+        assert last_json(capsys)["email"] == "o@bakery.example"
 
         client_args = ["--org", org["id"], "--environment", "staging", "--name", "App"]
         assert await points("client", "create", *client_args, "--json") == 0
-        client = json.loads(capsys.readouterr().out)
+        client = last_json(capsys)
         assert set(client) == {"clientId", "clientSecret", "callbackSigningSecret"}
 
     async def test_a_client_for_an_unknown_organisation_is_refused_with_a_clear_message(
@@ -49,7 +77,7 @@ class TestOperatorCommands:
         assert await points("org", "create", "Keys", "--json") == 0  # migrates the schema
         capsys.readouterr()
         assert await points("keys", "rotate", "--json") == 0
-        kid = json.loads(capsys.readouterr().out)["kid"]
+        kid = last_json(capsys)["kid"]
         connection = await db.connect(database_url, "rules")
         try:
             newest = await connection.fetchval(
