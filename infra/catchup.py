@@ -7,9 +7,26 @@ later lag is normal operation, not a reason to leave the load balancer.
 
 from __future__ import annotations
 
+import asyncio
+
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from infra.settings import ServiceSettings
+
+
+async def stop_consumer(consumer: AIOKafkaConsumer) -> None:
+    """Stop a short-lived consumer.
+
+    aiokafka's ``stop()`` can re-raise the CancelledError of its own internal
+    offset-reset task when stopped soon after starting; that says nothing about
+    our task, so it is swallowed unless our task is really being cancelled.
+    """
+    try:
+        await consumer.stop()
+    except asyncio.CancelledError:
+        task = asyncio.current_task()
+        if task is not None and task.cancelling():
+            raise
 
 
 class CatchUp:
@@ -32,7 +49,7 @@ class CatchUp:
             ]
             ends = await consumer.end_offsets(partitions) if partitions else {}
         finally:
-            await consumer.stop()
+            await stop_consumer(consumer)
         self._marks = {tp: offset for tp, offset in ends.items() if offset > 0}
 
     async def caught_up(self) -> bool:
@@ -53,6 +70,6 @@ class CatchUp:
                     if committed is None or committed < mark:
                         return False
             finally:
-                await reader.stop()
+                await stop_consumer(reader)
         self._caught_up = True
         return True

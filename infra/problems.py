@@ -88,9 +88,11 @@ def install_problem_handlers(app: FastAPI) -> None:
         return problem_response(Problem(summary, code="INVALID_REQUEST", errors=errors))
 
     @app.exception_handler(OSError)
+    @app.exception_handler(TimeoutError)
     @app.exception_handler(asyncpg.PostgresConnectionError)
     @app.exception_handler(asyncpg.InterfaceError)
-    @app.exception_handler(asyncpg.CannotConnectNowError)
+    @app.exception_handler(asyncpg.OperatorInterventionError)
+    @app.exception_handler(asyncpg.InsufficientResourcesError)
     async def _unavailable(_: Request, error: Exception) -> JSONResponse:
         # The database is down or unreachable: say so, and let the caller retry.
         return problem_response(
