@@ -6,19 +6,20 @@ import base64
 import binascii
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 from urllib.parse import parse_qs
 
 import asyncpg
 import jwt
 from fastapi import APIRouter, Depends, Query, Request
-from fastapi.responses import JSONResponse
+from fastapi.responses import HTMLResponse, JSONResponse
 from pydantic import AwareDatetime
 
 from infra.http import Forbidden, Unauthorized, bearer_token
 from infra.logging import get_logger
 from infra.tokens import ALGORITHM, JWKS_PATH, REALM_PATH, TOKEN_PATH
 from services.rules import service
+from services.rules.guide import render_integration_guide
 from services.rules.schemas import (
     LoginRequest,
     RuleCreate,
@@ -30,7 +31,7 @@ from services.rules.schemas import (
     StatusChange,
     TokenResponse,
 )
-from services.rules.settings import RulesSettings
+from services.rules.settings import INTEGRATION_GUIDE_PATH, RulesSettings
 
 log = get_logger(__name__)
 
@@ -134,7 +135,64 @@ def _basic_credentials(request: Request) -> tuple[str, str] | None:
     return client_id, secret
 
 
-@router.post(TOKEN_PATH, tags=["oauth2"])
+#: The token endpoint reads its form itself (to support HTTP Basic too), so FastAPI
+#: cannot describe the body; this does.
+TOKEN_REQUEST_DOCS: dict[str, Any] = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "application/x-www-form-urlencoded": {
+                "schema": {
+                    "type": "object",
+                    "required": ["grant_type"],
+                    "properties": {
+                        "grant_type": {"type": "string", "enum": ["client_credentials"]},
+                        "client_id": {
+                            "type": "string",
+                            "description": "Omit when authenticating with HTTP Basic.",
+                        },
+                        "client_secret": {
+                            "type": "string",
+                            "description": "Omit when authenticating with HTTP Basic.",
+                        },
+                    },
+                },
+                "example": {
+                    "grant_type": "client_credentials",
+                    "client_id": "cli_3f2c9a7e5b1d4c8e9f0a1b2c3d4e5f60",
+                    "client_secret": "<the client secret shown once at creation>",
+                },
+            }
+        },
+    },
+    "responses": {
+        "200": {
+            "description": "An access token.",
+            "content": {
+                "application/json": {
+                    "example": {
+                        "access_token": "eyJhbGciOiJFUzI1NiIsImtpZCI6…",
+                        "token_type": "Bearer",
+                        "expires_in": 300,
+                        "refresh_expires_in": 0,
+                        "not-before-policy": 0,
+                        "scope": "points:trigger points:read",
+                    }
+                }
+            },
+        },
+        "400": {"description": "`invalid_request` or `unsupported_grant_type` (RFC 6749)."},
+        "401": {"description": "`invalid_client`: unknown, revoked or wrong credentials."},
+    },
+}
+
+
+@router.post(
+    TOKEN_PATH,
+    tags=["oauth2"],
+    summary="Get an access token (client credentials)",
+    openapi_extra=TOKEN_REQUEST_DOCS,
+)
 async def issue_token(request: Request, ctx: Context) -> JSONResponse:
     """OAuth2 client-credentials grant: form fields or HTTP Basic client authentication."""
     if not request.headers.get("content-type", "").startswith("application/x-www-form-urlencoded"):
@@ -181,13 +239,17 @@ async def issue_token(request: Request, ctx: Context) -> JSONResponse:
     )
 
 
-@router.get(JWKS_PATH, tags=["oauth2"])
+@router.get(JWKS_PATH, tags=["oauth2"], summary="Realm signing keys (JWKS)")
 async def jwks(ctx: Context) -> dict[str, Any]:
     """The realm's public signing keys."""
     return await ctx.issuer.jwks(ctx.pool)
 
 
-@router.get(f"{REALM_PATH}/.well-known/openid-configuration", tags=["oauth2"])
+@router.get(
+    f"{REALM_PATH}/.well-known/openid-configuration",
+    tags=["oauth2"],
+    summary="OpenID Connect discovery",
+)
 async def openid_configuration(ctx: Context) -> dict[str, Any]:
     """OpenID Connect discovery for the partner realm."""
     base = ctx.settings.public_url.rstrip("/")
@@ -360,3 +422,32 @@ async def audit_log(
         for row in rows
     ]
     return {"items": items, "nextBefore": items[-1]["id"] if len(items) == limit else None}
+
+
+# --- developer documentation ---------------------------------------------------
+
+#: The guide loads nothing from elsewhere and runs no script; say so to the browser.
+GUIDE_HEADERS = {
+    "Content-Security-Policy": "default-src 'none'; style-src 'unsafe-inline'; "
+    "frame-ancestors 'none'",
+    "Cache-Control": "public, max-age=300",
+}
+
+
+@router.get(
+    INTEGRATION_GUIDE_PATH,
+    response_class=HTMLResponse,
+    tags=["docs"],
+    responses={200: {"content": {"text/html": {}}, "description": "The guide as an HTML page."}},
+)
+async def integration_guide(
+    ctx: Context,
+    environment: Annotated[
+        Literal["staging", "production"],
+        Query(description="The environment whose URLs the guide shows.", examples=["staging"]),
+    ],
+) -> HTMLResponse:
+    """The API Integration Guide for third-party developers: tokens, triggers, response codes,
+    callbacks and their signatures, with this deployment's URLs."""
+    page = render_integration_guide(ctx.settings, environment)
+    return HTMLResponse(page, headers=GUIDE_HEADERS)

@@ -22,6 +22,14 @@ class CamelModel(BaseModel):
 
 
 class LoginRequest(CamelModel):
+    """A business user's e-mail address and password."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [{"email": "owner@bakery.example", "password": "correct horse battery"}]
+        }
+    )
+
     email: str = Field(max_length=254)
     password: str = Field(max_length=1024)
 
@@ -33,6 +41,28 @@ class TokenResponse(CamelModel):
 
 
 class RuleCreate(CamelModel):
+    """A new rule; it starts as a draft."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "name": "Double points weekend",
+                    "description": "Twice the points on Saturdays and Sundays",
+                    "type": "earn",
+                    "environment": "staging",
+                    "apiTrigger": True,
+                    "authorizedClientIds": ["cli_3f2c9a7e5b1d4c8e9f0a1b2c3d4e5f60"],
+                    "capMax": 100000,
+                    "capPerMember": 500,
+                    "maxAmountPerRequest": 100,
+                    "startsAt": "2026-12-01T00:00:00+00:00",
+                    "endsAt": "2026-12-31T23:59:59+00:00",
+                }
+            ]
+        }
+    )
+
     name: str = Field(min_length=1, max_length=200)
     description: str = Field(default="", max_length=2000)
     type: Literal["earn", "redeem"]
@@ -48,6 +78,12 @@ class RuleCreate(CamelModel):
 
 class RuleUpdate(CamelModel):
     """A partial update; ``version`` is the version the caller read."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [{"version": 3, "capMax": 150000, "endsAt": "2027-01-15T23:59:59+00:00"}]
+        }
+    )
 
     version: int = Field(ge=1)
     name: str | None = Field(default=None, min_length=1, max_length=200)
@@ -82,6 +118,10 @@ class RuleUpdate(CamelModel):
 
 
 class StatusChange(CamelModel):
+    """Optional: the version the caller read, so a change made meanwhile is not overridden."""
+
+    model_config = ConfigDict(json_schema_extra={"examples": [{"version": 2}]})
+
     version: int | None = Field(default=None, ge=1)
 
 
@@ -153,6 +193,8 @@ class ShareInfo(CamelModel):
 
 class ShareEmailRequest(CamelModel):
     """Who should receive a rule's share details: 1 to 20 e-mail addresses."""
+
+    model_config = ConfigDict(json_schema_extra={"examples": [{"to": ["dev@partner.example.com"]}]})
 
     to: list[EmailAddress] = Field(
         min_length=1, max_length=20, examples=[["dev@partner.example.com"]]

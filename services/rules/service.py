@@ -840,7 +840,7 @@ async def share_details(
         rule_type=rule["type"],
         environment=rule["environment"],
         url_endpoint=settings.trigger_url(rule["environment"]).rstrip("/") + "/v1/points/requests",
-        integration_guide_url=settings.integration_guide_url,
+        integration_guide_url=settings.integration_guide_for(rule["environment"]),
     )
 
 

@@ -4,12 +4,17 @@ from __future__ import annotations
 
 from datetime import timedelta
 from typing import ClassVar
+from urllib.parse import urlencode
 
 from pydantic import AliasChoices, Field, model_validator
 from pydantic_settings import SettingsConfigDict
 
 from infra.settings import ServiceSettings
 from infra.signing import DEVELOPMENT_SIGNING_KEY as DEV_CALLBACK_SIGNING_KEY
+from infra.tokens import TOKEN_PATH
+
+#: Where this service serves the API Integration Guide.
+INTEGRATION_GUIDE_PATH = "/docs/integration-guide"
 
 
 class RulesSettings(ServiceSettings):
@@ -29,7 +34,12 @@ class RulesSettings(ServiceSettings):
         default="http://127.0.0.1:8002",
         description="Trigger gateway URL shared for production rules.",
     )
-    integration_guide_url: str = "http://127.0.0.1:8001/docs/integration-guide"
+    integration_guide_url: str | None = Field(
+        default=None,
+        description="Address of the API Integration Guide shared with developers; the rule's "
+        "environment is added as `?environment=…`. Unset, it is this service's own page, "
+        "`<public_url>/docs/integration-guide`.",
+    )
     client_token_lifetime_seconds: int = 300
     user_token_lifetime_seconds: int = 3600
     secret_rotation_overlap_seconds: int = Field(
@@ -78,3 +88,14 @@ class RulesSettings(ServiceSettings):
         return (
             self.production_trigger_url if environment == "production" else self.staging_trigger_url
         )
+
+    @property
+    def token_url(self) -> str:
+        """Where API clients get their access tokens."""
+        return self.public_url.rstrip("/") + TOKEN_PATH
+
+    def integration_guide_for(self, environment: str) -> str:
+        """The API Integration Guide of ``environment``, as shared with developers."""
+        base = self.integration_guide_url or self.public_url.rstrip("/") + INTEGRATION_GUIDE_PATH
+        separator = "&" if "?" in base else "?"
+        return f"{base}{separator}{urlencode({'environment': environment})}"

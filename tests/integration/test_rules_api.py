@@ -519,8 +519,27 @@ class TestShareInfo:
             "ruleType": "Earn Points",
             "environment": "Staging",
             "urlEndpoint": "https://trigger-staging.example.com/v1/points/requests",
-            "integrationGuideUrl": "http://127.0.0.1:8001/docs/integration-guide",
+            "integrationGuideUrl": f"{RULES_URL}/docs/integration-guide?environment=staging",
         }
+
+    async def test_a_production_rule_links_the_production_guide_which_names_its_url(
+        self, http: httpx.AsyncClient, stack: RulesStack, tenant: Tenant
+    ) -> None:
+        production = await stack.seeder.client(tenant.org_id, "production")
+        body = rule_body(environment="production", authorizedClientIds=[production.client_id])
+        created = await http.post("/v1/rules", json=body, headers=tenant.headers)
+        rule = created.json()
+        assert (await transition(http, tenant, rule["id"], "activate")).status_code == 200
+        share = (await http.get(f"/v1/rules/{rule['id']}/share", headers=tenant.headers)).json()
+
+        guide = await http.get(share["integrationGuideUrl"])
+
+        assert share["integrationGuideUrl"].endswith(
+            "/docs/integration-guide?environment=production"
+        )
+        assert guide.status_code == 200
+        assert guide.headers["content-type"].startswith("text/html")
+        assert share["urlEndpoint"] in guide.text
 
 
 class TestTenantIsolation:

@@ -259,7 +259,7 @@ class TestSharing:
             "rule_type": "earn",
             "environment": "staging",
             "url_endpoint": "https://trigger-staging.example.com/v1/points/requests",
-            "integration_guide_url": "http://127.0.0.1:8001/docs/integration-guide",
+            "integration_guide_url": f"{RULES_URL}/docs/integration-guide?environment=staging",
             "recipients": ("dev@partner.example.com", "ops@partner.example.com"),
             "requested_by": tenant.user_id,
         }

@@ -1,0 +1,212 @@
+"""The API Integration Guide: the page a third-party developer is sent with a shared rule.
+
+One page per environment, rendered from ``templates/integration_guide.html`` with
+this deployment's own URLs, so every curl and Python example on it runs as shown.
+The gateway's response codes are listed here rather than imported: services do not
+import each other, and a test fails when the gateway gains a code this list lacks.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import jinja2
+from markupsafe import Markup, escape
+
+from infra.signing import DEFAULT_TOLERANCE_SECONDS, EVENT_ID_HEADER, SIGNATURE_HEADER
+from services.rules.settings import RulesSettings
+
+TEMPLATES = Path(__file__).parent / "templates"
+
+_CODE_SPAN = re.compile(r"`([^`]+)`")
+
+
+def code_spans(text: str) -> Markup:
+    """``text`` escaped, with its `backticked` parts set as code."""
+    parts = _CODE_SPAN.split(text)  # plain text and code, alternating
+    return Markup("").join(
+        Markup("<code>{}</code>").format(part) if index % 2 else escape(part)
+        for index, part in enumerate(parts)
+    )
+
+
+_templates = jinja2.Environment(
+    loader=jinja2.FileSystemLoader(TEMPLATES),
+    autoescape=True,
+    undefined=jinja2.StrictUndefined,
+    keep_trailing_newline=True,
+)
+_templates.filters["code_spans"] = code_spans
+
+#: A callback receiver the examples can run on the developer's own machine; the
+#: gateway accepts loopback callback URLs only in development mode.
+LOCAL_CALLBACK_URL = "http://127.0.0.1:9000/points-callback"
+PUBLIC_CALLBACK_URL = "https://partner.example.com/points-callback"
+
+
+@dataclass(frozen=True)
+class GatewayResponse:
+    """One answer the trigger gateway can give, as a developer should read it."""
+
+    status: int
+    code: str
+    meaning: str
+    action: str
+
+
+#: Every machine ``code`` the gateway answers with, in the order its checks run.
+GATEWAY_RESPONSES = (
+    GatewayResponse(
+        400,
+        "INVALID_REQUEST",
+        "The body is not JSON, a field is missing, has the wrong type or is too long, or "
+        "an unknown field was sent. The `errors` list names each field and what is wrong.",
+        "Fix the request; sending it again unchanged gets the same answer.",
+    ),
+    GatewayResponse(
+        401,
+        "UNAUTHORIZED",
+        "No `Authorization: Bearer` header, or the token is expired, tampered with, not "
+        "issued by this platform, lacks the `points:trigger` scope, or its client was revoked.",
+        "Get a new token and retry; if that fails too, ask the business for new credentials.",
+    ),
+    GatewayResponse(
+        429,
+        "RATE_LIMITED",
+        "The client sent more requests than its rate limit allows. Nothing was recorded.",
+        "Wait the number of seconds in `Retry-After`, then send the same request again.",
+    ),
+    GatewayResponse(
+        409,
+        "REQUEST_ID_REUSED",
+        "This `requestId` was used before by this client with a different body.",
+        "Use a new `requestId` for a new request; resend the original body to get the "
+        "original answer.",
+    ),
+    GatewayResponse(
+        400,
+        "INVALID_CALLBACK_URL",
+        "The `callbackUrl` is not an http(s) URL, or its host is a private, loopback, "
+        "link-local or otherwise non-public address.",
+        "Use a publicly reachable URL (loopback is allowed only on a development stack).",
+    ),
+    GatewayResponse(
+        503,
+        "CALLBACK_HOST_UNRESOLVED",
+        "The host of the `callbackUrl` could not be looked up in time. Nothing was recorded.",
+        "Retry later with the same `requestId`; check that the host name exists.",
+    ),
+    GatewayResponse(
+        400,
+        "RULE_NOT_FOUND",
+        "No rule with this `ruleId` exists for your client's organisation.",
+        "Check the Rule ID the business shared with you.",
+    ),
+    GatewayResponse(
+        403,
+        "ENVIRONMENT_MISMATCH",
+        "The rule belongs to a different environment from your client's: a staging client "
+        "cannot trigger a production rule, nor the other way round.",
+        "Use the client credentials and URLs of the rule's environment.",
+    ),
+    GatewayResponse(
+        400,
+        "RULE_NOT_API_TRIGGERABLE",
+        "The rule does not have the API-trigger option turned on.",
+        "Ask the business to turn on API triggering for the rule.",
+    ),
+    GatewayResponse(
+        400,
+        "RULE_INACTIVE",
+        "The rule is a draft, paused or archived.",
+        "Ask the business to activate the rule.",
+    ),
+    GatewayResponse(
+        400,
+        "RULE_NOT_STARTED",
+        "The rule's start date is still ahead.",
+        "Trigger it once it has started.",
+    ),
+    GatewayResponse(
+        400,
+        "RULE_ENDED",
+        "The rule's end date has passed.",
+        "Ask the business for a current rule.",
+    ),
+    GatewayResponse(
+        403,
+        "CLIENT_NOT_AUTHORIZED",
+        "Your client is not among the rule's authorised API clients.",
+        "Ask the business to authorise your client on the rule.",
+    ),
+    GatewayResponse(
+        400,
+        "INVALID_USER_ID",
+        "`userId` is not a string of 1 to 128 characters made of letters, digits and "
+        "`. _ : @ + -`, starting with a letter or digit.",
+        "Send the member's id in that form.",
+    ),
+    GatewayResponse(
+        400,
+        "INVALID_AMOUNT",
+        "`amount` is not a whole number from 1 to 9007199254740991 (a decimal, a string, a "
+        "boolean, zero or a negative number).",
+        "Send a positive integer.",
+    ),
+    GatewayResponse(
+        400,
+        "AMOUNT_OVER_MAXIMUM",
+        "`amount` is more than the rule allows in one request.",
+        "Send a smaller amount.",
+    ),
+    GatewayResponse(
+        400,
+        "CAP_EXCEEDED",
+        "The rule's total cap would be exceeded by this amount.",
+        "The rule has run out of points; ask the business to raise its cap.",
+    ),
+    GatewayResponse(
+        400,
+        "MEMBER_CAP_EXCEEDED",
+        "This member's cap on the rule would be exceeded by this amount.",
+        "The member has had all the points this rule gives one member.",
+    ),
+    GatewayResponse(
+        503,
+        "SERVICE_UNAVAILABLE",
+        "The gateway cannot record requests right now. Nothing was recorded: a request is "
+        "never answered 202 and then lost.",
+        "Retry after `Retry-After` seconds with the same `requestId`.",
+    ),
+)
+
+#: Answers of ``GET /v1/points/requests/{requestId}`` beyond those of the trigger.
+POLLING_RESPONSES = (
+    GatewayResponse(
+        404,
+        "REQUEST_NOT_FOUND",
+        "Your client never sent this `requestId`, or it was forgotten after the retention period.",
+        "Check the `requestId`; each client sees only its own requests.",
+    ),
+)
+
+
+def render_integration_guide(settings: RulesSettings, environment: str) -> str:
+    """The guide's HTML for ``environment`` (``staging`` or ``production``)."""
+    local = settings.is_development
+    return _templates.get_template("integration_guide.html").render(
+        environment=environment,
+        environment_name=environment.capitalize(),
+        token_url=settings.token_url,
+        trigger_url=settings.trigger_url(environment).rstrip("/"),
+        token_lifetime=settings.client_token_lifetime_seconds,
+        callback_url=LOCAL_CALLBACK_URL if local else PUBLIC_CALLBACK_URL,
+        development=local,
+        responses=GATEWAY_RESPONSES,
+        polling_responses=POLLING_RESPONSES,
+        signature_header=SIGNATURE_HEADER,
+        event_id_header=EVENT_ID_HEADER,
+        tolerance=DEFAULT_TOLERANCE_SECONDS,
+    )

@@ -1,0 +1,258 @@
+"""The API Integration Guide the rules service serves for each environment.
+
+The page is checked against the code it documents: every machine code the
+trigger gateway can answer with must be on it, and its Python signature check
+must accept what the platform signs and refuse what it should not.
+"""
+
+from __future__ import annotations
+
+import html
+import re
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+import infra.problems
+import services.trigger
+from infra.http import Unauthorized
+from infra.signing import SIGNATURE_HEADER, sign
+from infra.tokens import TOKEN_PATH
+from services.rules.app import create_app
+from services.rules.settings import RulesSettings
+
+PUBLIC_URL = "https://rules.points.example.com"
+TRIGGER_URLS = {
+    "staging": "https://trigger-staging.points.example.com",
+    "production": "https://trigger.points.example.com",
+}
+ENVIRONMENTS = tuple(TRIGGER_URLS)
+SECRET = "whsec_test-signing-secret"
+BODY = b'{"requestId":"order-1001","status":"succeeded","amount":10}'
+NOW = 1_762_337_702
+
+_CODE = re.compile(r"\bcode\s*=\s*\"([A-Z][A-Z0-9_]+)\"")
+
+
+def gateway_codes() -> set[str]:
+    """Every machine code the trigger gateway's source raises, and the shared ones it uses."""
+    package = Path(services.trigger.__file__).parent
+    sources = [path.read_text() for path in package.glob("*.py")]
+    sources.append(Path(infra.problems.__file__).read_text())
+    codes = {code for source in sources for code in _CODE.findall(source)}
+    return codes | {Unauthorized.code}
+
+
+def settings(**overrides: Any) -> RulesSettings:
+    values: dict[str, Any] = {
+        "mode": "development",
+        "public_url": PUBLIC_URL,
+        "staging_trigger_url": TRIGGER_URLS["staging"],
+        "production_trigger_url": TRIGGER_URLS["production"],
+        **overrides,
+    }
+    return RulesSettings(**values)
+
+
+@pytest.fixture
+async def http() -> AsyncIterator[httpx.AsyncClient]:
+    # The guide needs no database: the app is served without starting its runtime.
+    app, _ = create_app(settings())
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url=PUBLIC_URL) as client:
+        yield client
+
+
+async def guide(http: httpx.AsyncClient, environment: str) -> str:
+    response = await http.get("/docs/integration-guide", params={"environment": environment})
+    assert response.status_code == 200, response.text
+    return response.text
+
+
+def readable(page: str) -> str:
+    """The page's text as a reader sees it: no tags, entities resolved, spaces collapsed."""
+    return " ".join(html.unescape(re.sub(r"<[^>]+>", "", page)).split())
+
+
+def code_block(page: str, block_id: str) -> str:
+    """The text of the ``<code id=block_id>`` block, as a reader would copy it."""
+    found = re.search(rf'<code[^>]*\bid="{block_id}"[^>]*>(.*?)</code>', page, re.DOTALL)
+    assert found is not None, f"the guide has no code block {block_id}"
+    return html.unescape(found.group(1))
+
+
+def verifier(page: str) -> Any:
+    namespace: dict[str, Any] = {}
+    exec(code_block(page, "verify-signature-python"), namespace)  # noqa: S102 - our own page
+    return namespace["verify_signature"]
+
+
+class TestTheGuidePage:
+    @pytest.mark.parametrize("environment", ENVIRONMENTS)
+    async def test_each_environment_gets_an_html_page(
+        self, http: httpx.AsyncClient, environment: str
+    ) -> None:
+        response = await http.get("/docs/integration-guide", params={"environment": environment})
+
+        assert response.status_code == 200
+        assert response.headers["content-type"].startswith("text/html")
+        assert f">{environment.capitalize()}<" in response.text
+
+    @pytest.mark.parametrize("environment", ENVIRONMENTS)
+    async def test_the_page_names_its_environments_trigger_url_and_the_token_url(
+        self, http: httpx.AsyncClient, environment: str
+    ) -> None:
+        page = await guide(http, environment)
+
+        assert f"{TRIGGER_URLS[environment]}/v1/points/requests" in page
+        assert f"{PUBLIC_URL}{TOKEN_PATH}" in page
+        other = next(url for env, url in TRIGGER_URLS.items() if env != environment)
+        assert other not in page
+
+    @pytest.mark.parametrize("environment", ENVIRONMENTS)
+    async def test_every_machine_code_of_the_gateway_is_documented(
+        self, http: httpx.AsyncClient, environment: str
+    ) -> None:
+        page = await guide(http, environment)
+
+        documented = set(re.findall(r'id="code-([A-Z0-9_]+)"', page))
+        assert gateway_codes() - documented == set()
+
+    async def test_the_code_list_the_test_checks_against_is_not_empty(self) -> None:
+        # Guards the check above against a regex that silently stops matching.
+        assert {"RULE_NOT_FOUND", "RATE_LIMITED", "UNAUTHORIZED", "INVALID_REQUEST"} <= (
+            gateway_codes()
+        )
+
+    async def test_the_page_explains_the_signature_scheme_and_its_headers(
+        self, http: httpx.AsyncClient
+    ) -> None:
+        page = readable(await guide(http, "staging"))
+
+        assert "X-Points-Event-Id" in page
+        assert "X-Points-Signature" in page
+        assert "t=<unix seconds>,v1=" in page
+        assert 'HMAC-SHA256(callbackSigningSecret, "<t>.<raw body>")' in page
+
+    async def test_the_page_documents_idempotency_rate_limits_and_polling(
+        self, http: httpx.AsyncClient
+    ) -> None:
+        page = readable(await guide(http, "production"))
+
+        for phrase in (
+            "same transactionId",
+            "at least 7 days",
+            "Retry-After",
+            "RateLimit-Limit",
+            "RateLimit-Remaining",
+            "RateLimit-Reset",
+            "/v1/points/requests/{requestId}",
+        ):
+            assert phrase in page
+
+    async def test_the_page_loads_nothing_from_elsewhere_and_runs_no_script(
+        self, http: httpx.AsyncClient
+    ) -> None:
+        response = await http.get("/docs/integration-guide", params={"environment": "staging"})
+
+        assert "<script" not in response.text
+        assert "<link" not in response.text
+        assert not re.search(r"\bsrc=", response.text)
+        assert "default-src 'none'" in response.headers["content-security-policy"]
+
+    @pytest.mark.parametrize("query", [{"environment": "development"}, {}])
+    async def test_an_unknown_or_missing_environment_is_a_400_problem(
+        self, http: httpx.AsyncClient, query: dict[str, str]
+    ) -> None:
+        response = await http.get("/docs/integration-guide", params=query)
+
+        assert response.status_code == 400
+        assert response.headers["content-type"].startswith("application/problem+json")
+        assert response.json()["errors"][0]["field"] == "query.environment"
+
+    async def test_every_python_example_on_the_page_is_valid_python(
+        self, http: httpx.AsyncClient
+    ) -> None:
+        page = await guide(http, "staging")
+
+        for block_id in (
+            "verify-signature-python",
+            "callback-receiver-python",
+            "trigger-client-python",
+        ):
+            compile(code_block(page, block_id), block_id, "exec")
+
+
+class TestTheDocumentedSignatureCheck:
+    """The guide's own Python snippet, run against what ``infra.signing`` produces."""
+
+    async def test_it_accepts_a_callback_signed_by_the_platform(
+        self, http: httpx.AsyncClient
+    ) -> None:
+        verify_signature = verifier(await guide(http, "staging"))
+
+        header = sign(SECRET, BODY, NOW)
+
+        assert verify_signature(SECRET, BODY, header, now=NOW + 10) is True
+
+    async def test_it_accepts_a_signature_made_right_now(self, http: httpx.AsyncClient) -> None:
+        verify_signature = verifier(await guide(http, "staging"))
+
+        assert verify_signature(SECRET, BODY, sign(SECRET, BODY)) is True
+
+    async def test_it_refuses_a_tampered_body(self, http: httpx.AsyncClient) -> None:
+        verify_signature = verifier(await guide(http, "staging"))
+
+        header = sign(SECRET, BODY, NOW)
+
+        assert verify_signature(SECRET, BODY.replace(b"10", b"99"), header, now=NOW) is False
+
+    async def test_it_refuses_another_clients_secret(self, http: httpx.AsyncClient) -> None:
+        verify_signature = verifier(await guide(http, "staging"))
+
+        header = sign("whsec_someone-else", BODY, NOW)
+
+        assert verify_signature(SECRET, BODY, header, now=NOW) is False
+
+    async def test_it_refuses_a_stale_timestamp(self, http: httpx.AsyncClient) -> None:
+        verify_signature = verifier(await guide(http, "staging"))
+
+        header = sign(SECRET, BODY, NOW)
+
+        assert verify_signature(SECRET, BODY, header, now=NOW + 3600) is False
+
+    @pytest.mark.parametrize("header", ["", "v1=abc", "t=soon,v1=abc", "garbage"])
+    async def test_it_refuses_a_malformed_header(
+        self, http: httpx.AsyncClient, header: str
+    ) -> None:
+        verify_signature = verifier(await guide(http, "staging"))
+
+        assert verify_signature(SECRET, BODY, header, now=NOW) is False
+
+    async def test_the_header_it_reads_is_the_one_the_notifier_sends(
+        self, http: httpx.AsyncClient
+    ) -> None:
+        page = await guide(http, "staging")
+
+        assert f'self.headers.get("{SIGNATURE_HEADER}", "")' in code_block(
+            page, "callback-receiver-python"
+        )
+
+
+class TestTheGuideAddress:
+    def test_it_is_this_services_own_page_unless_set(self) -> None:
+        assert (
+            settings().integration_guide_for("production")
+            == f"{PUBLIC_URL}/docs/integration-guide?environment=production"
+        )
+
+    def test_a_configured_address_gets_the_environment_added(self) -> None:
+        configured = settings(integration_guide_url="https://docs.example.com/points?lang=en")
+
+        assert (
+            configured.integration_guide_for("staging")
+            == "https://docs.example.com/points?lang=en&environment=staging"
+        )
