@@ -78,7 +78,6 @@ def _public_urls(ports: dict[str, int]) -> dict[str, str]:
         "RULES_PUBLIC_URL": f"http://127.0.0.1:{ports['rules']}",
         "RULES_STAGING_TRIGGER_URL": f"http://127.0.0.1:{ports['trigger']}",
         "RULES_PRODUCTION_TRIGGER_URL": f"http://127.0.0.1:{ports['trigger']}",
-        "RULES_INTEGRATION_GUIDE_URL": f"http://127.0.0.1:{ports['rules']}/docs/integration-guide",
     }
     current = environment_overrides()
     return {name: current.get(name) or value for name, value in urls.items()}
