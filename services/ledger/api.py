@@ -1,4 +1,4 @@
-"""HTTP reads of the ledger: a member's balance and transaction history."""
+"""HTTP API of the ledger: members' balances and history, rule totals, reversals."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ from typing import Annotated
 from uuid import UUID
 
 import asyncpg
-from fastapi import APIRouter, Depends, Query, Request
-from pydantic import BaseModel, ConfigDict
+from fastapi import APIRouter, Depends, Query, Request, Response
+from pydantic import BaseModel, ConfigDict, Field
 from pydantic.alias_generators import to_camel
 
 from infra.http import authenticate
@@ -99,4 +99,122 @@ async def list_transactions(
             for item in page.items
         ],
         next_cursor=page.next_cursor,
+    )
+
+
+class RuleTotalsView(CamelModel):
+    rule_id: str
+    environment: str
+    earned: int = Field(description="Points applied by the rule's earns.")
+    redeemed: int = Field(description="Points applied by the rule's redeems.")
+    reversed: int = Field(description="Points moved back by reversals, either way.")
+    reversed_earned: int = Field(description="Points taken back from members by reversals.")
+    reversed_redeemed: int = Field(description="Points given back to members by reversals.")
+    uncovered: int = Field(description="Points of reversed earns members had already spent.")
+    net: int = Field(description="Points the rule put in members' hands, net of all the above.")
+    transactions: int = Field(description="Transactions recorded: applied, rejected, reversals.")
+    rejected: int = Field(description="Requests the ledger rejected.")
+
+
+rules_router = APIRouter(prefix="/v1/rules", tags=["rules"])
+
+
+@rules_router.get("/{rule_id}/totals")
+async def get_rule_totals(
+    rule_id: str, environment: EnvironmentQuery, principal: PrincipalDep, pool: PoolDep
+) -> RuleTotalsView:
+    """What one rule moved in one environment, for a business user of its organisation."""
+    scope = service.totals_scope(principal, environment)
+    async with pool.acquire() as connection:
+        totals = await service.rule_totals(connection, scope, rule_id)
+    return RuleTotalsView(
+        rule_id=totals.rule_id,
+        environment=totals.environment,
+        earned=totals.earned,
+        redeemed=totals.redeemed,
+        reversed=totals.reversed,
+        reversed_earned=totals.reversed_earned,
+        reversed_redeemed=totals.reversed_redeemed,
+        uncovered=totals.uncovered,
+        net=totals.net,
+        transactions=totals.transactions,
+        rejected=totals.rejected,
+    )
+
+
+class ReversalRequest(CamelModel):
+    reversal_id: UUID = Field(
+        description="The caller's idempotency key; a retry with it returns the same outcome."
+    )
+    reason: str = Field(
+        min_length=1,
+        max_length=service.REVERSAL_REASON_MAX_LENGTH,
+        description="Why the transaction is reversed (a refund, a mistaken award).",
+    )
+
+
+class ReversalView(CamelModel):
+    reversal_id: UUID
+    transaction_id: UUID = Field(description="The transaction reversed.")
+    environment: str
+    user_id: str
+    rule_id: str
+    type: str = Field(description="Type of the transaction reversed: `earn` or `redeem`.")
+    amount: int = Field(description="Amount of the transaction reversed.")
+    reversed: int = Field(description="Points moved back.")
+    uncovered: int = Field(
+        description="Points of a reversed earn the member had already spent, so kept."
+    )
+    balance: int = Field(description="The member's balance once the reversal was applied.")
+    reason: str
+    actor: str = Field(description="The business user who reversed the transaction.")
+    created_at: datetime
+
+
+transactions_router = APIRouter(prefix="/v1/transactions", tags=["transactions"])
+
+
+@transactions_router.post(
+    "/{transaction_id}/reversal",
+    status_code=201,
+    responses={200: {"description": "Already reversed: the first reversal's outcome."}},
+)
+async def reverse_transaction(
+    transaction_id: UUID,
+    body: ReversalRequest,
+    request: Request,
+    response: Response,
+    principal: PrincipalDep,
+    pool: PoolDep,
+) -> ReversalView:
+    """Reverse an applied earn or redeem (admin or editor of its organisation).
+
+    Idempotent: once a transaction is reversed, every later call answers 200
+    with that first reversal, whatever its `reversalId`.
+    """
+    async with pool.acquire() as connection, connection.transaction():
+        outcome = await service.reverse_for_operator(
+            connection,
+            principal,
+            transaction_id=transaction_id,
+            reversal_id=body.reversal_id,
+            reason=body.reason,
+            correlation_id=getattr(request.state, "correlation_id", None),
+        )
+    if outcome.replayed:
+        response.status_code = 200
+    return ReversalView(
+        reversal_id=outcome.reversal_id,
+        transaction_id=outcome.transaction_id,
+        environment=outcome.environment,
+        user_id=outcome.user_id,
+        rule_id=outcome.rule_id,
+        type=outcome.type,
+        amount=outcome.amount,
+        reversed=outcome.reversed,
+        uncovered=outcome.uncovered,
+        balance=outcome.balance,
+        reason=outcome.reason,
+        actor=outcome.actor,
+        created_at=outcome.created_at,
     )

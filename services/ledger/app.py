@@ -14,6 +14,7 @@ from infra.http import create_http_app
 from infra.runtime import ServiceRuntime, health_router
 from infra.tokens import JwksVerifier
 from services.ledger.api import router as members_router
+from services.ledger.api import rules_router, transactions_router
 from services.ledger.settings import LedgerSettings
 from services.ledger.subscribers import register_subscribers
 
@@ -63,12 +64,15 @@ def create_ledger(
     register_subscribers(broker, runtime, settings)
     app = create_http_app(
         title="Points ledger",
-        description="Double-entry points ledger: member balances and transaction history.",
+        description="Double-entry points ledger: member balances and transaction history, "
+        "per-rule totals and operator reversals.",
     )
     app.state.runtime = runtime
     app.state.verifier = verifier
     app.include_router(health_router(runtime))
     app.include_router(members_router)
+    app.include_router(rules_router)
+    app.include_router(transactions_router)
     return Ledger(settings, broker, runtime, verifier, app)
 
 

@@ -78,13 +78,14 @@ ORDER BY account.id
 FOR UPDATE OF account
 """
 
+# Two lookups rather than one OR, which the planner answers with a full scan.
 RECORDED_TRANSACTIONS = """
-SELECT id, client_id, request_id FROM transactions
-WHERE id = ANY($1::uuid[])
-   OR (client_id, request_id) IN (
-       SELECT client_id, request_id
-       FROM unnest($2::text[], $3::text[]) AS wanted (client_id, request_id)
-   )
+SELECT id, client_id, request_id FROM transactions WHERE id = ANY($1::uuid[])
+UNION
+SELECT txn.id, txn.client_id, txn.request_id
+FROM transactions AS txn
+JOIN unnest($2::text[], $3::text[]) AS wanted (client_id, request_id)
+    USING (client_id, request_id)
 """
 
 INSERT_TRANSACTIONS = """
@@ -157,9 +158,10 @@ WHERE kind = 'member' AND balance < 0
 ORDER BY id LIMIT $1
 """
 
+# A reversal of an earn the member had entirely spent moves nothing: no entries.
 APPLIED_WITHOUT_ENTRIES = """
 SELECT id FROM transactions AS txn
-WHERE status = 'applied'
+WHERE status = 'applied' AND (type <> 'reversal' OR uncovered < amount)
   AND NOT EXISTS (SELECT 1 FROM entries WHERE entries.transaction_id = txn.id)
 ORDER BY seq LIMIT $1
 """
@@ -169,6 +171,69 @@ SELECT id FROM transactions AS txn
 WHERE status = 'rejected'
   AND EXISTS (SELECT 1 FROM entries WHERE entries.transaction_id = txn.id)
 ORDER BY seq LIMIT $1
+"""
+
+
+# A reversal moves back, on every account, its original's entry scaled by the
+# share it recovered: all of it, or for an earn, what the member could cover.
+REVERSALS_NOT_MIRRORING_ORIGINALS = """
+SELECT reversal.id, reversal.reverses
+FROM transactions AS reversal
+JOIN transactions AS original ON original.id = reversal.reverses
+WHERE reversal.type = 'reversal'
+  AND EXISTS (
+      SELECT 1 FROM (
+          SELECT sum(amount) FILTER (WHERE transaction_id = reversal.id) AS back,
+                 sum(amount) FILTER (WHERE transaction_id = original.id) AS forth
+          FROM entries WHERE transaction_id IN (reversal.id, original.id)
+          GROUP BY account_id
+      ) AS moved
+      WHERE coalesce(moved.back, 0) * original.amount
+            <> -coalesce(moved.forth, 0) * (reversal.amount - reversal.uncovered)
+  )
+ORDER BY reversal.seq LIMIT $1
+"""
+
+TRANSACTION_COLUMNS = """
+id, environment, org_id, user_id, request_id, client_id, rule_id, rule_version,
+correlation_id, type, amount, status, reason, created_at,
+reverses, reversal_reason, reversed_by, uncovered, balance_after
+"""
+
+TRANSACTION = f"""
+SELECT {TRANSACTION_COLUMNS} FROM transactions WHERE id = $1
+"""  # noqa: S608 - a constant column list
+
+REVERSAL_OF = f"""
+SELECT {TRANSACTION_COLUMNS} FROM transactions WHERE reverses = $1
+"""  # noqa: S608 - a constant column list
+
+INSERT_REVERSAL = """
+INSERT INTO transactions (
+    id, environment, org_id, user_id, request_id, client_id, rule_id, rule_version,
+    correlation_id, type, amount, status, created_at,
+    reverses, reversal_reason, reversed_by, uncovered, balance_after
+)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, 'reversal', $10, 'applied', $11,
+        $12, $13, $14, $15, $16)
+"""
+
+# Points a rule moved, by kind; a reversal counts what it actually moved back.
+RULE_TOTALS = """
+SELECT
+    coalesce(sum(txn.amount) FILTER (WHERE txn.type = 'earn' AND txn.status = 'applied'), 0)
+        AS earned,
+    coalesce(sum(txn.amount) FILTER (WHERE txn.type = 'redeem' AND txn.status = 'applied'), 0)
+        AS redeemed,
+    coalesce(sum(txn.amount - txn.uncovered) FILTER (WHERE original.type = 'earn'), 0)
+        AS reversed_earned,
+    coalesce(sum(txn.amount) FILTER (WHERE original.type = 'redeem'), 0) AS reversed_redeemed,
+    coalesce(sum(txn.uncovered), 0) AS uncovered,
+    count(*) FILTER (WHERE txn.status = 'applied') AS applied,
+    count(*) FILTER (WHERE txn.status = 'rejected') AS rejected
+FROM transactions AS txn
+LEFT JOIN transactions AS original ON original.id = txn.reverses
+WHERE txn.environment = $1 AND txn.org_id = $2 AND txn.rule_id = $3
 """
 
 
@@ -262,3 +327,50 @@ async def fetch_violations(
     connection: asyncpg.Connection, statement: str, limit: int
 ) -> list[dict[str, Any]]:
     return [dict(row.items()) for row in await connection.fetch(statement, limit)]
+
+
+async def transaction(
+    connection: asyncpg.Connection, transaction_id: UUID
+) -> asyncpg.Record | None:
+    return await connection.fetchrow(TRANSACTION, transaction_id)
+
+
+async def reversal_of(
+    connection: asyncpg.Connection, transaction_id: UUID
+) -> asyncpg.Record | None:
+    return await connection.fetchrow(REVERSAL_OF, transaction_id)
+
+
+@dataclass(frozen=True)
+class ReversalRow:
+    """A reversal as inserted, with the original's member, rule and request."""
+
+    id: UUID
+    environment: str
+    org_id: str
+    user_id: str
+    request_id: str
+    client_id: str
+    rule_id: str
+    rule_version: int
+    correlation_id: str
+    amount: int
+    created_at: datetime
+    reverses: UUID
+    reversal_reason: str
+    reversed_by: str
+    uncovered: int
+    balance_after: int
+
+
+async def insert_reversal(connection: asyncpg.Connection, reversal: ReversalRow) -> None:
+    fields = list(ReversalRow.__dataclass_fields__)
+    await connection.execute(INSERT_REVERSAL, *(getattr(reversal, name) for name in fields))
+
+
+async def rule_totals(
+    connection: asyncpg.Connection, environment: str, org_id: str, rule_id: str
+) -> asyncpg.Record:
+    row = await connection.fetchrow(RULE_TOTALS, environment, org_id, rule_id)
+    assert row is not None  # an aggregate always answers one row
+    return row

@@ -248,6 +248,208 @@ def _result_event(outcome: Outcome, processed_at: datetime) -> PointsResultEvent
     )
 
 
+# -- reversals -----------------------------------------------------------------
+
+
+class TransactionNotFound(Problem):
+    status = 404
+    code = "TRANSACTION_NOT_FOUND"
+    title = "Transaction not found"
+
+
+class NotReversible(Problem):
+    status = 409
+    code = "NOT_REVERSIBLE"
+    title = "Transaction cannot be reversed"
+
+
+class ReversalIdInUse(Problem):
+    status = 409
+    code = "REVERSAL_ID_IN_USE"
+    title = "Reversal id already used"
+
+
+class RoleForbidden(Problem):
+    status = 403
+    code = "FORBIDDEN"
+    title = "Forbidden"
+
+
+@dataclass(frozen=True)
+class ReversalOutcome:
+    """What a reversal did; a repeated call returns the first call's outcome."""
+
+    reversal_id: UUID
+    transaction_id: UUID
+    """The transaction reversed."""
+    environment: str
+    user_id: str
+    rule_id: str
+    type: str
+    """The reversed transaction's type: ``earn`` or ``redeem``."""
+    amount: int
+    """The reversed transaction's amount."""
+    reversed: int
+    """Points moved back: all of ``amount``, or for an earn what the member could cover."""
+    uncovered: int
+    """Points of an earn the member no longer had, so stayed with them (``amount - reversed``)."""
+    balance: int
+    """The member's balance once the reversal was applied."""
+    reason: str
+    actor: str
+    created_at: datetime
+    replayed: bool = False
+    """True when an earlier call had already reversed the transaction; nothing changed."""
+
+
+REVERSAL_REASON_MAX_LENGTH = 500
+
+
+async def reverse_transaction(
+    connection: asyncpg.Connection,
+    *,
+    environment: str,
+    org_id: str,
+    transaction_id: UUID,
+    reversal_id: UUID,
+    reason: str,
+    actor: str,
+    correlation_id: str | None = None,
+) -> ReversalOutcome:
+    """Reverse an applied earn or redeem with compensating entries, in the caller's transaction.
+
+    Reversing a redeem gives the member the points back. Reversing an earn
+    takes back what the member's balance can cover, never below zero, and
+    reports the rest as ``uncovered``; what is taken back returns to the
+    rule's pool. An original is reversed at most once: any later call, with
+    this or another ``reversal_id``, returns the first outcome and changes
+    nothing. Raises :class:`TransactionNotFound`, :class:`NotReversible`
+    (rejected transactions and reversals) or :class:`ReversalIdInUse`.
+    """
+    assert connection.is_in_transaction(), (
+        "reverse_transaction must run in the caller's transaction"
+    )
+    if not reason.strip():
+        raise Problem("a reversal needs a reason", code="REVERSAL_REASON_REQUIRED")
+    original = await repository.transaction(connection, transaction_id)
+    if original is None or (original["environment"], original["org_id"]) != (environment, org_id):
+        raise TransactionNotFound(f"no transaction {transaction_id} in {environment}")
+    if original["type"] == "reversal":
+        raise NotReversible(
+            f"transaction {transaction_id} is itself a reversal", code="REVERSAL_NOT_REVERSIBLE"
+        )
+    if original["status"] != "applied":
+        raise NotReversible(
+            f"transaction {transaction_id} was rejected and moved no points",
+            code="REJECTED_NOT_REVERSIBLE",
+        )
+    member = AccountKey(environment, org_id, "member", original["user_id"])
+    pool = AccountKey(environment, org_id, "pool", original["rule_id"])
+    # Same lock order as apply_batch, and taken before looking for an earlier
+    # reversal: a concurrent reversal of the same original has committed by then.
+    accounts = await repository.lock_accounts(connection, sorted((member, pool)))
+    earlier = await repository.reversal_of(connection, transaction_id)
+    if earlier is not None:
+        return _reversal_outcome(earlier, original, replayed=True)
+    if await repository.transaction(connection, reversal_id) is not None:
+        raise ReversalIdInUse(f"{reversal_id} already names another transaction")
+    amount = int(original["amount"])
+    balance = accounts[member].balance
+    # To the member: back what a redeem took; back from an earn what is left of it.
+    to_member = amount if original["type"] == "redeem" else -min(amount, balance)
+    row = repository.ReversalRow(
+        id=reversal_id,
+        environment=environment,
+        org_id=org_id,
+        user_id=original["user_id"],
+        request_id=original["request_id"],
+        client_id=original["client_id"],
+        rule_id=original["rule_id"],
+        rule_version=original["rule_version"],
+        correlation_id=correlation_id or str(reversal_id),
+        amount=amount,
+        created_at=datetime.now(UTC),
+        reverses=transaction_id,
+        reversal_reason=reason,
+        reversed_by=actor,
+        uncovered=amount - abs(to_member),
+        balance_after=balance + to_member,
+    )
+    await repository.insert_reversal(connection, row)
+    if to_member:
+        entries = {accounts[member].id: to_member, accounts[pool].id: -to_member}
+        await repository.insert_entries(
+            connection, [(reversal_id, account, moved) for account, moved in entries.items()]
+        )
+        await repository.add_to_balances(connection, entries)
+    log.info(
+        "points.transaction.reversed",
+        transaction_id=str(transaction_id),
+        reversal_id=str(reversal_id),
+        reversed=abs(to_member),
+        uncovered=row.uncovered,
+        actor=actor,
+    )
+    recorded = await repository.reversal_of(connection, transaction_id)
+    assert recorded is not None
+    return _reversal_outcome(recorded, original)
+
+
+def _reversal_outcome(
+    reversal: asyncpg.Record, original: asyncpg.Record, *, replayed: bool = False
+) -> ReversalOutcome:
+    return ReversalOutcome(
+        reversal_id=reversal["id"],
+        transaction_id=original["id"],
+        environment=original["environment"],
+        user_id=original["user_id"],
+        rule_id=original["rule_id"],
+        type=original["type"],
+        amount=original["amount"],
+        reversed=reversal["amount"] - reversal["uncovered"],
+        uncovered=reversal["uncovered"],
+        balance=reversal["balance_after"],
+        reason=reversal["reversal_reason"],
+        actor=reversal["reversed_by"],
+        created_at=reversal["created_at"],
+        replayed=replayed,
+    )
+
+
+def require_editor(principal: Principal) -> None:
+    """Only an organisation's admins and editors may change its points by hand."""
+    if principal.kind != "user":
+        raise RoleForbidden("only a business user of the organisation may do this")
+    if principal.role not in ("admin", "editor"):
+        raise RoleForbidden("viewers cannot change anything", code="READ_ONLY_ROLE")
+
+
+async def reverse_for_operator(
+    connection: asyncpg.Connection,
+    principal: Principal,
+    *,
+    transaction_id: UUID,
+    reversal_id: UUID,
+    reason: str,
+    correlation_id: str | None = None,
+) -> ReversalOutcome:
+    """:func:`reverse_transaction` for a business user of the transaction's organisation."""
+    require_editor(principal)
+    original = await repository.transaction(connection, transaction_id)
+    if original is None or original["org_id"] != principal.org_id:
+        raise TransactionNotFound(f"no transaction {transaction_id} in this organisation")
+    return await reverse_transaction(
+        connection,
+        environment=original["environment"],
+        org_id=principal.org_id,
+        transaction_id=transaction_id,
+        reversal_id=reversal_id,
+        reason=reason,
+        actor=principal.subject,
+        correlation_id=correlation_id,
+    )
+
+
 # -- reads -------------------------------------------------------------------
 
 
@@ -350,6 +552,57 @@ async def member_history(
     return HistoryPage(items=items, next_cursor=next_cursor)
 
 
+@dataclass(frozen=True)
+class RuleTotals:
+    """Points one rule moved in one environment, for the console."""
+
+    rule_id: str
+    environment: str
+    earned: int
+    redeemed: int
+    reversed_earned: int
+    """Points taken back from members by reversals of this rule's earns."""
+    reversed_redeemed: int
+    """Points given back to members by reversals of this rule's redeems."""
+    uncovered: int
+    """Points of reversed earns the members had already spent."""
+    net: int
+    """Points this rule put in members' hands and they still hold."""
+    transactions: int
+    """Every transaction recorded for the rule: applied, rejected and reversals."""
+    rejected: int
+
+    @property
+    def reversed(self) -> int:
+        return self.reversed_earned + self.reversed_redeemed
+
+
+def totals_scope(principal: Principal, environment: str) -> ReadScope:
+    """Rule totals are for the console: a business user of the organisation only."""
+    if principal.kind != "user":
+        raise RoleForbidden("rule totals are for business users of the organisation")
+    return read_scope(principal, environment)
+
+
+async def rule_totals(connection: asyncpg.Connection, scope: ReadScope, rule_id: str) -> RuleTotals:
+    """What ``rule_id`` moved so far; zeros for a rule the ledger has never seen."""
+    row = await repository.rule_totals(connection, scope.environment, scope.org_id, rule_id)
+    earned, redeemed = int(row["earned"]), int(row["redeemed"])
+    reversed_earned, reversed_redeemed = int(row["reversed_earned"]), int(row["reversed_redeemed"])
+    return RuleTotals(
+        rule_id=rule_id,
+        environment=scope.environment,
+        earned=earned,
+        redeemed=redeemed,
+        reversed_earned=reversed_earned,
+        reversed_redeemed=reversed_redeemed,
+        uncovered=int(row["uncovered"]),
+        net=earned - redeemed - reversed_earned + reversed_redeemed,
+        transactions=int(row["applied"]) + int(row["rejected"]),
+        rejected=int(row["rejected"]),
+    )
+
+
 # -- verification --------------------------------------------------------------
 
 
@@ -358,7 +611,9 @@ async def verify_ledger(connection: asyncpg.Connection) -> list[str]:
 
     An empty list means: every transaction's entries sum to zero, every
     account's balance equals the sum of its entries, no member balance is
-    negative, every applied transaction has entries and no rejected one has.
+    negative, every applied transaction has entries and no rejected one has
+    (a reversal that recovered nothing has none), and every reversal moves
+    back its original's entries, scaled to what it recovered.
     ``connection`` must see the ledger schema (``search_path``).
     """
     limit = VIOLATIONS_REPORTED_PER_CHECK
@@ -392,4 +647,10 @@ async def verify_ledger(connection: asyncpg.Connection) -> list[str]:
         connection, repository.REJECTED_WITH_ENTRIES, limit
     ):
         violations.append(f"Rejected transaction {row['id']} has entries.")
+    for row in await repository.fetch_violations(
+        connection, repository.REVERSALS_NOT_MIRRORING_ORIGINALS, limit
+    ):
+        violations.append(
+            f"Reversal {row['id']} does not move back the entries of transaction {row['reverses']}."
+        )
     return violations

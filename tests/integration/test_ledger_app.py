@@ -63,6 +63,7 @@ class TestIssuer:
         org_id: str = "org-1",
         environment: str | None = "staging",
         expires_in: int = 300,
+        role: str | None = None,
     ) -> str:
         now = int(time.time())
         claims: dict[str, Any] = {
@@ -76,6 +77,8 @@ class TestIssuer:
         }
         if environment is not None:
             claims["environment"] = environment
+        if role is not None:
+            claims["role"] = role
         return jwt.encode(claims, self.key, algorithm="ES256", headers={"kid": self.kid})
 
 
@@ -405,3 +408,171 @@ class TestHistoryReads:
 
         assert response.status_code == 400
         assert response.json()["code"] == "INVALID_CURSOR"
+
+
+def business_user(
+    issuer: TestIssuer, role: str = "editor", org_id: str = "org-1"
+) -> dict[str, str]:
+    return bearer(issuer.token(typ="user", environment=None, role=role, org_id=org_id))
+
+
+class TestReversalEndpoint:
+    async def test_an_editor_reverses_an_earn_and_gets_the_outcome_in_camel_case(
+        self, reader: Ledger, http: httpx.AsyncClient, issuer: TestIssuer
+    ) -> None:
+        earn = points_requested(80)
+        await seed(reader, earn, points_requested(30, type="redeem"))
+        reversal_id = str(uuid4())
+
+        response = await http.post(
+            f"/v1/transactions/{earn.data.transaction_id}/reversal",
+            json={"reversalId": reversal_id, "reason": "mistaken award"},
+            headers=business_user(issuer),
+        )
+
+        assert response.status_code == 201
+        body = response.json()
+        assert {key: body[key] for key in ("reversalId", "reversed", "uncovered", "balance")} == {
+            "reversalId": reversal_id,
+            "reversed": 50,
+            "uncovered": 30,
+            "balance": 0,
+        }
+        assert (body["transactionId"], body["actor"]) == (str(earn.data.transaction_id), "user-1")
+
+    async def test_a_repeated_reversal_answers_200_with_the_first_outcome(
+        self, reader: Ledger, http: httpx.AsyncClient, issuer: TestIssuer
+    ) -> None:
+        earn = points_requested(80)
+        await seed(reader, earn)
+        path = f"/v1/transactions/{earn.data.transaction_id}/reversal"
+
+        first = await http.post(
+            path, json={"reversalId": str(uuid4()), "reason": "x"}, headers=business_user(issuer)
+        )
+        again = await http.post(
+            path, json={"reversalId": str(uuid4()), "reason": "y"}, headers=business_user(issuer)
+        )
+
+        assert (first.status_code, again.status_code) == (201, 200)
+        assert again.json() == first.json()
+
+    @pytest.mark.parametrize(
+        ("typ", "role", "code"),
+        [("user", "viewer", "READ_ONLY_ROLE"), ("client", None, "FORBIDDEN")],
+        ids=["viewer", "client"],
+    )
+    async def test_viewers_and_clients_may_not_reverse(
+        self,
+        reader: Ledger,
+        http: httpx.AsyncClient,
+        issuer: TestIssuer,
+        typ: Literal["client", "user"],
+        role: str | None,
+        code: str,
+    ) -> None:
+        earn = points_requested(80)
+        await seed(reader, earn)
+
+        response = await http.post(
+            f"/v1/transactions/{earn.data.transaction_id}/reversal",
+            json={"reversalId": str(uuid4()), "reason": "x"},
+            headers=bearer(issuer.token(typ=typ, role=role)),
+        )
+
+        assert response.status_code == 403
+        assert response.json()["code"] == code
+
+    async def test_another_organisations_transaction_is_not_found(
+        self, reader: Ledger, http: httpx.AsyncClient, issuer: TestIssuer
+    ) -> None:
+        earn = points_requested(80)
+        await seed(reader, earn)
+
+        response = await http.post(
+            f"/v1/transactions/{earn.data.transaction_id}/reversal",
+            json={"reversalId": str(uuid4()), "reason": "x"},
+            headers=business_user(issuer, role="admin", org_id="org-2"),
+        )
+
+        assert response.status_code == 404
+        assert response.json()["code"] == "TRANSACTION_NOT_FOUND"
+
+    async def test_a_rejected_transaction_is_a_conflict(
+        self, reader: Ledger, http: httpx.AsyncClient, issuer: TestIssuer
+    ) -> None:
+        redeem = points_requested(5, type="redeem")
+        await seed(reader, redeem)
+
+        response = await http.post(
+            f"/v1/transactions/{redeem.data.transaction_id}/reversal",
+            json={"reversalId": str(uuid4()), "reason": "x"},
+            headers=business_user(issuer),
+        )
+
+        assert response.status_code == 409
+        assert response.json()["code"] == "REJECTED_NOT_REVERSIBLE"
+
+    async def test_a_missing_reason_is_a_bad_request(
+        self, reader: Ledger, http: httpx.AsyncClient, issuer: TestIssuer
+    ) -> None:
+        response = await http.post(
+            f"/v1/transactions/{uuid4()}/reversal",
+            json={"reversalId": str(uuid4()), "reason": ""},
+            headers=business_user(issuer),
+        )
+
+        assert response.status_code == 400
+        assert response.json()["code"] == "INVALID_REQUEST"
+
+
+class TestRuleTotalsEndpoint:
+    async def test_a_business_user_reads_a_rules_totals_in_camel_case(
+        self, reader: Ledger, http: httpx.AsyncClient, issuer: TestIssuer
+    ) -> None:
+        await seed(reader, points_requested(50), points_requested(20, type="redeem"))
+
+        response = await http.get(
+            "/v1/rules/rule-1/totals",
+            params={"environment": "staging"},
+            headers=business_user(issuer, role="viewer"),
+        )
+
+        assert response.status_code == 200
+        assert response.json() == {
+            "ruleId": "rule-1",
+            "environment": "staging",
+            "earned": 50,
+            "redeemed": 20,
+            "reversed": 0,
+            "reversedEarned": 0,
+            "reversedRedeemed": 0,
+            "uncovered": 0,
+            "net": 30,
+            "transactions": 2,
+            "rejected": 0,
+        }
+
+    async def test_another_organisation_sees_zeros(
+        self, reader: Ledger, http: httpx.AsyncClient, issuer: TestIssuer
+    ) -> None:
+        await seed(reader, points_requested(50))
+
+        response = await http.get(
+            "/v1/rules/rule-1/totals",
+            params={"environment": "staging"},
+            headers=business_user(issuer, org_id="org-2"),
+        )
+
+        assert (response.json()["earned"], response.json()["transactions"]) == (0, 0)
+
+    async def test_a_client_may_not_read_rule_totals(
+        self, http: httpx.AsyncClient, issuer: TestIssuer
+    ) -> None:
+        response = await http.get(
+            "/v1/rules/rule-1/totals",
+            params={"environment": "staging"},
+            headers=bearer(issuer.token()),
+        )
+
+        assert response.status_code == 403
