@@ -1,4 +1,4 @@
-"""Builds the notifier: its runtime, Kafka handlers, delivery workers and HTTP app."""
+"""Builds the notifier: its runtime, Kafka handlers, delivery workers, HTTP app and metrics."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from fastapi import FastAPI
 from infra.broker import create_broker
 from infra.http import create_http_app
 from infra.runtime import ServiceRuntime, health_router
-from services.notifier.api import deliveries_router
+from services.notifier.api import deliveries_router, metrics_router
 from services.notifier.service import DeliveryDispatcher
 from services.notifier.settings import NotifierSettings
 from services.notifier.subscribers import register_subscribers
@@ -50,6 +50,7 @@ def create_notifier(settings: NotifierSettings | None = None) -> Notifier:
     )
     app.include_router(health_router(runtime))
     app.include_router(deliveries_router(settings, runtime, dispatcher))
+    app.include_router(metrics_router(runtime, dispatcher.metrics))
     return Notifier(settings=settings, runtime=runtime, dispatcher=dispatcher, app=app)
 
 

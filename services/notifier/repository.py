@@ -145,6 +145,15 @@ ORDER BY updated_at DESC, id DESC
 LIMIT $3
 """
 
+DELIVERY_COUNTS = """
+SELECT kind, status, count(*) AS deliveries FROM deliveries GROUP BY kind, status
+"""
+
+OLDEST_PENDING_AGE = """
+SELECT coalesce(EXTRACT(EPOCH FROM now() - min(created_at)), 0)::float8
+FROM deliveries WHERE status = 'pending'
+"""
+
 
 @dataclass(frozen=True)
 class ClaimedDelivery:
@@ -344,6 +353,17 @@ async def list_deliveries(
 ) -> list[dict[str, Any]]:
     rows = await executor.fetch(LIST_DELIVERIES, status, kind, limit)
     return [dict(row.items()) for row in rows]
+
+
+async def delivery_state(pool: asyncpg.Pool) -> tuple[dict[tuple[str, str], int], float]:
+    """Deliveries by (kind, status), and seconds since the oldest pending one was queued."""
+    async with (
+        pool.acquire() as connection,
+        connection.transaction(isolation="repeatable_read", readonly=True),
+    ):
+        rows = await connection.fetch(DELIVERY_COUNTS)
+        oldest: float = await connection.fetchval(OLDEST_PENDING_AGE)
+    return {(row["kind"], row["status"]): row["deliveries"] for row in rows}, oldest
 
 
 def _interval(seconds: float) -> timedelta:

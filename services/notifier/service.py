@@ -18,8 +18,10 @@ import asyncio
 import contextlib
 import ipaddress
 import json
+import logging
 import random
 import socket
+import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from datetime import UTC
@@ -42,6 +44,7 @@ from infra import inbox
 from infra.logging import get_logger
 from infra.signing import EVENT_ID_HEADER, SIGNATURE_HEADER, derive_signing_secret, sign
 from services.notifier import emails, repository
+from services.notifier.metrics import AttemptOutcomeLabel, DeliveryMetrics
 from services.notifier.repository import (
     UNKNOWN_CLIENT_ERROR,
     ClaimedCallback,
@@ -56,11 +59,18 @@ log = get_logger(__name__)
 
 ALLOWED_SCHEMES = frozenset({"http", "https"})
 JITTER = 0.1
-#: How long a lease outlives the longest attempt, so a live sender never loses it.
-LEASE_MARGIN_SECONDS = 60.0
 USER_AGENT = "points-notifier/1"
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+
+#: The log event (``callback.<name>``, ``email.<name>``) of each attempt outcome; the
+#: names predate the metrics and operators' log queries rely on them.
+LOG_EVENTS: dict[AttemptOutcomeLabel, str] = {
+    "delivered": "delivered",
+    "retry": "failed",
+    "parked": "parked",
+    "failed": "refused",
+}
 
 
 # --- queueing (runs in the consumer's transaction) -------------------------------------
@@ -394,10 +404,15 @@ class DeliveryDispatcher:
     """
 
     def __init__(
-        self, settings: NotifierSettings, *, transport: httpx.AsyncBaseTransport | None = None
+        self,
+        settings: NotifierSettings,
+        *,
+        transport: httpx.AsyncBaseTransport | None = None,
+        metrics: DeliveryMetrics | None = None,
     ) -> None:
         self._settings = settings
         self._transport = transport
+        self.metrics = metrics or DeliveryMetrics()
         self._wake = asyncio.Event()
         self._hosts = HostLimiter(settings.per_host_concurrency, self.wake)
         self._pool: asyncpg.Pool | None = None
@@ -406,8 +421,9 @@ class DeliveryDispatcher:
 
     @property
     def _lease_seconds(self) -> float:
+        # Longer than any attempt can take, so a live sender never loses its lease.
         longest = max(self._settings.total_timeout, self._settings.smtp_timeout)
-        return longest + LEASE_MARGIN_SECONDS
+        return longest + self._settings.lease_grace_seconds
 
     def wake(self) -> None:
         """Tell idle workers that a delivery may be due now."""
@@ -416,6 +432,9 @@ class DeliveryDispatcher:
     async def start(self, pool: asyncpg.Pool) -> None:
         settings = self._settings
         self._pool = pool
+        # httpx logs every request's full URL at INFO, and a callback URL's query
+        # may carry the receiver's own token.
+        logging.getLogger("httpx").setLevel(logging.WARNING)
         self._http = httpx.AsyncClient(
             timeout=httpx.Timeout(settings.total_timeout, connect=settings.connect_timeout),
             follow_redirects=False,
@@ -474,10 +493,13 @@ class DeliveryDispatcher:
             await self._attempt_callback(delivery)
 
     async def _send_email(self, delivery: ClaimedEmail) -> AttemptOutcome:
+        started = time.perf_counter()
         try:
             refused = await emails.send_message(self._settings, delivery.body, delivery.recipients)
         except (aiosmtplib.SMTPException, OSError) as error:
             return smtp_outcome(error)
+        finally:
+            self.metrics.observe_send("email", time.perf_counter() - started)
         if refused:
             # The server took the message for the other recipients; sending
             # again would duplicate it for them, so it counts as delivered.
@@ -497,7 +519,7 @@ class DeliveryDispatcher:
             )
         except RefusedTarget as refused:
             await repository.park(pool, delivery, status_code=None, error=str(refused))
-            _log_outcome("parked", delivery, reason=str(refused))
+            self._finished("parked", delivery, reason=str(refused))
             return
         except UnreachableTarget as unreachable:
             await self._record(delivery, AttemptOutcome(None, str(unreachable)))
@@ -510,7 +532,9 @@ class DeliveryDispatcher:
             self._settings.callback_signing_key, delivery.client_id, salt
         )
         async with self._hosts.slot(delivery.host):
+            started = time.perf_counter()
             outcome = await self._post(target, delivery, sign(secret, delivery.body))
+            self.metrics.observe_send("callback", time.perf_counter() - started)
         await self._record(delivery, outcome)
 
     async def _post(
@@ -552,28 +576,40 @@ class DeliveryDispatcher:
         if outcome.delivered:
             assert outcome.status_code is not None
             await repository.mark_delivered(pool, delivery, outcome.status_code)
-            _log_outcome("delivered", delivery, status_code=outcome.status_code)
+            self._finished("delivered", delivery, status_code=outcome.status_code)
             return
         error = outcome.error or "failed"
         if outcome.permanent:
             await repository.fail(pool, delivery, status_code=outcome.status_code, error=error)
-            _log_outcome("refused", delivery, status_code=outcome.status_code, reason=error)
+            self._finished("failed", delivery, status_code=outcome.status_code, reason=error)
             return
         delay = retry_delay(self._settings.retry_schedule_seconds, delivery.attempt)
         if delay is None:
             await repository.park(pool, delivery, status_code=outcome.status_code, error=error)
-            _log_outcome("parked", delivery, status_code=outcome.status_code, reason=error)
+            self._finished("parked", delivery, status_code=outcome.status_code, reason=error)
             return
         await repository.schedule_retry(
             pool, delivery, delay_seconds=delay, status_code=outcome.status_code, error=error
         )
-        _log_outcome(
-            "failed",
+        self._finished(
+            "retry",
             delivery,
             status_code=outcome.status_code,
             error=error,
             retry_in_seconds=round(delay, 3),
         )
+
+    def _finished(
+        self,
+        outcome: AttemptOutcomeLabel,
+        delivery: ClaimedCallback | ClaimedEmail,
+        **fields: Any,
+    ) -> None:
+        """Count the attempt's outcome and log it."""
+        self.metrics.count_attempt(
+            "email" if isinstance(delivery, ClaimedEmail) else "callback", outcome
+        )
+        _log_outcome(LOG_EVENTS[outcome], delivery, **fields)
 
     def _require_pool(self) -> asyncpg.Pool:
         if self._pool is None:

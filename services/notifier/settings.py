@@ -44,6 +44,13 @@ class NotifierSettings(ServiceSettings):
     total_timeout: float = Field(
         default=15.0, gt=0, description="Seconds one callback attempt may take in all."
     )
+    lease_grace_seconds: float = Field(
+        default=60.0,
+        gt=0,
+        description="How long a delivery's lease outlives its longest possible attempt "
+        "(`total_timeout` or `smtp_timeout`); a delivery whose notifier died mid-send is "
+        "retried once the lease has run out.",
+    )
     workers: int = Field(
         default=4, ge=1, description="Concurrent deliveries (callbacks and e-mails)."
     )

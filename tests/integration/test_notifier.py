@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -18,6 +19,7 @@ from typing import Any
 import httpx
 import pytest
 from aiokafka import AIOKafkaProducer
+from prometheus_client.parser import text_string_to_metric_families
 from structlog.testing import capture_logs
 
 from contracts import (
@@ -34,7 +36,7 @@ from infra.http import create_http_app
 from infra.runtime import ServiceRuntime
 from infra.signing import DEVELOPMENT_SIGNING_KEY, derive_signing_secret, verify
 from services.notifier import service
-from services.notifier.api import deliveries_router
+from services.notifier.api import deliveries_router, metrics_router
 from services.notifier.app import MIGRATIONS, create_notifier
 from services.notifier.service import DeliveryDispatcher
 from services.notifier.settings import NotifierSettings
@@ -226,6 +228,19 @@ def result_event(
 
 def signing_secret(key: str = DEVELOPMENT_SIGNING_KEY, salt: str = "salt-1") -> str:
     return derive_signing_secret(key, "client-1", salt)
+
+
+def metric_samples(text: str) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
+    """Each sample of a Prometheus text exposition, by name and labels."""
+    return {
+        (sample.name, frozenset(sample.labels.items())): sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+    }
+
+
+def sample(name: str, **labels: str) -> tuple[str, frozenset[tuple[str, str]]]:
+    return name, frozenset(labels.items())
 
 
 # --- behaviour ----------------------------------------------------------------------------
@@ -462,6 +477,85 @@ class TestSsrfGuard:
         assert "private" in parked["last_error"]
 
 
+class TestDeliveryMetrics:
+    async def test_metrics_count_a_delivered_and_a_parked_callback_and_gauge_the_parked_one(
+        self, database_url: str, receiver: CallbackReceiver
+    ) -> None:
+        async with running_callbacks(notifier_settings(database_url)) as notifier:
+            app = create_http_app()
+            app.include_router(metrics_router(notifier.runtime, notifier.dispatcher.metrics))
+            await notifier.receive_client(client_event())
+            delivered = result_event(receiver.url())
+            refused = result_event("http://10.0.0.1/hooks")  # private: parked at once
+            await notifier.receive_result(delivered)
+            await notifier.receive_result(refused)
+            await notifier.wait_for_status(delivered, "delivered")
+            await notifier.wait_for_status(refused, "parked")
+            transport = httpx.ASGITransport(app=app)
+            async with httpx.AsyncClient(transport=transport, base_url="http://notifier") as http:
+                response = await http.get("/metrics")
+
+        assert response.status_code == 200
+        assert response.headers["content-type"].startswith("text/plain; version=")
+        samples = metric_samples(response.text)
+        attempts = "points_notifier_delivery_attempts_total"
+        assert samples[sample(attempts, kind="callback", outcome="delivered")] == 1
+        assert samples[sample(attempts, kind="callback", outcome="parked")] == 1
+        assert samples[sample(attempts, kind="callback", outcome="retry")] == 0
+        assert samples[sample(attempts, kind="email", outcome="delivered")] == 0
+        latency = "points_notifier_delivery_latency_seconds_count"
+        assert samples[sample(latency, kind="callback")] == 1  # a refused URL is never sent
+        gauge = "points_notifier_deliveries"
+        assert samples[sample(gauge, kind="callback", status="parked")] == 1
+        assert samples[sample(gauge, kind="callback", status="delivered")] == 1
+        assert samples[sample(gauge, kind="callback", status="pending")] == 0
+        assert samples[sample("points_notifier_oldest_pending_delivery_age_seconds")] == 0
+
+    async def test_the_status_gauges_come_from_the_database_not_from_this_process(
+        self, database_url: str, receiver: CallbackReceiver
+    ) -> None:
+        settings = notifier_settings(database_url, retry_schedule_seconds=(600.0,))
+        async with running_callbacks(settings) as notifier:
+            # No client is known, so the callback waits, pending, for its retry.
+            await notifier.receive_result(result_event(receiver.url()))
+            await asyncio.sleep(1.0)
+        async with running_callbacks(settings) as restarted:
+            text = (await restarted.dispatcher.metrics.render(restarted.runtime.pool)).decode()
+
+        samples = metric_samples(text)
+        assert samples[sample("points_notifier_deliveries", kind="callback", status="pending")] == 1
+        assert samples[sample("points_notifier_oldest_pending_delivery_age_seconds")] >= 1.0
+        assert (
+            samples[
+                sample("points_notifier_delivery_attempts_total", kind="callback", outcome="retry")
+            ]
+            == 0
+        )
+
+
+class TestDeliveryLogs:
+    async def test_no_log_line_of_a_delivery_holds_the_secret_the_signature_or_the_url_query(
+        self, database_url: str, receiver: CallbackReceiver, caplog: pytest.LogCaptureFixture
+    ) -> None:
+        receiver.statuses = [500]
+        query = "token=receivers-own-credential-7f3a"
+        caplog.set_level(logging.DEBUG)
+        with capture_logs() as logs:
+            async with running_callbacks(notifier_settings(database_url)) as notifier:
+                await notifier.receive_client(client_event())
+                event = result_event(receiver.url(f"/hooks/points?{query}"))
+                await notifier.receive_result(event)
+                await notifier.wait_for_status(event, "delivered")
+
+        signatures = {callback.headers["x-points-signature"] for callback in receiver.received}
+        assert len(receiver.received) == 2
+        lines = [repr(line) for line in logs] + [record.getMessage() for record in caplog.records]
+        forbidden = {signing_secret(), query, *signatures}
+        forbidden |= {signature.split("v1=")[1] for signature in signatures}
+        assert {"callback.failed", "callback.delivered"} <= {line["event"] for line in logs}
+        assert [(text, line) for text in forbidden for line in lines if text in line] == []
+
+
 class TestOperatorEndpoints:
     async def test_an_operator_sees_a_parked_callback_and_replays_it(
         self, database_url: str, receiver: CallbackReceiver
@@ -522,6 +616,9 @@ class TestThroughKafka:
         try:
             [callback] = await receiver.wait_for(1, timeout=30.0)
             await asyncio.sleep(0.5)
+            transport = httpx.ASGITransport(app=notifier.app)
+            async with httpx.AsyncClient(transport=transport, base_url="http://notifier") as http:
+                metrics = metric_samples((await http.get("/metrics")).text)
         finally:
             await notifier.runtime.stop()
 
@@ -529,3 +626,5 @@ class TestThroughKafka:
         assert callback.headers["x-points-event-id"] == str(result.event_id)
         assert verify(signing_secret(), callback.body, callback.headers["x-points-signature"])
         assert json.loads(callback.body)["requestId"] == result.data.request_id
+        delivered = sample("points_notifier_deliveries", kind="callback", status="delivered")
+        assert metrics[delivered] == 1

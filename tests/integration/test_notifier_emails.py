@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import email
+import logging
 import secrets
 import uuid
 from collections.abc import Iterator
@@ -23,6 +24,7 @@ import pytest
 from aiokafka import AIOKafkaProducer
 from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import SMTP, Envelope, Session
+from structlog.testing import capture_logs
 
 from contracts import ALL_TOPICS, ShareEmailRequested, ShareEmailRequestedEvent
 from infra.dev.kafka import create_topics
@@ -238,6 +240,35 @@ class TestShareEmailContent:
         assert queued == [True, False, False]
         assert rows == 1
         assert len(list_messages(mail_sink.mail_dir)) == 1
+
+
+class TestShareEmailLogs:
+    async def test_no_log_line_of_an_email_delivery_holds_a_secret_or_an_address(
+        self,
+        database_url: str,
+        scripted_smtp: tuple[ScriptedSmtpHandler, str],
+        caplog: pytest.LogCaptureFixture,
+    ) -> None:
+        handler, url = scripted_smtp
+        handler.data_replies = ["451 4.3.0 Mailbox temporarily unavailable"]
+        signing_secret = derive_signing_secret(DEVELOPMENT_SIGNING_KEY, "client-1", "salt-1")
+        # The scripted server itself logs addresses (aiosmtpd's mail.log): only the
+        # notifier's side is under test, so only its loggers are lowered.
+        for logger in ("services", "aiosmtplib"):
+            caplog.set_level(logging.DEBUG, logger=logger)
+        with capture_logs() as logs:
+            async with running_callbacks(email_settings(database_url, url)) as notifier:
+                await notifier.receive_client(client_event())
+                event = share_event()
+                await request_email(notifier, event)
+                await wait_for_email(notifier, event, "delivered")
+
+        lines = [repr(line) for line in logs] + [record.getMessage() for record in caplog.records]
+        forbidden = (signing_secret, *event.data.recipients)
+        assert {"email.queued", "email.failed", "email.delivered"} <= {
+            line["event"] for line in logs
+        }
+        assert [(text, line) for text in forbidden for line in lines if text in line] == []
 
 
 class TestSmtpFailures:

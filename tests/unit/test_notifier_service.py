@@ -13,6 +13,7 @@ from pydantic import ValidationError
 
 from contracts import PointsResult
 from infra.signing import DEVELOPMENT_SIGNING_KEY
+from services.notifier.metrics import DeliveryMetrics
 from services.notifier.service import (
     HostLimiter,
     RefusedTarget,
@@ -189,3 +190,20 @@ class TestNotifierSettings:
 
         assert settings.callback_signing_key == key
         assert settings.retry_schedule_seconds == (1.0, 5.0)
+
+
+class TestDeliveryMetrics:
+    def test_two_notifiers_in_one_process_count_their_attempts_apart(self) -> None:
+        first, second = DeliveryMetrics(), DeliveryMetrics()
+        first.count_attempt("callback", "delivered")
+        first.count_attempt("callback", "delivered")
+        second.count_attempt("email", "parked")
+
+        def attempts(metrics: DeliveryMetrics, kind: str, outcome: str) -> float | None:
+            return metrics.registry.get_sample_value(
+                "points_notifier_delivery_attempts_total", {"kind": kind, "outcome": outcome}
+            )
+
+        assert attempts(first, "callback", "delivered") == 2
+        assert attempts(second, "callback", "delivered") == 0
+        assert attempts(second, "email", "parked") == 1
