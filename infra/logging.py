@@ -60,7 +60,8 @@ def configure_logging(service: str, level: str = "INFO", json: bool | None = Non
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
     # Library chatter that says nothing an operator acts on.
-    for noisy in ("aiokafka", "uvicorn.access", "yoyo"):
+    # httpx logs full URLs, whose query strings may carry a receiver's own token.
+    for noisy in ("aiokafka", "uvicorn.access", "yoyo", "httpx"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     structlog.contextvars.bind_contextvars(service=service)
 
