@@ -278,6 +278,70 @@ class TestAnEarnTriggerTravelsThroughThePlatform:
         assert len(receiver.received) == 1
 
 
+class TestShareByEmail:
+    async def test_send_email_reaches_the_smtp_sink_with_the_rule_and_no_secret(
+        self, platform: Platform
+    ) -> None:
+        org = platform.points("org", "create", "Tea House")
+        platform.points(
+            "user",
+            "create",
+            "--org",
+            org["id"],
+            "--email",
+            "owner@tea.example",
+            "--password",
+            "oolong-2026",
+        )
+        client = platform.points(
+            "client", "create", "--org", org["id"], "--environment", "staging", "--name", "Tea app"
+        )
+        rules_url = platform.urls["rules"]
+        async with httpx.AsyncClient(timeout=10) as http:
+            login = await http.post(
+                f"{rules_url}/v1/auth/login",
+                json={"email": "owner@tea.example", "password": "oolong-2026"},
+            )
+            console = {"Authorization": f"Bearer {login.json()['accessToken']}"}
+            rule = (
+                await http.post(
+                    f"{rules_url}/v1/rules",
+                    headers=console,
+                    json={
+                        "name": "Matcha rewards",
+                        "type": "earn",
+                        "environment": "staging",
+                        "apiTrigger": True,
+                        "authorizedClientIds": [client["clientId"]],
+                    },
+                )
+            ).json()
+            await http.post(f"{rules_url}/v1/rules/{rule['id']}/activate", headers=console)
+            sent = await http.post(
+                f"{rules_url}/v1/rules/{rule['id']}/share/email",
+                headers=console,
+                json={"to": ["partner-dev@example.com"]},
+            )
+            assert sent.status_code == 202, sent.text
+
+        mail_dir = platform.state / "mail"
+
+        async def delivered() -> list[Path]:
+            return [
+                path
+                for path in sorted(mail_dir.glob("*.eml"))
+                if rule["id"].encode() in path.read_bytes()
+            ]
+
+        messages = await _eventually(delivered)
+        assert len(messages) == 1, "the share e-mail never reached the SMTP sink"
+        raw = messages[0].read_bytes()
+        assert b"partner-dev@example.com" in raw
+        assert b"Matcha rewards" in raw
+        for secret in (client["clientSecret"], client["callbackSigningSecret"]):
+            assert secret.encode() not in raw
+
+
 def _stack_processes(platform: Platform) -> list[psutil.Process]:
     """Every process that belongs to this platform: its children and their servers."""
     found = []
