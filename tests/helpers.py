@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import socket
 import tempfile
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
@@ -25,6 +24,7 @@ import asyncpg
 import httpx
 
 from infra import db
+from infra.dev.launcher import free_port
 from infra.dev.postgres import with_database
 from infra.tokens import TOKEN_PATH
 from services.rules import service as rules
@@ -54,12 +54,6 @@ async def fresh_database(server_dsn: str) -> AsyncIterator[str]:
             await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
         finally:
             await admin.close()
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 def docker_answers() -> bool:

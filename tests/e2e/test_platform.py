@@ -7,12 +7,8 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import shutil
 import signal
 import socket
-import subprocess
-import sys
-import tempfile
 import time
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
@@ -24,89 +20,25 @@ import psutil
 import pytest
 import uvicorn
 
+from infra.dev.launcher import RunningPlatform, start_platform
 from infra.signing import EVENT_ID_HEADER, SIGNATURE_HEADER, verify
 from tests.helpers import free_port
 
 pytestmark = pytest.mark.e2e
 
-SERVICES = ("rules", "trigger", "ledger", "notifier")
 
-
-@dataclass
-class Platform:
-    env: dict[str, str]
-    urls: dict[str, str]
-    process: subprocess.Popen[bytes]
-    log: Path
-    state: Path
-
-    def points(self, *args: str) -> Any:
-        """Run the operator CLI against this platform; its JSON output."""
-        completed = subprocess.run(
-            [sys.executable, "-m", "points_cli", *args, "--json"],
-            env=self.env,
-            capture_output=True,
-            timeout=60,
-            check=False,
-        )
-        assert completed.returncode == 0, completed.stderr.decode()
-        return json.loads(completed.stdout)
-
-
-def _wait_ready(platform: Platform, timeout: float = 90.0) -> None:
-    deadline = time.monotonic() + timeout
-    waiting = set(SERVICES)
-    while waiting and time.monotonic() < deadline:
-        if platform.process.poll() is not None:
-            raise AssertionError(f"points dev exited:\n{platform.log.read_text()[-4000:]}")
-        for name in list(waiting):
-            try:
-                if httpx.get(f"{platform.urls[name]}/readyz", timeout=2).status_code == 200:
-                    waiting.discard(name)
-            except httpx.HTTPError:
-                pass
-        time.sleep(0.5)
-    if waiting:
-        raise AssertionError(f"not ready: {sorted(waiting)}\n{platform.log.read_text()[-4000:]}")
+Platform = RunningPlatform
 
 
 @pytest.fixture(scope="module")
 def platform() -> Iterator[Platform]:
-    state = Path(tempfile.mkdtemp(prefix="points-e2e-"))
-    state.chmod(0o755)  # the embedded PostgreSQL runs as its own system user
-    ports = {name: free_port() for name in SERVICES}
-    urls = {name: f"http://127.0.0.1:{port}" for name, port in ports.items()}
-    env = {
-        key: value
-        for key, value in os.environ.items()
-        if not key.startswith(("DATABASE_URL", "KAFKA_", "SMTP_", "RULES_", "TRIGGER_"))
-    }
-    env.update(
-        POINTS_VAR_DIR=str(state),
-        DEV_KAFKA_PORT=str(free_port()),
-        DEV_SMTP_PORT=str(free_port()),
-        **{f"{name.upper()}_PORT": str(port) for name, port in ports.items()},
-    )
-    log = state / "points-dev.log"
-    with log.open("wb") as output:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "points_cli", "dev"],
-            env=env,
-            stdout=output,
-            stderr=subprocess.STDOUT,
-        )
-    running = Platform(env, urls, process, log, state)
+    running = start_platform(prefix="points-e2e-")
     try:
-        _wait_ready(running)
+        running.wait_ready()
         yield running
     finally:
-        process.terminate()
-        try:
-            process.wait(30)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-        shutil.rmtree(state, ignore_errors=True)
+        running.stop()
+        running.remove_state()
 
 
 @dataclass
