@@ -1,17 +1,32 @@
-"""Readiness of a projection: has its consumer group caught up with the topics?
+"""Where consumer groups stand against the end of their topics.
 
-At start-up we note each partition's end offset; the projection is caught up
-once the group's committed offsets reach those marks. It then stays ready:
-later lag is normal operation, not a reason to leave the load balancer.
+Two readers share one technique: a short-lived consumer without a group reads
+the partitions' end offsets, and one that names a group without subscribing
+reads the group's committed offsets (it neither joins nor rebalances it).
+
+* :class:`CatchUp`, the readiness of a projection. At start-up we note each
+  partition's end offset; the projection is caught up once the group's
+  committed offsets reach those marks. It then stays ready: later lag is
+  normal operation, not a reason to leave the load balancer.
+* :class:`ConsumerLag`, the lag metric: per group and topic, the records
+  produced that the group has not committed yet.
 """
 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Iterable, Sequence
+from typing import Any
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka.errors import KafkaError
+from faststream.kafka.security import parse_security
 
+from infra.broker import broker_security
+from infra.logging import get_logger
 from infra.settings import ServiceSettings
+
+log = get_logger(__name__)
 
 
 async def stop_consumer(consumer: AIOKafkaConsumer) -> None:
@@ -29,9 +44,52 @@ async def stop_consumer(consumer: AIOKafkaConsumer) -> None:
             raise
 
 
+def consumer_options(settings: ServiceSettings) -> dict[str, Any]:
+    """Bootstrap servers and security for the short-lived consumers of this module."""
+    return {
+        "bootstrap_servers": settings.kafka_bootstrap_servers.split(","),
+        "enable_auto_commit": False,
+        **parse_security(broker_security(settings)),
+    }
+
+
+async def partition_offsets(
+    options: dict[str, Any], topics: Iterable[str]
+) -> tuple[dict[TopicPartition, int], dict[TopicPartition, int]]:
+    """The first and the end offset of every partition of ``topics`` that exists."""
+    consumer = AIOKafkaConsumer(**options)
+    try:
+        await consumer.start()
+        partitions = [
+            TopicPartition(topic, partition)
+            for topic in topics
+            for partition in sorted(consumer.partitions_for_topic(topic) or ())
+        ]
+        if not partitions:
+            return {}, {}
+        return (
+            await consumer.beginning_offsets(partitions),
+            await consumer.end_offsets(partitions),
+        )
+    finally:
+        await stop_consumer(consumer)
+
+
+async def committed_offsets(
+    options: dict[str, Any], group_id: str, partitions: Iterable[TopicPartition]
+) -> dict[TopicPartition, int | None]:
+    """The group's committed offset of each partition; ``None`` where it committed none."""
+    reader = AIOKafkaConsumer(group_id=group_id, **options)
+    try:
+        await reader.start()
+        return {tp: await reader.committed(tp) for tp in partitions}
+    finally:
+        await stop_consumer(reader)
+
+
 class CatchUp:
     def __init__(self, settings: ServiceSettings, group_id: str, topics: list[str]) -> None:
-        self._servers = settings.kafka_bootstrap_servers.split(",")
+        self._options = consumer_options(settings)
         self._group_id = group_id
         self._topics = topics
         self._marks: dict[TopicPartition, int] | None = None
@@ -39,17 +97,7 @@ class CatchUp:
 
     async def mark(self) -> None:
         """Remember where the topics end now."""
-        consumer = AIOKafkaConsumer(bootstrap_servers=self._servers, enable_auto_commit=False)
-        await consumer.start()
-        try:
-            partitions = [
-                TopicPartition(topic, partition)
-                for topic in self._topics
-                for partition in sorted(consumer.partitions_for_topic(topic) or ())
-            ]
-            ends = await consumer.end_offsets(partitions) if partitions else {}
-        finally:
-            await stop_consumer(consumer)
+        _, ends = await partition_offsets(self._options, self._topics)
         self._marks = {tp: offset for tp, offset in ends.items() if offset > 0}
 
     async def caught_up(self) -> bool:
@@ -58,18 +106,69 @@ class CatchUp:
         if self._marks is None:
             return False
         if self._marks:
-            # A consumer that names the group but never subscribes only reads
-            # the group's committed offsets; it does not join or rebalance it.
-            reader = AIOKafkaConsumer(
-                bootstrap_servers=self._servers, group_id=self._group_id, enable_auto_commit=False
-            )
-            await reader.start()
-            try:
-                for tp, mark in self._marks.items():
-                    committed = await reader.committed(tp)
-                    if committed is None or committed < mark:
-                        return False
-            finally:
-                await stop_consumer(reader)
+            committed = await committed_offsets(self._options, self._group_id, self._marks)
+            if any(offset is None or offset < self._marks[tp] for tp, offset in committed.items()):
+                return False
         self._caught_up = True
         return True
+
+
+#: ``(group, topic)`` → records produced to the topic that the group has not committed.
+Lag = dict[tuple[str, str], int]
+
+
+class ConsumerLag:
+    """Reads the lag of the consumer groups a service runs, cheaply enough to scrape.
+
+    A reading takes at most ``timeout`` seconds and is reused for ``max_age``
+    seconds, so frequent scrapes (or several Prometheus servers) do not each
+    open Kafka connections. A partition the group never committed counts from
+    its first offset, which is where the service's ``earliest`` groups start.
+    """
+
+    def __init__(
+        self, settings: ServiceSettings, *, timeout: float = 2.0, max_age: float = 5.0
+    ) -> None:
+        self._options = consumer_options(settings)
+        self._timeout = timeout
+        self._max_age = max_age
+        self.groups: dict[str, tuple[str, ...]] = {}
+        self._lock = asyncio.Lock()
+        self._read_at: float | None = None
+        self._last: Lag | None = None
+
+    def watch(self, group_id: str, topics: Sequence[str]) -> None:
+        self.groups[group_id] = (*self.groups.get(group_id, ()), *topics)
+
+    async def read(self) -> Lag | None:
+        """The lag per group and topic, or ``None`` when Kafka did not answer in time."""
+        async with self._lock:
+            now = asyncio.get_running_loop().time()
+            if self._read_at is None or now - self._read_at >= self._max_age:
+                self._last = await self._read_now()
+                self._read_at = now
+            return self._last
+
+    async def _read_now(self) -> Lag | None:
+        try:
+            async with asyncio.timeout(self._timeout):
+                return await self._lag()
+        except (OSError, KafkaError, TimeoutError) as error:
+            log.warning(
+                "metrics.consumer_lag_unavailable", error=str(error) or type(error).__name__
+            )
+            return None
+
+    async def _lag(self) -> Lag:
+        topics = {topic for topics in self.groups.values() for topic in topics}
+        firsts, ends = await partition_offsets(self._options, sorted(topics))
+        lag: Lag = {}
+        for group_id, group_topics in self.groups.items():
+            partitions = [tp for tp in ends if tp.topic in group_topics]
+            if not partitions:
+                continue
+            committed = await committed_offsets(self._options, group_id, partitions)
+            for tp, offset in committed.items():
+                behind = ends[tp] - (firsts[tp] if offset is None else offset)
+                lag[group_id, tp.topic] = lag.get((group_id, tp.topic), 0) + max(behind, 0)
+        return lag

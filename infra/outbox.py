@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections.abc import Callable
 from datetime import timedelta
 from typing import ClassVar, Protocol
 
@@ -92,13 +93,16 @@ class OutboxRelay:
         batch_size: int = 500,
         safety_poll_seconds: float = 5.0,
         retention: timedelta = timedelta(hours=24),
+        on_published: Callable[[int], None] | None = None,
     ) -> None:
+        """``on_published`` is told how many rows each batch published (for metrics)."""
         self._dsn = dsn
         self._schema = schema
         self._producer = producer
         self._batch_size = batch_size
         self._safety_poll = safety_poll_seconds
         self._retention = retention
+        self._on_published = on_published
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self.published = 0
@@ -169,5 +173,7 @@ class OutboxRelay:
         await asyncio.gather(*sends)
         await connection.execute(MARK_PUBLISHED, [row["id"] for row in rows])
         self.published += len(rows)
+        if self._on_published is not None:
+            self._on_published(len(rows))
         log.debug("outbox.published", schema=self._schema, count=len(rows))
         return len(rows)

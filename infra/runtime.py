@@ -1,9 +1,10 @@
 """What every service process does around its own code.
 
 A :class:`ServiceRuntime` owns the connections a service needs (the asyncpg
-pool, the FastStream broker, the outbox relay and its producer), brings them
-up in order with clear errors, and tears them down in reverse. :func:`serve`
-runs it together with the service's HTTP app under uvicorn.
+pool, the FastStream broker, the outbox relay and its producer) and the
+service's Prometheus metrics, brings them up in order with clear errors, and
+tears them down in reverse. :func:`serve` runs it together with the service's
+HTTP app under uvicorn.
 """
 
 from __future__ import annotations
@@ -11,22 +12,25 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import sys
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 
 import asyncpg
 import uvicorn
 from aiokafka import AIOKafkaProducer
-from fastapi import APIRouter, FastAPI
+from fastapi import APIRouter, FastAPI, Response
 from fastapi.responses import JSONResponse
 from faststream.kafka import KafkaBroker
+from prometheus_client import CONTENT_TYPE_LATEST
 from pydantic import ValidationError
 
 from infra import db
 from infra.broker import start_producer, wait_for_broker
+from infra.catchup import ConsumerLag
 from infra.errors import StartupError
 from infra.logging import configure_logging, get_logger
-from infra.outbox import OutboxRelay
+from infra.metrics import ServiceMetrics
+from infra.outbox import OutboxRelay, backlog
 from infra.settings import ServiceSettings
 
 log = get_logger(__name__)
@@ -63,6 +67,11 @@ class ServiceRuntime:
         self._on_start: list[Callable[[], Awaitable[None]]] = []
         self._on_stop: list[Callable[[], Awaitable[None]]] = []
         self._broker_task: asyncio.Task[None] | None = None
+        self.metrics = ServiceMetrics(settings.service_name)
+        self._consumer_lag = ConsumerLag(settings)
+        if relay:
+            self.metrics.start_counting_published()
+            self.metrics.before_scrape(self._read_outbox_backlog)
 
     @property
     def pool(self) -> asyncpg.Pool:
@@ -76,6 +85,12 @@ class ServiceRuntime:
 
     def on_stop(self, hook: Callable[[], Awaitable[None]]) -> None:
         self._on_stop.append(hook)
+
+    def watch_lag(self, group_id: str, topics: Sequence[str]) -> None:
+        """Report ``points_consumer_lag`` of this consumer group on ``topics``."""
+        if not self._consumer_lag.groups:
+            self.metrics.before_scrape(self._read_consumer_lag)
+        self._consumer_lag.watch(group_id, topics)
 
     async def start(self) -> None:
         settings = self.settings
@@ -95,7 +110,12 @@ class ServiceRuntime:
             await wait_for_broker(settings)
         if self._with_relay:
             self._producer = await start_producer(settings)
-            self.relay = OutboxRelay(settings.database_url, self.schema, self._producer)
+            self.relay = OutboxRelay(
+                settings.database_url,
+                self.schema,
+                self._producer,
+                on_published=self.metrics.count_published,
+            )
             self.relay.start()
         if self.broker is not None:
             # Joining consumer groups can take a rebalance or two (seconds);
@@ -141,9 +161,23 @@ class ServiceRuntime:
             return bool(await self.broker.ping(timeout=2.0))
         return self._producer is not None
 
+    async def _read_outbox_backlog(self) -> None:
+        try:
+            async with asyncio.timeout(2.0):
+                rows: int | None = await backlog(self.pool)
+        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError) as error:
+            log.warning("metrics.outbox_backlog_unavailable", error=str(error))
+            rows = None
+        except RuntimeError:  # not started: nothing to report yet
+            rows = None
+        self.metrics.set_outbox_backlog(rows)
+
+    async def _read_consumer_lag(self) -> None:
+        self.metrics.set_consumer_lag(await self._consumer_lag.read())
+
 
 def health_router(runtime: ServiceRuntime) -> APIRouter:
-    """``/healthz`` (the process answers) and ``/readyz`` (it can do its work)."""
+    """``/healthz`` (the process answers), ``/readyz`` (it can do its work) and ``/metrics``."""
     router = APIRouter(tags=["health"])
 
     @router.get("/healthz")
@@ -165,6 +199,19 @@ def health_router(runtime: ServiceRuntime) -> APIRouter:
             {"status": "ready" if ready else "not ready", "checks": results},
             status_code=200 if ready else 503,
         )
+
+    router.include_router(metrics_router(runtime))
+    return router
+
+
+def metrics_router(runtime: ServiceRuntime) -> APIRouter:
+    """``GET /metrics`` for Prometheus; open like ``/healthz``, as it holds counts, not data."""
+    router = APIRouter(tags=["metrics"])
+
+    @router.get("/metrics", response_class=Response)
+    async def prometheus_metrics() -> Response:
+        """Request rates and latency, outbox backlog, consumer lag and the service's own."""
+        return Response(await runtime.metrics.render(), media_type=CONTENT_TYPE_LATEST)
 
     return router
 

@@ -8,7 +8,7 @@ from pathlib import Path
 from fastapi import FastAPI
 from faststream.kafka import KafkaBroker
 
-from contracts import POINTS_RESULTS, PointsResultEvent
+from contracts import POINTS_REQUESTED, POINTS_RESULTS, PointsResultEvent
 from infra.broker import create_broker
 from infra.http import create_http_app
 from infra.runtime import ServiceRuntime, health_router
@@ -57,12 +57,15 @@ def create_ledger(
         broker=broker if consume else None,
         relay=consume,
     )
-    if not consume:
+    if consume:
+        runtime.watch_lag("ledger", [POINTS_REQUESTED])
+    else:
         del runtime.readiness_checks["broker"]
     verifier = verifier or JwksVerifier(settings.token_issuer_url)
     runtime.on_stop(verifier.aclose)
     register_subscribers(broker, runtime, settings)
     app = create_http_app(
+        runtime.metrics,
         title="Points ledger",
         description="Double-entry points ledger: member balances and transaction history, "
         "per-rule totals and operator reversals.",

@@ -7,8 +7,7 @@ from datetime import datetime
 from typing import Annotated, Any, Literal
 from uuid import UUID
 
-from fastapi import APIRouter, Depends, Query, Request, Response
-from prometheus_client import CONTENT_TYPE_LATEST
+from fastapi import APIRouter, Depends, Query, Request
 from pydantic import BaseModel, ConfigDict, Field
 from pydantic.alias_generators import to_camel
 
@@ -16,7 +15,6 @@ from infra.http import Forbidden, bearer_token
 from infra.problems import Problem
 from infra.runtime import ServiceRuntime
 from services.notifier import service
-from services.notifier.metrics import DeliveryMetrics
 from services.notifier.service import DeliveryDispatcher
 from services.notifier.settings import NotifierSettings
 
@@ -96,17 +94,5 @@ def deliveries_router(
             )
         dispatcher.wake()
         return {"id": delivery_id, "status": "pending"}
-
-    return router
-
-
-def metrics_router(runtime: ServiceRuntime, metrics: DeliveryMetrics) -> APIRouter:
-    """``GET /metrics`` for Prometheus; open like ``/healthz``, as it holds counts, not data."""
-    router = APIRouter(tags=["metrics"])
-
-    @router.get("/metrics", response_class=Response)
-    async def prometheus_metrics() -> Response:
-        """Delivery attempts, send latency and deliveries by status, in Prometheus text format."""
-        return Response(await metrics.render(runtime.pool), media_type=CONTENT_TYPE_LATEST)
 
     return router

@@ -7,13 +7,15 @@ from pathlib import Path
 
 from fastapi import FastAPI
 
+from contracts import CLIENTS_LIFECYCLE, NOTIFICATIONS_REQUESTED, POINTS_RESULTS
 from infra.broker import create_broker
 from infra.http import create_http_app
 from infra.runtime import ServiceRuntime, health_router
-from services.notifier.api import deliveries_router, metrics_router
+from services.notifier import subscribers
+from services.notifier.api import deliveries_router
+from services.notifier.metrics import DeliveryMetrics
 from services.notifier.service import DeliveryDispatcher
 from services.notifier.settings import NotifierSettings
-from services.notifier.subscribers import register_subscribers
 
 MIGRATIONS = Path(__file__).parent / "migrations"
 
@@ -35,22 +37,30 @@ def create_notifier(settings: NotifierSettings | None = None) -> Notifier:
     runtime = ServiceRuntime(
         settings, schema="notifier", migrations=MIGRATIONS, broker=broker, relay=False
     )
-    dispatcher = DeliveryDispatcher(settings)
-    register_subscribers(broker, runtime, dispatcher, settings)
+    metrics = DeliveryMetrics(runtime.metrics.registry)
+    dispatcher = DeliveryDispatcher(settings, metrics=metrics)
+    subscribers.register_subscribers(broker, runtime, dispatcher, settings)
+    runtime.watch_lag(subscribers.CLIENTS_GROUP, [CLIENTS_LIFECYCLE])
+    runtime.watch_lag(subscribers.CALLBACKS_GROUP, [POINTS_RESULTS])
+    runtime.watch_lag(subscribers.EMAILS_GROUP, [NOTIFICATIONS_REQUESTED])
+
+    async def read_delivery_state() -> None:
+        await metrics.refresh(runtime.pool)
 
     async def start_delivery_workers() -> None:
         await dispatcher.start(runtime.pool)
 
     runtime.on_start(start_delivery_workers)
     runtime.on_stop(dispatcher.stop)
+    runtime.metrics.before_scrape(read_delivery_state)
 
     app = create_http_app(
+        runtime.metrics,
         title="Points notifier",
         description="Signed HTTP callbacks for points results and share e-mails, with retries.",
     )
     app.include_router(health_router(runtime))
     app.include_router(deliveries_router(settings, runtime, dispatcher))
-    app.include_router(metrics_router(runtime, dispatcher.metrics))
     return Notifier(settings=settings, runtime=runtime, dispatcher=dispatcher, app=app)
 
 

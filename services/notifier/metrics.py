@@ -1,4 +1,4 @@
-"""Delivery metrics in the Prometheus text format, one registry per notifier.
+"""Delivery metrics, registered into the notifier runtime's Prometheus registry.
 
 Attempts and their send time are counted in this process as they happen.
 How many deliveries stand in each status, and how long the oldest pending one
@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 import asyncpg
-from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
@@ -67,10 +67,10 @@ class DeliveryStateCollector(Collector):
 
 
 class DeliveryMetrics:
-    """The notifier's metrics; a registry of its own keeps several apps in one process apart."""
+    """The notifier's delivery metrics, in ``registry`` (the runtime's) or a new one."""
 
-    def __init__(self) -> None:
-        self.registry = CollectorRegistry()
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry or CollectorRegistry()
         self._attempts = Counter(
             "points_notifier_delivery_attempts",
             "Delivery attempts by kind and what came of them.",
@@ -98,14 +98,13 @@ class DeliveryMetrics:
     def observe_send(self, kind: DeliveryKind, seconds: float) -> None:
         self._latency.labels(kind=kind).observe(seconds)
 
-    async def render(self, pool: asyncpg.Pool) -> bytes:
-        """The text exposition, with the delivery gauges read from the database now."""
+    async def refresh(self, pool: asyncpg.Pool) -> None:
+        """Read the delivery gauges from the database, before a scrape renders them."""
         try:
             self._state.state = await read_delivery_state(pool)
         except (OSError, asyncpg.PostgresError) as error:
             log.warning("metrics.delivery_state_unavailable", error=str(error))
             self._state.state = None
-        return generate_latest(self.registry)
 
 
 async def read_delivery_state(pool: asyncpg.Pool) -> DeliveryState:

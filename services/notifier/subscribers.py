@@ -17,6 +17,10 @@ from services.notifier import service
 from services.notifier.service import DeliveryDispatcher
 from services.notifier.settings import NotifierSettings
 
+CLIENTS_GROUP = "notifier.clients"
+CALLBACKS_GROUP = "notifier.callbacks"
+EMAILS_GROUP = "notifier.emails"
+
 
 def register_subscribers(
     broker: KafkaBroker,
@@ -28,7 +32,7 @@ def register_subscribers(
 
     @broker.subscriber(
         CLIENTS_LIFECYCLE,
-        group_id="notifier.clients",
+        group_id=CLIENTS_GROUP,
         auto_offset_reset="earliest",
         description="Projects each API client's signing salt, to sign its callbacks.",
     )
@@ -41,7 +45,7 @@ def register_subscribers(
 
     @broker.subscriber(
         POINTS_RESULTS,
-        group_id="notifier.callbacks",
+        group_id=CALLBACKS_GROUP,
         auto_offset_reset="earliest",
         description="Queues the signed callback a points result asks for.",
     )
@@ -54,7 +58,7 @@ def register_subscribers(
 
     @broker.subscriber(
         NOTIFICATIONS_REQUESTED,
-        group_id="notifier.emails",
+        group_id=EMAILS_GROUP,
         auto_offset_reset="earliest",
         description="Queues the share e-mail a business user asked for.",
     )

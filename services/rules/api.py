@@ -6,21 +6,24 @@ import base64
 import binascii
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Annotated, Any, Literal
 from urllib.parse import parse_qs
 
 import asyncpg
 import jwt
-from fastapi import APIRouter, Depends, Query, Request
+from fastapi import APIRouter, Depends, Query, Request, Response
 from fastapi.responses import HTMLResponse, JSONResponse
 from pydantic import AwareDatetime
 
 from infra.http import Forbidden, Unauthorized, bearer_token
 from infra.logging import get_logger
 from infra.tokens import ALGORITHM, JWKS_PATH, REALM_PATH, TOKEN_PATH
-from services.rules import service
+from services.rules import service, sessions
 from services.rules.guide import render_integration_guide
 from services.rules.schemas import (
+    ConsoleSessionOpened,
+    ConsoleSessionView,
     LoginRequest,
     RuleCreate,
     RuleUpdate,
@@ -79,6 +82,16 @@ class BusinessUser:
 
 
 async def current_user(request: Request, ctx: Context) -> BusinessUser:
+    """The business user of a bearer token or, without one, of the console's cookie session.
+
+    A cookie is sent by the browser whatever page caused the request, so a change
+    made through it also needs the session's CSRF token; a bearer token is only
+    ever sent on purpose, so it needs none.
+    """
+    if "Authorization" not in request.headers and sessions.COOKIE_NAME in request.cookies:
+        session = await console_session(request, ctx)
+        require_csrf_token(request, session)
+        return BusinessUser(session.user_id, session.org_id, session.role)
     token = bearer_token(request)
     try:
         kid = jwt.get_unverified_header(token).get("kid")
@@ -101,6 +114,27 @@ async def current_user(request: Request, ctx: Context) -> BusinessUser:
 
 
 User = Annotated[BusinessUser, Depends(current_user)]
+
+
+async def console_session(request: Request, ctx: Context) -> sessions.ConsoleSession:
+    session_id = request.cookies.get(sessions.COOKIE_NAME)
+    if not session_id:
+        raise Unauthorized("no console session; sign in at POST /v1/auth/session")
+    async with ctx.pool.acquire() as connection:
+        session = await sessions.find_session(connection, session_id)
+    if session is None:
+        raise Unauthorized("the console session has ended or expired; sign in again")
+    return session
+
+
+def require_csrf_token(request: Request, session: sessions.ConsoleSession) -> None:
+    if request.method not in sessions.STATE_CHANGING_METHODS:
+        return
+    if not session.accepts_csrf_token(request.headers.get(sessions.CSRF_HEADER)):
+        raise Forbidden(
+            f"a change made with the console session needs its {sessions.CSRF_HEADER} header",
+            code="CSRF_TOKEN_INVALID",
+        )
 
 
 def correlation_id(request: Request) -> str:
@@ -281,6 +315,76 @@ async def login(body: LoginRequest, request: Request, ctx: Context) -> TokenResp
         token = await ctx.issuer.user_token(connection, user, lifetime)
     log.info("user.logged_in", user_id=user["id"])
     return TokenResponse(access_token=token, expires_in=lifetime)
+
+
+def _session_cookie_options(settings: RulesSettings) -> dict[str, Any]:
+    # Secure everywhere but development, where the console is served over plain http.
+    return {
+        "path": "/",
+        "httponly": True,
+        "samesite": "strict",
+        "secure": not settings.is_development,
+    }
+
+
+@router.post("/v1/auth/session", response_model=ConsoleSessionOpened, tags=["auth"])
+async def open_console_session(
+    body: LoginRequest, request: Request, response: Response, ctx: Context
+) -> ConsoleSessionOpened:
+    """Sign the console in: sets the HttpOnly session cookie and returns the CSRF token that
+    every change made through it must carry as ``X-CSRF-Token`` (429 after repeated
+    failures, as for ``/v1/auth/login``)."""
+    client_ip = request.client.host if request.client else None
+    throttle = service.LoginThrottle.of(ctx.settings)
+    lifetime = ctx.settings.user_token_lifetime_seconds
+    async with ctx.pool.acquire() as connection:
+        user = await service.log_in(connection, body.email, body.password, client_ip, throttle)
+        session_id, session = await sessions.open_session(
+            connection, user, timedelta(seconds=lifetime)
+        )
+    response.set_cookie(
+        sessions.COOKIE_NAME,
+        session_id,
+        max_age=lifetime,
+        **_session_cookie_options(ctx.settings),
+    )
+    response.headers["Cache-Control"] = "no-store"
+    log.info("console.session_opened", user_id=user["id"])
+    return ConsoleSessionOpened(csrf_token=session.csrf_token())
+
+
+@router.get("/v1/auth/session", response_model=ConsoleSessionView, tags=["auth"])
+async def read_console_session(
+    request: Request, response: Response, ctx: Context
+) -> ConsoleSessionView:
+    """Who the console's session cookie belongs to, with a fresh CSRF token (401 when the
+    session has ended)."""
+    session = await console_session(request, ctx)
+    response.headers["Cache-Control"] = "no-store"
+    return ConsoleSessionView(
+        id=session.user_id,
+        email=session.email,
+        role=session.role,
+        org_id=session.org_id,
+        expires_at=session.expires_at,
+        csrf_token=session.csrf_token(),
+    )
+
+
+@router.delete("/v1/auth/session", status_code=204, tags=["auth"])
+async def close_console_session(request: Request, ctx: Context) -> Response:
+    """Sign the console out: ends the session (with its CSRF token) and clears the cookie."""
+    session_id = request.cookies.get(sessions.COOKIE_NAME)
+    if session_id:
+        async with ctx.pool.acquire() as connection:
+            session = await sessions.find_session(connection, session_id)
+            if session is not None:
+                require_csrf_token(request, session)
+                await sessions.close_session(connection, session)
+                log.info("console.session_closed", user_id=session.user_id)
+    response = Response(status_code=204)
+    response.delete_cookie(sessions.COOKIE_NAME, **_session_cookie_options(ctx.settings))
+    return response
 
 
 @router.get("/v1/clients", tags=["clients"])

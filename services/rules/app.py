@@ -9,13 +9,16 @@ from fastapi import FastAPI
 from contracts import (
     CLIENTS_LIFECYCLE,
     NOTIFICATIONS_REQUESTED,
+    POINTS_RESULTS,
     RULES_LIFECYCLE,
     ClientLifecycleEvent,
     RuleLifecycleEvent,
     ShareEmailRequestedEvent,
 )
+from infra.broker import create_broker
 from infra.http import create_http_app
 from infra.runtime import ServiceRuntime, health_router
+from services.rules import subscribers
 from services.rules.api import RulesContext, router
 from services.rules.service import TokenIssuer
 from services.rules.settings import RulesSettings
@@ -36,8 +39,10 @@ PUBLISHES = (
 
 def create_app(settings: RulesSettings | None = None) -> tuple[FastAPI, ServiceRuntime]:
     settings = settings or RulesSettings()
-    # The rules service only publishes; it consumes nothing.
-    runtime = ServiceRuntime(settings, schema="rules", migrations=MIGRATIONS)
+    broker = create_broker(settings)
+    runtime = ServiceRuntime(settings, schema="rules", migrations=MIGRATIONS, broker=broker)
+    subscribers.register(broker, runtime)
+    runtime.watch_lag(subscribers.USAGE_GROUP, [POINTS_RESULTS])
     issuer = TokenIssuer(settings.public_url)
 
     async def ensure_signing_key() -> None:
@@ -46,6 +51,7 @@ def create_app(settings: RulesSettings | None = None) -> tuple[FastAPI, ServiceR
 
     runtime.on_start(ensure_signing_key)
     app = create_http_app(
+        runtime.metrics,
         title="Points platform — rules service",
         description="Business console API, API clients and the OAuth2 token issuer.",
         version="1",

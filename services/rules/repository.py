@@ -66,17 +66,29 @@ WHERE retired_at IS NULL AND kid <> ALL($1::text[])
 # Serialises key creation between replicas starting together.
 LOCK_SIGNING_KEYS = "SELECT pg_advisory_xact_lock(hashtext('rules.signing_keys'))"
 
+# Every statement that returns rules returns them with `cap_used`, the points each has moved.
 INSERT_RULE = """
 INSERT INTO rules (
     id, org_id, environment, name, description, type, api_trigger, authorized_client_ids,
     cap_max, cap_per_member, max_amount_per_request, starts_at, ends_at, promoted_from
 ) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)
-RETURNING *
+RETURNING rules.*,
+    coalesce((SELECT used FROM rule_usage WHERE rule_usage.rule_id = rules.id), 0) AS cap_used
 """
-GET_RULE = "SELECT * FROM rules WHERE id = $1 AND org_id = $2"
-GET_RULE_FOR_UPDATE = "SELECT * FROM rules WHERE id = $1 AND org_id = $2 FOR UPDATE"
+GET_RULE = """
+SELECT rules.*,
+    coalesce((SELECT used FROM rule_usage WHERE rule_usage.rule_id = rules.id), 0) AS cap_used
+FROM rules WHERE id = $1 AND org_id = $2
+"""
+GET_RULE_FOR_UPDATE = """
+SELECT rules.*,
+    coalesce((SELECT used FROM rule_usage WHERE rule_usage.rule_id = rules.id), 0) AS cap_used
+FROM rules WHERE id = $1 AND org_id = $2 FOR UPDATE
+"""
 LIST_RULES = """
-SELECT * FROM rules
+SELECT rules.*,
+    coalesce((SELECT used FROM rule_usage WHERE rule_usage.rule_id = rules.id), 0) AS cap_used
+FROM rules
 WHERE org_id = $1 AND ($2::text IS NULL OR environment = $2)
 ORDER BY created_at DESC, id
 """
@@ -87,12 +99,14 @@ UPDATE rules SET
     starts_at = $10, ends_at = $11, type = $12,
     version = version + 1, updated_at = now()
 WHERE id = $1 AND org_id = $2
-RETURNING *
+RETURNING rules.*,
+    coalesce((SELECT used FROM rule_usage WHERE rule_usage.rule_id = rules.id), 0) AS cap_used
 """
 SET_RULE_STATUS = """
 UPDATE rules SET status = $3, version = version + 1, updated_at = now()
 WHERE id = $1 AND org_id = $2
-RETURNING *
+RETURNING rules.*,
+    coalesce((SELECT used FROM rule_usage WHERE rule_usage.rule_id = rules.id), 0) AS cap_used
 """
 
 INSERT_AUDIT = """
@@ -124,4 +138,27 @@ RETURNING attempts, window_started_at + $3::interval - now() AS retry_after
 CLEAR_LOGIN_ATTEMPTS = "DELETE FROM login_attempts WHERE scope = $1 AND key = $2"
 GIVE_BACK_LOGIN_ATTEMPT = """
 UPDATE login_attempts SET attempts = greatest(attempts - 1, 0) WHERE scope = $1 AND key = $2
+"""
+
+# The points a rule has moved, locked so a concurrent result waits for a cap change.
+RULE_USAGE_FOR_SHARE = "SELECT used FROM rule_usage WHERE rule_id = $1 FOR SHARE"
+ADD_RULE_USAGE = """
+INSERT INTO rule_usage AS u (rule_id, used) VALUES ($1, $2)
+ON CONFLICT (rule_id) DO UPDATE SET used = u.used + excluded.used, updated_at = now()
+"""
+
+INSERT_CONSOLE_SESSION = """
+INSERT INTO console_sessions (id_hash, user_id, csrf_secret, expires_at)
+VALUES ($1, $2, $3, now() + $4::interval)
+"""
+# A live session and its user, marking it seen.
+TOUCH_CONSOLE_SESSION = """
+UPDATE console_sessions AS s SET last_seen_at = now()
+FROM users AS u
+WHERE s.id_hash = $1 AND s.expires_at > now() AND u.id = s.user_id
+RETURNING s.csrf_secret, s.expires_at, u.id AS user_id, u.org_id, u.role, u.email
+"""
+DELETE_CONSOLE_SESSION = "DELETE FROM console_sessions WHERE id_hash = $1"
+DELETE_EXPIRED_CONSOLE_SESSIONS = """
+DELETE FROM console_sessions WHERE user_id = $1 AND expires_at <= now()
 """

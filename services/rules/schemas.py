@@ -40,6 +40,23 @@ class TokenResponse(CamelModel):
     expires_in: int
 
 
+class ConsoleSessionOpened(CamelModel):
+    """The CSRF token to send as ``X-CSRF-Token`` with every change made through the cookie."""
+
+    csrf_token: str
+
+
+class ConsoleSessionView(CamelModel):
+    """Who the console's cookie session belongs to, and a fresh CSRF token for it."""
+
+    id: str
+    email: str
+    role: str
+    org_id: str
+    expires_at: datetime
+    csrf_token: str
+
+
 class RuleCreate(CamelModel):
     """A new rule; it starts as a draft."""
 
@@ -136,6 +153,9 @@ class RuleView(CamelModel):
     api_trigger: bool
     authorized_client_ids: list[str]
     cap_max: int | None
+    cap_used: int = Field(
+        description="Points the rule has moved so far (applied results); capMax cannot go below it."
+    )
     cap_per_member: int | None
     max_amount_per_request: int | None
     starts_at: datetime | None
@@ -160,6 +180,7 @@ class RuleView(CamelModel):
             api_trigger=rule["api_trigger"],
             authorized_client_ids=list(rule["authorized_client_ids"]),
             cap_max=rule["cap_max"],
+            cap_used=rule["cap_used"],
             cap_per_member=rule["cap_per_member"],
             max_amount_per_request=rule["max_amount_per_request"],
             starts_at=rule["starts_at"],

@@ -23,16 +23,18 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from pydantic.alias_generators import to_camel
 
 from contracts import (
+    POINTS_RESULTS,
     ClientLifecycleEvent,
     ClientSnapshot,
     Environment,
+    PointsResultEvent,
     RuleLifecycleEvent,
     RuleSnapshot,
     RuleType,
     ShareEmailRequested,
     ShareEmailRequestedEvent,
 )
-from infra import outbox
+from infra import inbox, outbox
 from infra.logging import get_logger
 from infra.problems import Problem
 from infra.signing import derive_signing_secret, new_salt
@@ -652,6 +654,8 @@ async def update_rule(
     elif merged.environment != rule["environment"]:
         raise Conflict("a rule's environment cannot change; promote it", code="RULE_IMMUTABLE")
     await _check_draft(connection, org_id, merged)
+    if changes.get("cap_max") is not None:
+        await _check_cap_covers_usage(connection, rule_id, merged.cap_max)
     updated = await connection.fetchrow(
         sql.UPDATE_RULE,
         rule_id,
@@ -672,6 +676,33 @@ async def update_rule(
     )
     await _publish_rule(connection, updated, "rule.updated", correlation_id)
     return updated
+
+
+async def _check_cap_covers_usage(
+    connection: asyncpg.Connection, rule_id: str, cap_max: int | None
+) -> None:
+    # FOR SHARE: a result counted meanwhile waits until this change commits.
+    used = await connection.fetchval(sql.RULE_USAGE_FOR_SHARE, rule_id) or 0
+    if cap_max is not None and cap_max < used:
+        raise Conflict(
+            f"capMax {cap_max} is below the {used} points this rule has already moved",
+            code="CAP_BELOW_USAGE",
+            field="capMax",
+            capUsed=used,
+        )
+
+
+async def record_usage(connection: asyncpg.Connection, event: PointsResultEvent) -> bool:
+    """Count an applied result's points against its rule, once per event.
+
+    Runs in the caller's transaction; False when the event was seen before.
+    Rejected results moved nothing and count for nothing.
+    """
+    if not await inbox.claim(connection, event.event_id, POINTS_RESULTS):
+        return False
+    if event.data.status == "applied":
+        await connection.execute(sql.ADD_RULE_USAGE, event.data.rule_id, event.data.amount)
+    return True
 
 
 def _json_safe(value: Any) -> Any:

@@ -9,6 +9,7 @@ from fastapi import FastAPI
 from contracts import (
     CLIENTS_LIFECYCLE,
     POINTS_REQUESTED,
+    POINTS_RESULTS,
     RULES_LIFECYCLE,
     PointsRequestedEvent,
 )
@@ -37,10 +38,11 @@ def create_app(
     broker = create_broker(settings)
     runtime = ServiceRuntime(settings, schema="trigger", migrations=MIGRATIONS, broker=broker)
     subscribers.register(broker, runtime)
+    projected_topics = [RULES_LIFECYCLE, CLIENTS_LIFECYCLE]
+    runtime.watch_lag(subscribers.PROJECTION_GROUP, projected_topics)
+    runtime.watch_lag(subscribers.RESULTS_GROUP, [POINTS_RESULTS])
     verifier = verifier or JwksVerifier(settings.token_issuer_url)
-    projection = CatchUp(
-        settings, subscribers.PROJECTION_GROUP, [RULES_LIFECYCLE, CLIENTS_LIFECYCLE]
-    )
+    projection = CatchUp(settings, subscribers.PROJECTION_GROUP, projected_topics)
     purger = RequestPurger(
         lambda: runtime.pool,
         retention_days=settings.idempotency_retention_days,
@@ -53,6 +55,7 @@ def create_app(
     runtime.readiness_checks["projection"] = projection.caught_up
 
     app = create_http_app(
+        runtime.metrics,
         title="Points platform — trigger gateway",
         description="The developer-facing API: trigger earning and redemption, poll outcomes.",
         version="1",

@@ -33,11 +33,12 @@ from contracts import (
 )
 from infra.dev.kafka import create_topics
 from infra.http import create_http_app
-from infra.runtime import ServiceRuntime
+from infra.runtime import ServiceRuntime, metrics_router
 from infra.signing import DEVELOPMENT_SIGNING_KEY, derive_signing_secret, verify
 from services.notifier import service
-from services.notifier.api import deliveries_router, metrics_router
+from services.notifier.api import deliveries_router
 from services.notifier.app import MIGRATIONS, create_notifier
+from services.notifier.metrics import DeliveryMetrics
 from services.notifier.service import DeliveryDispatcher
 from services.notifier.settings import NotifierSettings
 
@@ -166,7 +167,9 @@ class RunningCallbacks:
 @asynccontextmanager
 async def running_callbacks(settings: NotifierSettings) -> AsyncIterator[RunningCallbacks]:
     runtime = ServiceRuntime(settings, schema="notifier", migrations=MIGRATIONS, relay=False)
-    dispatcher = DeliveryDispatcher(settings)
+    metrics = DeliveryMetrics(runtime.metrics.registry)
+    dispatcher = DeliveryDispatcher(settings, metrics=metrics)
+    runtime.metrics.before_scrape(lambda: metrics.refresh(runtime.pool))
     await runtime.start()
     await dispatcher.start(runtime.pool)
     try:
@@ -483,7 +486,7 @@ class TestDeliveryMetrics:
     ) -> None:
         async with running_callbacks(notifier_settings(database_url)) as notifier:
             app = create_http_app()
-            app.include_router(metrics_router(notifier.runtime, notifier.dispatcher.metrics))
+            app.include_router(metrics_router(notifier.runtime))
             await notifier.receive_client(client_event())
             delivered = result_event(receiver.url())
             refused = result_event("http://10.0.0.1/hooks")  # private: parked at once
@@ -520,7 +523,7 @@ class TestDeliveryMetrics:
             await notifier.receive_result(result_event(receiver.url()))
             await asyncio.sleep(1.0)
         async with running_callbacks(settings) as restarted:
-            text = (await restarted.dispatcher.metrics.render(restarted.runtime.pool)).decode()
+            text = (await restarted.runtime.metrics.render()).decode()
 
         samples = metric_samples(text)
         assert samples[sample("points_notifier_deliveries", kind="callback", status="pending")] == 1

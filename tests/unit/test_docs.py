@@ -20,7 +20,7 @@ PUBLISHED = {
     "notifier": set(),
 }
 CONSUMED = {
-    "rules": set(),
+    "rules": {POINTS_RESULTS},
     "trigger": {RULES_LIFECYCLE, CLIENTS_LIFECYCLE, POINTS_RESULTS},
     "ledger": {POINTS_REQUESTED},
     "notifier": {CLIENTS_LIFECYCLE, POINTS_RESULTS, NOTIFICATIONS_REQUESTED},
