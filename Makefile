@@ -6,7 +6,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: run test lint fmt docs venv clean
+.PHONY: run test lint fmt docs venv clean bench-gateway
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -34,6 +34,10 @@ fmt: $(STAMP)
 
 docs: $(STAMP)  ## AsyncAPI and OpenAPI documents into docs/api/
 	$(BIN)/python -m points_cli.docs docs/api
+
+bench-gateway: $(STAMP)  ## gateway throughput and latency against a bare FastAPI endpoint
+	@command -v wrk >/dev/null || (apt-get update -qq && apt-get install -y -qq wrk)
+	$(BIN)/python bench/gateway.py $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) var .mypy_cache .ruff_cache .pytest_cache

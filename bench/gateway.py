@@ -1,0 +1,336 @@
+"""`make bench-gateway`: accepted triggers per second and latency of the gateway.
+
+Runs the whole platform (``points dev`` on free ports), seeds a client and an
+active earn rule, then, on this machine:
+
+1. drives the gateway with authenticated, valid, all-distinct triggers from
+   wrk for the sustained-throughput figure;
+2. offers a steady 500 requests/s from an open-loop generator and records
+   p50/p99 latency;
+3. measures a bare FastAPI endpoint served the same way (one uvicorn worker,
+   same request body) as the framework's ceiling, in the same run;
+4. reports how long the ledger takes to apply everything accepted, so a
+   growing lag is visible.
+
+Figures are printed; nothing here is asserted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import re
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import textwrap
+import time
+import uuid
+from pathlib import Path
+
+import asyncpg
+import httpx
+
+from infra.dev.launcher import RunningPlatform, free_port, start_platform
+
+WRK_SCRIPT = textwrap.dedent(
+    """
+    local threads = {}
+    local counter = 0
+    refused = 0  -- a global: done() reads it from each thread
+
+    function setup(thread)
+      thread:set("tid", #threads)
+      table.insert(threads, thread)
+    end
+
+    function init(args)
+      rule = args[1]
+      prefix = args[2] .. "-" .. tid
+      token = args[3]
+    end
+
+    function request()
+      counter = counter + 1
+      local body = string.format(
+        '{"userId":"member-%d","ruleId":"%s","amount":1,"requestId":"%s-%d"}',
+        counter % 10000, rule, prefix, counter)
+      return wrk.format("POST", "/v1/points/requests",
+        {["Content-Type"] = "application/json", ["Authorization"] = "Bearer " .. token}, body)
+    end
+
+    function response(status, headers, body)
+      if status ~= 202 then refused = refused + 1 end
+    end
+
+    function done(summary, latency, requests)
+      local total = 0
+      for _, thread in ipairs(threads) do total = total + thread:get("refused") end
+      io.write(string.format("refused %d\\n", total))
+    end
+    """
+)
+
+BARE_APP = textwrap.dedent(
+    """
+    from typing import Any
+    from fastapi import FastAPI
+    from fastapi.responses import JSONResponse
+    from pydantic import BaseModel, Field
+
+    class Trigger(BaseModel):
+        user_id: Any = Field(alias="userId")
+        rule_id: str = Field(alias="ruleId")
+        amount: Any
+        request_id: str = Field(alias="requestId")
+
+    app = FastAPI()
+
+    @app.post("/v1/points/requests", status_code=202)
+    async def accept(body: Trigger) -> JSONResponse:
+        return JSONResponse({"requestId": body.request_id, "status": "pending"}, status_code=202)
+    """
+)
+
+
+def run_wrk(
+    url: str, script: Path, args: list[str], seconds: int, connections: int
+) -> dict[str, float]:
+    completed = subprocess.run(  # noqa: S603
+        [
+            shutil.which("wrk") or "/usr/bin/wrk",
+            "-t2",
+            f"-c{connections}",
+            f"-d{seconds}s",
+            "--latency",
+            "-s",
+            str(script),
+            url,
+            "--",
+            *args,
+        ],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    out = completed.stdout
+    if completed.returncode != 0:
+        raise RuntimeError(f"wrk failed:\n{out}\n{completed.stderr}")
+    rate = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
+    total = int(re.search(r"(\d+) requests in", out).group(1))  # type: ignore[union-attr]
+    refused_match = re.search(r"refused (\d+)", out)
+    refused = int(refused_match.group(1)) if refused_match else 0
+    return {
+        "rate": rate,
+        "total": total,
+        "refused": refused,
+        "accepted_rate": rate * (1 - refused / max(total, 1)),
+    }
+
+
+async def open_loop(
+    url: str, token: str, rule_id: str, rate: int, seconds: int
+) -> dict[str, float]:
+    """Offer ``rate`` requests/s regardless of answers; latency of each, in ms."""
+    latencies: list[float] = []
+    statuses: list[int] = []
+    prefix = uuid.uuid4().hex[:8]
+    limits = httpx.Limits(max_connections=200, max_keepalive_connections=200)
+    async with httpx.AsyncClient(base_url=url, limits=limits, timeout=10) as http:
+        headers = {"Authorization": f"Bearer {token}"}
+
+        async def one(n: int) -> None:
+            body = {
+                "userId": f"member-{n % 10000}",
+                "ruleId": rule_id,
+                "amount": 1,
+                "requestId": f"lat-{prefix}-{n}",
+            }
+            started = time.perf_counter()
+            response = await http.post("/v1/points/requests", json=body, headers=headers)
+            latencies.append((time.perf_counter() - started) * 1000)
+            statuses.append(response.status_code)
+
+        tasks = []
+        start = time.perf_counter()
+        for n in range(rate * seconds):
+            delay = start + n / rate - time.perf_counter()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            tasks.append(asyncio.create_task(one(n)))
+        await asyncio.gather(*tasks)
+    latencies.sort()
+    return {
+        "p50": statistics.median(latencies),
+        "p99": latencies[int(len(latencies) * 0.99) - 1],
+        "non_202": sum(1 for status in statuses if status != 202),
+    }
+
+
+def seed(platform: RunningPlatform) -> tuple[str, str]:
+    org = platform.points("org", "create", "Bench Coffee")
+    platform.points(
+        "user",
+        "create",
+        "--org",
+        org["id"],
+        "--email",
+        "bench@example.com",
+        "--password",
+        "bench-password",
+    )
+    client = platform.points(
+        "client", "create", "--org", org["id"], "--environment", "staging", "--name", "Bench client"
+    )
+    rules = platform.urls["rules"]
+    login = httpx.post(
+        f"{rules}/v1/auth/login", json={"email": "bench@example.com", "password": "bench-password"}
+    )
+    console = {"Authorization": f"Bearer {login.json()['accessToken']}"}
+    rule = httpx.post(
+        f"{rules}/v1/rules",
+        headers=console,
+        json={
+            "name": "Bench earn",
+            "type": "earn",
+            "environment": "staging",
+            "apiTrigger": True,
+            "authorizedClientIds": [client["clientId"]],
+        },
+    ).json()
+    httpx.post(f"{rules}/v1/rules/{rule['id']}/activate", headers=console).raise_for_status()
+    token = httpx.post(
+        f"{rules}/realms/partner/protocol/openid-connect/token",
+        data={
+            "grant_type": "client_credentials",
+            "client_id": client["clientId"],
+            "client_secret": client["clientSecret"],
+        },
+    ).json()["access_token"]
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:  # until the gateway's projection has the rule
+        probe = httpx.post(
+            f"{platform.urls['trigger']}/v1/points/requests",
+            headers={"Authorization": f"Bearer {token}"},
+            json={
+                "userId": "warm",
+                "ruleId": rule["id"],
+                "amount": 1,
+                "requestId": f"probe-{uuid.uuid4().hex}",
+            },
+        )
+        if probe.status_code == 202:
+            break
+        time.sleep(0.5)
+    return rule["id"], token
+
+
+def database_url(platform: RunningPlatform) -> str:
+    for line in (platform.state / "dev.env").read_text().splitlines():
+        if line.startswith("DATABASE_URL="):
+            return line.split("=", 1)[1]
+    raise RuntimeError("the platform wrote no DATABASE_URL")
+
+
+async def ledger_drain_seconds(dsn: str, timeout: float = 300) -> tuple[float, int, int]:
+    """Seconds until the ledger has a transaction for every accepted request."""
+    connection = await asyncpg.connect(dsn)
+    try:
+        started = time.monotonic()
+        while True:
+            accepted = await connection.fetchval("SELECT count(*) FROM trigger.requests")
+            applied = await connection.fetchval("SELECT count(*) FROM ledger.transactions")
+            if applied >= accepted or time.monotonic() - started > timeout:
+                return time.monotonic() - started, accepted, applied
+            await asyncio.sleep(0.5)
+    finally:
+        await connection.close()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seconds", type=int, default=60, help="sustained-load duration")
+    parser.add_argument("--latency-seconds", type=int, default=30)
+    parser.add_argument("--connections", type=int, default=32)
+    options = parser.parse_args()
+
+    work = Path(tempfile.mkdtemp(prefix="bench-gateway-"))
+    script = work / "trigger.lua"
+    script.write_text(WRK_SCRIPT)
+    platform = start_platform(
+        prefix="bench-gateway-",
+        TRIGGER_RATE_LIMIT_PER_SECOND="1000000",
+        TRIGGER_RATE_LIMIT_BURST="1000000",
+        LOG_LEVEL="WARNING",
+    )
+    bare_port = free_port()
+    (work / "bare_app.py").write_text(BARE_APP)
+    bare = subprocess.Popen(  # noqa: S603
+        [
+            sys.executable,
+            "-m",
+            "uvicorn",
+            "bare_app:app",
+            "--port",
+            str(bare_port),
+            "--log-level",
+            "warning",
+            "--no-access-log",
+        ],
+        cwd=work,
+    )
+    try:
+        platform.wait_ready()
+        rule_id, token = seed(platform)
+        gateway = platform.urls["trigger"]
+        bare_url = f"http://127.0.0.1:{bare_port}"
+        print(f"platform up; rule {rule_id}; measuring for {options.seconds} s each …", flush=True)
+
+        run_wrk(gateway, script, [rule_id, "warm", token], 5, options.connections)
+        sustained = run_wrk(
+            gateway, script, [rule_id, "main", token], options.seconds, options.connections
+        )
+        drain, accepted, applied = asyncio.run(ledger_drain_seconds(database_url(platform)))
+        ceiling = run_wrk(
+            bare_url, script, [rule_id, "bare", token], options.seconds, options.connections
+        )
+        latency = asyncio.run(open_loop(gateway, token, rule_id, 500, options.latency_seconds))
+        bare_latency = asyncio.run(
+            open_loop(bare_url, token, rule_id, 500, options.latency_seconds)
+        )
+
+        print()
+        print("gateway benchmark (2-core machine, everything on it)")
+        print(
+            f"  accepted triggers/s, {options.seconds} s sustained: "
+            f"{sustained['accepted_rate']:,.0f}  ({sustained['refused']} refused of "
+            f"{sustained['total']:,})"
+        )
+        print(f"  bare FastAPI endpoint, same way:        {ceiling['rate']:,.0f} req/s")
+        print(
+            f"  ratio gateway / bare:                   "
+            f"{sustained['accepted_rate'] / ceiling['rate']:.2f}"
+        )
+        print(
+            f"  at 500 req/s offered: p50 {latency['p50']:.1f} ms, p99 {latency['p99']:.1f} ms "
+            f"({latency['non_202']} non-202)"
+        )
+        print(
+            f"  bare endpoint at 500 req/s: p50 {bare_latency['p50']:.1f} ms, "
+            f"p99 {bare_latency['p99']:.1f} ms"
+        )
+        print(
+            f"  ledger: {applied:,} of {accepted:,} accepted requests applied, "
+            f"{drain:.1f} s after the load stopped"
+        )
+    finally:
+        bare.terminate()
+        bare.wait()
+        platform.stop()
+        platform.remove_state()
+
+
+if __name__ == "__main__":
+    main()
