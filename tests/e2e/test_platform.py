@@ -248,7 +248,10 @@ class TestShareByEmail:
                     },
                 )
             ).json()
-            await http.post(f"{rules_url}/v1/rules/{rule['id']}/activate", headers=console)
+            activated = await http.post(
+                f"{rules_url}/v1/rules/{rule['id']}/activate", headers=console
+            )
+            assert activated.status_code == 200, activated.text
             sent = await http.post(
                 f"{rules_url}/v1/rules/{rule['id']}/share/email",
                 headers=console,
