@@ -67,7 +67,10 @@ async def transaction(ctx: Context) -> AsyncIterator[asyncpg.Connection]:
         yield connection
 
 
-Tx = Annotated[asyncpg.Connection, Depends(transaction)]
+# scope="function": the transaction commits before the response is sent. With
+# FastAPI's default the commit would come after, so a client could act on a 2xx
+# whose change is not yet visible, or that then fails to commit.
+Tx = Annotated[asyncpg.Connection, Depends(transaction, scope="function")]
 
 
 @dataclass(frozen=True)
