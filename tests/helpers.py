@@ -10,6 +10,7 @@ can hold open.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import tempfile
 import uuid
@@ -220,3 +221,99 @@ async def eventually(
         if loop.time() >= deadline:
             raise AssertionError(f"timed out after {timeout:g} s waiting for {what}")
         await asyncio.sleep(0.1)
+
+
+@dataclass
+class TriggerStack:
+    """The rules service and a gateway running in-process, with one active earn
+    rule that one staging client may trigger (already in the gateway's projection)."""
+
+    gateway: httpx.AsyncClient
+    runtime: Any  # the gateway's ServiceRuntime
+    rule_id: str
+    developer: dict[str, str]
+
+    async def trigger(self, request_id: str, amount: int = 1) -> httpx.Response:
+        return await self.gateway.post(
+            "/v1/points/requests",
+            headers=self.developer,
+            json={
+                "userId": "member-1",
+                "ruleId": self.rule_id,
+                "amount": amount,
+                "requestId": request_id,
+            },
+        )
+
+
+@asynccontextmanager
+async def trigger_stack(
+    database_url: str, bootstrap: str, *, gateway_database_url: str | None = None
+) -> AsyncIterator[TriggerStack]:
+    """Run the stack of :class:`TriggerStack`; the gateway may reach the database
+    by another address (through a proxy, say)."""
+    from contracts import ALL_TOPICS
+    from infra.dev.kafka import create_topics
+    from infra.tokens import JwksVerifier
+    from services.rules.app import create_app as create_rules_app
+    from services.trigger.app import create_app as create_trigger_app
+    from services.trigger.settings import TriggerSettings
+
+    await create_topics(bootstrap, ALL_TOPICS)
+    settings = rules_settings(database_url, bootstrap)
+    rules_app, rules_runtime = create_rules_app(settings)
+    trigger_app, trigger_runtime = create_trigger_app(
+        TriggerSettings(
+            mode="development",
+            database_url=gateway_database_url or database_url,
+            kafka_bootstrap_servers=bootstrap,
+            token_issuer_url=RULES_URL,
+            rate_limit_per_second=10_000,
+            rate_limit_burst=10_000,
+        ),
+        verifier=JwksVerifier(RULES_URL, http=asgi_client(rules_app, RULES_URL)),
+    )
+    await rules_runtime.start()
+    try:
+        await trigger_runtime.start()
+        try:
+            async with (
+                asgi_client(rules_app, RULES_URL) as rules_http,
+                asgi_client(trigger_app, TRIGGER_URL) as gateway,
+            ):
+                seeder = Seeder(database_url, settings)
+                org = await seeder.organisation()
+                client = await seeder.client(org.id)
+                console = bearer(await login(rules_http, org.email))
+                created = await rules_http.post(
+                    "/v1/rules",
+                    headers=console,
+                    json={
+                        "name": "Stack rule",
+                        "type": "earn",
+                        "environment": "staging",
+                        "apiTrigger": True,
+                        "authorizedClientIds": [client.client_id],
+                    },
+                )
+                rule_id = created.json()["id"]
+                activated = await rules_http.post(f"/v1/rules/{rule_id}/activate", headers=console)
+                assert activated.status_code == 200, activated.text
+                stack = TriggerStack(
+                    gateway,
+                    trigger_runtime,
+                    rule_id,
+                    bearer(await client_token(rules_http, client)),
+                )
+
+                async def projected() -> bool:
+                    probe = await stack.trigger(f"probe-{uuid.uuid4().hex}")
+                    return probe.status_code == 202
+
+                await eventually(projected, timeout=60, what="the rule reaching the gateway")
+                yield stack
+        finally:
+            with contextlib.suppress(Exception):  # a test may have cut its database
+                await trigger_runtime.stop()
+    finally:
+        await rules_runtime.stop()

@@ -9,28 +9,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import uuid
 from collections.abc import AsyncIterator
 from urllib.parse import parse_qs, urlsplit
 
 import pytest
 
 from infra import db
-from infra.tokens import JwksVerifier
-from services.rules.app import create_app as create_rules_app
-from services.trigger.app import create_app as create_trigger_app
-from services.trigger.settings import TriggerSettings
-from tests.helpers import (
-    RULES_URL,
-    TRIGGER_URL,
-    Seeder,
-    asgi_client,
-    bearer,
-    client_token,
-    eventually,
-    login,
-    rules_settings,
-)
+from tests.helpers import trigger_stack
 
 
 class DatabaseProxy:
@@ -93,71 +78,14 @@ class TestDatabaseOutage:
         proxy: tuple[DatabaseProxy, str],
     ) -> None:
         cut, proxied_url = proxy
-        settings = rules_settings(database_url, kafka_bootstrap_servers)
-        rules_app, rules_runtime = create_rules_app(settings)
-        trigger_app, trigger_runtime = create_trigger_app(
-            TriggerSettings(
-                mode="development",
-                database_url=proxied_url,
-                kafka_bootstrap_servers=kafka_bootstrap_servers,
-                token_issuer_url=RULES_URL,
-            ),
-            verifier=JwksVerifier(RULES_URL, http=asgi_client(rules_app, RULES_URL)),
-        )
-        await rules_runtime.start()
-        await trigger_runtime.start()
-        try:
-            async with (
-                asgi_client(rules_app, RULES_URL) as rules_http,
-                asgi_client(trigger_app, TRIGGER_URL) as gateway,
-            ):
-                seeder = Seeder(database_url, settings)
-                org = await seeder.organisation()
-                client = await seeder.client(org.id)
-                console = bearer(await login(rules_http, org.email))
-                rule = (
-                    await rules_http.post(
-                        "/v1/rules",
-                        headers=console,
-                        json={
-                            "name": "Outage",
-                            "type": "earn",
-                            "environment": "staging",
-                            "apiTrigger": True,
-                            "authorizedClientIds": [client.client_id],
-                        },
-                    )
-                ).json()
-                await rules_http.post(f"/v1/rules/{rule['id']}/activate", headers=console)
-                developer = bearer(await client_token(rules_http, client))
+        async with trigger_stack(
+            database_url, kafka_bootstrap_servers, gateway_database_url=proxied_url
+        ) as stack:
+            await cut.cut()
+            response = await stack.trigger("during-outage", amount=5)
 
-                async def trigger(request_id: str) -> tuple[int, dict[str, object]]:
-                    response = await gateway.post(
-                        "/v1/points/requests",
-                        headers=developer,
-                        json={
-                            "userId": "m-1",
-                            "ruleId": rule["id"],
-                            "amount": 5,
-                            "requestId": request_id,
-                        },
-                    )
-                    return response.status_code, response.json()
-
-                async def projected() -> bool:
-                    return (await trigger(f"probe-{uuid.uuid4().hex}"))[0] == 202
-
-                await eventually(projected, timeout=60, what="the rule reaching the gateway")
-
-                await cut.cut()
-                status, body = await trigger("during-outage")
-
-                assert status == 503
-                assert body["code"] == "SERVICE_UNAVAILABLE"
-        finally:
-            with contextlib.suppress(Exception):
-                await trigger_runtime.stop()
-            await rules_runtime.stop()
+            assert response.status_code == 503
+            assert response.json()["code"] == "SERVICE_UNAVAILABLE"
 
         # Nothing was recorded for the refused request.
         recorded = await recorded_requests(database_url, "during-outage")
