@@ -17,6 +17,7 @@ import asyncpg
 
 from infra import db
 from infra.runtime import INFRA_MIGRATIONS
+from infra.settings import ServiceSettings
 from points_cli.main import emit
 from services.rules import service as rules
 from services.rules.settings import RulesSettings
@@ -30,20 +31,30 @@ def migrations_of(schema: str) -> list[Path]:
 
 
 @asynccontextmanager
-async def rules_transaction() -> AsyncIterator[tuple[asyncpg.Connection, RulesSettings]]:
-    settings = RulesSettings()
+async def schema_transaction(
+    schema: str, settings: ServiceSettings
+) -> AsyncIterator[asyncpg.Connection]:
+    """One transaction in a service's schema, migrated first (the command may run
+    before the service ever started)."""
     await db.migrate_with_retry(
         settings.database_url,
-        "rules",
-        migrations_of("rules"),
+        schema,
+        migrations_of(schema),
         timeout=settings.startup_timeout_seconds,
     )
-    connection = await db.connect(settings.database_url, "rules")
+    connection = await db.connect(settings.database_url, schema)
     try:
         async with connection.transaction():
-            yield connection, settings
+            yield connection
     finally:
         await connection.close()
+
+
+@asynccontextmanager
+async def rules_transaction() -> AsyncIterator[tuple[asyncpg.Connection, RulesSettings]]:
+    settings = RulesSettings()
+    async with schema_transaction("rules", settings) as connection:
+        yield connection, settings
 
 
 async def org_create(args: argparse.Namespace) -> int:
@@ -105,18 +116,8 @@ async def ledger_verify(args: argparse.Namespace) -> int:
     from services.ledger.service import verify_ledger
     from services.ledger.settings import LedgerSettings
 
-    settings = LedgerSettings()
-    await db.migrate_with_retry(
-        settings.database_url,
-        "ledger",
-        migrations_of("ledger"),
-        timeout=settings.startup_timeout_seconds,
-    )
-    connection = await db.connect(settings.database_url, "ledger")
-    try:
+    async with schema_transaction("ledger", LedgerSettings()) as connection:
         violations = await verify_ledger(connection)
-    finally:
-        await connection.close()
     if violations:
         print(f"ledger verify: {len(violations)} violation(s)")
         for violation in violations:
@@ -130,19 +131,8 @@ async def ledger_verify(args: argparse.Namespace) -> int:
 async def notifier_transaction() -> AsyncIterator[asyncpg.Connection]:
     from services.notifier.settings import NotifierSettings
 
-    settings = NotifierSettings()
-    await db.migrate_with_retry(
-        settings.database_url,
-        "notifier",
-        migrations_of("notifier"),
-        timeout=settings.startup_timeout_seconds,
-    )
-    connection = await db.connect(settings.database_url, "notifier")
-    try:
-        async with connection.transaction():
-            yield connection
-    finally:
-        await connection.close()
+    async with schema_transaction("notifier", NotifierSettings()) as connection:
+        yield connection
 
 
 async def deliveries_list(args: argparse.Namespace) -> int:
