@@ -317,3 +317,44 @@ async def trigger_stack(
                 await trigger_runtime.stop()
     finally:
         await rules_runtime.stop()
+
+
+@dataclass(frozen=True)
+class RulesStack:
+    """A started rules service, in-process, on a fresh database and broker."""
+
+    app: Any
+    http: httpx.AsyncClient
+    seeder: Seeder
+    runtime: Any  # its ServiceRuntime
+    settings: RulesSettings
+    database_url: str
+    bootstrap_servers: str
+
+
+@asynccontextmanager
+async def rules_stack(server_dsn: str) -> AsyncIterator[RulesStack]:
+    """Run :class:`RulesStack` for as long as the block runs (topics created)."""
+    from contracts import ALL_TOPICS
+    from infra.dev.kafka import create_topics
+    from services.rules.app import create_app as create_rules_app
+
+    with kafka_broker() as bootstrap_servers:
+        await create_topics(bootstrap_servers, ALL_TOPICS)
+        async with fresh_database(server_dsn) as database_url:
+            settings = rules_settings(database_url, bootstrap_servers)
+            app, runtime = create_rules_app(settings)
+            await runtime.start()
+            try:
+                async with asgi_client(app, RULES_URL) as http:
+                    yield RulesStack(
+                        app,
+                        http,
+                        Seeder(database_url, settings),
+                        runtime,
+                        settings,
+                        database_url,
+                        bootstrap_servers,
+                    )
+            finally:
+                await runtime.stop()

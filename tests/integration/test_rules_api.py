@@ -19,43 +19,23 @@ import pytest
 import pytest_asyncio
 
 from contracts import RULES_LIFECYCLE, RuleLifecycleEvent
-from infra.runtime import ServiceRuntime
 from infra.tokens import API_AUDIENCE, JWKS_PATH, REALM_PATH, TOKEN_PATH
-from services.rules.app import create_app
 from tests.helpers import (
     RULES_URL,
     Client,
-    Seeder,
-    asgi_client,
+    RulesStack,
     bearer,
     client_token,
-    fresh_database,
-    kafka_broker,
     login,
     request_token,
-    rules_settings,
+    rules_stack,
 )
-
-
-@dataclass(frozen=True)
-class RulesStack:
-    http: httpx.AsyncClient
-    seeder: Seeder
-    runtime: ServiceRuntime
 
 
 @pytest_asyncio.fixture(scope="module", loop_scope="session")
 async def stack(postgres_server_dsn: str) -> AsyncIterator[RulesStack]:
-    with kafka_broker() as bootstrap_servers:
-        async with fresh_database(postgres_server_dsn) as database_url:
-            settings = rules_settings(database_url, bootstrap_servers)
-            app, runtime = create_app(settings)
-            await runtime.start()
-            try:
-                async with asgi_client(app, RULES_URL) as http:
-                    yield RulesStack(http, Seeder(database_url, settings), runtime)
-            finally:
-                await runtime.stop()
+    async with rules_stack(postgres_server_dsn) as running:
+        yield running
 
 
 @dataclass(frozen=True)

@@ -17,42 +17,23 @@ from typing import Any
 import httpx
 import pytest
 import pytest_asyncio
-from fastapi import FastAPI
 
-from infra.runtime import ServiceRuntime
-from services.rules.app import create_app
 from tests.helpers import (
     PASSWORD,
     RULES_URL,
-    Seeder,
+    RulesStack,
     bearer,
-    fresh_database,
-    kafka_broker,
     login,
-    rules_settings,
+    rules_stack,
 )
 
 COOKIE = "points_console_session"
 
 
-@dataclass(frozen=True)
-class RulesStack:
-    app: FastAPI
-    seeder: Seeder
-    runtime: ServiceRuntime
-
-
 @pytest_asyncio.fixture(scope="module", loop_scope="session")
 async def stack(postgres_server_dsn: str) -> AsyncIterator[RulesStack]:
-    with kafka_broker() as bootstrap_servers:
-        async with fresh_database(postgres_server_dsn) as database_url:
-            settings = rules_settings(database_url, bootstrap_servers)
-            app, runtime = create_app(settings)
-            await runtime.start()
-            try:
-                yield RulesStack(app, Seeder(database_url, settings), runtime)
-            finally:
-                await runtime.stop()
+    async with rules_stack(postgres_server_dsn) as running:
+        yield running
 
 
 @dataclass

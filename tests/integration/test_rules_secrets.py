@@ -20,52 +20,27 @@ import pytest
 import pytest_asyncio
 from structlog.testing import capture_logs
 
-from infra.runtime import ServiceRuntime
 from infra.tokens import TOKEN_PATH
 from services.rules import service as rules
-from services.rules.app import create_app
 from services.rules.service import IssuedClient
-from services.rules.settings import RulesSettings
 from tests.helpers import (
     PASSWORD,
-    RULES_URL,
     Client,
-    Seeder,
-    asgi_client,
+    RulesStack,
     bearer,
-    fresh_database,
-    kafka_broker,
     login,
     request_token,
-    rules_settings,
+    rules_stack,
     rules_transaction,
 )
 
 ARGON2_HASH = re.compile(r"\$argon2(id|i|d)\$")
 
 
-@dataclass(frozen=True)
-class RulesStack:
-    http: httpx.AsyncClient
-    seeder: Seeder
-    runtime: ServiceRuntime
-    settings: RulesSettings
-    database_url: str
-
-
 @pytest_asyncio.fixture(scope="module", loop_scope="session")
 async def stack(postgres_server_dsn: str) -> AsyncIterator[RulesStack]:
-    with kafka_broker() as bootstrap_servers:
-        async with fresh_database(postgres_server_dsn) as database_url:
-            settings = rules_settings(database_url, bootstrap_servers)
-            app, runtime = create_app(settings)
-            await runtime.start()
-            try:
-                async with asgi_client(app, RULES_URL) as http:
-                    seeder = Seeder(database_url, settings)
-                    yield RulesStack(http, seeder, runtime, settings, database_url)
-            finally:
-                await runtime.stop()
+    async with rules_stack(postgres_server_dsn) as running:
+        yield running
 
 
 async def create_client_as_the_cli_does(stack: RulesStack, org_id: str) -> IssuedClient:

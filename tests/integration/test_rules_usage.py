@@ -25,38 +25,22 @@ from services.rules import service as rules
 from services.rules.app import create_app
 from tests.helpers import (
     RULES_URL,
+    RulesStack,
     Seeder,
     asgi_client,
     bearer,
     eventually,
-    fresh_database,
-    kafka_broker,
     login,
     rules_settings,
+    rules_stack,
     rules_transaction,
 )
 
 
-@dataclass(frozen=True)
-class RulesStack:
-    http: httpx.AsyncClient
-    seeder: Seeder
-    database_url: str
-
-
 @pytest_asyncio.fixture(scope="module", loop_scope="session")
 async def stack(postgres_server_dsn: str) -> AsyncIterator[RulesStack]:
-    with kafka_broker() as bootstrap_servers:
-        await create_topics(bootstrap_servers, ALL_TOPICS)
-        async with fresh_database(postgres_server_dsn) as database_url:
-            settings = rules_settings(database_url, bootstrap_servers)
-            app, runtime = create_app(settings)
-            await runtime.start()
-            try:
-                async with asgi_client(app, RULES_URL) as http:
-                    yield RulesStack(http, Seeder(database_url, settings), database_url)
-            finally:
-                await runtime.stop()
+    async with rules_stack(postgres_server_dsn) as running:
+        yield running
 
 
 @dataclass(frozen=True)

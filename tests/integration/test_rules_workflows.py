@@ -18,52 +18,27 @@ import httpx
 import jwt
 import pytest
 import pytest_asyncio
-from fastapi import FastAPI
 
 from contracts import NOTIFICATIONS_REQUESTED, RULES_LIFECYCLE, ShareEmailRequestedEvent
-from infra.runtime import ServiceRuntime
 from infra.tokens import API_AUDIENCE, JWKS_PATH
 from services.rules import service as rules
-from services.rules.app import create_app
 from tests.helpers import (
     PASSWORD,
     RULES_URL,
     Client,
-    Seeder,
-    asgi_client,
+    RulesStack,
     bearer,
     client_token,
-    fresh_database,
-    kafka_broker,
     login,
-    rules_settings,
+    rules_stack,
     rules_transaction,
 )
 
 
-@dataclass(frozen=True)
-class RulesStack:
-    app: FastAPI
-    http: httpx.AsyncClient
-    seeder: Seeder
-    runtime: ServiceRuntime
-    database_url: str
-
-
 @pytest_asyncio.fixture(scope="module", loop_scope="session")
 async def stack(postgres_server_dsn: str) -> AsyncIterator[RulesStack]:
-    with kafka_broker() as bootstrap_servers:
-        async with fresh_database(postgres_server_dsn) as database_url:
-            settings = rules_settings(database_url, bootstrap_servers)
-            app, runtime = create_app(settings)
-            await runtime.start()
-            try:
-                async with asgi_client(app, RULES_URL) as http:
-                    yield RulesStack(
-                        app, http, Seeder(database_url, settings), runtime, database_url
-                    )
-            finally:
-                await runtime.stop()
+    async with rules_stack(postgres_server_dsn) as running:
+        yield running
 
 
 @dataclass(frozen=True)
