@@ -106,7 +106,9 @@ async def client_rotate(args: argparse.Namespace) -> int:
 async def keys_rotate(args: argparse.Namespace) -> int:
     async with rules_transaction() as (connection, settings):
         kid = await rules.rotate_signing_key(
-            connection, token_lifetime=settings.longest_token_lifetime
+            connection,
+            rules.TokenIssuer.for_settings(settings),
+            token_lifetime=settings.longest_token_lifetime,
         )
     emit({"kid": kid}, args.json)
     return 0

@@ -43,7 +43,7 @@ def create_app(settings: RulesSettings | None = None) -> tuple[FastAPI, ServiceR
     runtime = ServiceRuntime(settings, schema="rules", migrations=MIGRATIONS, broker=broker)
     subscribers.register(broker, runtime)
     runtime.watch_lag(subscribers.USAGE_GROUP, [POINTS_RESULTS])
-    issuer = TokenIssuer(settings.public_url)
+    issuer = TokenIssuer.for_settings(settings)
 
     async def ensure_signing_key() -> None:
         async with runtime.pool.acquire() as connection:

@@ -53,10 +53,11 @@ ORDER BY created_at DESC
 """
 # clock_timestamp(), not now(): two keys added in one transaction must still be ordered.
 INSERT_SIGNING_KEY = """
-INSERT INTO signing_keys (kid, private_pem, public_jwk, created_at)
+INSERT INTO signing_keys (kid, sealed_private_key, public_jwk, created_at)
 VALUES ($1, $2, $3, clock_timestamp())
 ON CONFLICT DO NOTHING
 """
+RESEAL_SIGNING_KEY = "UPDATE signing_keys SET sealed_private_key = $2 WHERE kid = $1"
 # Keys that may still sign are retired at $2: they stop signing at once (the newest
 # key signs) and the JWKS keeps publishing them for a day after $2.
 RETIRE_SIGNING_KEYS = """

@@ -18,7 +18,6 @@ import asyncpg
 import jwt
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
-from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from pydantic.alias_generators import to_camel
 
@@ -40,6 +39,7 @@ from infra.problems import Problem
 from infra.signing import derive_signing_secret, new_salt
 from infra.tokens import ALGORITHM, API_AUDIENCE, REALM_PATH
 from services.rules import repository as sql
+from services.rules.key_vault import KeyVault, is_plain_pem
 from services.rules.settings import RulesSettings
 
 log = get_logger(__name__)
@@ -367,30 +367,45 @@ async def list_clients(
 
 
 class TokenIssuer:
-    """Signs ES256 access tokens with the newest active key; publishes all live keys."""
+    """Signs ES256 access tokens with the newest active key; publishes all live keys.
 
-    def __init__(self, public_url: str) -> None:
+    Private keys are stored sealed (see ``key_vault``) and opened once per key id.
+    """
+
+    def __init__(self, public_url: str, vault: KeyVault) -> None:
         self.issuer = public_url.rstrip("/") + REALM_PATH
+        self._vault = vault
+        self._opened: dict[str, ec.EllipticCurvePrivateKey] = {}
+
+    @classmethod
+    def for_settings(cls, settings: RulesSettings) -> TokenIssuer:
+        return cls(settings.public_url, KeyVault(settings.signing_key_encryption_key))
 
     async def ensure_signing_key(self, connection: asyncpg.Connection) -> None:
+        """Create the first key if there is none, and seal keys an older release stored plain.
+
+        Every live key is opened here, so a wrong key-encryption key stops the start-up
+        with a clear message instead of failing the first token request.
+        """
         async with connection.transaction():
             await connection.execute(sql.LOCK_SIGNING_KEYS)
+            for row in await connection.fetch(sql.ACTIVE_SIGNING_KEYS):
+                key = self._open(row)
+                if is_plain_pem(row["sealed_private_key"]):
+                    sealed = self._vault.seal(row["kid"], key)
+                    await connection.execute(sql.RESEAL_SIGNING_KEY, row["kid"], sealed)
+                    log.info("signing_key.sealed", kid=row["kid"])
             if await connection.fetchrow(sql.ACTIVE_SIGNING_KEYS) is None:
                 await self.add_signing_key(connection)
 
-    @staticmethod
-    async def add_signing_key(connection: asyncpg.Connection) -> str:
+    async def add_signing_key(self, connection: asyncpg.Connection) -> str:
         """Create a new key; it signs from now on while older keys still verify."""
         private_key = ec.generate_private_key(ec.SECP256R1())
         kid = uuid.uuid4().hex
-        pem = private_key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        ).decode()
         public_jwk = jwt.algorithms.ECAlgorithm.to_jwk(private_key.public_key(), as_dict=True)
         public_jwk.update({"kid": kid, "use": "sig", "alg": ALGORITHM})
-        await connection.execute(sql.INSERT_SIGNING_KEY, kid, pem, public_jwk)
+        sealed = self._vault.seal(kid, private_key)
+        await connection.execute(sql.INSERT_SIGNING_KEY, kid, sealed, public_jwk)
         return kid
 
     async def jwks(self, connection: asyncpg.Connection) -> dict[str, Any]:
@@ -413,8 +428,14 @@ class TokenIssuer:
             **claims,
         }
         return jwt.encode(
-            payload, key["private_pem"], algorithm=ALGORITHM, headers={"kid": key["kid"]}
+            payload, self._open(key), algorithm=ALGORITHM, headers={"kid": key["kid"]}
         )
+
+    def _open(self, row: asyncpg.Record) -> ec.EllipticCurvePrivateKey:
+        kid = row["kid"]
+        if kid not in self._opened:
+            self._opened[kid] = self._vault.open(kid, row["sealed_private_key"])
+        return self._opened[kid]
 
     async def client_token(
         self, connection: asyncpg.Connection, client: asyncpg.Record, lifetime: int
@@ -455,7 +476,10 @@ CLIENT_SCOPE = "points:trigger points:read"
 
 
 async def rotate_signing_key(
-    connection: asyncpg.Connection, *, token_lifetime: timedelta = timedelta(hours=1)
+    connection: asyncpg.Connection,
+    issuer: TokenIssuer,
+    *,
+    token_lifetime: timedelta = timedelta(hours=1),
 ) -> str:
     """Add a signing key, which signs from now on, and retire the keys before the previous one.
 
@@ -467,7 +491,7 @@ async def rotate_signing_key(
     async with connection.transaction():
         await connection.execute(sql.LOCK_SIGNING_KEYS)
         previous = await connection.fetchrow(sql.ACTIVE_SIGNING_KEYS)
-        kid = await TokenIssuer.add_signing_key(connection)
+        kid = await issuer.add_signing_key(connection)
         keep = [kid] + ([previous["kid"]] if previous else [])
         await connection.execute(sql.RETIRE_SIGNING_KEYS, keep, now() + token_lifetime)
     log.info("signing_key.rotated", kid=kid)

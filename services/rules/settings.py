@@ -12,6 +12,7 @@ from pydantic_settings import SettingsConfigDict
 from infra.settings import ServiceSettings
 from infra.signing import DEVELOPMENT_SIGNING_KEY as DEV_CALLBACK_SIGNING_KEY
 from infra.tokens import TOKEN_PATH
+from services.rules.key_vault import DEVELOPMENT_KEY_ENCRYPTION_KEY as DEV_KEY_ENCRYPTION_KEY
 
 #: Where this service serves the API Integration Guide.
 INTEGRATION_GUIDE_PATH = "/docs/integration-guide"
@@ -66,16 +67,34 @@ class RulesSettings(ServiceSettings):
         description="Platform key from which per-client callback-signing secrets are derived; "
         "the notifier needs the same value.",
     )
+    signing_key_encryption_key: str = Field(
+        default="",
+        description="Key that seals the token issuer's private signing keys in the database; "
+        "without it a copy of the database cannot mint tokens. Keep it stable: keys sealed "
+        "under another value cannot be opened.",
+    )
 
     @model_validator(mode="after")
-    def _signing_key_outside_development(self) -> RulesSettings:
-        if not self.callback_signing_key:
-            if not self.is_development:
-                raise ValueError("CALLBACK_SIGNING_KEY must be set outside development mode")
-            self.callback_signing_key = DEV_CALLBACK_SIGNING_KEY
-        elif self.callback_signing_key == DEV_CALLBACK_SIGNING_KEY and not self.is_development:
-            raise ValueError("CALLBACK_SIGNING_KEY is the development placeholder; set a real one")
+    def _platform_keys_outside_development(self) -> RulesSettings:
+        self.callback_signing_key = self._platform_key(
+            "CALLBACK_SIGNING_KEY", self.callback_signing_key, DEV_CALLBACK_SIGNING_KEY
+        )
+        self.signing_key_encryption_key = self._platform_key(
+            "RULES_SIGNING_KEY_ENCRYPTION_KEY",
+            self.signing_key_encryption_key,
+            DEV_KEY_ENCRYPTION_KEY,
+        )
         return self
+
+    def _platform_key(self, name: str, value: str, placeholder: str) -> str:
+        """``value``, or the development placeholder where that is allowed."""
+        if not value:
+            if not self.is_development:
+                raise ValueError(f"{name} must be set outside development mode")
+            return placeholder
+        if value == placeholder and not self.is_development:
+            raise ValueError(f"{name} is the development placeholder; set a real one")
+        return value
 
     @property
     def longest_token_lifetime(self) -> timedelta:

@@ -18,10 +18,15 @@ import httpx
 import jwt
 import pytest
 import pytest_asyncio
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec
 
 from contracts import NOTIFICATIONS_REQUESTED, RULES_LIFECYCLE, ShareEmailRequestedEvent
+from infra.errors import StartupError
 from infra.tokens import API_AUDIENCE, JWKS_PATH
 from services.rules import service as rules
+from services.rules.app import create_app as create_rules_app
+from services.rules.key_vault import KeyVault
 from tests.helpers import (
     PASSWORD,
     RULES_URL,
@@ -631,7 +636,9 @@ class TestSigningKeyRotation:
         before = await client_token(http, tenant.client)
 
         async with rules_transaction(stack.database_url) as connection:
-            kid = await rules.rotate_signing_key(connection)
+            kid = await rules.rotate_signing_key(
+                connection, rules.TokenIssuer.for_settings(stack.settings)
+            )
         after = await client_token(http, tenant.client)
 
         jwks = (await http.get(JWKS_PATH)).json()
@@ -650,8 +657,12 @@ class TestSigningKeyRotation:
     ) -> None:
         oldest = jwt.get_unverified_header(await client_token(http, tenant.client))["kid"]
         async with rules_transaction(stack.database_url) as connection:
-            previous = await rules.rotate_signing_key(connection)
-            newest = await rules.rotate_signing_key(connection)
+            previous = await rules.rotate_signing_key(
+                connection, rules.TokenIssuer.for_settings(stack.settings)
+            )
+            newest = await rules.rotate_signing_key(
+                connection, rules.TokenIssuer.for_settings(stack.settings)
+            )
 
         rows = await stack.runtime.pool.fetch(
             "SELECT kid, retired_at FROM signing_keys WHERE kid = ANY($1::text[])",
@@ -669,8 +680,85 @@ class TestSigningKeyRotation:
         self, http: httpx.AsyncClient, stack: RulesStack, tenant: Tenant
     ) -> None:
         async with rules_transaction(stack.database_url) as connection:
-            await rules.rotate_signing_key(connection)
+            await rules.rotate_signing_key(
+                connection, rules.TokenIssuer.for_settings(stack.settings)
+            )
 
         response = await http.get("/v1/rules", headers=tenant.headers)
 
         assert response.status_code == 200
+
+
+class TestSigningKeysAtRest:
+    async def test_the_database_holds_the_signing_key_only_sealed(
+        self, http: httpx.AsyncClient, stack: RulesStack, tenant: Tenant
+    ) -> None:
+        token = await client_token(http, tenant.client)
+        kid = jwt.get_unverified_header(token)["kid"]
+
+        stored = await stack.runtime.pool.fetchval(
+            "SELECT sealed_private_key FROM signing_keys WHERE kid = $1", kid
+        )
+
+        assert "PRIVATE KEY" not in stored
+        with pytest.raises(StartupError):
+            KeyVault("a copy of the database without the platform key").open(kid, stored)
+        opened = KeyVault(stack.settings.signing_key_encryption_key).open(kid, stored)
+        jwks = (await http.get(JWKS_PATH)).json()
+        published = next(key for key in jwks["keys"] if key["kid"] == kid)
+        assert jwt.PyJWK(published).key.public_numbers() == opened.public_key().public_numbers()
+
+    async def test_a_key_an_older_release_stored_in_the_clear_is_sealed_at_start_and_still_signs(
+        self, http: httpx.AsyncClient, stack: RulesStack, tenant: Tenant
+    ) -> None:
+        kid = await insert_plain_signing_key(stack)
+
+        async with stack.runtime.pool.acquire() as connection:
+            await rules.TokenIssuer.for_settings(stack.settings).ensure_signing_key(connection)
+        token = await client_token(http, tenant.client)
+
+        stored = await stack.runtime.pool.fetchval(
+            "SELECT sealed_private_key FROM signing_keys WHERE kid = $1", kid
+        )
+        assert "PRIVATE KEY" not in stored
+        assert jwt.get_unverified_header(token)["kid"] == kid
+        jwks = (await http.get(JWKS_PATH)).json()
+        published = next(key for key in jwks["keys"] if key["kid"] == kid)
+        claims = jwt.decode(
+            token, jwt.PyJWK(published).key, algorithms=["ES256"], audience=API_AUDIENCE
+        )
+        assert claims["client_id"] == tenant.client.client_id
+
+    async def test_a_service_given_another_encryption_key_refuses_to_start_and_says_why(
+        self, stack: RulesStack
+    ) -> None:
+        settings = stack.settings.model_copy(
+            update={"signing_key_encryption_key": "not the key the signing keys were sealed with"}
+        )
+        _, runtime = create_rules_app(settings)
+        try:
+            with pytest.raises(StartupError, match="RULES_SIGNING_KEY_ENCRYPTION_KEY"):
+                await runtime.start()
+        finally:
+            await runtime.stop()
+
+
+async def insert_plain_signing_key(stack: RulesStack) -> str:
+    """Write a signing key the way releases before sealing did: PEM in the clear, newest."""
+    private_key = ec.generate_private_key(ec.SECP256R1())
+    kid = uuid.uuid4().hex
+    pem = private_key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    ).decode()
+    public_jwk = jwt.algorithms.ECAlgorithm.to_jwk(private_key.public_key(), as_dict=True)
+    public_jwk.update({"kid": kid, "use": "sig", "alg": "ES256"})
+    await stack.runtime.pool.execute(
+        "INSERT INTO signing_keys (kid, sealed_private_key, public_jwk, created_at)"
+        " VALUES ($1, $2, $3, clock_timestamp())",
+        kid,
+        pem,
+        public_jwk,
+    )
+    return kid
