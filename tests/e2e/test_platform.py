@@ -5,10 +5,13 @@ business user and a third-party developer call."""
 from __future__ import annotations
 
 import asyncio
+import html
 import json
 import os
+import re
 import signal
 import socket
+import sys
 import time
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
@@ -86,57 +89,60 @@ async def _eventually(probe: Any, timeout: float = 30.0) -> Any:
         await asyncio.sleep(0.25)
 
 
+@dataclass
+class Business:
+    """An organisation set up by an operator, its signed-in owner and one active rule."""
+
+    client: dict[str, str]  # as `points client create --json` printed it
+    rule_id: str
+    console: dict[str, str]  # the owner's Authorization header
+
+
+async def business_with_an_active_rule(
+    platform: Platform, http: httpx.AsyncClient, name: str, rule_name: str
+) -> Business:
+    """What an operator and a business user do before a developer gets the rule's id."""
+    slug = name.lower().replace(" ", "-")
+    email, password = f"owner@{slug}.example", f"{slug}-password-42"
+    org = platform.points("org", "create", name)
+    platform.points("user", "create", "--org", org["id"], "--email", email, "--password", password)
+    client = platform.points(
+        "client", "create", "--org", org["id"], "--environment", "staging", "--name", "App"
+    )
+    rules_url = platform.urls["rules"]
+    login = await http.post(
+        f"{rules_url}/v1/auth/login", json={"email": email, "password": password}
+    )
+    assert login.status_code == 200, login.text
+    console = {"Authorization": f"Bearer {login.json()['accessToken']}"}
+    created = await http.post(
+        f"{rules_url}/v1/rules",
+        headers=console,
+        json={
+            "name": rule_name,
+            "type": "earn",
+            "environment": "staging",
+            "apiTrigger": True,
+            "authorizedClientIds": [client["clientId"]],
+            "capMax": 10_000,
+        },
+    )
+    assert created.status_code == 201, created.text
+    rule_id = created.json()["id"]
+    activated = await http.post(f"{rules_url}/v1/rules/{rule_id}/activate", headers=console)
+    assert activated.json()["status"] == "active", activated.text
+    return Business(client, rule_id, console)
+
+
 class TestAnEarnTriggerTravelsThroughThePlatform:
     async def test_points_land_in_the_ledger_and_a_signed_callback_reports_them(
         self, platform: Platform, receiver: CallbackReceiver
     ) -> None:
-        org = platform.points("org", "create", "Corner Bakery")
-        platform.points(
-            "user",
-            "create",
-            "--org",
-            org["id"],
-            "--email",
-            "owner@bakery.example",
-            "--password",
-            "croissant-42",
-        )
-        client = platform.points(
-            "client",
-            "create",
-            "--org",
-            org["id"],
-            "--environment",
-            "staging",
-            "--name",
-            "Bakery app",
-        )
         async with httpx.AsyncClient(timeout=10) as http:
-            # The business user creates and activates an API-triggered earn rule.
-            login = await http.post(
-                f"{platform.urls['rules']}/v1/auth/login",
-                json={"email": "owner@bakery.example", "password": "croissant-42"},
+            business = await business_with_an_active_rule(
+                platform, http, "Corner Bakery", "Croissant points"
             )
-            assert login.status_code == 200, login.text
-            console = {"Authorization": f"Bearer {login.json()['accessToken']}"}
-            created = await http.post(
-                f"{platform.urls['rules']}/v1/rules",
-                headers=console,
-                json={
-                    "name": "Croissant points",
-                    "type": "earn",
-                    "environment": "staging",
-                    "apiTrigger": True,
-                    "authorizedClientIds": [client["clientId"]],
-                    "capMax": 10_000,
-                },
-            )
-            assert created.status_code == 201, created.text
-            rule_id = created.json()["id"]
-            activated = await http.post(
-                f"{platform.urls['rules']}/v1/rules/{rule_id}/activate", headers=console
-            )
-            assert activated.json()["status"] == "active"
+            client, rule_id = business.client, business.rule_id
 
             # The developer gets a token and triggers the rule.
             token = await http.post(
@@ -214,46 +220,14 @@ class TestShareByEmail:
     async def test_send_email_reaches_the_smtp_sink_with_the_rule_and_no_secret(
         self, platform: Platform
     ) -> None:
-        org = platform.points("org", "create", "Tea House")
-        platform.points(
-            "user",
-            "create",
-            "--org",
-            org["id"],
-            "--email",
-            "owner@tea.example",
-            "--password",
-            "oolong-2026",
-        )
-        client = platform.points(
-            "client", "create", "--org", org["id"], "--environment", "staging", "--name", "Tea app"
-        )
         rules_url = platform.urls["rules"]
         async with httpx.AsyncClient(timeout=10) as http:
-            login = await http.post(
-                f"{rules_url}/v1/auth/login",
-                json={"email": "owner@tea.example", "password": "oolong-2026"},
+            business = await business_with_an_active_rule(
+                platform, http, "Tea House", "Matcha rewards"
             )
-            console = {"Authorization": f"Bearer {login.json()['accessToken']}"}
-            rule = (
-                await http.post(
-                    f"{rules_url}/v1/rules",
-                    headers=console,
-                    json={
-                        "name": "Matcha rewards",
-                        "type": "earn",
-                        "environment": "staging",
-                        "apiTrigger": True,
-                        "authorizedClientIds": [client["clientId"]],
-                    },
-                )
-            ).json()
-            activated = await http.post(
-                f"{rules_url}/v1/rules/{rule['id']}/activate", headers=console
-            )
-            assert activated.status_code == 200, activated.text
+            client, console = business.client, business.console
             sent = await http.post(
-                f"{rules_url}/v1/rules/{rule['id']}/share/email",
+                f"{rules_url}/v1/rules/{business.rule_id}/share/email",
                 headers=console,
                 json={"to": ["partner-dev@example.com"]},
             )
@@ -265,7 +239,7 @@ class TestShareByEmail:
             return [
                 path
                 for path in sorted(mail_dir.glob("*.eml"))
-                if rule["id"].encode() in path.read_bytes()
+                if business.rule_id.encode() in path.read_bytes()
             ]
 
         messages = await _eventually(delivered)
@@ -275,6 +249,134 @@ class TestShareByEmail:
         assert b"Matcha rewards" in raw
         for secret in (client["clientSecret"], client["callbackSigningSecret"]):
             assert secret.encode() not in raw
+
+
+GUIDE_EXAMPLE = re.compile(
+    r'<pre><code(?: class="[^"]*")?(?: id="([^"]*)")?>(.*?)</code></pre>', re.S
+)
+
+
+async def guide_examples(platform: Platform, http: httpx.AsyncClient) -> dict[str, str]:
+    """The code blocks of the staging integration guide the platform serves, by id or opening."""
+    page = await http.get(
+        f"{platform.urls['rules']}/docs/integration-guide", params={"environment": "staging"}
+    )
+    assert page.status_code == 200, page.text
+    examples = {}
+    for block_id, code in GUIDE_EXAMPLE.findall(page.text):
+        text = html.unescape(code)
+        examples[block_id or text.split("\n", 1)[0]] = text
+    return examples
+
+
+def example_opening_with(examples: dict[str, str], opening: str) -> str:
+    return next(text for first_line, text in examples.items() if first_line.startswith(opening))
+
+
+async def run_until_accepted(*command: str, env: dict[str, str], timeout: float = 30.0) -> str:
+    """Run a developer's example until the gateway has learnt of the rule and accepts it.
+
+    The rule reaches the gateway through Kafka; until then the gateway truthfully
+    answers that it does not exist, and a developer would simply try again.
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        process = await asyncio.create_subprocess_exec(
+            *command, env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT
+        )
+        output = (await asyncio.wait_for(process.communicate(), timeout=60))[0].decode()
+        assert process.returncode == 0, output
+        if "202" in output.split("\n", 1)[0] or "202 Accepted" in output:
+            return output
+        assert time.monotonic() < deadline, f"the gateway never accepted the example: {output}"
+        await asyncio.sleep(0.5)
+
+
+class TestTheIntegrationGuidesExamples:
+    """A developer copies the examples from the guide the platform serves and runs them as-is."""
+
+    async def test_the_curl_examples_get_a_token_trigger_the_rule_and_read_its_status(
+        self, platform: Platform, tmp_path: Path
+    ) -> None:
+        async with httpx.AsyncClient(timeout=10) as http:
+            business = await business_with_an_active_rule(
+                platform, http, "Book Nook", "Chapter points"
+            )
+            examples = await guide_examples(platform, http)
+        script = tmp_path / "developer.sh"
+        script.write_text(
+            "set -eu\n"
+            + example_opening_with(examples, "TOKEN=$(curl")
+            + "\n"
+            + example_opening_with(examples, "REQUEST_ID=$(python3")
+            + "\necho\n"
+            + example_opening_with(examples, "curl -s '" + platform.urls["trigger"])
+            + "\n"
+        )
+        env = {
+            **os.environ,
+            "CLIENT_ID": business.client["clientId"],
+            "CLIENT_SECRET": business.client["clientSecret"],
+            "RULE_ID": business.rule_id,
+        }
+
+        output = await run_until_accepted("bash", str(script), env=env)
+
+        assert "HTTP/1.1 202 Accepted" in output
+        accepted = json.loads(output.split("\r\n\r\n", 1)[1].split("\n", 1)[0])
+        status = json.loads(output.rstrip().rsplit("\n", 1)[1])
+        assert status["requestId"] == accepted["requestId"]
+        assert status["transactionId"] == accepted["transactionId"]
+        assert status["status"] in {"pending", "succeeded"}
+
+    async def test_the_python_client_and_callback_receiver_see_the_points_arrive(
+        self, platform: Platform, tmp_path: Path
+    ) -> None:
+        async with httpx.AsyncClient(timeout=10) as http:
+            business = await business_with_an_active_rule(
+                platform, http, "Flower Stall", "Bouquet points"
+            )
+            examples = await guide_examples(platform, http)
+        receiver_file = tmp_path / "receiver.py"
+        receiver_file.write_text(
+            examples["verify-signature-python"] + "\n\n" + examples["callback-receiver-python"]
+        )
+        client_file = tmp_path / "client.py"
+        client_file.write_text(examples["trigger-client-python"])
+        port = free_port()
+        receiver = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-u",
+            str(receiver_file),
+            env={
+                **os.environ,
+                "CALLBACK_SIGNING_SECRET": business.client["callbackSigningSecret"],
+                "PORT": str(port),
+            },
+            stdout=asyncio.subprocess.PIPE,
+        )
+        try:
+            output = await run_until_accepted(
+                sys.executable,
+                str(client_file),
+                env={
+                    **os.environ,
+                    "CLIENT_ID": business.client["clientId"],
+                    "CLIENT_SECRET": business.client["clientSecret"],
+                    "RULE_ID": business.rule_id,
+                    "CALLBACK_URL": f"http://127.0.0.1:{port}/points-callback",
+                },
+            )
+            assert receiver.stdout is not None
+            called_back = await asyncio.wait_for(receiver.stdout.readline(), timeout=30)
+        finally:
+            receiver.terminate()
+            await receiver.wait()
+
+        request_id = re.search(r"'requestId': '([^']+)'", output)
+        assert request_id, output
+        assert "'status': 'succeeded'" in output.rstrip().rsplit("\n", 1)[1]
+        assert called_back.decode().split() == [request_id.group(1), "succeeded", "None", "10"]
 
 
 def _stack_processes(platform: Platform) -> list[psutil.Process]:
