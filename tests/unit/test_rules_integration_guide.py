@@ -21,8 +21,10 @@ import services.trigger
 from infra.http import Unauthorized
 from infra.signing import SIGNATURE_HEADER, sign
 from infra.tokens import TOKEN_PATH
+from services.notifier.settings import NotifierSettings
 from services.rules.app import create_app
 from services.rules.settings import RulesSettings
+from services.trigger.settings import TriggerSettings
 
 PUBLIC_URL = "https://rules.points.example.com"
 TRIGGER_URLS = {
@@ -184,6 +186,43 @@ class TestTheGuidePage:
             "trigger-client-python",
         ):
             compile(code_block(page, block_id), block_id, "exec")
+
+
+def default(settings_class: Any, name: str) -> Any:
+    return settings_class.model_fields[name].default
+
+
+def spoken_duration(seconds: float) -> str:
+    """How the guide writes a delay: "10 seconds", "1 minute", "2 hours"."""
+    for unit, size in (("hour", 3600), ("minute", 60), ("second", 1)):
+        if seconds >= size and seconds % size == 0:
+            count = int(seconds // size)
+            return f"{count} {unit}{'' if count == 1 else 's'}"
+    raise ValueError(seconds)
+
+
+class TestTheGuideStatesThePlatformsOwnDefaults:
+    """The guide is served by the rules service, which cannot read the gateway's or the
+    notifier's settings; these tests keep the numbers it states in step with theirs."""
+
+    async def test_the_rate_limit_and_idempotency_retention(self, http: httpx.AsyncClient) -> None:
+        page = readable(await guide(http, "staging"))
+
+        per_second = default(TriggerSettings, "rate_limit_per_second")
+        burst = default(TriggerSettings, "rate_limit_burst")
+        retention = default(TriggerSettings, "idempotency_retention_days")
+        assert f"by default {per_second:g} a second, bursts of {burst}" in page
+        assert f"at least {retention} days" in page
+
+    async def test_the_callback_timeout_and_retry_schedule(self, http: httpx.AsyncClient) -> None:
+        page = readable(await guide(http, "staging"))
+
+        timeout = default(NotifierSettings, "total_timeout")
+        delays = [
+            spoken_duration(delay) for delay in default(NotifierSettings, "retry_schedule_seconds")
+        ]
+        assert f"no answer within {timeout:g} seconds" in page
+        assert f"(after {', '.join(delays[:-1])} and {delays[-1]})" in page
 
 
 class TestTheDocumentedSignatureCheck:
