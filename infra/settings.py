@@ -60,11 +60,16 @@ SHARED_NAMES = frozenset(
 )
 
 
+def shared_env_name(field_name: str) -> str:
+    """The unprefixed variable of a shared setting: ``DATABASE_URL``, and ``POINTS_MODE``."""
+    return f"POINTS_{field_name.upper()}" if field_name == "mode" else field_name.upper()
+
+
 class SharedEnvSource(PydanticBaseSettingsSource):
     """Reads the unprefixed, platform-wide names of :data:`SHARED_NAMES`."""
 
     def get_field_value(self, field: FieldInfo, field_name: str) -> tuple[Any, str, bool]:
-        name = f"POINTS_{field_name.upper()}" if field_name == "mode" else field_name.upper()
+        name = shared_env_name(field_name)
         return os.environ.get(name), name, False
 
     def __call__(self) -> dict[str, Any]:
