@@ -6,7 +6,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: run test lint fmt docs venv clean bench-gateway
+.PHONY: run test lint fmt docs venv clean bench-gateway up down
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -38,6 +38,20 @@ docs: $(STAMP)  ## AsyncAPI and OpenAPI documents into docs/api/
 bench-gateway: $(STAMP)  ## gateway throughput and latency against a bare FastAPI endpoint
 	@command -v wrk >/dev/null || (apt-get update -qq && apt-get install -y -qq wrk)
 	$(BIN)/python bench/gateway.py $(BENCH_ARGS)
+
+COMPOSE := docker compose -f deploy/compose.yaml
+
+# Random secrets for the compose stack, written once and never committed.
+deploy/.env:
+	@umask 077 && $(PYTHON) -c "import secrets; names = ('POSTGRES_PASSWORD', 'CALLBACK_SIGNING_KEY', 'NOTIFIER_OPERATOR_TOKEN'); print('\n'.join(f'{n}={secrets.token_urlsafe(32)}' for n in names))" > $@
+	@echo "wrote $@ (random secrets for the compose stack)"
+
+up: deploy/.env  ## the platform on Apache Kafka, PostgreSQL and Mailpit in containers (needs Docker)
+	$(COMPOSE) up --build --detach
+	@echo "console http://localhost:8001/console  gateway http://localhost:8002  mail http://localhost:8025"
+
+down:  ## stop the compose stack (its volumes stay; add -v to drop them)
+	$(COMPOSE) down
 
 clean:
 	rm -rf $(VENV) var .mypy_cache .ruff_cache .pytest_cache

@@ -17,13 +17,14 @@ from __future__ import annotations
 
 import asyncio
 import ssl
-from collections.abc import Awaitable, Callable
-from typing import Any
+from collections.abc import Awaitable, Callable, Iterable, Mapping
+from typing import Any, Protocol
 
 import structlog
 from aiokafka import AIOKafkaProducer
-from aiokafka.admin import AIOKafkaAdminClient
-from aiokafka.errors import KafkaError
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.errors import KafkaError, TopicAlreadyExistsError, for_code
+from aiokafka.helpers import create_ssl_context
 from faststream import AckPolicy, BaseMiddleware, StreamMessage
 from faststream.kafka import KafkaBroker
 from faststream.kafka.security import parse_security
@@ -39,25 +40,54 @@ _RETRY_SECONDS = 0.1
 
 
 def broker_security(settings: ServiceSettings) -> BaseSecurity | None:
-    """The FastStream security object for the configured protocol, if any."""
-    protocol = settings.kafka_security_protocol.upper()
-    use_ssl = protocol in {"SSL", "SASL_SSL"}
-    context = ssl.create_default_context() if use_ssl else None
-    if protocol.startswith("SASL"):
-        username = settings.kafka_sasl_username or ""
-        password = settings.kafka_sasl_password or ""
-        mechanism = (settings.kafka_sasl_mechanism or "PLAIN").upper()
-        classes = {
-            "PLAIN": SASLPlaintext,
-            "SCRAM-SHA-256": SASLScram256,
-            "SCRAM-SHA-512": SASLScram512,
-        }
-        if mechanism not in classes:
-            raise StartupError(f"KAFKA_SASL_MECHANISM {mechanism!r} is not supported")
-        return classes[mechanism](username, password, ssl_context=context)
-    if use_ssl:
+    """The FastStream security object for the configured protocol, if any.
+
+    TLS verifies the brokers against ``KAFKA_SSL_CAFILE`` (else the system's
+    CAs) and presents ``KAFKA_SSL_CERTFILE``/``KAFKA_SSL_KEYFILE`` when set.
+    """
+    protocol = settings.kafka_security_protocol
+    context = _ssl_context(settings) if protocol.endswith("SSL") else None
+    if protocol.startswith("SASL_"):
+        sasl = _SASL_SECURITY[settings.kafka_sasl_mechanism]
+        password = settings.kafka_sasl_password
+        return sasl(
+            settings.kafka_sasl_username or "",
+            password.get_secret_value() if password else "",
+            ssl_context=context,
+            use_ssl=context is not None,
+        )
+    if context is not None:
         return BaseSecurity(ssl_context=context)
     return None
+
+
+_SASL_SECURITY: dict[str, type[SASLPlaintext | SASLScram256 | SASLScram512]] = {
+    "PLAIN": SASLPlaintext,
+    "SCRAM-SHA-256": SASLScram256,
+    "SCRAM-SHA-512": SASLScram512,
+}
+
+
+def _ssl_context(settings: ServiceSettings) -> ssl.SSLContext:
+    password = settings.kafka_ssl_keyfile_password
+    try:
+        context: ssl.SSLContext = create_ssl_context(
+            cafile=settings.kafka_ssl_cafile,
+            certfile=settings.kafka_ssl_certfile,
+            keyfile=settings.kafka_ssl_keyfile,
+            password=password.get_secret_value() if password else None,
+        )
+    except (OSError, ssl.SSLError) as error:
+        raise StartupError(
+            f"cannot load the Kafka TLS files (KAFKA_SSL_CAFILE, KAFKA_SSL_CERTFILE, "
+            f"KAFKA_SSL_KEYFILE): {error}"
+        ) from error
+    return context
+
+
+def kafka_client_options(settings: ServiceSettings) -> dict[str, Any]:
+    """The aiokafka keyword arguments for the configured security (protocol, TLS, SASL)."""
+    return parse_security(broker_security(settings))
 
 
 def producer_options(settings: ServiceSettings) -> dict[str, Any]:
@@ -100,7 +130,7 @@ def create_producer(settings: ServiceSettings) -> AIOKafkaProducer:
         bootstrap_servers=settings.kafka_bootstrap_servers.split(","),
         client_id=f"{settings.service_name}-outbox",
         **producer_options(settings),
-        **parse_security(broker_security(settings)),
+        **kafka_client_options(settings),
     )
 
 
@@ -109,7 +139,7 @@ async def wait_for_broker(settings: ServiceSettings) -> None:
     await wait_for_kafka(
         settings.kafka_bootstrap_servers,
         settings.startup_timeout_seconds,
-        **parse_security(broker_security(settings)),
+        **kafka_client_options(settings),
     )
 
 
@@ -193,3 +223,67 @@ def _host_ports(bootstrap_servers: str) -> list[tuple[str, int]]:
             host, port = server, "9092"
         pairs.append((host.strip("[]"), int(port)))
     return pairs
+
+
+class TopicSpecLike(Protocol):
+    """What ``create_topics`` needs to know about a topic (``contracts.TopicSpec`` fits)."""
+
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def partitions(self) -> int: ...
+
+    @property
+    def compacted(self) -> bool: ...
+
+
+async def create_topics(
+    bootstrap_servers: str,
+    topics: Iterable[TopicSpecLike],
+    *,
+    replication_factor: int = 1,
+    configs: Mapping[str, str] | None = None,
+    **client_options: Any,
+) -> list[str]:
+    """Create the topics that do not exist yet, with ``cleanup.policy`` compact or delete.
+
+    ``configs`` are added to every new topic (``min.insync.replicas``, say).
+    Existing topics are left as they are (their partition count is not
+    changed). ``client_options`` go to aiokafka's admin client. Returns the
+    names of the topics this call created.
+    """
+    new_topics = [_new_topic(topic, replication_factor, configs or {}) for topic in topics]
+    if not new_topics:
+        return []
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap_servers, **client_options)
+    try:
+        await admin.start()
+        response = await admin.create_topics(new_topics)
+    finally:
+        await admin.close()
+    return _raise_for_topic_errors(response.topic_errors)
+
+
+def _new_topic(
+    topic: TopicSpecLike, replication_factor: int, configs: Mapping[str, str]
+) -> NewTopic:
+    # Said even when it is Kafka's default, so the topic shows the plan of contracts/topics.py.
+    cleanup = {"cleanup.policy": "compact" if topic.compacted else "delete"}
+    return NewTopic(
+        topic.name, topic.partitions, replication_factor, topic_configs={**configs, **cleanup}
+    )
+
+
+def _raise_for_topic_errors(topic_errors: Iterable[tuple[Any, ...]]) -> list[str]:
+    created = []
+    for name, code, *details in topic_errors:
+        if code == 0:
+            created.append(name)
+        if code in (0, TopicAlreadyExistsError.errno):
+            continue
+        message = details[0] if details and details[0] else for_code(code).description
+        raise RuntimeError(
+            f"could not create Kafka topic {name}: {for_code(code).__name__}: {message}"
+        )
+    return created

@@ -12,8 +12,9 @@ from __future__ import annotations
 import os
 from pathlib import Path
 from typing import Any, ClassVar, Literal
+from urllib.parse import urlsplit
 
-from pydantic import Field
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic.fields import FieldInfo
 from pydantic_settings import (
     BaseSettings,
@@ -22,6 +23,19 @@ from pydantic_settings import (
 )
 
 RunMode = Literal["development", "production"]
+KafkaSecurityProtocol = Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"]
+KafkaSaslMechanism = Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"]
+
+#: Values that show a secret was copied from an example rather than chosen.
+PLACEHOLDER_SECRETS = frozenset(
+    {"changeme", "change-me", "placeholder", "secret", "example", "password"}
+)
+
+
+def is_placeholder_secret(value: str) -> bool:
+    """True for a value left over from an example file (``change-me`` and friends)."""
+    return value.strip().lower() in PLACEHOLDER_SECRETS
+
 
 #: Settings every service also reads without its prefix.
 SHARED_NAMES = frozenset(
@@ -34,6 +48,10 @@ SHARED_NAMES = frozenset(
         "kafka_sasl_mechanism",
         "kafka_sasl_username",
         "kafka_sasl_password",
+        "kafka_ssl_cafile",
+        "kafka_ssl_certfile",
+        "kafka_ssl_keyfile",
+        "kafka_ssl_keyfile_password",
         "smtp_url",
         "log_level",
         "log_json",
@@ -42,11 +60,16 @@ SHARED_NAMES = frozenset(
 )
 
 
+def shared_env_name(field_name: str) -> str:
+    """The unprefixed variable of a shared setting: ``DATABASE_URL``, and ``POINTS_MODE``."""
+    return f"POINTS_{field_name.upper()}" if field_name == "mode" else field_name.upper()
+
+
 class SharedEnvSource(PydanticBaseSettingsSource):
     """Reads the unprefixed, platform-wide names of :data:`SHARED_NAMES`."""
 
     def get_field_value(self, field: FieldInfo, field_name: str) -> tuple[Any, str, bool]:
-        name = f"POINTS_{field_name.upper()}" if field_name == "mode" else field_name.upper()
+        name = shared_env_name(field_name)
         return os.environ.get(name), name, False
 
     def __call__(self) -> dict[str, Any]:
@@ -88,10 +111,28 @@ class ServiceSettings(BaseSettings):
         description="Idempotent producer with acks=all: turn on with Apache Kafka. "
         "The embedded Tansu broker refuses idempotent producers.",
     )
-    kafka_security_protocol: str = "PLAINTEXT"
-    kafka_sasl_mechanism: str | None = None
+    kafka_security_protocol: KafkaSecurityProtocol = Field(
+        default="PLAINTEXT",
+        description="`SSL` or `SASL_SSL` encrypt the broker connection; the `SASL_` ones "
+        "authenticate with KAFKA_SASL_MECHANISM.",
+    )
+    kafka_sasl_mechanism: KafkaSaslMechanism = Field(
+        default="PLAIN", description="SASL mechanism of the `SASL_` protocols."
+    )
     kafka_sasl_username: str | None = None
-    kafka_sasl_password: str | None = None
+    kafka_sasl_password: SecretStr | None = None
+    kafka_ssl_cafile: Path | None = Field(
+        default=None,
+        description="PEM file of the CA that signed the brokers' certificates; without it "
+        "the system's trusted CAs are used.",
+    )
+    kafka_ssl_certfile: Path | None = Field(
+        default=None, description="PEM client certificate, for brokers that require mutual TLS."
+    )
+    kafka_ssl_keyfile: Path | None = Field(
+        default=None, description="PEM private key of the client certificate."
+    )
+    kafka_ssl_keyfile_password: SecretStr | None = None
     log_level: str = "INFO"
     log_json: bool | None = Field(
         default=None, description="JSON log lines; by default JSON unless stderr is a terminal."
@@ -99,6 +140,49 @@ class ServiceSettings(BaseSettings):
     startup_timeout_seconds: float = Field(
         default=20.0, description="How long start-up waits for PostgreSQL and Kafka."
     )
+
+    @field_validator("kafka_security_protocol", "kafka_sasl_mechanism", mode="before")
+    @classmethod
+    def _upper_case(cls, value: object) -> object:
+        return value.upper() if isinstance(value, str) else value
+
+    @model_validator(mode="after")
+    def _kafka_security_is_complete(self) -> ServiceSettings:
+        protocol = self.kafka_security_protocol
+        if protocol.startswith("SASL_") and not (
+            self.kafka_sasl_username and self.kafka_sasl_password
+        ):
+            raise ValueError(
+                f"KAFKA_SECURITY_PROTOCOL={protocol} needs KAFKA_SASL_USERNAME and "
+                "KAFKA_SASL_PASSWORD"
+            )
+        tls_files = {
+            "KAFKA_SSL_CAFILE": self.kafka_ssl_cafile,
+            "KAFKA_SSL_CERTFILE": self.kafka_ssl_certfile,
+            "KAFKA_SSL_KEYFILE": self.kafka_ssl_keyfile,
+        }
+        given = [name for name, path in tls_files.items() if path is not None]
+        if given and not protocol.endswith("SSL"):
+            raise ValueError(
+                f"{', '.join(given)} set, but KAFKA_SECURITY_PROTOCOL={protocol} does not use "
+                "TLS; choose SSL or SASL_SSL"
+            )
+        if self.kafka_ssl_keyfile is not None and self.kafka_ssl_certfile is None:
+            raise ValueError("KAFKA_SSL_KEYFILE needs KAFKA_SSL_CERTFILE, its certificate")
+        return self
+
+    @model_validator(mode="after")
+    def _no_placeholder_secrets_outside_development(self) -> ServiceSettings:
+        if self.is_development:
+            return self
+        secrets = {
+            "DATABASE_URL's password": urlsplit(self.database_url).password,
+            "KAFKA_SASL_PASSWORD": _reveal(self.kafka_sasl_password),
+        }
+        for name, value in secrets.items():
+            if value is not None and is_placeholder_secret(value):
+                raise ValueError(f"{name} is a placeholder from an example; set the real one")
+        return self
 
     @classmethod
     def settings_customise_sources(
@@ -114,6 +198,10 @@ class ServiceSettings(BaseSettings):
     @property
     def is_development(self) -> bool:
         return self.mode == "development"
+
+
+def _reveal(secret: SecretStr | None) -> str | None:
+    return None if secret is None else secret.get_secret_value()
 
 
 def project_root() -> Path:

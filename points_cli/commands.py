@@ -198,6 +198,33 @@ def _plain(value: Any) -> Any:
     return str(value) if isinstance(value, UUID) else value
 
 
+async def topics_create(args: argparse.Namespace) -> int:
+    from contracts.topics import ALL_TOPICS
+    from infra.broker import create_topics, kafka_client_options, wait_for_broker
+
+    settings = ServiceSettings()
+    configs: dict[str, str] = {}
+    if args.min_insync_replicas is not None:
+        configs["min.insync.replicas"] = str(args.min_insync_replicas)
+    await wait_for_broker(settings)
+    try:
+        created = await create_topics(
+            settings.kafka_bootstrap_servers,
+            ALL_TOPICS,
+            replication_factor=args.replication_factor,
+            configs=configs,
+            **kafka_client_options(settings),
+        )
+    except RuntimeError as error:
+        print(f"points: {error}", file=sys.stderr)
+        return 1
+    for topic in ALL_TOPICS:
+        state = "created" if topic.name in created else "already exists"
+        policy = "compact" if topic.compacted else "delete"
+        print(f"{topic.name}: {state} ({topic.partitions} partitions, cleanup.policy={policy})")
+    return 0
+
+
 async def migrate(args: argparse.Namespace) -> int:
     settings = RulesSettings()
     for schema in SERVICE_SCHEMAS:

