@@ -6,7 +6,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: run test lint fmt docs venv clean bench-gateway
+.PHONY: run test lint fmt docs venv clean bench-gateway browser
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -18,8 +18,11 @@ venv: $(STAMP)
 run: $(STAMP)  ## the whole platform on the embedded default
 	$(BIN)/points dev
 
-test: $(STAMP)  ## unit, integration and end-to-end tests on real PostgreSQL and Kafka protocol
+test: $(STAMP) browser  ## unit, integration, end-to-end and browser tests on real PostgreSQL and Kafka protocol
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+browser:  ## Debian's Chromium for the console's browser tests (Playwright never downloads one)
+	@command -v chromium >/dev/null || (apt-get update -qq && apt-get install -y -qq chromium)
 
 lint: $(STAMP)  ## ruff, mypy, the import boundaries and the contracts' schema export
 	$(BIN)/ruff check .
