@@ -195,6 +195,17 @@ class TestSigningIn:
 
         await expect(page).to_have_url(re.compile(r"/console/login"))
 
+    async def test_signing_in_never_sends_the_browser_to_another_site(
+        self, page: Page, platform: RunningPlatform, tenant: Tenant
+    ) -> None:
+        await page.goto("/console/login?next=//evil.example/console/")
+        await page.get_by_label("E-mail").fill(tenant.editor)
+        await page.get_by_label("Password").fill(PASSWORD)
+        await page.get_by_role("button", name="Sign in").click()
+
+        await page.wait_for_url("**/console/rules")
+        assert page.url == platform.urls["rules"] + "/console/rules"
+
     async def test_a_wrong_password_is_refused_with_a_message(
         self, page: Page, tenant: Tenant
     ) -> None:
@@ -392,6 +403,28 @@ class TestSharing:
 
         await expect(dialog.locator("#email-recipients-error")).to_contain_text("not-an-address")
         await expect(dialog).to_be_visible()
+
+    async def test_the_dev_emails_page_shows_markup_in_a_message_as_text(
+        self, page: Page, platform: RunningPlatform, tenant: Tenant, editor_api: httpx.AsyncClient
+    ) -> None:
+        name = '<img src=x onerror="document.title=1"> & co'
+        rule = await create_rule(editor_api, tenant, activate=True, name=name)
+        sent = await editor_api.post(
+            f"/v1/rules/{rule['id']}/share/email", json={"to": ["dev@partner.example"]}
+        )
+        assert sent.status_code == 202, sent.text
+
+        async def received() -> bool:
+            mails = list_messages(platform.state / "mail")
+            return any(rule["id"] in path.read_text(errors="replace") for path in mails)
+
+        await eventually(received, timeout=30, what="the share e-mail")
+        await sign_in(page, tenant.editor)
+        await page.goto("/console/emails")
+
+        await expect(page.locator(".mail-subject", has_text=name).first).to_be_visible()
+        assert await page.locator(".mail img").count() == 0
+        assert await page.title() != "1"
 
 
 class TestPromoting:
