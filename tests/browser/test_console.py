@@ -328,6 +328,18 @@ class TestActivatingWithCaution:
         await expect(dialog).to_be_hidden()
         await expect(page.get_by_role("button", name=f"Actions for {rule['name']}")).to_be_focused()
 
+    async def test_activating_from_the_list_keeps_focus_on_the_rows_menu_button(
+        self, page: Page, tenant: Tenant, editor_api: httpx.AsyncClient
+    ) -> None:
+        await create_rule(editor_api, tenant, activate=False, name="Danish points")
+        await sign_in(page, tenant.editor)
+        await choose_from_menu(page, "Danish points", "Activate")
+        await page.get_by_role("dialog").get_by_role("button", name="Activate rule").click()
+
+        row = page.locator("#rules-body tr", has_text="Danish points")
+        await expect(row).to_contain_text("Active")
+        await expect(row.get_by_role("button", name="Actions for Danish points")).to_be_focused()
+
 
 class TestSharing:
     async def test_share_rule_id_copies_the_id_and_says_so(
@@ -373,7 +385,7 @@ class TestSharing:
         await expect(page.get_by_role("status")).to_contain_text("sent to dev@partner.example")
 
         def delivered() -> str | None:
-            for path in list_messages(platform.state / "mail"):
+            for path in list_messages(platform.mail_dir):
                 text = path.read_text(errors="replace")
                 if rule["id"] in text:
                     return text
@@ -415,7 +427,7 @@ class TestSharing:
         assert sent.status_code == 202, sent.text
 
         async def received() -> bool:
-            mails = list_messages(platform.state / "mail")
+            mails = list_messages(platform.mail_dir)
             return any(rule["id"] in path.read_text(errors="replace") for path in mails)
 
         await eventually(received, timeout=30, what="the share e-mail")

@@ -9,6 +9,7 @@ import {
   capUsage,
   definitionList,
   el,
+  keepFocus,
   page,
   points,
   statusBadge,
@@ -36,7 +37,8 @@ function renderHeader(rule) {
     button.addEventListener("click", () => run(button));
     return button;
   });
-  document.getElementById("rule-actions").replaceChildren(...actions);
+  const bar = document.getElementById("rule-actions");
+  keepFocus(bar, () => bar.replaceChildren(...actions));
 }
 
 async function renderShare(rule) {

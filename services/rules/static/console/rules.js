@@ -3,7 +3,16 @@ import "./shell.js";
 import { ruleActions } from "./actions.js";
 import { get } from "./api.js";
 import { formatPeriod } from "./time.js";
-import { TYPE_LABELS, announce, capUsage, el, menuButton, page, statusBadge } from "./ui.js";
+import {
+  TYPE_LABELS,
+  announce,
+  capUsage,
+  el,
+  keepFocus,
+  menuButton,
+  page,
+  statusBadge,
+} from "./ui.js";
 
 const filters = document.getElementById("filters");
 const body = document.getElementById("rules-body");
@@ -38,7 +47,7 @@ function row(rule) {
 
 function render() {
   const shown = rules.filter(matches);
-  body.replaceChildren(...shown.map(row));
+  keepFocus(body, () => body.replaceChildren(...shown.map(row)));
   empty.hidden = shown.length > 0;
   document.getElementById("rules-count").textContent =
     `${shown.length} of ${rules.length} ${environment()} rules`;

@@ -69,6 +69,19 @@ export function definitionList(target, pairs) {
   );
 }
 
+// Rebuilds part of the page without losing the user's place: when focus was on a
+// button inside `container`, it moves to the new button of the same name.
+export function keepFocus(container, rebuild) {
+  const active = container.contains(document.activeElement) ? document.activeElement : null;
+  const name = active && (active.getAttribute("aria-label") || active.textContent);
+  rebuild();
+  if (!name) return;
+  const again = [...container.querySelectorAll("button")].find(
+    (button) => (button.getAttribute("aria-label") || button.textContent) === name,
+  );
+  (again || document.getElementById("main")).focus();
+}
+
 // --- dialogs -------------------------------------------------------------------
 
 // Opens a <dialog> modally, focusing `focus` (or its first control), and gives
