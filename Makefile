@@ -6,7 +6,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: run test lint fmt docs venv clean bench-gateway up down
+.PHONY: run test lint fmt docs venv clean bench-gateway up down test-tools
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -18,8 +18,12 @@ venv: $(STAMP)
 run: $(STAMP)  ## the whole platform on the embedded default
 	$(BIN)/points dev
 
-test: $(STAMP)  ## unit, integration and end-to-end tests on real PostgreSQL and Kafka protocol
+test: $(STAMP) test-tools  ## unit, integration, end-to-end and browser tests on real PostgreSQL and Kafka protocol
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+test-tools:  ## from Debian when missing: Chromium for the console's browser tests (Playwright never downloads one), curl for the guide's examples
+	@command -v chromium >/dev/null && command -v curl >/dev/null || \
+		(apt-get update -qq && apt-get install -y -qq chromium curl)
 
 lint: $(STAMP)  ## ruff, mypy, the import boundaries and the contracts' schema export
 	$(BIN)/ruff check .

@@ -73,11 +73,13 @@ def _ports() -> dict[str, int]:
 
 
 def _public_urls(ports: dict[str, int]) -> dict[str, str]:
-    """Where the rules service tells developers to go, unless the operator said otherwise."""
+    """Where the rules service tells developers to go and reads the ledger from, unless the
+    operator said otherwise."""
     urls = {
         "RULES_PUBLIC_URL": f"http://127.0.0.1:{ports['rules']}",
         "RULES_STAGING_TRIGGER_URL": f"http://127.0.0.1:{ports['trigger']}",
         "RULES_PRODUCTION_TRIGGER_URL": f"http://127.0.0.1:{ports['trigger']}",
+        "RULES_LEDGER_URL": f"http://127.0.0.1:{ports['ledger']}",
     }
     current = environment_overrides()
     return {name: current.get(name) or value for name, value in urls.items()}
@@ -162,6 +164,7 @@ def banner(ports: dict[str, int], seeded: dict[str, str] | None, elapsed: float)
     lines = [
         "",
         f"The points platform is up ({elapsed:.1f} s).",
+        f"  Business console      {rules_url}/console",
         f"  Business console API  {rules_url}/docs",
         f"  Token endpoint        {rules_url}/realms/partner/protocol/openid-connect/token",
         f"  Trigger gateway       {trigger_url}/v1/points/requests",

@@ -50,6 +50,11 @@ class RunningPlatform:
     log: Path
     state: Path
 
+    @property
+    def mail_dir(self) -> Path:
+        """Where the platform's SMTP sink keeps each message it receives."""
+        return self.state / "mail"
+
     def points(self, *args: str) -> Any:
         """Run the operator CLI against this platform with ``--json``; its output."""
         completed = subprocess.run(  # noqa: S603 - our own interpreter and module

@@ -29,6 +29,7 @@ class Balance(CamelModel):
 
 class TransactionView(CamelModel):
     transaction_id: UUID
+    user_id: str
     request_id: str
     rule_id: str
     type: str
@@ -71,23 +72,16 @@ async def get_balance(
     return Balance(user_id=user_id, environment=scope.environment, balance=balance)
 
 
-@router.get("/{user_id}/transactions")
-async def list_transactions(
-    user_id: str,
-    environment: EnvironmentQuery,
-    principal: PrincipalDep,
-    pool: PoolDep,
-    limit: Annotated[int, Query(ge=1, le=200)] = 50,
-    cursor: Annotated[str | None, Query(description="`nextCursor` of the previous page.")] = None,
-) -> TransactionPage:
-    """The member's transactions, newest first; follow `nextCursor` for older ones."""
-    scope = service.read_scope(principal, environment)
-    async with pool.acquire() as connection:
-        page = await service.member_history(connection, scope, user_id, limit=limit, cursor=cursor)
+LimitQuery = Annotated[int, Query(ge=1, le=200)]
+CursorQuery = Annotated[str | None, Query(description="`nextCursor` of the previous page.")]
+
+
+def _transaction_page(page: service.HistoryPage) -> TransactionPage:
     return TransactionPage(
         items=[
             TransactionView(
                 transaction_id=item.transaction_id,
+                user_id=item.user_id,
                 request_id=item.request_id,
                 rule_id=item.rule_id,
                 type=item.type,
@@ -100,6 +94,22 @@ async def list_transactions(
         ],
         next_cursor=page.next_cursor,
     )
+
+
+@router.get("/{user_id}/transactions")
+async def list_transactions(
+    user_id: str,
+    environment: EnvironmentQuery,
+    principal: PrincipalDep,
+    pool: PoolDep,
+    limit: LimitQuery = 50,
+    cursor: CursorQuery = None,
+) -> TransactionPage:
+    """The member's transactions, newest first; follow `nextCursor` for older ones."""
+    scope = service.read_scope(principal, environment)
+    async with pool.acquire() as connection:
+        page = await service.member_history(connection, scope, user_id, limit=limit, cursor=cursor)
+    return _transaction_page(page)
 
 
 class RuleTotalsView(CamelModel):
@@ -140,6 +150,23 @@ async def get_rule_totals(
         transactions=totals.transactions,
         rejected=totals.rejected,
     )
+
+
+@rules_router.get("/{rule_id}/transactions")
+async def list_rule_transactions(
+    rule_id: str,
+    environment: EnvironmentQuery,
+    principal: PrincipalDep,
+    pool: PoolDep,
+    limit: LimitQuery = 20,
+    cursor: CursorQuery = None,
+) -> TransactionPage:
+    """One rule's transactions across its members, newest first, for a business user of its
+    organisation; follow `nextCursor` for older ones."""
+    scope = service.totals_scope(principal, environment)
+    async with pool.acquire() as connection:
+        page = await service.rule_history(connection, scope, rule_id, limit=limit, cursor=cursor)
+    return _transaction_page(page)
 
 
 class ReversalRequest(CamelModel):

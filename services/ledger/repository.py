@@ -126,9 +126,19 @@ WHERE environment = $1 AND org_id = $2 AND kind = 'member' AND owner_id = $3
 """
 
 MEMBER_HISTORY = """
-SELECT id, seq, request_id, rule_id, type, amount, status, reason, created_at
+SELECT id, seq, user_id, request_id, rule_id, type, amount, status, reason, created_at
 FROM transactions
 WHERE environment = $1 AND org_id = $2 AND user_id = $3
+  AND ($4::bigint IS NULL OR seq < $4)
+ORDER BY seq DESC
+LIMIT $5
+"""
+
+# The same page shape as a member's history, for every member of one rule.
+RULE_HISTORY = """
+SELECT id, seq, user_id, request_id, rule_id, type, amount, status, reason, created_at
+FROM transactions
+WHERE environment = $1 AND org_id = $2 AND rule_id = $3
   AND ($4::bigint IS NULL OR seq < $4)
 ORDER BY seq DESC
 LIMIT $5
@@ -309,17 +319,20 @@ async def member_balance(
     return None if balance is None else int(balance)
 
 
-async def member_history(
+async def history(
     connection: asyncpg.Connection,
+    statement: str,
     environment: str,
     org_id: str,
-    user_id: str,
+    subject_id: str,
     *,
     before_seq: int | None,
     limit: int,
 ) -> list[asyncpg.Record]:
+    """A page of :data:`MEMBER_HISTORY` (``subject_id`` a member) or :data:`RULE_HISTORY`
+    (a rule), newest first."""
     return list(
-        await connection.fetch(MEMBER_HISTORY, environment, org_id, user_id, before_seq, limit)
+        await connection.fetch(statement, environment, org_id, subject_id, before_seq, limit)
     )
 
 

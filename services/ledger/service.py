@@ -487,6 +487,7 @@ async def member_balance(connection: asyncpg.Connection, scope: ReadScope, user_
 @dataclass(frozen=True)
 class HistoryItem:
     transaction_id: UUID
+    user_id: str
     request_id: str
     rule_id: str
     type: str
@@ -526,11 +527,35 @@ async def member_history(
     cursor: str | None = None,
 ) -> HistoryPage:
     """The member's transactions, newest first, ``limit`` at a time."""
-    rows = await repository.member_history(
+    return await _history_page(connection, repository.MEMBER_HISTORY, scope, user_id, limit, cursor)
+
+
+async def rule_history(
+    connection: asyncpg.Connection,
+    scope: ReadScope,
+    rule_id: str,
+    *,
+    limit: int,
+    cursor: str | None = None,
+) -> HistoryPage:
+    """Every member's transactions of one rule, newest first, ``limit`` at a time."""
+    return await _history_page(connection, repository.RULE_HISTORY, scope, rule_id, limit, cursor)
+
+
+async def _history_page(
+    connection: asyncpg.Connection,
+    statement: str,
+    scope: ReadScope,
+    subject_id: str,
+    limit: int,
+    cursor: str | None,
+) -> HistoryPage:
+    rows = await repository.history(
         connection,
+        statement,
         scope.environment,
         scope.org_id,
-        user_id,
+        subject_id,
         before_seq=None if cursor is None else decode_cursor(cursor),
         limit=limit + 1,
     )
@@ -538,6 +563,7 @@ async def member_history(
     items = [
         HistoryItem(
             transaction_id=row["id"],
+            user_id=row["user_id"],
             request_id=row["request_id"],
             rule_id=row["rule_id"],
             type=row["type"],

@@ -18,7 +18,7 @@ from contracts import (
 from infra.broker import create_broker
 from infra.http import create_http_app
 from infra.runtime import ServiceRuntime, health_router
-from services.rules import subscribers
+from services.rules import console, subscribers
 from services.rules.api import RulesContext, router
 from services.rules.service import TokenIssuer
 from services.rules.settings import RulesSettings
@@ -59,4 +59,5 @@ def create_app(settings: RulesSettings | None = None) -> tuple[FastAPI, ServiceR
     app.state.rules = RulesContext(settings=settings, pool_of=lambda: runtime.pool, issuer=issuer)
     app.include_router(health_router(runtime))
     app.include_router(router)
+    console.install(app)
     return app, runtime

@@ -785,14 +785,21 @@ def activation_problems(
     return problems
 
 
-async def _check_activation(connection: asyncpg.Connection, rule: asyncpg.Record) -> None:
+async def blocking_problems(
+    connection: asyncpg.Connection, rule: asyncpg.Record
+) -> list[dict[str, str]]:
+    """What would stop ``rule`` being activated now (the console shows it before asking)."""
     rows = await connection.fetch(
         sql.CLIENT_STATUSES,
         rule["org_id"],
         rule["environment"],
         list(rule["authorized_client_ids"]),
     )
-    problems = activation_problems(rule, {row["id"]: row["status"] for row in rows})
+    return activation_problems(rule, {row["id"]: row["status"] for row in rows})
+
+
+async def _check_activation(connection: asyncpg.Connection, rule: asyncpg.Record) -> None:
+    problems = await blocking_problems(connection, rule)
     if problems:
         raise ActivationBlocked(problems)
 

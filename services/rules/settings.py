@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 from datetime import timedelta
+from pathlib import Path
 from typing import ClassVar
 from urllib.parse import urlencode
 
 from pydantic import AliasChoices, Field, model_validator
 from pydantic_settings import SettingsConfigDict
 
-from infra.settings import ServiceSettings
+from infra.settings import ServiceSettings, var_dir
 from infra.signing import DEVELOPMENT_SIGNING_KEY as DEV_CALLBACK_SIGNING_KEY
 from infra.tokens import TOKEN_PATH
 from services.rules.key_vault import DEVELOPMENT_KEY_ENCRYPTION_KEY as DEV_KEY_ENCRYPTION_KEY
@@ -40,6 +41,23 @@ class RulesSettings(ServiceSettings):
         description="Address of the API Integration Guide shared with developers; the rule's "
         "environment is added as `?environment=…`. Unset, it is this service's own page, "
         "`<public_url>/docs/integration-guide`.",
+    )
+    ledger_url: str = Field(
+        default="http://127.0.0.1:8003",
+        description="Where the console's same-origin proxy reads members' balances and rules' "
+        "transactions from the ledger.",
+    )
+    console_ledger_token_lifetime_seconds: int = Field(
+        default=60,
+        ge=5,
+        le=3600,
+        description="Lifetime of the token the console mints for the signed-in user's "
+        "ledger reads.",
+    )
+    dev_mail_dir: Path | None = Field(
+        default=None,
+        description="Where the embedded SMTP sink keeps received mail, listed by the console in "
+        "development mode; unset, `<POINTS_VAR_DIR>/mail`.",
     )
     client_token_lifetime_seconds: int = 300
     user_token_lifetime_seconds: int = 3600
@@ -102,6 +120,11 @@ class RulesSettings(ServiceSettings):
         return timedelta(
             seconds=max(self.client_token_lifetime_seconds, self.user_token_lifetime_seconds)
         )
+
+    @property
+    def mail_dir(self) -> Path:
+        """The directory of the local SMTP sink's messages."""
+        return self.dev_mail_dir or var_dir() / "mail"
 
     def trigger_url(self, environment: str) -> str:
         return (

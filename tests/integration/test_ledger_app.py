@@ -83,16 +83,21 @@ class TestIssuer:
 
 
 def points_requested(
-    amount: int, *, type: Literal["earn", "redeem"] = "earn", environment: str = "staging"
+    amount: int,
+    *,
+    type: Literal["earn", "redeem"] = "earn",
+    environment: str = "staging",
+    user_id: str = "member-1",
+    rule_id: str = "rule-1",
 ) -> PointsRequestedEvent:
     return PointsRequestedEvent.new_event(
         data=PointsRequested(
             request_id=f"request-{uuid4().hex[:8]}",
             transaction_id=uuid4(),
             client_id="client-1",
-            rule_id="rule-1",
+            rule_id=rule_id,
             rule_version=1,
-            user_id="member-1",
+            user_id=user_id,
             type=type,
             amount=amount,
             callback_url=None,
@@ -384,6 +389,7 @@ class TestHistoryReads:
         assert [item["amount"] for item in first["items"]] == [3, 2]
         assert set(first["items"][0]) == {
             "transactionId",
+            "userId",
             "requestId",
             "ruleId",
             "type",
@@ -571,6 +577,64 @@ class TestRuleTotalsEndpoint:
     ) -> None:
         response = await http.get(
             "/v1/rules/rule-1/totals",
+            params={"environment": "staging"},
+            headers=bearer(issuer.token()),
+        )
+
+        assert response.status_code == 403
+
+
+class TestRuleTransactionsEndpoint:
+    async def test_lists_every_members_transactions_of_the_rule_newest_first(
+        self, reader: Ledger, http: httpx.AsyncClient, issuer: TestIssuer
+    ) -> None:
+        await seed(
+            reader,
+            points_requested(5, user_id="member-1"),
+            points_requested(7, user_id="member-2"),
+            points_requested(9, user_id="member-1", rule_id="rule-2"),
+        )
+        await seed(reader, points_requested(3, user_id="member-2", type="redeem"))
+
+        first = await http.get(
+            "/v1/rules/rule-1/transactions",
+            params={"environment": "staging", "limit": 2},
+            headers=business_user(issuer, role="viewer"),
+        )
+        second = await http.get(
+            "/v1/rules/rule-1/transactions",
+            params={"environment": "staging", "cursor": first.json()["nextCursor"]},
+            headers=business_user(issuer, role="viewer"),
+        )
+
+        assert first.status_code == 200
+        assert [
+            (item["userId"], item["type"], item["amount"]) for item in first.json()["items"]
+        ] == [
+            ("member-2", "redeem", 3),
+            ("member-2", "earn", 7),
+        ]
+        assert [item["amount"] for item in second.json()["items"]] == [5]
+        assert second.json()["nextCursor"] is None
+
+    async def test_another_organisation_sees_none_of_them(
+        self, reader: Ledger, http: httpx.AsyncClient, issuer: TestIssuer
+    ) -> None:
+        await seed(reader, points_requested(50))
+
+        response = await http.get(
+            "/v1/rules/rule-1/transactions",
+            params={"environment": "staging"},
+            headers=business_user(issuer, org_id="org-2"),
+        )
+
+        assert response.json() == {"items": [], "nextCursor": None}
+
+    async def test_a_client_may_not_list_a_rules_transactions(
+        self, http: httpx.AsyncClient, issuer: TestIssuer
+    ) -> None:
+        response = await http.get(
+            "/v1/rules/rule-1/transactions",
             params={"environment": "staging"},
             headers=bearer(issuer.token()),
         )

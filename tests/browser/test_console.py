@@ -1,0 +1,598 @@
+"""The business console in a real browser (Debian's Chromium driven by Playwright)
+against the whole platform started the way `make run` starts it.
+
+A business user creates, saves and activates a rule, shares it, e-mails it,
+promotes it; a viewer only looks. Each main page is saved as a screenshot under
+``var/screenshots/``.
+"""
+
+from __future__ import annotations
+
+import re
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+from zoneinfo import ZoneInfo
+
+import httpx
+import pytest
+from playwright.async_api import Browser, Page, async_playwright, expect
+
+from infra.dev.launcher import RunningPlatform, start_platform
+from infra.dev.smtp_sink import list_messages
+from infra.tokens import TOKEN_PATH
+from tests.helpers import bearer, eventually
+
+pytestmark = pytest.mark.e2e
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+    "--disable-quic",
+]
+SCREENSHOTS = Path(__file__).resolve().parents[2] / "var" / "screenshots"
+TIMEZONE = "Europe/Berlin"
+PASSWORD = "croissant-and-coffee"
+LAPTOP = {"width": 1280, "height": 800}
+PHONE = {"width": 390, "height": 844}
+
+
+@dataclass(frozen=True)
+class Tenant:
+    """An organisation in Berlin with an editor, a viewer and one client per environment."""
+
+    org_id: str
+    editor: str
+    viewer: str
+    staging_client: dict[str, str]
+    production_client_id: str
+
+
+@pytest.fixture(scope="module")
+def platform() -> Iterator[RunningPlatform]:
+    running = start_platform(prefix="points-console-")
+    try:
+        running.wait_ready()
+        yield running
+    finally:
+        running.stop()
+        running.remove_state()
+
+
+@pytest.fixture(scope="module")
+def tenant(platform: RunningPlatform) -> Tenant:
+    org = platform.points("org", "create", "Corner Bakery", "--timezone", TIMEZONE)
+    emails = {}
+    for role in ("editor", "viewer"):
+        emails[role] = f"{role}@bakery.example"
+        platform.points(
+            "user", "create", "--org", org["id"], "--email", emails[role],
+            "--password", PASSWORD, "--role", role,
+        )  # fmt: skip
+    staging = platform.points(
+        "client", "create", "--org", org["id"], "--environment", "staging", "--name", "Bakery app"
+    )
+    production = platform.points(
+        "client", "create", "--org", org["id"], "--environment", "production",
+        "--name", "Bakery app (live)",
+    )  # fmt: skip
+    return Tenant(org["id"], emails["editor"], emails["viewer"], staging, production["clientId"])
+
+
+@pytest.fixture(scope="session")
+async def browser() -> AsyncIterator[Browser]:
+    async with async_playwright() as playwright:
+        chromium = await playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        try:
+            yield chromium
+        finally:
+            await chromium.close()
+
+
+async def new_page(browser: Browser, platform: RunningPlatform, viewport: Any = None) -> Page:
+    context = await browser.new_context(
+        base_url=platform.urls["rules"],
+        permissions=["clipboard-read", "clipboard-write"],
+        viewport=viewport or LAPTOP,
+    )
+    context.set_default_timeout(15_000)
+    return await context.new_page()
+
+
+@pytest.fixture
+async def page(browser: Browser, platform: RunningPlatform) -> AsyncIterator[Page]:
+    opened = await new_page(browser, platform)
+    try:
+        yield opened
+    finally:
+        await opened.context.close()
+
+
+async def sign_in(page: Page, email: str) -> None:
+    await page.goto("/console/login")
+    await page.get_by_label("E-mail").fill(email)
+    await page.get_by_label("Password").fill(PASSWORD)
+    await page.get_by_role("button", name="Sign in").click()
+    await page.wait_for_url("**/console/rules")
+
+
+async def choose_from_menu(page: Page, rule_name: str, item: str) -> None:
+    """Open a rule's kebab menu on the rules list and pick ``item``."""
+    await page.get_by_role("button", name=f"Actions for {rule_name}").click()
+    await page.get_by_role("menuitem", name=item).click()
+
+
+async def screenshot(page: Page, name: str) -> None:
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    await page.screenshot(path=str(SCREENSHOTS / f"{name}.png"), full_page=True)
+
+
+# --- arranging through the public API ------------------------------------------
+
+
+@pytest.fixture
+async def editor_api(platform: RunningPlatform, tenant: Tenant) -> AsyncIterator[httpx.AsyncClient]:
+    async with httpx.AsyncClient(base_url=platform.urls["rules"], timeout=10) as http:
+        login = await http.post(
+            "/v1/auth/login", json={"email": tenant.editor, "password": PASSWORD}
+        )
+        assert login.status_code == 200, login.text
+        http.headers.update(bearer(login.json()["accessToken"]))
+        yield http
+
+
+async def create_rule(
+    http: httpx.AsyncClient, tenant: Tenant, activate: bool, **fields: Any
+) -> Any:
+    body = {
+        "name": f"Rule {uuid.uuid4().hex[:6]}",
+        "type": "earn",
+        "environment": "staging",
+        "apiTrigger": True,
+        "authorizedClientIds": [tenant.staging_client["clientId"]],
+        "capMax": 1000,
+        **fields,
+    }
+    created = await http.post("/v1/rules", json=body)
+    assert created.status_code == 201, created.text
+    if not activate:
+        return created.json()
+    activated = await http.post(f"/v1/rules/{created.json()['id']}/activate")
+    assert activated.status_code == 200, activated.text
+    return activated.json()
+
+
+def berlin(days: int, hour: int) -> datetime:
+    """A wall-clock time in the organisation's timezone, ``days`` from today."""
+    today = datetime.now(ZoneInfo(TIMEZONE)).replace(minute=0, second=0, microsecond=0)
+    return (today + timedelta(days=days)).replace(hour=hour)
+
+
+# --- the tests ---------------------------------------------------------------------
+
+
+class TestSigningIn:
+    async def test_signing_in_opens_the_rules_and_signing_out_ends_the_session(
+        self, page: Page, tenant: Tenant
+    ) -> None:
+        await page.goto("/console/rules")
+        await expect(page).to_have_url(re.compile(r"/console/login\?next="))
+        await screenshot(page, "login")
+
+        await sign_in(page, tenant.editor)
+        await expect(page.get_by_role("heading", name="Rules")).to_be_visible()
+        await page.get_by_role("button", name="Sign out").click()
+        await page.wait_for_url("**/console/login")
+        await page.goto("/console/rules")
+
+        await expect(page).to_have_url(re.compile(r"/console/login"))
+
+    async def test_signing_in_never_sends_the_browser_to_another_site(
+        self, page: Page, platform: RunningPlatform, tenant: Tenant
+    ) -> None:
+        await page.goto("/console/login?next=//evil.example/console/")
+        await page.get_by_label("E-mail").fill(tenant.editor)
+        await page.get_by_label("Password").fill(PASSWORD)
+        await page.get_by_role("button", name="Sign in").click()
+
+        await page.wait_for_url("**/console/rules")
+        assert page.url == platform.urls["rules"] + "/console/rules"
+
+    async def test_a_wrong_password_is_refused_with_a_message(
+        self, page: Page, tenant: Tenant
+    ) -> None:
+        await page.goto("/console/login")
+        await page.get_by_label("E-mail").fill(tenant.editor)
+        await page.get_by_label("Password").fill("not-the-password")
+        await page.get_by_role("button", name="Sign in").click()
+
+        await expect(page.get_by_role("alert")).to_have_text("The e-mail or password is wrong.")
+
+
+class TestCreatingARule:
+    async def test_creates_saves_and_activates_an_api_triggered_rule_in_the_org_timezone(
+        self, page: Page, tenant: Tenant, editor_api: httpx.AsyncClient
+    ) -> None:
+        starts, ends = berlin(-1, 9), berlin(30, 18)
+        await sign_in(page, tenant.editor)
+        await page.get_by_role("link", name="New rule").click()
+        await page.get_by_label("Name", exact=True).fill("Croissant points")
+        await page.get_by_label("Description").fill("Ten points per croissant")
+        await page.get_by_label("Earn Points").check()
+        await page.get_by_role("switch", name="API trigger").check()
+        await page.get_by_label("Authorised clients").select_option(label="Bakery app")
+        await page.get_by_label("Cap max (points)").fill("10000")
+        await page.get_by_label("Per-member cap").fill("500")
+        await page.get_by_label("Per-request maximum").fill("50")
+        await page.get_by_label("Start", exact=True).fill(starts.strftime("%Y-%m-%dT%H:%M"))
+        await page.get_by_label("End", exact=True).fill(ends.strftime("%Y-%m-%dT%H:%M"))
+        await expect(page.get_by_text(f"organisation's timezone, {TIMEZONE}")).to_be_visible()
+        await screenshot(page, "rule-form")
+        await page.get_by_role("button", name="Save").click()
+
+        await page.wait_for_url(re.compile(r"/console/rules/rul_[0-9a-f]+\?saved=1$"))
+        await expect(page.locator("#rule-status")).to_have_text("Draft")
+        await page.get_by_role("button", name="Activate").click()
+        dialog = page.get_by_role("dialog", name="Activate Croissant points?")
+        for shown in ("Staging", "Earn Points", "Bakery app", "10,000 points in total", TIMEZONE):
+            await expect(dialog).to_contain_text(shown)
+        await expect(dialog.locator(".problems")).to_be_hidden()
+        await screenshot(page, "activate-dialog")
+        await dialog.get_by_role("button", name="Activate rule").click()
+
+        await expect(page.locator("#rule-status")).to_have_text("Active")
+        await expect(page.get_by_role("status")).to_contain_text("Croissant points is active")
+        await expect(page.locator("#share-info")).to_contain_text("Earn Points")
+        await expect(page.locator("#audit")).to_contain_text("rule.activated")
+        await screenshot(page, "rule-detail")
+        rule_id = page.url.split("/")[-1].split("?")[0]
+        saved = (await editor_api.get(f"/v1/rules/{rule_id}")).json()
+        assert saved["status"] == "active"
+        assert saved["authorizedClientIds"] == [tenant.staging_client["clientId"]]
+        assert (saved["capMax"], saved["capPerMember"], saved["maxAmountPerRequest"]) == (
+            10000,
+            500,
+            50,
+        )
+        assert datetime.fromisoformat(saved["startsAt"]) == starts.astimezone(UTC)
+        assert datetime.fromisoformat(saved["endsAt"]) == ends.astimezone(UTC)
+
+    async def test_validation_messages_appear_next_to_their_fields(
+        self, page: Page, tenant: Tenant
+    ) -> None:
+        await sign_in(page, tenant.editor)
+        await page.goto("/console/rules/new?environment=staging")
+        await page.get_by_label("Name", exact=True).fill("Broken dates")
+        await page.get_by_label("Cap max (points)").fill("0")
+        await page.get_by_role("button", name="Save").click()
+
+        await expect(page.locator("#capMax-error")).to_contain_text("greater than or equal to 1")
+        await expect(page.get_by_label("Cap max (points)")).to_have_attribute(
+            "aria-invalid", "true"
+        )
+
+        await page.get_by_label("Cap max (points)").fill("100")
+        await page.get_by_label("Start", exact=True).fill(berlin(5, 9).strftime("%Y-%m-%dT%H:%M"))
+        await page.get_by_label("End", exact=True).fill(berlin(4, 9).strftime("%Y-%m-%dT%H:%M"))
+        await page.get_by_role("button", name="Save").click()
+
+        await expect(page.locator("#endsAt-error")).to_have_text("endsAt must be after startsAt")
+        await expect(page.locator("#capMax-error")).to_be_hidden()
+        assert "/console/rules/new" in page.url  # nothing was saved
+
+    async def test_a_stale_version_is_reported_and_nothing_is_overwritten(
+        self, page: Page, tenant: Tenant, editor_api: httpx.AsyncClient
+    ) -> None:
+        rule = await create_rule(editor_api, tenant, activate=False, name="Scone points")
+        await sign_in(page, tenant.editor)
+        await page.goto(f"/console/rules/{rule['id']}/edit")
+        await expect(page.get_by_label("Name", exact=True)).to_have_value("Scone points")
+        meanwhile = await editor_api.patch(
+            f"/v1/rules/{rule['id']}", json={"version": rule["version"], "capMax": 2000}
+        )
+        assert meanwhile.status_code == 200
+
+        await page.get_by_label("Cap max (points)").fill("3000")
+        await page.get_by_role("button", name="Save").click()
+
+        await expect(page.get_by_role("alert")).to_contain_text(
+            "Someone else changed this rule since you opened it"
+        )
+        assert (await editor_api.get(f"/v1/rules/{rule['id']}")).json()["capMax"] == 2000
+
+
+class TestActivatingWithCaution:
+    async def test_the_dialog_lists_every_problem_that_blocks_activation(
+        self, page: Page, tenant: Tenant, editor_api: httpx.AsyncClient
+    ) -> None:
+        rule = await create_rule(
+            editor_api, tenant, activate=False, name="No clients yet", authorizedClientIds=[]
+        )
+        await sign_in(page, tenant.editor)
+        await choose_from_menu(page, rule["name"], "Activate")
+
+        dialog = page.get_by_role("dialog", name="Activate No clients yet?")
+        await expect(dialog.locator(".problems")).to_contain_text(
+            "an API-triggered rule needs at least one authorised client"
+        )
+        await expect(dialog.get_by_role("button", name="Activate rule")).to_be_disabled()
+        await page.keyboard.press("Escape")
+        await expect(dialog).to_be_hidden()
+        await expect(page.get_by_role("button", name=f"Actions for {rule['name']}")).to_be_focused()
+
+    async def test_activating_from_the_list_keeps_focus_on_the_rows_menu_button(
+        self, page: Page, tenant: Tenant, editor_api: httpx.AsyncClient
+    ) -> None:
+        await create_rule(editor_api, tenant, activate=False, name="Danish points")
+        await sign_in(page, tenant.editor)
+        await choose_from_menu(page, "Danish points", "Activate")
+        await page.get_by_role("dialog").get_by_role("button", name="Activate rule").click()
+
+        row = page.locator("#rules-body tr", has_text="Danish points")
+        await expect(row).to_contain_text("Active")
+        await expect(row.get_by_role("button", name="Actions for Danish points")).to_be_focused()
+
+
+class TestSharing:
+    async def test_share_rule_id_copies_the_id_and_says_so(
+        self, page: Page, tenant: Tenant, editor_api: httpx.AsyncClient
+    ) -> None:
+        rule = await create_rule(editor_api, tenant, activate=True, name="Bagel points")
+        await sign_in(page, tenant.editor)
+        await choose_from_menu(page, "Bagel points", "Share Rule ID")
+
+        await expect(page.get_by_role("status")).to_have_text(
+            f"Rule ID {rule['id']} copied to the clipboard."
+        )
+        assert await page.evaluate("navigator.clipboard.readText()") == rule["id"]
+
+    async def test_send_email_delivers_the_share_details_to_the_smtp_sink(
+        self,
+        page: Page,
+        platform: RunningPlatform,
+        tenant: Tenant,
+        editor_api: httpx.AsyncClient,
+    ) -> None:
+        rule = await create_rule(editor_api, tenant, activate=True, name="Brioche points")
+        await sign_in(page, tenant.editor)
+        await choose_from_menu(page, "Brioche points", "Send Email")
+        dialog = page.get_by_role("dialog", name="Send rule details by e-mail")
+        for shown in (
+            rule["id"],
+            "Brioche points",
+            "Earn Points",
+            "Staging",
+            "/v1/points/requests",
+        ):
+            await expect(dialog).to_contain_text(shown)
+        await expect(
+            dialog.get_by_role("link", name=re.compile("integration-guide"))
+        ).to_be_visible()
+        await expect(dialog.get_by_label("Recipients")).to_be_focused()
+        await dialog.get_by_label("Recipients").fill("dev@partner.example, ops@partner.example")
+        await screenshot(page, "send-email-dialog")
+        await dialog.get_by_role("button", name="Send").click()
+
+        await expect(dialog).to_be_hidden()
+        await expect(page.get_by_role("status")).to_contain_text("sent to dev@partner.example")
+
+        def delivered() -> str | None:
+            for path in list_messages(platform.mail_dir):
+                text = path.read_text(errors="replace")
+                if rule["id"] in text:
+                    return text
+            return None
+
+        async def probe() -> str | None:
+            return delivered()
+
+        message = await eventually(probe, timeout=30, what="the share e-mail")
+        assert "dev@partner.example" in message and "ops@partner.example" in message
+        await page.get_by_role("link", name="Emails (dev)").click()
+        mail = page.locator(".mail").filter(has_text="Brioche points").first
+        await expect(mail.locator(".mail-to")).to_contain_text("dev@partner.example")
+        await mail.locator("summary").click()
+        await expect(mail.locator(".mail-body")).to_contain_text(rule["id"])
+        await screenshot(page, "emails")
+
+    async def test_the_email_dialog_names_a_wrong_address(
+        self, page: Page, tenant: Tenant, editor_api: httpx.AsyncClient
+    ) -> None:
+        await create_rule(editor_api, tenant, activate=True, name="Pretzel points")
+        await sign_in(page, tenant.editor)
+        await choose_from_menu(page, "Pretzel points", "Send Email")
+        dialog = page.get_by_role("dialog", name="Send rule details by e-mail")
+        await dialog.get_by_label("Recipients").fill("dev@partner.example, not-an-address")
+        await dialog.get_by_role("button", name="Send").click()
+
+        await expect(dialog.locator("#email-recipients-error")).to_contain_text("not-an-address")
+        await expect(dialog).to_be_visible()
+
+    async def test_the_dev_emails_page_shows_markup_in_a_message_as_text(
+        self, page: Page, platform: RunningPlatform, tenant: Tenant, editor_api: httpx.AsyncClient
+    ) -> None:
+        name = '<img src=x onerror="document.title=1"> & co'
+        rule = await create_rule(editor_api, tenant, activate=True, name=name)
+        sent = await editor_api.post(
+            f"/v1/rules/{rule['id']}/share/email", json={"to": ["dev@partner.example"]}
+        )
+        assert sent.status_code == 202, sent.text
+
+        async def received() -> bool:
+            mails = list_messages(platform.mail_dir)
+            return any(rule["id"] in path.read_text(errors="replace") for path in mails)
+
+        await eventually(received, timeout=30, what="the share e-mail")
+        await sign_in(page, tenant.editor)
+        await page.goto("/console/emails")
+
+        await expect(page.locator(".mail-subject", has_text=name).first).to_be_visible()
+        assert await page.locator(".mail img").count() == 0
+        assert await page.title() != "1"
+
+
+class TestPromoting:
+    async def test_promote_creates_a_production_draft_with_production_clients_to_choose(
+        self, page: Page, tenant: Tenant, editor_api: httpx.AsyncClient
+    ) -> None:
+        await create_rule(editor_api, tenant, activate=True, name="Strudel points")
+        await sign_in(page, tenant.editor)
+        await choose_from_menu(page, "Strudel points", "Promote to production")
+        await page.get_by_role("dialog").get_by_role("button", name="Promote to production").click()
+
+        await page.wait_for_url(re.compile(r"/console/rules/rul_[0-9a-f]+/edit\?promoted=1$"))
+        await expect(page.locator("#form-notice")).to_contain_text("production draft")
+        await expect(page.locator("#rule-environment")).to_have_text("Production")
+        await page.get_by_label("Authorised clients").select_option(label="Bakery app (live)")
+        await page.get_by_role("button", name="Save").click()
+        await page.wait_for_url(re.compile(r"\?saved=1$"))
+        await page.goto("/console/rules?environment=production")
+
+        row = page.locator("tr", has_text="Strudel points")
+        await expect(row).to_contain_text("Draft")
+        await expect(page.get_by_label("Production")).to_be_checked()
+        promoted = (await editor_api.get("/v1/rules?environment=production")).json()["items"]
+        copy = next(rule for rule in promoted if rule["name"] == "Strudel points")
+        assert copy["authorizedClientIds"] == [tenant.production_client_id]
+        assert copy["status"] == "draft"
+
+
+class TestTheRulesList:
+    async def test_filters_by_status_type_and_name_and_shows_cap_usage(
+        self, page: Page, tenant: Tenant, editor_api: httpx.AsyncClient
+    ) -> None:
+        await create_rule(editor_api, tenant, activate=True, name="Filter earn active")
+        await create_rule(
+            editor_api, tenant, activate=False, name="Filter redeem draft", type="redeem"
+        )
+        await sign_in(page, tenant.editor)
+        rows = page.locator("#rules-body tr")
+        await expect(rows.filter(has_text="Filter earn active")).to_be_visible()
+
+        await page.get_by_label("Search by name").fill("filter")
+        await expect(rows).to_have_count(2)
+        await page.get_by_label("Type").select_option("redeem")
+        await expect(rows).to_have_count(1)
+        await expect(rows.first).to_contain_text("Filter redeem draft")
+        await page.get_by_label("Type").select_option("")
+        await page.get_by_label("Status").select_option("active")
+        await expect(rows).to_have_count(1)
+        await expect(rows.first.get_by_role("progressbar")).to_have_attribute("max", "1000")
+        await screenshot(page, "rules")
+
+    async def test_the_kebab_menu_works_from_the_keyboard(
+        self, page: Page, tenant: Tenant, editor_api: httpx.AsyncClient
+    ) -> None:
+        await create_rule(editor_api, tenant, activate=True, name="Keyboard rule")
+        await sign_in(page, tenant.editor)
+        kebab = page.get_by_role("button", name="Actions for Keyboard rule")
+        await kebab.focus()
+        await page.keyboard.press("Enter")
+
+        await expect(page.get_by_role("menuitem", name="View details")).to_be_focused()
+        await page.keyboard.press("ArrowDown")
+        await expect(page.get_by_role("menuitem", name="Edit")).to_be_focused()
+        await page.keyboard.press("End")
+        await expect(page.get_by_role("menuitem", name="Archive")).to_be_focused()
+        await page.keyboard.press("Escape")
+        await expect(page.get_by_role("menu")).to_be_hidden()
+        await expect(kebab).to_be_focused()
+        await expect(kebab).to_have_attribute("aria-expanded", "false")
+
+    async def test_fits_a_phone_screen_without_sideways_scrolling(
+        self,
+        browser: Browser,
+        platform: RunningPlatform,
+        tenant: Tenant,
+        editor_api: httpx.AsyncClient,
+    ) -> None:
+        await create_rule(editor_api, tenant, activate=True, name="A rule with a rather long name")
+        phone = await new_page(browser, platform, viewport=PHONE)
+        try:
+            await sign_in(phone, tenant.editor)
+            await expect(phone.locator("#rules-body tr").first).to_be_visible()
+            await screenshot(phone, "rules-phone")
+
+            overflow = await phone.evaluate(
+                "document.documentElement.scrollWidth - document.documentElement.clientWidth"
+            )
+            assert overflow <= 0
+        finally:
+            await phone.context.close()
+
+
+class TestViewers:
+    async def test_a_viewer_sees_no_editing_controls(
+        self, page: Page, tenant: Tenant, editor_api: httpx.AsyncClient
+    ) -> None:
+        rule = await create_rule(editor_api, tenant, activate=True, name="Viewer sees this")
+        await sign_in(page, tenant.viewer)
+        await expect(page.locator("#rules-body tr", has_text="Viewer sees this")).to_be_visible()
+        await expect(page.get_by_role("link", name="New rule")).to_have_count(0)
+        await page.get_by_role("button", name="Actions for Viewer sees this").click()
+
+        items = await page.get_by_role("menuitem").all_inner_texts()
+        assert items == ["View details", "Share Rule ID"]
+        await page.goto(f"/console/rules/{rule['id']}")
+        await expect(page.locator("#rule-status")).to_have_text("Active")
+        actions = await page.locator("#rule-actions button").all_inner_texts()
+        assert actions == ["Share Rule ID"]
+        await page.goto(f"/console/rules/{rule['id']}/edit")
+        await expect(page.get_by_role("heading", name="Read-only access")).to_be_visible()
+        await expect(page.locator("form#rule-form")).to_have_count(0)
+
+
+class TestMembers:
+    async def test_a_member_lookup_shows_the_balance_after_a_trigger(
+        self,
+        page: Page,
+        platform: RunningPlatform,
+        tenant: Tenant,
+        editor_api: httpx.AsyncClient,
+    ) -> None:
+        rule = await create_rule(editor_api, tenant, activate=True, name="Member points")
+        request_id = uuid.uuid4().hex
+        async with httpx.AsyncClient(timeout=10) as http:
+            token = await http.post(
+                platform.urls["rules"] + TOKEN_PATH,
+                data={
+                    "grant_type": "client_credentials",
+                    "client_id": tenant.staging_client["clientId"],
+                    "client_secret": tenant.staging_client["clientSecret"],
+                },
+            )
+            gateway = platform.urls["trigger"] + "/v1/points/requests"
+            trigger = bearer(token.json()["access_token"])
+            accepted = await http.post(
+                gateway,
+                headers=trigger,
+                json={"userId": "member-42", "ruleId": rule["id"], "amount": 25,
+                      "requestId": request_id},
+            )  # fmt: skip
+            assert accepted.status_code == 202, accepted.text
+
+            async def settled() -> bool:
+                status = await http.get(f"{gateway}/{request_id}", headers=trigger)
+                return status.json()["status"] == "succeeded"
+
+            await eventually(settled, timeout=30, what="the trigger to be applied")
+
+        await sign_in(page, tenant.editor)
+        await page.get_by_role("link", name="Members").click()
+        await page.get_by_label("Member ID").fill("member-42")
+        await page.get_by_label("Environment").select_option("staging")
+        await page.get_by_role("button", name="Look up").click()
+
+        await expect(page.locator("#member-balance")).to_have_text("25")
+        await expect(page.locator("#member-transactions")).to_contain_text(rule["id"])
+        await screenshot(page, "members")
+        await page.goto(f"/console/rules/{rule['id']}")
+        await expect(page.locator("#transactions")).to_contain_text("member-42")
