@@ -1,4 +1,4 @@
-"""Topic `clients.lifecycle.v1`: API clients registered, revoked or rotated."""
+"""Topic `clients.lifecycle.v1`: API clients registered, revoked, rotated or re-keyed."""
 
 from typing import ClassVar, Literal, Self, get_args
 
@@ -8,7 +8,12 @@ from contracts.envelope import ContractModel, Environment, EventEnvelope
 from contracts.topics import CLIENTS_LIFECYCLE
 
 ClientStatus = Literal["active", "revoked"]
-ClientLifecycleType = Literal["client.registered", "client.revoked", "client.secret_rotated"]
+ClientLifecycleType = Literal[
+    "client.registered",
+    "client.revoked",
+    "client.secret_rotated",
+    "client.request_signing_key_changed",
+]
 
 
 class ClientSnapshot(ContractModel):
@@ -35,10 +40,21 @@ class ClientSnapshot(ContractModel):
     rotated_at: AwareDatetime | None = Field(
         default=None, description="When the client's secret was last rotated; null if never."
     )
+    request_signing_key: str | None = Field(
+        default=None,
+        max_length=16_384,
+        pattern=r"^-----BEGIN PUBLIC KEY-----\n",
+        description=(
+            "The public key (PEM SubjectPublicKeyInfo, RSA of 2048 bits or more or EC P-256)"
+            " with which the client signs its requests to the gateway; null when the client"
+            " does not sign them. Public by nature."
+        ),
+    )
 
 
 class ClientLifecycleEvent(EventEnvelope[ClientSnapshot]):
-    """Sent when an API client is registered, revoked, or has its secret rotated."""
+    """Sent when an API client is registered, revoked, has its secret rotated, or has its
+    request-signing public key registered, replaced or removed."""
 
     TOPIC: ClassVar[str] = CLIENTS_LIFECYCLE
     VERSION: ClassVar[int] = 1

@@ -16,6 +16,7 @@ from uuid import UUID
 import asyncpg
 
 from infra import db
+from infra.problems import Problem
 from infra.runtime import INFRA_MIGRATIONS
 from infra.settings import ServiceSettings
 from points_cli.main import emit
@@ -71,7 +72,19 @@ async def user_create(args: argparse.Namespace) -> int:
     return 0
 
 
+def read_public_key(path: Path) -> str:
+    """The PEM text of an operator's public-key file, or a problem naming the file."""
+    try:
+        return path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as error:
+        reason = error.strerror if isinstance(error, OSError) else "not a text file"
+        raise Problem(
+            f"cannot read public key file {path}: {reason}", code="PUBLIC_KEY_UNREADABLE"
+        ) from None
+
+
 async def client_create(args: argparse.Namespace) -> int:
+    public_key = None if args.public_key is None else read_public_key(args.public_key)
     async with rules_transaction() as (connection, settings):
         issued = await rules.create_client(
             connection,
@@ -79,8 +92,17 @@ async def client_create(args: argparse.Namespace) -> int:
             environment=args.environment,
             name=args.name,
             platform_signing_key=settings.callback_signing_key,
+            request_signing_key=public_key,
         )
     emit(issued.as_json(), args.json)
+    return 0
+
+
+async def client_set_public_key(args: argparse.Namespace) -> int:
+    public_key = None if args.remove else read_public_key(args.file)
+    async with rules_transaction() as (connection, _):
+        changed = await rules.set_request_signing_key(connection, args.client_id, public_key)
+    emit(changed, args.json)
     return 0
 
 

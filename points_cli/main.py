@@ -12,6 +12,7 @@ import asyncio
 import json
 import sys
 from collections.abc import Callable, Coroutine
+from pathlib import Path
 from typing import Any
 
 from infra.errors import StartupError
@@ -55,8 +56,26 @@ def build_parser() -> argparse.ArgumentParser:
     create.add_argument("--org", required=True)
     create.add_argument("--environment", required=True, choices=["staging", "production"])
     create.add_argument("--name", required=True)
+    create.add_argument(
+        "--public-key",
+        type=Path,
+        metavar="FILE",
+        help="PEM public key (RSA >= 2048 bits or EC P-256); the client must then sign requests",
+    )
     create.add_argument("--json", action="store_true")
     create.set_defaults(run=commands.client_create)
+    set_key = client.add_parser(
+        "set-public-key",
+        help="register or replace the key a client signs requests with, or --remove it",
+    )
+    set_key.add_argument("client_id")
+    key_source = set_key.add_mutually_exclusive_group(required=True)
+    key_source.add_argument("file", nargs="?", type=Path, help="PEM public key file")
+    key_source.add_argument(
+        "--remove", action="store_true", help="the client no longer signs its requests"
+    )
+    set_key.add_argument("--json", action="store_true")
+    set_key.set_defaults(run=commands.client_set_public_key)
     revoke = client.add_parser("revoke", help="revoke an API client at once")
     revoke.add_argument("client_id")
     revoke.set_defaults(run=commands.client_revoke)

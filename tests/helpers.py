@@ -155,7 +155,9 @@ class Seeder:
             await rules.create_user(connection, org_id, email, PASSWORD, role)
         return email
 
-    async def client(self, org_id: str, environment: str = "staging") -> Client:
+    async def client(
+        self, org_id: str, environment: str = "staging", *, public_key: str | None = None
+    ) -> Client:
         async with rules_transaction(self.database_url) as connection:
             issued = await rules.create_client(
                 connection,
@@ -163,8 +165,13 @@ class Seeder:
                 environment=environment,
                 name=f"{environment} app",
                 platform_signing_key=self.settings.callback_signing_key,
+                request_signing_key=public_key,
             )
         return Client(issued.client_id, issued.client_secret)
+
+    async def set_public_key(self, client_id: str, public_key: str | None) -> None:
+        async with rules_transaction(self.database_url) as connection:
+            await rules.set_request_signing_key(connection, client_id, public_key)
 
     async def revoke(self, client_id: str) -> None:
         async with rules_transaction(self.database_url) as connection:
@@ -232,6 +239,11 @@ class TriggerStack:
     runtime: Any  # the gateway's ServiceRuntime
     rule_id: str
     developer: dict[str, str]
+    #: The rules service and its seeded tenant, for tests that set up more.
+    rules_http: httpx.AsyncClient
+    seeder: Seeder
+    org_id: str
+    console: dict[str, str]
 
     async def trigger(self, request_id: str, amount: int = 1) -> httpx.Response:
         return await self.gateway.post(
@@ -304,6 +316,10 @@ async def trigger_stack(
                     trigger_runtime,
                     rule_id,
                     bearer(await client_token(rules_http, client)),
+                    rules_http,
+                    seeder,
+                    org.id,
+                    console,
                 )
 
                 async def projected() -> bool:

@@ -15,6 +15,7 @@ from pathlib import Path
 import jinja2
 from markupsafe import Markup, escape
 
+from infra import request_signing
 from infra.signing import DEFAULT_TOLERANCE_SECONDS, EVENT_ID_HEADER, SIGNATURE_HEADER
 from services.rules.settings import RulesSettings
 
@@ -71,6 +72,28 @@ GATEWAY_RESPONSES = (
         "No `Authorization: Bearer` header, or the token is expired, tampered with, not "
         "issued by this platform, lacks the `points:trigger` scope, or its client was revoked.",
         "Get a new token and retry; if that fails too, ask the business for new credentials.",
+    ),
+    GatewayResponse(
+        401,
+        "SIGNATURE_REQUIRED",
+        "Your client has a registered public key, so every request must be signed, and "
+        "`X-Points-Timestamp` or `X-Points-Request-Signature` is missing.",
+        "Sign the request: see Signing requests.",
+    ),
+    GatewayResponse(
+        401,
+        "SIGNATURE_EXPIRED",
+        "`X-Points-Timestamp` is further from the gateway's clock than the signature window "
+        "allows, in either direction.",
+        "Check your server's clock (use NTP) and sign each request when you send it.",
+    ),
+    GatewayResponse(
+        401,
+        "SIGNATURE_INVALID",
+        "The signature does not match the request's method, path and query, timestamp and "
+        "body under your registered key, is not base64, or the timestamp is not whole seconds.",
+        "Sign exactly the bytes you send, with the private key whose public key the operator "
+        "registered last.",
     ),
     GatewayResponse(
         429,
@@ -209,4 +232,9 @@ def render_integration_guide(settings: RulesSettings, environment: str) -> str:
         signature_header=SIGNATURE_HEADER,
         event_id_header=EVENT_ID_HEADER,
         tolerance=DEFAULT_TOLERANCE_SECONDS,
+        request_timestamp_header=request_signing.TIMESTAMP_HEADER,
+        request_signature_header=request_signing.SIGNATURE_HEADER,
+        request_signature_window=request_signing.DEFAULT_WINDOW_SECONDS,
+        pss_salt_bytes=request_signing.PSS_SALT_BYTES,
+        min_rsa_bits=request_signing.MIN_RSA_BITS,
     )

@@ -12,8 +12,9 @@ GET_USER_BY_EMAIL = "SELECT * FROM users WHERE lower(email) = lower($1)"
 UPDATE_PASSWORD_HASH = "UPDATE users SET password_hash = $2 WHERE id = $1"
 
 INSERT_CLIENT = """
-INSERT INTO api_clients (id, org_id, environment, name, secret_hash, signing_key_salt)
-VALUES ($1, $2, $3, $4, $5, $6)
+INSERT INTO api_clients (
+    id, org_id, environment, name, secret_hash, signing_key_salt, request_signing_key
+) VALUES ($1, $2, $3, $4, $5, $6, $7)
 RETURNING *
 """
 GET_CLIENT = "SELECT * FROM api_clients WHERE id = $1"
@@ -36,6 +37,9 @@ SET previous_secret_hash = secret_hash, previous_valid_until = $3,
     secret_hash = $2, signing_key_salt = $4, rotated_at = now()
 WHERE id = $1
 RETURNING *
+"""
+SET_REQUEST_SIGNING_KEY = """
+UPDATE api_clients SET request_signing_key = $2 WHERE id = $1 RETURNING *
 """
 REHASH_CLIENT_SECRET = "UPDATE api_clients SET secret_hash = $2 WHERE id = $1"
 CLIENT_STATUSES = """

@@ -36,6 +36,13 @@ from contracts import (
 from infra import inbox, outbox
 from infra.logging import get_logger
 from infra.problems import Problem
+from infra.request_signing import (
+    InvalidSigningKey,
+    SigningPublicKey,
+    fingerprint,
+    load_signing_key,
+    public_pem,
+)
 from infra.signing import derive_signing_secret, new_salt
 from infra.tokens import ALGORITHM, API_AUDIENCE, REALM_PATH
 from services.rules import repository as sql
@@ -228,13 +235,17 @@ class IssuedClient:
     client_id: str
     client_secret: str
     callback_signing_secret: str
+    request_signing_key_fingerprint: str | None = None
 
     def as_json(self) -> dict[str, str]:
-        return {
+        issued = {
             "clientId": self.client_id,
             "clientSecret": self.client_secret,
             "callbackSigningSecret": self.callback_signing_secret,
         }
+        if self.request_signing_key_fingerprint is not None:
+            issued["requestSigningKeyFingerprint"] = self.request_signing_key_fingerprint
+        return issued
 
 
 def _client_snapshot(client: asyncpg.Record) -> ClientSnapshot:
@@ -246,6 +257,7 @@ def _client_snapshot(client: asyncpg.Record) -> ClientSnapshot:
         status=client["status"],
         signing_key_salt=client["signing_key_salt"],
         rotated_at=client["rotated_at"],
+        request_signing_key=client["request_signing_key"],
     )
 
 
@@ -269,22 +281,89 @@ async def create_client(
     environment: str,
     name: str,
     platform_signing_key: str,
+    request_signing_key: str | None = None,
     actor: str = "operator",
 ) -> IssuedClient:
+    """Register a client; with ``request_signing_key`` (PEM) it must sign its requests."""
     await require_organisation(connection, org_id)
     if environment not in ENVIRONMENTS:
         raise Problem("environment must be staging or production", code="INVALID_ENVIRONMENT")
+    key = None if request_signing_key is None else accepted_signing_key(request_signing_key)
     client_id = new_id("cli")
     secret = secrets.token_urlsafe(32)
     salt = new_salt()
     client = await connection.fetchrow(
-        sql.INSERT_CLIENT, client_id, org_id, environment, name, hasher.hash(secret), salt
+        sql.INSERT_CLIENT,
+        client_id,
+        org_id,
+        environment,
+        name,
+        hasher.hash(secret),
+        salt,
+        None if key is None else public_pem(key),
     )
-    await audit(connection, org_id, actor, "client.registered", client_id, {"name": name})
+    details = {"name": name, "requestSigningKey": None if key is None else fingerprint(key)}
+    await audit(connection, org_id, actor, "client.registered", client_id, details)
     await _publish_client(connection, client, "client.registered", client_id)
     return IssuedClient(
-        client_id, secret, derive_signing_secret(platform_signing_key, client_id, salt)
+        client_id,
+        secret,
+        derive_signing_secret(platform_signing_key, client_id, salt),
+        details["requestSigningKey"],
     )
+
+
+def accepted_signing_key(pem: str) -> SigningPublicKey:
+    """The request-signing key in ``pem``, or a 422 problem saying why it is refused."""
+    try:
+        return load_signing_key(pem)
+    except InvalidSigningKey as error:
+        raise Problem(
+            f"public key refused: {error}", status=422, code="INVALID_PUBLIC_KEY"
+        ) from None
+
+
+def signing_key_fingerprint(pem: str | None) -> str | None:
+    """The fingerprint of a stored key (which was validated when it was stored)."""
+    return None if pem is None else fingerprint(load_signing_key(pem))
+
+
+async def set_request_signing_key(
+    connection: asyncpg.Connection,
+    client_id: str,
+    pem: str | None,
+    actor: str = "operator",
+) -> dict[str, str | None]:
+    """Register, replace (``pem``) or remove (``None``) the key a client signs requests with.
+
+    From the moment the gateway learns of it, only signatures by the new key are
+    accepted; after a removal the client's requests need no signature.
+    """
+    key = None if pem is None else accepted_signing_key(pem)
+    client = await _client_for_update(connection, client_id)
+    if client["status"] != "active":
+        raise Conflict(f"client {client_id} is revoked", code="CLIENT_REVOKED")
+    before = signing_key_fingerprint(client["request_signing_key"])
+    after = None if key is None else fingerprint(key)
+    if before != after:
+        client = await connection.fetchrow(
+            sql.SET_REQUEST_SIGNING_KEY, client_id, None if key is None else public_pem(key)
+        )
+        changes = {
+            "fields": ["requestSigningKey"],
+            "before": {"requestSigningKey": before},
+            "after": {"requestSigningKey": after},
+        }
+        await audit(
+            connection,
+            client["org_id"],
+            actor,
+            "client.request_signing_key_changed",
+            client_id,
+            changes,
+        )
+        await _publish_client(connection, client, "client.request_signing_key_changed", client_id)
+    return {"clientId": client_id, "requestSigningKeyFingerprint": after}
 
 
 async def _client_for_update(connection: asyncpg.Connection, client_id: str) -> asyncpg.Record:
@@ -358,6 +437,8 @@ async def list_clients(
             "status": row["status"],
             "createdAt": row["created_at"],
             "rotatedAt": row["rotated_at"],
+            "requestSigningKey": row["request_signing_key"],
+            "requestSigningKeyFingerprint": signing_key_fingerprint(row["request_signing_key"]),
         }
         for row in rows
     ]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 from typing import Annotated, Any
 
@@ -12,6 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from infra.http import Unauthorized, authenticate
 from infra.logging import get_logger
+from infra.request_signing import SIGNATURE_HEADER, TIMESTAMP_HEADER
 from infra.tokens import JwksVerifier
 from services.trigger import service
 from services.trigger.callback_urls import check_callback_url
@@ -41,14 +43,39 @@ Context = Annotated[TriggerContext, Depends(context)]
 
 
 async def current_client(request: Request, ctx: Context) -> service.Caller:
+    """The API client behind the request: token verified, not revoked, and, when it
+    registered a public key, its request signature checked (before any rule check)."""
     principal = await authenticate(ctx.verifier, request)
     if principal.kind != "client" or principal.environment is None:
         raise Unauthorized("an API client's token is required")
     if "points:trigger" not in principal.scopes:
         raise Unauthorized("the token lacks the points:trigger scope")
-    if await service.client_revoked(ctx.pool, principal.client_id):
+    access = await service.client_access(ctx.pool, principal.client_id)
+    if access.revoked:
         raise Unauthorized("this client has been revoked")
+    if access.request_signing_key is not None:
+        service.check_request_signature(
+            access.request_signing_key,
+            await signed_request(request),
+            at=time.time(),
+            window_seconds=ctx.settings.request_signature_window_seconds,
+        )
     return service.Caller(principal.client_id, principal.org_id, principal.environment)
+
+
+async def signed_request(request: Request) -> service.SignedRequest:
+    """The request as its client signed it: the target exactly as sent on the request line."""
+    target = request.scope.get("raw_path") or request.url.path.encode()
+    query = request.scope.get("query_string", b"")
+    if query:
+        target += b"?" + query
+    return service.SignedRequest(
+        method=request.method,
+        target=target.decode("latin-1"),
+        body=await request.body(),
+        timestamp=request.headers.get(TIMESTAMP_HEADER),
+        signature=request.headers.get(SIGNATURE_HEADER),
+    )
 
 
 Client = Annotated[service.Caller, Depends(current_client)]

@@ -17,13 +17,16 @@ ON CONFLICT (rule_id) DO UPDATE SET
 WHERE rules.version < EXCLUDED.version
 """
 UPSERT_CLIENT = """
-INSERT INTO clients (client_id, org_id, environment, status, occurred_at)
-VALUES ($1, $2, $3, $4, $5)
-ON CONFLICT (client_id) DO UPDATE SET status = EXCLUDED.status, occurred_at = EXCLUDED.occurred_at
+INSERT INTO clients (client_id, org_id, environment, status, request_signing_key, occurred_at)
+VALUES ($1, $2, $3, $4, $5, $6)
+ON CONFLICT (client_id) DO UPDATE SET
+    status = EXCLUDED.status,
+    request_signing_key = EXCLUDED.request_signing_key,
+    occurred_at = EXCLUDED.occurred_at
 WHERE clients.occurred_at <= EXCLUDED.occurred_at
 """
 GET_RULE = "SELECT * FROM rules WHERE rule_id = $1"
-CLIENT_STATUS = "SELECT status FROM clients WHERE client_id = $1"
+CLIENT_ACCESS = "SELECT status, request_signing_key FROM clients WHERE client_id = $1"
 
 GET_REQUEST = "SELECT * FROM requests WHERE client_id = $1 AND request_id = $2"
 INSERT_REQUEST = """

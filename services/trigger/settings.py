@@ -7,6 +7,7 @@ from typing import ClassVar
 from pydantic import Field
 from pydantic_settings import SettingsConfigDict
 
+from infra.request_signing import DEFAULT_WINDOW_SECONDS
 from infra.settings import ServiceSettings
 
 
@@ -35,6 +36,12 @@ class TriggerSettings(ServiceSettings):
     )
     rate_limit_burst: int = Field(
         default=100, ge=1, description="Triggers a client may send at once after a quiet spell."
+    )
+    request_signature_window_seconds: int = Field(
+        default=DEFAULT_WINDOW_SECONDS,
+        ge=1,
+        description="How far a signed request's X-Points-Timestamp may be from the gateway's "
+        "clock, either way, for clients that sign their requests.",
     )
     callback_dns_timeout_seconds: float = Field(
         default=2.0, gt=0, description="How long checking a callbackUrl's host may take."

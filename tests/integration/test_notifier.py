@@ -592,25 +592,29 @@ class TestOperatorEndpoints:
         assert again.status_code == 404
 
 
+async def publish_in_order(
+    bootstrap_servers: str, *events: ClientLifecycleEvent | PointsResultEvent
+) -> None:
+    """Put ``events`` on the notifier's topics (created first), one after the other."""
+    topics = [topic for topic in ALL_TOPICS if topic.name in {CLIENTS_LIFECYCLE, POINTS_RESULTS}]
+    await create_topics(bootstrap_servers, topics)
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap_servers, acks="all")
+    await producer.start()
+    try:
+        for event in events:
+            await producer.send_and_wait(
+                event.TOPIC, event.model_dump_json().encode(), key=event.key().encode()
+            )
+    finally:
+        await producer.stop()
+
+
 class TestThroughKafka:
     async def test_a_points_result_on_kafka_reaches_the_receiver_signed(
         self, database_url: str, kafka_bootstrap_servers: str, receiver: CallbackReceiver
     ) -> None:
-        topics = [
-            topic for topic in ALL_TOPICS if topic.name in {CLIENTS_LIFECYCLE, POINTS_RESULTS}
-        ]
-        await create_topics(kafka_bootstrap_servers, topics)
-        client = client_event()
         result = result_event(receiver.url())
-        producer = AIOKafkaProducer(bootstrap_servers=kafka_bootstrap_servers, acks="all")
-        await producer.start()
-        try:
-            for event in (client, result):
-                await producer.send_and_wait(
-                    event.TOPIC, event.model_dump_json().encode(), key=event.key().encode()
-                )
-        finally:
-            await producer.stop()
+        await publish_in_order(kafka_bootstrap_servers, client_event(), result)
 
         notifier = create_notifier(
             notifier_settings(database_url, kafka_bootstrap_servers=kafka_bootstrap_servers)

@@ -30,6 +30,7 @@ from contracts import (
     ShareEmailRequested,
 )
 from contracts.export import SCHEMAS_DIRECTORY, export_schemas, find_drift, main
+from infra.request_signing import load_signing_key
 
 EXAMPLES_DIRECTORY = Path(contracts.__file__).parent / "examples"
 
@@ -354,6 +355,37 @@ class TestClientSnapshot:
         message = changed(examples_of(CLIENTS_LIFECYCLE)[2], data={"status": "active"})
 
         with pytest.raises(ValidationError, match="revoked"):
+            ClientLifecycleEvent.model_validate(message)
+
+
+class TestClientRequestSigningKey:
+    def test_a_client_snapshot_without_the_key_reads_as_a_client_that_does_not_sign(
+        self,
+    ) -> None:
+        message = examples_of(CLIENTS_LIFECYCLE)[0]
+        data = {
+            name: value for name, value in message["data"].items() if name != "request_signing_key"
+        }
+
+        event = ClientLifecycleEvent.model_validate({**message, "data": data})
+
+        assert event.data.request_signing_key is None
+
+    def test_a_key_change_event_carries_the_new_public_key(self) -> None:
+        event = next(
+            ClientLifecycleEvent.model_validate(message)
+            for message in examples_of(CLIENTS_LIFECYCLE)
+            if message["type"] == "client.request_signing_key_changed"
+        )
+
+        assert event.data.request_signing_key is not None
+        assert load_signing_key(event.data.request_signing_key)
+
+    def test_refuses_a_key_that_is_not_a_pem_public_key(self) -> None:
+        private = "-----BEGIN PRIVATE KEY-----\nMIGHAgEAMBMG\n-----END PRIVATE KEY-----\n"
+        message = changed(examples_of(CLIENTS_LIFECYCLE)[0], data={"request_signing_key": private})
+
+        with pytest.raises(ValidationError, match="request_signing_key"):
             ClientLifecycleEvent.model_validate(message)
 
 

@@ -15,15 +15,19 @@ from typing import Any
 
 import httpx
 import pytest
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
 import infra.problems
 import services.trigger
 from infra.http import Unauthorized
+from infra.request_signing import SIGNATURE_HEADER as REQUEST_SIGNATURE_HEADER
+from infra.request_signing import TIMESTAMP_HEADER, public_pem
 from infra.signing import SIGNATURE_HEADER, sign
 from infra.tokens import TOKEN_PATH
 from services.notifier.settings import NotifierSettings
 from services.rules.app import create_app
 from services.rules.settings import RulesSettings
+from services.trigger.service import SignatureInvalid, SignedRequest, check_request_signature
 from services.trigger.settings import TriggerSettings
 
 PUBLIC_URL = "https://rules.points.example.com"
@@ -35,6 +39,9 @@ ENVIRONMENTS = tuple(TRIGGER_URLS)
 SECRET = "whsec_test-signing-secret"
 BODY = b'{"requestId":"order-1001","status":"succeeded","amount":10}'
 NOW = 1_762_337_702
+
+EC_KEY = ec.generate_private_key(ec.SECP256R1())
+RSA_KEY = rsa.generate_private_key(public_exponent=65537, key_size=2048)
 
 _CODE = re.compile(r"\bcode\s*=\s*\"([A-Z][A-Z0-9_]+)\"")
 
@@ -84,6 +91,12 @@ def code_block(page: str, block_id: str) -> str:
     found = re.search(rf'<code[^>]*\bid="{block_id}"[^>]*>(.*?)</code>', page, re.DOTALL)
     assert found is not None, f"the guide has no code block {block_id}"
     return html.unescape(found.group(1))
+
+
+def signer(page: str) -> Any:
+    namespace: dict[str, Any] = {}
+    exec(code_block(page, "sign-request-python"), namespace)  # noqa: S102 - our own page
+    return namespace["signed_headers"]
 
 
 def verifier(page: str) -> Any:
@@ -184,6 +197,8 @@ class TestTheGuidePage:
             "verify-signature-python",
             "callback-receiver-python",
             "trigger-client-python",
+            "sign-request-python",
+            "signed-call-python",
         ):
             compile(code_block(page, block_id), block_id, "exec")
 
@@ -279,6 +294,75 @@ class TestTheDocumentedSignatureCheck:
         assert f'self.headers.get("{SIGNATURE_HEADER}", "")' in code_block(
             page, "callback-receiver-python"
         )
+
+
+class TestTheDocumentedRequestSigning:
+    """The guide's signing snippet, checked by the gateway's own signature check."""
+
+    async def test_the_page_explains_the_headers_the_string_the_algorithms_and_the_window(
+        self, http: httpx.AsyncClient
+    ) -> None:
+        page = readable(await guide(http, "staging"))
+
+        for phrase in (
+            "X-Points-Timestamp",
+            "X-Points-Request-Signature",
+            "<METHOD>",
+            "<path?query>",
+            "lowercase hex of the raw body bytes",
+            "ECDSA with SHA-256",
+            "RSASSA-PSS with SHA-256, MGF1 with SHA-256, and a salt of 32 bytes",
+            "up to 300 seconds before or after",
+            "SIGNATURE_REQUIRED",
+            "SIGNATURE_EXPIRED",
+            "SIGNATURE_INVALID",
+        ):
+            assert phrase in page, phrase
+
+    @pytest.mark.parametrize("kind", ["rsa", "ec"])
+    async def test_its_headers_pass_the_gateways_check(
+        self, http: httpx.AsyncClient, kind: str
+    ) -> None:
+        signed_headers = signer(await guide(http, "staging"))
+        private_key = RSA_KEY if kind == "rsa" else EC_KEY
+        url = f"{TRIGGER_URLS['staging']}/v1/points/requests/order-1?view=full"
+
+        headers = signed_headers(private_key, "GET", url, b"", now=NOW)
+
+        check_request_signature(
+            public_pem(private_key.public_key()),
+            SignedRequest(
+                "GET",
+                "/v1/points/requests/order-1?view=full",
+                b"",
+                headers[TIMESTAMP_HEADER],
+                headers[REQUEST_SIGNATURE_HEADER],
+            ),
+            at=NOW,
+            window_seconds=300,
+        )
+
+    async def test_its_signature_does_not_carry_over_to_another_body(
+        self, http: httpx.AsyncClient
+    ) -> None:
+        signed_headers = signer(await guide(http, "staging"))
+        url = f"{TRIGGER_URLS['staging']}/v1/points/requests"
+
+        headers = signed_headers(EC_KEY, "POST", url, BODY, now=NOW)
+
+        with pytest.raises(SignatureInvalid):
+            check_request_signature(
+                public_pem(EC_KEY.public_key()),
+                SignedRequest(
+                    "POST",
+                    "/v1/points/requests",
+                    BODY.replace(b"10", b"99"),
+                    headers[TIMESTAMP_HEADER],
+                    headers[REQUEST_SIGNATURE_HEADER],
+                ),
+                at=NOW,
+                window_seconds=300,
+            )
 
 
 class TestTheGuideAddress:
