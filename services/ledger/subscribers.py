@@ -50,6 +50,8 @@ def register_subscribers(
         group_id="ledger",
         batch=True,
         max_records=settings.batch_max_records,
+        session_timeout_ms=settings.consumer_session_timeout_ms,
+        heartbeat_interval_ms=settings.consumer_heartbeat_interval_ms,
         auto_offset_reset="earliest",
         title="ledger.apply_points_requests",
         description="Applies accepted earn and redeem requests to the ledger, one "
