@@ -6,7 +6,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: run test lint fmt docs venv clean bench-gateway
+.PHONY: run test lint fmt docs venv clean bench-gateway bench-ledger
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -38,6 +38,10 @@ docs: $(STAMP)  ## AsyncAPI and OpenAPI documents into docs/api/
 bench-gateway: $(STAMP)  ## gateway throughput and latency against a bare FastAPI endpoint
 	@command -v wrk >/dev/null || (apt-get update -qq && apt-get install -y -qq wrk)
 	$(BIN)/python bench/gateway.py $(BENCH_ARGS)
+
+bench-ledger: $(STAMP)  ## ledger apply rate end to end against pgbench -N on the same PostgreSQL
+	@command -v pgbench >/dev/null || (apt-get update -qq && apt-get install -y -qq postgresql-client)
+	$(BIN)/python bench/ledger.py $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) var .mypy_cache .ruff_cache .pytest_cache
