@@ -138,13 +138,12 @@ async def apply_batch(
 async def _claim(
     connection: asyncpg.Connection, events: Sequence[PointsRequestedEvent]
 ) -> list[PointsRequestedEvent]:
-    # Claims go in event id order so that two batches carrying the same
-    # redelivered events wait on each other rather than deadlock; the events
-    # themselves keep their delivery order, which is each member's order.
-    claimed = set()
-    for event_id in sorted({event.event_id for event in events}):
-        if await inbox.claim(connection, event_id, POINTS_REQUESTED):
-            claimed.add(event_id)
+    # Claimed in event id order (two batches carrying the same redelivered
+    # events wait on each other rather than deadlock); the events themselves
+    # keep their delivery order, which is each member's order.
+    claimed = await inbox.claim_all(
+        connection, (event.event_id for event in events), POINTS_REQUESTED
+    )
     fresh = []
     for event in events:
         if event.event_id in claimed:
