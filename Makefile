@@ -6,7 +6,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: run test lint fmt docs venv clean bench-gateway bench-propagation up down test-tools
+.PHONY: run test lint fmt docs venv clean bench-gateway bench-ledger bench-propagation up down test-tools
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -42,6 +42,10 @@ docs: $(STAMP)  ## AsyncAPI and OpenAPI documents into docs/api/
 bench-gateway: $(STAMP)  ## gateway throughput and latency against a bare FastAPI endpoint
 	@command -v wrk >/dev/null || (apt-get update -qq && apt-get install -y -qq wrk)
 	$(BIN)/python bench/gateway.py $(BENCH_ARGS)
+
+bench-ledger: $(STAMP)  ## ledger apply rate end to end against pgbench -N on the same PostgreSQL
+	@command -v pgbench >/dev/null || (apt-get update -qq && apt-get install -y -qq postgresql-client)
+	$(BIN)/python bench/ledger.py $(BENCH_ARGS)
 
 bench-propagation: $(STAMP)  ## how long a rule change takes to reach the gateway (p50/p95/max)
 	$(BIN)/python bench/propagation.py $(BENCH_ARGS)

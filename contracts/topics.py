@@ -69,8 +69,8 @@ ALL_TOPICS: tuple[TopicSpec, ...] = (
         compacted=False,
         description=(
             "Outcome of a points request: applied with the balance after, or rejected with"
-            " a reason. The gateway releases cap reservations on rejection; the notifier"
-            " sends callbacks."
+            " a reason; later, reversed by an operator. The gateway releases cap reservations"
+            " on rejection and reversal; the notifier sends callbacks for applied and rejected."
         ),
     ),
     TopicSpec(

@@ -9,6 +9,7 @@ leaves neither.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from uuid import UUID
 
 import asyncpg
@@ -18,9 +19,26 @@ INSERT INTO inbox (event_id, topic) VALUES ($1, $2)
 ON CONFLICT (event_id) DO NOTHING
 RETURNING event_id
 """
+# Rows go in event id order, so two transactions claiming overlapping sets wait
+# on each other instead of deadlocking.
+CLAIM_ALL = """
+INSERT INTO inbox (event_id, topic)
+SELECT event_id, $2 FROM unnest($1::uuid[]) AS claimed (event_id) ORDER BY event_id
+ON CONFLICT (event_id) DO NOTHING
+RETURNING event_id
+"""
 
 
 async def claim(connection: asyncpg.Connection, event_id: UUID, topic: str) -> bool:
     """Record ``event_id`` as processed; False when it already was."""
     assert connection.is_in_transaction(), "claim must run in the effect's transaction"
     return await connection.fetchval(CLAIM, event_id, topic) is not None
+
+
+async def claim_all(
+    connection: asyncpg.Connection, event_ids: Iterable[UUID], topic: str
+) -> set[UUID]:
+    """:func:`claim` for many events in one round trip; the ids claimed now."""
+    assert connection.is_in_transaction(), "claim_all must run in the effects' transaction"
+    rows = await connection.fetch(CLAIM_ALL, sorted(set(event_ids)), topic)
+    return {row["event_id"] for row in rows}

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 from collections.abc import Callable
 from datetime import timedelta
 from typing import ClassVar, Protocol
@@ -34,7 +35,14 @@ from infra.logging import get_logger
 
 log = get_logger(__name__)
 
-INSERT = "INSERT INTO outbox (topic, key, payload, headers) VALUES ($1, $2, $3, $4)"
+# One statement for any number of events; ids follow the order given.
+INSERT = """
+INSERT INTO outbox (topic, key, payload, headers)
+SELECT topic, key, payload, headers::jsonb
+FROM unnest($1::text[], $2::text[], $3::bytea[], $4::text[]) WITH ORDINALITY
+    AS staged (topic, key, payload, headers, position)
+ORDER BY position
+"""
 PENDING = """
 SELECT id, topic, key, payload, headers FROM outbox
 WHERE published_at IS NULL ORDER BY id LIMIT $1
@@ -63,15 +71,13 @@ class OutboxEvent(Protocol):
 async def enqueue(connection: asyncpg.Connection, *events: OutboxEvent) -> None:
     """Stage events for publication in the caller's open transaction."""
     assert connection.is_in_transaction(), "enqueue must share the state change's transaction"
-    await connection.executemany(
+    await connection.execute(
         INSERT,
+        [event.TOPIC for event in events],
+        [event.key() for event in events],
+        [event.model_dump_json().encode() for event in events],
         [
-            (
-                event.TOPIC,
-                event.key(),
-                event.model_dump_json().encode(),
-                {"type": event.type, "correlation_id": event.correlation_id},
-            )
+            json.dumps({"type": event.type, "correlation_id": event.correlation_id})
             for event in events
         ],
     )

@@ -22,7 +22,11 @@ MIGRATIONS = Path(__file__).parent / "migrations"
 
 #: What this service publishes, through its outbox (for the AsyncAPI document).
 PUBLISHES = (
-    (POINTS_RESULTS, PointsResultEvent, "Applied (with the balance after) or rejected requests."),
+    (
+        POINTS_RESULTS,
+        PointsResultEvent,
+        "Applied (with the balance after) or rejected requests, and reversals of applied ones.",
+    ),
 )
 
 

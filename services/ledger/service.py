@@ -138,13 +138,12 @@ async def apply_batch(
 async def _claim(
     connection: asyncpg.Connection, events: Sequence[PointsRequestedEvent]
 ) -> list[PointsRequestedEvent]:
-    # Claims go in event id order so that two batches carrying the same
-    # redelivered events wait on each other rather than deadlock; the events
-    # themselves keep their delivery order, which is each member's order.
-    claimed = set()
-    for event_id in sorted({event.event_id for event in events}):
-        if await inbox.claim(connection, event_id, POINTS_REQUESTED):
-            claimed.add(event_id)
+    # Claimed in event id order (two batches carrying the same redelivered
+    # events wait on each other rather than deadlock); the events themselves
+    # keep their delivery order, which is each member's order.
+    claimed = await inbox.claim_all(
+        connection, (event.event_id for event in events), POINTS_REQUESTED
+    )
     fresh = []
     for event in events:
         if event.event_id in claimed:
@@ -382,6 +381,8 @@ async def reverse_transaction(
             connection, [(reversal_id, account, moved) for account, moved in entries.items()]
         )
         await repository.add_to_balances(connection, entries)
+    # The gateway and the rules service release the rule's cap usage from this event.
+    await outbox.enqueue(connection, _reversal_event(row, original))
     log.info(
         "points.transaction.reversed",
         transaction_id=str(transaction_id),
@@ -393,6 +394,31 @@ async def reverse_transaction(
     recorded = await repository.reversal_of(connection, transaction_id)
     assert recorded is not None
     return _reversal_outcome(recorded, original)
+
+
+def _reversal_event(
+    reversal: repository.ReversalRow, original: asyncpg.Record
+) -> PointsResultEvent:
+    return PointsResultEvent.new_event(
+        data=PointsResult(
+            request_id=reversal.request_id,
+            transaction_id=reversal.reverses,
+            client_id=reversal.client_id,
+            rule_id=reversal.rule_id,
+            user_id=reversal.user_id,
+            type=original["type"],
+            amount=reversal.amount,
+            status="reversed",
+            balance=reversal.balance_after,
+            processed_at=reversal.created_at,
+            reversal_id=reversal.id,
+            reversed_amount=reversal.amount - reversal.uncovered,
+            uncovered_amount=reversal.uncovered,
+        ),
+        environment=cast("Environment", reversal.environment),
+        org_id=reversal.org_id,
+        correlation_id=reversal.correlation_id,
+    )
 
 
 def _reversal_outcome(

@@ -28,3 +28,15 @@ class LedgerSettings(ServiceSettings):
         ge=1,
         description="Most points requests applied in one PostgreSQL transaction.",
     )
+    consumer_session_timeout_ms: int = Field(
+        default=10_000,
+        ge=1_000,
+        description="How long the broker waits for a silent ledger consumer before handing "
+        "its partitions to another: after a crash, those members' requests wait this long.",
+    )
+    consumer_heartbeat_interval_ms: int = Field(
+        default=3_000,
+        ge=100,
+        description="How often the ledger's consumer tells the broker it is alive; keep it "
+        "at most a third of the session timeout.",
+    )

@@ -12,6 +12,7 @@ from contracts import (
     PointsResultEvent,
     ShareEmailRequestedEvent,
 )
+from infra.logging import get_logger
 from infra.runtime import ServiceRuntime
 from services.notifier import service
 from services.notifier.service import DeliveryDispatcher
@@ -20,6 +21,8 @@ from services.notifier.settings import NotifierSettings
 CLIENTS_GROUP = "notifier.clients"
 CALLBACKS_GROUP = "notifier.callbacks"
 EMAILS_GROUP = "notifier.emails"
+
+log = get_logger(__name__)
 
 
 def register_subscribers(
@@ -47,10 +50,15 @@ def register_subscribers(
         POINTS_RESULTS,
         group_id=CALLBACKS_GROUP,
         auto_offset_reset="earliest",
-        description="Queues the signed callback a points result asks for.",
+        description="Queues the signed callback a points result asks for. A reversal "
+        "(`points.reversed`) is ignored: callbacks report a request's outcome, `succeeded` "
+        "or `failed`, and the request still succeeded.",
     )
     async def on_points_result(event: PointsResultEvent) -> None:
         """Queue the result's callback once, however often the event is delivered."""
+        if event.data.status == "reversed":
+            log.info("callback.reversal_ignored", request_id=event.data.request_id)
+            return
         async with runtime.pool.acquire() as connection, connection.transaction():
             queued = await service.queue_callback(connection, event)
         if queued:

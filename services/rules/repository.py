@@ -151,6 +151,10 @@ ADD_RULE_USAGE = """
 INSERT INTO rule_usage AS u (rule_id, used) VALUES ($1, $2)
 ON CONFLICT (rule_id) DO UPDATE SET used = u.used + excluded.used, updated_at = now()
 """
+# A reversal gives back what it moved; never below zero, should results have been lost.
+RELEASE_RULE_USAGE = """
+UPDATE rule_usage SET used = greatest(used - $2, 0), updated_at = now() WHERE rule_id = $1
+"""
 
 INSERT_CONSOLE_SESSION = """
 INSERT INTO console_sessions (id_hash, user_id, csrf_secret, expires_at)

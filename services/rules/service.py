@@ -801,12 +801,16 @@ async def record_usage(connection: asyncpg.Connection, event: PointsResultEvent)
     """Count an applied result's points against its rule, once per event.
 
     Runs in the caller's transaction; False when the event was seen before.
-    Rejected results moved nothing and count for nothing.
+    Rejected results moved nothing and count for nothing; a reversal takes
+    back from the count the points it moved back.
     """
     if not await inbox.claim(connection, event.event_id, POINTS_RESULTS):
         return False
-    if event.data.status == "applied":
-        await connection.execute(sql.ADD_RULE_USAGE, event.data.rule_id, event.data.amount)
+    result = event.data
+    if result.status == "applied":
+        await connection.execute(sql.ADD_RULE_USAGE, result.rule_id, result.amount)
+    elif result.status == "reversed" and result.reversed_amount:
+        await connection.execute(sql.RELEASE_RULE_USAGE, result.rule_id, result.reversed_amount)
     return True
 
 

@@ -16,8 +16,8 @@ def register(broker: KafkaBroker, runtime: ServiceRuntime) -> None:
         POINTS_RESULTS,
         group_id=USAGE_GROUP,
         auto_offset_reset="earliest",
-        description="Counts the points each rule has moved, so its cap cannot be lowered "
-        "below them. De-duplicated through the inbox.",
+        description="Counts the points each rule has moved (applied, less what reversals "
+        "moved back), so its cap cannot be lowered below them. De-duplicated through the inbox.",
     )
     async def on_points_result(event: PointsResultEvent) -> None:
         async with runtime.pool.acquire() as connection, connection.transaction():

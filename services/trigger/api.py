@@ -184,6 +184,6 @@ async def trigger_points(
 
 @router.get("/v1/points/requests/{request_id}")
 async def get_points_request(request_id: str, caller: Client, ctx: Context) -> dict[str, Any]:
-    """Where a request stands: pending, succeeded or failed (with a reason)."""
+    """Where a request stands: pending, succeeded or failed (with a reason); and any reversal."""
     async with ctx.pool.acquire() as connection:
         return await service.request_status(connection, caller, request_id)

@@ -42,6 +42,14 @@ UPDATE requests SET status = $3, reason = $4, balance = $5, updated_at = now()
 WHERE client_id = $1 AND request_id = $2 AND status = 'pending'
 RETURNING rule_id, user_id, cap_reserved, member_cap_reserved
 """
+# A reversal is recorded once, on a request that succeeded; the row says what the
+# request reserved, so only that is released.
+RECORD_REVERSAL = """
+UPDATE requests SET reversal_id = $3, reversed_amount = $4, uncovered_amount = $5,
+    reversed_at = $6, updated_at = now()
+WHERE client_id = $1 AND request_id = $2 AND status = 'succeeded' AND reversed_at IS NULL
+RETURNING rule_id, user_id, cap_reserved, member_cap_reserved
+"""
 # Settled requests past their retention, a batch at a time so no purge holds
 # many row locks or a long transaction; SKIP LOCKED lets replicas purge together.
 # Pending ones stay: purging them would lose the cap reservation a rejection frees.

@@ -25,10 +25,12 @@ from contracts import (
     ClientLifecycleEvent,
     PointsRequested,
     PointsRequestedEvent,
+    PointsResult,
     PointsResultEvent,
     RuleLifecycleEvent,
 )
 from infra import outbox
+from infra.logging import get_logger
 from infra.problems import Problem
 from infra.request_signing import (
     SIGNATURE_HEADER,
@@ -38,6 +40,8 @@ from infra.request_signing import (
     signature_matches,
 )
 from services.trigger import repository as sql
+
+log = get_logger(__name__)
 
 USER_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:@+-]{0,127}")
 #: The largest amount accepted: every JSON client represents it exactly, and cap
@@ -300,6 +304,13 @@ def request_view(row: asyncpg.Record) -> dict[str, Any]:
     }
     if row["reason"]:
         view["reason"] = row["reason"]
+    if row["reversed_at"] is not None:
+        view["reversal"] = {
+            "reversalId": str(row["reversal_id"]),
+            "reversedAmount": row["reversed_amount"],
+            "uncoveredAmount": row["uncovered_amount"],
+            "reversedAt": row["reversed_at"].astimezone(UTC).isoformat().replace("+00:00", "Z"),
+        }
     return view
 
 
@@ -392,16 +403,18 @@ async def reserve_caps(
             )
 
 
-async def release_caps(connection: asyncpg.Connection, settled: asyncpg.Record) -> None:
-    """Free what a request reserved (and nothing it did not)."""
-    if settled["cap_reserved"]:
-        await connection.execute(sql.RELEASE_CAP, settled["rule_id"], settled["cap_reserved"])
-    if settled["member_cap_reserved"]:
+async def release_caps(
+    connection: asyncpg.Connection, settled: asyncpg.Record, at_most: int | None = None
+) -> None:
+    """Free what a request reserved (and nothing it did not), up to ``at_most`` points."""
+    cap, member_cap = settled["cap_reserved"], settled["member_cap_reserved"]
+    if at_most is not None:
+        cap, member_cap = min(cap, at_most), min(member_cap, at_most)
+    if cap:
+        await connection.execute(sql.RELEASE_CAP, settled["rule_id"], cap)
+    if member_cap:
         await connection.execute(
-            sql.RELEASE_MEMBER_CAP,
-            settled["rule_id"],
-            settled["user_id"],
-            settled["member_cap_reserved"],
+            sql.RELEASE_MEMBER_CAP, settled["rule_id"], settled["user_id"], member_cap
         )
 
 
@@ -491,8 +504,16 @@ async def purge_expired_requests(
 
 
 async def record_result(connection: asyncpg.Connection, event: PointsResultEvent) -> None:
-    """Settle a request with the ledger's outcome; a rejection frees its reservations."""
+    """Settle a request with the ledger's outcome; a rejection frees its reservations.
+
+    A reversal leaves the request ``succeeded``, records what it moved back and
+    frees that much of the request's reservations: the points are no longer
+    spent against the rule's caps.
+    """
     result = event.data
+    if result.status == "reversed":
+        await record_reversal(connection, result)
+        return
     status = "succeeded" if result.status == "applied" else "failed"
     settled = await connection.fetchrow(
         sql.RECORD_RESULT,
@@ -504,3 +525,33 @@ async def record_result(connection: asyncpg.Connection, event: PointsResultEvent
     )
     if settled is not None and status == "failed":
         await release_caps(connection, settled)
+
+
+async def record_reversal(connection: asyncpg.Connection, result: PointsResult) -> None:
+    reversed_amount = result.reversed_amount or 0
+    reversed_request = await connection.fetchrow(
+        sql.RECORD_REVERSAL,
+        result.client_id,
+        result.request_id,
+        result.reversal_id,
+        reversed_amount,
+        result.uncovered_amount,
+        result.processed_at,
+    )
+    if reversed_request is None:
+        # Purged after its retention (or never seen): what it reserved is not
+        # known, and releasing a guess could let a cap be exceeded.
+        log.warning(
+            "points.reversal.request_unknown",
+            client_id=result.client_id,
+            request_id=result.request_id,
+            reversed=reversed_amount,
+        )
+        return
+    await release_caps(connection, reversed_request, at_most=reversed_amount)
+    log.info(
+        "points.request.reversed",
+        client_id=result.client_id,
+        request_id=result.request_id,
+        reversed=reversed_amount,
+    )

@@ -40,7 +40,8 @@ def register(broker: KafkaBroker, runtime: ServiceRuntime) -> None:
         POINTS_RESULTS,
         group_id=RESULTS_GROUP,
         auto_offset_reset="earliest",
-        description="Settles requests with the ledger's outcome and frees caps on rejection.",
+        description="Settles requests with the ledger's outcome; frees caps on rejection, and "
+        "what a reversal moved back.",
     )
     async def on_points_result(event: PointsResultEvent) -> None:
         async with runtime.pool.acquire() as connection, connection.transaction():

@@ -29,6 +29,7 @@ from tests.integration.test_ledger_service import (
     apply,
     balance,
     count,
+    outbox_results,
     points_requested,
     pool_balance,
 )
@@ -174,6 +175,56 @@ class TestReversalIdempotency:
         with pytest.raises(ReversalIdInUse):
             await reverse(pool, second, reversal_id=used)
         assert await balance(pool) == 20
+
+
+class TestReversalEvent:
+    async def test_a_reversal_publishes_what_it_moved_back_after_the_applied_result(
+        self, pool: asyncpg.Pool
+    ) -> None:
+        earn = points_requested(amount=100)
+        await apply(pool, earn)
+        await apply(pool, points_requested(type="redeem", amount=70, rule_id="rule-shop"))
+
+        outcome = await reverse(pool, earn.data.transaction_id)
+
+        applied, _, reversed_ = await outbox_results(pool)
+        assert reversed_.type == "points.reversed"
+        assert reversed_.key() == applied.key()
+        data = reversed_.data
+        assert (data.request_id, data.transaction_id, data.rule_id, data.type) == (
+            earn.data.request_id,
+            earn.data.transaction_id,
+            "rule-earn",
+            "earn",
+        )
+        assert (data.reversal_id, data.amount, data.reversed_amount, data.uncovered_amount) == (
+            outcome.reversal_id,
+            100,
+            30,
+            70,
+        )
+        assert data.balance == 0
+        assert data.callback_url is None
+
+    async def test_a_repeated_reversal_publishes_nothing_more(self, pool: asyncpg.Pool) -> None:
+        earn = await earned(pool, 100)
+        await reverse(pool, earn)
+
+        await reverse(pool, earn)
+
+        assert [event.type for event in await outbox_results(pool)] == [
+            "points.applied",
+            "points.reversed",
+        ]
+
+    async def test_a_refused_reversal_publishes_nothing(self, pool: asyncpg.Pool) -> None:
+        redeem = points_requested(type="redeem", amount=5)
+        await apply(pool, redeem)
+
+        with pytest.raises(NotReversible):
+            await reverse(pool, redeem.data.transaction_id)
+
+        assert [event.type for event in await outbox_results(pool)] == ["points.rejected"]
 
 
 class TestWhatCannotBeReversed:

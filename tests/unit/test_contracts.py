@@ -403,7 +403,8 @@ class TestPointsResult:
             PointsResult.model_validate({**result.model_dump(), "balance": None})
 
     @pytest.mark.parametrize(
-        ("index", "expected_type"), [(0, "points.applied"), (1, "points.rejected")]
+        ("index", "expected_type"),
+        [(0, "points.applied"), (1, "points.rejected"), (2, "points.reversed")],
     )
     def test_new_event_names_the_event_after_the_status(
         self, index: int, expected_type: str
@@ -421,6 +422,38 @@ class TestPointsResult:
 
         with pytest.raises(ValidationError, match="applied"):
             PointsResultEvent.model_validate(message)
+
+    def test_a_reversal_follows_the_applied_result_it_undoes_on_the_same_key(self) -> None:
+        applied, reversed_ = example_event(POINTS_RESULTS, 0), example_event(POINTS_RESULTS, 2)
+
+        assert reversed_.data.transaction_id == applied.data.transaction_id
+        assert reversed_.key() == applied.key()
+
+    @pytest.mark.parametrize("missing", ["reversal_id", "reversed_amount", "uncovered_amount"])
+    def test_a_reversal_says_what_it_moved_back(self, missing: str) -> None:
+        result = example_event(POINTS_RESULTS, 2).data
+
+        with pytest.raises(ValidationError, match="reversal_id, reversed_amount"):
+            PointsResult.model_validate({**result.model_dump(), missing: None})
+
+    def test_a_reversal_accounts_for_every_point_of_the_original(self) -> None:
+        result = example_event(POINTS_RESULTS, 2).data
+
+        with pytest.raises(ValidationError, match="must be amount"):
+            PointsResult.model_validate({**result.model_dump(), "uncovered_amount": 0})
+
+    def test_a_reversal_carries_the_balance_after_it(self) -> None:
+        result = example_event(POINTS_RESULTS, 2).data
+
+        with pytest.raises(ValidationError, match="balance"):
+            PointsResult.model_validate({**result.model_dump(), "balance": None})
+
+    @pytest.mark.parametrize("index", [0, 1])
+    def test_only_a_reversal_carries_reversal_fields(self, index: int) -> None:
+        result = example_event(POINTS_RESULTS, index).data
+
+        with pytest.raises(ValidationError, match="no reversal fields"):
+            PointsResult.model_validate({**result.model_dump(), "reversed_amount": 0})
 
 
 class TestShareEmailRequested:
