@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import Awaitable, Callable
 from typing import Any
 
 import structlog
-from fastapi import FastAPI, Request, Response
+from fastapi import FastAPI, Request
 from starlette.routing import BaseRoute
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from infra.metrics import UNMATCHED_ROUTE, ServiceMetrics
 from infra.problems import Problem, install_problem_handlers
@@ -19,6 +19,8 @@ REQUEST_ID_HEADER = "X-Request-Id"
 CORRELATION_ID_HEADER = "X-Correlation-Id"
 #: Prometheus's own scrapes are not requests worth counting.
 METRICS_PATH = "/metrics"
+_REQUEST_ID_KEY = REQUEST_ID_HEADER.lower().encode()
+_CORRELATION_ID_KEY = CORRELATION_ID_HEADER.lower().encode()
 
 
 class Unauthorized(Problem):
@@ -44,42 +46,54 @@ def create_http_app(metrics: ServiceMetrics | None = None, **fastapi_options: An
     """
     app = FastAPI(**fastapi_options)
     install_problem_handlers(app)
-    if metrics is not None:
-        _record_request_metrics(app, metrics)
-
-    @app.middleware("http")
-    async def bind_request_ids(
-        request: Request, call_next: Callable[[Request], Awaitable[Response]]
-    ) -> Response:
-        request_id = request.headers.get(REQUEST_ID_HEADER) or uuid.uuid4().hex
-        correlation_id = request.headers.get(CORRELATION_ID_HEADER) or request_id
-        request.state.correlation_id = correlation_id
-        with structlog.contextvars.bound_contextvars(
-            request_id=request_id, correlation_id=correlation_id
-        ):
-            response = await call_next(request)
-        response.headers[REQUEST_ID_HEADER] = request_id
-        return response
-
+    app.add_middleware(RequestContextMiddleware, metrics=metrics)
     return app
 
 
-def _record_request_metrics(app: FastAPI, metrics: ServiceMetrics) -> None:
-    @app.middleware("http")
-    async def record_request_metrics(
-        request: Request, call_next: Callable[[Request], Awaitable[Response]]
-    ) -> Response:
+class RequestContextMiddleware:
+    """Binds the request and correlation ids to every log line, echoes ``X-Request-Id``
+    and, given ``metrics``, counts and times each request under its route template.
+
+    A plain ASGI middleware rather than ``@app.middleware("http")``: Starlette's
+    ``BaseHTTPMiddleware`` streams every response through an extra task and
+    queue, which cost the gateway a fifth of its time per request.
+    """
+
+    def __init__(self, app: ASGIApp, metrics: ServiceMetrics | None = None) -> None:
+        self.app = app
+        self.metrics = metrics
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        headers = dict(scope["headers"])
+        request_id = headers.get(_REQUEST_ID_KEY, b"").decode("latin-1") or uuid.uuid4().hex
+        correlation_id = headers.get(_CORRELATION_ID_KEY, b"").decode("latin-1") or request_id
+        scope.setdefault("state", {})["correlation_id"] = correlation_id
         started = time.perf_counter()
         status = 500  # what the client gets when a handler raises past every handler
+
+        async def send_with_request_id(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                message["headers"] = [
+                    *message.get("headers", ()),
+                    (_REQUEST_ID_KEY, request_id.encode("latin-1")),
+                ]
+            await send(message)
+
         try:
-            response = await call_next(request)
-            status = response.status_code
-            return response
+            with structlog.contextvars.bound_contextvars(
+                request_id=request_id, correlation_id=correlation_id
+            ):
+                await self.app(scope, receive, send_with_request_id)
         finally:
-            route = _route_template(request.scope.get("route"))
-            if route != METRICS_PATH:
+            route = _route_template(scope.get("route"))
+            if self.metrics is not None and route != METRICS_PATH:
                 seconds = time.perf_counter() - started
-                metrics.observe_request(request.method, route, status, seconds)
+                self.metrics.observe_request(scope["method"], route, status, seconds)
 
 
 def _route_template(route: BaseRoute | None) -> str:

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import asyncpg
 import uvicorn
+import uvloop
 from aiokafka import AIOKafkaProducer
 from fastapi import APIRouter, FastAPI, Response
 from fastapi.responses import JSONResponse
@@ -233,7 +234,10 @@ def serve(build: Callable[[], tuple[FastAPI, ServiceRuntime]]) -> None:
         sys.exit(2)
     settings = runtime.settings
     configure_logging(settings.service_name, settings.log_level, settings.log_json)
-    sys.exit(asyncio.run(_serve(app, runtime)))
+    # uvloop's event loop (and uvicorn's httptools parser, picked when installed)
+    # roughly halve the per-request cost of the asyncio and HTTP plumbing.
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        sys.exit(runner.run(_serve(app, runtime)))
 
 
 async def _serve(app: FastAPI, runtime: ServiceRuntime) -> int:

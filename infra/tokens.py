@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -28,6 +29,8 @@ TOKEN_PATH = f"{REALM_PATH}/protocol/openid-connect/token"
 ALGORITHM = "ES256"
 #: Audience of tokens meant for the developer-facing APIs (gateway, ledger reads).
 API_AUDIENCE = "points-api"
+#: How many verified tokens a verifier remembers (a few MB at most).
+VERIFIED_TOKENS_KEPT = 10_000
 
 
 class InvalidToken(Exception):
@@ -86,6 +89,7 @@ class JwksVerifier:
         self._keys: dict[str, jwt.PyJWK] = {}
         self._fetched_at = 0.0
         self._lock = asyncio.Lock()
+        self._verified: OrderedDict[str, Principal] = OrderedDict()
 
     async def aclose(self) -> None:
         await self._http.aclose()
@@ -115,6 +119,26 @@ class JwksVerifier:
         return self._keys[kid]
 
     async def verify(self, token: str) -> Principal:
+        """The principal of a valid token; :class:`InvalidToken` otherwise.
+
+        A client reuses its token for every call until it expires, so a token
+        verified once is remembered (the most recent ``VERIFIED_TOKENS_KEPT``)
+        until its ``exp``: checking an ES256 signature costs more than the rest
+        of the gateway's work on a request. Revocation is not decided here; the
+        caller checks it on every request.
+        """
+        principal = self._verified.get(token)
+        if principal is not None:
+            if principal.claims["exp"] > time.time():
+                return principal
+            del self._verified[token]
+        principal = await self._verify_signature_and_claims(token)
+        self._verified[token] = principal
+        if len(self._verified) > VERIFIED_TOKENS_KEPT:
+            self._verified.popitem(last=False)
+        return principal
+
+    async def _verify_signature_and_claims(self, token: str) -> Principal:
         try:
             header = jwt.get_unverified_header(token)
         except jwt.PyJWTError as error:

@@ -49,7 +49,7 @@ async def _principal(request: Request) -> Principal:
     return await authenticate(verifier, request)
 
 
-def _pool(request: Request) -> asyncpg.Pool:
+async def _pool(request: Request) -> asyncpg.Pool:
     runtime: ServiceRuntime = request.app.state.runtime
     return runtime.pool
 

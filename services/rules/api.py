@@ -53,7 +53,7 @@ class RulesContext:
         return pool
 
 
-def context(request: Request) -> RulesContext:
+async def context(request: Request) -> RulesContext:
     ctx: RulesContext = request.app.state.rules
     return ctx
 
@@ -140,7 +140,7 @@ def require_csrf_token(request: Request, session: sessions.ConsoleSession) -> No
         )
 
 
-def correlation_id(request: Request) -> str:
+async def correlation_id(request: Request) -> str:
     return str(request.state.correlation_id)
 
 

@@ -34,7 +34,7 @@ class TriggerContext:
         return pool
 
 
-def context(request: Request) -> TriggerContext:
+async def context(request: Request) -> TriggerContext:
     ctx: TriggerContext = request.app.state.trigger
     return ctx
 
