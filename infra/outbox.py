@@ -71,15 +71,18 @@ class OutboxEvent(Protocol):
 async def enqueue(connection: asyncpg.Connection, *events: OutboxEvent) -> None:
     """Stage events for publication in the caller's open transaction."""
     assert connection.is_in_transaction(), "enqueue must share the state change's transaction"
-    await connection.execute(
-        INSERT,
-        [event.TOPIC for event in events],
-        [event.key() for event in events],
-        [event.model_dump_json().encode() for event in events],
-        [
-            json.dumps({"type": event.type, "correlation_id": event.correlation_id})
-            for event in events
-        ],
+    rows = [outbox_row(event) for event in events]
+    await connection.execute(INSERT, *(list(column) for column in zip(*rows, strict=True)))
+
+
+def outbox_row(event: OutboxEvent) -> tuple[str, str, bytes, str]:
+    """The outbox columns (topic, key, payload, headers as JSON text) of ``event``, also
+    for code that writes the row itself inside a statement that must commit with it."""
+    return (
+        event.TOPIC,
+        event.key(),
+        event.model_dump_json().encode(),
+        json.dumps({"type": event.type, "correlation_id": event.correlation_id}),
     )
 
 

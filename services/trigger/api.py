@@ -14,7 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from infra.http import Unauthorized, authenticate
 from infra.logging import get_logger
 from infra.request_signing import SIGNATURE_HEADER, TIMESTAMP_HEADER
-from infra.tokens import JwksVerifier
+from infra.tokens import JwksVerifier, Principal
 from services.trigger import service
 from services.trigger.callback_urls import check_callback_url
 from services.trigger.settings import TriggerSettings
@@ -42,15 +42,19 @@ async def context(request: Request) -> TriggerContext:
 Context = Annotated[TriggerContext, Depends(context)]
 
 
-async def current_client(request: Request, ctx: Context) -> service.Caller:
-    """The API client behind the request: token verified, not revoked, and, when it
-    registered a public key, its request signature checked (before any rule check)."""
+async def verified_client(request: Request, ctx: Context) -> Principal:
+    """The API client a valid bearer token speaks for (no database involved)."""
     principal = await authenticate(ctx.verifier, request)
     if principal.kind != "client" or principal.environment is None:
         raise Unauthorized("an API client's token is required")
     if "points:trigger" not in principal.scopes:
         raise Unauthorized("the token lacks the points:trigger scope")
-    access = await service.client_access(ctx.pool, principal.client_id)
+    return principal
+
+
+async def check_access(access: service.ClientAccess, request: Request, ctx: Context) -> None:
+    """Refuse a revoked client and, when it registered a public key, a request it did not
+    sign (checked before any rule)."""
     if access.revoked:
         raise Unauthorized("this client has been revoked")
     if access.request_signing_key is not None:
@@ -60,7 +64,18 @@ async def current_client(request: Request, ctx: Context) -> service.Caller:
             at=time.time(),
             window_seconds=ctx.settings.request_signature_window_seconds,
         )
+
+
+def caller_of(principal: Principal) -> service.Caller:
+    assert principal.environment is not None
     return service.Caller(principal.client_id, principal.org_id, principal.environment)
+
+
+async def current_client(request: Request, ctx: Context) -> service.Caller:
+    """The API client behind the request: token verified, not revoked, signature checked."""
+    principal = await verified_client(request, ctx)
+    await check_access(await service.client_access(ctx.pool, principal.client_id), request, ctx)
+    return caller_of(principal)
 
 
 async def signed_request(request: Request) -> service.SignedRequest:
@@ -95,19 +110,23 @@ class LimitedCaller:
     rate_limit: service.RateLimit
 
 
-async def rate_limited_client(caller: Client, ctx: Context) -> LimitedCaller:
-    """The authenticated caller, once it has taken a token from its rate-limit bucket.
+async def rate_limited_client(request: Request, ctx: Context) -> LimitedCaller:
+    """The API client, as :func:`current_client` checks it, once it has taken a token
+    from its rate-limit bucket (read with its standing in one round trip).
 
     Runs before the body is looked at, so a refused request records nothing.
     """
-    limit = await service.take_rate_token(
+    principal = await verified_client(request, ctx)
+    admission = await service.admit_client(
         ctx.pool,
-        caller.client_id,
+        principal.client_id,
         default_per_second=ctx.settings.rate_limit_per_second,
         default_burst=ctx.settings.rate_limit_burst,
     )
+    await check_access(admission.access, request, ctx)
+    limit = admission.rate_limit
     if not limit.granted:
-        log.info("points.request.rate_limited", client_id=caller.client_id)
+        log.info("points.request.rate_limited", client_id=principal.client_id)
         raise service.RateLimited(
             f"this client may send {limit.per_second:g} requests per second "
             f"(bursts of {limit.burst}); retry after {limit.retry_after_seconds} s",
@@ -116,7 +135,7 @@ async def rate_limited_client(caller: Client, ctx: Context) -> LimitedCaller:
                 **rate_limit_headers(limit),
             },
         )
-    return LimitedCaller(caller, limit)
+    return LimitedCaller(caller_of(principal), limit)
 
 
 RateLimitedClient = Annotated[LimitedCaller, Depends(rate_limited_client)]
@@ -154,24 +173,20 @@ async def trigger_points(
     trigger = service.Trigger(
         body.user_id, body.rule_id, body.amount, body.request_id, body.callback_url
     )
+    lookup = await service.look_up(ctx.pool, caller, trigger)
+    replay = service.replay_of(lookup, trigger)
+    if replay is not None:
+        # The original answer, even if the callback's host has moved since.
+        return JSONResponse(replay, status_code=202, headers=rate_limit_headers(limited.rate_limit))
     if body.callback_url is not None:
-        # A replay gets its original answer even if the host has since moved.
-        async with ctx.pool.acquire() as connection:
-            replay = await service.replay_of(connection, caller, trigger)
-        if replay is not None:
-            return JSONResponse(
-                replay, status_code=202, headers=rate_limit_headers(limited.rate_limit)
-            )
-        # With no connection held: a name lookup can take a while.
         await check_callback_url(
             body.callback_url,
             development=ctx.settings.is_development,
             timeout=ctx.settings.callback_dns_timeout_seconds,
         )
-    async with ctx.pool.acquire() as connection, connection.transaction():
-        accepted = await service.accept_trigger(
-            connection, caller, trigger, request.state.correlation_id
-        )
+    accepted = await service.accept_trigger(
+        ctx.pool, caller, trigger, lookup, request.state.correlation_id
+    )
     log.info(
         "points.request.accepted",
         client_id=caller.client_id,

@@ -25,17 +25,23 @@ ON CONFLICT (client_id) DO UPDATE SET
     occurred_at = EXCLUDED.occurred_at
 WHERE clients.occurred_at <= EXCLUDED.occurred_at
 """
-GET_RULE = "SELECT * FROM rules WHERE rule_id = $1"
 CLIENT_ACCESS = "SELECT status, request_signing_key FROM clients WHERE client_id = $1"
 
 GET_REQUEST = "SELECT * FROM requests WHERE client_id = $1 AND request_id = $2"
-INSERT_REQUEST = """
-INSERT INTO requests (
-    client_id, request_id, transaction_id, body_hash, org_id, environment,
-    rule_id, rule_version, user_id, type, amount, cap_reserved, member_cap_reserved
-) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)
-ON CONFLICT (client_id, request_id) DO NOTHING
-RETURNING *
+# The rule a trigger names ($1; its columns null when there is none) and an earlier
+# request of this client with the same requestId ($2, $3), in one round trip.
+LOOK_UP_TRIGGER = """
+SELECT rule.*, earlier.transaction_id AS earlier_transaction_id,
+       earlier.body_hash AS earlier_body_hash
+FROM (VALUES (1)) AS one (x)
+LEFT JOIN rules AS rule ON rule.rule_id = $1
+LEFT JOIN requests AS earlier ON earlier.client_id = $2 AND earlier.request_id = $3
+"""
+# See migrations/0004_record_points_request.sql.
+RECORD_REQUEST = """
+SELECT outcome, transaction_id, body_hash
+FROM record_points_request($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13,
+                           $14, $15, $16, $17)
 """
 RECORD_RESULT = """
 UPDATE requests SET status = $3, reason = $4, balance = $5, updated_at = now()
@@ -63,22 +69,8 @@ DELETE FROM requests WHERE (client_id, request_id) IN (
 )
 """
 
-# Caps: the conditional UPDATE is the reservation. Its row lock serialises
-# concurrent reservations on one rule, so the check and the increment are one
-# atomic step no matter how many gateway replicas run.
-ENSURE_CAP_ROW = "INSERT INTO cap_usage (rule_id, used) VALUES ($1, 0) ON CONFLICT DO NOTHING"
-RESERVE_CAP = """
-UPDATE cap_usage SET used = used + $2 WHERE rule_id = $1 AND used + $2 <= $3 RETURNING used
-"""
+# Caps are reserved by record_points_request; a rejection or reversal frees them.
 RELEASE_CAP = "UPDATE cap_usage SET used = greatest(used - $2, 0) WHERE rule_id = $1"
-ENSURE_MEMBER_CAP_ROW = """
-INSERT INTO member_cap_usage (rule_id, user_id, used) VALUES ($1, $2, 0) ON CONFLICT DO NOTHING
-"""
-RESERVE_MEMBER_CAP = """
-UPDATE member_cap_usage SET used = used + $3
-WHERE rule_id = $1 AND user_id = $2 AND used + $3 <= $4
-RETURNING used
-"""
 RELEASE_MEMBER_CAP = """
 UPDATE member_cap_usage SET used = greatest(used - $3, 0) WHERE rule_id = $1 AND user_id = $2
 """
@@ -110,6 +102,15 @@ ON CONFLICT (client_id) DO UPDATE SET
     )
 RETURNING granted, tokens, per_second, burst
 """
+# The client's standing and a token from its bucket, in one round trip (the
+# trigger endpoint needs both before it looks at the body).
+# Built from two constants, no input: not an injection vector.
+ADMIT_CLIENT = f"""
+WITH bucket AS ({TAKE_RATE_TOKEN})
+SELECT bucket.granted, bucket.tokens, bucket.per_second, bucket.burst,
+       client.status, client.request_signing_key
+FROM bucket LEFT JOIN clients AS client ON client.client_id = $1
+"""  # noqa: S608
 SET_CLIENT_RATE_LIMIT = """
 INSERT INTO client_rate_limits (client_id, per_second, burst) VALUES ($1, $2, $3)
 ON CONFLICT (client_id) DO UPDATE SET

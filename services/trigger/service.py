@@ -151,6 +151,26 @@ class ClientAccess:
     request_signing_key: str | None
 
 
+@dataclass(frozen=True)
+class Admission:
+    """A client's standing and the rate-limit token its request took, read together."""
+
+    access: ClientAccess
+    rate_limit: RateLimit
+
+
+async def admit_client(
+    pool: asyncpg.Pool, client_id: str, *, default_per_second: float, default_burst: int
+) -> Admission:
+    """The client's standing, and one token from its bucket: one round trip."""
+    row = await pool.fetchrow(sql.ADMIT_CLIENT, client_id, default_per_second, default_burst)
+    assert row is not None
+    return Admission(
+        ClientAccess(row["status"] == "revoked", row["request_signing_key"]),
+        RateLimit(row["granted"], row["tokens"], row["per_second"], row["burst"]),
+    )
+
+
 async def client_access(
     connection: asyncpg.Connection | asyncpg.Pool, client_id: str
 ) -> ClientAccess:
@@ -314,20 +334,44 @@ def request_view(row: asyncpg.Record) -> dict[str, Any]:
     return view
 
 
-async def replay_of(
-    connection: asyncpg.Connection, caller: Caller, trigger: Trigger
-) -> dict[str, Any] | None:
+@dataclass(frozen=True)
+class Lookup:
+    """What accepting a trigger reads first: the rule it names and any earlier
+    request of the caller's with the same requestId."""
+
+    rule: asyncpg.Record | None
+    earlier_transaction_id: uuid.UUID | None
+    earlier_body_hash: str | None
+
+
+async def look_up(pool: asyncpg.Pool, caller: Caller, trigger: Trigger) -> Lookup:
+    row = await pool.fetchrow(
+        sql.LOOK_UP_TRIGGER, trigger.rule_id, caller.client_id, trigger.request_id
+    )
+    assert row is not None
+    return Lookup(
+        rule=row if row["rule_id"] is not None else None,
+        earlier_transaction_id=row["earlier_transaction_id"],
+        earlier_body_hash=row["earlier_body_hash"],
+    )
+
+
+def replay_answer(trigger: Trigger, transaction_id: uuid.UUID, body_hash: str) -> dict[str, Any]:
     """The original answer for a repeated requestId; 409 when the body differs."""
-    earlier = await connection.fetchrow(sql.GET_REQUEST, caller.client_id, trigger.request_id)
-    if earlier is None:
-        return None
-    if earlier["body_hash"] != trigger.body_hash():
+    if body_hash != trigger.body_hash():
         raise Replayed(f"requestId {trigger.request_id} was already used with a different body")
     return {
-        "requestId": earlier["request_id"],
-        "transactionId": str(earlier["transaction_id"]),
+        "requestId": trigger.request_id,
+        "transactionId": str(transaction_id),
         "status": "pending",
     }
+
+
+def replay_of(lookup: Lookup, trigger: Trigger) -> dict[str, Any] | None:
+    """The original answer when the requestId was used before, else None."""
+    if lookup.earlier_transaction_id is None or lookup.earlier_body_hash is None:
+        return None
+    return replay_answer(trigger, lookup.earlier_transaction_id, lookup.earlier_body_hash)
 
 
 def check_rule(rule: asyncpg.Record | None, caller: Caller, rule_id: str, at: datetime) -> None:
@@ -377,32 +421,6 @@ def check_member_and_amount(rule: asyncpg.Record, trigger: Trigger) -> tuple[str
     return user_id, amount
 
 
-async def reserve_caps(
-    connection: asyncpg.Connection, rule: asyncpg.Record, user_id: str, amount: int
-) -> None:
-    if rule["cap_max"] is not None:
-        await connection.execute(sql.ENSURE_CAP_ROW, rule["rule_id"])
-        reserved = await connection.fetchval(
-            sql.RESERVE_CAP, rule["rule_id"], amount, rule["cap_max"]
-        )
-        if reserved is None:
-            raise Refused(
-                f"the rule's cap of {rule['cap_max']} points would be exceeded",
-                code="CAP_EXCEEDED",
-            )
-    if rule["cap_per_member"] is not None:
-        await connection.execute(sql.ENSURE_MEMBER_CAP_ROW, rule["rule_id"], user_id)
-        reserved = await connection.fetchval(
-            sql.RESERVE_MEMBER_CAP, rule["rule_id"], user_id, amount, rule["cap_per_member"]
-        )
-        if reserved is None:
-            raise Refused(
-                f"the rule's per-member cap of {rule['cap_per_member']} points would be "
-                "exceeded for this member",
-                code="MEMBER_CAP_EXCEEDED",
-            )
-
-
 async def release_caps(
     connection: asyncpg.Connection, settled: asyncpg.Record, at_most: int | None = None
 ) -> None:
@@ -418,40 +436,27 @@ async def release_caps(
         )
 
 
+CAP_REFUSALS = {
+    "CAP_EXCEEDED": "the rule's cap of {cap_max} points would be exceeded",
+    "MEMBER_CAP_EXCEEDED": "the rule's per-member cap of {cap_per_member} points would be "
+    "exceeded for this member",
+}
+
+
 async def accept_trigger(
-    connection: asyncpg.Connection, caller: Caller, trigger: Trigger, correlation_id: str
+    pool: asyncpg.Pool, caller: Caller, trigger: Trigger, lookup: Lookup, correlation_id: str
 ) -> dict[str, Any]:
-    """Check, reserve and record a trigger in the caller's transaction; the 202 body."""
-    replay = await replay_of(connection, caller, trigger)
-    if replay is not None:
-        return replay
-    rule = await connection.fetchrow(sql.GET_RULE, trigger.rule_id)
+    """Check a trigger against its rule, then reserve and record it; the 202 body.
+
+    Recording is one statement (``record_points_request``): the idempotency
+    record, the cap reservations and the outbox row commit together, or, when
+    a cap would be overshot, nothing does.
+    """
+    rule = lookup.rule
     check_rule(rule, caller, trigger.rule_id, now())
     assert rule is not None
     user_id, amount = check_member_and_amount(rule, trigger)
     transaction_id = uuid.uuid4()
-    inserted = await connection.fetchrow(
-        sql.INSERT_REQUEST,
-        caller.client_id,
-        trigger.request_id,
-        transaction_id,
-        trigger.body_hash(),
-        caller.org_id,
-        caller.environment,
-        rule["rule_id"],
-        rule["version"],
-        user_id,
-        rule["type"],
-        amount,
-        amount if rule["cap_max"] is not None else 0,
-        amount if rule["cap_per_member"] is not None else 0,
-    )
-    if inserted is None:
-        # A concurrent request with the same requestId committed first.
-        replay = await replay_of(connection, caller, trigger)
-        assert replay is not None
-        return replay
-    await reserve_caps(connection, rule, user_id, amount)
     event = PointsRequestedEvent.new_event(
         data=PointsRequested(
             request_id=trigger.request_id,
@@ -469,7 +474,33 @@ async def accept_trigger(
         org_id=caller.org_id,
         correlation_id=correlation_id,
     )
-    await outbox.enqueue(connection, event)
+    try:
+        recorded = await pool.fetchrow(
+            sql.RECORD_REQUEST,
+            caller.client_id,
+            trigger.request_id,
+            transaction_id,
+            trigger.body_hash(),
+            caller.org_id,
+            caller.environment,
+            rule["rule_id"],
+            rule["version"],
+            user_id,
+            rule["type"],
+            amount,
+            rule["cap_max"],
+            rule["cap_per_member"],
+            *outbox.outbox_row(event),
+        )
+    except asyncpg.RaiseError as error:
+        if error.message not in CAP_REFUSALS:
+            raise
+        detail = CAP_REFUSALS[error.message].format(**rule)
+        raise Refused(detail, code=error.message) from None
+    assert recorded is not None
+    if recorded["outcome"] == "replayed":
+        # A concurrent request with the same requestId was recorded first.
+        return replay_answer(trigger, recorded["transaction_id"], recorded["body_hash"])
     return {
         "requestId": trigger.request_id,
         "transactionId": str(transaction_id),
