@@ -17,18 +17,20 @@ from __future__ import annotations
 
 import asyncio
 import ssl
-from collections.abc import Awaitable, Callable, Iterable, Mapping
-from typing import Any, Protocol
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from typing import Any, Protocol, TypeVar
 
 import structlog
-from aiokafka import AIOKafkaProducer
+from aiokafka import AIOKafkaProducer, ConsumerRecord
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import KafkaError, TopicAlreadyExistsError, for_code
 from aiokafka.helpers import create_ssl_context
 from faststream import AckPolicy, BaseMiddleware, StreamMessage
 from faststream.kafka import KafkaBroker
+from faststream.kafka.annotations import KafkaMessage
 from faststream.kafka.security import parse_security
 from faststream.security import BaseSecurity, SASLPlaintext, SASLScram256, SASLScram512
+from pydantic import BaseModel, ValidationError
 
 from infra.errors import StartupError
 from infra.logging import get_logger
@@ -287,3 +289,82 @@ def _raise_for_topic_errors(topic_errors: Iterable[tuple[Any, ...]]) -> list[str
             f"could not create Kafka topic {name}: {for_code(code).__name__}: {message}"
         )
     return created
+
+
+M = TypeVar("M", bound=BaseModel)
+
+#: Most messages a results consumer takes in one transaction.
+BATCH_MAX_RECORDS = 500
+
+
+async def raw_bodies(message: StreamMessage[Any]) -> Any:
+    """A batch subscriber's decoder: the raw values, for :func:`parse_batch` to parse
+    once, into contracts, rather than FastStream first decoding each as JSON."""
+    return message.body
+
+
+def parse_batch(
+    records: Sequence[ConsumerRecord[Any, Any]], model: type[M], *, invalid_event: str
+) -> list[M]:
+    """The batch's valid events, in delivery order; invalid messages are logged (as
+    ``invalid_event``) and skipped.
+
+    One malformed message must not stop its partition, and every member on it,
+    forever, which redelivering the whole batch would do.
+    """
+    events = []
+    for record in records:
+        try:
+            events.append(model.model_validate_json(record.value or b""))
+        except ValidationError as error:
+            log.error(
+                invalid_event,
+                topic=record.topic,
+                partition=record.partition,
+                offset=record.offset,
+                errors=error.error_count(),
+                error=str(error),
+            )
+    return events
+
+
+def subscribe_in_batches(
+    broker: KafkaBroker,
+    topic: str,
+    model: type[M],
+    *,
+    group_id: str,
+    description: str,
+    max_records: int = BATCH_MAX_RECORDS,
+    **options: Any,
+) -> Callable[[Callable[[list[M]], Awaitable[None]]], Callable[[list[M]], Awaitable[None]]]:
+    """Register the decorated ``handler(events)`` for batches of ``topic``'s events.
+
+    The handler gets the batch's valid events (:func:`parse_batch`; it is not called
+    when there are none) and should
+    apply them in one transaction; the batch's offsets are committed only once
+    it returns, and it is redelivered whole if it raises.
+    """
+
+    def register(
+        handler: Callable[[list[M]], Awaitable[None]],
+    ) -> Callable[[list[M]], Awaitable[None]]:
+        @broker.subscriber(  # type: ignore[untyped-decorator]
+            topic,
+            group_id=group_id,
+            batch=True,
+            max_records=max_records,
+            decoder=raw_bodies,
+            auto_offset_reset="earliest",
+            title=f"{group_id}.{handler.__name__}",
+            description=description,
+            **options,
+        )
+        async def consume(_: list[Any], message: KafkaMessage) -> None:
+            events = parse_batch(message.raw_message, model, invalid_event=f"{topic}.invalid")
+            if events:
+                await handler(events)
+
+        return handler
+
+    return register

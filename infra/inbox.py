@@ -9,7 +9,8 @@ leaves neither.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
+from typing import Protocol, TypeVar
 from uuid import UUID
 
 import asyncpg
@@ -42,3 +43,27 @@ async def claim_all(
     assert connection.is_in_transaction(), "claim_all must run in the effects' transaction"
     rows = await connection.fetch(CLAIM_ALL, sorted(set(event_ids)), topic)
     return {row["event_id"] for row in rows}
+
+
+class Event(Protocol):
+    @property
+    def event_id(self) -> UUID: ...
+
+
+E = TypeVar("E", bound=Event)
+
+
+async def claim_new(connection: asyncpg.Connection, events: Sequence[E], topic: str) -> list[E]:
+    """The events of a batch not processed before, each once, in delivery order.
+
+    Claimed in event id order (two batches carrying the same redelivered events
+    wait on each other rather than deadlock); a copy delivered twice within the
+    batch counts once.
+    """
+    claimed = await claim_all(connection, (event.event_id for event in events), topic)
+    fresh = []
+    for event in events:
+        if event.event_id in claimed:
+            claimed.discard(event.event_id)
+            fresh.append(event)
+    return fresh

@@ -117,7 +117,7 @@ async def apply_batch(
     nothing and produce no result. Each result is staged in the outbox.
     """
     assert connection.is_in_transaction(), "apply_batch must run in the caller's transaction"
-    fresh = await _claim(connection, events)
+    fresh = await inbox.claim_new(connection, events, POINTS_REQUESTED)
     if not fresh:
         return []
     keys = sorted({key for event in fresh for key in (member_account(event), pool_account(event))})
@@ -133,23 +133,6 @@ async def apply_batch(
         rejected=sum(outcome.status == "rejected" for outcome in outcomes),
     )
     return results
-
-
-async def _claim(
-    connection: asyncpg.Connection, events: Sequence[PointsRequestedEvent]
-) -> list[PointsRequestedEvent]:
-    # Claimed in event id order (two batches carrying the same redelivered
-    # events wait on each other rather than deadlock); the events themselves
-    # keep their delivery order, which is each member's order.
-    claimed = await inbox.claim_all(
-        connection, (event.event_id for event in events), POINTS_REQUESTED
-    )
-    fresh = []
-    for event in events:
-        if event.event_id in claimed:
-            claimed.discard(event.event_id)
-            fresh.append(event)
-    return fresh
 
 
 async def _not_yet_recorded(

@@ -22,7 +22,7 @@ import logging
 import random
 import socket
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC
 from typing import Any
@@ -106,8 +106,25 @@ async def queue_callback(connection: asyncpg.Connection, event: PointsResultEven
 
     Returns True when a new delivery was queued.
     """
-    if not await inbox.claim(connection, event.event_id, POINTS_RESULTS):
-        return False
+    return await queue_callbacks(connection, [event]) > 0
+
+
+async def queue_callbacks(
+    connection: asyncpg.Connection, events: Sequence[PointsResultEvent]
+) -> int:
+    """Queue the callbacks a batch of results asks for, each event once; how many were
+    queued. A reversal asks for none: callbacks report a request's outcome, and the
+    request still succeeded."""
+    queued = 0
+    for event in await inbox.claim_new(connection, events, POINTS_RESULTS):
+        if event.data.status == "reversed":
+            log.info("callback.reversal_ignored", request_id=event.data.request_id)
+        elif await _queue_callback(connection, event):
+            queued += 1
+    return queued
+
+
+async def _queue_callback(connection: asyncpg.Connection, event: PointsResultEvent) -> bool:
     result = event.data
     if result.callback_url is None:
         return False

@@ -12,7 +12,7 @@ from contracts import (
     PointsResultEvent,
     ShareEmailRequestedEvent,
 )
-from infra.logging import get_logger
+from infra.broker import subscribe_in_batches
 from infra.runtime import ServiceRuntime
 from services.notifier import service
 from services.notifier.service import DeliveryDispatcher
@@ -21,8 +21,6 @@ from services.notifier.settings import NotifierSettings
 CLIENTS_GROUP = "notifier.clients"
 CALLBACKS_GROUP = "notifier.callbacks"
 EMAILS_GROUP = "notifier.emails"
-
-log = get_logger(__name__)
 
 
 def register_subscribers(
@@ -46,21 +44,19 @@ def register_subscribers(
         if waiting_callbacks_due:
             dispatcher.wake()
 
-    @broker.subscriber(
+    @subscribe_in_batches(
+        broker,
         POINTS_RESULTS,
+        PointsResultEvent,
         group_id=CALLBACKS_GROUP,
-        auto_offset_reset="earliest",
-        description="Queues the signed callback a points result asks for. A reversal "
-        "(`points.reversed`) is ignored: callbacks report a request's outcome, `succeeded` "
-        "or `failed`, and the request still succeeded.",
+        description="Queues the signed callback each points result asks for, one transaction "
+        "per batch. A reversal (`points.reversed`) is ignored: callbacks report a request's "
+        "outcome, `succeeded` or `failed`, and the request still succeeded.",
     )
-    async def on_points_result(event: PointsResultEvent) -> None:
-        """Queue the result's callback once, however often the event is delivered."""
-        if event.data.status == "reversed":
-            log.info("callback.reversal_ignored", request_id=event.data.request_id)
-            return
+    async def queue_callbacks(events: list[PointsResultEvent]) -> None:
+        """Queue each result's callback once, however often the event is delivered."""
         async with runtime.pool.acquire() as connection, connection.transaction():
-            queued = await service.queue_callback(connection, event)
+            queued = await service.queue_callbacks(connection, events)
         if queued:
             dispatcher.wake()
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 import secrets
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -798,20 +799,27 @@ async def _check_cap_covers_usage(
 
 
 async def record_usage(connection: asyncpg.Connection, event: PointsResultEvent) -> bool:
-    """Count an applied result's points against its rule, once per event.
+    """:func:`record_usages` of one event; False when it was seen before."""
+    return await record_usages(connection, [event]) == 1
 
-    Runs in the caller's transaction; False when the event was seen before.
-    Rejected results moved nothing and count for nothing; a reversal takes
-    back from the count the points it moved back.
+
+async def record_usages(connection: asyncpg.Connection, events: Sequence[PointsResultEvent]) -> int:
+    """Count applied results' points against their rules, each event once; how many
+    events were new.
+
+    Runs in the caller's transaction. Rejected results moved nothing and count
+    for nothing; a reversal takes back from the count the points it moved back.
+    Rules are updated in rule id order (one rule's events keep their order), so
+    replicas counting batches at once never deadlock on the same rules.
     """
-    if not await inbox.claim(connection, event.event_id, POINTS_RESULTS):
-        return False
-    result = event.data
-    if result.status == "applied":
-        await connection.execute(sql.ADD_RULE_USAGE, result.rule_id, result.amount)
-    elif result.status == "reversed" and result.reversed_amount:
-        await connection.execute(sql.RELEASE_RULE_USAGE, result.rule_id, result.reversed_amount)
-    return True
+    fresh = await inbox.claim_new(connection, events, POINTS_RESULTS)
+    for event in sorted(fresh, key=lambda event: event.data.rule_id):
+        result = event.data
+        if result.status == "applied":
+            await connection.execute(sql.ADD_RULE_USAGE, result.rule_id, result.amount)
+        elif result.status == "reversed" and result.reversed_amount:
+            await connection.execute(sql.RELEASE_RULE_USAGE, result.rule_id, result.reversed_amount)
+    return len(fresh)
 
 
 def _json_safe(value: Any) -> Any:

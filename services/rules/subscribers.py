@@ -1,10 +1,11 @@
-"""Kafka handlers of the rules service: thin, one transaction each."""
+"""Kafka handlers of the rules service: thin, one transaction per batch."""
 
 from __future__ import annotations
 
 from faststream.kafka import KafkaBroker
 
 from contracts import POINTS_RESULTS, PointsResultEvent
+from infra.broker import subscribe_in_batches
 from infra.runtime import ServiceRuntime
 from services.rules import service
 
@@ -12,13 +13,15 @@ USAGE_GROUP = "rules.usage"
 
 
 def register(broker: KafkaBroker, runtime: ServiceRuntime) -> None:
-    @broker.subscriber(
+    @subscribe_in_batches(
+        broker,
         POINTS_RESULTS,
+        PointsResultEvent,
         group_id=USAGE_GROUP,
-        auto_offset_reset="earliest",
         description="Counts the points each rule has moved (applied, less what reversals "
-        "moved back), so its cap cannot be lowered below them. De-duplicated through the inbox.",
+        "moved back), so its cap cannot be lowered below them. De-duplicated through the inbox; "
+        "one transaction per batch.",
     )
-    async def on_points_result(event: PointsResultEvent) -> None:
+    async def count_usage(events: list[PointsResultEvent]) -> None:
         async with runtime.pool.acquire() as connection, connection.transaction():
-            await service.record_usage(connection, event)
+            await service.record_usages(connection, events)

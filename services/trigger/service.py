@@ -15,13 +15,16 @@ import json
 import math
 import re
 import uuid
-from dataclasses import dataclass
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
 import asyncpg
 
 from contracts import (
+    POINTS_RESULTS,
     ClientLifecycleEvent,
     PointsRequested,
     PointsRequestedEvent,
@@ -29,7 +32,7 @@ from contracts import (
     PointsResultEvent,
     RuleLifecycleEvent,
 )
-from infra import outbox
+from infra import inbox, outbox
 from infra.logging import get_logger
 from infra.problems import Problem
 from infra.request_signing import (
@@ -421,19 +424,32 @@ def check_member_and_amount(rule: asyncpg.Record, trigger: Trigger) -> tuple[str
     return user_id, amount
 
 
-async def release_caps(
-    connection: asyncpg.Connection, settled: asyncpg.Record, at_most: int | None = None
-) -> None:
-    """Free what a request reserved (and nothing it did not), up to ``at_most`` points."""
-    cap, member_cap = settled["cap_reserved"], settled["member_cap_reserved"]
-    if at_most is not None:
-        cap, member_cap = min(cap, at_most), min(member_cap, at_most)
-    if cap:
-        await connection.execute(sql.RELEASE_CAP, settled["rule_id"], cap)
-    if member_cap:
-        await connection.execute(
-            sql.RELEASE_MEMBER_CAP, settled["rule_id"], settled["user_id"], member_cap
-        )
+@dataclass
+class CapReleases:
+    """Reservations a batch of results frees, applied together at the end in one fixed
+    order (rules, then members, each sorted): two replicas settling batches at once
+    then never wait on each other's cap rows in opposite orders, so cannot deadlock."""
+
+    rules: Counter[str] = field(default_factory=Counter)
+    members: Counter[tuple[str, str]] = field(default_factory=Counter)
+
+    def add(self, settled: asyncpg.Record, at_most: int | None = None) -> None:
+        """Free what a request reserved (and nothing it did not), up to ``at_most`` points."""
+        cap, member_cap = settled["cap_reserved"], settled["member_cap_reserved"]
+        if at_most is not None:
+            cap, member_cap = min(cap, at_most), min(member_cap, at_most)
+        if cap:
+            self.rules[settled["rule_id"]] += cap
+        if member_cap:
+            self.members[settled["rule_id"], settled["user_id"]] += member_cap
+
+    async def apply(self, connection: asyncpg.Connection) -> None:
+        for rule_id in sorted(self.rules):
+            await connection.execute(sql.RELEASE_CAP, rule_id, self.rules[rule_id])
+        for rule_id, user_id in sorted(self.members):
+            await connection.execute(
+                sql.RELEASE_MEMBER_CAP, rule_id, user_id, self.members[rule_id, user_id]
+            )
 
 
 CAP_REFUSALS = {
@@ -534,7 +550,26 @@ async def purge_expired_requests(
             return purged
 
 
+async def settle_results(
+    connection: asyncpg.Connection, events: Sequence[PointsResultEvent]
+) -> None:
+    """Settle a batch of results in the caller's transaction, each event once."""
+    releases = CapReleases()
+    for event in await inbox.claim_new(connection, events, POINTS_RESULTS):
+        await _settle(connection, event, releases)
+    await releases.apply(connection)
+
+
 async def record_result(connection: asyncpg.Connection, event: PointsResultEvent) -> None:
+    """Settle one result, as if it came again under a new event id (no inbox)."""
+    releases = CapReleases()
+    await _settle(connection, event, releases)
+    await releases.apply(connection)
+
+
+async def _settle(
+    connection: asyncpg.Connection, event: PointsResultEvent, releases: CapReleases
+) -> None:
     """Settle a request with the ledger's outcome; a rejection frees its reservations.
 
     A reversal leaves the request ``succeeded``, records what it moved back and
@@ -543,7 +578,7 @@ async def record_result(connection: asyncpg.Connection, event: PointsResultEvent
     """
     result = event.data
     if result.status == "reversed":
-        await record_reversal(connection, result)
+        await _record_reversal(connection, result, releases)
         return
     status = "succeeded" if result.status == "applied" else "failed"
     settled = await connection.fetchrow(
@@ -555,10 +590,12 @@ async def record_result(connection: asyncpg.Connection, event: PointsResultEvent
         result.balance,
     )
     if settled is not None and status == "failed":
-        await release_caps(connection, settled)
+        releases.add(settled)
 
 
-async def record_reversal(connection: asyncpg.Connection, result: PointsResult) -> None:
+async def _record_reversal(
+    connection: asyncpg.Connection, result: PointsResult, releases: CapReleases
+) -> None:
     reversed_amount = result.reversed_amount or 0
     reversed_request = await connection.fetchrow(
         sql.RECORD_REVERSAL,
@@ -579,7 +616,7 @@ async def record_reversal(connection: asyncpg.Connection, result: PointsResult) 
             reversed=reversed_amount,
         )
         return
-    await release_caps(connection, reversed_request, at_most=reversed_amount)
+    releases.add(reversed_request, at_most=reversed_amount)
     log.info(
         "points.request.reversed",
         client_id=result.client_id,

@@ -1,4 +1,4 @@
-"""Kafka handlers of the trigger gateway: thin, one transaction each."""
+"""Kafka handlers of the trigger gateway: thin, one transaction each (a batch for results)."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from contracts import (
     PointsResultEvent,
     RuleLifecycleEvent,
 )
-from infra import inbox
+from infra.broker import subscribe_in_batches
 from infra.runtime import ServiceRuntime
 from services.trigger import service
 
@@ -36,14 +36,14 @@ def register(broker: KafkaBroker, runtime: ServiceRuntime) -> None:
             else:
                 await service.project_client(connection, event)
 
-    @broker.subscriber(
+    @subscribe_in_batches(
+        broker,
         POINTS_RESULTS,
+        PointsResultEvent,
         group_id=RESULTS_GROUP,
-        auto_offset_reset="earliest",
         description="Settles requests with the ledger's outcome; frees caps on rejection, and "
-        "what a reversal moved back.",
+        "what a reversal moved back. One transaction per batch.",
     )
-    async def on_points_result(event: PointsResultEvent) -> None:
+    async def settle_results(events: list[PointsResultEvent]) -> None:
         async with runtime.pool.acquire() as connection, connection.transaction():
-            if await inbox.claim(connection, event.event_id, POINTS_RESULTS):
-                await service.record_result(connection, event)
+            await service.settle_results(connection, events)
