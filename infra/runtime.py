@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import sys
 from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
@@ -257,6 +258,12 @@ async def _serve(app: FastAPI, runtime: ServiceRuntime) -> int:
         lifespan="off",
     )
     server = uvicorn.Server(config)
+    # Everything built so far (the app, its routes and models, the contracts) lives as
+    # long as the process: move it out of the collector's reach, so the full
+    # collections that happen under load scan only what requests create, which
+    # shortens the pauses that set the gateway's tail latency.
+    gc.collect()
+    gc.freeze()
     try:
         await server.serve()
     finally:
