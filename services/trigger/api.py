@@ -104,41 +104,18 @@ def rate_limit_headers(limit: service.RateLimit) -> dict[str, str]:
     }
 
 
-@dataclass(frozen=True)
-class LimitedCaller:
-    caller: service.Caller
-    rate_limit: service.RateLimit
+VerifiedClient = Annotated[Principal, Depends(verified_client)]
 
 
-async def rate_limited_client(request: Request, ctx: Context) -> LimitedCaller:
-    """The API client, as :func:`current_client` checks it, once it has taken a token
-    from its rate-limit bucket (read with its standing in one round trip).
-
-    Runs before the body is looked at, so a refused request records nothing.
-    """
-    principal = await verified_client(request, ctx)
-    admission = await service.admit_client(
-        ctx.pool,
-        principal.client_id,
-        default_per_second=ctx.settings.rate_limit_per_second,
-        default_burst=ctx.settings.rate_limit_burst,
+def refuse_when_rate_limited(limit: service.RateLimit, client_id: str) -> None:
+    if limit.granted:
+        return
+    log.info("points.request.rate_limited", client_id=client_id)
+    raise service.RateLimited(
+        f"this client may send {limit.per_second:g} requests per second "
+        f"(bursts of {limit.burst}); retry after {limit.retry_after_seconds} s",
+        headers={"Retry-After": str(limit.retry_after_seconds), **rate_limit_headers(limit)},
     )
-    await check_access(admission.access, request, ctx)
-    limit = admission.rate_limit
-    if not limit.granted:
-        log.info("points.request.rate_limited", client_id=principal.client_id)
-        raise service.RateLimited(
-            f"this client may send {limit.per_second:g} requests per second "
-            f"(bursts of {limit.burst}); retry after {limit.retry_after_seconds} s",
-            headers={
-                "Retry-After": str(limit.retry_after_seconds),
-                **rate_limit_headers(limit),
-            },
-        )
-    return LimitedCaller(caller_of(principal), limit)
-
-
-RateLimitedClient = Annotated[LimitedCaller, Depends(rate_limited_client)]
 
 
 class TriggerRequest(BaseModel):
@@ -166,18 +143,32 @@ router = APIRouter(tags=["points"])
 
 @router.post("/v1/points/requests", status_code=202)
 async def trigger_points(
-    body: TriggerRequest, limited: RateLimitedClient, ctx: Context, request: Request
+    body: TriggerRequest, principal: VerifiedClient, ctx: Context, request: Request
 ) -> JSONResponse:
-    """Ask for points to be earned or redeemed under a rule; 202 once recorded."""
-    caller = limited.caller
+    """Ask for points to be earned or redeemed under a rule; 202 once recorded.
+
+    One round trip reads the client's standing, takes a rate-limit token and
+    finds the rule and any earlier request with this requestId; a second
+    records the request. Nothing is recorded for a refused request.
+    """
+    caller = caller_of(principal)
     trigger = service.Trigger(
         body.user_id, body.rule_id, body.amount, body.request_id, body.callback_url
     )
-    lookup = await service.look_up(ctx.pool, caller, trigger)
-    replay = service.replay_of(lookup, trigger)
+    admission = await service.admit_trigger(
+        ctx.pool,
+        caller,
+        trigger,
+        default_per_second=ctx.settings.rate_limit_per_second,
+        default_burst=ctx.settings.rate_limit_burst,
+    )
+    await check_access(admission.access, request, ctx)
+    refuse_when_rate_limited(admission.rate_limit, caller.client_id)
+    headers = rate_limit_headers(admission.rate_limit)
+    replay = service.replay_of(admission.lookup, trigger)
     if replay is not None:
         # The original answer, even if the callback's host has moved since.
-        return JSONResponse(replay, status_code=202, headers=rate_limit_headers(limited.rate_limit))
+        return JSONResponse(replay, status_code=202, headers=headers)
     if body.callback_url is not None:
         await check_callback_url(
             body.callback_url,
@@ -185,7 +176,7 @@ async def trigger_points(
             timeout=ctx.settings.callback_dns_timeout_seconds,
         )
     accepted = await service.accept_trigger(
-        ctx.pool, caller, trigger, lookup, request.state.correlation_id
+        ctx.pool, caller, trigger, admission.lookup, request.state.correlation_id
     )
     log.info(
         "points.request.accepted",
@@ -194,7 +185,7 @@ async def trigger_points(
         rule_id=body.rule_id,
         transaction_id=accepted["transactionId"],
     )
-    return JSONResponse(accepted, status_code=202, headers=rate_limit_headers(limited.rate_limit))
+    return JSONResponse(accepted, status_code=202, headers=headers)
 
 
 @router.get("/v1/points/requests/{request_id}")

@@ -28,15 +28,6 @@ WHERE clients.occurred_at <= EXCLUDED.occurred_at
 CLIENT_ACCESS = "SELECT status, request_signing_key FROM clients WHERE client_id = $1"
 
 GET_REQUEST = "SELECT * FROM requests WHERE client_id = $1 AND request_id = $2"
-# The rule a trigger names ($1; its columns null when there is none) and an earlier
-# request of this client with the same requestId ($2, $3), in one round trip.
-LOOK_UP_TRIGGER = """
-SELECT rule.*, earlier.transaction_id AS earlier_transaction_id,
-       earlier.body_hash AS earlier_body_hash
-FROM (VALUES (1)) AS one (x)
-LEFT JOIN rules AS rule ON rule.rule_id = $1
-LEFT JOIN requests AS earlier ON earlier.client_id = $2 AND earlier.request_id = $3
-"""
 # See migrations/0004_record_points_request.sql.
 RECORD_REQUEST = """
 SELECT outcome, transaction_id, body_hash
@@ -102,14 +93,20 @@ ON CONFLICT (client_id) DO UPDATE SET
     )
 RETURNING granted, tokens, per_second, burst
 """
-# The client's standing and a token from its bucket, in one round trip (the
-# trigger endpoint needs both before it looks at the body).
-# Built from two constants, no input: not an injection vector.
-ADMIT_CLIENT = f"""
+# Everything accepting a trigger reads, in one round trip: a token from the
+# client's bucket ($1-$3, as TAKE_RATE_TOKEN), the client's standing, the rule it
+# names ($4; its columns null when there is none) and an earlier request of this
+# client with the same requestId ($5). Built from constants only.
+ADMIT_TRIGGER = f"""
 WITH bucket AS ({TAKE_RATE_TOKEN})
 SELECT bucket.granted, bucket.tokens, bucket.per_second, bucket.burst,
-       client.status, client.request_signing_key
-FROM bucket LEFT JOIN clients AS client ON client.client_id = $1
+       client.status AS client_status, client.request_signing_key,
+       rule.*,
+       earlier.transaction_id AS earlier_transaction_id, earlier.body_hash AS earlier_body_hash
+FROM bucket
+LEFT JOIN clients AS client ON client.client_id = $1
+LEFT JOIN rules AS rule ON rule.rule_id = $4
+LEFT JOIN requests AS earlier ON earlier.client_id = $1 AND earlier.request_id = $5
 """  # noqa: S608
 SET_CLIENT_RATE_LIMIT = """
 INSERT INTO client_rate_limits (client_id, per_second, burst) VALUES ($1, $2, $3)

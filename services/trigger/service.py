@@ -156,21 +156,39 @@ class ClientAccess:
 
 @dataclass(frozen=True)
 class Admission:
-    """A client's standing and the rate-limit token its request took, read together."""
+    """What accepting a trigger reads in its first round trip: the client's standing,
+    the rate-limit token its request took, and the rule and any earlier request."""
 
     access: ClientAccess
     rate_limit: RateLimit
+    lookup: Lookup
 
 
-async def admit_client(
-    pool: asyncpg.Pool, client_id: str, *, default_per_second: float, default_burst: int
+async def admit_trigger(
+    pool: asyncpg.Pool,
+    caller: Caller,
+    trigger: Trigger,
+    *,
+    default_per_second: float,
+    default_burst: int,
 ) -> Admission:
-    """The client's standing, and one token from its bucket: one round trip."""
-    row = await pool.fetchrow(sql.ADMIT_CLIENT, client_id, default_per_second, default_burst)
+    row = await pool.fetchrow(
+        sql.ADMIT_TRIGGER,
+        caller.client_id,
+        default_per_second,
+        default_burst,
+        trigger.rule_id,
+        trigger.request_id,
+    )
     assert row is not None
     return Admission(
-        ClientAccess(row["status"] == "revoked", row["request_signing_key"]),
+        ClientAccess(row["client_status"] == "revoked", row["request_signing_key"]),
         RateLimit(row["granted"], row["tokens"], row["per_second"], row["burst"]),
+        Lookup(
+            rule=row if row["rule_id"] is not None else None,
+            earlier_transaction_id=row["earlier_transaction_id"],
+            earlier_body_hash=row["earlier_body_hash"],
+        ),
     )
 
 
@@ -345,18 +363,6 @@ class Lookup:
     rule: asyncpg.Record | None
     earlier_transaction_id: uuid.UUID | None
     earlier_body_hash: str | None
-
-
-async def look_up(pool: asyncpg.Pool, caller: Caller, trigger: Trigger) -> Lookup:
-    row = await pool.fetchrow(
-        sql.LOOK_UP_TRIGGER, trigger.rule_id, caller.client_id, trigger.request_id
-    )
-    assert row is not None
-    return Lookup(
-        rule=row if row["rule_id"] is not None else None,
-        earlier_transaction_id=row["earlier_transaction_id"],
-        earlier_body_hash=row["earlier_body_hash"],
-    )
 
 
 def replay_answer(trigger: Trigger, transaction_id: uuid.UUID, body_hash: str) -> dict[str, Any]:
