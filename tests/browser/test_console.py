@@ -571,13 +571,19 @@ class TestMembers:
             )
             gateway = platform.urls["trigger"] + "/v1/points/requests"
             trigger = bearer(token.json()["access_token"])
-            accepted = await http.post(
-                gateway,
-                headers=trigger,
-                json={"userId": "member-42", "ruleId": rule["id"], "amount": 25,
-                      "requestId": request_id},
-            )  # fmt: skip
-            assert accepted.status_code == 202, accepted.text
+
+            async def accepted() -> bool:
+                # The rule reaches the gateway through Kafka a moment after activation;
+                # until then the gateway truthfully answers that it does not exist.
+                response = await http.post(
+                    gateway,
+                    headers=trigger,
+                    json={"userId": "member-42", "ruleId": rule["id"], "amount": 25,
+                          "requestId": request_id},
+                )  # fmt: skip
+                return response.status_code == 202
+
+            await eventually(accepted, timeout=30, what="the gateway to accept the trigger")
 
             async def settled() -> bool:
                 status = await http.get(f"{gateway}/{request_id}", headers=trigger)

@@ -195,7 +195,7 @@ async def run_ledger_killed_at(
         try:
             reached = await wait_for(lambda t=threshold: _at_least(database_url, t), timeout=60)
             assert reached, f"the ledger did not reach {threshold} applied requests"
-            await asyncio.sleep(rng.uniform(0, 0.3))
+            await asyncio.sleep(rng.uniform(0, 0.05))
         finally:
             ledger.send_signal(signal.SIGKILL)
             await ledger.wait()
