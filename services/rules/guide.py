@@ -60,18 +60,18 @@ class GatewayResponse:
 #: Every machine ``code`` the gateway answers with, in the order its checks run.
 GATEWAY_RESPONSES = (
     GatewayResponse(
-        400,
-        "INVALID_REQUEST",
-        "The body is not JSON, a field is missing, has the wrong type or is too long, or "
-        "an unknown field was sent. The `errors` list names each field and what is wrong.",
-        "Fix the request; sending it again unchanged gets the same answer.",
-    ),
-    GatewayResponse(
         401,
         "UNAUTHORIZED",
         "No `Authorization: Bearer` header, or the token is expired, tampered with, not "
         "issued by this platform, lacks the `points:trigger` scope, or its client was revoked.",
         "Get a new token and retry; if that fails too, ask the business for new credentials.",
+    ),
+    GatewayResponse(
+        400,
+        "INVALID_REQUEST",
+        "The body is not JSON, a field is missing, has the wrong type or is too long, or "
+        "an unknown field was sent. The `errors` list names each field and what is wrong.",
+        "Fix the request; sending it again unchanged gets the same answer.",
     ),
     GatewayResponse(
         401,
