@@ -107,22 +107,33 @@ async def counts(connection: asyncpg.Connection) -> tuple[int, int]:
 
 
 async def measure_ledger(
-    database_url: str, bootstrap: str, total: int, batch_max_records: int, timeout: float
+    database_url: str,
+    bootstrap: str,
+    total: int,
+    batch_max_records: int,
+    timeout: float,
+    replicas: int = 1,
 ) -> dict[str, float]:
+    """Run ``replicas`` ledger processes (one consumer group; partitions split between
+    them) until every result is relayed."""
     supervisor = Supervisor(colour=False)
     env = {
         **os.environ,
         "POINTS_MODE": "development",
         "DATABASE_URL": database_url,
         "KAFKA_BOOTSTRAP_SERVERS": bootstrap,
-        "LEDGER_PORT": str(free_port()),
         "LEDGER_BATCH_MAX_RECORDS": str(batch_max_records),
         "TOKEN_ISSUER_URL": "http://127.0.0.1:9",
         "LOG_LEVEL": "WARNING",
     }
     connection = await asyncpg.connect(database_url)
     started = time.perf_counter()
-    await supervisor.add("ledger", [sys.executable, "-m", "services.ledger"], env)
+    for replica in range(replicas):
+        await supervisor.add(
+            f"ledger-{replica + 1}",
+            [sys.executable, "-m", "services.ledger"],
+            {**env, "LEDGER_PORT": str(free_port())},
+        )
     try:
         applied = relayed = 0
         while relayed < total and time.perf_counter() - started < timeout:
@@ -178,6 +189,12 @@ def main() -> None:
     parser.add_argument("--pgbench-seconds", type=int, default=20)
     parser.add_argument("--pgbench-clients", type=int, default=8)
     parser.add_argument(
+        "--replicas",
+        type=int,
+        default=1,
+        help="ledger processes sharing the topic's partitions (the way the ledger scales)",
+    )
+    parser.add_argument(
         "--server-dsn",
         help="a PostgreSQL server to use instead of an embedded one (a database is created)",
     )
@@ -201,6 +218,7 @@ def main() -> None:
                 len(events),
                 options.batch_max_records,
                 timeout=600,
+                replicas=options.replicas,
             )
         )
         print(f"measuring pgbench -N for {options.pgbench_seconds} s …", flush=True)
@@ -219,7 +237,10 @@ def main() -> None:
             "(one commit per operation)"
         )
         print(f"  ratio ledger / pgbench: {ledger['rate'] / tps:.2f}")
-        print(f"  batch size: up to {options.batch_max_records} requests per transaction")
+        print(
+            f"  batch size: up to {options.batch_max_records} requests per transaction; "
+            f"{options.replicas} ledger process(es)"
+        )
     finally:
         broker.stop()
         if postgres is not None:
