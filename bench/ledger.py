@@ -185,7 +185,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--events", type=int, default=100_000)
     parser.add_argument("--members", type=int, default=10_000)
-    parser.add_argument("--batch-max-records", type=int, default=500)
+    parser.add_argument("--batch-max-records", type=int, default=2_000)
     parser.add_argument("--pgbench-seconds", type=int, default=20)
     parser.add_argument("--pgbench-clients", type=int, default=8)
     parser.add_argument(

@@ -24,9 +24,11 @@ class LedgerSettings(ServiceSettings):
         "the tokens the read API accepts (also TOKEN_ISSUER_URL).",
     )
     batch_max_records: int = Field(
-        default=500,
+        default=2_000,
         ge=1,
-        description="Most points requests applied in one PostgreSQL transaction.",
+        description="Most points requests applied in one PostgreSQL transaction. Under "
+        "steady traffic batches are what has arrived; this bounds catching up, where 2,000 "
+        "applied ~8,900 events/s against ~7,000 at 500 (make bench-ledger).",
     )
     consumer_session_timeout_ms: int = Field(
         default=10_000,

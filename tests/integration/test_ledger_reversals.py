@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import random
 from collections.abc import AsyncIterator
 from dataclasses import replace
 from uuid import UUID, uuid4
@@ -350,3 +351,36 @@ class TestRuleTotals:
             totals = await rule_totals(connection, STAGING, "rule-unknown")
 
         assert (totals.earned, totals.net, totals.transactions) == (0, 0, 0)
+
+
+class TestReversalsAlongsideBatches:
+    async def test_reversals_and_batches_of_one_busy_rule_neither_deadlock_nor_lose_points(
+        self, pool: asyncpg.Pool
+    ) -> None:
+        """Batches lock members, then the rule's pool only to update its balance;
+        reversals take the same order, so running together they wait, never deadlock."""
+        members = [f"member-{n}" for n in range(1, 7)]
+        earns = [points_requested(member, amount=50, rule_id="rule-busy") for member in members]
+        await apply(pool, *earns)
+        shuffler = random.Random(11)  # a fixed seed: the same interleaving on every run
+        batches = [
+            [
+                points_requested(member, amount=10, rule_id="rule-busy")
+                for member in shuffler.sample(members, len(members))
+            ]
+            for _ in range(6)
+        ]
+
+        await asyncio.wait_for(
+            asyncio.gather(
+                *(apply(pool, *batch) for batch in batches),
+                *(reverse(pool, earn.data.transaction_id) for earn in earns),
+            ),
+            30,
+        )
+
+        # Each member earned 50, reversed whole (the member never had less), and
+        # six times 10 more.
+        assert await verified(pool) == []
+        assert [await balance(pool, member) for member in members] == [60] * len(members)
+        assert await pool_balance(pool, "rule-busy") == -60 * len(members)
