@@ -112,11 +112,39 @@ class BindMessageIds(BaseMiddleware):
             return await call_next(msg)
 
 
+class SkipInvalidMessages(BaseMiddleware):
+    """Log and acknowledge a message that does not match its handler's contract.
+
+    Delivering it again can never succeed, and refusing it would stop its
+    partition, and every member or rule on it, for good. The log line names the
+    topic, partition and offset, so the message can be read back from Kafka.
+    Every other failure is still refused and the message delivered again.
+    """
+
+    async def consume_scope(
+        self, call_next: Callable[[StreamMessage[Any]], Awaitable[Any]], msg: StreamMessage[Any]
+    ) -> Any:
+        try:
+            return await call_next(msg)
+        except ValidationError as error:
+            record = msg.raw_message
+            log.error(
+                "message.invalid",
+                topic=getattr(record, "topic", None),
+                partition=getattr(record, "partition", None),
+                offset=getattr(record, "offset", None),
+                errors=error.error_count(),
+                error=str(error),
+            )
+            return None
+
+
 def create_broker(settings: ServiceSettings, **options: Any) -> KafkaBroker:
-    """A FastStream Kafka broker that never acknowledges a failed message."""
+    """A FastStream Kafka broker that never acknowledges a failed message (one that
+    can never be handled is logged and skipped: see :class:`SkipInvalidMessages`)."""
     return KafkaBroker(
         settings.kafka_bootstrap_servers.split(","),
-        middlewares=(BindMessageIds,),
+        middlewares=(BindMessageIds, SkipInvalidMessages),
         client_id=settings.service_name,
         ack_policy=AckPolicy.NACK_ON_ERROR,
         security=broker_security(settings),

@@ -1,13 +1,36 @@
-"""The broker factory's promise: a message whose handler fails is not lost."""
+"""The broker factory's promises: a message whose handler fails is not lost, and one
+that can never be handled does not stop its partition."""
 
 from __future__ import annotations
 
 import asyncio
 
 from aiokafka import AIOKafkaProducer
+from faststream.kafka import KafkaBroker
 
+from contracts import CLIENTS_LIFECYCLE, ClientLifecycleEvent
 from infra.broker import create_broker
 from infra.settings import ServiceSettings
+from tests.unit.test_contracts import example_event
+
+
+async def produce(bootstrap_servers: str, topic: str, *values: bytes) -> None:
+    """Send ``values`` to partition 0 of ``topic``, in order, acknowledged by the broker."""
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap_servers, acks="all")
+    await producer.start()
+    try:
+        for value in values:
+            await producer.send_and_wait(topic, value, partition=0)
+    finally:
+        await producer.stop()
+
+
+async def consume_until(broker: KafkaBroker, done: asyncio.Event) -> None:
+    await broker.start()
+    try:
+        await asyncio.wait_for(done.wait(), 30)
+    finally:
+        await broker.stop()
 
 
 class TestAckPolicy:
@@ -25,24 +48,14 @@ class TestAckPolicy:
                 raise RuntimeError("the database blinked")
             done.set()
 
-        producer = AIOKafkaProducer(bootstrap_servers=kafka_bootstrap_servers, acks="all")
-        await producer.start()
-        await producer.send_and_wait("ack.test", b"points for member-1")
-        await producer.stop()
+        await produce(kafka_bootstrap_servers, "ack.test", b"points for member-1")
 
-        await broker.start()
-        try:
-            await asyncio.wait_for(done.wait(), 30)
-        finally:
-            await broker.stop()
+        await consume_until(broker, done)
         assert seen == [b"points for member-1", b"points for member-1"]
 
         # The group's committed offset is past the message: a restarted consumer
         # goes on with the next message and does not see the first again.
-        producer = AIOKafkaProducer(bootstrap_servers=kafka_bootstrap_servers, acks="all")
-        await producer.start()
-        await producer.send_and_wait("ack.test", b"points for member-2")
-        await producer.stop()
+        await produce(kafka_bootstrap_servers, "ack.test", b"points for member-2")
         again = create_broker(ServiceSettings(kafka_bootstrap_servers=kafka_bootstrap_servers))
         replayed: list[bytes] = []
         next_one = asyncio.Event()
@@ -59,3 +72,29 @@ class TestAckPolicy:
         finally:
             await again.stop()
         assert replayed == [b"points for member-2"]
+
+
+class TestInvalidMessages:
+    async def test_a_message_that_breaks_the_contract_is_skipped_and_the_next_one_handled(
+        self, kafka_bootstrap_servers: str
+    ) -> None:
+        broker = create_broker(ServiceSettings(kafka_bootstrap_servers=kafka_bootstrap_servers))
+        handled: list[ClientLifecycleEvent] = []
+        done = asyncio.Event()
+
+        @broker.subscriber("poison.test", group_id="poison-test", auto_offset_reset="earliest")
+        async def project(event: ClientLifecycleEvent) -> None:
+            handled.append(event)
+            done.set()
+
+        valid = example_event(CLIENTS_LIFECYCLE)
+        await produce(
+            kafka_bootstrap_servers,
+            "poison.test",
+            b'{"type": "client.registered"}',
+            valid.model_dump_json().encode(),
+        )
+
+        await consume_until(broker, done)
+
+        assert [event.event_id for event in handled] == [valid.event_id]
