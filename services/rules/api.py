@@ -521,6 +521,7 @@ async def audit_log(
         {
             "id": row["id"],
             "actor": row["actor"],
+            "actorEmail": row["actor_email"],
             "action": row["action"],
             "subjectId": row["subject_id"],
             "details": row["details"],

@@ -117,15 +117,18 @@ RETURNING rules.*,
 INSERT_AUDIT = """
 INSERT INTO audit_log (org_id, actor, action, subject_id, details) VALUES ($1, $2, $3, $4, $5)
 """
+# With the e-mail of the business user who acted (null for "operator", the CLI).
 LIST_AUDIT = """
-SELECT * FROM audit_log
-WHERE org_id = $1
-  AND ($2::bigint IS NULL OR id < $2)
-  AND ($3::text IS NULL OR subject_id = $3)
-  AND ($4::text IS NULL OR actor = $4)
-  AND ($5::timestamptz IS NULL OR at >= $5)
-  AND ($6::timestamptz IS NULL OR at < $6)
-ORDER BY id DESC LIMIT $7
+SELECT line.*, actor.email AS actor_email
+FROM audit_log AS line
+LEFT JOIN users AS actor ON actor.id = line.actor AND actor.org_id = line.org_id
+WHERE line.org_id = $1
+  AND ($2::bigint IS NULL OR line.id < $2)
+  AND ($3::text IS NULL OR line.subject_id = $3)
+  AND ($4::text IS NULL OR line.actor = $4)
+  AND ($5::timestamptz IS NULL OR line.at >= $5)
+  AND ($6::timestamptz IS NULL OR line.at < $6)
+ORDER BY line.id DESC LIMIT $7
 """
 
 # Counts one login attempt for a key, starting a new window when the last one has

@@ -252,6 +252,7 @@ class TestCreatingARule:
         await expect(page.get_by_role("status")).to_contain_text("Croissant points is active")
         await expect(page.locator("#share-info")).to_contain_text("Earn Points")
         await expect(page.locator("#audit")).to_contain_text("rule.activated")
+        await expect(page.locator("#audit")).to_contain_text(f"by {tenant.editor}")
         await screenshot(page, "rule-detail")
         rule_id = page.url.split("/")[-1].split("?")[0]
         saved = (await editor_api.get(f"/v1/rules/{rule_id}")).json()

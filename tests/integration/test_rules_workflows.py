@@ -486,6 +486,7 @@ class TestAuditTrail:
 
         assert [line["subjectId"] for line in by_rule] == [first["id"]]
         assert [line["action"] for line in by_actor] == ["rule.created"]
+        assert everything[0]["actorEmail"] == editor_email
         assert [line["id"] for line in since_last] == [everything[0]["id"]]
         assert [line["id"] for line in until_last] == [line["id"] for line in everything[1:]]
 

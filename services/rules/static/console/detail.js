@@ -112,7 +112,7 @@ async function renderAudit() {
         el("time", { datetime: line.at }, formatDate(line.at, page.timeZone)),
         " ",
         el("strong", {}, line.action),
-        ` by ${line.actor} `,
+        ` by ${line.actorEmail ?? line.actor} `,
         el("span", { class: "hint" }, auditText(line)),
       ),
     ),
