@@ -127,16 +127,22 @@ class SkipInvalidMessages(BaseMiddleware):
         try:
             return await call_next(msg)
         except ValidationError as error:
-            record = msg.raw_message
-            log.error(
-                "message.invalid",
-                topic=getattr(record, "topic", None),
-                partition=getattr(record, "partition", None),
-                offset=getattr(record, "offset", None),
-                errors=error.error_count(),
-                error=str(error),
-            )
+            log_invalid_message("message.invalid", msg.raw_message, error)
             return None
+
+
+def log_invalid_message(
+    event: str, record: ConsumerRecord[Any, Any], error: ValidationError
+) -> None:
+    """Say which message was skipped, and why, so it can be read back from Kafka."""
+    log.error(
+        event,
+        topic=record.topic,
+        partition=record.partition,
+        offset=record.offset,
+        errors=error.error_count(),
+        error=str(error),
+    )
 
 
 def create_broker(settings: ServiceSettings, **options: Any) -> KafkaBroker:
@@ -345,14 +351,7 @@ def parse_batch(
         try:
             events.append(model.model_validate_json(record.value or b""))
         except ValidationError as error:
-            log.error(
-                invalid_event,
-                topic=record.topic,
-                partition=record.partition,
-                offset=record.offset,
-                errors=error.error_count(),
-                error=str(error),
-            )
+            log_invalid_message(invalid_event, record, error)
     return events
 
 
