@@ -137,19 +137,7 @@ async def get_rule_totals(
     scope = service.totals_scope(principal, environment)
     async with pool.acquire() as connection:
         totals = await service.rule_totals(connection, scope, rule_id)
-    return RuleTotalsView(
-        rule_id=totals.rule_id,
-        environment=totals.environment,
-        earned=totals.earned,
-        redeemed=totals.redeemed,
-        reversed=totals.reversed,
-        reversed_earned=totals.reversed_earned,
-        reversed_redeemed=totals.reversed_redeemed,
-        uncovered=totals.uncovered,
-        net=totals.net,
-        transactions=totals.transactions,
-        rejected=totals.rejected,
-    )
+    return RuleTotalsView.model_validate(totals, from_attributes=True)
 
 
 @rules_router.get("/{rule_id}/transactions")
