@@ -350,6 +350,11 @@ def replay_answer(trigger: Trigger, transaction_id: uuid.UUID, body_hash: str) -
     """The original answer for a repeated requestId; 409 when the body differs."""
     if body_hash != trigger.body_hash():
         raise Replayed(f"requestId {trigger.request_id} was already used with a different body")
+    return accepted_answer(trigger, transaction_id)
+
+
+def accepted_answer(trigger: Trigger, transaction_id: uuid.UUID) -> dict[str, Any]:
+    """The 202 body: the same for the first request and for every replay of it."""
     return {
         "requestId": trigger.request_id,
         "transactionId": str(transaction_id),
@@ -504,11 +509,7 @@ async def accept_trigger(
     if recorded["outcome"] == "replayed":
         # A concurrent request with the same requestId was recorded first.
         return replay_answer(trigger, recorded["transaction_id"], recorded["body_hash"])
-    return {
-        "requestId": trigger.request_id,
-        "transactionId": str(transaction_id),
-        "status": "pending",
-    }
+    return accepted_answer(trigger, transaction_id)
 
 
 async def request_status(
