@@ -25,7 +25,7 @@ import asyncpg
 import httpx
 
 from infra import db
-from infra.dev.launcher import free_port
+from infra.dev.launcher import RunningPlatform, free_port, start_platform
 from infra.dev.postgres import with_database
 from infra.tokens import TOKEN_PATH
 from services.rules import service as rules
@@ -374,3 +374,16 @@ async def rules_stack(server_dsn: str) -> AsyncIterator[RulesStack]:
                     )
             finally:
                 await runtime.stop()
+
+
+@contextmanager
+def running_platform(prefix: str) -> Iterator[RunningPlatform]:
+    """The whole platform as `make run` starts it, in a state directory of its own,
+    ready for as long as the block runs; stopped and removed after."""
+    running = start_platform(prefix=prefix)
+    try:
+        running.wait_ready()
+        yield running
+    finally:
+        running.stop()
+        running.remove_state()

@@ -21,10 +21,10 @@ import httpx
 import pytest
 from playwright.async_api import Browser, Page, async_playwright, expect
 
-from infra.dev.launcher import RunningPlatform, start_platform
+from infra.dev.launcher import RunningPlatform
 from infra.dev.smtp_sink import list_messages
 from infra.tokens import TOKEN_PATH
-from tests.helpers import bearer, eventually
+from tests.helpers import bearer, eventually, running_platform
 
 pytestmark = pytest.mark.e2e
 
@@ -58,13 +58,8 @@ class Tenant:
 
 @pytest.fixture(scope="module")
 def platform() -> Iterator[RunningPlatform]:
-    running = start_platform(prefix="points-console-")
-    try:
-        running.wait_ready()
+    with running_platform("points-console-") as running:
         yield running
-    finally:
-        running.stop()
-        running.remove_state()
 
 
 @pytest.fixture(scope="module")

@@ -23,9 +23,9 @@ import psutil
 import pytest
 import uvicorn
 
-from infra.dev.launcher import RunningPlatform, start_platform
+from infra.dev.launcher import RunningPlatform
 from infra.signing import EVENT_ID_HEADER, SIGNATURE_HEADER, verify
-from tests.helpers import free_port
+from tests.helpers import free_port, running_platform
 
 pytestmark = pytest.mark.e2e
 
@@ -35,13 +35,8 @@ Platform = RunningPlatform
 
 @pytest.fixture(scope="module")
 def platform() -> Iterator[Platform]:
-    running = start_platform(prefix="points-e2e-")
-    try:
-        running.wait_ready()
+    with running_platform("points-e2e-") as running:
         yield running
-    finally:
-        running.stop()
-        running.remove_state()
 
 
 @dataclass
