@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
@@ -75,7 +76,7 @@ async def create_pool(
             max_size=max_size,
             init=init_connection,
             connection_class=PooledConnection,
-            server_settings={"search_path": f"{schema},public"},
+            server_settings={"search_path": f"{schema},public", "plan_cache_mode": "force_custom_plan"},
         )
     except (TimeoutError, OSError, asyncpg.PostgresError) as error:
         raise StartupError(
@@ -127,6 +128,14 @@ async def migrate_with_retry(
                 f"PostgreSQL at {redact_dsn(dsn)} has no such database: {error}. "
                 "Create it or correct DATABASE_URL."
             ) from error
+
+
+def array_columns(rows: Sequence[Sequence[Any]], width: int) -> list[list[Any]]:
+    """Rows of ``width`` values as one list per column: the parallel arrays a statement
+    reading ``unnest($1::type[], $2::type[], ...)`` takes."""
+    if not rows:
+        return [[] for _ in range(width)]
+    return [list(column) for column in zip(*rows, strict=True)]
 
 
 def record_to_dict(record: asyncpg.Record | None) -> dict[str, Any] | None:

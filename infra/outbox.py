@@ -33,7 +33,7 @@ import asyncpg
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
 
-from infra.db import init_connection
+from infra.db import array_columns, init_connection
 from infra.logging import get_logger
 
 log = get_logger(__name__)
@@ -81,7 +81,7 @@ async def enqueue(connection: asyncpg.Connection, *events: OutboxEvent) -> None:
     """Stage events for publication in the caller's open transaction."""
     assert connection.is_in_transaction(), "enqueue must share the state change's transaction"
     rows = [outbox_row(event) for event in events]
-    await connection.execute(INSERT, *(list(column) for column in zip(*rows, strict=True)))
+    await connection.execute(INSERT, *array_columns(rows, width=4))
 
 
 def outbox_row(event: OutboxEvent) -> tuple[str, str, bytes, str]:

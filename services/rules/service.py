@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 import secrets
 import uuid
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -809,16 +810,25 @@ async def record_usages(connection: asyncpg.Connection, events: Sequence[PointsR
 
     Runs in the caller's transaction. Rejected results moved nothing and count
     for nothing; a reversal takes back from the count the points it moved back.
-    Rules are updated in rule id order (one rule's events keep their order), so
-    replicas counting batches at once never deadlock on the same rules.
+    Each rule's row is updated at most twice a batch (what was added, then what
+    was given back), not once an event: every result touches the same few hot
+    rows. Rules are updated in rule id order, so replicas counting batches at
+    once never deadlock on the same rules.
     """
     fresh = await inbox.claim_new(connection, events, POINTS_RESULTS)
-    for event in sorted(fresh, key=lambda event: event.data.rule_id):
+    added: Counter[str] = Counter()
+    released: Counter[str] = Counter()
+    for event in fresh:
         result = event.data
         if result.status == "applied":
-            await connection.execute(sql.ADD_RULE_USAGE, result.rule_id, result.amount)
+            added[result.rule_id] += result.amount
         elif result.status == "reversed" and result.reversed_amount:
-            await connection.execute(sql.RELEASE_RULE_USAGE, result.rule_id, result.reversed_amount)
+            released[result.rule_id] += result.reversed_amount
+    for rule_id in sorted(added.keys() | released.keys()):
+        if added[rule_id]:
+            await connection.execute(sql.ADD_RULE_USAGE, rule_id, added[rule_id])
+        if released[rule_id]:
+            await connection.execute(sql.RELEASE_RULE_USAGE, rule_id, released[rule_id])
     return len(fresh)
 
 

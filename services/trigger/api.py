@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
 from typing import Annotated, Any
 
 import asyncpg
@@ -11,8 +10,10 @@ from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 
+from infra.batching import Coalescer
 from infra.http import Unauthorized, authenticate
 from infra.logging import get_logger
+from infra.problems import Problem
 from infra.request_signing import SIGNATURE_HEADER, TIMESTAMP_HEADER
 from infra.tokens import JwksVerifier, Principal
 from services.trigger import service
@@ -22,16 +23,40 @@ from services.trigger.settings import TriggerSettings
 log = get_logger(__name__)
 
 
-@dataclass(frozen=True)
 class TriggerContext:
-    verifier: JwksVerifier
-    settings: TriggerSettings
-    pool_of: Any
+    """What the routes share: the verifier, the settings, the pool, and the coalescers
+    that admit and record concurrent triggers in batches."""
+
+    def __init__(self, verifier: JwksVerifier, settings: TriggerSettings, pool_of: Any) -> None:
+        self.verifier = verifier
+        self.settings = settings
+        self.pool_of = pool_of
+        self.admissions: Coalescer[service.Admitting, service.Admission] = Coalescer(
+            self._admit,
+            max_batch=settings.db_batch_max,
+            max_in_flight=settings.db_batches_in_flight,
+        )
+        self.recordings: Coalescer[service.Recording, dict[str, Any]] = Coalescer(
+            self._record,
+            max_batch=settings.db_batch_max,
+            max_in_flight=settings.db_batches_in_flight,
+        )
 
     @property
     def pool(self) -> asyncpg.Pool:
         pool: asyncpg.Pool = self.pool_of()
         return pool
+
+    async def _admit(self, batch: list[service.Admitting]) -> list[service.Admission]:
+        return await service.admit_triggers(
+            self.pool,
+            batch,
+            default_per_second=self.settings.rate_limit_per_second,
+            default_burst=self.settings.rate_limit_burst,
+        )
+
+    async def _record(self, batch: list[service.Recording]) -> list[dict[str, Any] | Problem]:
+        return await service.record_triggers(self.pool, batch)
 
 
 async def context(request: Request) -> TriggerContext:
@@ -149,19 +174,14 @@ async def trigger_points(
 
     One round trip reads the client's standing, takes a rate-limit token and
     finds the rule and any earlier request with this requestId; a second
-    records the request. Nothing is recorded for a refused request.
+    records the request. Each round trip is shared with the triggers waiting
+    at the same moment. Nothing is recorded for a refused request.
     """
     caller = caller_of(principal)
     trigger = service.Trigger(
         body.user_id, body.rule_id, body.amount, body.request_id, body.callback_url
     )
-    admission = await service.admit_trigger(
-        ctx.pool,
-        caller,
-        trigger,
-        default_per_second=ctx.settings.rate_limit_per_second,
-        default_burst=ctx.settings.rate_limit_burst,
-    )
+    admission = await ctx.admissions.submit(service.Admitting(caller, trigger))
     await check_access(admission.access, request, ctx)
     refuse_when_rate_limited(admission.rate_limit, caller.client_id)
     headers = rate_limit_headers(admission.rate_limit)
@@ -175,9 +195,10 @@ async def trigger_points(
             development=ctx.settings.is_development,
             timeout=ctx.settings.callback_dns_timeout_seconds,
         )
-    accepted = await service.accept_trigger(
-        ctx.pool, caller, trigger, admission.lookup, request.state.correlation_id
+    recording = service.checked_trigger(
+        caller, trigger, admission.lookup, request.state.correlation_id
     )
+    accepted = await ctx.recordings.submit(recording)
     log.info(
         "points.request.accepted",
         client_id=caller.client_id,

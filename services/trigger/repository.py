@@ -28,16 +28,24 @@ WHERE clients.occurred_at <= EXCLUDED.occurred_at
 CLIENT_ACCESS = "SELECT status, request_signing_key FROM clients WHERE client_id = $1"
 
 GET_REQUEST = "SELECT * FROM requests WHERE client_id = $1 AND request_id = $2"
-# See migrations/0004_record_points_request.sql.
-RECORD_REQUEST = """
-SELECT outcome, transaction_id, body_hash
-FROM record_points_request($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13,
-                           $14, $15, $16, $17)
+# See migrations/0005_batched_triggers.sql; one row per trigger of the batch.
+RECORD_REQUESTS = """
+SELECT request_position, outcome, transaction_id, body_hash
+FROM record_points_requests($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13,
+                            $14, $15, $16, $17)
 """
-RECORD_RESULT = """
-UPDATE requests SET status = $3, reason = $4, balance = $5, updated_at = now()
-WHERE client_id = $1 AND request_id = $2 AND status = 'pending'
-RETURNING rule_id, user_id, cap_reserved, member_cap_reserved
+# Settles a batch of requests in one statement, so the results consumer's
+# transaction stays milliseconds long even while the gateway is busy serving:
+# a long one would hold back PostgreSQL's cleanup of the hot rows every trigger
+# updates (the rate-limit bucket, cap usage). Arrays are parallel, one element
+# a request; a request already settled is left alone.
+RECORD_RESULTS = """
+UPDATE requests AS r
+SET status = s.status, reason = s.reason, balance = s.balance, updated_at = now()
+FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::bigint[])
+    AS s (client_id, request_id, status, reason, balance)
+WHERE r.client_id = s.client_id AND r.request_id = s.request_id AND r.status = 'pending'
+RETURNING r.status, r.rule_id, r.user_id, r.cap_reserved, r.member_cap_reserved
 """
 # A reversal is recorded once, on a request that succeeded; the row says what the
 # request reserved, so only that is released.
@@ -66,48 +74,71 @@ RELEASE_MEMBER_CAP = """
 UPDATE member_cap_usage SET used = greatest(used - $3, 0) WHERE rule_id = $1 AND user_id = $2
 """
 
+# Everything admitting a batch of triggers reads, in one statement, one row a
+# trigger in the order given. $1-$3 are parallel arrays (client, requestId,
+# rule) and $4/$5 the settings' rate-limit defaults, which a client_rate_limits
+# row overrides.
+#
 # Rate limits: one token bucket per client, refilled from the time elapsed since
-# it was last touched and taken from in the same atomic upsert. The row lock
-# serialises a client's requests across replicas for this one statement only.
-# $2/$3 are the settings' defaults; a client_rate_limits row overrides them.
-# ``granted`` says whether this call took a token (a new bucket starts full).
-TAKE_RATE_TOKEN = """
-INSERT INTO rate_limit_buckets AS bucket
-    (client_id, per_second, burst, tokens, granted, refilled_at)
-SELECT $1, coalesce(l.per_second, $2), coalesce(l.burst, $3),
-       coalesce(l.burst, $3) - 1, true, clock_timestamp()
-FROM (VALUES (1)) AS one (x)
-LEFT JOIN client_rate_limits AS l ON l.client_id = $1
-ON CONFLICT (client_id) DO UPDATE SET
-    (per_second, burst, granted, tokens, refilled_at) = (
-        SELECT EXCLUDED.per_second, EXCLUDED.burst, refill.tokens >= 1,
-               CASE WHEN refill.tokens >= 1 THEN refill.tokens - 1 ELSE refill.tokens END,
-               greatest(bucket.refilled_at, EXCLUDED.refilled_at)
-        FROM (
-            SELECT least(
-                EXCLUDED.burst::double precision,
-                bucket.tokens + EXCLUDED.per_second
-                    * greatest(0, extract(epoch FROM EXCLUDED.refilled_at - bucket.refilled_at))
-            ) AS tokens
-        ) AS refill
-    )
-RETURNING granted, tokens, per_second, burst
-"""
-# Everything accepting a trigger reads, in one round trip: a token from the
-# client's bucket ($1-$3, as TAKE_RATE_TOKEN), the client's standing, the rule it
-# names ($4; its columns null when there is none) and an earlier request of this
-# client with the same requestId ($5). Built from constants only.
-ADMIT_TRIGGER = f"""
-WITH bucket AS ({TAKE_RATE_TOKEN})
-SELECT bucket.granted, bucket.tokens, bucket.per_second, bucket.burst,
+# it was last touched and taken from in the same atomic upsert; a client's k-th
+# trigger in the batch is granted when the bucket gave at least k tokens. The
+# row lock serialises a client's batches across replicas for this statement
+# only, and clients are locked in id order. A new bucket starts full. In the
+# upsert, EXCLUDED.taken is what the batch asks for (at most a burst, all a
+# bucket can hold).
+#
+# Then each trigger's client standing, the rule it names (its columns null when
+# there is none) and an earlier request of the client with the same requestId.
+ADMIT_TRIGGERS = """
+WITH requested AS (
+    SELECT client_id, request_id, rule_id, position,
+           row_number() OVER (PARTITION BY client_id ORDER BY position) AS rank
+    FROM unnest($1::text[], $2::text[], $3::text[]) WITH ORDINALITY
+        AS r (client_id, request_id, rule_id, position)
+), wanted AS (
+    SELECT client_id, count(*) AS n FROM requested GROUP BY client_id
+), bucket AS (
+    INSERT INTO rate_limit_buckets AS bucket
+        (client_id, per_second, burst, tokens, taken, granted, refilled_at)
+    SELECT w.client_id, coalesce(l.per_second, $4), coalesce(l.burst, $5),
+           coalesce(l.burst, $5) - least(w.n, coalesce(l.burst, $5)),
+           least(w.n, coalesce(l.burst, $5)), true, clock_timestamp()
+    FROM wanted AS w
+    LEFT JOIN client_rate_limits AS l ON l.client_id = w.client_id
+    ORDER BY w.client_id
+    ON CONFLICT (client_id) DO UPDATE SET
+        (per_second, burst, taken, granted, tokens, refilled_at) = (
+            SELECT EXCLUDED.per_second, EXCLUDED.burst, took.taken, took.taken > 0,
+                   took.tokens - took.taken,
+                   greatest(bucket.refilled_at, EXCLUDED.refilled_at)
+            FROM (
+                SELECT refill.tokens, least(floor(refill.tokens)::integer, EXCLUDED.taken) AS taken
+                FROM (
+                    SELECT least(
+                        EXCLUDED.burst::double precision,
+                        bucket.tokens + EXCLUDED.per_second * greatest(
+                            0, extract(epoch FROM EXCLUDED.refilled_at - bucket.refilled_at)
+                        )
+                    ) AS tokens
+                ) AS refill
+            ) AS took
+        )
+    RETURNING client_id, taken, tokens, per_second, burst
+)
+SELECT requested.rank <= bucket.taken AS granted,
+       bucket.tokens + greatest(bucket.taken - requested.rank, 0) AS tokens,
+       bucket.per_second, bucket.burst,
        client.status AS client_status, client.request_signing_key,
        rule.*,
        earlier.transaction_id AS earlier_transaction_id, earlier.body_hash AS earlier_body_hash
-FROM bucket
-LEFT JOIN clients AS client ON client.client_id = $1
-LEFT JOIN rules AS rule ON rule.rule_id = $4
-LEFT JOIN requests AS earlier ON earlier.client_id = $1 AND earlier.request_id = $5
-"""  # noqa: S608
+FROM requested
+JOIN bucket ON bucket.client_id = requested.client_id
+LEFT JOIN clients AS client ON client.client_id = requested.client_id
+LEFT JOIN rules AS rule ON rule.rule_id = requested.rule_id
+LEFT JOIN requests AS earlier
+    ON earlier.client_id = requested.client_id AND earlier.request_id = requested.request_id
+ORDER BY requested.position
+"""
 SET_CLIENT_RATE_LIMIT = """
 INSERT INTO client_rate_limits (client_id, per_second, burst) VALUES ($1, $2, $3)
 ON CONFLICT (client_id) DO UPDATE SET

@@ -1,12 +1,13 @@
 """The gateway's logic: projections, rate limits, the ordered checks, caps and idempotency.
 
-A trigger costs two statements. The first (:func:`admit_trigger`) takes a
-token from the client's rate-limit bucket and reads the client's standing, the
-rule and any earlier request with the same requestId. The second
-(:func:`accept_trigger`, after the checks) writes the idempotency record, the
-cap reservations and the outbox row of ``points.requested.v1``, which commit
-together before the 202 is sent: an accepted request is never lost and a
-refused one reserves nothing.
+A trigger costs two statements, each shared with the other triggers waiting
+at the same moment (the API coalesces them, see :mod:`infra.batching`). The
+first (:func:`admit_triggers`) takes tokens from the clients' rate-limit
+buckets and reads each client's standing, rule and any earlier request with
+the same requestId. The second (:func:`record_triggers`, after the checks)
+writes each trigger's idempotency record, cap reservations and outbox row of
+``points.requested.v1``, which commit before the 202 is sent: an accepted
+request is never lost and a refused one reserves nothing.
 
 Rate-limit buckets live in PostgreSQL, so a client's limit holds however many
 gateway replicas serve it (N replicas do not grant N times the limit) and a
@@ -43,6 +44,7 @@ from contracts import (
     RuleLifecycleEvent,
 )
 from infra import inbox, outbox
+from infra.db import array_columns
 from infra.logging import get_logger
 from infra.problems import Problem
 from infra.request_signing import (
@@ -174,32 +176,42 @@ class Admission:
     lookup: Lookup
 
 
-async def admit_trigger(
+@dataclass(frozen=True)
+class Admitting:
+    """A trigger waiting to be admitted: who sent it, and what it asks for."""
+
+    caller: Caller
+    trigger: Trigger
+
+
+async def admit_triggers(
     pool: asyncpg.Pool,
-    caller: Caller,
-    trigger: Trigger,
+    batch: Sequence[Admitting],
     *,
     default_per_second: float,
     default_burst: int,
-) -> Admission:
-    row = await pool.fetchrow(
-        sql.ADMIT_TRIGGER,
-        caller.client_id,
+) -> list[Admission]:
+    """Admit a batch of triggers in one statement: each one's admission, in order."""
+    rows = await pool.fetch(
+        sql.ADMIT_TRIGGERS,
+        [admitting.caller.client_id for admitting in batch],
+        [admitting.trigger.request_id for admitting in batch],
+        [admitting.trigger.rule_id for admitting in batch],
         default_per_second,
         default_burst,
-        trigger.rule_id,
-        trigger.request_id,
     )
-    assert row is not None
-    return Admission(
-        ClientAccess(row["client_status"] == "revoked", row["request_signing_key"]),
-        RateLimit(row["granted"], row["tokens"], row["per_second"], row["burst"]),
-        Lookup(
-            rule=row if row["rule_id"] is not None else None,
-            earlier_transaction_id=row["earlier_transaction_id"],
-            earlier_body_hash=row["earlier_body_hash"],
-        ),
-    )
+    return [
+        Admission(
+            ClientAccess(row["client_status"] == "revoked", row["request_signing_key"]),
+            RateLimit(row["granted"], row["tokens"], row["per_second"], row["burst"]),
+            Lookup(
+                rule=row if row["rule_id"] is not None else None,
+                earlier_transaction_id=row["earlier_transaction_id"],
+                earlier_body_hash=row["earlier_body_hash"],
+            ),
+        )
+        for row in rows
+    ]
 
 
 async def client_access(
@@ -451,24 +463,34 @@ CAP_REFUSALS = {
 }
 
 
-async def accept_trigger(
-    pool: asyncpg.Pool, caller: Caller, trigger: Trigger, lookup: Lookup, correlation_id: str
-) -> dict[str, Any]:
-    """Check a trigger against its rule, then reserve and record it; the 202 body.
+@dataclass(frozen=True)
+class Recording:
+    """A trigger that passed every check, ready to be recorded with its event."""
 
-    Recording is one statement (``record_points_request``): the idempotency
-    record, the cap reservations and the outbox row commit together, or, when
-    a cap would be overshot, nothing does.
-    """
+    caller: Caller
+    trigger: Trigger
+    rule: asyncpg.Record
+    user_id: str
+    amount: int
+    event: PointsRequestedEvent
+
+    @property
+    def transaction_id(self) -> uuid.UUID:
+        return self.event.data.transaction_id
+
+
+def checked_trigger(
+    caller: Caller, trigger: Trigger, lookup: Lookup, correlation_id: str
+) -> Recording:
+    """Check a trigger against its rule, in the documented order; what to record."""
     rule = lookup.rule
     check_rule(rule, caller, trigger.rule_id, now())
     assert rule is not None
     user_id, amount = check_member_and_amount(rule, trigger)
-    transaction_id = uuid.uuid4()
     event = PointsRequestedEvent.new_event(
         data=PointsRequested(
             request_id=trigger.request_id,
-            transaction_id=transaction_id,
+            transaction_id=uuid.uuid4(),
             client_id=caller.client_id,
             rule_id=rule["rule_id"],
             rule_version=rule["version"],
@@ -482,34 +504,57 @@ async def accept_trigger(
         org_id=caller.org_id,
         correlation_id=correlation_id,
     )
-    try:
-        recorded = await pool.fetchrow(
-            sql.RECORD_REQUEST,
-            caller.client_id,
-            trigger.request_id,
-            transaction_id,
-            trigger.body_hash(),
-            caller.org_id,
-            caller.environment,
-            rule["rule_id"],
-            rule["version"],
-            user_id,
-            rule["type"],
-            amount,
-            rule["cap_max"],
-            rule["cap_per_member"],
-            *outbox.outbox_row(event),
+    return Recording(caller, trigger, rule, user_id, amount, event)
+
+
+async def record_triggers(
+    pool: asyncpg.Pool, batch: Sequence[Recording]
+) -> list[dict[str, Any] | Problem]:
+    """Reserve and record a batch of checked triggers in one statement and one commit;
+    each one's 202 body, in order, or the problem that refuses it.
+
+    For each trigger the idempotency record, the cap reservations and the outbox
+    row commit together; a trigger whose amount would overshoot a cap records
+    and reserves nothing, and the others in its batch are not affected.
+    """
+    rows = [
+        (
+            recording.caller.client_id,
+            recording.trigger.request_id,
+            recording.transaction_id,
+            recording.trigger.body_hash(),
+            recording.caller.org_id,
+            recording.caller.environment,
+            recording.rule["rule_id"],
+            recording.rule["version"],
+            recording.user_id,
+            recording.rule["type"],
+            recording.amount,
+            recording.rule["cap_max"],
+            recording.rule["cap_per_member"],
+            *outbox.outbox_row(recording.event),
         )
-    except asyncpg.RaiseError as error:
-        if error.message not in CAP_REFUSALS:
-            raise
-        detail = CAP_REFUSALS[error.message].format(**rule)
-        raise Refused(detail, code=error.message) from None
-    assert recorded is not None
-    if recorded["outcome"] == "replayed":
+        for recording in batch
+    ]
+    recorded = await pool.fetch(sql.RECORD_REQUESTS, *array_columns(rows, width=17))
+    by_position = {
+        row["request_position"]: _recorded_outcome(batch[row["request_position"] - 1], row)
+        for row in recorded
+    }
+    return [by_position[position] for position in range(1, len(batch) + 1)]
+
+
+def _recorded_outcome(recording: Recording, row: asyncpg.Record) -> dict[str, Any] | Problem:
+    outcome = row["outcome"]
+    if outcome in CAP_REFUSALS:
+        return Refused(CAP_REFUSALS[outcome].format(**recording.rule), code=outcome)
+    if outcome == "replayed":
         # A concurrent request with the same requestId was recorded first.
-        return replay_answer(trigger, recorded["transaction_id"], recorded["body_hash"])
-    return accepted_answer(trigger, transaction_id)
+        try:
+            return replay_answer(recording.trigger, row["transaction_id"], row["body_hash"])
+        except Replayed as conflict:
+            return conflict
+    return accepted_answer(recording.trigger, recording.transaction_id)
 
 
 async def request_status(
@@ -542,43 +587,51 @@ async def settle_results(
     connection: asyncpg.Connection, events: Sequence[PointsResultEvent]
 ) -> None:
     """Settle a batch of results in the caller's transaction, each event once."""
-    releases = CapReleases()
-    for event in await inbox.claim_new(connection, events, POINTS_RESULTS):
-        await _settle(connection, event, releases)
-    await releases.apply(connection)
+    await _settle(connection, await inbox.claim_new(connection, events, POINTS_RESULTS))
 
 
 async def record_result(connection: asyncpg.Connection, event: PointsResultEvent) -> None:
     """Settle one result, as if it came again under a new event id (no inbox)."""
-    releases = CapReleases()
-    await _settle(connection, event, releases)
-    await releases.apply(connection)
+    await _settle(connection, [event])
 
 
-async def _settle(
-    connection: asyncpg.Connection, event: PointsResultEvent, releases: CapReleases
-) -> None:
-    """Settle a request with the ledger's outcome; a rejection frees its reservations.
+async def _settle(connection: asyncpg.Connection, events: Sequence[PointsResultEvent]) -> None:
+    """Settle requests with the ledger's outcomes; a rejection frees its reservations.
 
-    A reversal leaves the request ``succeeded``, records what it moved back and
-    frees that much of the request's reservations: the points are no longer
-    spent against the rule's caps.
+    Outcomes are written in one statement, then any reversals. A reversal
+    leaves its request ``succeeded``, records what it moved back and frees that
+    much of the request's reservations: the points are no longer spent against
+    the rule's caps. Reservations are freed last, all together, in a fixed order.
     """
-    result = event.data
-    if result.status == "reversed":
+    releases = CapReleases()
+    outcomes: dict[tuple[str, str], PointsResult] = {}
+    reversals = []
+    for event in events:
+        result = event.data
+        if result.status == "reversed":
+            reversals.append(result)
+        else:
+            # A request's first outcome settles it; a later copy would find it settled.
+            outcomes.setdefault((result.client_id, result.request_id), result)
+    if outcomes:
+        rows = [
+            (
+                result.client_id,
+                result.request_id,
+                "succeeded" if result.status == "applied" else "failed",
+                result.reason,
+                result.balance,
+            )
+            for result in outcomes.values()
+        ]
+        settled = await connection.fetch(sql.RECORD_RESULTS, *array_columns(rows, width=5))
+        for request in settled:
+            if request["status"] == "failed":
+                releases.add(request)
+    # After the outcomes: a reversal needs its request settled, perhaps by this batch.
+    for result in reversals:
         await _record_reversal(connection, result, releases)
-        return
-    status = "succeeded" if result.status == "applied" else "failed"
-    settled = await connection.fetchrow(
-        sql.RECORD_RESULT,
-        result.client_id,
-        result.request_id,
-        status,
-        result.reason,
-        result.balance,
-    )
-    if settled is not None and status == "failed":
-        releases.add(settled)
+    await releases.apply(connection)
 
 
 async def _record_reversal(

@@ -43,6 +43,17 @@ class TriggerSettings(ServiceSettings):
         description="How far a signed request's X-Points-Timestamp may be from the gateway's "
         "clock, either way, for clients that sign their requests.",
     )
+    db_batch_max: int = Field(
+        default=200,
+        ge=1,
+        description="Most triggers admitted, or recorded, in one statement and one commit.",
+    )
+    db_batches_in_flight: int = Field(
+        default=4,
+        ge=1,
+        description="Batches of triggers that may run at once, each on its own connection; "
+        "triggers arriving while all are busy go together in the next one.",
+    )
     callback_dns_timeout_seconds: float = Field(
         default=2.0, gt=0, description="How long checking a callbackUrl's host may take."
     )

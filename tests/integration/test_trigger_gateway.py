@@ -182,6 +182,7 @@ async def seed_rules(gateway: Gateway, console: Console, foreign: Console) -> No
         "member_crowded": await console.rule(capPerMember=1000, **staging),
         "released": await console.rule(capMax=10, **staging),
         "settled": await console.rule(capMax=10, **staging),
+        "batched": await console.rule(capMax=20, **staging),
         "capped_later": await console.rule(**staging),
         "throttled": await console.rule(
             authorizedClientIds=[gateway.clients["throttled"].client_id]
@@ -602,6 +603,48 @@ class TestCaps:
         assert_refused(await gateway.trigger("settled", amount=10), 400, "CAP_EXCEEDED")
         assert await gateway.cap_used("settled") == 10
 
+    async def test_one_batch_settles_each_request_once_and_a_reversal_after_its_outcome(
+        self, gateway: Gateway
+    ) -> None:
+        applied = (await gateway.trigger("batched", amount=10)).json()
+        rejected = (await gateway.trigger("batched", amount=10)).json()
+        assert_refused(await gateway.trigger("batched", amount=10), 400, "CAP_EXCEEDED")
+        award = await ledger_outcome(gateway, "batched", applied, applied=True)
+        # A second outcome of the same request (republished under another event id).
+        contradiction = await ledger_outcome(gateway, "batched", applied, applied=False)
+        reversal = award.model_copy(
+            update={
+                "event_id": uuid.uuid4(),
+                "type": "points.reversed",
+                "data": award.data.model_copy(
+                    update={
+                        "status": "reversed",
+                        "reversal_id": uuid.uuid4(),
+                        "reversed_amount": 10,
+                        "uncovered_amount": 0,
+                    }
+                ),
+            }
+        )
+        batch = [
+            award,
+            contradiction,
+            await ledger_outcome(gateway, "batched", rejected, applied=False),
+            reversal,
+        ]
+
+        async with gateway.runtime.pool.acquire() as connection, connection.transaction():
+            await service.settle_results(connection, batch)
+
+        assert (await gateway.status(applied["requestId"])).json()["status"] == "succeeded"
+        assert (await gateway.status(applied["requestId"])).json()["reversal"][
+            "reversedAmount"
+        ] == 10
+        assert (await gateway.status(rejected["requestId"])).json()["status"] == "failed"
+        # Both reservations are free again: the rejection's and the reversed award's.
+        assert await gateway.cap_used("batched") == 0
+        assert (await gateway.trigger("batched", amount=20)).status_code == 202
+
 
 class TestCapsChangedAfterAcceptance:
     async def test_a_rejection_frees_only_what_its_request_had_reserved(
@@ -728,6 +771,36 @@ class TestRateLimits:
         await asyncio.sleep(retry_after)
 
         assert (await gateway.trigger("throttled", client="throttled")).status_code == 202
+
+    async def test_concurrent_triggers_over_the_burst_take_each_token_once(
+        self, gateway: Gateway
+    ) -> None:
+        throttled = gateway.clients["throttled"].client_id
+        async with gateway.runtime.pool.acquire() as connection:
+            await service.set_client_rate_limit(connection, throttled, per_second=0.01, burst=10)
+            # A full bucket, whatever earlier tests took from it.
+            await connection.execute(
+                "DELETE FROM rate_limit_buckets WHERE client_id = $1", throttled
+            )
+        recorded_before, _ = await recorded_total(gateway, "throttled")
+
+        responses = await asyncio.gather(
+            *(
+                gateway.trigger("throttled", client="throttled", on_replica=i % 2 == 1)
+                for i in range(40)
+            )
+        )
+
+        assert outcomes(responses) == {"accepted": 10, "RATE_LIMITED": 30}
+        accepted = [response for response in responses if response.status_code == 202]
+        # Each accepted trigger took its own token: every count of what is left shows once.
+        assert sorted(int(response.headers["RateLimit-Remaining"]) for response in accepted) == (
+            list(range(10))
+        )
+        recorded_after, _ = await recorded_total(gateway, "throttled")
+        assert recorded_after - recorded_before == 10
+        async with gateway.runtime.pool.acquire() as connection:
+            await service.set_client_rate_limit(connection, throttled, per_second=1000, burst=1000)
 
     async def test_the_rate_limit_comes_before_the_rule_checks(self, gateway: Gateway) -> None:
         throttled = gateway.clients["throttled"].client_id
