@@ -271,7 +271,15 @@ def main() -> None:
     parser.add_argument("--seconds", type=int, default=60, help="sustained-load duration")
     parser.add_argument("--latency-seconds", type=int, default=30)
     parser.add_argument("--connections", type=int, default=32)
+    parser.add_argument(
+        "--setting",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="an extra setting for the platform's services, e.g. TRIGGER_DB_BATCH_MAX=50",
+    )
     options = parser.parse_args()
+    extra_settings = dict(setting.split("=", 1) for setting in options.setting)
 
     work = Path(tempfile.mkdtemp(prefix="bench-gateway-"))
     script = work / "trigger.lua"
@@ -281,6 +289,7 @@ def main() -> None:
         TRIGGER_RATE_LIMIT_PER_SECOND="1000000",
         TRIGGER_RATE_LIMIT_BURST="1000000",
         LOG_LEVEL="WARNING",
+        **extra_settings,
     )
     bare_port = free_port()
     (work / "bare_app.py").write_text(BARE_APP)
