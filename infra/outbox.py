@@ -25,7 +25,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from datetime import timedelta
 from typing import ClassVar, Protocol
 
@@ -77,22 +77,36 @@ class OutboxEvent(Protocol):
     def model_dump_json(self) -> str: ...
 
 
+OutboxRow = tuple[str, str, bytes, str]
+"""The outbox columns of one event: topic, key, payload (the event's JSON) and headers
+(JSON text)."""
+
+
 async def enqueue(connection: asyncpg.Connection, *events: OutboxEvent) -> None:
     """Stage events for publication in the caller's open transaction."""
+    await enqueue_rows(connection, [outbox_row(event) for event in events])
+
+
+async def enqueue_rows(connection: asyncpg.Connection, rows: Sequence[OutboxRow]) -> None:
+    """:func:`enqueue` for events already serialised into their outbox columns."""
     assert connection.is_in_transaction(), "enqueue must share the state change's transaction"
-    rows = [outbox_row(event) for event in events]
     await connection.execute(INSERT, *(list(column) for column in zip(*rows, strict=True)))
 
 
-def outbox_row(event: OutboxEvent) -> tuple[str, str, bytes, str]:
-    """The outbox columns (topic, key, payload, headers as JSON text) of ``event``, also
-    for code that writes the row itself inside a statement that must commit with it."""
+def outbox_row(event: OutboxEvent) -> OutboxRow:
+    """The outbox columns of ``event``, also for code that writes the row itself inside
+    a statement that must commit with it."""
     return (
         event.TOPIC,
         event.key(),
         event.model_dump_json().encode(),
-        json.dumps({"type": event.type, "correlation_id": event.correlation_id}),
+        outbox_headers(event.type, event.correlation_id),
     )
+
+
+def outbox_headers(event_type: str, correlation_id: str) -> str:
+    """The headers column: what the relay sends as Kafka headers, as JSON text."""
+    return json.dumps({"type": event_type, "correlation_id": correlation_id})
 
 
 async def backlog(pool: asyncpg.Pool) -> int:

@@ -69,8 +69,14 @@ async def pool(database_url: str) -> AsyncIterator[asyncpg.Pool]:
 
 
 async def apply(pool: asyncpg.Pool, *events: PointsRequestedEvent) -> list[PointsResultEvent]:
+    """Apply ``events`` as one batch; the results it staged in the outbox, as sent."""
     async with pool.acquire() as connection, connection.transaction():
-        return await apply_batch(connection, events)
+        staged_before = await connection.fetchval("SELECT coalesce(max(id), 0) FROM outbox")
+        await apply_batch(connection, events)
+        rows = await connection.fetch(
+            "SELECT payload FROM outbox WHERE id > $1 ORDER BY id", staged_before
+        )
+    return [PointsResultEvent.model_validate_json(row["payload"]) for row in rows]
 
 
 async def balance(pool: asyncpg.Pool, user_id: str = "member-1") -> int:
