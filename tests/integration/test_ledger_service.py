@@ -269,6 +269,35 @@ class TestDatabaseGuards:
                 event.data.transaction_id,
             )
 
+    async def test_entries_must_name_a_transaction_and_an_account_that_exist(
+        self, pool: asyncpg.Pool
+    ) -> None:
+        [rejected] = await apply(pool, points_requested(type="redeem", amount=5))
+        member, rules_pool = [
+            row["id"] for row in await pool.fetch("SELECT id FROM accounts ORDER BY kind")
+        ]
+        balanced = (
+            "INSERT INTO entries (transaction_id, account_id, amount)"
+            " VALUES ($1, $2, 5), ($1, $3, -5)"
+        )
+
+        with pytest.raises(asyncpg.ForeignKeyViolationError, match="transaction"):
+            await pool.execute(balanced, uuid4(), member, rules_pool)
+        with pytest.raises(asyncpg.ForeignKeyViolationError, match="account"):
+            await pool.execute(balanced, rejected.data.transaction_id, member, -1)
+        assert await count(pool, "entries") == 0
+
+    async def test_accounts_can_be_neither_removed_nor_renumbered(self, pool: asyncpg.Pool) -> None:
+        await apply(pool, points_requested(amount=5))
+
+        with pytest.raises(asyncpg.RestrictViolationError):
+            await pool.execute("DELETE FROM accounts")
+        with pytest.raises(asyncpg.RestrictViolationError):
+            await pool.execute("TRUNCATE accounts")
+        with pytest.raises(asyncpg.RestrictViolationError):
+            await pool.execute("UPDATE accounts SET id = DEFAULT")
+        assert await count(pool, "accounts") == 2
+
 
 class TestConcurrency:
     async def test_overlapping_batches_neither_deadlock_nor_lose_points(
