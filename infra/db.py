@@ -40,6 +40,15 @@ def _yoyo_uri(dsn: str, schema: str) -> str:
     return urlunsplit(parts._replace(scheme="postgresql+psycopg", query=urlencode(query)))
 
 
+#: Every statement is planned for the values it runs with. The statements that
+#: matter join arrays of a batch (``unnest($1::uuid[])``, ``= ANY($1)``) to
+#: tables that start empty and grow: a generic plan made while a table was
+#: small (a scan of the whole table per batch) would otherwise stay cached in
+#: each pooled connection until autovacuum happens to invalidate it. Planning a
+#: batch statement costs far less than one bad plan.
+PLANNING = {"plan_cache_mode": "force_custom_plan"}
+
+
 class PooledConnection(asyncpg.Connection):  # type: ignore[misc]
     """A pool connection given back without asyncpg's reset query.
 
@@ -76,7 +85,7 @@ async def create_pool(
             max_size=max_size,
             init=init_connection,
             connection_class=PooledConnection,
-            server_settings={"search_path": f"{schema},public", "plan_cache_mode": "force_custom_plan"},
+            server_settings={"search_path": f"{schema},public", **PLANNING},
         )
     except (TimeoutError, OSError, asyncpg.PostgresError) as error:
         raise StartupError(

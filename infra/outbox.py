@@ -24,14 +24,16 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from datetime import timedelta
-from typing import ClassVar, Protocol
+from typing import Any, ClassVar, Protocol
 
 import asyncpg
+import pydantic_core
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
+from aiokafka.partitioner import DefaultPartitioner
+from aiokafka.producer.message_accumulator import BatchBuilder
 
 from infra.db import array_columns, init_connection
 from infra.logging import get_logger
@@ -59,6 +61,7 @@ SET_WAITING = "UPDATE outbox_relay SET waiting = $1"
 #: traffic, in exchange for writers that never NOTIFY while traffic flows.
 LINGER_POLL_SECONDS = 0.01
 LINGER_POLLS = 20
+_PARTITIONER = DefaultPartitioner()
 
 
 class OutboxEvent(Protocol):
@@ -77,22 +80,37 @@ class OutboxEvent(Protocol):
     def model_dump_json(self) -> str: ...
 
 
+OutboxRow = tuple[str, str, bytes, str]
+"""The outbox columns of one event: topic, key, payload (the event's JSON) and headers
+(JSON text)."""
+
+
 async def enqueue(connection: asyncpg.Connection, *events: OutboxEvent) -> None:
     """Stage events for publication in the caller's open transaction."""
+    await enqueue_rows(connection, [outbox_row(event) for event in events])
+
+
+async def enqueue_rows(connection: asyncpg.Connection, rows: Sequence[OutboxRow]) -> None:
+    """:func:`enqueue` for events already serialised into their outbox columns."""
     assert connection.is_in_transaction(), "enqueue must share the state change's transaction"
-    rows = [outbox_row(event) for event in events]
     await connection.execute(INSERT, *array_columns(rows, width=4))
 
 
-def outbox_row(event: OutboxEvent) -> tuple[str, str, bytes, str]:
-    """The outbox columns (topic, key, payload, headers as JSON text) of ``event``, also
-    for code that writes the row itself inside a statement that must commit with it."""
+def outbox_row(event: OutboxEvent) -> OutboxRow:
+    """The outbox columns of ``event``, also for code that writes the row itself inside
+    a statement that must commit with it."""
     return (
         event.TOPIC,
         event.key(),
         event.model_dump_json().encode(),
-        json.dumps({"type": event.type, "correlation_id": event.correlation_id}),
+        outbox_headers(event.type, event.correlation_id),
     )
+
+
+def outbox_headers(event_type: str, correlation_id: str) -> str:
+    """The headers column: what the relay sends as Kafka headers, as JSON text."""
+    # pydantic-core's encoder: a fifth of json.dumps's time, which showed per result.
+    return pydantic_core.to_json({"type": event_type, "correlation_id": correlation_id}).decode()
 
 
 async def backlog(pool: asyncpg.Pool) -> int:
@@ -195,19 +213,41 @@ class OutboxRelay:
         rows = await connection.fetch(PENDING, self._batch_size)
         if not rows:
             return 0
-        sends = [
-            await self._producer.send(
-                row["topic"],
-                value=row["payload"],
-                key=row["key"].encode(),
-                headers=[(name, str(value).encode()) for name, value in row["headers"].items()],
-            )
-            for row in rows
-        ]
-        await asyncio.gather(*sends)
+        await asyncio.gather(*await self._send_in_partition_batches(rows))
         await connection.execute(MARK_PUBLISHED, [row["id"] for row in rows])
         self.published += len(rows)
         if self._on_published is not None:
             self._on_published(len(rows))
         log.debug("outbox.published", schema=self._schema, count=len(rows))
         return len(rows)
+
+    async def _send_in_partition_batches(
+        self, rows: list[asyncpg.Record]
+    ) -> list[asyncio.Future[Any]]:
+        """Hand ``rows`` to the producer as one record batch per partition (more when
+        one fills up), in id order within each; the futures of their acknowledgements.
+
+        ``send()`` per row cost more than anything else the relay does; building the
+        batches here keeps the producer's partitioning (murmur2 of the key, as every
+        Kafka client does) and each partition's order.
+        """
+        partitions: dict[str, list[int]] = {}
+        open_batches: dict[tuple[str, int], BatchBuilder] = {}
+        sent = []
+        for row in rows:
+            topic, key = row["topic"], row["key"].encode()
+            if topic not in partitions:
+                partitions[topic] = sorted(await self._producer.partitions_for(topic))
+            partition = _PARTITIONER(key, partitions[topic], partitions[topic])
+            headers = [(name, str(value).encode()) for name, value in row["headers"].items()]
+            batch = open_batches.get((topic, partition))
+            if batch is None or not batch.append(
+                timestamp=None, key=key, value=row["payload"], headers=headers
+            ):
+                if batch is not None:  # full: send it, and start the next one
+                    sent.append(await self._producer.send_batch(batch, topic, partition=partition))
+                batch = open_batches[topic, partition] = self._producer.create_batch()
+                batch.append(timestamp=None, key=key, value=row["payload"], headers=headers)
+        for (topic, partition), batch in open_batches.items():
+            sent.append(await self._producer.send_batch(batch, topic, partition=partition))
+        return sent

@@ -1,8 +1,8 @@
 """Every SQL statement of the ledger, and the thin functions that run them.
 
 Connections see the ``ledger`` schema first (``search_path``), so table names
-are unqualified. Batch statements take PostgreSQL arrays and ``unnest`` them,
-one round trip per statement whatever the batch size.
+are unqualified. Batch statements take PostgreSQL arrays and ``unnest`` them, or
+COPY their rows in, one round trip per statement whatever the batch size.
 """
 
 from __future__ import annotations
@@ -14,6 +14,8 @@ from typing import Any, Literal, NamedTuple
 from uuid import UUID
 
 import asyncpg
+
+from infra.db import array_columns
 
 AccountKind = Literal["member", "pool"]
 
@@ -34,9 +36,11 @@ class Account:
     balance: int
 
 
-@dataclass(frozen=True)
-class TransactionRow:
-    """A transaction as inserted: one per points request the ledger decided."""
+class TransactionRow(NamedTuple):
+    """A transaction as inserted: one per points request the ledger decided.
+
+    A tuple, in the order of its columns, because that is what COPY sends.
+    """
 
     id: UUID
     environment: str
@@ -86,32 +90,6 @@ SELECT txn.id, txn.client_id, txn.request_id
 FROM transactions AS txn
 JOIN unnest($2::text[], $3::text[]) AS wanted (client_id, request_id)
     USING (client_id, request_id)
-"""
-
-INSERT_TRANSACTIONS = """
-INSERT INTO transactions (
-    id, environment, org_id, user_id, request_id, client_id, rule_id, rule_version,
-    correlation_id, type, amount, status, reason, created_at
-)
-SELECT id, environment, org_id, user_id, request_id, client_id, rule_id, rule_version,
-       correlation_id, type, amount, status, reason, created_at
-FROM unnest(
-    $1::uuid[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[],
-    $8::integer[], $9::text[], $10::text[], $11::bigint[], $12::text[], $13::text[],
-    $14::timestamptz[]
-) WITH ORDINALITY AS decided (
-    id, environment, org_id, user_id, request_id, client_id, rule_id, rule_version,
-    correlation_id, type, amount, status, reason, created_at, position
-)
-ORDER BY position
-"""
-
-INSERT_ENTRIES = """
-INSERT INTO entries (transaction_id, account_id, amount)
-SELECT transaction_id, account_id, amount
-FROM unnest($1::uuid[], $2::bigint[], $3::bigint[]) WITH ORDINALITY
-    AS entry (transaction_id, account_id, amount, position)
-ORDER BY position
 """
 
 ADD_TO_BALANCES = """
@@ -247,21 +225,17 @@ WHERE txn.environment = $1 AND txn.org_id = $2 AND txn.rule_id = $3
 """
 
 
-def _columns(keys: Sequence[AccountKey]) -> list[list[str]]:
-    return [list(column) for column in zip(*keys, strict=True)] if keys else [[], [], [], []]
-
-
 async def create_missing_accounts(
     connection: asyncpg.Connection, keys: Sequence[AccountKey]
 ) -> None:
-    await connection.execute(CREATE_MISSING_ACCOUNTS, *_columns(keys))
+    await connection.execute(CREATE_MISSING_ACCOUNTS, *array_columns(keys, width=4))
 
 
 async def lock_accounts(
     connection: asyncpg.Connection, keys: Sequence[AccountKey]
 ) -> dict[AccountKey, Account]:
     """Lock the named accounts (FOR UPDATE, in id order) and return them by key."""
-    rows = await connection.fetch(LOCK_ACCOUNTS, *_columns(keys))
+    rows = await connection.fetch(LOCK_ACCOUNTS, *array_columns(keys, width=4))
     accounts = {}
     for row in rows:
         key = AccountKey(row["environment"], row["org_id"], row["kind"], row["owner_id"])
@@ -287,23 +261,24 @@ async def recorded_transactions(
     )
 
 
+# The two biggest inserts of a batch use binary COPY rather than an INSERT over
+# unnest'ed arrays: no arrays to build and check element by element here, and less
+# work per row in PostgreSQL (about 5 µs less per request in all). COPY keeps the
+# rows' order and fires the tables' triggers.
 async def insert_transactions(
     connection: asyncpg.Connection, transactions: Sequence[TransactionRow]
 ) -> None:
-    fields = list(TransactionRow.__dataclass_fields__)
-    columns = [[getattr(row, name) for row in transactions] for name in fields]
-    await connection.execute(INSERT_TRANSACTIONS, *columns)
+    await connection.copy_records_to_table(
+        "transactions", records=transactions, columns=TransactionRow._fields
+    )
 
 
 async def insert_entries(
     connection: asyncpg.Connection, entries: Sequence[tuple[UUID, int, int]]
 ) -> None:
     """Insert ``(transaction id, account id, signed amount)`` rows."""
-    await connection.execute(
-        INSERT_ENTRIES,
-        [transaction_id for transaction_id, _, _ in entries],
-        [account_id for _, account_id, _ in entries],
-        [amount for _, _, amount in entries],
+    await connection.copy_records_to_table(
+        "entries", records=entries, columns=("transaction_id", "account_id", "amount")
     )
 
 

@@ -13,9 +13,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Literal, cast, get_args
-from uuid import UUID
+from uuid import UUID, uuid4
 
 import asyncpg
+import pydantic_core
 
 from contracts import (
     POINTS_REQUESTED,
@@ -23,6 +24,7 @@ from contracts import (
     PointsRequestedEvent,
     PointsResult,
     PointsResultEvent,
+    member_key,
 )
 from infra import inbox, outbox
 from infra.logging import get_logger
@@ -109,12 +111,12 @@ def decide(
 
 async def apply_batch(
     connection: asyncpg.Connection, events: Sequence[PointsRequestedEvent]
-) -> list[PointsResultEvent]:
-    """Apply a batch of points requests in the caller's transaction; return the results.
+) -> list[Outcome]:
+    """Apply a batch of points requests in the caller's transaction; return what was decided.
 
     Redeliveries (an event id already in the inbox) and requests already
     recorded (same transaction id, or same client and request id) change
-    nothing and produce no result. Each result is staged in the outbox.
+    nothing and produce no outcome. Each outcome's result is staged in the outbox.
     """
     assert connection.is_in_transaction(), "apply_batch must run in the caller's transaction"
     fresh = await inbox.claim_new(connection, events, POINTS_REQUESTED)
@@ -125,14 +127,14 @@ async def apply_batch(
     accounts = await repository.lock_accounts(connection, keys)
     fresh = await _not_yet_recorded(connection, fresh)
     outcomes = decide(fresh, {key: account.balance for key, account in accounts.items()})
-    results = await _record(connection, outcomes, accounts)
+    await _record(connection, outcomes, accounts)
     log.info(
         "points.batch.applied",
         received=len(events),
         applied=sum(outcome.status == "applied" for outcome in outcomes),
         rejected=sum(outcome.status == "rejected" for outcome in outcomes),
     )
-    return results
+    return outcomes
 
 
 async def _not_yet_recorded(
@@ -166,7 +168,7 @@ async def _record(
     connection: asyncpg.Connection,
     outcomes: list[Outcome],
     accounts: dict[AccountKey, Account],
-) -> list[PointsResultEvent]:
+) -> None:
     now = datetime.now(UTC)
     entries = [
         (outcome.event.data.transaction_id, accounts[key].id, amount)
@@ -181,10 +183,8 @@ async def _record(
     )
     await repository.insert_entries(connection, entries)
     await repository.add_to_balances(connection, changes)
-    results = [_result_event(outcome, now) for outcome in outcomes]
-    if results:
-        await outbox.enqueue(connection, *results)
-    return results
+    if outcomes:
+        await outbox.enqueue_rows(connection, [result_row(outcome, now) for outcome in outcomes])
 
 
 def _transaction_row(outcome: Outcome, created_at: datetime) -> TransactionRow:
@@ -207,27 +207,48 @@ def _transaction_row(outcome: Outcome, created_at: datetime) -> TransactionRow:
     )
 
 
-def _result_event(outcome: Outcome, processed_at: datetime) -> PointsResultEvent:
+def result_row(outcome: Outcome, processed_at: datetime) -> outbox.OutboxRow:
+    """The outbox row of ``outcome``'s ``points.results.v1`` event, serialised directly.
+
+    Building a :class:`PointsResultEvent` validates every field again, which cost
+    three times as much as this per request (about a sixth of the ledger's time
+    when catching up), though each value comes from a request already validated
+    against its contract. The dictionary holds the contract's fields in its
+    order; a unit test checks these bytes are the ones the validated model writes.
+    """
     event, data = outcome.event, outcome.event.data
-    return PointsResultEvent.new_event(
-        data=PointsResult(
-            request_id=data.request_id,
-            transaction_id=data.transaction_id,
-            client_id=data.client_id,
-            rule_id=data.rule_id,
-            user_id=data.user_id,
-            type=data.type,
-            amount=data.amount,
-            status=outcome.status,
-            reason=outcome.reason,
-            balance=outcome.member_balance,
-            callback_url=data.callback_url,
-            processed_at=processed_at,
-        ),
-        environment=event.environment,
-        org_id=event.org_id,
-        correlation_id=event.correlation_id,
+    event_type = f"points.{outcome.status}"
+    payload = pydantic_core.to_json(
+        {
+            "event_id": uuid4(),
+            "type": event_type,
+            "version": PointsResultEvent.VERSION,
+            "occurred_at": processed_at,
+            "environment": event.environment,
+            "org_id": event.org_id,
+            "correlation_id": event.correlation_id,
+            "data": {
+                "request_id": data.request_id,
+                "transaction_id": data.transaction_id,
+                "client_id": data.client_id,
+                "rule_id": data.rule_id,
+                "user_id": data.user_id,
+                "type": data.type,
+                "amount": data.amount,
+                "status": outcome.status,
+                "reason": outcome.reason,
+                "balance": outcome.member_balance,
+                "callback_url": data.callback_url,
+                "processed_at": processed_at,
+                "reversal_id": None,
+                "reversed_amount": None,
+                "uncovered_amount": None,
+            },
+        }
     )
+    key = member_key(event.environment, event.org_id, data.user_id)
+    headers = outbox.outbox_headers(event_type, event.correlation_id)
+    return PointsResultEvent.TOPIC, key, payload, headers
 
 
 # -- reversals -----------------------------------------------------------------

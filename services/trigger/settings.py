@@ -49,7 +49,7 @@ class TriggerSettings(ServiceSettings):
         description="Most triggers admitted, or recorded, in one statement and one commit.",
     )
     db_batches_in_flight: int = Field(
-        default=4,
+        default=2,
         ge=1,
         description="Batches of triggers that may run at once, each on its own connection; "
         "triggers arriving while all are busy go together in the next one.",

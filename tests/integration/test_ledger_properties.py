@@ -156,8 +156,8 @@ class LedgerMachine(RuleBasedStateMachine):
         async def apply() -> list[str]:
             assert self.pool is not None
             async with self.pool.acquire() as connection, connection.transaction():
-                results = await apply_batch(connection, events)
-            return [result.data.status for result in results]
+                outcomes = await apply_batch(connection, events)
+            return [outcome.status for outcome in outcomes]
 
         return self.loop.run(apply())
 

@@ -69,8 +69,14 @@ async def pool(database_url: str) -> AsyncIterator[asyncpg.Pool]:
 
 
 async def apply(pool: asyncpg.Pool, *events: PointsRequestedEvent) -> list[PointsResultEvent]:
+    """Apply ``events`` as one batch; the results it staged in the outbox, as sent."""
     async with pool.acquire() as connection, connection.transaction():
-        return await apply_batch(connection, events)
+        staged_before = await connection.fetchval("SELECT coalesce(max(id), 0) FROM outbox")
+        await apply_batch(connection, events)
+        rows = await connection.fetch(
+            "SELECT payload FROM outbox WHERE id > $1 ORDER BY id", staged_before
+        )
+    return [PointsResultEvent.model_validate_json(row["payload"]) for row in rows]
 
 
 async def balance(pool: asyncpg.Pool, user_id: str = "member-1") -> int:
@@ -262,6 +268,35 @@ class TestDatabaseGuards:
                 "SELECT $1, id, 10 FROM accounts WHERE owner_id = 'member-2'",
                 event.data.transaction_id,
             )
+
+    async def test_entries_must_name_a_transaction_and_an_account_that_exist(
+        self, pool: asyncpg.Pool
+    ) -> None:
+        [rejected] = await apply(pool, points_requested(type="redeem", amount=5))
+        member, rules_pool = [
+            row["id"] for row in await pool.fetch("SELECT id FROM accounts ORDER BY kind")
+        ]
+        balanced = (
+            "INSERT INTO entries (transaction_id, account_id, amount)"
+            " VALUES ($1, $2, 5), ($1, $3, -5)"
+        )
+
+        with pytest.raises(asyncpg.ForeignKeyViolationError, match="transaction"):
+            await pool.execute(balanced, uuid4(), member, rules_pool)
+        with pytest.raises(asyncpg.ForeignKeyViolationError, match="account"):
+            await pool.execute(balanced, rejected.data.transaction_id, member, -1)
+        assert await count(pool, "entries") == 0
+
+    async def test_accounts_can_be_neither_removed_nor_renumbered(self, pool: asyncpg.Pool) -> None:
+        await apply(pool, points_requested(amount=5))
+
+        with pytest.raises(asyncpg.RestrictViolationError):
+            await pool.execute("DELETE FROM accounts")
+        with pytest.raises(asyncpg.RestrictViolationError):
+            await pool.execute("TRUNCATE accounts")
+        with pytest.raises(asyncpg.RestrictViolationError):
+            await pool.execute("UPDATE accounts SET id = DEFAULT")
+        assert await count(pool, "accounts") == 2
 
 
 class TestConcurrency:

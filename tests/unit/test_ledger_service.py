@@ -1,19 +1,23 @@
-"""The ledger's pure logic: deciding requests, read scopes and history cursors."""
+"""The ledger's pure logic: deciding requests, their results' bytes, read scopes and
+history cursors."""
 
 from __future__ import annotations
 
+import json
+from collections import defaultdict
 from datetime import UTC, datetime
 from typing import Literal
-from uuid import uuid4
+from uuid import UUID, uuid4
 
 import pytest
 
-from contracts import PointsRequested, PointsRequestedEvent
+from contracts import PointsRequested, PointsRequestedEvent, PointsResult, PointsResultEvent
 from infra.tokens import Principal
 from services.ledger.service import (
     INSUFFICIENT_BALANCE,
     EnvironmentForbidden,
     InvalidCursor,
+    Outcome,
     UnknownEnvironment,
     decide,
     decode_cursor,
@@ -21,10 +25,17 @@ from services.ledger.service import (
     member_account,
     pool_account,
     read_scope,
+    result_row,
 )
 
 
-def request(type: Literal["earn", "redeem"], amount: int) -> PointsRequestedEvent:
+def request(
+    type: Literal["earn", "redeem"],
+    amount: int,
+    *,
+    environment: Literal["staging", "production"] = "staging",
+    callback_url: str | None = None,
+) -> PointsRequestedEvent:
     return PointsRequestedEvent.new_event(
         data=PointsRequested(
             request_id=uuid4().hex,
@@ -35,9 +46,10 @@ def request(type: Literal["earn", "redeem"], amount: int) -> PointsRequestedEven
             user_id="member-1",
             type=type,
             amount=amount,
+            callback_url=callback_url,
             requested_at=datetime.now(UTC),
         ),
-        environment="staging",
+        environment=environment,
         org_id="org-1",
         correlation_id="correlation-1",
     )
@@ -86,6 +98,76 @@ class TestDecide:
         statuses = [outcome.status for outcome in decide(events, balances)]
 
         assert statuses == ["rejected", "applied", "applied"]
+
+
+def validated_result(outcome: Outcome, event_id: UUID, processed_at: datetime) -> PointsResultEvent:
+    """The result event of ``outcome`` built through the contract's models, validated."""
+    event, data = outcome.event, outcome.event.data
+    return PointsResultEvent(
+        event_id=event_id,
+        type=f"points.{outcome.status}",
+        version=PointsResultEvent.VERSION,
+        occurred_at=processed_at,
+        environment=event.environment,
+        org_id=event.org_id,
+        correlation_id=event.correlation_id,
+        data=PointsResult(
+            request_id=data.request_id,
+            transaction_id=data.transaction_id,
+            client_id=data.client_id,
+            rule_id=data.rule_id,
+            user_id=data.user_id,
+            type=data.type,
+            amount=data.amount,
+            status=outcome.status,
+            reason=outcome.reason,
+            balance=outcome.member_balance,
+            callback_url=data.callback_url,
+            processed_at=processed_at,
+        ),
+    )
+
+
+class TestResultRow:
+    @pytest.mark.parametrize(
+        "events",
+        [
+            [request("earn", 30)],
+            [request("redeem", 31, callback_url="https://partner.example/points?id=1&é=\u2603")],
+            [request("earn", 5, environment="production"), request("redeem", 5)],
+        ],
+    )
+    @pytest.mark.parametrize(
+        "processed_at",
+        [datetime.now(UTC), datetime(2026, 11, 26, 12, 0, tzinfo=UTC)],
+    )
+    def test_writes_the_bytes_the_validated_contract_model_writes(
+        self, events: list[PointsRequestedEvent], processed_at: datetime
+    ) -> None:
+        balances = {
+            key: 0 for event in events for key in (member_account(event), pool_account(event))
+        }
+        for outcome in decide(events, balances):
+            topic, key, payload, headers = result_row(outcome, processed_at)
+
+            sent = PointsResultEvent.model_validate_json(payload)
+            expected = validated_result(outcome, sent.event_id, processed_at)
+            assert payload == expected.model_dump_json().encode()
+            assert (topic, key) == (PointsResultEvent.TOPIC, expected.key())
+            assert json.loads(headers) == {
+                "type": expected.type,
+                "correlation_id": expected.correlation_id,
+            }
+
+    def test_gives_every_result_its_own_event_id(self) -> None:
+        [outcome] = decide([request("earn", 1)], defaultdict(int))
+
+        payloads = [result_row(outcome, datetime.now(UTC))[2] for _ in range(2)]
+
+        event_ids = {
+            PointsResultEvent.model_validate_json(payload).event_id for payload in payloads
+        }
+        assert len(event_ids) == 2
 
 
 class TestReadScope:
