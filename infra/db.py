@@ -40,13 +40,14 @@ def _yoyo_uri(dsn: str, schema: str) -> str:
     return urlunsplit(parts._replace(scheme="postgresql+psycopg", query=urlencode(query)))
 
 
-#: Every statement is planned for the values it runs with. The statements that
-#: matter join arrays of a batch (``unnest($1::uuid[])``, ``= ANY($1)``) to
-#: tables that start empty and grow: a generic plan made while a table was
-#: small (a scan of the whole table per batch) would otherwise stay cached in
-#: each pooled connection until autovacuum happens to invalidate it. Planning a
-#: batch statement costs far less than one bad plan.
-PLANNING = {"plan_cache_mode": "force_custom_plan"}
+#: Settings of a pool whose statements are each planned for the values they run
+#: with. For a service whose statements join a small batch's arrays
+#: (``unnest($1::text[])``) to tables that start empty and grow: a generic plan
+#: made while a table was small (a scan of the whole table per batch) would
+#: otherwise stay cached in each pooled connection until autovacuum happens to
+#: invalidate it. Not for batches of thousands: planning ``= ANY(<2,000 ids>)``
+#: costs the ledger a fifth of its rate (make bench-ledger).
+CUSTOM_PLANS = {"plan_cache_mode": "force_custom_plan"}
 
 
 class PooledConnection(asyncpg.Connection):  # type: ignore[misc]
@@ -71,7 +72,12 @@ async def init_connection(connection: asyncpg.Connection) -> None:
 
 
 async def create_pool(
-    dsn: str, schema: str, *, min_size: int = 1, max_size: int = 10
+    dsn: str,
+    schema: str,
+    *,
+    min_size: int = 1,
+    max_size: int = 10,
+    server_settings: dict[str, str] | None = None,
 ) -> asyncpg.Pool:
     """Open a pool whose connections see ``schema`` first.
 
@@ -85,7 +91,7 @@ async def create_pool(
             max_size=max_size,
             init=init_connection,
             connection_class=PooledConnection,
-            server_settings={"search_path": f"{schema},public", **PLANNING},
+            server_settings={"search_path": f"{schema},public", **(server_settings or {})},
         )
     except (TimeoutError, OSError, asyncpg.PostgresError) as error:
         raise StartupError(

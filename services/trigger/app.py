@@ -15,6 +15,7 @@ from contracts import (
 )
 from infra.broker import create_broker
 from infra.catchup import CatchUp
+from infra.db import CUSTOM_PLANS
 from infra.http import create_http_app
 from infra.runtime import ServiceRuntime, health_router
 from infra.tokens import JwksVerifier
@@ -36,7 +37,13 @@ def create_app(
 ) -> tuple[FastAPI, ServiceRuntime]:
     settings = settings or TriggerSettings()
     broker = create_broker(settings)
-    runtime = ServiceRuntime(settings, schema="trigger", migrations=MIGRATIONS, broker=broker)
+    runtime = ServiceRuntime(
+        settings,
+        schema="trigger",
+        migrations=MIGRATIONS,
+        broker=broker,
+        db_settings=CUSTOM_PLANS,  # its batch statements join arrays to growing tables
+    )
     subscribers.register(broker, runtime)
     projected_topics = [RULES_LIFECYCLE, CLIENTS_LIFECYCLE]
     runtime.watch_lag(subscribers.PROJECTION_GROUP, projected_topics)
