@@ -46,8 +46,6 @@ class Coalescer(Generic[T, R]):
         self._waiting: list[tuple[T, asyncio.Future[R]]] = []
         self._in_flight = 0
         self._tasks: set[asyncio.Task[None]] = set()
-        self.batches = 0
-        self.items = 0
 
     async def submit(self, item: T) -> R:
         """The item's outcome, once a batch has served it (its exception is raised)."""
@@ -80,8 +78,6 @@ class Coalescer(Generic[T, R]):
             outcomes = [error] * len(batch)
         finally:
             self._in_flight -= 1
-            self.batches += 1
-            self.items += len(batch)
         for (_, future), outcome in zip(batch, outcomes, strict=True):
             if future.done():  # its caller was cancelled (a client hung up)
                 continue

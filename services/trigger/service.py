@@ -467,16 +467,9 @@ CAP_REFUSALS = {
 class Recording:
     """A trigger that passed every check, ready to be recorded with its event."""
 
-    caller: Caller
     trigger: Trigger
     rule: asyncpg.Record
-    user_id: str
-    amount: int
     event: PointsRequestedEvent
-
-    @property
-    def transaction_id(self) -> uuid.UUID:
-        return self.event.data.transaction_id
 
 
 def checked_trigger(
@@ -504,7 +497,7 @@ def checked_trigger(
         org_id=caller.org_id,
         correlation_id=correlation_id,
     )
-    return Recording(caller, trigger, rule, user_id, amount, event)
+    return Recording(trigger, rule, event)
 
 
 async def record_triggers(
@@ -517,31 +510,34 @@ async def record_triggers(
     row commit together; a trigger whose amount would overshoot a cap records
     and reserves nothing, and the others in its batch are not affected.
     """
-    rows = [
-        (
-            recording.caller.client_id,
-            recording.trigger.request_id,
-            recording.transaction_id,
-            recording.trigger.body_hash(),
-            recording.caller.org_id,
-            recording.caller.environment,
-            recording.rule["rule_id"],
-            recording.rule["version"],
-            recording.user_id,
-            recording.rule["type"],
-            recording.amount,
-            recording.rule["cap_max"],
-            recording.rule["cap_per_member"],
-            *outbox.outbox_row(recording.event),
-        )
-        for recording in batch
-    ]
+    rows = [_request_row(recording) for recording in batch]
     recorded = await pool.fetch(sql.RECORD_REQUESTS, *array_columns(rows, width=17))
     by_position = {
         row["request_position"]: _recorded_outcome(batch[row["request_position"] - 1], row)
         for row in recorded
     }
     return [by_position[position] for position in range(1, len(batch) + 1)]
+
+
+def _request_row(recording: Recording) -> tuple[Any, ...]:
+    """The arguments of ``record_points_requests`` for one trigger, in its order."""
+    event, requested = recording.event, recording.event.data
+    return (
+        requested.client_id,
+        requested.request_id,
+        requested.transaction_id,
+        recording.trigger.body_hash(),
+        event.org_id,
+        event.environment,
+        requested.rule_id,
+        requested.rule_version,
+        requested.user_id,
+        requested.type,
+        requested.amount,
+        recording.rule["cap_max"],
+        recording.rule["cap_per_member"],
+        *outbox.outbox_row(event),
+    )
 
 
 def _recorded_outcome(recording: Recording, row: asyncpg.Record) -> dict[str, Any] | Problem:
@@ -554,7 +550,7 @@ def _recorded_outcome(recording: Recording, row: asyncpg.Record) -> dict[str, An
             return replay_answer(recording.trigger, row["transaction_id"], row["body_hash"])
         except Replayed as conflict:
             return conflict
-    return accepted_answer(recording.trigger, recording.transaction_id)
+    return accepted_answer(recording.trigger, recording.event.data.transaction_id)
 
 
 async def request_status(

@@ -17,12 +17,14 @@ async def let_tasks_run() -> None:
 
 
 class Doubler:
-    """A batch function that doubles numbers, refuses negatives, and can be held open."""
+    """A batch function that doubles numbers, refuses negatives, and can be held open
+    (``held``: every batch waits until ``release`` is set)."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, held: bool = False) -> None:
         self.batches: list[list[int]] = []
         self.release = asyncio.Event()
-        self.release.set()
+        if not held:
+            self.release.set()
 
     async def __call__(self, items: list[int]) -> list[int | BaseException]:
         self.batches.append(items)
@@ -39,8 +41,7 @@ async def test_a_lone_call_runs_at_once_in_a_batch_of_its_own() -> None:
 
 
 async def test_calls_arriving_while_every_slot_is_busy_go_together_in_order() -> None:
-    doubler = Doubler()
-    doubler.release.clear()
+    doubler = Doubler(held=True)
     coalescer = Coalescer(doubler, max_batch=10, max_in_flight=1)
     first = asyncio.create_task(coalescer.submit(1))
     await let_tasks_run()
@@ -55,8 +56,7 @@ async def test_calls_arriving_while_every_slot_is_busy_go_together_in_order() ->
 
 
 async def test_a_batch_never_exceeds_its_maximum() -> None:
-    doubler = Doubler()
-    doubler.release.clear()
+    doubler = Doubler(held=True)
     coalescer = Coalescer(doubler, max_batch=2, max_in_flight=1)
     tasks = [asyncio.create_task(coalescer.submit(n)) for n in range(5)]
     await let_tasks_run()
@@ -68,8 +68,7 @@ async def test_a_batch_never_exceeds_its_maximum() -> None:
 
 
 async def test_several_batches_run_at_once_up_to_the_limit() -> None:
-    doubler = Doubler()
-    doubler.release.clear()
+    doubler = Doubler(held=True)
     coalescer = Coalescer(doubler, max_batch=10, max_in_flight=2)
     tasks = [asyncio.create_task(coalescer.submit(n)) for n in range(4)]
     await let_tasks_run()
@@ -81,8 +80,7 @@ async def test_several_batches_run_at_once_up_to_the_limit() -> None:
 
 
 async def test_an_item_refused_by_the_batch_fails_only_its_own_caller() -> None:
-    doubler = Doubler()
-    doubler.release.clear()
+    doubler = Doubler(held=True)
     coalescer = Coalescer(doubler, max_batch=10, max_in_flight=1)
     first = asyncio.create_task(coalescer.submit(0))
     await let_tasks_run()
@@ -126,8 +124,7 @@ async def test_a_batch_returning_the_wrong_number_of_outcomes_fails_its_callers(
 
 
 async def test_a_cancelled_caller_does_not_disturb_the_others_in_its_batch() -> None:
-    doubler = Doubler()
-    doubler.release.clear()
+    doubler = Doubler(held=True)
     coalescer = Coalescer(doubler, max_batch=10, max_in_flight=1)
     first = asyncio.create_task(coalescer.submit(1))
     await let_tasks_run()
