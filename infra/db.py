@@ -40,14 +40,15 @@ def _yoyo_uri(dsn: str, schema: str) -> str:
     return urlunsplit(parts._replace(scheme="postgresql+psycopg", query=urlencode(query)))
 
 
-#: Settings of a pool whose statements are each planned for the values they run
-#: with. For a service whose statements join a small batch's arrays
-#: (``unnest($1::text[])``) to tables that start empty and grow: a generic plan
-#: made while a table was small (a scan of the whole table per batch) would
-#: otherwise stay cached in each pooled connection until autovacuum happens to
-#: invalidate it. Not for batches of thousands: planning ``= ANY(<2,000 ids>)``
-#: costs the ledger a fifth of its rate (make bench-ledger).
-CUSTOM_PLANS = {"plan_cache_mode": "force_custom_plan"}
+#: Run first in a transaction whose statement joins a batch's arrays
+#: (``FROM unnest($1::text[])``) to a table that starts empty and grows: the
+#: statement is then planned for the values it runs with. A pooled connection
+#: otherwise settles on one generic plan, and one made while the table was
+#: small scans the whole table for every batch until autovacuum happens to
+#: invalidate it. Planning costs about a millisecond, so statements run per
+#: request are written to need no such thing: their lookups are
+#: ``LATERAL (… LIMIT 1)`` subqueries, which every plan runs on the index.
+PLAN_FOR_THESE_VALUES = "SET LOCAL plan_cache_mode = force_custom_plan"
 
 
 class PooledConnection(asyncpg.Connection):  # type: ignore[misc]
@@ -77,7 +78,6 @@ async def create_pool(
     *,
     min_size: int = 1,
     max_size: int = 10,
-    server_settings: dict[str, str] | None = None,
 ) -> asyncpg.Pool:
     """Open a pool whose connections see ``schema`` first.
 
@@ -91,7 +91,10 @@ async def create_pool(
             max_size=max_size,
             init=init_connection,
             connection_class=PooledConnection,
-            server_settings={"search_path": f"{schema},public", **(server_settings or {})},
+            server_settings={
+                "search_path": f"{schema},public",
+                "application_name": schema,  # pg_stat_activity shows which service it is
+            },
         )
     except (TimeoutError, OSError, asyncpg.PostgresError) as error:
         raise StartupError(

@@ -53,11 +53,8 @@ class ServiceRuntime:
         migrations: Path,
         broker: KafkaBroker | None = None,
         relay: bool = True,
-        db_settings: dict[str, str] | None = None,
     ) -> None:
-        """``db_settings`` are PostgreSQL settings for the pool's connections."""
         self.settings = settings
-        self._db_settings = db_settings
         self.schema = schema
         self.migrations = migrations
         self.broker = broker
@@ -110,7 +107,6 @@ class ServiceRuntime:
             self.schema,
             min_size=settings.db_pool_min,
             max_size=settings.db_pool_max,
-            server_settings=self._db_settings,
         )
         if self._with_relay or self.broker is not None:
             await wait_for_broker(settings)

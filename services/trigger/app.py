@@ -15,12 +15,11 @@ from contracts import (
 )
 from infra.broker import create_broker
 from infra.catchup import CatchUp
-from infra.db import CUSTOM_PLANS
-from infra.http import create_http_app
+from infra.http import create_http_app, serve_directly
 from infra.runtime import ServiceRuntime, health_router
 from infra.tokens import JwksVerifier
 from services.trigger import subscribers
-from services.trigger.api import TriggerContext, router
+from services.trigger.api import TRIGGER_PATH, TriggerContext, router, serve_trigger
 from services.trigger.housekeeping import RequestPurger
 from services.trigger.settings import TriggerSettings
 
@@ -42,7 +41,6 @@ def create_app(
         schema="trigger",
         migrations=MIGRATIONS,
         broker=broker,
-        db_settings=CUSTOM_PLANS,  # its batch statements join arrays to growing tables
     )
     subscribers.register(broker, runtime)
     projected_topics = [RULES_LIFECYCLE, CLIENTS_LIFECYCLE]
@@ -72,4 +70,5 @@ def create_app(
     )
     app.include_router(health_router(runtime))
     app.include_router(router)
+    serve_directly(app, "POST", TRIGGER_PATH, serve_trigger)
     return app, runtime

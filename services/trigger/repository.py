@@ -89,6 +89,12 @@ UPDATE member_cap_usage SET used = greatest(used - $3, 0) WHERE rule_id = $1 AND
 #
 # Then each trigger's client standing, the rule it names (its columns null when
 # there is none) and an earlier request of the client with the same requestId.
+#
+# Every table is read through a LATERAL (… LIMIT 1) subquery, so whatever plan
+# the connection caches looks each row up by its key: the cached generic plan
+# is made from the statistics of its moment, and one made while the tables were
+# empty would otherwise hash-join whole tables for every batch. Planning per
+# execution instead cost more than running the statement.
 ADMIT_TRIGGERS = """
 WITH requested AS (
     SELECT client_id, request_id, rule_id, position,
@@ -104,7 +110,10 @@ WITH requested AS (
            coalesce(l.burst, $5) - least(w.n, coalesce(l.burst, $5)),
            least(w.n, coalesce(l.burst, $5)), true, clock_timestamp()
     FROM wanted AS w
-    LEFT JOIN client_rate_limits AS l ON l.client_id = w.client_id
+    LEFT JOIN LATERAL (
+        SELECT per_second, burst FROM client_rate_limits
+        WHERE client_rate_limits.client_id = w.client_id LIMIT 1
+    ) AS l ON true
     ORDER BY w.client_id
     ON CONFLICT (client_id) DO UPDATE SET
         (per_second, burst, taken, granted, tokens, refilled_at) = (
@@ -133,10 +142,18 @@ SELECT requested.rank <= bucket.taken AS granted,
        earlier.transaction_id AS earlier_transaction_id, earlier.body_hash AS earlier_body_hash
 FROM requested
 JOIN bucket ON bucket.client_id = requested.client_id
-LEFT JOIN clients AS client ON client.client_id = requested.client_id
-LEFT JOIN rules AS rule ON rule.rule_id = requested.rule_id
-LEFT JOIN requests AS earlier
-    ON earlier.client_id = requested.client_id AND earlier.request_id = requested.request_id
+LEFT JOIN LATERAL (
+    SELECT status, request_signing_key FROM clients
+    WHERE clients.client_id = requested.client_id LIMIT 1
+) AS client ON true
+LEFT JOIN LATERAL (
+    SELECT * FROM rules WHERE rules.rule_id = requested.rule_id LIMIT 1
+) AS rule ON true
+LEFT JOIN LATERAL (
+    SELECT transaction_id, body_hash FROM requests
+    WHERE requests.client_id = requested.client_id AND requests.request_id = requested.request_id
+    LIMIT 1
+) AS earlier ON true
 ORDER BY requested.position
 """
 SET_CLIENT_RATE_LIMIT = """

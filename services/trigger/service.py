@@ -44,7 +44,7 @@ from contracts import (
     RuleLifecycleEvent,
 )
 from infra import inbox, outbox
-from infra.db import array_columns
+from infra.db import PLAN_FOR_THESE_VALUES, array_columns
 from infra.logging import get_logger
 from infra.problems import Problem
 from infra.request_signing import (
@@ -620,6 +620,7 @@ async def _settle(connection: asyncpg.Connection, events: Sequence[PointsResultE
             )
             for result in outcomes.values()
         ]
+        await connection.execute(PLAN_FOR_THESE_VALUES)
         settled = await connection.fetch(sql.RECORD_RESULTS, *array_columns(rows, width=5))
         for request in settled:
             if request["status"] == "failed":

@@ -522,6 +522,53 @@ class TestMemberAndAmountRefusals:
         assert at_maximum.status_code == 202
 
 
+class TestMalformedBodies:
+    """The trigger route's body errors: one code, and the field each error is about."""
+
+    async def refused_body(self, gateway: Gateway, content: bytes) -> dict[str, Any]:
+        response = await gateway.http.post(
+            REQUESTS_PATH,
+            content=content,
+            headers={**bearer(gateway.tokens["main"]), "Content-Type": "application/json"},
+        )
+        assert_refused(response, 400, "INVALID_REQUEST")
+        body: dict[str, Any] = response.json()
+        return body
+
+    async def test_a_body_that_is_not_json_is_refused_as_such(self, gateway: Gateway) -> None:
+        body = await self.refused_body(gateway, b'{"userId": "member-1",')
+
+        assert body["errors"] == [{"field": "", "message": "not valid JSON"}]
+
+    async def test_a_missing_field_and_an_unknown_one_are_each_named(
+        self, gateway: Gateway
+    ) -> None:
+        content = json.dumps(
+            {"userId": "member-1", "ruleId": gateway.rules["open"], "amount": 1, "points": 1}
+        ).encode()
+
+        body = await self.refused_body(gateway, content)
+
+        assert {error["field"] for error in body["errors"]} == {"requestId", "points"}
+        assert "requestId" in body["detail"]
+
+    async def test_the_token_is_checked_before_the_body(self, gateway: Gateway) -> None:
+        response = await gateway.http.post(REQUESTS_PATH, content=b"not json")
+
+        assert_refused(response, 401, "UNAUTHORIZED")
+
+    async def test_nothing_is_recorded_for_a_malformed_body(self, gateway: Gateway) -> None:
+        before = await gateway.runtime.pool.fetchval("SELECT count(*) FROM requests")
+        content = json.dumps(
+            {"userId": "member-1", "ruleId": gateway.rules["open"], "amount": 1, "requestId": 7}
+        ).encode()
+
+        body = await self.refused_body(gateway, content)
+
+        assert [error["field"] for error in body["errors"]] == ["requestId"]
+        assert await gateway.runtime.pool.fetchval("SELECT count(*) FROM requests") == before
+
+
 class TestCaps:
     async def test_a_trigger_that_would_exceed_the_cap_is_refused_and_reserves_nothing(
         self, gateway: Gateway
