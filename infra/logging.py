@@ -42,6 +42,8 @@ def configure_logging(service: str, level: str = "INFO", json: bool | None = Non
     )
     structlog.configure(
         processors=[
+            # A line below the level is dropped before anything renders it.
+            structlog.stdlib.filter_by_level,
             *shared,
             structlog.processors.format_exc_info if as_json else structlog.dev.set_exc_info,
             structlog.stdlib.ProcessorFormatter.wrap_for_formatter,
