@@ -25,8 +25,9 @@ log = get_logger(__name__)
 
 
 class TriggerContext:
-    """What the routes share: the verifier, the settings, the pool, and the coalescers
-    that admit and record concurrent triggers in batches."""
+    """What the routes share: the verifier, the settings, the pool, what this replica
+    remembers of clients and rules, and the coalescers that admit and record
+    concurrent triggers in batches."""
 
     def __init__(self, verifier: JwksVerifier, settings: TriggerSettings, pool_of: Any) -> None:
         self.verifier = verifier
@@ -39,6 +40,14 @@ class TriggerContext:
         )
         self.recordings: Coalescer[service.Recording, dict[str, Any]] = Coalescer(
             self._record,
+            max_batch=settings.db_batch_max,
+            max_in_flight=settings.db_batches_in_flight,
+        )
+        self.remembered = service.Remembered()
+        self.checked_recordings: Coalescer[
+            service.CheckedAgainst, service.RecordedAtOnce | None
+        ] = Coalescer(
+            self._record_checked,
             max_batch=settings.db_batch_max,
             max_in_flight=settings.db_batches_in_flight,
         )
@@ -58,6 +67,16 @@ class TriggerContext:
 
     async def _record(self, batch: list[service.Recording]) -> list[dict[str, Any] | Problem]:
         return await service.record_triggers(self.pool, batch)
+
+    async def _record_checked(
+        self, batch: list[service.CheckedAgainst]
+    ) -> list[service.RecordedAtOnce | Problem | None]:
+        return await service.record_checked(
+            self.pool,
+            batch,
+            default_per_second=self.settings.rate_limit_per_second,
+            default_burst=self.settings.rate_limit_burst,
+        )
 
 
 async def context(request: Request) -> TriggerContext:
@@ -176,8 +195,11 @@ async def trigger_points(
 ) -> JSONResponse:
     """Ask for points to be earned or redeemed under a rule; 202 once recorded.
 
-    One round trip reads the client's standing, takes a rate-limit token and
-    finds the rule and any earlier request with this requestId; a second
+    A trigger for a rule and client this replica has seen is checked against
+    what it remembers of them and recorded in one round trip, which takes its
+    rate-limit token and makes sure both are still current. Otherwise, and for
+    every refusal, one round trip reads the client's standing, takes the token
+    and finds the rule and any earlier request with this requestId; a second
     records the request. Each round trip is shared with the triggers waiting
     at the same moment. Nothing is recorded for a refused request.
     """
@@ -204,7 +226,13 @@ async def accept(
     trigger = service.Trigger(
         body.user_id, body.rule_id, body.amount, body.request_id, body.callback_url
     )
+    remembered = ctx.remembered.get(caller.client_id, trigger.rule_id)
+    if remembered is not None:
+        answered = await accept_at_once(caller, trigger, remembered, ctx, request)
+        if answered is not None:
+            return answered
     admission = await ctx.admissions.submit(service.Admitting(caller, trigger))
+    ctx.remembered.remember(caller.client_id, admission)
     await check_access(admission.access, request, ctx)
     refuse_when_rate_limited(admission.rate_limit, caller.client_id)
     headers = rate_limit_headers(admission.rate_limit)
@@ -212,24 +240,69 @@ async def accept(
     if replay is not None:
         # The original answer, even if the callback's host has moved since.
         return JSONResponse(replay, status_code=202, headers=headers)
-    if body.callback_url is not None:
+    recording = await checked(caller, trigger, admission.lookup, ctx, request)
+    return accepted(caller, trigger, await ctx.recordings.submit(recording), headers)
+
+
+async def checked(
+    caller: service.Caller,
+    trigger: service.Trigger,
+    lookup: service.Lookup,
+    ctx: TriggerContext,
+    request: Request,
+) -> service.Recording:
+    """The checks after the client's standing and the rate limit: the callback URL,
+    then the rule, the member and the amount."""
+    if trigger.callback_url is not None:
         await check_callback_url(
-            body.callback_url,
+            trigger.callback_url,
             development=ctx.settings.is_development,
             timeout=ctx.settings.callback_dns_timeout_seconds,
         )
-    recording = service.checked_trigger(
-        caller, trigger, admission.lookup, request.state.correlation_id
+    return service.checked_trigger(caller, trigger, lookup, request.state.correlation_id)
+
+
+async def accept_at_once(
+    caller: service.Caller,
+    trigger: service.Trigger,
+    remembered: tuple[service.ClientAccess, asyncpg.Record],
+    ctx: TriggerContext,
+    request: Request,
+) -> JSONResponse | None:
+    """Accept a trigger in one round trip, checked against the client and rule this
+    replica remembers; None when it must be admitted afresh: when those would
+    refuse it, or have changed since (nothing was taken or recorded then)."""
+    access, rule = remembered
+    try:
+        await check_access(access, request, ctx)
+        recording = await checked(caller, trigger, service.Lookup(rule, None, None), ctx, request)
+    except Problem:
+        return None
+    recorded = await ctx.checked_recordings.submit(
+        service.CheckedAgainst(recording, access.request_signing_key)
     )
-    accepted = await ctx.recordings.submit(recording)
+    if recorded is None:
+        ctx.remembered.forget(caller.client_id, trigger.rule_id)
+        return None
+    refuse_when_rate_limited(recorded.rate_limit, caller.client_id)
+    assert recorded.answer is not None
+    return accepted(caller, trigger, recorded.answer, rate_limit_headers(recorded.rate_limit))
+
+
+def accepted(
+    caller: service.Caller,
+    trigger: service.Trigger,
+    answer: dict[str, Any],
+    headers: dict[str, str],
+) -> JSONResponse:
     log.info(
         "points.request.accepted",
         client_id=caller.client_id,
-        request_id=body.request_id,
-        rule_id=body.rule_id,
-        transaction_id=accepted["transactionId"],
+        request_id=trigger.request_id,
+        rule_id=trigger.rule_id,
+        transaction_id=answer["transactionId"],
     )
-    return JSONResponse(accepted, status_code=202, headers=headers)
+    return JSONResponse(answer, status_code=202, headers=headers)
 
 
 @router.get("/v1/points/requests/{request_id}")

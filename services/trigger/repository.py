@@ -74,41 +74,33 @@ RELEASE_MEMBER_CAP = """
 UPDATE member_cap_usage SET used = greatest(used - $3, 0) WHERE rule_id = $1 AND user_id = $2
 """
 
-# Everything admitting a batch of triggers reads, in one statement, one row a
-# trigger in the order given. $1-$3 are parallel arrays (client, requestId,
-# rule) and $4/$5 the settings' rate-limit defaults, which a client_rate_limits
-# row overrides.
-#
+
 # Rate limits: one token bucket per client, refilled from the time elapsed since
 # it was last touched and taken from in the same atomic upsert; a client's k-th
 # trigger in the batch is granted when the bucket gave at least k tokens. The
 # row lock serialises a client's batches across replicas for this statement
 # only, and clients are locked in id order. A new bucket starts full. In the
 # upsert, EXCLUDED.taken is what the batch asks for (at most a burst, all a
-# bucket can hold).
+# bucket can hold). The settings' defaults apply unless a client_rate_limits
+# row overrides them.
 #
-# Then each trigger's client standing, the rule it names (its columns null when
-# there is none) and an earlier request of the client with the same requestId.
-#
-# Every table is read through a LATERAL (… LIMIT 1) subquery, so whatever plan
-# the connection caches looks each row up by its key: the cached generic plan
-# is made from the statistics of its moment, and one made while the tables were
-# empty would otherwise hash-join whole tables for every batch. Planning per
-# execution instead cost more than running the statement.
-ADMIT_TRIGGERS = """
-WITH requested AS (
-    SELECT client_id, request_id, rule_id, position,
-           row_number() OVER (PARTITION BY client_id ORDER BY position) AS rank
-    FROM unnest($1::text[], $2::text[], $3::text[]) WITH ORDINALITY
-        AS r (client_id, request_id, rule_id, position)
-), wanted AS (
-    SELECT client_id, count(*) AS n FROM requested GROUP BY client_id
-), bucket AS (
+# Every table is read through a LATERAL (… LIMIT 1) subquery, or a scalar one,
+# so whatever plan the connection caches looks each row up by its key: the
+# cached generic plan is made from the statistics of its moment, and one made
+# while the tables were empty would otherwise hash-join whole tables for every
+# batch. Planning per execution instead cost more than running the statement.
+def _taking_tokens(default_per_second: str, default_burst: str) -> str:
+    """The CTE ``bucket``: takes what CTE ``wanted`` (``client_id``, ``n``) asks for
+    from each client's bucket. The arguments are the parameters holding the
+    settings' defaults."""
+    return f"""
+bucket AS (
     INSERT INTO rate_limit_buckets AS bucket
         (client_id, per_second, burst, tokens, taken, granted, refilled_at)
-    SELECT w.client_id, coalesce(l.per_second, $4), coalesce(l.burst, $5),
-           coalesce(l.burst, $5) - least(w.n, coalesce(l.burst, $5)),
-           least(w.n, coalesce(l.burst, $5)), true, clock_timestamp()
+    SELECT w.client_id, coalesce(l.per_second, {default_per_second}),
+           coalesce(l.burst, {default_burst}),
+           coalesce(l.burst, {default_burst}) - least(w.n, coalesce(l.burst, {default_burst})),
+           least(w.n, coalesce(l.burst, {default_burst})), true, clock_timestamp()
     FROM wanted AS w
     LEFT JOIN LATERAL (
         SELECT per_second, burst FROM client_rate_limits
@@ -133,7 +125,23 @@ WITH requested AS (
             ) AS took
         )
     RETURNING client_id, taken, tokens, per_second, burst
-)
+)"""  # noqa: S608 - what is put in are parameter names, not values
+
+
+# Everything admitting a batch of triggers reads, in one statement, one row a
+# trigger in the order given: its rate-limit token, its client's standing, the
+# rule it names (its columns null when there is none) and an earlier request of
+# the client with the same requestId. $1-$3 are parallel arrays (client,
+# requestId, rule) and $4/$5 the settings' rate-limit defaults.
+ADMIT_TRIGGERS = f"""
+WITH requested AS (
+    SELECT client_id, request_id, rule_id, position,
+           row_number() OVER (PARTITION BY client_id ORDER BY position) AS rank
+    FROM unnest($1::text[], $2::text[], $3::text[]) WITH ORDINALITY
+        AS r (client_id, request_id, rule_id, position)
+), wanted AS (
+    SELECT client_id, count(*) AS n FROM requested GROUP BY client_id
+), {_taking_tokens("$4", "$5")}
 SELECT requested.rank <= bucket.taken AS granted,
        bucket.tokens + greatest(bucket.taken - requested.rank, 0) AS tokens,
        bucket.per_second, bucket.burst,
@@ -155,7 +163,68 @@ LEFT JOIN LATERAL (
     LIMIT 1
 ) AS earlier ON true
 ORDER BY requested.position
-"""
+"""  # noqa: S608 - composed of constants
+
+# Admits and records a batch of triggers the gateway checked against the rule
+# and client it remembers, in one round trip. $1-$17 are record_points_requests'
+# arrays, $18 the signing key each was checked with (null: unsigned), $19/$20 the
+# rate-limit defaults. One row a trigger, in order, whose outcome is
+# record_points_requests' or:
+#   'STALE' when its rule's version or its client's standing or key is no longer
+#     what it was checked against: nothing taken or recorded (admit it afresh);
+#   'RATE_LIMITED' when its client's bucket gave no token for it: nothing recorded.
+RECORD_CHECKED = f"""
+WITH requested AS (
+    SELECT position, client_id,
+           coalesce((SELECT version = r.rule_version FROM rules
+                     WHERE rules.rule_id = r.rule_id LIMIT 1), false)
+           AND NOT coalesce((SELECT status = 'revoked'
+                                    OR request_signing_key IS DISTINCT FROM r.signing_key
+                             FROM clients WHERE clients.client_id = r.client_id LIMIT 1), false)
+               AS fresh
+    FROM unnest($1::text[], $7::text[], $8::integer[], $18::text[]) WITH ORDINALITY
+        AS r (client_id, rule_id, rule_version, signing_key, position)
+), ranked AS (
+    SELECT client_id, position,
+           row_number() OVER (PARTITION BY client_id ORDER BY position) AS rank
+    FROM requested WHERE fresh
+), wanted AS (
+    SELECT client_id, count(*) AS n FROM ranked GROUP BY client_id
+), {_taking_tokens("$19", "$20")}, admitted AS (
+    SELECT ranked.position, ranked.rank <= bucket.taken AS granted,
+           bucket.tokens + greatest(bucket.taken - ranked.rank, 0) AS tokens,
+           bucket.per_second, bucket.burst
+    FROM ranked JOIN bucket ON bucket.client_id = ranked.client_id
+), kept AS (
+    SELECT coalesce(array_agg(position::integer ORDER BY position), '{{}}') AS positions
+    FROM admitted WHERE granted
+), recorded AS (
+    SELECT kept.positions[outcome.request_position] AS position, outcome.outcome,
+           outcome.transaction_id, outcome.body_hash
+    FROM kept, record_points_requests(
+        pick($1::text[], kept.positions), pick($2::text[], kept.positions),
+        pick($3::uuid[], kept.positions), pick($4::text[], kept.positions),
+        pick($5::text[], kept.positions), pick($6::text[], kept.positions),
+        pick($7::text[], kept.positions), pick($8::integer[], kept.positions),
+        pick($9::text[], kept.positions), pick($10::text[], kept.positions),
+        pick($11::bigint[], kept.positions), pick($12::bigint[], kept.positions),
+        pick($13::bigint[], kept.positions), pick($14::text[], kept.positions),
+        pick($15::text[], kept.positions), pick($16::bytea[], kept.positions),
+        pick($17::text[], kept.positions)
+    ) AS outcome
+)
+SELECT requested.position,
+       CASE WHEN NOT requested.fresh THEN 'STALE'
+            WHEN NOT admitted.granted THEN 'RATE_LIMITED'
+            ELSE recorded.outcome END AS outcome,
+       recorded.transaction_id, recorded.body_hash,
+       coalesce(admitted.granted, false) AS granted, admitted.tokens,
+       admitted.per_second, admitted.burst
+FROM requested
+LEFT JOIN admitted ON admitted.position = requested.position
+LEFT JOIN recorded ON recorded.position = requested.position
+ORDER BY requested.position
+"""  # noqa: S608 - composed of constants
 SET_CLIENT_RATE_LIMIT = """
 INSERT INTO client_rate_limits (client_id, per_second, burst) VALUES ($1, $2, $3)
 ON CONFLICT (client_id) DO UPDATE SET

@@ -519,6 +519,87 @@ async def record_triggers(
     return [by_position[position] for position in range(1, len(batch) + 1)]
 
 
+class Remembered:
+    """The client standings and rules this gateway replica read last, so that a
+    trigger can be checked before its one round trip (:func:`record_checked`).
+
+    Never trusted alone: that round trip records nothing whose rule version or
+    client standing has changed since, and the trigger is then admitted afresh.
+    A trigger these would refuse is admitted afresh too, so every refusal is
+    decided on current data, in the documented order.
+    """
+
+    def __init__(self, limit: int = 10_000) -> None:
+        self.limit = limit
+        self._access: dict[str, ClientAccess] = {}
+        self._rules: dict[str, asyncpg.Record] = {}
+
+    def get(self, client_id: str, rule_id: str) -> tuple[ClientAccess, asyncpg.Record] | None:
+        access, rule = self._access.get(client_id), self._rules.get(rule_id)
+        return None if access is None or rule is None else (access, rule)
+
+    def remember(self, client_id: str, admission: Admission) -> None:
+        if len(self._access) >= self.limit or len(self._rules) >= self.limit:
+            self._access.clear()
+            self._rules.clear()
+        self._access[client_id] = admission.access
+        if admission.lookup.rule is not None:
+            self._rules[admission.lookup.rule["rule_id"]] = admission.lookup.rule
+
+    def forget(self, client_id: str, rule_id: str) -> None:
+        self._access.pop(client_id, None)
+        self._rules.pop(rule_id, None)
+
+
+@dataclass(frozen=True)
+class CheckedAgainst:
+    """A trigger checked against a remembered rule, and the key its client was
+    remembered to sign with (None: unsigned)."""
+
+    recording: Recording
+    signing_key: str | None
+
+
+@dataclass(frozen=True)
+class RecordedAtOnce:
+    """The outcome of :func:`record_checked` for one trigger: the token its request took
+    and its 202 body, or no body when the rate limit refused it (nothing recorded)."""
+
+    rate_limit: RateLimit
+    answer: dict[str, Any] | None
+
+
+async def record_checked(
+    pool: asyncpg.Pool,
+    batch: Sequence[CheckedAgainst],
+    *,
+    default_per_second: float,
+    default_burst: int,
+) -> list[RecordedAtOnce | Problem | None]:
+    """Admit and record a batch of checked triggers in one statement and one commit.
+
+    Each one's outcome, in order: recorded (or replayed), refused by a cap or as a
+    reused requestId (the problem), or None when its rule or client changed since
+    it was checked, in which case nothing of it was taken or recorded.
+    """
+    rows = [(*_request_row(checked.recording), checked.signing_key) for checked in batch]
+    recorded = await pool.fetch(
+        sql.RECORD_CHECKED, *array_columns(rows, width=18), default_per_second, default_burst
+    )
+    outcomes: list[RecordedAtOnce | Problem | None] = []
+    for checked, row in zip(batch, recorded, strict=True):
+        if row["outcome"] == "STALE":
+            outcomes.append(None)
+            continue
+        limit = RateLimit(row["granted"], row["tokens"], row["per_second"], row["burst"])
+        if row["outcome"] == "RATE_LIMITED":
+            outcomes.append(RecordedAtOnce(limit, None))
+            continue
+        answer = _recorded_outcome(checked.recording, row)
+        outcomes.append(answer if isinstance(answer, Problem) else RecordedAtOnce(limit, answer))
+    return outcomes
+
+
 def _request_row(recording: Recording) -> tuple[Any, ...]:
     """The arguments of ``record_points_requests`` for one trigger, in its order."""
     event, requested = recording.event, recording.event.data

@@ -34,6 +34,7 @@ from contracts import (
     PointsResultEvent,
 )
 from infra.dev.kafka import create_topics
+from infra.request_signing import public_pem
 from infra.runtime import ServiceRuntime
 from infra.tokens import API_AUDIENCE, REALM_PATH, JwksVerifier
 from services.rules.app import create_app as create_rules_app
@@ -786,6 +787,82 @@ class TestAuthentication:
         await eventually(revocation_projected, timeout=PROJECTION_TIMEOUT, what="the revocation")
         after = await gateway.http.get(f"{REQUESTS_PATH}/anything", headers=bearer(token))
         assert_refused(after, 401, "UNAUTHORIZED")
+
+
+class TestChangesAfterAcceptance:
+    """A replica accepts a trigger in one round trip when it has seen the client and
+    the rule before; what changed since must still count, at once."""
+
+    async def trigger(self, gateway: Gateway, rule_id: str, token: str) -> httpx.Response:
+        return await gateway.http.post(
+            REQUESTS_PATH,
+            json={
+                "userId": "member-1",
+                "ruleId": rule_id,
+                "amount": 1,
+                "requestId": f"req-{uuid.uuid4().hex}",
+            },
+            headers=bearer(token),
+        )
+
+    async def accepted_twice(self, gateway: Gateway, rule_id: str, token: str) -> None:
+        # The first trigger shows the replica the client and the rule; the second
+        # is accepted on what it remembers.
+        for _ in range(2):
+            response = await self.trigger(gateway, rule_id, token)
+            assert response.status_code == 202, response.text
+
+    async def new_client(self, gateway: Gateway) -> tuple[Client, str, str]:
+        """A client, its token, and a rule that authorises only it."""
+        client = await gateway.seeder.client(gateway.org_id, "staging")
+        console = Console(gateway.rules_http, gateway.console)
+        rule = await console.rule(authorizedClientIds=[client.client_id])
+        gateway.versions[rule["id"]] = rule["version"]
+        await wait_for_projection(gateway)
+        return client, await client_token(gateway.rules_http, client), rule["id"]
+
+    async def client_projected(self, gateway: Gateway, client_id: str, **expected: Any) -> None:
+        async def projected() -> bool:
+            row = await gateway.runtime.pool.fetchrow(
+                "SELECT status, request_signing_key FROM clients WHERE client_id = $1", client_id
+            )
+            return row is not None and all(row[name] == value for name, value in expected.items())
+
+        await eventually(projected, timeout=PROJECTION_TIMEOUT, what="the client's change")
+
+    async def test_a_rule_paused_since_is_inactive(self, gateway: Gateway) -> None:
+        _, token, rule_id = await self.new_client(gateway)
+        await self.accepted_twice(gateway, rule_id, token)
+
+        paused = await gateway.rules_http.post(
+            f"/v1/rules/{rule_id}/pause", headers=gateway.console
+        )
+        gateway.versions[rule_id] = paused.json()["version"]
+        await wait_for_projection(gateway)
+        response = await self.trigger(gateway, rule_id, token)
+
+        assert_refused(response, 400, "RULE_INACTIVE")
+
+    async def test_a_client_revoked_since_is_unauthorised(self, gateway: Gateway) -> None:
+        client, token, rule_id = await self.new_client(gateway)
+        await self.accepted_twice(gateway, rule_id, token)
+
+        await gateway.seeder.revoke(client.client_id)
+        await self.client_projected(gateway, client.client_id, status="revoked")
+        response = await self.trigger(gateway, rule_id, token)
+
+        assert_refused(response, 401, "UNAUTHORIZED")
+
+    async def test_a_client_that_registered_a_key_since_must_sign(self, gateway: Gateway) -> None:
+        client, token, rule_id = await self.new_client(gateway)
+        await self.accepted_twice(gateway, rule_id, token)
+
+        key = public_pem(ec.generate_private_key(ec.SECP256R1()).public_key())
+        await gateway.seeder.set_public_key(client.client_id, key)
+        await self.client_projected(gateway, client.client_id, request_signing_key=key)
+        response = await self.trigger(gateway, rule_id, token)
+
+        assert_refused(response, 401, "SIGNATURE_REQUIRED")
 
 
 class TestRateLimits:

@@ -74,3 +74,41 @@ async def test_admitting_triggers_reads_every_growing_table_by_index_on_empty_ta
     assert read >= INDEXED_TABLES, found  # the check below would pass on a table never read
     sequential = [table for node, table in found if table in INDEXED_TABLES and "Index" not in node]
     assert sequential == [], found
+
+
+async def test_recording_checked_triggers_reads_every_growing_table_by_index_on_empty_tables(
+    connection: asyncpg.Connection,
+) -> None:
+    one = "ARRAY[{}]::{}[]"
+    arrays = [
+        one.format(value, kind)
+        for value, kind in [
+            ("'cli_a'", "text"),
+            ("'r-1'", "text"),
+            ("gen_random_uuid()", "uuid"),
+            ("'hash'", "text"),
+            ("'org_a'", "text"),
+            ("'staging'", "text"),
+            ("'rul_a'", "text"),
+            ("1", "integer"),
+            ("'member-1'", "text"),
+            ("'earn'", "text"),
+            ("10", "bigint"),
+            ("NULL", "bigint"),
+            ("NULL", "bigint"),
+            ("'points.requested.v1'", "text"),
+            ("'member-1'", "text"),
+            ("'\\x7b7d'::bytea", "bytea"),
+            ("'{}'", "text"),
+            ("NULL", "text"),
+        ]
+    ]
+
+    found = await generic_plan_scans(
+        connection, sql.RECORD_CHECKED, ", ".join([*arrays, "50, 100"])
+    )
+
+    read = {table for _, table in found}
+    assert read >= {"rules", "clients", "client_rate_limits"}, found
+    sequential = [table for node, table in found if table in INDEXED_TABLES and "Index" not in node]
+    assert sequential == [], found
