@@ -165,7 +165,13 @@ class OutboxRelay:
                 await asyncio.sleep(1.0)
 
     async def _serve(self) -> None:
-        connection = await asyncpg.connect(self._dsn, server_settings={"search_path": self._schema})
+        connection = await asyncpg.connect(
+            self._dsn,
+            server_settings={
+                "search_path": self._schema,
+                "application_name": f"{self._schema} outbox relay",
+            },
+        )
         try:
             await init_connection(connection)
             await self._become_leader(connection)
