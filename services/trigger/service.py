@@ -35,7 +35,6 @@ from typing import Any
 import asyncpg
 
 from contracts import (
-    POINTS_RESULTS,
     ClientLifecycleEvent,
     PointsRequested,
     PointsRequestedEvent,
@@ -43,7 +42,7 @@ from contracts import (
     PointsResultEvent,
     RuleLifecycleEvent,
 )
-from infra import inbox, outbox
+from infra import outbox
 from infra.db import PLAN_FOR_THESE_VALUES, array_columns
 from infra.logging import get_logger
 from infra.problems import Problem
@@ -663,22 +662,18 @@ async def purge_expired_requests(
 async def settle_results(
     connection: asyncpg.Connection, events: Sequence[PointsResultEvent]
 ) -> None:
-    """Settle a batch of results in the caller's transaction, each event once."""
-    await _settle(connection, await inbox.claim_new(connection, events, POINTS_RESULTS))
-
-
-async def record_result(connection: asyncpg.Connection, event: PointsResultEvent) -> None:
-    """Settle one result, as if it came again under a new event id (no inbox)."""
-    await _settle(connection, [event])
-
-
-async def _settle(connection: asyncpg.Connection, events: Sequence[PointsResultEvent]) -> None:
-    """Settle requests with the ledger's outcomes; a rejection frees its reservations.
+    """Settle requests with the ledger's outcomes, in the caller's transaction; a
+    rejection frees its reservations.
 
     Outcomes are written in one statement, then any reversals. A reversal
     leaves its request ``succeeded``, records what it moved back and frees that
     much of the request's reservations: the points are no longer spent against
     the rule's caps. Reservations are freed last, all together, in a fixed order.
+
+    No inbox: every effect is guarded by the request's own row (an outcome
+    settles only a ``pending`` request, a reversal only one not yet reversed,
+    and only what changed is freed), so an event delivered again, under its
+    own id or another, changes nothing.
     """
     releases = CapReleases()
     outcomes: dict[tuple[str, str], PointsResult] = {}

@@ -237,11 +237,11 @@ class TestReversalReleasesCaps:
         assert (await platform.trigger(rule_id, 40, "member-e")).status_code == 202
         reversal = await reversal_event(platform.database_url, award.json()["transactionId"])
 
-        # A new event id gets past the inbox, as a republished reversal would.
+        # Under a new event id, as a republished reversal would come.
         again = reversal.model_copy(update={"event_id": uuid.uuid4()})
         pool = platform.gateway_runtime.pool
         async with pool.acquire() as connection, connection.transaction():
-            await gateway_service.record_result(connection, again)
+            await gateway_service.settle_results(connection, [again])
 
         assert_refused(await platform.trigger(rule_id, 11, "member-e"), 400, "CAP_EXCEEDED")
         assert (await platform.trigger(rule_id, 10, "member-e")).status_code == 202

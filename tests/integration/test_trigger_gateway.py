@@ -628,15 +628,18 @@ class TestCaps:
     ) -> None:
         accepted = (await gateway.trigger("released", amount=10)).json()
         assert_refused(await gateway.trigger("released", amount=10), 400, "CAP_EXCEEDED")
+        rejection = await ledger_outcome(gateway, "released", accepted, applied=False)
 
-        await publish_result(
-            gateway.bootstrap_servers,
-            await ledger_outcome(gateway, "released", accepted, applied=False),
-        )
+        await publish_result(gateway.bootstrap_servers, rejection)
 
         status = await settled_status(gateway, accepted["requestId"])
         assert status == {**accepted, "status": "failed", "reason": "MEMBER_BLOCKED"}
         assert (await gateway.trigger("released", amount=10)).status_code == 202
+        # The same event delivered again frees nothing more.
+        async with gateway.runtime.pool.acquire() as connection, connection.transaction():
+            await service.settle_results(connection, [rejection])
+        assert await gateway.cap_used("released") == 10
+        assert_refused(await gateway.trigger("released", amount=10), 400, "CAP_EXCEEDED")
 
     async def test_an_applied_result_keeps_the_reservation(self, gateway: Gateway) -> None:
         accepted = (await gateway.trigger("settled", amount=10)).json()
