@@ -41,7 +41,10 @@ async def claim_all(
 ) -> set[UUID]:
     """:func:`claim` for many events in one round trip; the ids claimed now."""
     assert connection.is_in_transaction(), "claim_all must run in the effects' transaction"
-    rows = await connection.fetch(CLAIM_ALL, sorted(set(event_ids)), topic)
+    ids = sorted(set(event_ids))
+    if not ids:
+        return set()
+    rows = await connection.fetch(CLAIM_ALL, ids, topic)
     return {row["event_id"] for row in rows}
 
 

@@ -109,25 +109,33 @@ async def queue_callback(connection: asyncpg.Connection, event: PointsResultEven
     return await queue_callbacks(connection, [event]) > 0
 
 
+def asking_for_callbacks(events: Sequence[PointsResultEvent]) -> list[PointsResultEvent]:
+    """The results that ask for a callback: those with a callback URL, reversals
+    excepted (callbacks report a request's outcome, and the request still succeeded).
+    The others need nothing of the notifier, not even an inbox row."""
+    return [
+        event
+        for event in events
+        if event.data.callback_url is not None and event.data.status != "reversed"
+    ]
+
+
 async def queue_callbacks(
     connection: asyncpg.Connection, events: Sequence[PointsResultEvent]
 ) -> int:
     """Queue the callbacks a batch of results asks for, each event once; how many were
-    queued. A reversal asks for none: callbacks report a request's outcome, and the
-    request still succeeded."""
+    queued."""
     queued = 0
-    for event in await inbox.claim_new(connection, events, POINTS_RESULTS):
-        if event.data.status == "reversed":
-            log.info("callback.reversal_ignored", request_id=event.data.request_id)
-        elif await _queue_callback(connection, event):
+    asking = asking_for_callbacks(events)
+    for event in await inbox.claim_new(connection, asking, POINTS_RESULTS):
+        if await _queue_callback(connection, event):
             queued += 1
     return queued
 
 
 async def _queue_callback(connection: asyncpg.Connection, event: PointsResultEvent) -> bool:
     result = event.data
-    if result.callback_url is None:
-        return False
+    assert result.callback_url is not None
     queued = await repository.insert_delivery(
         connection,
         NewDelivery(

@@ -55,8 +55,11 @@ def register_subscribers(
     )
     async def queue_callbacks(events: list[PointsResultEvent]) -> None:
         """Queue each result's callback once, however often the event is delivered."""
+        asking = service.asking_for_callbacks(events)
+        if not asking:
+            return
         async with runtime.pool.acquire() as connection, connection.transaction():
-            queued = await service.queue_callbacks(connection, events)
+            queued = await service.queue_callbacks(connection, asking)
         if queued:
             dispatcher.wake()
 

@@ -375,7 +375,7 @@ class TestCallbackDelivery:
         assert rows == 1
         assert len(receiver.received) == 1
 
-    async def test_a_result_without_a_callback_url_is_recorded_and_sends_nothing(
+    async def test_a_result_without_a_callback_url_sends_nothing_and_costs_no_inbox_row(
         self, database_url: str
     ) -> None:
         async with running_callbacks(notifier_settings(database_url)) as notifier:
@@ -387,7 +387,7 @@ class TestCallbackDelivery:
             )
             deliveries = await pool.fetchval("SELECT count(*) FROM deliveries")
 
-        assert (queued, claimed, deliveries) == (False, 1, 0)
+        assert (queued, claimed, deliveries) == (False, 0, 0)
 
 
 class TestClientProjection:
