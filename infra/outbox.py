@@ -126,12 +126,15 @@ class OutboxRelay:
         schema: str,
         producer: AIOKafkaProducer,
         *,
-        batch_size: int = 500,
+        batch_size: int = 2_000,
         safety_poll_seconds: float = 1.0,
         retention: timedelta = timedelta(hours=24),
         on_published: Callable[[int], None] | None = None,
     ) -> None:
-        """``on_published`` is told how many rows each batch published (for metrics)."""
+        """Up to ``batch_size`` rows are read, sent and marked at a time (a service that
+        catches up writes thousands a second, and each batch waits for Kafka's
+        acknowledgement); ``on_published`` is told how many rows each batch published
+        (for metrics)."""
         self._dsn = dsn
         self._schema = schema
         self._producer = producer

@@ -69,17 +69,34 @@ ORDER BY position
 ON CONFLICT (environment, org_id, kind, owner_id) DO NOTHING
 """
 
-# ORDER BY is applied before the row locks, so rows are locked in id order:
-# two batches touching the same accounts queue instead of deadlocking.
+# Member accounts are locked (FOR UPDATE) in id order: ORDER BY is applied
+# before the row locks, so two batches with members in common queue instead of
+# deadlocking. Pool accounts are only read: nothing is decided on a pool's
+# balance, so a batch locks its pools only to add to them, last, just before it
+# commits (LOCK_POOLS). Every writer takes the same order, members then pools,
+# and batches of different members no longer wait for each other on a busy
+# rule's pool for the whole of their work.
 LOCK_ACCOUNTS = """
-SELECT account.id, account.environment, account.org_id, account.kind, account.owner_id,
-       account.balance
-FROM accounts AS account
-JOIN unnest($1::text[], $2::text[], $3::text[], $4::text[])
-    AS wanted (environment, org_id, kind, owner_id)
-    USING (environment, org_id, kind, owner_id)
-ORDER BY account.id
-FOR UPDATE OF account
+WITH wanted AS (
+    SELECT account.id, account.environment, account.org_id, account.kind,
+           account.owner_id, account.balance
+    FROM accounts AS account
+    JOIN unnest($1::text[], $2::text[], $3::text[], $4::text[])
+        AS wanted (environment, org_id, kind, owner_id)
+        USING (environment, org_id, kind, owner_id)
+), members AS (
+    SELECT account.* FROM accounts AS account
+    WHERE account.id IN (SELECT id FROM wanted WHERE kind = 'member')
+    ORDER BY account.id
+    FOR UPDATE OF account
+)
+SELECT id, environment, org_id, kind, owner_id, balance FROM members
+UNION ALL
+SELECT id, environment, org_id, kind, owner_id, balance FROM wanted WHERE kind = 'pool'
+"""
+
+LOCK_POOLS = """
+SELECT id FROM accounts WHERE id = ANY($1::bigint[]) AND kind = 'pool' ORDER BY id FOR UPDATE
 """
 
 # Two lookups rather than one OR, which the planner answers with a full scan.
@@ -234,7 +251,8 @@ async def create_missing_accounts(
 async def lock_accounts(
     connection: asyncpg.Connection, keys: Sequence[AccountKey]
 ) -> dict[AccountKey, Account]:
-    """Lock the named accounts (FOR UPDATE, in id order) and return them by key."""
+    """Lock the named member accounts (FOR UPDATE, in id order) and return every named
+    account by key; a pool's balance is as last committed, and stays unlocked."""
     rows = await connection.fetch(LOCK_ACCOUNTS, *array_columns(keys, width=4))
     accounts = {}
     for row in rows:
@@ -283,7 +301,13 @@ async def insert_entries(
 
 
 async def add_to_balances(connection: asyncpg.Connection, changes: dict[int, int]) -> None:
-    """Add each signed amount to its account's balance (account id -> amount)."""
+    """Add each signed amount to its account's balance (account id -> amount).
+
+    The members must be locked already (:func:`lock_accounts`); the pools are
+    locked here, in id order. Call it as late as possible before the commit, so a
+    busy rule's pool stays locked only while the transaction finishes.
+    """
+    await connection.execute(LOCK_POOLS, list(changes))
     await connection.execute(ADD_TO_BALANCES, list(changes), list(changes.values()))
 
 

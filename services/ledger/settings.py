@@ -30,6 +30,15 @@ class LedgerSettings(ServiceSettings):
         "steady traffic batches are what has arrived; this bounds catching up, where larger "
         "batches apply faster (make bench-ledger measures it).",
     )
+    batch_parts: int = Field(
+        default=2,
+        ge=1,
+        le=8,
+        description="A consumed batch is cut into this many parts with no member in common, "
+        "applied at the same time, each in its own PostgreSQL transaction, so PostgreSQL "
+        "works on one part while this process prepares another; the batch's offsets are "
+        "committed once every part has committed.",
+    )
     consumer_session_timeout_ms: int = Field(
         default=10_000,
         ge=1_000,

@@ -23,6 +23,7 @@ from services.ledger.service import (
     decode_cursor,
     encode_cursor,
     member_account,
+    members_apart,
     pool_account,
     read_scope,
     result_row,
@@ -35,6 +36,7 @@ def request(
     *,
     environment: Literal["staging", "production"] = "staging",
     callback_url: str | None = None,
+    user_id: str = "member-1",
 ) -> PointsRequestedEvent:
     return PointsRequestedEvent.new_event(
         data=PointsRequested(
@@ -43,7 +45,7 @@ def request(
             client_id="client-1",
             rule_id="rule-1",
             rule_version=1,
-            user_id="member-1",
+            user_id=user_id,
             type=type,
             amount=amount,
             callback_url=callback_url,
@@ -65,6 +67,29 @@ def principal(kind: Literal["client", "user"], environment: str | None) -> Princ
         scopes=frozenset(),
         claims={},
     )
+
+
+class TestMembersApart:
+    def test_parts_share_no_member_and_keep_the_batch_and_its_order(self) -> None:
+        batch = [
+            request("earn", n, user_id=f"member-{n % 7}", environment=environment)
+            for n in range(1, 50)
+            for environment in ("staging", "production")
+        ]
+
+        parts = members_apart(batch, 3)
+
+        assert 1 < len(parts) <= 3 and all(parts)
+        assert sorted(id(event) for part in parts for event in part) == sorted(map(id, batch))
+        for part in parts:
+            assert part == [event for event in batch if event in part]  # batch order
+        members = [{member_account(event) for event in part} for part in parts]
+        assert all(a.isdisjoint(b) for i, a in enumerate(members) for b in members[i + 1 :])
+
+    def test_one_part_is_the_whole_batch(self) -> None:
+        batch = [request("earn", n, user_id=f"member-{n}") for n in range(1, 5)]
+
+        assert members_apart(batch, 1) == [batch]
 
 
 class TestDecide:
