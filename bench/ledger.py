@@ -40,6 +40,7 @@ from infra.dev.kafka import create_topics, start_tansu
 from infra.dev.launcher import free_port
 from infra.dev.postgres import ensure_database, start_embedded_postgres
 from infra.dev.supervisor import Supervisor
+from services.ledger.settings import LedgerSettings
 
 ORG = "org_bench"
 
@@ -111,6 +112,7 @@ async def measure_ledger(
     bootstrap: str,
     total: int,
     batch_max_records: int,
+    batch_parts: int,
     timeout: float,
     replicas: int = 1,
 ) -> dict[str, float]:
@@ -123,6 +125,7 @@ async def measure_ledger(
         "DATABASE_URL": database_url,
         "KAFKA_BOOTSTRAP_SERVERS": bootstrap,
         "LEDGER_BATCH_MAX_RECORDS": str(batch_max_records),
+        "LEDGER_BATCH_PARTS": str(batch_parts),
         "TOKEN_ISSUER_URL": "http://127.0.0.1:9",
         "LOG_LEVEL": "WARNING",
     }
@@ -185,7 +188,14 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--events", type=int, default=100_000)
     parser.add_argument("--members", type=int, default=10_000)
-    parser.add_argument("--batch-max-records", type=int, default=2_000)
+    defaults = LedgerSettings()
+    parser.add_argument("--batch-max-records", type=int, default=defaults.batch_max_records)
+    parser.add_argument(
+        "--batch-parts",
+        type=int,
+        default=defaults.batch_parts,
+        help="parts a batch is applied as, side by side (LEDGER_BATCH_PARTS)",
+    )
     parser.add_argument("--pgbench-seconds", type=int, default=20)
     parser.add_argument("--pgbench-clients", type=int, default=8)
     parser.add_argument(
@@ -217,6 +227,7 @@ def main() -> None:
                 broker.bootstrap_servers,
                 len(events),
                 options.batch_max_records,
+                options.batch_parts,
                 timeout=600,
                 replicas=options.replicas,
             )
@@ -238,7 +249,8 @@ def main() -> None:
         )
         print(f"  ratio ledger / pgbench: {ledger['rate'] / tps:.2f}")
         print(
-            f"  batch size: up to {options.batch_max_records} requests per transaction; "
+            f"  batch size: up to {options.batch_max_records} requests, applied as up to "
+            f"{options.batch_parts} parts side by side (one transaction each); "
             f"{options.replicas} ledger process(es)"
         )
     finally:

@@ -109,12 +109,20 @@ def decide(
     return outcomes
 
 
+#: Fewest requests worth a part of their own: below that a transaction's fixed cost
+#: (a commit and a handful of statements) outweighs what working side by side saves,
+#: so the small batches of steady traffic are applied whole.
+LEAST_PART = 500
+
+
 def members_apart(
     events: Sequence[PointsRequestedEvent], parts: int
 ) -> list[list[PointsRequestedEvent]]:
-    """Cut ``events`` into at most ``parts`` non-empty lists with no member in common, each
-    in the batch's order, so they can be applied concurrently without waiting for each
-    other's member locks and a member's requests are still decided in order."""
+    """Cut ``events`` into at most ``parts`` non-empty lists (fewer when there are less than
+    :data:`LEAST_PART` requests for each) with no member in common, each in the batch's
+    order: they can be applied concurrently without waiting for each other's member
+    locks, and a member's requests are still decided in order."""
+    parts = max(1, min(parts, len(events) // LEAST_PART))
     split: list[list[PointsRequestedEvent]] = [[] for _ in range(parts)]
     for event in events:
         split[hash(member_account(event)) % parts].append(event)

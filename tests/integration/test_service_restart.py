@@ -325,7 +325,9 @@ class TestLedgerKilledRepeatedlyUnderLoad:
                 kill_after_more=kill_after_more,
                 total=REQUESTS,
                 rng=rng,
-                batch_max_records=500,
+                # Catching up after each kill, batches are large enough to be applied
+                # as several parts side by side, and a kill can land between their commits.
+                batch_max_records=2000,
             )
         finally:
             await producing

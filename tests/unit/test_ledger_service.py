@@ -15,6 +15,7 @@ from contracts import PointsRequested, PointsRequestedEvent, PointsResult, Point
 from infra.tokens import Principal
 from services.ledger.service import (
     INSUFFICIENT_BALANCE,
+    LEAST_PART,
     EnvironmentForbidden,
     InvalidCursor,
     Outcome,
@@ -72,24 +73,34 @@ def principal(kind: Literal["client", "user"], environment: str | None) -> Princ
 class TestMembersApart:
     def test_parts_share_no_member_and_keep_the_batch_and_its_order(self) -> None:
         batch = [
-            request("earn", n, user_id=f"member-{n % 7}", environment=environment)
-            for n in range(1, 50)
+            request("earn", n % 90 + 1, user_id=f"member-{n % 7}", environment=environment)
+            for n in range(3 * LEAST_PART)
             for environment in ("staging", "production")
         ]
 
-        parts = members_apart(batch, 3)
+        parts = members_apart(batch, 4)
 
-        assert 1 < len(parts) <= 3 and all(parts)
+        assert 1 < len(parts) <= 4 and all(parts)
         assert sorted(id(event) for part in parts for event in part) == sorted(map(id, batch))
         for part in parts:
-            assert part == [event for event in batch if event in part]  # batch order
+            taken = set(map(id, part))
+            assert part == [event for event in batch if id(event) in taken]  # batch order
         members = [{member_account(event) for event in part} for part in parts]
         assert all(a.isdisjoint(b) for i, a in enumerate(members) for b in members[i + 1 :])
 
-    def test_one_part_is_the_whole_batch(self) -> None:
-        batch = [request("earn", n, user_id=f"member-{n}") for n in range(1, 5)]
+    @pytest.mark.parametrize(
+        ("size", "asked", "applied_as"),
+        [(LEAST_PART * 2 - 1, 4, 1), (LEAST_PART * 2, 4, 2), (LEAST_PART * 8, 1, 1)],
+    )
+    def test_small_batches_are_not_cut_into_parts_of_fewer_than_the_least(
+        self, size: int, asked: int, applied_as: int
+    ) -> None:
+        batch = [request("earn", 1, user_id=f"member-{n}") for n in range(size)]
 
-        assert members_apart(batch, 1) == [batch]
+        parts = members_apart(batch, asked)
+
+        assert len(parts) == applied_as
+        assert sum(map(len, parts)) == size
 
 
 class TestDecide:
