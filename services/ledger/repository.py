@@ -60,11 +60,19 @@ class TransactionRow(NamedTuple):
 
 # Accounts are inserted in the caller's (sorted) order so that concurrent
 # batches creating the same accounts wait on each other instead of deadlocking.
+# Only accounts that do not exist yet are offered to the insert: ON CONFLICT
+# waits for any transaction that updated the existing row, so offering a busy
+# rule's pool made every batch wait here for the one adding to that pool.
 CREATE_MISSING_ACCOUNTS = """
 INSERT INTO accounts (environment, org_id, kind, owner_id)
 SELECT environment, org_id, kind, owner_id
 FROM unnest($1::text[], $2::text[], $3::text[], $4::text[]) WITH ORDINALITY
     AS wanted (environment, org_id, kind, owner_id, position)
+WHERE NOT EXISTS (
+    SELECT FROM accounts AS account
+    WHERE (account.environment, account.org_id, account.kind, account.owner_id)
+        = (wanted.environment, wanted.org_id, wanted.kind, wanted.owner_id)
+)
 ORDER BY position
 ON CONFLICT (environment, org_id, kind, owner_id) DO NOTHING
 """
