@@ -254,12 +254,30 @@ async def checked(
     """The checks after the client's standing and the rate limit: the callback URL,
     then the rule, the member and the amount."""
     if trigger.callback_url is not None:
-        await check_callback_url(
-            trigger.callback_url,
-            development=ctx.settings.is_development,
-            timeout=ctx.settings.callback_dns_timeout_seconds,
-        )
+        await check_callback_once(trigger.callback_url, ctx, request)
     return service.checked_trigger(caller, trigger, lookup, request.state.correlation_id)
+
+
+async def check_callback_once(url: str, ctx: TriggerContext, request: Request) -> None:
+    """:func:`check_callback_url` at most once per request: when the one-round-trip
+    path falls back to admitting a trigger afresh, the first verdict stands, so a
+    host whose name does not resolve in time costs one DNS timeout, not two."""
+    refusal: Problem | None
+    try:
+        refusal = request.state.callback_refusal
+    except AttributeError:  # not checked yet
+        refusal = None
+        try:
+            await check_callback_url(
+                url,
+                development=ctx.settings.is_development,
+                timeout=ctx.settings.callback_dns_timeout_seconds,
+            )
+        except Problem as refused:
+            refusal = refused
+        request.state.callback_refusal = refusal
+    if refusal is not None:
+        raise refusal
 
 
 async def accept_at_once(

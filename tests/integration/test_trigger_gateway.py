@@ -42,6 +42,7 @@ from services.rules.settings import RulesSettings
 from services.trigger import api as trigger_api
 from services.trigger import service
 from services.trigger.app import create_app as create_trigger_app
+from services.trigger.callback_urls import check_callback_url
 from services.trigger.service import Refused
 from services.trigger.settings import TriggerSettings
 from tests.helpers import (
@@ -989,6 +990,25 @@ class TestCallbackUrls:
 
         assert replay.status_code == 202, replay.text
         assert replay.json()["transactionId"] == first.json()["transactionId"]
+
+    async def test_a_refused_callback_is_checked_once_when_the_fast_path_falls_back(
+        self, gateway: Gateway, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """The replica remembers the rule, so the trigger first takes the one-round-trip
+        path, which falls back to the two-step one on the refusal: the host is looked
+        up once (a name that times out would otherwise cost two DNS timeouts)."""
+        assert (await gateway.trigger("open")).status_code == 202
+        checked: list[str] = []
+
+        async def counted(url: str, **options: Any) -> None:
+            checked.append(url)
+            await check_callback_url(url, **options)
+
+        monkeypatch.setattr(trigger_api, "check_callback_url", counted)
+        refused = await gateway.trigger("open", callback_url="https://10.1.2.3/cb")
+
+        assert_refused(refused, 400, "INVALID_CALLBACK_URL")
+        assert checked == ["https://10.1.2.3/cb"]
 
 
 class TestIdempotencyRetention:
