@@ -86,21 +86,24 @@ ON CONFLICT (environment, org_id, kind, owner_id) DO NOTHING
 # rule's pool for the whole of their work.
 LOCK_ACCOUNTS = """
 WITH wanted AS (
+    SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[])
+        AS wanted (environment, org_id, kind, owner_id)
+), members AS (
     SELECT account.id, account.environment, account.org_id, account.kind,
            account.owner_id, account.balance
     FROM accounts AS account
-    JOIN unnest($1::text[], $2::text[], $3::text[], $4::text[])
-        AS wanted (environment, org_id, kind, owner_id)
-        USING (environment, org_id, kind, owner_id)
-), members AS (
-    SELECT account.* FROM accounts AS account
-    WHERE account.id IN (SELECT id FROM wanted WHERE kind = 'member')
+    JOIN wanted USING (environment, org_id, kind, owner_id)
+    WHERE wanted.kind = 'member'
     ORDER BY account.id
     FOR UPDATE OF account
 )
-SELECT id, environment, org_id, kind, owner_id, balance FROM members
+SELECT * FROM members
 UNION ALL
-SELECT id, environment, org_id, kind, owner_id, balance FROM wanted WHERE kind = 'pool'
+SELECT account.id, account.environment, account.org_id, account.kind,
+       account.owner_id, account.balance
+FROM accounts AS account
+JOIN wanted USING (environment, org_id, kind, owner_id)
+WHERE wanted.kind = 'pool'
 """
 
 LOCK_POOLS = """
