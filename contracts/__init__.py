@@ -42,11 +42,14 @@ from contracts.rules_lifecycle import (
 from contracts.topics import (
     ALL_TOPICS,
     CLIENTS_LIFECYCLE,
+    DEAD_LETTER_TOPICS,
     NOTIFICATIONS_REQUESTED,
     POINTS_REQUESTED,
     POINTS_RESULTS,
     RULES_LIFECYCLE,
+    TOPICS_TO_CREATE,
     TopicSpec,
+    dead_letter_topic,
 )
 
 # Topic name -> the one event class its messages parse into.
@@ -64,11 +67,13 @@ EVENT_TYPES: dict[str, type[EventEnvelope[Any]]] = {
 __all__ = [
     "ALL_TOPICS",
     "CLIENTS_LIFECYCLE",
+    "DEAD_LETTER_TOPICS",
     "EVENT_TYPES",
     "NOTIFICATIONS_REQUESTED",
     "POINTS_REQUESTED",
     "POINTS_RESULTS",
     "RULES_LIFECYCLE",
+    "TOPICS_TO_CREATE",
     "ClientLifecycleEvent",
     "ClientLifecycleType",
     "ClientSnapshot",
@@ -93,5 +98,6 @@ __all__ = [
     "ShareEmailRequestedEvent",
     "ShareEmailRequestedType",
     "TopicSpec",
+    "dead_letter_topic",
     "member_key",
 ]

@@ -8,6 +8,13 @@ POINTS_REQUESTED = "points.requested.v1"
 POINTS_RESULTS = "points.results.v1"
 NOTIFICATIONS_REQUESTED = "notifications.requested.v1"
 
+DEAD_LETTER_SUFFIX = ".dlq"
+
+
+def dead_letter_topic(topic: str) -> str:
+    """The topic where copies of ``topic``'s quarantined messages go: ``<topic>.dlq``."""
+    return f"{topic}{DEAD_LETTER_SUFFIX}"
+
 
 @dataclass(frozen=True)
 class TopicSpec:
@@ -20,6 +27,8 @@ class TopicSpec:
     compacted: bool
     """Compacted topics keep the latest message per key, so consumers can rebuild by replay."""
     description: str
+    retention_ms: int | None = None
+    """How long messages are kept; None for the broker's default."""
 
     @property
     def key_description(self) -> str:
@@ -28,9 +37,13 @@ class TopicSpec:
 
     def config(self) -> dict[str, str]:
         """Topic-level Kafka configuration to create the topic with."""
-        return {"cleanup.policy": "compact" if self.compacted else "delete"}
+        config = {"cleanup.policy": "compact" if self.compacted else "delete"}
+        if self.retention_ms is not None:
+            config["retention.ms"] = str(self.retention_ms)
+        return config
 
 
+#: The topics events are published on, each with its event schema.
 ALL_TOPICS: tuple[TopicSpec, ...] = (
     TopicSpec(
         name=RULES_LIFECYCLE,
@@ -81,3 +94,29 @@ ALL_TOPICS: tuple[TopicSpec, ...] = (
         description="Request to email a rule's integration details to third-party developers.",
     ),
 )
+
+
+#: Thirty days: long enough for an operator to notice, fix and replay.
+DEAD_LETTER_RETENTION_MS = 30 * 24 * 3600 * 1000
+
+
+def _dead_letters(source: TopicSpec) -> TopicSpec:
+    return TopicSpec(
+        name=dead_letter_topic(source.name),
+        key=source.key,
+        partitions=1,
+        compacted=False,
+        retention_ms=DEAD_LETTER_RETENTION_MS,
+        description=(
+            f"Copies of the {source.name} messages a consumer quarantined, each with its"
+            " original key, bytes and headers and an `x-quarantine` header (consumer,"
+            " partition, offset, error). The consuming service's database keeps the same;"
+            " `points quarantine replay` sends a message back to its topic."
+        ),
+    )
+
+
+#: Dead-letter topics, one per source topic: few messages, kept for operators.
+DEAD_LETTER_TOPICS: tuple[TopicSpec, ...] = tuple(map(_dead_letters, ALL_TOPICS))
+#: Every topic the platform needs created.
+TOPICS_TO_CREATE: tuple[TopicSpec, ...] = ALL_TOPICS + DEAD_LETTER_TOPICS

@@ -17,20 +17,18 @@ from __future__ import annotations
 
 import asyncio
 import ssl
-from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
-from typing import Any, Protocol, TypeVar
+from collections.abc import Awaitable, Callable, Iterable, Mapping
+from typing import Any, Protocol
 
 import structlog
-from aiokafka import AIOKafkaProducer, ConsumerRecord
+from aiokafka import AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import KafkaError, TopicAlreadyExistsError, for_code
 from aiokafka.helpers import create_ssl_context
 from faststream import AckPolicy, BaseMiddleware, StreamMessage
 from faststream.kafka import KafkaBroker
-from faststream.kafka.annotations import KafkaMessage
 from faststream.kafka.security import parse_security
 from faststream.security import BaseSecurity, SASLPlaintext, SASLScram256, SASLScram512
-from pydantic import BaseModel, ValidationError
 
 from infra.errors import StartupError
 from infra.logging import get_logger
@@ -112,45 +110,12 @@ class BindMessageIds(BaseMiddleware):
             return await call_next(msg)
 
 
-class SkipInvalidMessages(BaseMiddleware):
-    """Log and acknowledge a message that does not match its handler's contract.
-
-    Delivering it again can never succeed, and refusing it would stop its
-    partition, and every member or rule on it, for good. The log line names the
-    topic, partition and offset, so the message can be read back from Kafka.
-    Every other failure is still refused and the message delivered again.
-    """
-
-    async def consume_scope(
-        self, call_next: Callable[[StreamMessage[Any]], Awaitable[Any]], msg: StreamMessage[Any]
-    ) -> Any:
-        try:
-            return await call_next(msg)
-        except ValidationError as error:
-            log_invalid_message("message.invalid", msg.raw_message, error)
-            return None
-
-
-def log_invalid_message(
-    event: str, record: ConsumerRecord[Any, Any], error: ValidationError
-) -> None:
-    """Say which message was skipped, and why, so it can be read back from Kafka."""
-    log.error(
-        event,
-        topic=record.topic,
-        partition=record.partition,
-        offset=record.offset,
-        errors=error.error_count(),
-        error=str(error),
-    )
-
-
 def create_broker(settings: ServiceSettings, **options: Any) -> KafkaBroker:
-    """A FastStream Kafka broker that never acknowledges a failed message (one that
-    can never be handled is logged and skipped: see :class:`SkipInvalidMessages`)."""
+    """A FastStream Kafka broker that never acknowledges a failed message; consumers are
+    registered with :func:`infra.consumers.consume_in_batches`, which isolates failures."""
     return KafkaBroker(
         settings.kafka_bootstrap_servers.split(","),
-        middlewares=(BindMessageIds, SkipInvalidMessages),
+        middlewares=(BindMessageIds,),
         client_id=settings.service_name,
         ack_policy=AckPolicy.NACK_ON_ERROR,
         security=broker_security(settings),
@@ -279,8 +244,7 @@ class TopicSpecLike(Protocol):
     @property
     def partitions(self) -> int: ...
 
-    @property
-    def compacted(self) -> bool: ...
+    def config(self) -> dict[str, str]: ...
 
 
 async def create_topics(
@@ -291,7 +255,8 @@ async def create_topics(
     configs: Mapping[str, str] | None = None,
     **client_options: Any,
 ) -> list[str]:
-    """Create the topics that do not exist yet, with ``cleanup.policy`` compact or delete.
+    """Create the topics that do not exist yet, with the topic's own configuration
+    (``cleanup.policy`` compact or delete, a retention where it has one).
 
     ``configs`` are added to every new topic (``min.insync.replicas``, say).
     Existing topics are left as they are (their partition count is not
@@ -313,10 +278,12 @@ async def create_topics(
 def _new_topic(
     topic: TopicSpecLike, replication_factor: int, configs: Mapping[str, str]
 ) -> NewTopic:
-    # Said even when it is Kafka's default, so the topic shows the plan of contracts/topics.py.
-    cleanup = {"cleanup.policy": "compact" if topic.compacted else "delete"}
+    # Said even where it is Kafka's default, so the topic shows the plan of contracts/topics.py.
     return NewTopic(
-        topic.name, topic.partitions, replication_factor, topic_configs={**configs, **cleanup}
+        topic.name,
+        topic.partitions,
+        replication_factor,
+        topic_configs={**configs, **topic.config()},
     )
 
 
@@ -332,75 +299,3 @@ def _raise_for_topic_errors(topic_errors: Iterable[tuple[Any, ...]]) -> list[str
             f"could not create Kafka topic {name}: {for_code(code).__name__}: {message}"
         )
     return created
-
-
-M = TypeVar("M", bound=BaseModel)
-
-#: Most messages a results consumer takes in one transaction.
-BATCH_MAX_RECORDS = 500
-
-
-async def raw_bodies(message: StreamMessage[Any]) -> Any:
-    """A batch subscriber's decoder: the raw values, for :func:`parse_batch` to parse
-    once, into contracts, rather than FastStream first decoding each as JSON."""
-    return message.body
-
-
-def parse_batch(
-    records: Sequence[ConsumerRecord[Any, Any]], model: type[M], *, invalid_event: str
-) -> list[M]:
-    """The batch's valid events, in delivery order; invalid messages are logged (as
-    ``invalid_event``) and skipped.
-
-    One malformed message must not stop its partition, and every member on it,
-    forever, which redelivering the whole batch would do.
-    """
-    events = []
-    for record in records:
-        try:
-            events.append(model.model_validate_json(record.value or b""))
-        except ValidationError as error:
-            log_invalid_message(invalid_event, record, error)
-    return events
-
-
-def subscribe_in_batches(
-    broker: KafkaBroker,
-    topic: str,
-    model: type[M],
-    *,
-    group_id: str,
-    description: str,
-    max_records: int = BATCH_MAX_RECORDS,
-    **options: Any,
-) -> Callable[[Callable[[list[M]], Awaitable[None]]], Callable[[list[M]], Awaitable[None]]]:
-    """Register the decorated ``handler(events)`` for batches of ``topic``'s events.
-
-    The handler gets the batch's valid events (:func:`parse_batch`; it is not called
-    when there are none) and should
-    apply them in one transaction; the batch's offsets are committed only once
-    it returns, and it is redelivered whole if it raises.
-    """
-
-    def register(
-        handler: Callable[[list[M]], Awaitable[None]],
-    ) -> Callable[[list[M]], Awaitable[None]]:
-        @broker.subscriber(  # type: ignore[untyped-decorator]
-            topic,
-            group_id=group_id,
-            batch=True,
-            max_records=max_records,
-            decoder=raw_bodies,
-            auto_offset_reset="earliest",
-            title=f"{group_id}.{handler.__name__}",
-            description=description,
-            **options,
-        )
-        async def consume(_: list[Any], message: KafkaMessage) -> None:
-            events = parse_batch(message.raw_message, model, invalid_event=f"{topic}.invalid")
-            if events:
-                await handler(events)
-
-        return handler
-
-    return register

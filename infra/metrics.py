@@ -61,6 +61,13 @@ class ServiceMetrics:
             ["service", "group", "topic"],
             registry=self.registry,
         )
+        self._quarantined = Counter(
+            "points_quarantined_messages",
+            "Messages this process's consumers quarantined (kept with their error for an "
+            "operator, and copied to the topic's dead-letter topic), by source topic.",
+            ["service", "topic"],
+            registry=self.registry,
+        )
         self._scrape_hooks: list[ScrapeHook] = []
 
     def before_scrape(self, hook: ScrapeHook) -> None:
@@ -87,6 +94,13 @@ class ServiceMetrics:
 
     def count_published(self, rows: int) -> None:
         self._outbox_published.labels(self.service).inc(rows)
+
+    def start_counting_quarantined(self, topic: str) -> None:
+        """Show a consumed topic's quarantine counter at zero from the start."""
+        self._quarantined.labels(self.service, topic)
+
+    def count_quarantined(self, topic: str) -> None:
+        self._quarantined.labels(self.service, topic).inc()
 
     def set_outbox_backlog(self, rows: int | None) -> None:
         """Record the backlog, or leave the series out when the database did not answer."""

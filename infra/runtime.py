@@ -13,8 +13,9 @@ import asyncio
 import contextlib
 import gc
 import sys
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from pathlib import Path
+from typing import Any, TypeVar
 
 import asyncpg
 import uvicorn
@@ -24,11 +25,12 @@ from fastapi import APIRouter, FastAPI, Response
 from fastapi.responses import JSONResponse
 from faststream.kafka import KafkaBroker
 from prometheus_client import CONTENT_TYPE_LATEST
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
 from infra import db
 from infra.broker import start_producer, wait_for_broker
 from infra.catchup import ConsumerLag
+from infra.consumers import Consumer, EnvironmentOf, Handler, OnQuarantine, consume_in_batches
 from infra.errors import StartupError
 from infra.logging import configure_logging, get_logger
 from infra.metrics import ServiceMetrics
@@ -40,6 +42,7 @@ log = get_logger(__name__)
 INFRA_MIGRATIONS = Path(__file__).parent / "migrations"
 
 ReadinessCheck = Callable[[], Awaitable[bool]]
+E = TypeVar("E", bound=BaseModel)
 
 
 class ServiceRuntime:
@@ -93,6 +96,46 @@ class ServiceRuntime:
         if not self._consumer_lag.groups:
             self.metrics.before_scrape(self._read_consumer_lag)
         self._consumer_lag.watch(group_id, topics)
+
+    def consume(
+        self,
+        models: Mapping[str, type[E]],
+        *,
+        group_id: str,
+        description: str,
+        handler: Handler[E],
+        by_environment: bool = True,
+        environment_of: EnvironmentOf | None = None,
+        on_quarantine: OnQuarantine[E] | None = None,
+        **options: Any,
+    ) -> list[Consumer[E]]:
+        """Subscribe ``handler`` to batches of ``models``' topics with failures isolated
+        (:func:`infra.consumers.consume_in_batches`), its lag and quarantine counted.
+
+        ``by_environment`` gives each environment of ``settings.environments`` a
+        consumer group of its own (``<group_id>.<environment>``); without it, one
+        group sees every environment (for what both share, such as API clients).
+        """
+        if self.broker is None:
+            raise RuntimeError("this runtime has no broker to consume with")
+        consumers = consume_in_batches(
+            self.broker,
+            models,
+            group_id=group_id,
+            description=description,
+            handler=handler,
+            pool=lambda: self.pool,
+            environments=self.settings.environments if by_environment else None,
+            environment_of=environment_of,
+            on_quarantine=on_quarantine,
+            on_quarantined=self.metrics.count_quarantined,
+            **options,
+        )
+        for topic in models:
+            self.metrics.start_counting_quarantined(topic)
+        for consumer in consumers:
+            self.watch_lag(consumer.group_id, list(models))
+        return consumers
 
     async def start(self) -> None:
         settings = self.settings

@@ -11,16 +11,19 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any, ClassVar, Literal
+from typing import Annotated, Any, ClassVar, Literal, get_args
 from urllib.parse import urlsplit
 
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic.fields import FieldInfo
 from pydantic_settings import (
     BaseSettings,
+    NoDecode,
     PydanticBaseSettingsSource,
     SettingsConfigDict,
 )
+
+from contracts import Environment
 
 RunMode = Literal["development", "production"]
 KafkaSecurityProtocol = Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"]
@@ -140,6 +143,20 @@ class ServiceSettings(BaseSettings):
     startup_timeout_seconds: float = Field(
         default=20.0, description="How long start-up waits for PostgreSQL and Kafka."
     )
+    environments: Annotated[tuple[Environment, ...], NoDecode] = Field(
+        default=get_args(Environment),
+        min_length=1,
+        description="The environments whose messages this process consumes, comma-separated "
+        "(`production`, `staging`): each has consumer groups of its own, so one environment's "
+        "load or failures never hold up the other's, and each can run in processes of its own.",
+    )
+
+    @field_validator("environments", mode="before")
+    @classmethod
+    def _comma_separated(cls, value: object) -> object:
+        if isinstance(value, str):
+            return tuple(dict.fromkeys(part.strip() for part in value.split(",") if part.strip()))
+        return value
 
     @field_validator("kafka_security_protocol", "kafka_sasl_mechanism", mode="before")
     @classmethod

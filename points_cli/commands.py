@@ -4,6 +4,7 @@ in one transaction with their audit lines and outbox events."""
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 from collections.abc import AsyncIterator
@@ -15,7 +16,7 @@ from uuid import UUID
 
 import asyncpg
 
-from infra import db
+from infra import db, quarantine
 from infra.problems import Problem
 from infra.runtime import INFRA_MIGRATIONS
 from infra.settings import ServiceSettings
@@ -142,6 +143,9 @@ async def ledger_verify(args: argparse.Namespace) -> int:
 
     async with schema_transaction("ledger", LedgerSettings()) as connection:
         violations = await verify_ledger(connection)
+    if args.json:
+        print(json.dumps({"violations": violations}))
+        return 1 if violations else 0
     if violations:
         print(f"ledger verify: {len(violations)} violation(s)")
         for violation in violations:
@@ -220,8 +224,78 @@ def _plain(value: Any) -> Any:
     return str(value) if isinstance(value, UUID) else value
 
 
+def settings_of(service: str) -> ServiceSettings:
+    """The settings a service reads (its own database URL override included)."""
+    from services.ledger.settings import LedgerSettings
+    from services.notifier.settings import NotifierSettings
+    from services.trigger.settings import TriggerSettings
+
+    classes: dict[str, type[ServiceSettings]] = {
+        "rules": RulesSettings,
+        "trigger": TriggerSettings,
+        "ledger": LedgerSettings,
+        "notifier": NotifierSettings,
+    }
+    return classes[service]()
+
+
+async def quarantine_list(args: argparse.Namespace) -> int:
+    listed: list[tuple[str, quarantine.Quarantined]] = []
+    for service in [args.service] if args.service else SERVICE_SCHEMAS:
+        async with schema_transaction(service, settings_of(service)) as connection:
+            rows = await quarantine.list_quarantined(
+                connection, include_resolved=args.resolved, limit=args.limit
+            )
+        listed.extend((service, row) for row in rows)
+    if args.json:
+        print(
+            json.dumps([{"service": service, **quarantined_json(row)} for service, row in listed])
+        )
+        return 0
+    if not listed:
+        print("nothing quarantined" + ("" if args.resolved else " is waiting"))
+    for service, row in listed:
+        print(quarantined_line(service, row))
+    return 0
+
+
+def quarantined_json(row: quarantine.Quarantined) -> dict[str, Any]:
+    return {
+        _camel(name): value.isoformat() if isinstance(value, datetime) else _plain(value)
+        for name, value in dataclasses.asdict(row).items()
+    }
+
+
+def quarantined_line(service: str, row: quarantine.Quarantined) -> str:
+    state = row.resolution or "waiting"
+    return (
+        f"{service}  {row.id}  {state:<8}  {row.topic}[{row.partition}]@{row.offset}  "
+        f"{row.consumer}  {row.quarantined_at:%Y-%m-%d %H:%M:%S}  "
+        f"{row.error_type}: {row.error[:200]}"
+    )
+
+
+async def quarantine_replay(args: argparse.Namespace) -> int:
+    if args.all == bool(args.ids):
+        print("points: name quarantine ids (with --service) or --all", file=sys.stderr)
+        return 2
+    if args.ids and not args.service:
+        print("points: quarantine ids are per service: add --service", file=sys.stderr)
+        return 2
+    for service in [args.service] if args.service else SERVICE_SCHEMAS:
+        async with schema_transaction(service, settings_of(service)) as connection:
+            try:
+                replayed = await quarantine.replay(connection, args.ids or None)
+            except quarantine.NotReplayable as error:
+                print(f"points: {service}: {error}", file=sys.stderr)
+                return 1
+        if replayed or args.ids:
+            print(f"{service}: {len(replayed)} replayed ({', '.join(map(str, replayed))})")
+    return 0
+
+
 async def topics_create(args: argparse.Namespace) -> int:
-    from contracts.topics import ALL_TOPICS
+    from contracts.topics import TOPICS_TO_CREATE
     from infra.broker import create_topics, kafka_client_options, wait_for_broker
 
     settings = ServiceSettings()
@@ -232,7 +306,7 @@ async def topics_create(args: argparse.Namespace) -> int:
     try:
         created = await create_topics(
             settings.kafka_bootstrap_servers,
-            ALL_TOPICS,
+            TOPICS_TO_CREATE,
             replication_factor=args.replication_factor,
             configs=configs,
             **kafka_client_options(settings),
@@ -240,7 +314,7 @@ async def topics_create(args: argparse.Namespace) -> int:
     except RuntimeError as error:
         print(f"points: {error}", file=sys.stderr)
         return 1
-    for topic in ALL_TOPICS:
+    for topic in TOPICS_TO_CREATE:
         state = "created" if topic.name in created else "already exists"
         policy = "compact" if topic.compacted else "delete"
         print(f"{topic.name}: {state} ({topic.partitions} partitions, cleanup.policy={policy})")

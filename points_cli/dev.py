@@ -25,7 +25,7 @@ import httpx
 from pydantic import Field
 from pydantic_settings import SettingsConfigDict
 
-from contracts import ALL_TOPICS
+from contracts import TOPICS_TO_CREATE
 from infra import db
 from infra.broker import wait_for_kafka
 from infra.dev.kafka import create_topics, start_tansu
@@ -202,7 +202,7 @@ async def run_stack() -> int:
         try:
             database_url = await infra.start_database(stack)
             bootstrap = await infra.start_broker(stack)
-            await create_topics(bootstrap, ALL_TOPICS)
+            await create_topics(bootstrap, TOPICS_TO_CREATE)
             smtp_url = infra.start_mail(stack)
             for schema in SERVICE_SCHEMAS:
                 await db.migrate(database_url, schema, migrations_of(schema))

@@ -20,6 +20,9 @@ from infra.logging import configure_logging
 from infra.problems import Problem
 from infra.settings import load_stack_environment, var_dir
 
+#: The services whose consumers quarantine messages, each in its own schema.
+SERVICES = ("rules", "trigger", "ledger", "notifier")
+
 Command = Callable[[argparse.Namespace], Coroutine[Any, Any, int]]
 
 
@@ -97,6 +100,7 @@ def build_parser() -> argparse.ArgumentParser:
         dest="action", required=True
     )
     verify = ledger.add_parser("verify", help="check the ledger's invariants")
+    verify.add_argument("--json", action="store_true", help='{"violations": [...]}')
     verify.set_defaults(run=commands.ledger_verify)
 
     deliveries = topics.add_parser(
@@ -114,6 +118,25 @@ def build_parser() -> argparse.ArgumentParser:
     which.add_argument("delivery_id", nargs="?", type=int, help="the delivery to replay")
     which.add_argument("--all", action="store_true", help="every parked delivery")
     replay.set_defaults(run=commands.deliveries_replay)
+
+    quarantined = topics.add_parser(
+        "quarantine", help="messages the consumers could not process, kept for an operator"
+    ).add_subparsers(dest="action", required=True)
+    listing = quarantined.add_parser("list", help="list quarantined messages, newest first")
+    listing.add_argument("--service", choices=SERVICES, help="one service only")
+    listing.add_argument(
+        "--resolved", action="store_true", help="also those replayed or settled as failed"
+    )
+    listing.add_argument("--limit", type=int, default=100, help="per service (default 100)")
+    listing.add_argument("--json", action="store_true")
+    listing.set_defaults(run=commands.quarantine_list)
+    replay = quarantined.add_parser(
+        "replay", help="put quarantined messages back on their topics, once their cause is fixed"
+    )
+    replay.add_argument("--service", choices=SERVICES, help="the service that quarantined them")
+    replay.add_argument("ids", nargs="*", type=int, help="quarantine ids (with --service)")
+    replay.add_argument("--all", action="store_true", help="every message still waiting")
+    replay.set_defaults(run=commands.quarantine_replay)
 
     kafka_topics = topics.add_parser("topics", help="the platform's Kafka topics").add_subparsers(
         dest="action", required=True

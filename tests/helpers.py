@@ -264,14 +264,14 @@ async def trigger_stack(
 ) -> AsyncIterator[TriggerStack]:
     """Run the stack of :class:`TriggerStack`; the gateway may reach the database
     by another address (through a proxy, say)."""
-    from contracts import ALL_TOPICS
+    from contracts import TOPICS_TO_CREATE
     from infra.dev.kafka import create_topics
     from infra.tokens import JwksVerifier
     from services.rules.app import create_app as create_rules_app
     from services.trigger.app import create_app as create_trigger_app
     from services.trigger.settings import TriggerSettings
 
-    await create_topics(bootstrap, ALL_TOPICS)
+    await create_topics(bootstrap, TOPICS_TO_CREATE)
     settings = rules_settings(database_url, bootstrap)
     rules_app, rules_runtime = create_rules_app(settings)
     trigger_app, trigger_runtime = create_trigger_app(
@@ -351,12 +351,12 @@ class RulesStack:
 @asynccontextmanager
 async def rules_stack(server_dsn: str) -> AsyncIterator[RulesStack]:
     """Run :class:`RulesStack` for as long as the block runs (topics created)."""
-    from contracts import ALL_TOPICS
+    from contracts import TOPICS_TO_CREATE
     from infra.dev.kafka import create_topics
     from services.rules.app import create_app as create_rules_app
 
     with kafka_broker() as bootstrap_servers:
-        await create_topics(bootstrap_servers, ALL_TOPICS)
+        await create_topics(bootstrap_servers, TOPICS_TO_CREATE)
         async with fresh_database(server_dsn) as database_url:
             settings = rules_settings(database_url, bootstrap_servers)
             app, runtime = create_rules_app(settings)

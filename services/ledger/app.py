@@ -8,7 +8,7 @@ from pathlib import Path
 from fastapi import FastAPI
 from faststream.kafka import KafkaBroker
 
-from contracts import POINTS_REQUESTED, POINTS_RESULTS, PointsResultEvent
+from contracts import POINTS_RESULTS, PointsResultEvent
 from infra.broker import create_broker
 from infra.http import create_http_app
 from infra.runtime import ServiceRuntime, health_router
@@ -62,12 +62,11 @@ def create_ledger(
         relay=consume,
     )
     if consume:
-        runtime.watch_lag("ledger", [POINTS_REQUESTED])
+        register_subscribers(runtime, settings)
     else:
         del runtime.readiness_checks["broker"]
     verifier = verifier or JwksVerifier(settings.token_issuer_url)
     runtime.on_stop(verifier.aclose)
-    register_subscribers(broker, runtime, settings)
     app = create_http_app(
         runtime.metrics,
         title="Points ledger",

@@ -27,6 +27,7 @@ from contracts import (
     member_key,
 )
 from infra import inbox, outbox
+from infra.consumers import is_transient
 from infra.logging import get_logger
 from infra.problems import Problem
 from infra.tokens import Principal
@@ -36,6 +37,8 @@ from services.ledger.repository import Account, AccountKey, TransactionRow
 log = get_logger(__name__)
 
 INSUFFICIENT_BALANCE = "INSUFFICIENT_BALANCE"
+#: The reason of a request the ledger could not process and quarantined.
+PROCESSING_FAILED = "PROCESSING_FAILED"
 ENVIRONMENTS: tuple[str, ...] = get_args(Environment)
 #: How many offending rows each invariant check reports at most.
 VIOLATIONS_REPORTED_PER_CHECK = 100
@@ -155,6 +158,47 @@ async def apply_batch(
         rejected=sum(outcome.status == "rejected" for outcome in outcomes),
     )
     return outcomes
+
+
+async def fail_quarantined_request(
+    connection: asyncpg.Connection, event: PointsRequestedEvent
+) -> str | None:
+    """Settle a request the ledger could not apply, and quarantined, as failed
+    (``PROCESSING_FAILED``), in the quarantine's transaction: its result frees the
+    gateway's cap reservation and tells the developer, so nothing stays pending.
+
+    The request is recorded as a rejected transaction, so a redelivery, or a
+    replay, cannot apply it after the developer was told it failed. Should the
+    database refuse even that row, the result alone is sent. Returns the
+    quarantine's resolution, ``"failed"``.
+    """
+    if not await inbox.claim(connection, event.event_id, POINTS_REQUESTED):
+        return None  # applied or settled already: the quarantine changes nothing
+    if not await _not_yet_recorded(connection, [event]):
+        return None
+    balance = await repository.member_balance(
+        connection, event.environment, event.org_id, event.data.user_id
+    )
+    outcome = Outcome(event, "rejected", PROCESSING_FAILED, balance or 0, entries=())
+    now = datetime.now(UTC)
+    try:
+        async with connection.transaction():
+            await repository.insert_transactions(connection, [_transaction_row(outcome, now)])
+    except Exception as error:
+        if is_transient(error):
+            raise
+        log.error(
+            "points.request.unrecordable",
+            transaction_id=str(event.data.transaction_id),
+            error=str(error),
+        )
+    await outbox.enqueue_rows(connection, [result_row(outcome, now)])
+    log.warning(
+        "points.request.failed",
+        transaction_id=str(event.data.transaction_id),
+        reason=PROCESSING_FAILED,
+    )
+    return "failed"
 
 
 async def _not_yet_recorded(

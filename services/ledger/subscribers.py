@@ -4,39 +4,25 @@ from __future__ import annotations
 
 import asyncio
 
-from faststream.kafka import KafkaBroker
-
 from contracts import POINTS_REQUESTED, PointsRequestedEvent
-from infra.broker import subscribe_in_batches
+from infra.consumers import environment_from_member_key
 from infra.runtime import ServiceRuntime
-from services.ledger.service import apply_batch, members_apart
+from services.ledger.service import apply_batch, fail_quarantined_request, members_apart
 from services.ledger.settings import LedgerSettings
 
+GROUP = "ledger"
 
-def register_subscribers(
-    broker: KafkaBroker, runtime: ServiceRuntime, settings: LedgerSettings
-) -> None:
-    """Attach the ledger's handlers to ``broker``."""
 
-    @subscribe_in_batches(
-        broker,
-        POINTS_REQUESTED,
-        PointsRequestedEvent,
-        group_id="ledger",
-        max_records=settings.batch_max_records,
-        session_timeout_ms=settings.consumer_session_timeout_ms,
-        heartbeat_interval_ms=settings.consumer_heartbeat_interval_ms,
-        description="Applies accepted earn and redeem requests to the ledger, one "
-        "PostgreSQL transaction per part of a batch (parts have no member in common); "
-        "results go out through the outbox.",
-    )
+def register_subscribers(runtime: ServiceRuntime, settings: LedgerSettings) -> None:
+    """Attach the ledger's handlers to the runtime's broker, a consumer group per environment."""
+
     async def apply_points_requests(events: list[PointsRequestedEvent]) -> None:
         """Apply a batch of points requests; offsets are committed only after it commits.
 
         Its parts (``batch_parts``, no member in common) are applied at the same time,
         each in its own transaction; every part is waited for, and if one failed the
-        batch fails and is redelivered whole: the parts that committed are then known
-        to the inbox and change nothing.
+        batch fails: the parts that committed are then known to the inbox and change
+        nothing when the batch, or a part of it, is applied again.
         """
         parts = members_apart(events, settings.batch_parts)
         outcomes = await asyncio.gather(*map(apply_part, parts), return_exceptions=True)
@@ -47,3 +33,18 @@ def register_subscribers(
     async def apply_part(events: list[PointsRequestedEvent]) -> None:
         async with runtime.pool.acquire() as connection, connection.transaction():
             await apply_batch(connection, events)
+
+    runtime.consume(
+        {POINTS_REQUESTED: PointsRequestedEvent},
+        group_id=GROUP,
+        handler=apply_points_requests,
+        environment_of=environment_from_member_key,
+        on_quarantine=fail_quarantined_request,
+        max_records=settings.batch_max_records,
+        session_timeout_ms=settings.consumer_session_timeout_ms,
+        heartbeat_interval_ms=settings.consumer_heartbeat_interval_ms,
+        description="Applies accepted earn and redeem requests to the ledger, one "
+        "PostgreSQL transaction per part of a batch (parts have no member in common); "
+        "results go out through the outbox. A request that cannot be applied is "
+        "quarantined and settled as failed (`PROCESSING_FAILED`).",
+    )

@@ -7,7 +7,6 @@ from pathlib import Path
 
 from fastapi import FastAPI
 
-from contracts import CLIENTS_LIFECYCLE, NOTIFICATIONS_REQUESTED, POINTS_RESULTS
 from infra.broker import create_broker
 from infra.http import create_http_app
 from infra.runtime import ServiceRuntime, health_router
@@ -33,16 +32,12 @@ class Notifier:
 def create_notifier(settings: NotifierSettings | None = None) -> Notifier:
     settings = settings or NotifierSettings()
     broker = create_broker(settings)
-    # The notifier publishes nothing, so it needs no outbox relay.
-    runtime = ServiceRuntime(
-        settings, schema="notifier", migrations=MIGRATIONS, broker=broker, relay=False
-    )
+    # The notifier's relay publishes only what its consumers quarantine, to the
+    # dead-letter topics, and what an operator replays.
+    runtime = ServiceRuntime(settings, schema="notifier", migrations=MIGRATIONS, broker=broker)
     metrics = DeliveryMetrics(runtime.metrics.registry)
     dispatcher = DeliveryDispatcher(settings, metrics=metrics)
-    subscribers.register_subscribers(broker, runtime, dispatcher, settings)
-    runtime.watch_lag(subscribers.CLIENTS_GROUP, [CLIENTS_LIFECYCLE])
-    runtime.watch_lag(subscribers.CALLBACKS_GROUP, [POINTS_RESULTS])
-    runtime.watch_lag(subscribers.EMAILS_GROUP, [NOTIFICATIONS_REQUESTED])
+    subscribers.register_subscribers(runtime, dispatcher, settings)
 
     async def read_delivery_state() -> None:
         await metrics.refresh(runtime.pool)

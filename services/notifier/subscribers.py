@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from faststream.kafka import KafkaBroker
-
 from contracts import (
     CLIENTS_LIFECYCLE,
     NOTIFICATIONS_REQUESTED,
@@ -12,7 +10,7 @@ from contracts import (
     PointsResultEvent,
     ShareEmailRequestedEvent,
 )
-from infra.broker import subscribe_in_batches
+from infra.consumers import environment_from_member_key
 from infra.runtime import ServiceRuntime
 from services.notifier import service
 from services.notifier.service import DeliveryDispatcher
@@ -24,35 +22,27 @@ EMAILS_GROUP = "notifier.emails"
 
 
 def register_subscribers(
-    broker: KafkaBroker,
-    runtime: ServiceRuntime,
-    dispatcher: DeliveryDispatcher,
-    settings: NotifierSettings,
+    runtime: ServiceRuntime, dispatcher: DeliveryDispatcher, settings: NotifierSettings
 ) -> None:
     """Subscribe the notifier to client lifecycle events, points results and e-mail requests."""
 
-    @broker.subscriber(
-        CLIENTS_LIFECYCLE,
-        group_id=CLIENTS_GROUP,
-        auto_offset_reset="earliest",
-        description="Projects each API client's signing salt, to sign its callbacks.",
-    )
-    async def on_client_lifecycle(event: ClientLifecycleEvent) -> None:
-        """Keep the newest state of an API client; older events change nothing."""
+    async def project_clients(events: list[ClientLifecycleEvent]) -> None:
+        """Keep the newest state of each API client; older events change nothing."""
+        waiting_callbacks_due = False
         async with runtime.pool.acquire() as connection, connection.transaction():
-            waiting_callbacks_due = await service.project_client(connection, event)
+            for event in events:
+                waiting_callbacks_due |= await service.project_client(connection, event)
         if waiting_callbacks_due:
             dispatcher.wake()
 
-    @subscribe_in_batches(
-        broker,
-        POINTS_RESULTS,
-        PointsResultEvent,
-        group_id=CALLBACKS_GROUP,
-        description="Queues the signed callback each points result asks for, one transaction "
-        "per batch. A reversal (`points.reversed`) is ignored: callbacks report a request's "
-        "outcome, `succeeded` or `failed`, and the request still succeeded.",
+    runtime.consume(
+        {CLIENTS_LIFECYCLE: ClientLifecycleEvent},
+        group_id=CLIENTS_GROUP,
+        handler=project_clients,
+        by_environment=False,
+        description="Projects each API client's signing salt, to sign its callbacks.",
     )
+
     async def queue_callbacks(events: list[PointsResultEvent]) -> None:
         """Queue each result's callback once, however often the event is delivered."""
         asking = service.asking_for_callbacks(events)
@@ -63,15 +53,28 @@ def register_subscribers(
         if queued:
             dispatcher.wake()
 
-    @broker.subscriber(
-        NOTIFICATIONS_REQUESTED,
-        group_id=EMAILS_GROUP,
-        auto_offset_reset="earliest",
-        description="Queues the share e-mail a business user asked for.",
+    runtime.consume(
+        {POINTS_RESULTS: PointsResultEvent},
+        group_id=CALLBACKS_GROUP,
+        handler=queue_callbacks,
+        environment_of=environment_from_member_key,
+        description="Queues the signed callback each points result asks for, one transaction "
+        "per batch. A reversal (`points.reversed`) is ignored: callbacks report a request's "
+        "outcome, `succeeded` or `failed`, and the request still succeeded.",
     )
-    async def on_share_email_requested(event: ShareEmailRequestedEvent) -> None:
-        """Queue the e-mail once per notification, however often the event is delivered."""
+
+    async def queue_share_emails(events: list[ShareEmailRequestedEvent]) -> None:
+        """Queue each e-mail once per notification, however often the event is delivered."""
+        queued = False
         async with runtime.pool.acquire() as connection, connection.transaction():
-            queued = await service.queue_share_email(connection, event, settings)
+            for event in events:
+                queued |= await service.queue_share_email(connection, event, settings)
         if queued:
             dispatcher.wake()
+
+    runtime.consume(
+        {NOTIFICATIONS_REQUESTED: ShareEmailRequestedEvent},
+        group_id=EMAILS_GROUP,
+        handler=queue_share_emails,
+        description="Queues the share e-mails business users ask for.",
+    )

@@ -9,7 +9,6 @@ from fastapi import FastAPI
 from contracts import (
     CLIENTS_LIFECYCLE,
     NOTIFICATIONS_REQUESTED,
-    POINTS_RESULTS,
     RULES_LIFECYCLE,
     ClientLifecycleEvent,
     RuleLifecycleEvent,
@@ -41,8 +40,7 @@ def create_app(settings: RulesSettings | None = None) -> tuple[FastAPI, ServiceR
     settings = settings or RulesSettings()
     broker = create_broker(settings)
     runtime = ServiceRuntime(settings, schema="rules", migrations=MIGRATIONS, broker=broker)
-    subscribers.register(broker, runtime)
-    runtime.watch_lag(subscribers.USAGE_GROUP, [POINTS_RESULTS])
+    subscribers.register(runtime)
     issuer = TokenIssuer.for_settings(settings)
 
     async def ensure_signing_key() -> None:

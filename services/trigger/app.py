@@ -7,10 +7,7 @@ from pathlib import Path
 from fastapi import FastAPI
 
 from contracts import (
-    CLIENTS_LIFECYCLE,
     POINTS_REQUESTED,
-    POINTS_RESULTS,
-    RULES_LIFECYCLE,
     PointsRequestedEvent,
 )
 from infra.broker import create_broker
@@ -42,12 +39,9 @@ def create_app(
         migrations=MIGRATIONS,
         broker=broker,
     )
-    subscribers.register(broker, runtime)
-    projected_topics = [RULES_LIFECYCLE, CLIENTS_LIFECYCLE]
-    runtime.watch_lag(subscribers.PROJECTION_GROUP, projected_topics)
-    runtime.watch_lag(subscribers.RESULTS_GROUP, [POINTS_RESULTS])
+    subscribers.register(runtime)
     verifier = verifier or JwksVerifier(settings.token_issuer_url)
-    projection = CatchUp(settings, subscribers.PROJECTION_GROUP, projected_topics)
+    projection = CatchUp(settings, subscribers.PROJECTION_GROUP, list(subscribers.PROJECTED_TOPICS))
     purger = RequestPurger(
         lambda: runtime.pool,
         retention_days=settings.idempotency_retention_days,

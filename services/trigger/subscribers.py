@@ -1,8 +1,6 @@
-"""Kafka handlers of the trigger gateway: thin, one transaction each (a batch for results)."""
+"""Kafka handlers of the trigger gateway: thin, one transaction per batch."""
 
 from __future__ import annotations
-
-from faststream.kafka import KafkaBroker
 
 from contracts import (
     CLIENTS_LIFECYCLE,
@@ -12,38 +10,48 @@ from contracts import (
     PointsResultEvent,
     RuleLifecycleEvent,
 )
-from infra.broker import subscribe_in_batches
+from infra.consumers import environment_from_member_key
 from infra.runtime import ServiceRuntime
 from services.trigger import service
 
 PROJECTION_GROUP = "trigger.projection"
 RESULTS_GROUP = "trigger.results"
+PROJECTED_TOPICS = (RULES_LIFECYCLE, CLIENTS_LIFECYCLE)
 
 
-def register(broker: KafkaBroker, runtime: ServiceRuntime) -> None:
-    @broker.subscriber(
-        RULES_LIFECYCLE,
-        CLIENTS_LIFECYCLE,
+def register(runtime: ServiceRuntime) -> None:
+    async def project_lifecycle(events: list[RuleLifecycleEvent | ClientLifecycleEvent]) -> None:
+        async with runtime.pool.acquire() as connection, connection.transaction():
+            for event in events:
+                if isinstance(event, RuleLifecycleEvent):
+                    await service.project_rule(connection, event)
+                else:
+                    await service.project_client(connection, event)
+
+    projected: dict[str, type[RuleLifecycleEvent | ClientLifecycleEvent]] = {
+        RULES_LIFECYCLE: RuleLifecycleEvent,
+        CLIENTS_LIFECYCLE: ClientLifecycleEvent,
+    }
+    runtime.consume(
+        projected,
         group_id=PROJECTION_GROUP,
-        auto_offset_reset="earliest",
+        handler=project_lifecycle,
+        # One projection for both environments: /readyz waits for it, and its traffic
+        # is what business users and operators do, not what partners send.
+        by_environment=False,
         description="Keeps the gateway's rule and client projections. Upserts are "
         "versioned, so a replay from the beginning is safe; a revoked client is refused at once.",
     )
-    async def on_lifecycle(event: RuleLifecycleEvent | ClientLifecycleEvent) -> None:
-        async with runtime.pool.acquire() as connection:
-            if isinstance(event, RuleLifecycleEvent):
-                await service.project_rule(connection, event)
-            else:
-                await service.project_client(connection, event)
 
-    @subscribe_in_batches(
-        broker,
-        POINTS_RESULTS,
-        PointsResultEvent,
-        group_id=RESULTS_GROUP,
-        description="Settles requests with the ledger's outcome; frees caps on rejection, and "
-        "what a reversal moved back. One transaction per batch.",
-    )
     async def settle_results(events: list[PointsResultEvent]) -> None:
         async with runtime.pool.acquire() as connection, connection.transaction():
             await service.settle_results(connection, events)
+
+    runtime.consume(
+        {POINTS_RESULTS: PointsResultEvent},
+        group_id=RESULTS_GROUP,
+        handler=settle_results,
+        environment_of=environment_from_member_key,
+        description="Settles requests with the ledger's outcome; frees caps on rejection, and "
+        "what a reversal moved back. One transaction per batch.",
+    )

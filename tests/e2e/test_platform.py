@@ -13,18 +13,18 @@ import signal
 import socket
 import sys
 import time
-from collections.abc import AsyncIterator, Iterator
-from dataclasses import dataclass, field
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import httpx
 import psutil
 import pytest
-import uvicorn
 
 from infra.dev.launcher import RunningPlatform
 from infra.signing import EVENT_ID_HEADER, SIGNATURE_HEADER, verify
+from tests.e2e.conftest import CallbackReceiver
 from tests.helpers import free_port, running_platform
 
 pytestmark = pytest.mark.e2e
@@ -37,42 +37,6 @@ Platform = RunningPlatform
 def platform() -> Iterator[Platform]:
     with running_platform("points-e2e-") as running:
         yield running
-
-
-@dataclass
-class CallbackReceiver:
-    """A developer's HTTP endpoint that records every callback it is sent."""
-
-    url: str = ""
-    received: list[tuple[dict[str, str], bytes]] = field(default_factory=list)
-
-    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
-        if scope["type"] != "http":
-            return
-        body = b""
-        while True:
-            message = await receive()
-            body += message.get("body", b"")
-            if not message.get("more_body"):
-                break
-        headers = {key.decode().lower(): value.decode() for key, value in scope["headers"]}
-        self.received.append((headers, body))
-        await send({"type": "http.response.start", "status": 204, "headers": []})
-        await send({"type": "http.response.body", "body": b""})
-
-
-@pytest.fixture
-async def receiver() -> AsyncIterator[CallbackReceiver]:
-    app = CallbackReceiver()
-    port = free_port()
-    app.url = f"http://127.0.0.1:{port}/points-callback"
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    task = asyncio.create_task(server.serve())
-    while not server.started:  # noqa: ASYNC110 - uvicorn offers no started event
-        await asyncio.sleep(0.05)
-    yield app
-    server.should_exit = True
-    await task
 
 
 async def _eventually(probe: Any, timeout: float = 30.0) -> Any:
@@ -88,6 +52,7 @@ async def _eventually(probe: Any, timeout: float = 30.0) -> Any:
 class Business:
     """An organisation set up by an operator, its signed-in owner and one active rule."""
 
+    org_id: str
     client: dict[str, str]  # as `points client create --json` printed it
     rule_id: str
     console: dict[str, str]  # the owner's Authorization header
@@ -126,7 +91,7 @@ async def business_with_an_active_rule(
     rule_id = created.json()["id"]
     activated = await http.post(f"{rules_url}/v1/rules/{rule_id}/activate", headers=console)
     assert activated.json()["status"] == "active", activated.text
-    return Business(client, rule_id, console)
+    return Business(org["id"], client, rule_id, console)
 
 
 class TestAnEarnTriggerTravelsThroughThePlatform:

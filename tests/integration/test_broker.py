@@ -1,5 +1,5 @@
-"""The broker factory's promises: a message whose handler fails is not lost, and one
-that can never be handled does not stop its partition."""
+"""The broker's promises: a message whose handler fails is not lost, and one that can
+never be handled is quarantined rather than stopping its partition."""
 
 from __future__ import annotations
 
@@ -9,7 +9,10 @@ from aiokafka import AIOKafkaProducer
 from faststream.kafka import KafkaBroker
 
 from contracts import CLIENTS_LIFECYCLE, ClientLifecycleEvent
+from infra import db
 from infra.broker import create_broker
+from infra.consumers import consume_in_batches
+from infra.runtime import INFRA_MIGRATIONS
 from infra.settings import ServiceSettings
 from tests.unit.test_contracts import example_event
 
@@ -74,19 +77,28 @@ class TestAckPolicy:
         assert replayed == [b"points for member-2"]
 
 
-class TestInvalidMessages:
-    async def test_a_message_that_breaks_the_contract_is_skipped_and_the_next_one_handled(
-        self, kafka_bootstrap_servers: str
+class TestPoisonMessages:
+    async def test_a_message_that_breaks_the_contract_is_quarantined_and_the_next_one_handled(
+        self, kafka_bootstrap_servers: str, database_url: str
     ) -> None:
+        await db.migrate(database_url, "poison_test", [INFRA_MIGRATIONS])
+        pool = await db.create_pool(database_url, "poison_test")
         broker = create_broker(ServiceSettings(kafka_bootstrap_servers=kafka_bootstrap_servers))
         handled: list[ClientLifecycleEvent] = []
         done = asyncio.Event()
 
-        @broker.subscriber("poison.test", group_id="poison-test", auto_offset_reset="earliest")
-        async def project(event: ClientLifecycleEvent) -> None:
-            handled.append(event)
+        async def project(events: list[ClientLifecycleEvent]) -> None:
+            handled.extend(events)
             done.set()
 
+        consume_in_batches(
+            broker,
+            {"poison.test": ClientLifecycleEvent},
+            group_id="poison-test",
+            description="the test's consumer",
+            handler=project,
+            pool=lambda: pool,
+        )
         valid = example_event(CLIENTS_LIFECYCLE)
         await produce(
             kafka_bootstrap_servers,
@@ -95,6 +107,13 @@ class TestInvalidMessages:
             valid.model_dump_json().encode(),
         )
 
-        await consume_until(broker, done)
+        try:
+            await consume_until(broker, done)
+            kept = await pool.fetch("SELECT topic, kafka_offset, value FROM quarantine")
+        finally:
+            await pool.close()
 
         assert [event.event_id for event in handled] == [valid.event_id]
+        assert [tuple(row.values()) for row in kept] == [
+            ("poison.test", 0, b'{"type": "client.registered"}')
+        ]

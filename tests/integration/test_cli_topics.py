@@ -8,7 +8,7 @@ import pytest
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 
-from contracts.topics import ALL_TOPICS
+from contracts.topics import TOPICS_TO_CREATE
 from infra.dev.launcher import free_port
 from tests.integration.test_cli_deliveries import points
 
@@ -27,9 +27,9 @@ async def describe(bootstrap_servers: str) -> tuple[dict[str, int], dict[str, st
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap_servers)
     await admin.start()
     try:
-        described = await admin.describe_topics([topic.name for topic in ALL_TOPICS])
+        described = await admin.describe_topics([topic.name for topic in TOPICS_TO_CREATE])
         configs = await admin.describe_configs(
-            [ConfigResource(ConfigResourceType.TOPIC, topic.name) for topic in ALL_TOPICS]
+            [ConfigResource(ConfigResourceType.TOPIC, topic.name) for topic in TOPICS_TO_CREATE]
         )
     finally:
         await admin.close()
@@ -48,9 +48,9 @@ class TestTopicsCreate:
         assert await points("topics", "create") == 0
 
         partitions, policies = await describe(cli_environment)
-        assert partitions == {topic.name: topic.partitions for topic in ALL_TOPICS}
+        assert partitions == {topic.name: topic.partitions for topic in TOPICS_TO_CREATE}
         assert policies == {
-            topic.name: "compact" if topic.compacted else "delete" for topic in ALL_TOPICS
+            topic.name: "compact" if topic.compacted else "delete" for topic in TOPICS_TO_CREATE
         }
         assert "points.requested.v1: created (12 partitions" in capsys.readouterr().out
 
@@ -63,7 +63,7 @@ class TestTopicsCreate:
         assert await points("topics", "create") == 0
 
         lines = capsys.readouterr().out.strip().splitlines()
-        assert [line.split(":")[0] for line in lines] == [topic.name for topic in ALL_TOPICS]
+        assert [line.split(":")[0] for line in lines] == [topic.name for topic in TOPICS_TO_CREATE]
         assert all(": already exists (" in line for line in lines)
 
     async def test_an_unreachable_broker_is_named_with_exit_code_2(

@@ -16,7 +16,6 @@ import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
 from email.message import EmailMessage
 from pathlib import Path
 
@@ -27,6 +26,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 
+from contracts import TopicSpec
 from infra.dev.kafka import TansuBroker, create_topics, start_tansu, wait_for_kafka
 from infra.dev.postgres import EmbeddedPostgres, ensure_database, start_embedded_postgres
 from infra.dev.smtp_sink import list_messages, start_smtp_sink, store_message
@@ -133,11 +133,8 @@ class TestEmbeddedPostgres:
 # --- Kafka (Tansu) ---------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class Topic:
-    name: str
-    partitions: int
-    compacted: bool
+def Topic(name: str, partitions: int, compacted: bool) -> TopicSpec:
+    return TopicSpec(name, "test key", partitions, compacted, "a test topic")
 
 
 @pytest.fixture(scope="module")

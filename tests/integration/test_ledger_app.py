@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
+import os
 import time
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from typing import Any, Literal
-from uuid import uuid4
+from uuid import UUID, uuid4
 
 import httpx
 import jwt
@@ -18,17 +20,18 @@ from aiokafka.structs import TopicPartition
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from contracts import (
-    ALL_TOPICS,
     POINTS_REQUESTED,
     POINTS_RESULTS,
+    TOPICS_TO_CREATE,
     PointsRequested,
     PointsRequestedEvent,
     PointsResultEvent,
 )
+from infra import quarantine
 from infra.dev.kafka import create_topics
 from infra.tokens import API_AUDIENCE, JWKS_PATH, REALM_PATH, JwksVerifier
 from services.ledger.app import Ledger, create_ledger
-from services.ledger.service import apply_batch
+from services.ledger.service import PROCESSING_FAILED, apply_batch, verify_ledger
 from services.ledger.settings import LedgerSettings
 
 ISSUER_URL = "http://issuer.test"
@@ -120,7 +123,11 @@ async def ledger(
 ) -> AsyncIterator[Ledger]:
     await create_topics(
         kafka_bootstrap_servers,
-        [topic for topic in ALL_TOPICS if topic.name in (POINTS_REQUESTED, POINTS_RESULTS)],
+        [
+            topic
+            for topic in TOPICS_TO_CREATE
+            if topic.name.startswith((POINTS_REQUESTED, POINTS_RESULTS))
+        ],
     )
     settings = LedgerSettings(
         database_url=database_url,
@@ -189,10 +196,10 @@ async def first_result(bootstrap_servers: str, timeout: float) -> PointsResultEv
 async def wait_until_committed(
     bootstrap_servers: str, partition: TopicPartition, offset: int, *, timeout: float
 ) -> None:
-    """Wait until the ledger's consumer group has committed ``offset`` on ``partition``."""
+    """Wait until the ledger's staging consumer group has committed ``offset`` on ``partition``."""
     # Never subscribes, so it reads the group's offsets without joining the group.
     observer = AIOKafkaConsumer(
-        bootstrap_servers=bootstrap_servers, group_id="ledger", enable_auto_commit=False
+        bootstrap_servers=bootstrap_servers, group_id="ledger.staging", enable_auto_commit=False
     )
     await observer.start()
     try:
@@ -217,7 +224,7 @@ class TestThroughTheBroker:
             await producer.send_and_wait(
                 POINTS_REQUESTED, event.model_dump_json().encode(), key=event.key().encode()
             )
-            # A malformed message on the same partition is skipped, not retried forever.
+            # A malformed message on the same partition is quarantined, not retried forever.
             malformed = await producer.send_and_wait(
                 POINTS_REQUESTED, b"not json", key=event.key().encode()
             )
@@ -239,6 +246,67 @@ class TestThroughTheBroker:
                 headers=bearer(issuer.token()),
             )
         assert response.json() == {"userId": "member-1", "environment": "staging", "balance": 120}
+
+
+class TestARequestTheLedgerCannotApply:
+    async def test_is_quarantined_and_settled_as_failed_while_the_next_one_applies(
+        self, ledger: Ledger
+    ) -> None:
+        servers = ledger.settings.kafka_bootstrap_servers
+        # Meets its contract, but no B-tree index can hold a member id this long.
+        unstorable = points_requested(10, user_id=base64.b64encode(os.urandom(6_000)).decode())
+        key = b"staging:org-1:shared-partition"
+        after = points_requested(30, user_id="member-after")
+        producer = AIOKafkaProducer(bootstrap_servers=servers, acks="all")
+        await producer.start()
+        try:
+            for event in (unstorable, after):
+                await producer.send_and_wait(
+                    POINTS_REQUESTED, event.model_dump_json().encode(), key=key
+                )
+        finally:
+            await producer.stop()
+
+        results = await results_by_transaction(servers, 2, timeout=30)
+
+        failed = results[unstorable.data.transaction_id]
+        assert (failed.type, failed.data.status, failed.data.reason) == (
+            "points.rejected",
+            "rejected",
+            PROCESSING_FAILED,
+        )
+        assert results[after.data.transaction_id].data.status == "applied"
+        async with ledger.runtime.pool.acquire() as connection:
+            [kept] = await quarantine.list_quarantined(connection, include_resolved=True)
+            assert await verify_ledger(connection) == []
+        assert (kept.topic, kept.resolution, kept.event_id) == (
+            POINTS_REQUESTED,
+            "failed",
+            unstorable.event_id,
+        )
+
+
+async def results_by_transaction(
+    bootstrap_servers: str, count: int, timeout: float
+) -> dict[UUID, PointsResultEvent]:
+    consumer = AIOKafkaConsumer(
+        POINTS_RESULTS,
+        bootstrap_servers=bootstrap_servers,
+        group_id=f"test-{uuid4().hex[:8]}",
+        auto_offset_reset="earliest",
+    )
+    results: dict[UUID, PointsResultEvent] = {}
+    await consumer.start()
+    try:
+        async with asyncio.timeout(timeout):
+            while len(results) < count:
+                for records in (await consumer.getmany(timeout_ms=500)).values():
+                    for record in records:
+                        result = PointsResultEvent.model_validate_json(record.value)
+                        results[result.data.transaction_id] = result
+    finally:
+        await consumer.stop()
+    return results
 
 
 class TestBalanceReads:

@@ -14,7 +14,7 @@ from aiokafka import AIOKafkaProducer
 from fastapi import FastAPI
 from prometheus_client.parser import text_string_to_metric_families
 
-from contracts import ALL_TOPICS, POINTS_REQUESTED, RULES_LIFECYCLE, RuleLifecycleEvent
+from contracts import POINTS_REQUESTED, RULES_LIFECYCLE, TOPICS_TO_CREATE, RuleLifecycleEvent
 from infra.dev.kafka import create_topics
 from infra.http import create_http_app
 from infra.outbox import enqueue
@@ -90,7 +90,7 @@ class TestOutboxMetrics:
     async def test_the_backlog_counts_committed_rows_and_drops_once_the_relay_publishes_them(
         self, database_url: str, kafka_bootstrap_servers: str
     ) -> None:
-        await create_topics(kafka_bootstrap_servers, ALL_TOPICS)
+        await create_topics(kafka_bootstrap_servers, TOPICS_TO_CREATE)
         settings = LedgerSettings(
             database_url=database_url,
             kafka_bootstrap_servers=kafka_bootstrap_servers,
@@ -126,7 +126,7 @@ class TestConsumerLagMetric:
     async def test_a_group_that_consumed_none_of_seven_messages_lags_by_seven(
         self, database_url: str, kafka_bootstrap_servers: str
     ) -> None:
-        await create_topics(kafka_bootstrap_servers, ALL_TOPICS)
+        await create_topics(kafka_bootstrap_servers, TOPICS_TO_CREATE)
         producer = AIOKafkaProducer(bootstrap_servers=kafka_bootstrap_servers, acks="all")
         await producer.start()
         try:

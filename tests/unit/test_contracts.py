@@ -30,6 +30,7 @@ from contracts import (
     ShareEmailRequested,
 )
 from contracts.export import SCHEMAS_DIRECTORY, export_schemas, find_drift, main
+from infra.consumers import read_event
 from infra.request_signing import load_signing_key
 
 EXAMPLES_DIRECTORY = Path(contracts.__file__).parent / "examples"
@@ -175,11 +176,35 @@ class TestEventEnvelope:
         with pytest.raises(ValidationError, match="version 2"):
             PointsRequestedEvent.model_validate(message)
 
-    def test_refuses_unknown_fields(self) -> None:
+    def test_a_writer_refuses_unknown_fields(self) -> None:
         message = {**examples_of(POINTS_REQUESTED)[0], "priority": "high"}
 
         with pytest.raises(ValidationError, match="priority"):
             PointsRequestedEvent.model_validate(message)
+
+
+class TestTolerantReaders:
+    """A consumer of today reads what a newer producer writes: a message with an added
+    optional field, in the envelope or in the data, is read without it."""
+
+    @pytest.mark.parametrize("topic", list(EVENT_TYPES))
+    def test_an_older_consumer_reads_a_message_with_an_added_optional_field(
+        self, topic: str
+    ) -> None:
+        for example in examples_of(topic):
+            newer = changed(example, trace_parent="00-4bf92f35", data={"loyalty_tier": "gold"})
+
+            read = read_event(EVENT_TYPES[topic], json.dumps(newer).encode())
+
+            assert read == EVENT_TYPES[topic].model_validate(example)
+
+    @pytest.mark.parametrize("topic", list(EVENT_TYPES))
+    def test_a_message_missing_a_required_field_is_still_refused(self, topic: str) -> None:
+        broken = {**examples_of(topic)[0]}
+        del broken["event_id"]
+
+        with pytest.raises(ValidationError, match="event_id"):
+            read_event(EVENT_TYPES[topic], json.dumps(broken).encode())
 
     @pytest.mark.parametrize("topic", list(EVENT_TYPES))
     def test_events_and_their_data_are_frozen(self, topic: str) -> None:

@@ -1,16 +1,20 @@
 """The deployment files, checked offline for what an operator relies on when applying them.
 
-Each Kubernetes overlay is rendered with ``kubectl kustomize`` (the test fails,
-not skips, without kubectl: CI installs it). The environment variables are
-checked against the services' own pydantic-settings classes: every setting a
-service cannot run without outside development must be set, every variable
-set must be one the platform reads, and each service's settings must load
-from exactly what the manifest gives it.
+Each Kubernetes overlay (an installation of the platform: points-staging,
+points-production) is rendered with ``kubectl kustomize`` (the test fails, not
+skips, without kubectl: CI installs it). Every installation serves both
+business environments, and runs the ledger and the notifier as one Deployment
+per business environment. The environment variables are checked against the
+services' own pydantic-settings classes: every setting a service cannot run
+without outside development must be set, every variable set must be one the
+platform reads, and each Deployment's settings must load from exactly what the
+manifest gives it.
 """
 
 from __future__ import annotations
 
 import base64
+import copy
 import functools
 import re
 import secrets
@@ -18,13 +22,14 @@ import shutil
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
 import pytest
 import yaml
 from pydantic import AliasChoices, ValidationError
 
-from contracts.topics import ALL_TOPICS, POINTS_REQUESTED, POINTS_RESULTS
+from contracts import Environment
+from contracts.topics import ALL_TOPICS, POINTS_REQUESTED, POINTS_RESULTS, TOPICS_TO_CREATE
 from infra.settings import SHARED_NAMES, ServiceSettings, shared_env_name
 from services.ledger.settings import LedgerSettings
 from services.notifier.settings import NotifierSettings
@@ -34,7 +39,9 @@ from services.trigger.settings import TriggerSettings
 REPO = Path(__file__).resolve().parents[2]
 K8S = REPO / "deploy" / "k8s"
 COMPOSE_FILE = REPO / "deploy" / "compose.yaml"
-ENVIRONMENTS = ("staging", "production")
+INSTALLATIONS = ("staging", "production")
+#: The business environments every installation serves (of rules, clients and events).
+BUSINESS_ENVIRONMENTS: tuple[str, ...] = get_args(Environment)
 
 SERVICES: dict[str, type[ServiceSettings]] = {
     "rules": RulesSettings,
@@ -42,8 +49,21 @@ SERVICES: dict[str, type[ServiceSettings]] = {
     "ledger": LedgerSettings,
     "notifier": NotifierSettings,
 }
-#: The topic whose partitions bound a service's useful replicas (its busiest consumer group).
+#: Each Deployment: the service it runs and the business environments it consumes.
+#: The ledger and the notifier run one Deployment per environment, which scale apart.
+DEPLOYMENTS: dict[str, tuple[str, tuple[str, ...]]] = {
+    "rules": ("rules", BUSINESS_ENVIRONMENTS),
+    "trigger": ("trigger", BUSINESS_ENVIRONMENTS),
+    "ledger-production": ("ledger", ("production",)),
+    "ledger-staging": ("ledger", ("staging",)),
+    "notifier-production": ("notifier", ("production",)),
+    "notifier-staging": ("notifier", ("staging",)),
+}
+#: The topic whose partitions bound the useful replicas of each of a service's
+#: consumer groups (its busiest), one group per environment.
 CONSUMED_TOPIC = {"ledger": POINTS_REQUESTED, "notifier": POINTS_RESULTS}
+#: The pod label that tells the business environment a Deployment consumes.
+ENVIRONMENT_LABEL = "points.example.com/environment"
 PARTITIONS = {topic.name: topic.partitions for topic in ALL_TOPICS}
 LOOPBACK = ("127.0.0.1", "localhost")
 
@@ -121,8 +141,8 @@ def kustomize(path: Path) -> tuple[Document, ...]:
     return tuple(document for document in yaml.safe_load_all(rendered.stdout) if document)
 
 
-def overlay(env: str) -> tuple[Document, ...]:
-    return kustomize(K8S / "overlays" / env)
+def overlay(installation: str) -> tuple[Document, ...]:
+    return kustomize(K8S / "overlays" / installation)
 
 
 def find(documents: tuple[Document, ...], kind: str, name: str | None = None) -> list[Document]:
@@ -137,6 +157,25 @@ def one(documents: tuple[Document, ...], kind: str, name: str) -> Document:
     found = find(documents, kind, name)
     assert len(found) == 1, f"expected one {kind} {name}, found {len(found)}"
     return found[0]
+
+
+def pod_labels(workload: Document) -> dict[str, str]:
+    labels: dict[str, str] = workload["spec"]["template"]["metadata"]["labels"]
+    return labels
+
+
+def selected_by(selector: dict[str, str], workloads: list[Document]) -> list[Document]:
+    """The workloads whose pods carry every label of ``selector``."""
+    return [item for item in workloads if selector.items() <= pod_labels(item).items()]
+
+
+def deployments_of(documents: tuple[Document, ...], service: str) -> list[Document]:
+    """The Deployments that run ``service`` (their container's args name it)."""
+    return [
+        deployment
+        for deployment in find(documents, "Deployment")
+        if container_of(deployment)["args"] == [service]
+    ]
 
 
 def container_of(workload: Document) -> Document:
@@ -160,42 +199,90 @@ def k8s_environment(documents: tuple[Document, ...], container: Document) -> dic
     return variables
 
 
-@pytest.mark.parametrize("env", ENVIRONMENTS)
+@pytest.mark.parametrize("installation", INSTALLATIONS)
 class TestKubernetesOverlays:
-    def test_every_service_has_probes_resources_and_a_non_root_pod(self, env: str) -> None:
-        documents = overlay(env)
-        for name, settings in SERVICES.items():
+    def test_every_deployment_has_probes_resources_and_a_non_root_pod(
+        self, installation: str
+    ) -> None:
+        documents = overlay(installation)
+        assert {item["metadata"]["name"] for item in find(documents, "Deployment")} == set(
+            DEPLOYMENTS
+        )
+        for name, (service, _) in DEPLOYMENTS.items():
             deployment = one(documents, "Deployment", name)
             container = container_of(deployment)
-            port = settings.model_fields["port"].default
+            port = SERVICES[service].model_fields["port"].default
             assert container["ports"] == [{"name": "http", "containerPort": port}]
             assert container["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "http"}
             assert container["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "http"}
             for kind in ("requests", "limits"):
                 assert set(container["resources"][kind]) == {"cpu", "memory"}, (name, kind)
             assert deployment["spec"]["template"]["spec"]["securityContext"]["runAsNonRoot"]
-            assert container["args"] == [name]
+            assert container["args"] == [service]
 
-    def test_every_service_has_a_service_and_a_disruption_budget_over_its_pods(
-        self, env: str
+    def test_every_deployment_owns_its_pods_and_a_disruption_budget_over_them(
+        self, installation: str
     ) -> None:
-        documents = overlay(env)
-        for name in SERVICES:
-            pods = one(documents, "Deployment", name)["spec"]["template"]["metadata"]["labels"]
-            service = one(documents, "Service", name)
-            budget = one(documents, "PodDisruptionBudget", name)
-            assert service["spec"]["selector"].items() <= pods.items()
-            assert budget["spec"]["selector"]["matchLabels"].items() <= pods.items()
+        documents = overlay(installation)
+        deployments = find(documents, "Deployment")
+        for deployment in deployments:
+            selector = deployment["spec"]["selector"]["matchLabels"]
+            assert selected_by(selector, deployments) == [deployment]
+        budgets = find(documents, "PodDisruptionBudget")
+        for budget in budgets:
             assert budget["spec"].get("maxUnavailable") == 1
+            (budgeted,) = selected_by(budget["spec"]["selector"]["matchLabels"], deployments)
+            assert budgeted["metadata"]["name"] == budget["metadata"]["name"]
+        assert len(budgets) == len(deployments)
 
-    def test_consumers_never_outnumber_the_partitions_of_their_topic(self, env: str) -> None:
-        documents = overlay(env)
-        for name, topic in CONSUMED_TOPIC.items():
-            replicas = one(documents, "Deployment", name)["spec"]["replicas"]
-            assert 1 <= replicas <= PARTITIONS[topic], (name, replicas, topic)
+    def test_each_service_answers_over_the_pods_of_all_its_deployments(
+        self, installation: str
+    ) -> None:
+        documents = overlay(installation)
+        deployments = find(documents, "Deployment")
+        for service in SERVICES:
+            selector = one(documents, "Service", service)["spec"]["selector"]
+            assert selected_by(selector, deployments) == deployments_of(documents, service)
+        assert len(find(documents, "Service")) == len(SERVICES)
 
-    def test_the_gateway_scales_on_cpu(self, env: str) -> None:
-        documents = overlay(env)
+    def test_consumers_never_outnumber_the_partitions_of_their_topic_per_environment(
+        self, installation: str
+    ) -> None:
+        documents = overlay(installation)
+        for service, topic in CONSUMED_TOPIC.items():
+            for deployment in deployments_of(documents, service):
+                replicas = deployment["spec"]["replicas"]
+                name = deployment["metadata"]["name"]
+                assert 1 <= replicas <= PARTITIONS[topic], (name, replicas, topic)
+
+    def test_production_and_staging_ledgers_and_notifiers_are_separate_deployments(
+        self, installation: str, environment: Any
+    ) -> None:
+        """Each consumes one environment, says which in its pods' label, and together
+        they consume both: a staging flood never waits in front of production."""
+        documents = overlay(installation)
+        for service in CONSUMED_TOPIC:
+            covered: list[str] = []
+            for deployment in deployments_of(documents, service):
+                environment(k8s_environment(documents, container_of(deployment)))
+                consumed = SERVICES[service]().environments
+                name = deployment["metadata"]["name"]
+                assert len(consumed) == 1, (name, consumed)
+                assert pod_labels(deployment)[ENVIRONMENT_LABEL] == consumed[0], name
+                covered += consumed
+            assert sorted(covered) == sorted(BUSINESS_ENVIRONMENTS), service
+
+    def test_a_services_environment_deployments_run_the_same_pod_but_for_the_environment(
+        self, installation: str
+    ) -> None:
+        documents = overlay(installation)
+        for service in CONSUMED_TOPIC:
+            pods = [without_environment(item) for item in deployments_of(documents, service)]
+            assert len(pods) == len(BUSINESS_ENVIRONMENTS)
+            assert all(pod == pods[0] for pod in pods), service
+
+    def test_the_gateway_scales_on_cpu(self, installation: str) -> None:
+        documents = overlay(installation)
         autoscaler = one(documents, "HorizontalPodAutoscaler", "trigger")
         spec = autoscaler["spec"]
         assert spec["scaleTargetRef"] == {
@@ -207,28 +294,32 @@ class TestKubernetesOverlays:
         assert 2 <= spec["minReplicas"] < spec["maxReplicas"]
         assert find(documents, "HorizontalPodAutoscaler") == [autoscaler]
 
-    def test_jobs_migrate_every_schema_and_create_every_topic(self, env: str) -> None:
-        documents = overlay(env)
+    def test_jobs_migrate_every_schema_and_create_every_topic(self, installation: str) -> None:
+        documents = overlay(installation)
         migrate = container_of(one(documents, "Job", "points-migrate"))
         topics = container_of(one(documents, "Job", "points-topics"))
         assert migrate["args"] == ["points", "migrate"]
         assert topics["args"][:3] == ["points", "topics", "create"]
 
-    def test_each_service_loads_its_settings_from_exactly_what_the_manifest_gives_it(
-        self, env: str, environment: Any
+    def test_each_deployment_loads_its_settings_from_exactly_what_the_manifest_gives_it(
+        self, installation: str, environment: Any
     ) -> None:
-        documents = overlay(env)
+        documents = overlay(installation)
         loaded = {}
-        for name, settings in SERVICES.items():
+        for name, (service, consumed) in DEPLOYMENTS.items():
+            settings = SERVICES[service]
             variables = k8s_environment(documents, container_of(one(documents, "Deployment", name)))
             assert_complete(name, settings, variables)
             environment(variables)
             loaded[name] = settings()
             assert loaded[name].mode == "production"
+            assert loaded[name].environments == consumed, name
         assert_one_token_issuer(loaded)
 
-    def test_jobs_get_the_settings_their_commands_read(self, env: str, environment: Any) -> None:
-        documents = overlay(env)
+    def test_jobs_get_the_settings_their_commands_read(
+        self, installation: str, environment: Any
+    ) -> None:
+        documents = overlay(installation)
         jobs = {
             "points-migrate": (RulesSettings, "database_url"),
             "points-topics": (ServiceSettings, "kafka_bootstrap_servers"),
@@ -255,10 +346,25 @@ def assert_complete(
 
 
 def assert_one_token_issuer(loaded: dict[str, Any]) -> None:
-    """Tokens carry `<RULES_PUBLIC_URL>/realms/partner`; the gateway and the ledger check it."""
+    """Tokens carry `<RULES_PUBLIC_URL>/realms/partner`; the gateway and every ledger check it."""
     issuer = loaded["rules"].public_url
-    assert loaded["trigger"].token_issuer_url == issuer
-    assert loaded["ledger"].token_issuer_url == issuer
+    checking = {
+        name: settings.token_issuer_url
+        for name, settings in loaded.items()
+        if isinstance(settings, TriggerSettings | LedgerSettings)
+    }
+    assert len(checking) >= 2 and set(checking.values()) == {issuer}, checking
+
+
+def without_environment(deployment: Document) -> Document:
+    """A Deployment's pod template but for the environment it consumes and its label."""
+    template = copy.deepcopy(deployment["spec"]["template"])
+    del template["metadata"]["labels"][ENVIRONMENT_LABEL]
+    container = template["spec"]["containers"][0]
+    container["env"] = [
+        item for item in container["env"] if not item["name"].endswith("_ENVIRONMENTS")
+    ]
+    return template
 
 
 class TestProductionOverlay:
@@ -295,7 +401,7 @@ class TestStagingOverlay:
         documents = overlay("staging")
         secret = one(documents, "Secret", find(documents, "Secret")[0]["metadata"]["name"])
         values = {key: base64.b64decode(value).decode() for key, value in secret["data"].items()}
-        deployment = one(documents, "Deployment", "notifier")
+        deployment = one(documents, "Deployment", "notifier-staging")
         variables = k8s_environment(documents, container_of(deployment))
         variables["DATABASE_URL"] = values["database-url"]
         variables["CALLBACK_SIGNING_KEY"] = values["callback-signing-key"]
@@ -317,7 +423,7 @@ class TestStrimziTopics:
         }
         assert declared == {
             topic.name: (topic.partitions, "compact" if topic.compacted else "delete")
-            for topic in ALL_TOPICS
+            for topic in TOPICS_TO_CREATE
         }
         assert all(topic["spec"]["replicas"] >= 3 for topic in topics)
 
@@ -388,6 +494,8 @@ class TestComposeStack:
             loaded[name] = settings()
             assert loaded[name].mode == "production"
             assert loaded[name].kafka_idempotent_producer
+            # One process per service consumes both environments: the stack is for one machine.
+            assert loaded[name].environments == BUSINESS_ENVIRONMENTS
         assert_one_token_issuer(loaded)
 
     def test_the_init_job_gets_the_settings_its_commands_read(self, environment: Any) -> None:
