@@ -10,7 +10,6 @@ still settle with their callbacks within seconds.
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import json
 import os
@@ -37,7 +36,7 @@ from contracts import (
 from infra.dev.launcher import RunningPlatform
 from tests.e2e.conftest import CallbackReceiver
 from tests.e2e.test_platform import Business, business_with_an_active_rule
-from tests.helpers import running_platform
+from tests.helpers import eventually, running_platform
 
 pytestmark = pytest.mark.e2e
 
@@ -153,15 +152,6 @@ async def developer_headers(
     return {"Authorization": f"Bearer {token.json()['access_token']}"}
 
 
-async def eventually(probe: Any, timeout: float) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = await probe()
-        if value or time.monotonic() > deadline:
-            return value
-        await asyncio.sleep(0.1)
-
-
 class TestPoisonInEveryTopic:
     async def test_is_quarantined_and_every_partitions_members_still_settle(
         self, platform: RunningPlatform, receiver: CallbackReceiver
@@ -185,10 +175,10 @@ class TestPoisonInEveryTopic:
                     "requestId": f"after-poison-{n}",
                     "callbackUrl": receiver.url,
                 }
-                response = await eventually(
-                    lambda t=trigger: accepted(http, platform, developer, t), 30
+                await eventually(
+                    lambda t=trigger: accepted(http, platform, developer, t),
+                    what=f"the gateway to accept {trigger}",
                 )
-                assert response is not None, f"the gateway refused {trigger}"
 
             async def all_settled() -> bool:
                 for n in range(len(members)):
@@ -203,15 +193,15 @@ class TestPoisonInEveryTopic:
             async def all_called_back() -> bool:
                 return len(receiver.received) >= len(members)
 
-            assert await eventually(all_settled, SETTLE_SECONDS), "requests left pending"
-            assert await eventually(all_called_back, SETTLE_SECONDS), "callbacks missing"
+            await eventually(all_settled, timeout=SETTLE_SECONDS, what="every request to settle")
+            await eventually(all_called_back, timeout=SETTLE_SECONDS, what="every callback")
             settled_in = time.monotonic() - sent_at
             assert settled_in <= SETTLE_SECONDS
 
             async def everything_quarantined() -> bool:
                 return not missing_quarantines(platform)
 
-            assert await eventually(everything_quarantined, 30), missing_quarantines(platform)
+            await eventually(everything_quarantined, what="the poison to be quarantined")
             quarantined_in = time.monotonic() - sent_at
             print(
                 f"poison quarantined in {quarantined_in:.1f} s; {len(members)} members "
@@ -228,7 +218,7 @@ class TestPoisonInEveryTopic:
             rows = platform.points("quarantine", "list", "--service", "ledger", "--resolved")
             return [row for row in rows if row["resolution"] == "failed"]
 
-        failed = await eventually(settled, 30)
+        failed = await eventually(settled, what="the ledger's failed results")
         assert {row["topic"] for row in failed} == {POINTS_REQUESTED}
         assert len(failed) == 2  # one per environment
 

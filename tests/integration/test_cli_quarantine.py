@@ -6,7 +6,6 @@ quarantined a message that is not JSON.
 
 from __future__ import annotations
 
-import asyncio
 import json
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -20,7 +19,7 @@ from structlog.testing import capture_logs
 from contracts import POINTS_RESULTS, PointsResultEvent
 from infra import db
 from infra.consumers import Consumer
-from points_cli.main import run
+from tests.integration.test_cli_deliveries import points
 
 POISON = b"\xffnot a points result"
 
@@ -36,11 +35,6 @@ def cli_environment(database_url: str, tmp_path: Path, monkeypatch: pytest.Monke
     monkeypatch.setenv("DATABASE_URL", database_url)
     monkeypatch.setenv("POINTS_MODE", "development")
     monkeypatch.setenv("POINTS_VAR_DIR", str(tmp_path))
-
-
-async def points(*argv: str) -> int:
-    """Run ``points ARGV`` in a thread (it runs its own event loop); its exit code."""
-    return await asyncio.to_thread(run, list(argv))
 
 
 @pytest.fixture
