@@ -104,8 +104,8 @@ class ServiceSettings(BaseSettings):
         default="postgresql://postgres@127.0.0.1:5432/points",
         description="PostgreSQL DSN; each service keeps its tables in its own schema.",
     )
-    db_pool_min: int = 1
-    db_pool_max: int = 10
+    db_pool_min: int = Field(default=1, description="Connections the database pool keeps open.")
+    db_pool_max: int = Field(default=10, description="Most connections the database pool opens.")
     kafka_bootstrap_servers: str = Field(
         default="127.0.0.1:9092", description="Comma-separated Kafka bootstrap servers."
     )
@@ -122,8 +122,12 @@ class ServiceSettings(BaseSettings):
     kafka_sasl_mechanism: KafkaSaslMechanism = Field(
         default="PLAIN", description="SASL mechanism of the `SASL_` protocols."
     )
-    kafka_sasl_username: str | None = None
-    kafka_sasl_password: SecretStr | None = None
+    kafka_sasl_username: str | None = Field(
+        default=None, description="SASL user name of the `SASL_` protocols."
+    )
+    kafka_sasl_password: SecretStr | None = Field(
+        default=None, description="SASL password of the `SASL_` protocols."
+    )
     kafka_ssl_cafile: Path | None = Field(
         default=None,
         description="PEM file of the CA that signed the brokers' certificates; without it "
@@ -135,8 +139,12 @@ class ServiceSettings(BaseSettings):
     kafka_ssl_keyfile: Path | None = Field(
         default=None, description="PEM private key of the client certificate."
     )
-    kafka_ssl_keyfile_password: SecretStr | None = None
-    log_level: str = "INFO"
+    kafka_ssl_keyfile_password: SecretStr | None = Field(
+        default=None, description="Password of KAFKA_SSL_KEYFILE, when it is encrypted."
+    )
+    log_level: str = Field(
+        default="INFO", description="Least level logged: DEBUG, INFO, WARNING or ERROR."
+    )
     log_json: bool | None = Field(
         default=None, description="JSON log lines; by default JSON unless stderr is a terminal."
     )

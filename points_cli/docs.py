@@ -17,19 +17,14 @@ from typing import Any
 from faststream.specification import AsyncAPI
 
 from infra.broker import create_broker
+from points_cli.configuration import SERVICES, settings_class
 
-SERVICES = ("rules", "trigger", "ledger", "notifier")
+__all__ = ["SERVICES", "main"]
 
 
 def _document(name: str) -> tuple[dict[str, Any], dict[str, Any]]:
     module = importlib.import_module(f"services.{name}.app")
-    settings_module = importlib.import_module(f"services.{name}.settings")
-    settings_class = next(
-        value
-        for attribute, value in vars(settings_module).items()
-        if attribute.endswith("Settings") and attribute != "ServiceSettings"
-    )
-    settings = settings_class(mode="development")
+    settings = settings_class(name)(mode="development")
     app, runtime = module.create_app(settings)
     broker = runtime.broker or create_broker(settings)
     for topic, event, description in getattr(module, "PUBLISHES", ()):

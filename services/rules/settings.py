@@ -59,8 +59,12 @@ class RulesSettings(ServiceSettings):
         description="Where the embedded SMTP sink keeps received mail, listed by the console in "
         "development mode; unset, `<POINTS_VAR_DIR>/mail`.",
     )
-    client_token_lifetime_seconds: int = 300
-    user_token_lifetime_seconds: int = 3600
+    client_token_lifetime_seconds: int = Field(
+        default=300, description="Lifetime of an API client's access token."
+    )
+    user_token_lifetime_seconds: int = Field(
+        default=3600, description="Lifetime of a business user's access token and console session."
+    )
     secret_rotation_overlap_seconds: int = Field(
         default=86400, description="How long a rotated client secret keeps working."
     )

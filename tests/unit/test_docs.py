@@ -11,6 +11,8 @@ from contracts import (
     POINTS_RESULTS,
     RULES_LIFECYCLE,
 )
+from infra.settings import project_root
+from points_cli import configuration
 from points_cli.docs import SERVICES, _document
 
 PUBLISHED = {
@@ -37,3 +39,27 @@ class TestServiceDocuments:
     def test_the_openapi_document_has_the_health_endpoints(self, service: str) -> None:
         _, openapi = _document(service)
         assert {"/healthz", "/readyz"} <= set(openapi["paths"])
+
+
+class TestTheConfigurationPage:
+    def test_is_what_the_settings_classes_say_today(self) -> None:
+        committed = (project_root() / configuration.PAGE).read_text()
+        assert committed == configuration.render(), (
+            "docs/configuration.md is out of date: run `python -m points_cli.configuration`"
+        )
+
+    @pytest.mark.parametrize("service", SERVICES)
+    def test_lists_every_variable_a_service_reads(self, service: str) -> None:
+        page = configuration.render()
+        cls = configuration.settings_class(service)
+        prefix = str(cls.model_config.get("env_prefix"))
+        for name, field in cls.model_fields.items():
+            documented = configuration.variables(name, field, prefix)
+            shared = configuration.variables(name, field, "<SERVICE>_")
+            assert any(f"`{variable}`" in page for variable in documented + shared), name
+
+    def test_refuses_a_setting_without_a_description(self) -> None:
+        from pydantic import Field
+
+        with pytest.raises(ValueError, match="without a description"):
+            configuration.meaning(Field(default=1))
