@@ -30,11 +30,6 @@ class TopicSpec:
     retention_ms: int | None = None
     """How long messages are kept; None for the broker's default."""
 
-    @property
-    def key_description(self) -> str:
-        """The same as ``key``: a description of the message key, not a key itself."""
-        return self.key
-
     def config(self) -> dict[str, str]:
         """Topic-level Kafka configuration to create the topic with."""
         config = {"cleanup.policy": "compact" if self.compacted else "delete"}

@@ -156,10 +156,6 @@ def array_columns(rows: Sequence[Sequence[Any]], width: int) -> list[list[Any]]:
     return [list(column) for column in zip(*rows, strict=True)]
 
 
-def record_to_dict(record: asyncpg.Record | None) -> dict[str, Any] | None:
-    return None if record is None else dict(record.items())
-
-
 async def connect(dsn: str, schema: str) -> asyncpg.Connection:
     """One connection that sees ``schema`` first (for commands and tools)."""
     connection = await asyncpg.connect(dsn, server_settings={"search_path": f"{schema},public"})

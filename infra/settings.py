@@ -29,6 +29,10 @@ RunMode = Literal["development", "production"]
 KafkaSecurityProtocol = Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"]
 KafkaSaslMechanism = Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"]
 
+#: The platform's services, in the order they start: each has a package under
+#: ``services/``, a schema of its own, and an env prefix of its name.
+SERVICES = ("rules", "trigger", "ledger", "notifier")
+
 #: Values that show a secret was copied from an example rather than chosen.
 PLACEHOLDER_SECRETS = frozenset(
     {"changeme", "change-me", "placeholder", "secret", "example", "password"}

@@ -19,17 +19,23 @@ import asyncpg
 from infra import db, quarantine
 from infra.problems import Problem
 from infra.runtime import INFRA_MIGRATIONS
-from infra.settings import ServiceSettings
-from points_cli.main import emit
+from infra.settings import SERVICES, ServiceSettings
 from services.rules import service as rules
 from services.rules.settings import RulesSettings
-
-SERVICE_SCHEMAS = ("rules", "trigger", "ledger", "notifier")
 
 
 def migrations_of(schema: str) -> list[Path]:
     root = Path(__file__).resolve().parent.parent / "services" / schema / "migrations"
     return [INFRA_MIGRATIONS, root]
+
+
+def emit(value: dict[str, Any], as_json: bool) -> None:
+    """A command's result: one JSON object for scripts, or a line per field."""
+    if as_json:
+        print(json.dumps(value))
+    else:
+        for key, item in value.items():
+            print(f"{key}: {item}")
 
 
 @asynccontextmanager
@@ -111,6 +117,19 @@ async def client_revoke(args: argparse.Namespace) -> int:
     async with rules_transaction() as (connection, _):
         await rules.revoke_client(connection, args.client_id)
     print(f"client {args.client_id} revoked")
+    return 0
+
+
+async def client_set_rate_limit(args: argparse.Namespace) -> int:
+    from services.trigger.service import set_client_rate_limit
+
+    async with rules_transaction() as (connection, _):
+        await rules.client_for_update(connection, args.client_id)  # refuses an unknown client
+    async with schema_transaction("trigger", database_settings("trigger")) as connection:
+        await set_client_rate_limit(
+            connection, args.client_id, per_second=args.per_second, burst=args.burst
+        )
+    print(f"client {args.client_id}: {args.per_second:g} triggers a second, bursts of {args.burst}")
     return 0
 
 
@@ -241,7 +260,7 @@ def settings_of(service: str) -> ServiceSettings:
 
 async def quarantine_list(args: argparse.Namespace) -> int:
     listed: list[tuple[str, quarantine.Quarantined]] = []
-    for service in [args.service] if args.service else SERVICE_SCHEMAS:
+    for service in [args.service] if args.service else SERVICES:
         async with schema_transaction(service, settings_of(service)) as connection:
             rows = await quarantine.list_quarantined(
                 connection, include_resolved=args.resolved, limit=args.limit
@@ -282,7 +301,7 @@ async def quarantine_replay(args: argparse.Namespace) -> int:
     if args.ids and not args.service:
         print("points: quarantine ids are per service: add --service", file=sys.stderr)
         return 2
-    for service in [args.service] if args.service else SERVICE_SCHEMAS:
+    for service in [args.service] if args.service else SERVICES:
         async with schema_transaction(service, settings_of(service)) as connection:
             try:
                 replayed = await quarantine.replay(connection, args.ids or None)
@@ -321,9 +340,19 @@ async def topics_create(args: argparse.Namespace) -> int:
     return 0
 
 
+def database_settings(service: str) -> ServiceSettings:
+    """Only the infrastructure settings of one service, read with its prefix.
+
+    ``TRIGGER_DATABASE_URL`` moves the gateway's schema as it moves the gateway,
+    and a migration job needs no service's secrets (the token-key encryption key
+    stays with the rules service).
+    """
+    return ServiceSettings(_env_prefix=f"{service.upper()}_")
+
+
 async def migrate(args: argparse.Namespace) -> int:
-    settings = RulesSettings()
-    for schema in SERVICE_SCHEMAS:
+    for schema in SERVICES:
+        settings = database_settings(schema)
         applied = await db.migrate_with_retry(
             settings.database_url,
             schema,
@@ -332,9 +361,3 @@ async def migrate(args: argparse.Namespace) -> int:
         )
         print(f"{schema}: {len(applied)} migration(s) applied")
     return 0
-
-
-async def dev(args: argparse.Namespace) -> int:
-    from points_cli.dev import run_stack
-
-    return await run_stack()

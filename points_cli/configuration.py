@@ -17,9 +17,14 @@ from pydantic import AliasChoices
 from pydantic.fields import FieldInfo
 from pydantic_core import PydanticUndefined
 
-from infra.settings import SHARED_NAMES, ServiceSettings, project_root, shared_env_name
+from infra.settings import (
+    SERVICES,
+    SHARED_NAMES,
+    ServiceSettings,
+    project_root,
+    shared_env_name,
+)
 
-SERVICES = ("rules", "trigger", "ledger", "notifier")
 PAGE = Path("docs/configuration.md")
 
 INTRODUCTION = """\

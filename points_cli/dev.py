@@ -33,13 +33,12 @@ from infra.dev.postgres import ensure_database, start_embedded_postgres
 from infra.dev.smtp_sink import start_smtp_sink
 from infra.dev.supervisor import Supervisor, run_until_signal
 from infra.errors import StartupError
-from infra.settings import ServiceSettings, environment_overrides, var_dir
+from infra.settings import SERVICES, ServiceSettings, environment_overrides, var_dir
 from infra.signing import DEVELOPMENT_SIGNING_KEY
-from points_cli.commands import SERVICE_SCHEMAS, migrations_of
+from points_cli.commands import migrations_of
 from services.rules import service as rules
 from services.rules.settings import RulesSettings
 
-SERVICES = ("rules", "trigger", "ledger", "notifier")
 DEMO_EMAIL = "demo@points.example"
 DEMO_PASSWORD = "points-demo"  # noqa: S105 - a published development login
 
@@ -204,7 +203,7 @@ async def run_stack() -> int:
             bootstrap = await infra.start_broker(stack)
             await create_topics(bootstrap, TOPICS_TO_CREATE)
             smtp_url = infra.start_mail(stack)
-            for schema in SERVICE_SCHEMAS:
+            for schema in SERVICES:
                 await db.migrate(database_url, schema, migrations_of(schema))
         except StartupError as error:
             print(f"points dev: {error}", file=sys.stderr)

@@ -17,9 +17,8 @@ from typing import Any
 from faststream.specification import AsyncAPI
 
 from infra.broker import create_broker
-from points_cli.configuration import SERVICES, settings_class
-
-__all__ = ["SERVICES", "main"]
+from infra.settings import SERVICES
+from points_cli.configuration import settings_class
 
 
 def _document(name: str) -> tuple[dict[str, Any], dict[str, Any]]:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import sys
 from collections.abc import Callable, Coroutine
 from pathlib import Path
@@ -18,12 +17,34 @@ from typing import Any
 from infra.errors import StartupError
 from infra.logging import configure_logging
 from infra.problems import Problem
-from infra.settings import load_stack_environment, var_dir
-
-#: The services whose consumers quarantine messages, each in its own schema.
-SERVICES = ("rules", "trigger", "ledger", "notifier")
+from infra.settings import SERVICES, load_stack_environment, var_dir
 
 Command = Callable[[argparse.Namespace], Coroutine[Any, Any, int]]
+
+#: The largest rate an operator may give one client (triggers a second, and burst).
+MOST_PER_CLIENT = 1_000_000
+
+
+def rate(text: str) -> float:
+    """A finite number of triggers a second, above zero and at most MOST_PER_CLIENT."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not 0 < value <= MOST_PER_CLIENT:  # also refuses nan and inf
+        raise argparse.ArgumentTypeError(f"must be above 0 and at most {MOST_PER_CLIENT:,}")
+    return value
+
+
+def burst(text: str) -> int:
+    """A whole number of triggers, at least 1 and at most MOST_PER_CLIENT."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if not 1 <= value <= MOST_PER_CLIENT:
+        raise argparse.ArgumentTypeError(f"must be from 1 to {MOST_PER_CLIENT:,}")
+    return value
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -82,6 +103,17 @@ def build_parser() -> argparse.ArgumentParser:
     revoke = client.add_parser("revoke", help="revoke an API client at once")
     revoke.add_argument("client_id")
     revoke.set_defaults(run=commands.client_revoke)
+    rate_limit = client.add_parser(
+        "set-rate-limit",
+        help="give one client its own trigger rate limit instead of the gateway's default; "
+        "applies at once on every gateway replica",
+    )
+    rate_limit.add_argument("client_id")
+    rate_limit.add_argument(
+        "--per-second", type=rate, required=True, help="triggers a second, sustained"
+    )
+    rate_limit.add_argument("--burst", type=burst, required=True, help="triggers accepted at once")
+    rate_limit.set_defaults(run=commands.client_set_rate_limit)
     rotate = client.add_parser("rotate-secret", help="issue a new secret; the old one overlaps")
     rotate.add_argument("client_id")
     rotate.add_argument("--json", action="store_true")
@@ -160,16 +192,15 @@ def build_parser() -> argparse.ArgumentParser:
     migrate.set_defaults(run=commands.migrate)
 
     dev = topics.add_parser("dev", help="run the whole platform on one machine (make run)")
-    dev.set_defaults(run=commands.dev)
+    dev.set_defaults(run=run_dev)
     return parser
 
 
-def emit(value: dict[str, Any], as_json: bool) -> None:
-    if as_json:
-        print(json.dumps(value))
-    else:
-        for key, item in value.items():
-            print(f"{key}: {item}")
+async def run_dev(args: argparse.Namespace) -> int:
+    # Imported here: the embedded servers are not installed in the container image.
+    from points_cli.dev import run_stack
+
+    return await run_stack()
 
 
 def run(argv: list[str]) -> int:

@@ -28,6 +28,7 @@ from infra import db
 from infra.dev.launcher import RunningPlatform, free_port, start_platform
 from infra.dev.postgres import with_database
 from infra.tokens import TOKEN_PATH
+from points_cli.main import run as run_points
 from services.rules import service as rules
 from services.rules.settings import RulesSettings
 
@@ -387,3 +388,8 @@ def running_platform(prefix: str) -> Iterator[RunningPlatform]:
     finally:
         running.stop()
         running.remove_state()
+
+
+async def points(*argv: str) -> int:
+    """Run ``points ARGV`` in a thread (it runs its own event loop); its exit code."""
+    return await asyncio.to_thread(run_points, list(argv))

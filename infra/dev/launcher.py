@@ -21,7 +21,8 @@ from typing import Any
 
 import httpx
 
-SERVICES = ("rules", "trigger", "ledger", "notifier")
+from infra.settings import SERVICES
+
 #: Variables of the caller's shell that would point the child at other servers.
 _FOREIGN_PREFIXES = (
     "DATABASE_URL",

@@ -41,7 +41,6 @@ RETURNING *
 SET_REQUEST_SIGNING_KEY = """
 UPDATE api_clients SET request_signing_key = $2 WHERE id = $1 RETURNING *
 """
-REHASH_CLIENT_SECRET = "UPDATE api_clients SET secret_hash = $2 WHERE id = $1"
 CLIENT_STATUSES = """
 SELECT id, status FROM api_clients
 WHERE org_id = $1 AND environment = $2 AND id = ANY($3::text[])

@@ -342,7 +342,7 @@ async def set_request_signing_key(
     accepted; after a removal the client's requests need no signature.
     """
     key = None if pem is None else accepted_signing_key(pem)
-    client = await _client_for_update(connection, client_id)
+    client = await client_for_update(connection, client_id)
     if client["status"] != "active":
         raise Conflict(f"client {client_id} is revoked", code="CLIENT_REVOKED")
     before = signing_key_fingerprint(client["request_signing_key"])
@@ -368,7 +368,8 @@ async def set_request_signing_key(
     return {"clientId": client_id, "requestSigningKeyFingerprint": after}
 
 
-async def _client_for_update(connection: asyncpg.Connection, client_id: str) -> asyncpg.Record:
+async def client_for_update(connection: asyncpg.Connection, client_id: str) -> asyncpg.Record:
+    """The client, locked until the transaction ends; NotFound when there is none."""
     client = await connection.fetchrow(sql.GET_CLIENT_FOR_UPDATE, client_id)
     if client is None:
         raise NotFound(f"client {client_id} does not exist", code="CLIENT_NOT_FOUND")
@@ -378,7 +379,7 @@ async def _client_for_update(connection: asyncpg.Connection, client_id: str) -> 
 async def revoke_client(
     connection: asyncpg.Connection, client_id: str, actor: str = "operator"
 ) -> None:
-    client = await _client_for_update(connection, client_id)
+    client = await client_for_update(connection, client_id)
     if client["status"] == "revoked":
         return
     client = await connection.fetchrow(sql.REVOKE_CLIENT, client_id)
@@ -394,7 +395,7 @@ async def rotate_client_secret(
     overlap: timedelta,
     actor: str = "operator",
 ) -> IssuedClient:
-    client = await _client_for_update(connection, client_id)
+    client = await client_for_update(connection, client_id)
     if client["status"] != "active":
         raise Conflict(f"client {client_id} is revoked", code="CLIENT_REVOKED")
     secret = secrets.token_urlsafe(32)

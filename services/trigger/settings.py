@@ -31,8 +31,8 @@ class TriggerSettings(ServiceSettings):
     rate_limit_per_second: float = Field(
         default=50.0,
         gt=0,
-        description="Triggers per second a client may send, unless its client_rate_limits "
-        "row says otherwise; shared by all gateway replicas.",
+        description="Triggers per second a client may send, unless an operator gave it its "
+        "own (`points client set-rate-limit`); shared by all gateway replicas.",
     )
     rate_limit_burst: int = Field(
         default=100, ge=1, description="Triggers a client may send at once after a quiet spell."

@@ -6,7 +6,6 @@ database as a running notifier, as it would against ``make run``.
 
 from __future__ import annotations
 
-import asyncio
 import json
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -14,7 +13,7 @@ from pathlib import Path
 import pytest
 from structlog.testing import capture_logs
 
-from points_cli.main import run
+from tests.helpers import points
 from tests.integration.test_notifier import (
     CallbackReceiver,
     client_event,
@@ -46,11 +45,6 @@ def cli_environment(database_url: str, tmp_path: Path, monkeypatch: pytest.Monke
     monkeypatch.setenv("POINTS_MODE", "development")
     # No var/dev.env of a real running stack may leak into the test.
     monkeypatch.setenv("POINTS_VAR_DIR", str(tmp_path))
-
-
-async def points(*argv: str) -> int:
-    """Run ``points ARGV`` in a thread (it runs its own event loop); its exit code."""
-    return await asyncio.to_thread(run, list(argv))
 
 
 @pytest.mark.usefixtures("cli_environment")

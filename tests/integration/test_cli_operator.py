@@ -8,10 +8,11 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import asyncpg
 import pytest
 
 from infra import db
-from tests.integration.test_cli_deliveries import points
+from tests.helpers import fresh_database, points
 
 
 def last_json(capsys: pytest.CaptureFixture[str]) -> Any:
@@ -92,3 +93,30 @@ class TestOperatorCommands:
     ) -> None:
         assert await points("ledger", "verify") == 0
         assert "every invariant holds" in capsys.readouterr().out
+
+    async def test_migrate_puts_each_schema_where_that_services_database_url_points(
+        self,
+        postgres_server_dsn: str,
+        database_url: str,
+        monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str],
+    ) -> None:
+        # Without the rules service's secrets, as a migration job runs.
+        monkeypatch.delenv("RULES_SIGNING_KEY_ENCRYPTION_KEY", raising=False)
+        async with fresh_database(postgres_server_dsn) as gateway_database:
+            monkeypatch.setenv("TRIGGER_DATABASE_URL", gateway_database)
+            assert await points("migrate") == 0
+            assert "trigger: " in capsys.readouterr().out
+            assert "trigger" in await schemas_in(gateway_database)
+            assert "rules" not in await schemas_in(gateway_database)
+        assert await schemas_in(database_url) >= {"rules", "ledger", "notifier"}
+        assert "trigger" not in await schemas_in(database_url)
+
+
+async def schemas_in(url: str) -> set[str]:
+    connection = await asyncpg.connect(url)
+    try:
+        rows = await connection.fetch("SELECT schema_name FROM information_schema.schemata")
+    finally:
+        await connection.close()
+    return {row["schema_name"] for row in rows}

@@ -19,7 +19,7 @@ from structlog.testing import capture_logs
 from contracts import POINTS_RESULTS, PointsResultEvent
 from infra import db
 from infra.consumers import Consumer
-from tests.integration.test_cli_deliveries import points
+from tests.helpers import points
 
 POISON = b"\xffnot a points result"
 

@@ -18,8 +18,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
 from contracts import CLIENTS_LIFECYCLE, ClientLifecycleEvent
 from infra.request_signing import fingerprint, public_pem
-from tests.helpers import RulesStack, bearer, login, rules_stack
-from tests.integration.test_cli_deliveries import points
+from tests.helpers import RulesStack, bearer, login, points, rules_stack
 
 
 @pytest_asyncio.fixture(scope="module", loop_scope="session")

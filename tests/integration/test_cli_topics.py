@@ -10,7 +10,7 @@ from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 
 from contracts.topics import TOPICS_TO_CREATE
 from infra.dev.launcher import free_port
-from tests.integration.test_cli_deliveries import points
+from tests.helpers import points
 
 
 @pytest.fixture

@@ -57,6 +57,7 @@ from tests.helpers import (
     fresh_database,
     kafka_broker,
     login,
+    points,
     rules_settings,
 )
 
@@ -871,11 +872,14 @@ class TestChangesAfterAcceptance:
 
 class TestRateLimits:
     async def test_a_client_over_its_limit_is_refused_on_any_replica_until_it_slows_down(
-        self, gateway: Gateway
+        self, gateway: Gateway, monkeypatch: pytest.MonkeyPatch
     ) -> None:
         throttled = gateway.clients["throttled"].client_id
-        async with gateway.runtime.pool.acquire() as connection:
-            await service.set_client_rate_limit(connection, throttled, per_second=5, burst=5)
+        # As an operator sets it.
+        monkeypatch.setenv("DATABASE_URL", gateway.seeder.database_url)
+        monkeypatch.setenv("POINTS_MODE", "development")
+        limit = ["client", "set-rate-limit", throttled, "--per-second", "5", "--burst", "5"]
+        assert await points(*limit) == 0
 
         burst = [
             await gateway.trigger("throttled", client="throttled", on_replica=i % 2 == 1)
@@ -929,6 +933,16 @@ class TestRateLimits:
         assert recorded_after - recorded_before == 10
         async with gateway.runtime.pool.acquire() as connection:
             await service.set_client_rate_limit(connection, throttled, per_second=1000, burst=1000)
+
+    async def test_a_limit_for_a_client_that_does_not_exist_is_refused(
+        self, gateway: Gateway, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+    ) -> None:
+        monkeypatch.setenv("DATABASE_URL", gateway.seeder.database_url)
+        monkeypatch.setenv("POINTS_MODE", "development")
+        limit = ["client", "set-rate-limit", "cli_missing", "--per-second", "5", "--burst", "5"]
+
+        assert await points(*limit) == 1
+        assert "client cli_missing does not exist" in capsys.readouterr().err
 
     async def test_the_rate_limit_comes_before_the_rule_checks(self, gateway: Gateway) -> None:
         throttled = gateway.clients["throttled"].client_id

@@ -321,7 +321,7 @@ class TestKubernetesOverlays:
     ) -> None:
         documents = overlay(installation)
         jobs = {
-            "points-migrate": (RulesSettings, "database_url"),
+            "points-migrate": (ServiceSettings, "database_url"),
             "points-topics": (ServiceSettings, "kafka_bootstrap_servers"),
         }
         for job, (settings, needed) in jobs.items():
@@ -330,6 +330,10 @@ class TestKubernetesOverlays:
             assert set(variables) <= every_env_name(), job
             environment(variables)
             settings()
+        migrate = container_of(one(documents, "Job", "points-migrate"))
+        assert not {"CALLBACK_SIGNING_KEY", "RULES_SIGNING_KEY_ENCRYPTION_KEY"} & set(
+            k8s_environment(documents, migrate)
+        ), "the migration job carries signing keys it never reads"
 
 
 def assert_complete(
@@ -501,5 +505,6 @@ class TestComposeStack:
     def test_the_init_job_gets_the_settings_its_commands_read(self, environment: Any) -> None:
         variables = compose_environment("init")
         assert {"DATABASE_URL", "KAFKA_BOOTSTRAP_SERVERS"} <= variables.keys()
+        assert not {"CALLBACK_SIGNING_KEY", "RULES_SIGNING_KEY_ENCRYPTION_KEY"} & variables.keys()
         environment(variables)
-        RulesSettings()
+        ServiceSettings()

@@ -11,9 +11,9 @@ from contracts import (
     POINTS_RESULTS,
     RULES_LIFECYCLE,
 )
-from infra.settings import project_root
+from infra.settings import SERVICES, project_root
 from points_cli import configuration
-from points_cli.docs import SERVICES, _document
+from points_cli.docs import _document
 
 PUBLISHED = {
     "rules": {RULES_LIFECYCLE, CLIENTS_LIFECYCLE, NOTIFICATIONS_REQUESTED},
