@@ -33,15 +33,50 @@ KafkaSaslMechanism = Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"]
 #: ``services/``, a schema of its own, and an env prefix of its name.
 SERVICES = ("rules", "trigger", "ledger", "notifier")
 
-#: Values that show a secret was copied from an example rather than chosen.
-PLACEHOLDER_SECRETS = frozenset(
-    {"changeme", "change-me", "placeholder", "secret", "example", "password"}
-)
+#: Whole values that show a secret was copied from an example rather than chosen.
+PLACEHOLDER_SECRETS = frozenset({"secret", "password", "test", "admin", "dev", "development"})
+#: Words that, anywhere in a secret (case and punctuation aside), show the same:
+#: ``change-me``, ``REPLACE_ME_WITH_A_KEY``, the development keys, ``example…``.
+PLACEHOLDER_WORDS = ("changeme", "replaceme", "placeholder", "example", "developmentonly")
+#: The fewest characters of a key the platform's operator generates. Thirty-two
+#: random bytes, as ``python -c "import secrets; print(secrets.token_urlsafe(32))"``
+#: writes them, are 43 characters.
+MIN_GENERATED_SECRET_LENGTH = 32
+#: The fewest different characters such a key has; a random one has about 30.
+MIN_GENERATED_SECRET_VARIETY = 12
 
 
-def is_placeholder_secret(value: str) -> bool:
-    """True for a value left over from an example file (``change-me`` and friends)."""
-    return value.strip().lower() in PLACEHOLDER_SECRETS
+def secret_weakness(value: str, *, generated: bool) -> str | None:
+    """What makes ``value`` unfit as a secret outside development, or None.
+
+    Every secret is refused when it is a placeholder from an example. A key the
+    operator generates for the platform (``generated``: the callback-signing key,
+    the token-key encryption key, the operator token) must also be long and
+    varied enough to be random; passwords of outside servers (PostgreSQL, Kafka,
+    SMTP) are whatever those servers were given, so they are not held to that.
+    """
+    folded = "".join(character for character in value.lower() if character.isalnum())
+    if value.strip().lower() in PLACEHOLDER_SECRETS or any(
+        word in folded for word in PLACEHOLDER_WORDS
+    ):
+        return "is a placeholder from an example; set the real one"
+    if generated and len(value) < MIN_GENERATED_SECRET_LENGTH:
+        return (
+            f"is shorter than {MIN_GENERATED_SECRET_LENGTH} characters, too short to be a "
+            "random key; generate one with "
+            "python3 -c 'import secrets; print(secrets.token_urlsafe(32))'"
+        )
+    if generated and len(set(value)) < MIN_GENERATED_SECRET_VARIETY:
+        return "repeats too few characters to be a random key; generate one"
+    return None
+
+
+def refuse_weak_secrets(secrets: dict[str, str | None], *, generated: bool) -> None:
+    """Raise naming the first of ``secrets`` (variable name → value) unfit to be one."""
+    for name, value in secrets.items():
+        weakness = None if value is None else secret_weakness(value, generated=generated)
+        if weakness is not None:
+            raise ValueError(f"{name} {weakness}")
 
 
 #: Settings every service also reads without its prefix.
@@ -204,13 +239,12 @@ class ServiceSettings(BaseSettings):
     def _no_placeholder_secrets_outside_development(self) -> ServiceSettings:
         if self.is_development:
             return self
-        secrets = {
+        passwords = {
             "DATABASE_URL's password": urlsplit(self.database_url).password,
-            "KAFKA_SASL_PASSWORD": _reveal(self.kafka_sasl_password),
+            "KAFKA_SASL_PASSWORD": reveal(self.kafka_sasl_password),
+            "KAFKA_SSL_KEYFILE_PASSWORD": reveal(self.kafka_ssl_keyfile_password),
         }
-        for name, value in secrets.items():
-            if value is not None and is_placeholder_secret(value):
-                raise ValueError(f"{name} is a placeholder from an example; set the real one")
+        refuse_weak_secrets(passwords, generated=False)
         return self
 
     @classmethod
@@ -229,7 +263,7 @@ class ServiceSettings(BaseSettings):
         return self.mode == "development"
 
 
-def _reveal(secret: SecretStr | None) -> str | None:
+def reveal(secret: SecretStr | None) -> str | None:
     return None if secret is None else secret.get_secret_value()
 
 

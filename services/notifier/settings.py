@@ -8,15 +8,11 @@ from urllib.parse import urlsplit
 from pydantic import AliasChoices, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import SettingsConfigDict
 
-from infra.settings import ServiceSettings
+from infra.settings import ServiceSettings, refuse_weak_secrets, reveal
 from infra.signing import DEVELOPMENT_SIGNING_KEY
 
 #: Where ``points dev`` runs its SMTP sink; the default SMTP server in development.
 DEVELOPMENT_SMTP_URL = "smtp://127.0.0.1:1025"
-
-#: Values that show a key was copied from an example rather than generated.
-PLACEHOLDER_KEYS = frozenset({"changeme", "change-me", "placeholder", "secret", "example"})
-MIN_SIGNING_KEY_LENGTH = 32
 
 
 class NotifierSettings(ServiceSettings):
@@ -106,25 +102,20 @@ class NotifierSettings(ServiceSettings):
         return self
 
     @model_validator(mode="after")
-    def _signing_key_outside_development(self) -> NotifierSettings:
+    def _real_secrets_outside_development(self) -> NotifierSettings:
+        if self.is_development:
+            self.callback_signing_key = self.callback_signing_key or DEVELOPMENT_SIGNING_KEY
+            return self
         if not self.callback_signing_key:
-            if not self.is_development:
-                raise ValueError(
-                    "CALLBACK_SIGNING_KEY (or NOTIFIER_CALLBACK_SIGNING_KEY) must be set "
-                    "outside development mode"
-                )
-            self.callback_signing_key = DEVELOPMENT_SIGNING_KEY
-        elif not self.is_development and _is_placeholder(self.callback_signing_key):
             raise ValueError(
-                "CALLBACK_SIGNING_KEY is a placeholder; set a random key of at least "
-                f"{MIN_SIGNING_KEY_LENGTH} characters"
+                "CALLBACK_SIGNING_KEY (or NOTIFIER_CALLBACK_SIGNING_KEY) must be set "
+                "outside development mode"
             )
+        keys = {
+            "CALLBACK_SIGNING_KEY": self.callback_signing_key,
+            # Without one the operator endpoints stay shut outside development.
+            "NOTIFIER_OPERATOR_TOKEN": self.operator_token or None,
+        }
+        refuse_weak_secrets(keys, generated=True)
+        refuse_weak_secrets({"NOTIFIER_SMTP_PASSWORD": reveal(self.smtp_password)}, generated=False)
         return self
-
-
-def _is_placeholder(key: str) -> bool:
-    return (
-        key == DEVELOPMENT_SIGNING_KEY
-        or key.strip().lower() in PLACEHOLDER_KEYS
-        or len(key) < MIN_SIGNING_KEY_LENGTH
-    )

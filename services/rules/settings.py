@@ -10,7 +10,7 @@ from urllib.parse import urlencode
 from pydantic import AliasChoices, Field, model_validator
 from pydantic_settings import SettingsConfigDict
 
-from infra.settings import ServiceSettings, var_dir
+from infra.settings import ServiceSettings, refuse_weak_secrets, var_dir
 from infra.signing import DEVELOPMENT_SIGNING_KEY as DEV_CALLBACK_SIGNING_KEY
 from infra.tokens import TOKEN_PATH
 from services.rules.key_vault import DEVELOPMENT_KEY_ENCRYPTION_KEY as DEV_KEY_ENCRYPTION_KEY
@@ -110,12 +110,11 @@ class RulesSettings(ServiceSettings):
 
     def _platform_key(self, name: str, value: str, placeholder: str) -> str:
         """``value``, or the development placeholder where that is allowed."""
+        if self.is_development:
+            return value or placeholder
         if not value:
-            if not self.is_development:
-                raise ValueError(f"{name} must be set outside development mode")
-            return placeholder
-        if value == placeholder and not self.is_development:
-            raise ValueError(f"{name} is the development placeholder; set a real one")
+            raise ValueError(f"{name} must be set outside development mode")
+        refuse_weak_secrets({name: value}, generated=True)
         return value
 
     @property

@@ -3,6 +3,7 @@ one service; Kafka TLS and SASL reach aiokafka; production refuses example secre
 
 from __future__ import annotations
 
+import secrets
 import ssl
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -16,7 +17,9 @@ from pydantic import ValidationError
 
 from infra.broker import kafka_client_options, producer_options
 from infra.errors import StartupError
+from infra.settings import ServiceSettings
 from services.ledger.settings import LedgerSettings
+from services.notifier.settings import NotifierSettings
 from services.rules.settings import RulesSettings
 from services.trigger.settings import TriggerSettings
 
@@ -207,3 +210,74 @@ class TestPlaceholderSecrets:
         use_sasl(monkeypatch, "SASL_SSL")
 
         assert "s3cr3t-from-the-vault" not in repr(LedgerSettings())
+
+
+#: Keys as an operator should make them: 32 random bytes each.
+RANDOM_KEYS = {
+    "CALLBACK_SIGNING_KEY": secrets.token_urlsafe(32),
+    "RULES_SIGNING_KEY_ENCRYPTION_KEY": secrets.token_urlsafe(32),
+    "NOTIFIER_OPERATOR_TOKEN": secrets.token_urlsafe(32),
+}
+WEAK_KEYS = [
+    ("change-me", "placeholder"),
+    ("CHANGE_ME_to_a_long_random_value_before_deploying", "placeholder"),
+    ("replace-me-with-32-random-bytes-0123456789", "placeholder"),
+    ("development-only-callback-signing-key", "placeholder"),
+    ("s3cr3t-but-short", "shorter than 32"),
+    ("ab" * 30, "too few characters"),
+]
+
+
+class TestGeneratedKeysOutsideDevelopment:
+    """One check for every key the platform's operator generates, in every service
+    that reads it: placeholders and keys too short or plain to be random are refused."""
+
+    @pytest.fixture(autouse=True)
+    def random_keys(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        for variable, value in RANDOM_KEYS.items():
+            monkeypatch.setenv(variable, value)
+
+    @pytest.mark.parametrize(("value", "reason"), WEAK_KEYS)
+    @pytest.mark.parametrize(
+        ("settings", "variable"),
+        [
+            (RulesSettings, "CALLBACK_SIGNING_KEY"),
+            (NotifierSettings, "CALLBACK_SIGNING_KEY"),
+            (RulesSettings, "RULES_SIGNING_KEY_ENCRYPTION_KEY"),
+            (NotifierSettings, "NOTIFIER_OPERATOR_TOKEN"),
+        ],
+    )
+    def test_a_weak_key_stops_the_service_naming_the_variable_and_why(
+        self,
+        monkeypatch: pytest.MonkeyPatch,
+        settings: type[ServiceSettings],
+        variable: str,
+        value: str,
+        reason: str,
+    ) -> None:
+        monkeypatch.setenv(variable, value)
+
+        with pytest.raises(ValidationError, match=f"{variable} .*{reason}"):
+            settings()
+        assert settings(mode="development")
+
+    @pytest.mark.parametrize("settings", [RulesSettings, NotifierSettings])
+    def test_random_keys_are_accepted(self, settings: type[ServiceSettings]) -> None:
+        assert settings().mode == "production"
+
+    def test_a_notifier_without_an_operator_token_starts_with_its_endpoints_shut(
+        self, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        monkeypatch.delenv("NOTIFIER_OPERATOR_TOKEN")
+
+        assert NotifierSettings().operator_token == ""
+
+    def test_an_outside_servers_password_is_refused_only_when_it_is_a_placeholder(
+        self, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        monkeypatch.setenv("NOTIFIER_SMTP_PASSWORD", "example-password")
+        with pytest.raises(ValidationError, match="NOTIFIER_SMTP_PASSWORD is a placeholder"):
+            NotifierSettings()
+
+        monkeypatch.setenv("NOTIFIER_SMTP_PASSWORD", "hunter22")  # short, but the server's
+        assert NotifierSettings().smtp_password is not None
