@@ -11,6 +11,7 @@ issuer.
 from __future__ import annotations
 
 import asyncio
+import math
 import time
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -87,7 +88,7 @@ class JwksVerifier:
         self._refresh_interval = refresh_interval
         self._http = http or httpx.AsyncClient(timeout=5.0)
         self._keys: dict[str, jwt.PyJWK] = {}
-        self._fetched_at = 0.0
+        self._attempted_at = -math.inf
         self._lock = asyncio.Lock()
         self._verified: OrderedDict[str, Principal] = OrderedDict()
 
@@ -95,9 +96,17 @@ class JwksVerifier:
         await self._http.aclose()
 
     async def refresh(self) -> None:
+        """Fetch the issuer's key set, at most once per refresh interval.
+
+        Callers that arrive while a fetch is in flight wait for that one, and a
+        fetch that failed or found no keys is not tried again sooner either: an
+        issuer that is down or slow costs one fetch per interval, not one per
+        token with an unknown ``kid``.
+        """
         async with self._lock:
-            if time.monotonic() - self._fetched_at < self._refresh_interval and self._keys:
+            if time.monotonic() - self._attempted_at < self._refresh_interval:
                 return
+            self._attempted_at = time.monotonic()
             response = await self._http.get(self.jwks_url)
             response.raise_for_status()
             self._keys = {
@@ -105,14 +114,14 @@ class JwksVerifier:
                 for key in jwt.PyJWKSet.from_dict(response.json()).keys
                 if key.key_id is not None
             }
-            self._fetched_at = time.monotonic()
             log.info("jwks.refreshed", keys=sorted(self._keys))
 
     async def _key_for(self, kid: str) -> jwt.PyJWK:
         if kid not in self._keys:
             try:
                 await self.refresh()
-            except httpx.HTTPError as error:
+            except (httpx.HTTPError, ValueError, jwt.PyJWTError) as error:
+                # Unreachable, an error status, or not a key set (json's ValueError).
                 log.warning("jwks.refresh_failed", error=str(error))
         if kid not in self._keys:
             raise InvalidToken("token signed with an unknown key")
