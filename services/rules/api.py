@@ -152,10 +152,18 @@ router = APIRouter()
 # --- OAuth2 token issuer (Keycloak-compatible paths) -------------------------
 
 
-def oauth_error(status: int, error: str, description: str, basic: bool = False) -> JSONResponse:
+def oauth_error(
+    status: int,
+    error: str,
+    description: str,
+    basic: bool = False,
+    retry_after: int | None = None,
+) -> JSONResponse:
     headers = {"Cache-Control": "no-store"}
     if basic:
         headers["WWW-Authenticate"] = 'Basic realm="partner"'
+    if retry_after is not None:
+        headers["Retry-After"] = str(retry_after)
     return JSONResponse(
         {"error": error, "error_description": description}, status_code=status, headers=headers
     )
@@ -220,6 +228,10 @@ TOKEN_REQUEST_DOCS: dict[str, Any] = {
         },
         "400": {"description": "`invalid_request` or `unsupported_grant_type` (RFC 6749)."},
         "401": {"description": "`invalid_client`: unknown, revoked or wrong credentials."},
+        "429": {
+            "description": "`slow_down`: too many failed requests for this client id (or any) "
+            "from this address; `Retry-After` says when to try again."
+        },
     },
 }
 
@@ -253,8 +265,20 @@ async def issue_token(request: Request, ctx: Context) -> JSONResponse:
     )
     if not client_id or not secret:
         return oauth_error(401, "invalid_client", "client authentication failed", basic=True)
+    client_ip = request.client.host if request.client else None
+    throttles = service.SignInThrottles.of(ctx.settings)
     async with ctx.pool.acquire() as connection:
-        client = await service.authenticate_client(connection, client_id, secret)
+        try:
+            client = await service.sign_in_client(
+                connection, client_id, secret, client_ip, throttles
+            )
+        except service.TooManySignInAttempts as throttled:
+            return oauth_error(
+                429,
+                "slow_down",
+                throttled.detail,
+                retry_after=throttled.retry_after,
+            )
         if client is None:
             log.info("token.refused", client_id=client_id)
             return oauth_error(
@@ -310,10 +334,10 @@ async def login(body: LoginRequest, request: Request, ctx: Context) -> TokenResp
     """Exchange a business user's e-mail and password for a bearer token (429 after repeated
     failures)."""
     client_ip = request.client.host if request.client else None
-    throttle = service.LoginThrottle.of(ctx.settings)
+    throttles = service.SignInThrottles.of(ctx.settings)
     # Not the request transaction: a failed attempt must be counted, and stay counted.
     async with ctx.pool.acquire() as connection:
-        user = await service.log_in(connection, body.email, body.password, client_ip, throttle)
+        user = await service.log_in(connection, body.email, body.password, client_ip, throttles)
         lifetime = ctx.settings.user_token_lifetime_seconds
         token = await ctx.issuer.user_token(connection, user, lifetime)
     log.info("user.logged_in", user_id=user["id"])
@@ -338,10 +362,10 @@ async def open_console_session(
     every change made through it must carry as ``X-CSRF-Token`` (429 after repeated
     failures, as for ``/v1/auth/login``)."""
     client_ip = request.client.host if request.client else None
-    throttle = service.LoginThrottle.of(ctx.settings)
+    throttles = service.SignInThrottles.of(ctx.settings)
     lifetime = ctx.settings.user_token_lifetime_seconds
     async with ctx.pool.acquire() as connection:
-        user = await service.log_in(connection, body.email, body.password, client_ip, throttle)
+        user = await service.log_in(connection, body.email, body.password, client_ip, throttles)
         session_id, session = await sessions.open_session(
             connection, user, timedelta(seconds=lifetime)
         )

@@ -132,19 +132,29 @@ ORDER BY line.id DESC LIMIT $7
 
 # Counts one login attempt for a key, starting a new window when the last one has
 # passed; the row lock makes concurrent attempts count one after another.
-COUNT_LOGIN_ATTEMPT = """
-INSERT INTO login_attempts AS la (scope, key, attempts, window_started_at)
-VALUES ($1, $2, 1, now())
-ON CONFLICT (scope, key) DO UPDATE SET
-    attempts = CASE WHEN la.window_started_at <= now() - $3::interval
-                    THEN 1 ELSE la.attempts + 1 END,
-    window_started_at = CASE WHEN la.window_started_at <= now() - $3::interval
-                             THEN now() ELSE la.window_started_at END
-RETURNING attempts, window_started_at + $3::interval - now() AS retry_after
+# Sign-in throttling (services/rules/throttle.py): a key's row, locked while an
+# attempt is weighed, with the seconds since its last attempt.
+ADD_SIGN_IN_KEY = """
+INSERT INTO sign_in_attempts (scope, key, attempts, last_attempt_at) VALUES ($1, $2, 0, now())
+ON CONFLICT (scope, key) DO NOTHING
 """
-CLEAR_LOGIN_ATTEMPTS = "DELETE FROM login_attempts WHERE scope = $1 AND key = $2"
-GIVE_BACK_LOGIN_ATTEMPT = """
-UPDATE login_attempts SET attempts = greatest(attempts - 1, 0) WHERE scope = $1 AND key = $2
+SIGN_IN_KEY_FOR_UPDATE = """
+SELECT attempts, extract(epoch FROM now() - last_attempt_at)::float8 AS idle_seconds
+FROM sign_in_attempts WHERE scope = $1 AND key = $2 FOR UPDATE
+"""
+COUNT_SIGN_IN_ATTEMPT = """
+UPDATE sign_in_attempts SET attempts = $3, last_attempt_at = now() WHERE scope = $1 AND key = $2
+"""
+PURGE_IDLE_SIGN_IN_KEYS = """
+DELETE FROM sign_in_attempts WHERE ctid = ANY (ARRAY(
+    SELECT ctid FROM sign_in_attempts
+    WHERE last_attempt_at < now() - make_interval(secs => $1) LIMIT 100
+    FOR UPDATE SKIP LOCKED
+))
+"""
+FORGET_SIGN_IN_KEY = "DELETE FROM sign_in_attempts WHERE scope = $1 AND key = $2"
+GIVE_BACK_SIGN_IN_ATTEMPT = """
+UPDATE sign_in_attempts SET attempts = greatest(attempts - 1, 0) WHERE scope = $1 AND key = $2
 """
 
 # The points a rule has moved, locked so a concurrent result waits for a cap change.

@@ -7,11 +7,13 @@ outbox event commit together or not at all.
 
 from __future__ import annotations
 
-import math
+import asyncio
+import os
 import secrets
 import uuid
 from collections import Counter
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -48,8 +50,10 @@ from infra.request_signing import (
 from infra.signing import derive_signing_secret, new_salt
 from infra.tokens import ALGORITHM, API_AUDIENCE, REALM_PATH
 from services.rules import repository as sql
+from services.rules import throttle
 from services.rules.key_vault import KeyVault, is_plain_pem
 from services.rules.settings import RulesSettings
+from services.rules.throttle import Throttle
 
 log = get_logger(__name__)
 
@@ -78,17 +82,18 @@ class InvalidCredentials(Problem):
     title = "Invalid credentials"
 
 
-class TooManyLoginAttempts(Problem):
+class TooManySignInAttempts(Problem):
     status = 429
     code = "TOO_MANY_LOGIN_ATTEMPTS"
     title = "Too many login attempts"
 
-    def __init__(self, retry_after: int) -> None:
+    def __init__(self, retry_after: int, what: str) -> None:
         super().__init__(
-            f"too many failed logins; try again in {retry_after} seconds",
+            f"too many failed {what} from this address; try again in {retry_after} seconds",
             headers={"Retry-After": str(retry_after)},
             retryAfter=retry_after,
         )
+        self.retry_after = retry_after
 
 
 class ActivationBlocked(Problem):
@@ -148,6 +153,14 @@ async def create_user(
     return {"id": user_id, "email": email}
 
 
+#: Argon2 checks run in these threads (argon2 releases the GIL), never on the event
+#: loop: a flood of wrong secrets queues here while the JWKS, the console and
+#: every other request are still served. At most this many are checked at once.
+_HASH_CHECKS = ThreadPoolExecutor(
+    max_workers=max(2, (os.cpu_count() or 2) // 2), thread_name_prefix="argon2"
+)
+
+
 def _verify_hash(hash_: str | None, secret: str) -> bool:
     if not hash_:
         return False
@@ -157,15 +170,21 @@ def _verify_hash(hash_: str | None, secret: str) -> bool:
         return False
 
 
+async def verify_secret(hash_: str | None, secret: str) -> bool:
+    """Whether ``secret`` matches ``hash_``, checked off the event loop."""
+    loop = asyncio.get_running_loop()
+    return await loop.run_in_executor(_HASH_CHECKS, _verify_hash, hash_, secret)
+
+
 async def authenticate_user(
     connection: asyncpg.Connection, email: str, password: str
 ) -> asyncpg.Record:
     user = await connection.fetchrow(sql.GET_USER_BY_EMAIL, email)
     if user is None:
         # Spend the same time as a real check so timing does not reveal accounts.
-        _verify_hash(_DUMMY_HASH, password)
+        await verify_secret(_DUMMY_HASH, password)
         raise InvalidCredentials("e-mail or password is wrong")
-    if not _verify_hash(user["password_hash"], password):
+    if not await verify_secret(user["password_hash"], password):
         raise InvalidCredentials("e-mail or password is wrong")
     if hasher.check_needs_rehash(user["password_hash"]):
         await connection.execute(sql.UPDATE_PASSWORD_HASH, user["id"], hasher.hash(password))
@@ -176,19 +195,23 @@ _DUMMY_HASH = hasher.hash(secrets.token_urlsafe(16))
 
 
 @dataclass(frozen=True)
-class LoginThrottle:
-    """How many login attempts one e-mail address and one client IP get per window."""
+class SignInThrottles:
+    """The throttles of business users' logins and API clients' token requests: one
+    for an address trying one account, one for the address alone."""
 
-    max_per_email: int
-    max_per_ip: int
-    window: timedelta
+    login: Throttle
+    login_address: Throttle
+    token: Throttle
+    token_address: Throttle
 
     @classmethod
-    def of(cls, settings: RulesSettings) -> LoginThrottle:
+    def of(cls, settings: RulesSettings) -> SignInThrottles:
+        longest = float(settings.login_throttle_window_seconds)
         return cls(
-            settings.login_max_attempts_per_email,
-            settings.login_max_attempts_per_ip,
-            timedelta(seconds=settings.login_throttle_window_seconds),
+            Throttle(settings.login_max_attempts_per_email, longest),
+            Throttle(settings.login_max_attempts_per_ip, longest),
+            Throttle(settings.token_max_attempts_per_client, longest),
+            Throttle(settings.token_max_attempts_per_ip, longest),
         )
 
 
@@ -197,33 +220,23 @@ async def log_in(
     email: str,
     password: str,
     client_ip: str | None,
-    throttle: LoginThrottle,
+    throttles: SignInThrottles,
 ) -> asyncpg.Record:
-    """The user these credentials name, counting the attempt against the throttle.
+    """The user these credentials name, counting the attempt against the throttles.
 
     Unlike the other functions here this one manages its own transactions: the
-    attempt must be counted (committed) even when the login fails. An attempt is
-    counted *before* the password is checked, so concurrent guesses on several
-    replicas cannot slip past the limit; a success clears the e-mail's count and
-    gives the IP its attempt back.
+    attempt must be counted (committed) even when the login fails.
     """
-    keys = [("email", email.strip().lower(), throttle.max_per_email)]
-    if client_ip:
-        keys.append(("ip", client_ip, throttle.max_per_ip))
-    waits = []
-    for scope, key, limit in keys:
-        counted = await connection.fetchrow(sql.COUNT_LOGIN_ATTEMPT, scope, key, throttle.window)
-        # The attempt that reaches the limit still gets its password checked.
-        if counted["attempts"] > limit:
-            waits.append(max(1, math.ceil(counted["retry_after"].total_seconds())))
-    if waits:
+    keys = throttle.keys_for(
+        "login", client_ip, email.strip().lower(), throttles.login, throttles.login_address
+    )
+    wait = await throttle.take_attempt(connection, keys)
+    if wait is not None:
         log.info("user.login_throttled", ip=client_ip)
-        raise TooManyLoginAttempts(max(waits))
+        raise TooManySignInAttempts(wait, "logins")
     async with connection.transaction():
         user = await authenticate_user(connection, email, password)
-        await connection.execute(sql.CLEAR_LOGIN_ATTEMPTS, "email", keys[0][1])
-        if client_ip:
-            await connection.execute(sql.GIVE_BACK_LOGIN_ATTEMPT, "ip", client_ip)
+        await throttle.succeeded(connection, keys)
     return user
 
 
@@ -416,16 +429,38 @@ async def authenticate_client(
     """The active client these credentials name, or None."""
     client = await connection.fetchrow(sql.GET_CLIENT, client_id)
     if client is None:
-        _verify_hash(_DUMMY_HASH, client_secret)
+        await verify_secret(_DUMMY_HASH, client_secret)
         return None
     if client["status"] != "active":
         return None
-    if _verify_hash(client["secret_hash"], client_secret):
+    if await verify_secret(client["secret_hash"], client_secret):
         return client
     overlap_open = client["previous_valid_until"] and client["previous_valid_until"] > now()
-    if overlap_open and _verify_hash(client["previous_secret_hash"], client_secret):
+    if overlap_open and await verify_secret(client["previous_secret_hash"], client_secret):
         return client
     return None
+
+
+async def sign_in_client(
+    connection: asyncpg.Connection,
+    client_id: str,
+    client_secret: str,
+    client_ip: str | None,
+    throttles: SignInThrottles,
+) -> asyncpg.Record | None:
+    """:func:`authenticate_client`, counting the attempt against the throttles first
+    (:class:`TooManySignInAttempts` when it must wait). Manages its own transactions."""
+    keys = throttle.keys_for(
+        "token", client_ip, client_id, throttles.token, throttles.token_address
+    )
+    wait = await throttle.take_attempt(connection, keys)
+    if wait is not None:
+        log.info("token.throttled", client_id=client_id, ip=client_ip)
+        raise TooManySignInAttempts(wait, "token requests")
+    client = await authenticate_client(connection, client_id, client_secret)
+    if client is not None:
+        await throttle.succeeded(connection, keys)
+    return client
 
 
 async def list_clients(

@@ -71,17 +71,33 @@ class RulesSettings(ServiceSettings):
     login_max_attempts_per_email: int = Field(
         default=5,
         ge=1,
-        description="Failed logins for one e-mail address within the window before further "
-        "attempts are refused with 429.",
+        description="Logins one address may try at one e-mail address before each further "
+        "one must wait twice as long as the one before (1 s, 2 s, 4 s, ...); the same e-mail "
+        "address from any other address is not slowed down.",
     )
     login_max_attempts_per_ip: int = Field(
         default=20,
         ge=1,
-        description="Failed logins from one client IP within the window before further attempts "
-        "are refused; higher than per e-mail because offices share an address.",
+        description="Logins one address may try, at any e-mail addresses, before it is slowed "
+        "down the same way; higher than per e-mail because offices share an address.",
     )
     login_throttle_window_seconds: int = Field(
-        default=900, ge=1, description="Length of the login-throttling window."
+        default=900,
+        ge=1,
+        description="The longest a throttled login or token request waits; an address that "
+        "tries nothing for this long starts afresh.",
+    )
+    token_max_attempts_per_client: int = Field(
+        default=10,
+        ge=1,
+        description="Token requests one address may make for one client id before each "
+        "further one must wait twice as long as the one before; a success starts afresh.",
+    )
+    token_max_attempts_per_ip: int = Field(
+        default=100,
+        ge=1,
+        description="Token requests one address may make, for any client ids, before it is "
+        "slowed down the same way; each success gives its attempt back.",
     )
     callback_signing_key: str = Field(
         default="",

@@ -8,8 +8,10 @@ logins use a client IP of their own.
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -35,6 +37,7 @@ from tests.helpers import (
     bearer,
     client_token,
     login,
+    request_token,
     rules_stack,
     rules_transaction,
 )
@@ -547,13 +550,21 @@ class TestAuditTrail:
         assert response.json()["field"] == "until"
 
 
+@asynccontextmanager
+async def from_address(
+    stack: RulesStack, address: str | None = None
+) -> AsyncIterator[httpx.AsyncClient]:
+    """The rules API as seen from one client address (by default one no other test uses)."""
+    address = address or "10." + ".".join(str(byte) for byte in uuid.uuid4().bytes[:3])
+    transport = httpx.ASGITransport(app=stack.app, client=(address, 40000))
+    async with httpx.AsyncClient(transport=transport, base_url=RULES_URL) as client:
+        yield client
+
+
 class TestLoginThrottling:
     @pytest.fixture
     async def from_own_ip(self, stack: RulesStack) -> AsyncIterator[httpx.AsyncClient]:
-        """A console on a client IP no other test uses."""
-        address = f"10.{uuid.uuid4().int % 250}.{uuid.uuid4().int % 250}.{uuid.uuid4().int % 250}"
-        transport = httpx.ASGITransport(app=stack.app, client=(address, 40000))
-        async with httpx.AsyncClient(transport=transport, base_url=RULES_URL) as client:
+        async with from_address(stack) as client:
             yield client
 
     @staticmethod
@@ -574,18 +585,47 @@ class TestLoginThrottling:
         assert 0 < int(response.headers["Retry-After"]) <= 900
         assert "accessToken" not in response.json()
 
-    async def test_the_throttle_holds_across_client_addresses_for_one_email(
-        self, stack: RulesStack
+    async def test_strangers_guessing_a_known_email_never_lock_its_user_out(
+        self, stack: RulesStack, from_own_ip: httpx.AsyncClient
     ) -> None:
         organisation = await stack.seeder.organisation()
-        for n in range(5):
-            transport = httpx.ASGITransport(app=stack.app, client=(f"192.0.2.{n + 1}", 1))
-            async with httpx.AsyncClient(transport=transport, base_url=RULES_URL) as client:
-                await self.attempt(client, organisation.email.upper(), "wrong")
+        for n in range(3):
+            async with from_address(stack, f"192.0.2.{n + 1}") as stranger:
+                for _ in range(8):
+                    await self.attempt(stranger, organisation.email.upper(), "wrong")
 
-        response = await self.attempt(stack.http, organisation.email, PASSWORD)
+        response = await self.attempt(from_own_ip, organisation.email, PASSWORD)
 
-        assert response.status_code == 429
+        assert response.status_code == 200, response.text
+
+    async def test_guesses_sent_at_once_get_the_free_attempts_and_no_more(
+        self, from_own_ip: httpx.AsyncClient, stack: RulesStack
+    ) -> None:
+        organisation = await stack.seeder.organisation()
+
+        responses = await asyncio.gather(
+            *(self.attempt(from_own_ip, organisation.email, "wrong") for _ in range(20))
+        )
+
+        statuses = sorted(response.status_code for response in responses)
+        assert statuses == [401] * 5 + [429] * 15
+
+    async def test_each_attempt_past_the_free_ones_waits_twice_as_long(
+        self, from_own_ip: httpx.AsyncClient, stack: RulesStack
+    ) -> None:
+        organisation = await stack.seeder.organisation()
+        for _ in range(5):
+            await self.attempt(from_own_ip, organisation.email, "wrong")
+        first_wait = await self.attempt(from_own_ip, organisation.email, "wrong")
+        await asyncio.sleep(int(first_wait.headers["Retry-After"]))
+        after_waiting = await self.attempt(from_own_ip, organisation.email, "wrong")
+        second_wait = await self.attempt(from_own_ip, organisation.email, PASSWORD)
+
+        assert first_wait.status_code == 429
+        assert first_wait.headers["Retry-After"] == "1"
+        assert after_waiting.status_code == 401
+        assert second_wait.status_code == 429
+        assert second_wait.headers["Retry-After"] == "2"
 
     async def test_a_success_resets_the_count(
         self, from_own_ip: httpx.AsyncClient, stack: RulesStack
@@ -606,8 +646,8 @@ class TestLoginThrottling:
         for _ in range(6):
             await self.attempt(from_own_ip, organisation.email, "wrong")
         await stack.runtime.pool.execute(
-            "UPDATE login_attempts SET window_started_at = now() - interval '16 minutes'"
-            " WHERE key = $1",
+            "UPDATE sign_in_attempts SET last_attempt_at = now() - interval '16 minutes'"
+            " WHERE key LIKE '% ' || $1",
             organisation.email.lower(),
         )
 
@@ -628,6 +668,49 @@ class TestLoginThrottling:
 
         assert response.status_code == 429
         assert elsewhere.status_code == 200
+
+
+class TestTokenThrottling:
+    async def test_a_flood_of_wrong_secrets_is_slowed_down_and_the_client_still_gets_tokens(
+        self, stack: RulesStack, tenant: Tenant
+    ) -> None:
+        wrong = Client(tenant.client.client_id, "not-the-secret")
+        async with from_address(stack) as attacker:
+            flood = await asyncio.gather(*(request_token(attacker, wrong) for _ in range(40)))
+            jwks = await attacker.get(JWKS_PATH)
+        async with from_address(stack) as partner:
+            token = await request_token(partner, tenant.client)
+
+        statuses = sorted(response.status_code for response in flood)
+        limit = stack.settings.token_max_attempts_per_client
+        assert statuses == [401] * limit + [429] * (40 - limit)
+        refused = next(response for response in flood if response.status_code == 429)
+        assert refused.json()["error"] == "slow_down"
+        assert int(refused.headers["Retry-After"]) >= 1
+        assert jwks.status_code == 200
+        assert token.status_code == 200, token.text
+
+    async def test_one_address_trying_many_client_ids_is_slowed_down(
+        self, stack: RulesStack, tenant: Tenant, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        limit = 4  # of the default 100, which would take long to spend on argon2 checks
+        monkeypatch.setattr(stack.settings, "token_max_attempts_per_ip", limit)
+        async with from_address(stack) as scanner:
+            for n in range(limit):
+                await request_token(scanner, Client(f"cli_guess{n}", "wrong"))
+            refused = await request_token(scanner, tenant.client)
+
+        assert refused.status_code == 429
+
+    async def test_successes_from_a_shared_address_never_use_up_its_allowance(
+        self, stack: RulesStack, tenant: Tenant, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        limit = 4
+        monkeypatch.setattr(stack.settings, "token_max_attempts_per_ip", limit)
+        async with from_address(stack) as office:
+            answers = [await request_token(office, tenant.client) for _ in range(limit + 5)]
+
+        assert {answer.status_code for answer in answers} == {200}
 
 
 class TestSigningKeyRotation:

@@ -1,0 +1,96 @@
+"""Throttling of sign-in attempts: business users' logins and API clients' token requests.
+
+Attempts are counted by who tries from where: an address with the e-mail
+address or client id it tries, and the address alone with a larger allowance.
+So a stranger guessing a known e-mail address slows down only their own
+attempts at it, never the user's from anywhere else, while one address
+guessing many accounts is slowed down too. Each key has a few free attempts;
+after those, each attempt must wait twice as long after the one before (1 s,
+2 s, 4 s, ...) up to a longest wait, and a key left alone for that long starts
+afresh. An attempt is counted *before* its secret is checked, under the key's
+row lock, so guesses sent at once on several replicas cannot slip past.
+
+The address is the peer's, or the one a trusted proxy names
+(``TRUSTED_PROXIES``); behind a proxy that is not trusted, every attempt seems
+to come from the proxy and shares its allowance.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import asyncpg
+
+from services.rules import repository as sql
+
+#: How many idle keys a new key's first attempt clears away, keeping the table small.
+PURGED_PER_NEW_KEY = 100
+
+
+@dataclass(frozen=True)
+class Throttle:
+    """How many attempts a key gets freely, and the longest any attempt waits."""
+
+    free_attempts: int
+    longest_wait_seconds: float
+
+    def wait_after(self, attempts: int) -> float:
+        """Seconds the next attempt must wait after the last of ``attempts``."""
+        beyond = attempts - self.free_attempts
+        if beyond < 0:
+            return 0.0
+        return min(2.0 ** min(beyond, 62), self.longest_wait_seconds)
+
+
+@dataclass(frozen=True)
+class Key:
+    """One counter: its scope (``login``, ``login-ip``, ``token``, ``token-ip``), its key
+    within the scope and the throttle that applies to it."""
+
+    scope: str
+    key: str
+    throttle: Throttle
+
+
+async def take_attempt(connection: asyncpg.Connection, keys: list[Key]) -> int | None:
+    """Count one attempt against every key, in one transaction; None when it may go
+    ahead, else the whole seconds to wait (and nothing is counted)."""
+    async with connection.transaction():
+        counts: list[int] = []
+        waits: list[float] = []
+        for key in keys:
+            added = await connection.execute(sql.ADD_SIGN_IN_KEY, key.scope, key.key)
+            if added.endswith(" 1"):
+                await connection.execute(
+                    sql.PURGE_IDLE_SIGN_IN_KEYS, key.throttle.longest_wait_seconds
+                )
+            row = await connection.fetchrow(sql.SIGN_IN_KEY_FOR_UPDATE, key.scope, key.key)
+            idle = row["idle_seconds"]
+            attempts = 0 if idle >= key.throttle.longest_wait_seconds else row["attempts"]
+            waits.append(key.throttle.wait_after(attempts) - idle)
+            counts.append(attempts + 1)
+        wait = max(waits)
+        if wait > 0:
+            return max(1, math.ceil(wait))
+        for key, count in zip(keys, counts, strict=True):
+            await connection.execute(sql.COUNT_SIGN_IN_ATTEMPT, key.scope, key.key, count)
+    return None
+
+
+async def succeeded(connection: asyncpg.Connection, keys: list[Key]) -> None:
+    """After a successful sign-in: the tried account's key starts afresh, and the
+    address alone gets its attempt back (colleagues behind one address share it)."""
+    personal, *address = keys
+    await connection.execute(sql.FORGET_SIGN_IN_KEY, personal.scope, personal.key)
+    for key in address:
+        await connection.execute(sql.GIVE_BACK_SIGN_IN_ATTEMPT, key.scope, key.key)
+
+
+def keys_for(
+    kind: str, address: str | None, subject: str, personal: Throttle, per_address: Throttle
+) -> list[Key]:
+    """The counters of one attempt of ``kind`` (``login`` or ``token``) at ``subject``
+    (an e-mail address, lower case, or a client id) from ``address``."""
+    where = address or "unknown"
+    return [Key(kind, f"{where} {subject}", personal), Key(f"{kind}-ip", where, per_address)]
