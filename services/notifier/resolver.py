@@ -59,6 +59,9 @@ class BoundedResolver:
             ) from None
         except (socket.gaierror, UnicodeError) as error:
             raise UnreachableTarget(f"cannot resolve {host}: {error}") from error
+        except asyncio.CancelledError:  # the notifier is stopping
+            lookup.add_done_callback(lambda done: _forget(done, lambda: None))
+            raise
         # An IPv6 link-local answer may carry a zone ("fe80::1%eth0"); the zone
         # does not change what kind of address it is.
         addresses = [ipaddress.ip_address(str(info[4][0]).split("%", 1)[0]) for info in infos]
