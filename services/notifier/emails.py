@@ -7,6 +7,7 @@ It carries exactly what the share request carries; no secret ever reaches it.
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass
 from email.headerregistry import Address
 from email.message import EmailMessage
@@ -109,15 +110,14 @@ async def send_message(
     settings: NotifierSettings, message: bytes, recipients: tuple[str, ...]
 ) -> dict[str, aiosmtplib.SMTPResponse]:
     """Send one stored message; returns the recipients the server refused (if it
-    accepted the others). Raises aiosmtplib's errors for everything else."""
+    accepted the others). Raises aiosmtplib's errors for everything else, and
+    TimeoutError when the server has not greeted within ``smtp_connect_timeout``
+    or the whole conversation has not ended within ``smtp_timeout``."""
     if settings.smtp_url is None:
         raise aiosmtplib.SMTPConnectError("SMTP_URL is not set")
     server = SmtpServer.from_url(settings.smtp_url, start_tls=settings.smtp_starttls)
     password = settings.smtp_password.get_secret_value() if settings.smtp_password else None
-    refused, _ = await aiosmtplib.send(
-        message,
-        sender=envelope_sender(settings.mail_from),
-        recipients=list(recipients),
+    smtp = aiosmtplib.SMTP(
         hostname=server.hostname,
         port=server.port,
         use_tls=server.use_tls,
@@ -126,6 +126,15 @@ async def send_message(
         password=password,
         timeout=settings.smtp_timeout,
     )
+    async with asyncio.timeout(settings.smtp_timeout):
+        await smtp.connect(timeout=settings.smtp_connect_timeout)
+        try:
+            refused, _ = await smtp.sendmail(
+                envelope_sender(settings.mail_from), list(recipients), message
+            )
+            await smtp.quit()
+        finally:
+            smtp.close()
     return refused
 
 

@@ -59,32 +59,53 @@ ON CONFLICT DO NOTHING
 RETURNING id
 """
 
-# SKIP LOCKED lets workers (in this and other replicas) claim different rows
-# without waiting on each other; the lease keeps the row theirs while they send
-# outside any transaction, and counting the attempt now means a callback that
-# crashes its sender still runs out of attempts.
+# Fair claiming. Each organisation's oldest due delivery of the kind is a
+# candidate (organisations at their limit in this process, and hosts at theirs,
+# are left out); the one whose organisation has the fewest deliveries in flight
+# here goes first, the oldest among equals. SKIP LOCKED lets workers (in this
+# and other replicas) claim different rows without waiting on each other, and
+# the lease conditions are repeated beside FOR UPDATE so a row another replica
+# claimed since this statement's snapshot is re-checked and passed over. The
+# lease keeps the row theirs while they send outside any transaction, and
+# counting the attempt now means a callback that crashes its sender still runs
+# out of attempts.
 CLAIM_DUE = """
-WITH due AS (
-    SELECT id FROM deliveries
-    WHERE status = 'pending'
-      AND next_attempt_at <= now()
-      AND (locked_until IS NULL OR locked_until <= now())
-      AND host <> ALL($2::text[])
-    ORDER BY next_attempt_at
+WITH candidates AS (
+    SELECT DISTINCT ON (d.org_id) d.id, d.org_id, d.next_attempt_at
+    FROM deliveries AS d
+    WHERE d.status = 'pending'
+      AND d.kind = $2
+      AND d.next_attempt_at <= now()
+      AND (d.locked_until IS NULL OR d.locked_until <= now())
+      AND d.org_id <> ALL($5::text[])
+      AND NOT EXISTS (
+          SELECT 1 FROM unnest($6::text[], $7::text[]) AS full_host(org_id, host)
+          WHERE full_host.org_id = d.org_id AND full_host.host = d.host
+      )
+    ORDER BY d.org_id, d.next_attempt_at
+),
+due AS (
+    SELECT d.id
+    FROM deliveries AS d
+    JOIN candidates AS c ON c.id = d.id
+    LEFT JOIN unnest($3::text[], $4::int[]) AS busy(org_id, in_flight)
+           ON busy.org_id = c.org_id
+    WHERE d.status = 'pending' AND (d.locked_until IS NULL OR d.locked_until <= now())
+    ORDER BY coalesce(busy.in_flight, 0), c.next_attempt_at
     LIMIT 1
-    FOR UPDATE SKIP LOCKED
+    FOR UPDATE OF d SKIP LOCKED
 )
 UPDATE deliveries AS d
 SET locked_until = now() + $1::interval, attempts = d.attempts + 1, updated_at = now()
 FROM due WHERE d.id = due.id
-RETURNING d.id, d.kind, d.event_id, d.client_id, d.request_id, d.url, d.host, d.body,
-          d.attempts, d.notification_id, d.recipients
+RETURNING d.id, d.kind, d.event_id, d.org_id, d.client_id, d.request_id, d.url, d.host,
+          d.body, d.attempts, d.notification_id, d.recipients
 """
 
 SECONDS_UNTIL_DUE = """
 SELECT EXTRACT(EPOCH FROM min(greatest(next_attempt_at, coalesce(locked_until, next_attempt_at)))
        - now())::float8
-FROM deliveries WHERE status = 'pending'
+FROM deliveries WHERE status = 'pending' AND kind = $1
 """
 
 # Each statement below names the attempt it records, so a worker whose lease
@@ -161,6 +182,7 @@ class ClaimedDelivery:
 
     id: int
     event_id: UUID
+    org_id: str
     body: bytes
     attempt: int
 
@@ -268,17 +290,35 @@ async def insert_email(connection: asyncpg.Connection, email: NewEmail) -> bool:
 
 
 async def claim_due(
-    pool: asyncpg.Pool, *, lease_seconds: float, skip_hosts: list[str]
+    pool: asyncpg.Pool,
+    *,
+    kind: str,
+    lease_seconds: float,
+    in_flight: dict[str, int],
+    full_organisations: list[str],
+    full_hosts: list[tuple[str, str]],
 ) -> ClaimedCallback | ClaimedEmail | None:
-    """Lease the most overdue delivery not bound for one of ``skip_hosts``."""
+    """Lease the fairest due delivery of ``kind``: from the organisation with the fewest
+    deliveries ``in_flight``, never one of ``full_organisations`` or ``full_hosts``
+    (organisation, host)."""
     async with pool.acquire() as connection, connection.transaction():
-        row = await connection.fetchrow(CLAIM_DUE, _interval(lease_seconds), skip_hosts)
+        row = await connection.fetchrow(
+            CLAIM_DUE,
+            _interval(lease_seconds),
+            kind,
+            list(in_flight),
+            list(in_flight.values()),
+            full_organisations,
+            [org_id for org_id, _ in full_hosts],
+            [host for _, host in full_hosts],
+        )
     if row is None:
         return None
     if row["kind"] == "email":
         return ClaimedEmail(
             id=row["id"],
             event_id=row["event_id"],
+            org_id=row["org_id"],
             body=bytes(row["body"]),
             attempt=row["attempts"],
             notification_id=row["notification_id"],
@@ -287,6 +327,7 @@ async def claim_due(
     return ClaimedCallback(
         id=row["id"],
         event_id=row["event_id"],
+        org_id=row["org_id"],
         body=bytes(row["body"]),
         attempt=row["attempts"],
         client_id=row["client_id"],
@@ -296,8 +337,8 @@ async def claim_due(
     )
 
 
-async def seconds_until_due(pool: asyncpg.Pool) -> float | None:
-    seconds: float | None = await pool.fetchval(SECONDS_UNTIL_DUE)
+async def seconds_until_due(pool: asyncpg.Pool, kind: str) -> float | None:
+    seconds: float | None = await pool.fetchval(SECONDS_UNTIL_DUE, kind)
     return seconds
 
 

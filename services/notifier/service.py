@@ -3,10 +3,11 @@
 A points result that names a callback URL, and a share-email request, each
 become a ``deliveries`` row (``kind`` callback or email) in the same
 transaction that records the event in the inbox, so a redelivered event
-queues nothing twice. One pool of delivery workers leases due rows of both
-kinds and sends them outside any transaction: a callback is checked against
-SSRF, signed with the client's derived secret and POSTed; an e-mail goes to
-the SMTP server as stored. Success ends the delivery; a temporary failure
+queues nothing twice. Delivery workers, one pool per kind, lease due rows
+fairly across organisations and send them outside any transaction: a
+callback's host is resolved within ``dns_timeout_seconds`` and checked against
+SSRF, the body signed with the client's derived secret and POSTed; an e-mail
+goes to the SMTP server as stored. Success ends the delivery; a temporary failure
 schedules the next attempt from ``retry_schedule_seconds`` until the schedule
 runs out and the delivery is parked for an operator; a permanent refusal (an
 SMTP 5xx) marks it failed at once.
@@ -16,13 +17,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import ipaddress
 import json
 import logging
 import random
 import socket
 import time
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC
 from typing import Any
@@ -44,6 +46,7 @@ from infra import inbox
 from infra.logging import get_logger
 from infra.signing import EVENT_ID_HEADER, SIGNATURE_HEADER, derive_signing_secret, sign
 from services.notifier import emails, repository
+from services.notifier.fairness import WorkerPool
 from services.notifier.metrics import AttemptOutcomeLabel, DeliveryMetrics
 from services.notifier.repository import (
     UNKNOWN_CLIENT_ERROR,
@@ -53,6 +56,7 @@ from services.notifier.repository import (
     NewDelivery,
     NewEmail,
 )
+from services.notifier.resolver import BoundedResolver, GetAddrInfo, IPAddress, UnreachableTarget
 from services.notifier.settings import NotifierSettings
 
 log = get_logger(__name__)
@@ -60,8 +64,6 @@ log = get_logger(__name__)
 ALLOWED_SCHEMES = frozenset({"http", "https"})
 JITTER = 0.1
 USER_AGENT = "points-notifier/1"
-
-IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
 #: The log event (``callback.<name>``, ``email.<name>``) of each attempt outcome; the
 #: names predate the metrics and operators' log queries rely on them.
@@ -271,10 +273,6 @@ class RefusedTarget(Exception):
     """A callback URL the notifier will never call: the delivery is parked."""
 
 
-class UnreachableTarget(Exception):
-    """A callback host that cannot be resolved now; the attempt fails and is retried."""
-
-
 @dataclass(frozen=True)
 class CallbackTarget:
     """A vetted callback URL, pinned to the address that was checked.
@@ -307,11 +305,15 @@ def refusal_reason(address: IPAddress, *, allow_loopback: bool) -> str | None:
     return next((name for name, applies in checks if applies), None)
 
 
-async def vet_callback_url(url: str, *, allow_loopback: bool) -> CallbackTarget:
+#: Resolves a host and port to addresses, or raises :class:`UnreachableTarget`.
+Resolve = Callable[[str, int], Awaitable[list[IPAddress]]]
+
+
+async def vet_callback_url(url: str, *, allow_loopback: bool, resolve: Resolve) -> CallbackTarget:
     """Resolve ``url``'s host and refuse it unless every address is public.
 
     Raises :class:`RefusedTarget` for URLs that can never be called and
-    :class:`UnreachableTarget` when the name does not resolve now.
+    :class:`UnreachableTarget` when the name does not resolve now (in time).
     """
     try:
         parsed = httpx.URL(url)
@@ -323,7 +325,7 @@ async def vet_callback_url(url: str, *, allow_loopback: bool) -> CallbackTarget:
     if not host:
         raise RefusedTarget("callback URL has no host")
     port = parsed.port or (443 if parsed.scheme == "https" else 80)
-    addresses = await _resolve(host, port)
+    addresses = await resolve(host, port)
     for address in addresses:
         reason = refusal_reason(address, allow_loopback=allow_loopback)
         if reason is not None:
@@ -333,20 +335,6 @@ async def vet_callback_url(url: str, *, allow_loopback: bool) -> CallbackTarget:
         host_header=parsed.netloc.decode("ascii"),
         extensions={"sni_hostname": host} if parsed.scheme == "https" else {},
     )
-
-
-async def _resolve(host: str, port: int) -> list[IPAddress]:
-    loop = asyncio.get_running_loop()
-    try:
-        infos = await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM)
-    except (socket.gaierror, UnicodeError) as error:
-        raise UnreachableTarget(f"cannot resolve {host}: {error}") from error
-    # An IPv6 link-local answer may carry a zone ("fe80::1%eth0"); the zone
-    # does not change what kind of address it is.
-    addresses = [ipaddress.ip_address(str(info[4][0]).split("%", 1)[0]) for info in infos]
-    if not addresses:
-        raise UnreachableTarget(f"{host} has no addresses")
-    return addresses
 
 
 # --- delivery -------------------------------------------------------------------------
@@ -388,44 +376,14 @@ def _is_permanent(code: int | None) -> bool:
     return code is not None and 500 <= code < 600
 
 
-class HostLimiter:
-    """At most ``limit`` concurrent callbacks per receiving host.
-
-    Workers do not claim deliveries for a host that is at its limit (see
-    :meth:`saturated`), so one slow receiver cannot tie up every worker; the
-    semaphore still holds the limit when two workers race for the last slot.
-    """
-
-    def __init__(self, limit: int, on_slot_freed: Callable[[], None]) -> None:
-        self._limit = limit
-        self._on_slot_freed = on_slot_freed
-        self._users: dict[str, int] = {}
-        self._slots: dict[str, asyncio.Semaphore] = {}
-
-    def saturated(self) -> list[str]:
-        return [host for host, users in self._users.items() if users >= self._limit]
-
-    @contextlib.asynccontextmanager
-    async def slot(self, host: str) -> AsyncIterator[None]:
-        self._users[host] = self._users.get(host, 0) + 1
-        semaphore = self._slots.setdefault(host, asyncio.Semaphore(self._limit))
-        try:
-            async with semaphore:
-                yield
-        finally:
-            was_saturated = self._users[host] >= self._limit
-            self._users[host] -= 1
-            if not self._users[host]:
-                del self._users[host], self._slots[host]
-            if was_saturated:
-                self._on_slot_freed()
-
-
 class DeliveryDispatcher:
-    """Delivers queued callbacks and e-mails with ``settings.workers`` concurrent workers.
+    """Delivers queued callbacks (``settings.workers``) and e-mails (``settings.email_workers``).
 
     Workers lease one due delivery at a time with ``FOR UPDATE SKIP LOCKED``,
-    so any number of notifier replicas can run them side by side.
+    so any number of notifier replicas can run them side by side. Each kind has
+    its own workers, and within a kind an organisation has at most
+    ``per_organisation_concurrency`` deliveries in flight, the organisation with
+    the fewest going first (see :mod:`services.notifier.fairness`).
     """
 
     def __init__(
@@ -434,25 +392,43 @@ class DeliveryDispatcher:
         *,
         transport: httpx.AsyncBaseTransport | None = None,
         metrics: DeliveryMetrics | None = None,
+        getaddrinfo: GetAddrInfo = socket.getaddrinfo,
     ) -> None:
         self._settings = settings
         self._transport = transport
         self.metrics = metrics or DeliveryMetrics()
-        self._wake = asyncio.Event()
-        self._hosts = HostLimiter(settings.per_host_concurrency, self.wake)
+        self._callbacks = WorkerPool(
+            "callback",
+            settings.workers,
+            settings.per_organisation_concurrency,
+            per_host=settings.per_host_concurrency,
+        )
+        self._emails = WorkerPool(
+            "email", settings.email_workers, settings.per_organisation_concurrency
+        )
+        # An abandoned lookup keeps a thread until the system resolver gives up; each
+        # organisation holds at most its share of them (see resolver.py), so there are
+        # threads to spare for the others.
+        self._resolver = BoundedResolver(
+            settings.dns_timeout_seconds, threads=4 * settings.workers, getaddrinfo=getaddrinfo
+        )
         self._pool: asyncpg.Pool | None = None
         self._http: httpx.AsyncClient | None = None
         self._workers: list[asyncio.Task[None]] = []
 
-    @property
-    def _lease_seconds(self) -> float:
+    def _lease_seconds(self, pool: WorkerPool) -> float:
         # Longer than any attempt can take, so a live sender never loses its lease.
-        longest = max(self._settings.total_timeout, self._settings.smtp_timeout)
-        return longest + self._settings.lease_grace_seconds
+        settings = self._settings
+        if pool.kind == "email":
+            longest = settings.smtp_timeout
+        else:
+            longest = settings.dns_timeout_seconds + settings.total_timeout
+        return longest + settings.lease_grace_seconds
 
     def wake(self) -> None:
         """Tell idle workers that a delivery may be due now."""
-        self._wake.set()
+        self._callbacks.wake.set()
+        self._emails.wake.set()
 
     async def start(self, pool: asyncpg.Pool) -> None:
         settings = self._settings
@@ -470,10 +446,16 @@ class DeliveryDispatcher:
             headers={"User-Agent": USER_AGENT},
         )
         self._workers = [
-            asyncio.create_task(self._work(), name=f"notifier-delivery-worker-{number}")
-            for number in range(settings.workers)
+            asyncio.create_task(self._work(pool), name=f"notifier-{pool.kind}-worker-{number}")
+            for pool in (self._callbacks, self._emails)
+            for number in range(pool.workers)
         ]
-        log.info("delivery.workers.started", workers=settings.workers)
+        log.info(
+            "delivery.workers.started",
+            workers=settings.workers,
+            email_workers=settings.email_workers,
+            per_organisation=self._callbacks.organisations.limit,
+        )
 
     async def stop(self) -> None:
         """Stop the workers; a delivery cut off mid-send is retried when its lease ends."""
@@ -481,35 +463,49 @@ class DeliveryDispatcher:
             worker.cancel()
         await asyncio.gather(*self._workers, return_exceptions=True)
         self._workers = []
+        self._resolver.close()
         if self._http is not None:
             await self._http.aclose()
             self._http = None
 
-    async def _work(self) -> None:
+    async def _work(self, pool: WorkerPool) -> None:
         while True:
             try:
-                delivery = await self._next_due()
+                delivery = await self._next_due(pool)
                 if delivery is not None:
-                    await self._attempt(delivery)
+                    try:
+                        await self._attempt(delivery)
+                    finally:
+                        pool.give_back(delivery.org_id, _host_of(delivery))
             except Exception as error:  # a worker outlives a database hiccup
                 log.warning("delivery.worker.error", error=str(error) or type(error).__name__)
                 await asyncio.sleep(self._settings.poll_interval_seconds)
 
-    async def _next_due(self) -> ClaimedCallback | ClaimedEmail | None:
-        """Lease a due delivery, or sleep until one may be due and return None."""
-        pool = self._require_pool()
-        self._wake.clear()
-        delivery = await repository.claim_due(
-            pool, lease_seconds=self._lease_seconds, skip_hosts=self._hosts.saturated()
-        )
-        if delivery is None:
-            seconds = await repository.seconds_until_due(pool)
-            poll = self._settings.poll_interval_seconds
-            # Due but unclaimed means its host is saturated: a freed slot wakes us.
-            timeout = poll if seconds is None or seconds <= 0 else min(poll, seconds)
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), timeout)
-        return delivery
+    async def _next_due(self, pool: WorkerPool) -> ClaimedCallback | ClaimedEmail | None:
+        """Lease the fairest due delivery and take its organisation's slot, or sleep until
+        one may be due and return None."""
+        database = self._require_pool()
+        pool.wake.clear()
+        # One claim at a time per process, so the slot counts the claim sees are exact.
+        async with pool.claiming:
+            delivery = await repository.claim_due(
+                database,
+                kind=pool.kind,
+                lease_seconds=self._lease_seconds(pool),
+                in_flight=pool.organisations.in_flight(),
+                full_organisations=pool.organisations.full(),
+                full_hosts=pool.full_hosts(),
+            )
+            if delivery is not None:
+                pool.take(delivery.org_id, _host_of(delivery))
+                return delivery
+        seconds = await repository.seconds_until_due(database, pool.kind)
+        poll = self._settings.poll_interval_seconds
+        # Due but unclaimed means its organisation or host is full: a freed slot wakes us.
+        timeout = poll if seconds is None or seconds <= 0 else min(poll, seconds)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(pool.wake.wait(), timeout)
+        return None
 
     async def _attempt(self, delivery: ClaimedCallback | ClaimedEmail) -> None:
         if isinstance(delivery, ClaimedEmail):
@@ -536,11 +532,23 @@ class DeliveryDispatcher:
             )
         return AttemptOutcome(250, None)
 
+    def _resolve_for(self, org_id: str) -> Resolve:
+        """Resolution on ``org_id``'s behalf: a lookup it abandons keeps one of its slots."""
+        slots = self._callbacks.organisations
+
+        def hold_a_slot() -> Callable[[], None]:
+            slots.take(org_id)
+            return lambda: slots.give_back(org_id)
+
+        return functools.partial(self._resolver.resolve, on_orphaned=hold_a_slot)
+
     async def _attempt_callback(self, delivery: ClaimedCallback) -> None:
         pool = self._require_pool()
         try:
             target = await vet_callback_url(
-                delivery.url, allow_loopback=self._settings.is_development
+                delivery.url,
+                allow_loopback=self._settings.is_development,
+                resolve=self._resolve_for(delivery.org_id),
             )
         except RefusedTarget as refused:
             await repository.park(pool, delivery, status_code=None, error=str(refused))
@@ -556,10 +564,9 @@ class DeliveryDispatcher:
         secret = derive_signing_secret(
             self._settings.callback_signing_key, delivery.client_id, salt
         )
-        async with self._hosts.slot(delivery.host):
-            started = time.perf_counter()
-            outcome = await self._post(target, delivery, sign(secret, delivery.body))
-            self.metrics.observe_send("callback", time.perf_counter() - started)
+        started = time.perf_counter()
+        outcome = await self._post(target, delivery, sign(secret, delivery.body))
+        self.metrics.observe_send("callback", time.perf_counter() - started)
         await self._record(delivery, outcome)
 
     async def _post(
@@ -664,6 +671,10 @@ def _log_outcome(outcome: str, delivery: ClaimedCallback | ClaimedEmail, **field
         host=delivery.host,
         **fields,
     )
+
+
+def _host_of(delivery: ClaimedCallback | ClaimedEmail) -> str | None:
+    return delivery.host if isinstance(delivery, ClaimedCallback) else None
 
 
 def _ids(delivery: ClaimedDelivery) -> dict[str, Any]:

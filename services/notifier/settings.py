@@ -38,20 +38,43 @@ class NotifierSettings(ServiceSettings):
         default=5.0, gt=0, description="Seconds to open a connection to a callback URL."
     )
     total_timeout: float = Field(
-        default=15.0, gt=0, description="Seconds one callback attempt may take in all."
+        default=15.0,
+        gt=0,
+        description="Seconds one callback attempt may take in all, once its host is "
+        "resolved (connecting included).",
     )
     lease_grace_seconds: float = Field(
         default=60.0,
         gt=0,
         description="How long a delivery's lease outlives its longest possible attempt "
-        "(`total_timeout` or `smtp_timeout`); a delivery whose notifier died mid-send is "
+        "(`dns_timeout_seconds` plus `total_timeout` for a callback, `smtp_timeout` for an "
+        "e-mail); a delivery whose notifier died mid-send is "
         "retried once the lease has run out.",
     )
+    dns_timeout_seconds: float = Field(
+        default=3.0,
+        gt=0,
+        description="Seconds to resolve a callback URL's host; a name that has no answer by "
+        "then fails the attempt, which is retried on the schedule.",
+    )
     workers: int = Field(
-        default=4, ge=1, description="Concurrent deliveries (callbacks and e-mails)."
+        default=8,
+        ge=1,
+        description="Concurrent callback deliveries (share e-mails have their own "
+        "`email_workers`, so neither can starve the other).",
+    )
+    email_workers: int = Field(default=2, ge=1, description="Concurrent share e-mail deliveries.")
+    per_organisation_concurrency: int = Field(
+        default=2,
+        ge=1,
+        description="Most callbacks, and separately most e-mails, one organisation may have "
+        "in flight in this process; capped at one less than `workers` (or `email_workers`), "
+        "so another organisation always finds a free worker.",
     )
     per_host_concurrency: int = Field(
-        default=4, ge=1, description="Concurrent deliveries to one receiving host."
+        default=4,
+        ge=1,
+        description="Concurrent callbacks from one organisation to one receiving host.",
     )
     poll_interval_seconds: float = Field(
         default=1.0,
@@ -75,8 +98,13 @@ class NotifierSettings(ServiceSettings):
     )
     smtp_username: str | None = Field(default=None, description="SMTP login, if any.")
     smtp_password: SecretStr | None = Field(default=None, description="SMTP password, if any.")
+    smtp_connect_timeout: float = Field(
+        default=10.0,
+        gt=0,
+        description="Seconds to resolve, connect to and be greeted by the SMTP server.",
+    )
     smtp_timeout: float = Field(
-        default=30.0, gt=0, description="Seconds one SMTP conversation may take."
+        default=30.0, gt=0, description="Seconds one SMTP conversation may take in all."
     )
     mail_from: str = Field(
         default="Points platform <no-reply@points.localhost>",

@@ -9,12 +9,13 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import socket
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, TypeVar
 
 import httpx
 import pytest
@@ -39,6 +40,7 @@ from services.notifier import service
 from services.notifier.api import deliveries_router
 from services.notifier.app import MIGRATIONS, create_notifier
 from services.notifier.metrics import DeliveryMetrics
+from services.notifier.resolver import GetAddrInfo
 from services.notifier.service import DeliveryDispatcher
 from services.notifier.settings import NotifierSettings
 
@@ -104,12 +106,23 @@ class CallbackReceiver:
             writer.close()
 
 
+Server = TypeVar("Server", bound=CallbackReceiver)
+
+
+@asynccontextmanager
+async def serving(server: Server) -> AsyncIterator[Server]:
+    """``server`` listening on 127.0.0.1 for as long as the block runs."""
+    await server.start()
+    try:
+        yield server
+    finally:
+        await server.stop()
+
+
 @pytest.fixture
 async def receiver() -> AsyncIterator[CallbackReceiver]:
-    server = CallbackReceiver()
-    await server.start()
-    yield server
-    await server.stop()
+    async with serving(CallbackReceiver()) as server:
+        yield server
 
 
 # --- the notifier without Kafka: its database, workers and service calls ------------------
@@ -165,10 +178,12 @@ class RunningCallbacks:
 
 
 @asynccontextmanager
-async def running_callbacks(settings: NotifierSettings) -> AsyncIterator[RunningCallbacks]:
+async def running_callbacks(
+    settings: NotifierSettings, *, getaddrinfo: GetAddrInfo = socket.getaddrinfo
+) -> AsyncIterator[RunningCallbacks]:
     runtime = ServiceRuntime(settings, schema="notifier", migrations=MIGRATIONS, relay=False)
     metrics = DeliveryMetrics(runtime.metrics.registry)
-    dispatcher = DeliveryDispatcher(settings, metrics=metrics)
+    dispatcher = DeliveryDispatcher(settings, metrics=metrics, getaddrinfo=getaddrinfo)
     runtime.metrics.before_scrape(lambda: metrics.refresh(runtime.pool))
     await runtime.start()
     await dispatcher.start(runtime.pool)

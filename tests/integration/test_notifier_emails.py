@@ -13,6 +13,7 @@ import logging
 import secrets
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from email.message import EmailMessage
 from email.policy import default
@@ -83,14 +84,23 @@ class ScriptedSmtpHandler:
         return "250 Message accepted for delivery"
 
 
-@pytest.fixture
-def scripted_smtp() -> Iterator[tuple[ScriptedSmtpHandler, str]]:
-    handler = ScriptedSmtpHandler()
+@contextmanager
+def serving_smtp(handler: object) -> Iterator[str]:
+    """A real SMTP server on 127.0.0.1 answering through ``handler``; its ``smtp://`` URL."""
     port = free_port()
     controller = Controller(handler, hostname="127.0.0.1", port=port)
     controller.start()
-    yield handler, f"smtp://127.0.0.1:{port}"
-    controller.stop()
+    try:
+        yield f"smtp://127.0.0.1:{port}"
+    finally:
+        controller.stop()
+
+
+@pytest.fixture
+def scripted_smtp() -> Iterator[tuple[ScriptedSmtpHandler, str]]:
+    handler = ScriptedSmtpHandler()
+    with serving_smtp(handler) as url:
+        yield handler, url
 
 
 # --- the notifier and its share requests ----------------------------------------------------

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import ipaddress
 import json
 import secrets
@@ -14,9 +13,10 @@ from pydantic import ValidationError
 
 from contracts import PointsResult
 from infra.signing import DEVELOPMENT_SIGNING_KEY
+from services.notifier.fairness import SlotCounter, organisation_limit
 from services.notifier.metrics import DeliveryMetrics
+from services.notifier.resolver import BoundedResolver
 from services.notifier.service import (
-    HostLimiter,
     RefusedTarget,
     callback_body,
     callback_host,
@@ -113,9 +113,21 @@ class TestRefusalReason:
         assert refusal_reason(ipaddress.ip_address("10.0.0.1"), allow_loopback=True) == "private"
 
 
+async def system_resolve(
+    host: str, port: int
+) -> list[ipaddress.IPv4Address | ipaddress.IPv6Address]:
+    resolver = BoundedResolver(timeout=5.0, threads=1)
+    try:
+        return await resolver.resolve(host, port, on_orphaned=lambda: lambda: None)
+    finally:
+        resolver.close()
+
+
 class TestVetCallbackUrl:
     async def test_pins_a_public_https_target_and_keeps_its_name_for_host_and_tls(self) -> None:
-        target = await vet_callback_url("https://93.184.216.34:8443/cb?x=1", allow_loopback=False)
+        target = await vet_callback_url(
+            "https://93.184.216.34:8443/cb?x=1", allow_loopback=False, resolve=system_resolve
+        )
 
         assert str(target.url) == "https://93.184.216.34:8443/cb?x=1"
         assert target.host_header == "93.184.216.34:8443"
@@ -135,33 +147,33 @@ class TestVetCallbackUrl:
     )
     async def test_refuses_what_production_must_never_call(self, url: str) -> None:
         with pytest.raises(RefusedTarget):
-            await vet_callback_url(url, allow_loopback=False)
+            await vet_callback_url(url, allow_loopback=False, resolve=system_resolve)
 
     def test_callback_host_is_lower_cased_and_empty_when_missing(self) -> None:
         assert callback_host("https://Partner.Example:8443/x") == "partner.example"
         assert callback_host("not a url") == ""
 
 
-class TestHostLimiter:
-    async def test_a_host_at_its_limit_is_saturated_until_a_slot_frees(self) -> None:
+class TestSlotCounter:
+    def test_a_key_at_its_limit_is_full_until_a_slot_is_given_back(self) -> None:
         freed: list[bool] = []
-        limiter = HostLimiter(2, lambda: freed.append(True))
-        release = asyncio.Event()
+        slots: SlotCounter[str] = SlotCounter(2, lambda: freed.append(True))
+        for org_id in ("org-tarpit", "org-tarpit", "org-other"):
+            slots.take(org_id)
 
-        async def hold(host: str) -> None:
-            async with limiter.slot(host):
-                await release.wait()
+        full = slots.full()
+        slots.give_back("org-tarpit")
 
-        holders = [asyncio.create_task(hold("slow.example")) for _ in range(2)]
-        other = asyncio.create_task(hold("fast.example"))
-        await asyncio.sleep(0)
-        saturated = limiter.saturated()
-        release.set()
-        await asyncio.gather(*holders, other)
-
-        assert saturated == ["slow.example"]
-        assert limiter.saturated() == []
+        assert full == ["org-tarpit"]
+        assert slots.full() == []
+        assert slots.in_flight() == {"org-tarpit": 1, "org-other": 1}
         assert freed == [True]
+
+    def test_an_organisation_never_gets_every_worker_while_there_are_two(self) -> None:
+        assert organisation_limit(per_organisation=2, workers=8) == 2
+        assert organisation_limit(per_organisation=8, workers=8) == 7
+        assert organisation_limit(per_organisation=2, workers=2) == 1
+        assert organisation_limit(per_organisation=2, workers=1) == 1
 
 
 class TestNotifierSettings:

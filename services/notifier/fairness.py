@@ -1,0 +1,94 @@
+"""Fair shares of the delivery workers: how many deliveries each organisation has in flight.
+
+A worker asks the database for the next due delivery of an organisation that
+is not at its limit, preferring the organisation with the fewest deliveries in
+flight in this process (oldest first among equals). So an organisation whose
+receivers hang holds at most its limit of workers, and the others' deliveries
+go ahead of its queue rather than behind it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Hashable
+from dataclasses import dataclass, field
+from typing import Generic, TypeVar
+
+Key = TypeVar("Key", bound=Hashable)
+
+
+class SlotCounter(Generic[Key]):
+    """Deliveries in flight per key (an organisation, or an organisation's receiving
+    host), at most ``limit`` each.
+
+    Workers claim under one lock and take the slot before releasing it, so the
+    limit holds exactly within a process; ``on_slot_freed`` wakes the workers
+    that found every due delivery's key full.
+    """
+
+    def __init__(self, limit: int, on_slot_freed: Callable[[], None]) -> None:
+        self.limit = limit
+        self._on_slot_freed = on_slot_freed
+        self._in_flight: dict[Key, int] = {}
+
+    def in_flight(self) -> dict[Key, int]:
+        return dict(self._in_flight)
+
+    def full(self) -> list[Key]:
+        return [key for key, count in self._in_flight.items() if count >= self.limit]
+
+    def take(self, key: Key) -> None:
+        self._in_flight[key] = self._in_flight.get(key, 0) + 1
+
+    def give_back(self, key: Key) -> None:
+        was_full = self._in_flight[key] >= self.limit
+        self._in_flight[key] -= 1
+        if not self._in_flight[key]:
+            del self._in_flight[key]
+        if was_full:
+            self._on_slot_freed()
+
+
+def organisation_limit(per_organisation: int, workers: int) -> int:
+    """An organisation's share of ``workers``: never all of them while there are two."""
+    return max(1, min(per_organisation, workers - 1))
+
+
+@dataclass
+class WorkerPool:
+    """One kind of delivery's workers, with the organisations' (and receiving hosts') slots.
+
+    Callbacks and e-mails each have a pool, so a hanging callback receiver never
+    delays a share e-mail and a slow SMTP conversation never delays a callback.
+    """
+
+    kind: str
+    workers: int
+    per_organisation: int
+    per_host: int | None = None
+    wake: asyncio.Event = field(default_factory=asyncio.Event)
+    claiming: asyncio.Lock = field(default_factory=asyncio.Lock)
+    organisations: SlotCounter[str] = field(init=False)
+    hosts: SlotCounter[tuple[str, str]] | None = field(init=False)
+
+    def __post_init__(self) -> None:
+        limit = organisation_limit(self.per_organisation, self.workers)
+        self.organisations = SlotCounter(limit, self.wake.set)
+        # A host is counted per organisation: one organisation's traffic to a shared
+        # receiving host must not hold back another's.
+        self.hosts = None if self.per_host is None else SlotCounter(self.per_host, self.wake.set)
+
+    def full_hosts(self) -> list[tuple[str, str]]:
+        return [] if self.hosts is None else self.hosts.full()
+
+    def take(self, org_id: str, host: str | None) -> None:
+        """Count a claimed delivery against its organisation (and receiving host)."""
+        self.organisations.take(org_id)
+        if self.hosts is not None and host is not None:
+            self.hosts.take((org_id, host))
+
+    def give_back(self, org_id: str, host: str | None) -> None:
+        """The delivery's attempt is over: free its slots."""
+        if self.hosts is not None and host is not None:
+            self.hosts.give_back((org_id, host))
+        self.organisations.give_back(org_id)
