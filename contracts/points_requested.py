@@ -6,6 +6,7 @@ from uuid import UUID
 from pydantic import AwareDatetime, Field
 
 from contracts.envelope import ContractModel, EventEnvelope
+from contracts.limits import MAX_POINTS
 from contracts.rules_lifecycle import RuleType
 from contracts.topics import POINTS_REQUESTED
 
@@ -28,7 +29,11 @@ class PointsRequested(ContractModel):
     )
     user_id: str = Field(min_length=1, description="Member whose points move.")
     type: RuleType = Field(description="Earn adds points to the member; redeem takes them away.")
-    amount: int = Field(gt=0, description="Number of points to move; always positive.")
+    amount: int = Field(
+        gt=0,
+        le=MAX_POINTS,
+        description="Number of points to move; always positive, at most 2**53 - 1.",
+    )
     callback_url: str | None = Field(
         default=None, description="Where the outcome is posted; null for no callback."
     )

@@ -12,6 +12,7 @@ from uuid import UUID
 from pydantic import AwareDatetime, Field, model_validator
 
 from contracts.envelope import ContractModel, EventEnvelope
+from contracts.limits import MAX_POINTS
 from contracts.points_requested import member_key
 from contracts.rules_lifecycle import RuleType
 from contracts.topics import POINTS_RESULTS
@@ -37,14 +38,18 @@ class PointsResult(ContractModel):
     rule_id: str = Field(min_length=1, description="Rule that was triggered.")
     user_id: str = Field(min_length=1, description="Member whose points moved (or would have).")
     type: RuleType = Field(description="Whether points were to be earned or redeemed.")
-    amount: int = Field(gt=0, description="Number of points requested; always positive.")
+    amount: int = Field(
+        gt=0, le=MAX_POINTS, description="Number of points requested; always positive."
+    )
     status: PointsResultStatus = Field(
         description="`applied` when the points moved; `rejected` when nothing changed; "
         "`reversed` when an operator later reversed the applied request."
     )
     reason: str | None = Field(
         default=None,
-        description="Machine code of why a request was rejected, such as `INSUFFICIENT_BALANCE`.",
+        description="Machine code of why a request was rejected: `INSUFFICIENT_BALANCE`, "
+        "`BALANCE_LIMIT_EXCEEDED` (it would take an account past a documented limit), "
+        "`PROCESSING_FAILED`; readers accept codes they do not know.",
     )
     balance: int | None = Field(
         default=None, ge=0, description="The member's balance after the request; null if unknown."

@@ -44,6 +44,7 @@ from pydantic import BaseModel, ValidationError
 
 from contracts import Environment
 from infra import quarantine
+from infra.errors import ConcurrentUpdateConflict
 from infra.logging import get_logger
 
 log = get_logger(__name__)
@@ -62,7 +63,9 @@ TRANSIENT_FIRST_SECONDS = 0.2
 TRANSIENT_MOST_SECONDS = 10.0
 
 #: Failures another attempt may cure: PostgreSQL or Kafka away or failing over, a
-#: timeout, a conflict between transactions, a server short of resources. A
+#: timeout, a conflict between transactions (PostgreSQL's, or one the code
+#: recognised in a constraint, :class:`ConcurrentUpdateConflict`), a server short
+#: of resources. A
 #: statement that names what the schema lacks (class 42) is here too: that is a
 #: deployment out of step with its migrations, which quarantining every message
 #: would only hide.
@@ -75,6 +78,7 @@ TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
     asyncpg.OperatorInterventionError,
     asyncpg.InsufficientResourcesError,
     asyncpg.TransactionRollbackError,
+    ConcurrentUpdateConflict,
     asyncpg.LockNotAvailableError,
     asyncpg.ReadOnlySQLTransactionError,
     asyncpg.PostgresSystemError,

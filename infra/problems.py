@@ -16,6 +16,8 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from infra.errors import ConcurrentUpdateConflict
+
 PROBLEM_JSON = "application/problem+json"
 
 
@@ -93,8 +95,10 @@ def install_problem_handlers(app: FastAPI) -> None:
     @app.exception_handler(asyncpg.InterfaceError)
     @app.exception_handler(asyncpg.OperatorInterventionError)
     @app.exception_handler(asyncpg.InsufficientResourcesError)
+    @app.exception_handler(ConcurrentUpdateConflict)
     async def _unavailable(_: Request, error: Exception) -> JSONResponse:
-        # The database is down or unreachable: say so, and let the caller retry.
+        # The database is down or unreachable, or this request lost a race another
+        # attempt resolves: say so, and let the caller retry.
         return problem_response(
             Problem(
                 "the service cannot record requests right now; retry later",

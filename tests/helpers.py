@@ -14,7 +14,7 @@ import contextlib
 import os
 import tempfile
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
 from datetime import timedelta
@@ -23,6 +23,7 @@ from typing import Any, TypeVar
 
 import asyncpg
 import httpx
+from aiokafka import AIOKafkaProducer
 
 from infra import db
 from infra.dev.launcher import RunningPlatform, free_port, start_platform
@@ -214,6 +215,22 @@ async def login(http: httpx.AsyncClient, email: str, password: str = PASSWORD) -
 
 def bearer(token: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {token}"}
+
+
+async def produce(
+    bootstrap_servers: str, topic: str, events: Sequence[Any], *, key: bytes | None = None
+) -> None:
+    """Produce ``events`` (contract events) to ``topic`` in order, each on its own key
+    unless ``key`` puts them all on one partition."""
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap_servers, acks="all")
+    await producer.start()
+    try:
+        for event in events:
+            await producer.send_and_wait(
+                topic, event.model_dump_json().encode(), key=key or event.key().encode()
+            )
+    finally:
+        await producer.stop()
 
 
 async def eventually(

@@ -16,8 +16,12 @@ from uuid import UUID
 import asyncpg
 
 from infra.db import array_columns
+from infra.errors import ConcurrentUpdateConflict
 
 AccountKind = Literal["member", "pool"]
+
+#: The constraint (migration 0005) keeping a pool within ±MAX_POOL_BALANCE.
+POOL_LIMIT_CONSTRAINT = "pool_balance_within_limit"
 
 
 class AccountKey(NamedTuple):
@@ -317,9 +321,21 @@ async def add_to_balances(connection: asyncpg.Connection, changes: dict[int, int
     The members must be locked already (:func:`lock_accounts`); the pools are
     locked here, in id order. Call it as late as possible before the commit, so a
     busy rule's pool stays locked only while the transaction finishes.
+
+    The service decided on the pools' balances as last committed, unlocked: when a
+    concurrent transaction has since moved a pool so far that this change would
+    take it past its limit, the database refuses it, and this raises
+    :class:`ConcurrentUpdateConflict`, for the caller to try again on fresh balances.
     """
     await connection.execute(LOCK_POOLS, list(changes))
-    await connection.execute(ADD_TO_BALANCES, list(changes), list(changes.values()))
+    try:
+        await connection.execute(ADD_TO_BALANCES, list(changes), list(changes.values()))
+    except asyncpg.CheckViolationError as error:
+        if error.constraint_name != POOL_LIMIT_CONSTRAINT:
+            raise
+        raise ConcurrentUpdateConflict(
+            "a concurrent transaction moved a pool this one adds to near its limit"
+        ) from error
 
 
 async def member_balance(

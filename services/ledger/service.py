@@ -26,6 +26,7 @@ from contracts import (
     PointsResultEvent,
     member_key,
 )
+from contracts.limits import MAX_MEMBER_BALANCE, MAX_POOL_BALANCE
 from infra import inbox, outbox
 from infra.consumers import is_transient
 from infra.logging import get_logger
@@ -37,6 +38,8 @@ from services.ledger.repository import Account, AccountKey, TransactionRow
 log = get_logger(__name__)
 
 INSUFFICIENT_BALANCE = "INSUFFICIENT_BALANCE"
+#: The reason of a request that would take an account past its limit (contracts.limits).
+BALANCE_LIMIT_EXCEEDED = "BALANCE_LIMIT_EXCEEDED"
 #: The reason of a request the ledger could not process and quarantined.
 PROCESSING_FAILED = "PROCESSING_FAILED"
 ENVIRONMENTS: tuple[str, ...] = get_args(Environment)
@@ -92,24 +95,37 @@ def decide(
     """Apply ``events`` in order to ``balances`` (updated in place), deciding each.
 
     Earn moves points from the rule's pool to the member; redeem moves them
-    back, and is rejected when the member's balance cannot cover it.
+    back, and is rejected when the member's balance cannot cover it. Either is
+    rejected when it would take the member or the pool past its limit.
     """
     outcomes = []
     for event in events:
         member, pool = member_account(event), pool_account(event)
         amount = event.data.amount
-        if event.data.type == "redeem" and balances[member] < amount:
-            outcomes.append(
-                Outcome(event, "rejected", INSUFFICIENT_BALANCE, balances[member], entries=())
-            )
-            continue
         signed = amount if event.data.type == "earn" else -amount
+        reason = refusal(balances[member] + signed, balances[pool] - signed)
+        if reason is not None:
+            outcomes.append(Outcome(event, "rejected", reason, balances[member], entries=()))
+            continue
         balances[member] += signed
         balances[pool] -= signed
         outcomes.append(
             Outcome(event, "applied", None, balances[member], ((pool, -signed), (member, signed)))
         )
     return outcomes
+
+
+def refusal(member_balance: int, pool_balance: int) -> str | None:
+    """Why a movement that leaves these balances is refused, or None when it may be applied.
+
+    A balance already past its limit (written before the limits existed) takes
+    only a movement that ends within it, as the database's constraints do.
+    """
+    if member_balance < 0:
+        return INSUFFICIENT_BALANCE
+    if member_balance > MAX_MEMBER_BALANCE or abs(pool_balance) > MAX_POOL_BALANCE:
+        return BALANCE_LIMIT_EXCEEDED
+    return None
 
 
 #: Fewest requests worth a part of their own: below that a transaction's fixed cost
@@ -336,6 +352,12 @@ class ReversalIdInUse(Problem):
     title = "Reversal id already used"
 
 
+class ReversalPastLimit(Problem):
+    status = 409
+    code = BALANCE_LIMIT_EXCEEDED
+    title = "Reversal would pass a balance limit"
+
+
 class RoleForbidden(Problem):
     status = 403
     code = "FORBIDDEN"
@@ -391,7 +413,9 @@ async def reverse_transaction(
     rule's pool. An original is reversed at most once: any later call, with
     this or another ``reversal_id``, returns the first outcome and changes
     nothing. Raises :class:`TransactionNotFound`, :class:`NotReversible`
-    (rejected transactions and reversals) or :class:`ReversalIdInUse`.
+    (rejected transactions and reversals), :class:`ReversalIdInUse` or
+    :class:`ReversalPastLimit` (the member's or the pool's balance would pass its
+    limit, see :mod:`contracts.limits`).
     """
     assert connection.is_in_transaction(), (
         "reverse_transaction must run in the caller's transaction"
@@ -424,6 +448,11 @@ async def reverse_transaction(
     balance = accounts[member].balance
     # To the member: back what a redeem took; back from an earn what is left of it.
     to_member = amount if original["type"] == "redeem" else -min(amount, balance)
+    if refusal(balance + to_member, accounts[pool].balance - to_member) is not None:
+        raise ReversalPastLimit(
+            f"reversing transaction {transaction_id} would take the member's or the rule's "
+            "balance past its limit; nothing was changed"
+        )
     row = repository.ReversalRow(
         id=reversal_id,
         environment=environment,

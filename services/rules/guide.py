@@ -15,6 +15,7 @@ from pathlib import Path
 import jinja2
 from markupsafe import Markup, escape
 
+from contracts.limits import MAX_MEMBER_BALANCE, MAX_POINTS, MAX_POOL_BALANCE
 from infra import request_signing
 from infra.signing import DEFAULT_TOLERANCE_SECONDS, EVENT_ID_HEADER, SIGNATURE_HEADER
 from services.rules.settings import RulesSettings
@@ -237,4 +238,7 @@ def render_integration_guide(settings: RulesSettings, environment: str) -> str:
         request_signature_window=request_signing.DEFAULT_WINDOW_SECONDS,
         pss_salt_bytes=request_signing.PSS_SALT_BYTES,
         min_rsa_bits=request_signing.MIN_RSA_BITS,
+        max_points=MAX_POINTS,
+        max_member_balance=MAX_MEMBER_BALANCE,
+        max_pool_balance=MAX_POOL_BALANCE,
     )

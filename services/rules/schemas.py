@@ -9,12 +9,9 @@ import asyncpg
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, model_validator
 from pydantic.alias_generators import to_camel
 
+from contracts.limits import MAX_POINTS
 from contracts.notifications_requested import EmailAddress
 from services.rules.service import ShareDetails, display_status
-
-#: The most points a cap or limit may name: exact in every JSON client, and within
-#: PostgreSQL's bigint with room for the sums built on it.
-MAX_POINTS = 2**53 - 1
 
 
 class CamelModel(BaseModel):

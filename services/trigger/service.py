@@ -42,6 +42,7 @@ from contracts import (
     PointsResultEvent,
     RuleLifecycleEvent,
 )
+from contracts.limits import MAX_POINTS
 from infra import outbox
 from infra.db import PLAN_FOR_THESE_VALUES, array_columns
 from infra.logging import get_logger
@@ -58,9 +59,8 @@ from services.trigger import repository as sql
 log = get_logger(__name__)
 
 USER_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:@+-]{0,127}")
-#: The largest amount accepted: every JSON client represents it exactly, and cap
-#: sums built from such amounts stay far inside PostgreSQL's bigint.
-MAX_AMOUNT = 2**53 - 1
+#: The largest amount accepted (see :mod:`contracts.limits`).
+MAX_AMOUNT = MAX_POINTS
 
 
 class Refused(Problem):

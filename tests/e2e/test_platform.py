@@ -69,29 +69,45 @@ async def business_with_an_active_rule(
     client = platform.points(
         "client", "create", "--org", org["id"], "--environment", "staging", "--name", "App"
     )
-    rules_url = platform.urls["rules"]
     login = await http.post(
-        f"{rules_url}/v1/auth/login", json={"email": email, "password": password}
+        f"{platform.urls['rules']}/v1/auth/login", json={"email": email, "password": password}
     )
     assert login.status_code == 200, login.text
     console = {"Authorization": f"Bearer {login.json()['accessToken']}"}
+    rule_id = await active_rule(
+        platform, http, console, client["clientId"], rule_name, capMax=10_000
+    )
+    return Business(org["id"], client, rule_id, console)
+
+
+async def active_rule(
+    platform: Platform,
+    http: httpx.AsyncClient,
+    console: dict[str, str],
+    client_id: str,
+    name: str,
+    **extra: Any,
+) -> str:
+    """The id of a new staging earn rule that ``client_id`` may trigger, activated by the
+    business user signed in as ``console``; ``extra`` adds fields (``capMax=…``)."""
+    rules_url = platform.urls["rules"]
     created = await http.post(
         f"{rules_url}/v1/rules",
         headers=console,
         json={
-            "name": rule_name,
+            "name": name,
             "type": "earn",
             "environment": "staging",
             "apiTrigger": True,
-            "authorizedClientIds": [client["clientId"]],
-            "capMax": 10_000,
+            "authorizedClientIds": [client_id],
+            **extra,
         },
     )
     assert created.status_code == 201, created.text
-    rule_id = created.json()["id"]
+    rule_id: str = created.json()["id"]
     activated = await http.post(f"{rules_url}/v1/rules/{rule_id}/activate", headers=console)
     assert activated.json()["status"] == "active", activated.text
-    return Business(org["id"], client, rule_id, console)
+    return rule_id
 
 
 class TestAnEarnTriggerTravelsThroughThePlatform:

@@ -33,8 +33,11 @@ from infra.tokens import API_AUDIENCE, JWKS_PATH, REALM_PATH, JwksVerifier
 from services.ledger.app import Ledger, create_ledger
 from services.ledger.service import PROCESSING_FAILED, apply_batch, verify_ledger
 from services.ledger.settings import LedgerSettings
+from tests.helpers import produce
 
 ISSUER_URL = "http://issuer.test"
+#: A key under which a test's requests share a partition, so they share a batch too.
+SHARED_PARTITION = b"staging:org-1:shared-partition"
 
 
 class TestIssuer:
@@ -255,17 +258,8 @@ class TestARequestTheLedgerCannotApply:
         servers = ledger.settings.kafka_bootstrap_servers
         # Meets its contract, but no B-tree index can hold a member id this long.
         unstorable = points_requested(10, user_id=base64.b64encode(os.urandom(6_000)).decode())
-        key = b"staging:org-1:shared-partition"
         after = points_requested(30, user_id="member-after")
-        producer = AIOKafkaProducer(bootstrap_servers=servers, acks="all")
-        await producer.start()
-        try:
-            for event in (unstorable, after):
-                await producer.send_and_wait(
-                    POINTS_REQUESTED, event.model_dump_json().encode(), key=key
-                )
-        finally:
-            await producer.stop()
+        await produce(servers, POINTS_REQUESTED, [unstorable, after], key=SHARED_PARTITION)
 
         results = await results_by_transaction(servers, 2, timeout=30)
 

@@ -17,7 +17,6 @@ from typing import Any
 import httpx
 import pytest
 import pytest_asyncio
-from aiokafka import AIOKafkaProducer
 
 from contracts import ALL_TOPICS, POINTS_RESULTS, PointsResult, PointsResultEvent
 from infra.dev.kafka import create_topics
@@ -31,6 +30,7 @@ from tests.helpers import (
     bearer,
     eventually,
     login,
+    produce,
     rules_settings,
     rules_stack,
     rules_transaction,
@@ -259,17 +259,7 @@ async def test_an_applied_result_published_to_the_broker_shows_in_cap_used(
             # The same member's results share a partition, so they arrive in this order:
             # once the last one is counted, the redelivery before it has been handled too.
             published = [event, event, result(tenant, rule["id"], 5)]
-            producer = AIOKafkaProducer(bootstrap_servers=kafka_bootstrap_servers, acks="all")
-            await producer.start()
-            try:
-                for message in published:
-                    await producer.send_and_wait(
-                        POINTS_RESULTS,
-                        value=message.model_dump_json().encode(),
-                        key=message.key().encode(),
-                    )
-            finally:
-                await producer.stop()
+            await produce(kafka_bootstrap_servers, POINTS_RESULTS, published)
 
             async def all_counted() -> dict[str, Any] | None:
                 seen = await read_rule(http, tenant, rule["id"])

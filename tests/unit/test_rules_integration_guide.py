@@ -19,6 +19,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
 import infra.problems
 import services.trigger
+from contracts.limits import MAX_MEMBER_BALANCE, MAX_POINTS, MAX_POOL_BALANCE
 from infra.http import Unauthorized
 from infra.request_signing import SIGNATURE_HEADER as REQUEST_SIGNATURE_HEADER
 from infra.request_signing import TIMESTAMP_HEADER, public_pem
@@ -165,6 +166,21 @@ class TestTheGuidePage:
             "RateLimit-Remaining",
             "RateLimit-Reset",
             "/v1/points/requests/{requestId}",
+        ):
+            assert phrase in page
+
+    async def test_the_page_lists_every_failure_reason_and_the_limits(
+        self, http: httpx.AsyncClient
+    ) -> None:
+        page = readable(await guide(http, "production"))
+
+        for phrase in (
+            "INSUFFICIENT_BALANCE",
+            "BALANCE_LIMIT_EXCEEDED",
+            "PROCESSING_FAILED",
+            str(MAX_POINTS),
+            str(MAX_MEMBER_BALANCE),
+            str(MAX_POOL_BALANCE),
         ):
             assert phrase in page
 
