@@ -31,6 +31,7 @@ from infra import inbox, outbox
 from infra.consumers import is_transient
 from infra.logging import get_logger
 from infra.problems import Problem
+from infra.storable import BIGINT_MAX
 from infra.tokens import Principal
 from services.ledger import repository
 from services.ledger.repository import Account, AccountKey, TransactionRow
@@ -634,9 +635,11 @@ def decode_cursor(cursor: str) -> int:
     try:
         text = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
         prefix, _, seq = text.partition(":")
-        if prefix != "seq":
+        position = int(seq)
+        # A sequence past bigint is no cursor this API returned, and PostgreSQL refuses it.
+        if prefix != "seq" or not 0 <= position <= BIGINT_MAX:
             raise ValueError(text)
-        return int(seq)
+        return position
     except (ValueError, binascii.Error, UnicodeDecodeError) as error:
         raise InvalidCursor("cursor is not one this API returned") from error
 

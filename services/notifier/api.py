@@ -7,13 +7,14 @@ from datetime import datetime
 from typing import Annotated, Any, Literal
 from uuid import UUID
 
-from fastapi import APIRouter, Depends, Query, Request
+from fastapi import APIRouter, Depends, Path, Query, Request
 from pydantic import BaseModel, ConfigDict, Field
 from pydantic.alias_generators import to_camel
 
 from infra.http import Forbidden, bearer_token
 from infra.problems import Problem
 from infra.runtime import ServiceRuntime
+from infra.storable import BIGINT_MAX
 from services.notifier import service
 from services.notifier.service import DeliveryDispatcher
 from services.notifier.settings import NotifierSettings
@@ -86,7 +87,9 @@ def deliveries_router(
         return {"items": rows}
 
     @router.post("/{delivery_id}/replay", status_code=202)
-    async def replay_delivery(delivery_id: int) -> dict[str, Any]:
+    async def replay_delivery(
+        delivery_id: Annotated[int, Path(ge=1, le=BIGINT_MAX)],
+    ) -> dict[str, Any]:
         """Send a parked or failed delivery again, with a fresh retry schedule."""
         if not await service.replay_delivery(runtime.pool, delivery_id):
             raise DeliveryNotParked(

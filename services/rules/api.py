@@ -14,10 +14,10 @@ import asyncpg
 import jwt
 from fastapi import APIRouter, Depends, Query, Request, Response
 from fastapi.responses import HTMLResponse, JSONResponse
-from pydantic import AwareDatetime
 
 from infra.http import Forbidden, Unauthorized, bearer_token
 from infra.logging import get_logger
+from infra.storable import BIGINT_MAX, StorableDatetime
 from infra.tokens import ALGORITHM, JWKS_PATH, REALM_PATH, TOKEN_PATH
 from services.rules import service, sessions
 from services.rules.guide import render_integration_guide
@@ -531,11 +531,15 @@ async def audit_log(
     tx: Tx,
     rule_id: Annotated[str | None, Query(alias="ruleId", max_length=100)] = None,
     actor: Annotated[str | None, Query(max_length=100)] = None,
-    since: Annotated[AwareDatetime | None, Query(description="From this time (ISO 8601).")] = None,
-    until: Annotated[
-        AwareDatetime | None, Query(description="Before this time (ISO 8601).")
+    since: Annotated[
+        StorableDatetime | None, Query(description="From this time (ISO 8601).")
     ] = None,
-    before: Annotated[int | None, Query(ge=1, description="Lines older than this id.")] = None,
+    until: Annotated[
+        StorableDatetime | None, Query(description="Before this time (ISO 8601).")
+    ] = None,
+    before: Annotated[
+        int | None, Query(ge=1, le=BIGINT_MAX, description="Lines older than this id.")
+    ] = None,
     limit: Annotated[int, Query(ge=1, le=200)] = 50,
 ) -> dict[str, Any]:
     """The organisation's audit history, newest first, filtered by rule, actor and time."""

@@ -6,11 +6,12 @@ from datetime import datetime
 from typing import Any, Literal
 
 import asyncpg
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 from pydantic.alias_generators import to_camel
 
 from contracts.limits import MAX_POINTS
 from contracts.notifications_requested import EmailAddress
+from infra.storable import StorableDatetime
 from services.rules.service import ShareDetails, display_status
 
 
@@ -86,8 +87,8 @@ class RuleCreate(CamelModel):
     cap_max: int | None = Field(default=None, ge=1, le=MAX_POINTS)
     cap_per_member: int | None = Field(default=None, ge=1, le=MAX_POINTS)
     max_amount_per_request: int | None = Field(default=None, ge=1, le=MAX_POINTS)
-    starts_at: AwareDatetime | None = None
-    ends_at: AwareDatetime | None = None
+    starts_at: StorableDatetime | None = None
+    ends_at: StorableDatetime | None = None
 
 
 class RuleUpdate(CamelModel):
@@ -108,8 +109,8 @@ class RuleUpdate(CamelModel):
     cap_max: int | None = Field(default=None, ge=1, le=MAX_POINTS)
     cap_per_member: int | None = Field(default=None, ge=1, le=MAX_POINTS)
     max_amount_per_request: int | None = Field(default=None, ge=1, le=MAX_POINTS)
-    starts_at: AwareDatetime | None = None
-    ends_at: AwareDatetime | None = None
+    starts_at: StorableDatetime | None = None
+    ends_at: StorableDatetime | None = None
 
     @model_validator(mode="after")
     def _required_fields_are_not_cleared(self) -> RuleUpdate:

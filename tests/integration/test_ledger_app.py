@@ -477,6 +477,21 @@ class TestHistoryReads:
         assert response.status_code == 400
         assert response.json()["code"] == "INVALID_CURSOR"
 
+    @pytest.mark.parametrize("seq", [2**63, 10**30])
+    async def test_a_cursor_past_what_postgresql_stores_is_a_bad_request(
+        self, http: httpx.AsyncClient, issuer: TestIssuer, seq: int
+    ) -> None:
+        cursor = base64.urlsafe_b64encode(f"seq:{seq}".encode()).decode()
+
+        response = await http.get(
+            "/v1/members/member-1/transactions",
+            params={"environment": "staging", "cursor": cursor},
+            headers=bearer(issuer.token()),
+        )
+
+        assert response.status_code == 400
+        assert response.json()["code"] == "INVALID_CURSOR"
+
 
 def business_user(
     issuer: TestIssuer, role: str = "editor", org_id: str = "org-1"

@@ -574,6 +574,18 @@ class TestDeliveryLogs:
         assert [(text, line) for text in forbidden for line in lines if text in line] == []
 
 
+@asynccontextmanager
+async def operator_api(
+    settings: NotifierSettings, notifier: RunningCallbacks
+) -> AsyncIterator[httpx.AsyncClient]:
+    """An HTTP client of ``notifier``'s operator endpoints."""
+    app = create_http_app()
+    app.include_router(deliveries_router(settings, notifier.runtime, notifier.dispatcher))
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://notifier") as http:
+        yield http
+
+
 class TestOperatorEndpoints:
     async def test_an_operator_sees_a_parked_callback_and_replays_it(
         self, database_url: str, receiver: CallbackReceiver
@@ -582,22 +594,21 @@ class TestOperatorEndpoints:
         settings = notifier_settings(
             database_url, retry_schedule_seconds=(0.1,), operator_token="operator-token"
         )
-        async with running_callbacks(settings) as notifier:
-            app = create_http_app()
-            app.include_router(deliveries_router(settings, notifier.runtime, notifier.dispatcher))
-            transport = httpx.ASGITransport(app=app)
-            async with httpx.AsyncClient(transport=transport, base_url="http://notifier") as http:
-                await notifier.receive_client(client_event())
-                event = result_event(receiver.url())
-                await notifier.receive_result(event)
-                await notifier.wait_for_status(event, "parked")
-                auth = {"Authorization": "Bearer operator-token"}
-                anonymous = await http.get("/v1/deliveries", params={"status": "parked"})
-                listed = await http.get("/v1/deliveries", params={"status": "parked"}, headers=auth)
-                [item] = listed.json()["items"]
-                replayed = await http.post(f"/v1/deliveries/{item['id']}/replay", headers=auth)
-                await notifier.wait_for_status(event, "delivered")
-                again = await http.post(f"/v1/deliveries/{item['id']}/replay", headers=auth)
+        async with (
+            running_callbacks(settings) as notifier,
+            operator_api(settings, notifier) as http,
+        ):
+            await notifier.receive_client(client_event())
+            event = result_event(receiver.url())
+            await notifier.receive_result(event)
+            await notifier.wait_for_status(event, "parked")
+            auth = {"Authorization": "Bearer operator-token"}
+            anonymous = await http.get("/v1/deliveries", params={"status": "parked"})
+            listed = await http.get("/v1/deliveries", params={"status": "parked"}, headers=auth)
+            [item] = listed.json()["items"]
+            replayed = await http.post(f"/v1/deliveries/{item['id']}/replay", headers=auth)
+            await notifier.wait_for_status(event, "delivered")
+            again = await http.post(f"/v1/deliveries/{item['id']}/replay", headers=auth)
 
         assert anonymous.status_code == 401
         assert item["eventId"] == str(event.event_id)
@@ -605,6 +616,24 @@ class TestOperatorEndpoints:
         assert replayed.status_code == 202
         assert len(receiver.received) == 3
         assert again.status_code == 404
+
+    @pytest.mark.parametrize("delivery_id", [2**63, -(2**63) - 1])
+    async def test_a_delivery_id_no_bigint_holds_is_refused_as_invalid(
+        self, database_url: str, delivery_id: int
+    ) -> None:
+        settings = notifier_settings(database_url, operator_token="operator-token")
+        async with (
+            running_callbacks(settings) as notifier,
+            operator_api(settings, notifier) as http,
+        ):
+            replayed = await http.post(
+                f"/v1/deliveries/{delivery_id}/replay",
+                headers={"Authorization": "Bearer operator-token"},
+            )
+
+        assert replayed.status_code == 400
+        assert replayed.json()["code"] == "INVALID_REQUEST"
+        assert replayed.json()["errors"][0]["field"] == "path.delivery_id"
 
 
 async def publish_in_order(
