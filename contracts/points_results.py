@@ -14,6 +14,7 @@ from pydantic import AwareDatetime, Field, model_validator
 from contracts.envelope import ContractModel, EventEnvelope
 from contracts.points_requested import member_key
 from contracts.rules_lifecycle import RuleType
+from contracts.text import Text
 from contracts.topics import POINTS_RESULTS
 
 PointsResultStatus = Literal["applied", "rejected", "reversed"]
@@ -29,27 +30,27 @@ class PointsResult(ContractModel):
     (points of an earn the member had already spent, so kept).
     """
 
-    request_id: str = Field(
+    request_id: Text = Field(
         min_length=1, description="The developer's idempotency key, as in the request."
     )
     transaction_id: UUID = Field(description="Id of the transaction, as in the request.")
-    client_id: str = Field(min_length=1, description="API client that made the request.")
-    rule_id: str = Field(min_length=1, description="Rule that was triggered.")
-    user_id: str = Field(min_length=1, description="Member whose points moved (or would have).")
+    client_id: Text = Field(min_length=1, description="API client that made the request.")
+    rule_id: Text = Field(min_length=1, description="Rule that was triggered.")
+    user_id: Text = Field(min_length=1, description="Member whose points moved (or would have).")
     type: RuleType = Field(description="Whether points were to be earned or redeemed.")
     amount: int = Field(gt=0, description="Number of points requested; always positive.")
     status: PointsResultStatus = Field(
         description="`applied` when the points moved; `rejected` when nothing changed; "
         "`reversed` when an operator later reversed the applied request."
     )
-    reason: str | None = Field(
+    reason: Text | None = Field(
         default=None,
         description="Machine code of why a request was rejected, such as `INSUFFICIENT_BALANCE`.",
     )
     balance: int | None = Field(
         default=None, ge=0, description="The member's balance after the request; null if unknown."
     )
-    callback_url: str | None = Field(
+    callback_url: Text | None = Field(
         default=None, description="Where the notifier posts the outcome; null for no callback."
     )
     processed_at: AwareDatetime = Field(
