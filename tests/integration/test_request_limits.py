@@ -168,6 +168,17 @@ class TestNulInPathsAndQueries:
 
         assert (response.status_code, response.json()["error"]) == (400, "invalid_request")
 
+    async def test_basic_credentials_that_are_not_ascii_are_an_oauth_error(
+        self, services: Services
+    ) -> None:
+        response = await services.stack.rules_http.post(
+            "/realms/partner/protocol/openid-connect/token",
+            data={"grant_type": "client_credentials"},
+            headers={"authorization": "Basic \xe9t\xe9".encode("latin-1")},  # type: ignore[dict-item]
+        )
+
+        assert (response.status_code, response.json()["error"]) == (401, "invalid_client")
+
 
 def batching_context(services: Services) -> TriggerContext:
     """The gateway's coalescers on its database, one batch in flight, so that whatever
