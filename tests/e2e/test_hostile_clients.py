@@ -26,6 +26,7 @@ from hypothesis import strategies as st
 
 from infra.dev.launcher import RunningPlatform
 from tests.e2e.test_platform import Business, business_with_an_active_rule
+from tests.e2e.test_poison_messages import developer_headers
 from tests.helpers import eventually, running_platform
 
 pytestmark = pytest.mark.e2e
@@ -233,15 +234,7 @@ async def developer_of_an_active_rule(
 ) -> tuple[Business, dict[str, str]]:
     async with httpx.AsyncClient(timeout=10) as http:
         business = await business_with_an_active_rule(platform, http, "Hostile Inc", "Target")
-        token = await http.post(
-            f"{platform.urls['rules']}{TOKEN_PATH}",
-            data={
-                "grant_type": "client_credentials",
-                "client_id": business.client["clientId"],
-                "client_secret": business.client["clientSecret"],
-            },
-        )
-        developer = {"Authorization": f"Bearer {token.json()['access_token']}"}
+        developer = await developer_headers(platform, http, business)
 
         async def projected() -> bool:
             probe = await http.post(
