@@ -5,6 +5,7 @@ from typing import ClassVar, Literal, Self, get_args
 from pydantic import AwareDatetime, Field, model_validator
 
 from contracts.envelope import ContractModel, Environment, EventEnvelope
+from contracts.text import MultilineText, Text
 from contracts.topics import CLIENTS_LIFECYCLE
 
 ClientStatus = Literal["active", "revoked"]
@@ -25,12 +26,12 @@ class ClientSnapshot(ContractModel):
     key only the server side holds; the salt alone signs nothing.
     """
 
-    client_id: str = Field(min_length=1, description="The OAuth2 client id.")
-    org_id: str = Field(min_length=1, description="Organisation that owns the client.")
+    client_id: Text = Field(min_length=1, description="The OAuth2 client id.")
+    org_id: Text = Field(min_length=1, description="Organisation that owns the client.")
     environment: Environment = Field(description="The only environment the client may act in.")
-    name: str = Field(min_length=1, description="Name the operator gave the client.")
+    name: Text = Field(min_length=1, description="Name the operator gave the client.")
     status: ClientStatus = Field(description="Revoked clients can no longer trigger rules.")
-    signing_key_salt: str = Field(
+    signing_key_salt: Text = Field(
         min_length=1,
         description=(
             "Public, non-secret salt from which the notifier derives the client's"
@@ -40,7 +41,7 @@ class ClientSnapshot(ContractModel):
     rotated_at: AwareDatetime | None = Field(
         default=None, description="When the client's secret was last rotated; null if never."
     )
-    request_signing_key: str | None = Field(
+    request_signing_key: MultilineText | None = Field(
         default=None,
         max_length=16_384,
         pattern=r"^-----BEGIN PUBLIC KEY-----\n",

@@ -11,6 +11,8 @@ from uuid import UUID, uuid4
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, model_validator
 
+from contracts.text import Text
+
 Environment = Literal["staging", "production"]
 
 DataT = TypeVar("DataT", bound=BaseModel)
@@ -33,7 +35,7 @@ class EventEnvelope(ContractModel, Generic[DataT]):
     event_id: UUID = Field(
         description="Unique id of this event; consumers de-duplicate redeliveries on it."
     )
-    type: str = Field(description="Name of what happened, such as `rule.activated`.")
+    type: Text = Field(description="Name of what happened, such as `rule.activated`.")
     version: int = Field(ge=1, description="Version of the event's schema.")
     occurred_at: AwareDatetime = Field(
         description="When the event happened, as an ISO 8601 timestamp with a time zone."
@@ -41,8 +43,8 @@ class EventEnvelope(ContractModel, Generic[DataT]):
     environment: Environment = Field(
         description="Environment the event belongs to; staging and production never mix."
     )
-    org_id: str = Field(min_length=1, description="Organisation (tenant) the event belongs to.")
-    correlation_id: str = Field(
+    org_id: Text = Field(min_length=1, description="Organisation (tenant) the event belongs to.")
+    correlation_id: Text = Field(
         min_length=1,
         description="Id shared by every event and log line caused by the same original request.",
     )

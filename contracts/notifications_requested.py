@@ -7,6 +7,7 @@ from pydantic import Field, StringConstraints, model_validator
 
 from contracts.envelope import ContractModel, Environment, EventEnvelope
 from contracts.rules_lifecycle import RuleType
+from contracts.text import Text
 from contracts.topics import NOTIFICATIONS_REQUESTED
 
 ShareEmailRequestedType = Literal["notification.share_email.requested"]
@@ -14,7 +15,7 @@ ShareEmailRequestedType = Literal["notification.share_email.requested"]
 # Deliberately loose: one @, no spaces, a dot in the domain. Deliverability is
 # the mail server's call, not the contract's.
 EmailAddress = Annotated[
-    str, StringConstraints(pattern=r"^[^@\s]+@[^@\s]+\.[^@\s]+$", max_length=254)
+    Text, StringConstraints(pattern=r"^[^@\s]+@[^@\s]+\.[^@\s]+$", max_length=254)
 ]
 
 
@@ -25,20 +26,20 @@ class ShareEmailRequested(ContractModel):
     """
 
     notification_id: UUID = Field(description="Id of this email request.")
-    rule_id: str = Field(min_length=1, description="Id of the rule being shared.")
-    rule_name: str = Field(min_length=1, description="Name of the rule being shared.")
+    rule_id: Text = Field(min_length=1, description="Id of the rule being shared.")
+    rule_name: Text = Field(min_length=1, description="Name of the rule being shared.")
     rule_type: RuleType = Field(description="Whether the rule earns or redeems points.")
     environment: Environment = Field(description="Environment the rule lives in.")
-    url_endpoint: str = Field(
+    url_endpoint: Text = Field(
         min_length=1, description="Trigger gateway endpoint of the rule's environment."
     )
-    integration_guide_url: str = Field(
+    integration_guide_url: Text = Field(
         min_length=1, description="Link to the API Integration Guide."
     )
     recipients: tuple[EmailAddress, ...] = Field(
         min_length=1, max_length=20, description="Email addresses to send to (1 to 20)."
     )
-    requested_by: str = Field(
+    requested_by: Text = Field(
         min_length=1, description="Business user who asked for the email to be sent."
     )
 

@@ -8,6 +8,7 @@ from pydantic import AwareDatetime, Field
 from contracts.envelope import ContractModel, EventEnvelope
 from contracts.limits import MAX_POINTS
 from contracts.rules_lifecycle import RuleType
+from contracts.text import Text
 from contracts.topics import POINTS_REQUESTED
 
 PointsRequestedType = Literal["points.requested"]
@@ -16,25 +17,25 @@ PointsRequestedType = Literal["points.requested"]
 class PointsRequested(ContractModel):
     """A verified request to move a member's points, for the ledger to apply."""
 
-    request_id: str = Field(
+    request_id: Text = Field(
         min_length=1, description="The developer's idempotency key, unique per client."
     )
     transaction_id: UUID = Field(
         description="Id the gateway gave the transaction; the ledger records it as is."
     )
-    client_id: str = Field(min_length=1, description="API client that made the request.")
-    rule_id: str = Field(min_length=1, description="Rule that was triggered.")
+    client_id: Text = Field(min_length=1, description="API client that made the request.")
+    rule_id: Text = Field(min_length=1, description="Rule that was triggered.")
     rule_version: int = Field(
         ge=1, description="Version of the rule the request was checked against."
     )
-    user_id: str = Field(min_length=1, description="Member whose points move.")
+    user_id: Text = Field(min_length=1, description="Member whose points move.")
     type: RuleType = Field(description="Earn adds points to the member; redeem takes them away.")
     amount: int = Field(
         gt=0,
         le=MAX_POINTS,
         description="Number of points to move; always positive, at most 2**53 - 1.",
     )
-    callback_url: str | None = Field(
+    callback_url: Text | None = Field(
         default=None, description="Where the outcome is posted; null for no callback."
     )
     requested_at: AwareDatetime = Field(description="When the gateway accepted the request.")

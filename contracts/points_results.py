@@ -15,6 +15,7 @@ from contracts.envelope import ContractModel, EventEnvelope
 from contracts.limits import MAX_POINTS
 from contracts.points_requested import member_key
 from contracts.rules_lifecycle import RuleType
+from contracts.text import Text
 from contracts.topics import POINTS_RESULTS
 
 PointsResultStatus = Literal["applied", "rejected", "reversed"]
@@ -30,13 +31,13 @@ class PointsResult(ContractModel):
     (points of an earn the member had already spent, so kept).
     """
 
-    request_id: str = Field(
+    request_id: Text = Field(
         min_length=1, description="The developer's idempotency key, as in the request."
     )
     transaction_id: UUID = Field(description="Id of the transaction, as in the request.")
-    client_id: str = Field(min_length=1, description="API client that made the request.")
-    rule_id: str = Field(min_length=1, description="Rule that was triggered.")
-    user_id: str = Field(min_length=1, description="Member whose points moved (or would have).")
+    client_id: Text = Field(min_length=1, description="API client that made the request.")
+    rule_id: Text = Field(min_length=1, description="Rule that was triggered.")
+    user_id: Text = Field(min_length=1, description="Member whose points moved (or would have).")
     type: RuleType = Field(description="Whether points were to be earned or redeemed.")
     amount: int = Field(
         gt=0, le=MAX_POINTS, description="Number of points requested; always positive."
@@ -45,7 +46,7 @@ class PointsResult(ContractModel):
         description="`applied` when the points moved; `rejected` when nothing changed; "
         "`reversed` when an operator later reversed the applied request."
     )
-    reason: str | None = Field(
+    reason: Text | None = Field(
         default=None,
         description="Machine code of why a request was rejected: `INSUFFICIENT_BALANCE`, "
         "`BALANCE_LIMIT_EXCEEDED` (it would take an account past a documented limit), "
@@ -54,7 +55,7 @@ class PointsResult(ContractModel):
     balance: int | None = Field(
         default=None, ge=0, description="The member's balance after the request; null if unknown."
     )
-    callback_url: str | None = Field(
+    callback_url: Text | None = Field(
         default=None, description="Where the notifier posts the outcome; null for no callback."
     )
     processed_at: AwareDatetime = Field(

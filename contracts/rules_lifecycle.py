@@ -5,6 +5,7 @@ from typing import ClassVar, Literal, Self, get_args
 from pydantic import AwareDatetime, Field, model_validator
 
 from contracts.envelope import ContractModel, Environment, EventEnvelope
+from contracts.text import MultilineText, Text
 from contracts.topics import RULES_LIFECYCLE
 
 RuleType = Literal["earn", "redeem"]
@@ -24,15 +25,15 @@ _STATUS_AFTER: dict[str, RuleStatus] = {
 class RuleSnapshot(ContractModel):
     """Everything a consumer needs to know about a rule, as of one version of it."""
 
-    rule_id: str = Field(min_length=1, description="The rule's id, shared with developers.")
-    org_id: str = Field(min_length=1, description="Organisation that owns the rule.")
+    rule_id: Text = Field(min_length=1, description="The rule's id, shared with developers.")
+    org_id: Text = Field(min_length=1, description="Organisation that owns the rule.")
     environment: Environment = Field(description="Environment the rule lives in.")
-    name: str = Field(min_length=1, description="Name the business user gave the rule.")
-    description: str = Field(default="", description="Optional longer description.")
+    name: Text = Field(min_length=1, description="Name the business user gave the rule.")
+    description: MultilineText = Field(default="", description="Optional longer description.")
     type: RuleType = Field(description="Whether the rule earns or redeems points.")
     status: RuleStatus = Field(description="Lifecycle status; only active rules can be triggered.")
     api_trigger: bool = Field(description="Whether API clients may trigger the rule.")
-    authorized_client_ids: tuple[str, ...] = Field(
+    authorized_client_ids: tuple[Text, ...] = Field(
         description="API clients allowed to trigger the rule."
     )
     cap_max: int | None = Field(

@@ -28,7 +28,12 @@ class Coalescer(Generic[T, R]):
 
     ``run_batch`` gets the items in arrival order and returns one outcome per
     item, in the same order: a result, or an exception for that caller alone.
-    If ``run_batch`` itself raises, every caller in the batch gets the error.
+
+    If ``run_batch`` itself raises, one item may have spoilt the batch for the
+    rest (a value the database refuses fails the whole statement), so each item
+    of it is run again alone and gets its own outcome: only the bad one fails.
+    An error ``shared`` says belongs to every item alike (the database is away)
+    is not retried: every caller in the batch gets it at once.
     """
 
     def __init__(
@@ -37,10 +42,12 @@ class Coalescer(Generic[T, R]):
         *,
         max_batch: int,
         max_in_flight: int,
+        shared: Callable[[BaseException], bool] = lambda error: False,
     ) -> None:
         if max_batch < 1 or max_in_flight < 1:
             raise ValueError("a coalescer needs max_batch >= 1 and max_in_flight >= 1")
         self._run_batch = run_batch
+        self._shared = shared
         self._max_batch = max_batch
         self._max_in_flight = max_in_flight
         self._waiting: list[tuple[T, asyncio.Future[R]]] = []
@@ -54,6 +61,28 @@ class Coalescer(Generic[T, R]):
         self._start_batches()
         return await future
 
+    async def _outcomes(self, items: list[T]) -> Sequence[R | BaseException]:
+        outcomes = await self._run_batch(items)
+        if len(outcomes) != len(items):
+            raise RuntimeError(
+                f"a batch of {len(items)} items came back with {len(outcomes)} outcomes"
+            )
+        return outcomes
+
+    async def _one_by_one(self, items: list[T]) -> list[R | BaseException]:
+        """Each item's outcome run alone, after their batch failed: one may have failed
+        the others. Once an error every item would share turns up, the rest get it."""
+        outcomes: list[R | BaseException] = []
+        for item in items:
+            try:
+                (outcome,) = await self._outcomes([item])
+            except Exception as error:
+                if self._shared(error):
+                    return outcomes + [error] * (len(items) - len(outcomes))
+                outcome = error
+            outcomes.append(outcome)
+        return outcomes
+
     def _start_batches(self) -> None:
         while self._waiting and self._in_flight < self._max_in_flight:
             batch = self._waiting[: self._max_batch]
@@ -64,12 +93,14 @@ class Coalescer(Generic[T, R]):
             task.add_done_callback(self._tasks.discard)
 
     async def _serve(self, batch: list[tuple[T, asyncio.Future[R]]]) -> None:
+        items = [item for item, _ in batch]
         try:
-            outcomes = await self._run_batch([item for item, _ in batch])
-            if len(outcomes) != len(batch):
-                raise RuntimeError(
-                    f"a batch of {len(batch)} items came back with {len(outcomes)} outcomes"
-                )
+            try:
+                outcomes = await self._outcomes(items)
+            except Exception as error:
+                if len(items) == 1 or self._shared(error):
+                    raise
+                outcomes = await self._one_by_one(items)
         except asyncio.CancelledError:
             for _, future in batch:
                 future.cancel()

@@ -9,13 +9,15 @@ from typing import Any
 
 import structlog
 from fastapi import FastAPI, Request
+from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.middleware import Middleware
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from infra.metrics import UNMATCHED_ROUTE, ServiceMetrics
-from infra.problems import Problem, install_problem_handlers
+from infra.problems import Problem, install_problem_handlers, problem_response
+from infra.settings import DEFAULT_MAX_BODY_BYTES
 from infra.tokens import InvalidToken, JwksVerifier, Principal
 
 REQUEST_ID_HEADER = "X-Request-Id"
@@ -41,16 +43,76 @@ class Forbidden(Problem):
     title = "Forbidden"
 
 
-def create_http_app(metrics: ServiceMetrics | None = None, **fastapi_options: Any) -> FastAPI:
-    """A FastAPI app with problem+json errors and request/correlation ids on every log line.
+def create_http_app(
+    metrics: ServiceMetrics | None = None,
+    *,
+    max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
+    **fastapi_options: Any,
+) -> FastAPI:
+    """A FastAPI app with problem+json errors and request/correlation ids on every log line,
+    that refuses request bodies over ``max_body_bytes`` with 413.
 
     With ``metrics`` (the runtime's), every request but ``/metrics`` itself is
     counted and timed under its route template.
     """
     app = FastAPI(**fastapi_options)
     install_problem_handlers(app)
+    app.add_middleware(BodyLimitMiddleware, max_body_bytes=max_body_bytes)
     app.add_middleware(RequestContextMiddleware, metrics=metrics)
     return app
+
+
+class BodyTooLarge(StarletteHTTPException):
+    """413: raised while the body is read, so every route answers it as a problem (FastAPI
+    passes an ``HTTPException`` raised in body parsing through as it is)."""
+
+    code = "BODY_TOO_LARGE"
+
+    def __init__(self, max_body_bytes: int) -> None:
+        super().__init__(
+            413, f"the request body is over {max_body_bytes} bytes, the most this service accepts"
+        )
+
+
+class BodyLimitMiddleware:
+    """Refuses a request body over ``max_body_bytes``: at once when its Content-Length says
+    so, and, for a chunked body or one whose Content-Length understates it, as soon as
+    more arrives than the limit, before the rest is read."""
+
+    def __init__(self, app: ASGIApp, max_body_bytes: int) -> None:
+        self.app = app
+        self.max_body_bytes = max_body_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        refusal = self._refusal(dict(scope["headers"]).get(b"content-length"))
+        if refusal is not None:
+            await problem_response(refusal)(scope, receive, send)
+            return
+        received = 0
+
+        async def receive_within_limit() -> Message:
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > self.max_body_bytes:
+                    raise BodyTooLarge(self.max_body_bytes)
+            return message
+
+        await self.app(scope, receive_within_limit, send)
+
+    def _refusal(self, content_length: bytes | None) -> Problem | None:
+        if content_length is None:
+            return None
+        if not content_length.isdigit():
+            return Problem("Content-Length is not a number of bytes", code="BAD_REQUEST")
+        if int(content_length) > self.max_body_bytes:
+            too_large = BodyTooLarge(self.max_body_bytes)
+            return Problem(too_large.detail, status=413, code=too_large.code)
+        return None
 
 
 class RequestContextMiddleware:

@@ -20,6 +20,24 @@ from infra.errors import ConcurrentUpdateConflict
 
 PROBLEM_JSON = "application/problem+json"
 
+#: Errors that mean the database is down or unreachable: a 503 the caller may retry.
+UNAVAILABLE_ERRORS: tuple[type[Exception], ...] = (
+    OSError,
+    TimeoutError,
+    asyncpg.PostgresConnectionError,
+    asyncpg.InterfaceError,
+    asyncpg.OperatorInterventionError,
+    asyncpg.InsufficientResourcesError,
+)
+#: The stable code of Starlette's and FastAPI's own HTTP errors, by status.
+HTTP_CODES = {
+    400: "BAD_REQUEST",
+    404: "NOT_FOUND",
+    405: "METHOD_NOT_ALLOWED",
+    413: "BODY_TOO_LARGE",
+    415: "UNSUPPORTED_MEDIA_TYPE",
+}
+
 
 class Problem(Exception):
     """An error a caller can act on."""
@@ -89,13 +107,6 @@ def install_problem_handlers(app: FastAPI) -> None:
         summary, errors = _validation_detail(error)
         return problem_response(Problem(summary, code="INVALID_REQUEST", errors=errors))
 
-    @app.exception_handler(OSError)
-    @app.exception_handler(TimeoutError)
-    @app.exception_handler(asyncpg.PostgresConnectionError)
-    @app.exception_handler(asyncpg.InterfaceError)
-    @app.exception_handler(asyncpg.OperatorInterventionError)
-    @app.exception_handler(asyncpg.InsufficientResourcesError)
-    @app.exception_handler(ConcurrentUpdateConflict)
     async def _unavailable(_: Request, error: Exception) -> JSONResponse:
         # The database is down or unreachable, or this request lost a race another
         # attempt resolves: say so, and let the caller retry.
@@ -108,7 +119,23 @@ def install_problem_handlers(app: FastAPI) -> None:
             )
         )
 
+    for unavailable in (*UNAVAILABLE_ERRORS, ConcurrentUpdateConflict):
+        app.add_exception_handler(unavailable, _unavailable)
+
+    @app.exception_handler(asyncpg.DataError)
+    async def _refused_value(_: Request, error: asyncpg.DataError) -> JSONResponse:
+        # A value every check let through and the database still refuses (a number out
+        # of its range, a character it cannot store): the request's fault, not ours.
+        return problem_response(
+            Problem(f"a value of the request cannot be stored: {error}", code="INVALID_VALUE")
+        )
+
     @app.exception_handler(StarletteHTTPException)
     async def _http(_: Request, error: StarletteHTTPException) -> JSONResponse:
-        code = {404: "NOT_FOUND", 405: "METHOD_NOT_ALLOWED"}.get(error.status_code, "HTTP_ERROR")
+        code = getattr(error, "code", None) or HTTP_CODES.get(error.status_code, "HTTP_ERROR")
         return problem_response(Problem(str(error.detail), status=error.status_code, code=code))
+
+
+def is_unavailable(error: BaseException) -> bool:
+    """Whether ``error`` says the database is away, rather than anything about a request."""
+    return isinstance(error, UNAVAILABLE_ERRORS)

@@ -79,6 +79,9 @@ def refuse_weak_secrets(secrets: dict[str, str | None], *, generated: bool) -> N
             raise ValueError(f"{name} {weakness}")
 
 
+#: The largest request body a service accepts unless MAX_BODY_BYTES says otherwise.
+DEFAULT_MAX_BODY_BYTES = 65_536
+
 #: Settings every service also reads without its prefix.
 SHARED_NAMES = frozenset(
     {
@@ -97,6 +100,7 @@ SHARED_NAMES = frozenset(
         "smtp_url",
         "log_level",
         "log_json",
+        "max_body_bytes",
         "token_issuer_url",
     }
 )
@@ -142,6 +146,12 @@ class ServiceSettings(BaseSettings):
     database_url: str = Field(
         default="postgresql://postgres@127.0.0.1:5432/points",
         description="PostgreSQL DSN; each service keeps its tables in its own schema.",
+    )
+    max_body_bytes: int = Field(
+        default=DEFAULT_MAX_BODY_BYTES,
+        ge=1024,
+        description="Largest HTTP request body accepted, in bytes; a larger one is refused "
+        "with 413 `BODY_TOO_LARGE`, whether it declares its length or is sent chunked.",
     )
     db_pool_min: int = Field(default=1, description="Connections the database pool keeps open.")
     db_pool_max: int = Field(default=10, description="Most connections the database pool opens.")

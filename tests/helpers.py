@@ -262,6 +262,7 @@ class TriggerStack:
     seeder: Seeder
     org_id: str
     console: dict[str, str]
+    database_url: str
 
     async def trigger(self, request_id: str, amount: int = 1) -> httpx.Response:
         return await self.gateway.post(
@@ -338,6 +339,7 @@ async def trigger_stack(
                     seeder,
                     org.id,
                     console,
+                    database_url,
                 )
 
                 async def projected() -> bool:
@@ -351,6 +353,17 @@ async def trigger_stack(
                 await trigger_runtime.stop()
     finally:
         await rules_runtime.stop()
+
+
+@asynccontextmanager
+async def fresh_trigger_stack(server_dsn: str) -> AsyncIterator[TriggerStack]:
+    """:func:`trigger_stack` on a broker and a database of its own."""
+    with kafka_broker() as bootstrap:
+        async with (
+            fresh_database(server_dsn) as database_url,
+            trigger_stack(database_url, bootstrap) as stack,
+        ):
+            yield stack
 
 
 @dataclass(frozen=True)
@@ -395,10 +408,11 @@ async def rules_stack(server_dsn: str) -> AsyncIterator[RulesStack]:
 
 
 @contextmanager
-def running_platform(prefix: str) -> Iterator[RunningPlatform]:
-    """The whole platform as `make run` starts it, in a state directory of its own,
-    ready for as long as the block runs; stopped and removed after."""
-    running = start_platform(prefix=prefix)
+def running_platform(prefix: str, **settings: str) -> Iterator[RunningPlatform]:
+    """The whole platform as `make run` starts it (``settings``: extra env vars), in a
+    state directory of its own, ready for as long as the block runs; stopped and removed
+    after."""
+    running = start_platform(prefix=prefix, **settings)
     try:
         running.wait_ready()
         yield running

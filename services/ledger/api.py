@@ -11,6 +11,7 @@ from fastapi import APIRouter, Depends, Query, Request, Response
 from pydantic import BaseModel, ConfigDict, Field
 from pydantic.alias_generators import to_camel
 
+from contracts.text import MultilineText, Text
 from infra.http import authenticate
 from infra.runtime import ServiceRuntime
 from infra.tokens import JwksVerifier, Principal
@@ -56,14 +57,14 @@ async def _pool(request: Request) -> asyncpg.Pool:
 
 PrincipalDep = Annotated[Principal, Depends(_principal)]
 PoolDep = Annotated[asyncpg.Pool, Depends(_pool)]
-EnvironmentQuery = Annotated[str, Query(description="`staging` or `production`.")]
+EnvironmentQuery = Annotated[Text, Query(description="`staging` or `production`.")]
 
 router = APIRouter(prefix="/v1/members", tags=["members"])
 
 
 @router.get("/{user_id}/balance")
 async def get_balance(
-    user_id: str, environment: EnvironmentQuery, principal: PrincipalDep, pool: PoolDep
+    user_id: Text, environment: EnvironmentQuery, principal: PrincipalDep, pool: PoolDep
 ) -> Balance:
     """The member's points balance in one environment (0 for a member never seen)."""
     scope = service.read_scope(principal, environment)
@@ -73,7 +74,7 @@ async def get_balance(
 
 
 LimitQuery = Annotated[int, Query(ge=1, le=200)]
-CursorQuery = Annotated[str | None, Query(description="`nextCursor` of the previous page.")]
+CursorQuery = Annotated[Text | None, Query(description="`nextCursor` of the previous page.")]
 
 
 def _transaction_page(page: service.HistoryPage) -> TransactionPage:
@@ -98,7 +99,7 @@ def _transaction_page(page: service.HistoryPage) -> TransactionPage:
 
 @router.get("/{user_id}/transactions")
 async def list_transactions(
-    user_id: str,
+    user_id: Text,
     environment: EnvironmentQuery,
     principal: PrincipalDep,
     pool: PoolDep,
@@ -131,7 +132,7 @@ rules_router = APIRouter(prefix="/v1/rules", tags=["rules"])
 
 @rules_router.get("/{rule_id}/totals")
 async def get_rule_totals(
-    rule_id: str, environment: EnvironmentQuery, principal: PrincipalDep, pool: PoolDep
+    rule_id: Text, environment: EnvironmentQuery, principal: PrincipalDep, pool: PoolDep
 ) -> RuleTotalsView:
     """What one rule moved in one environment, for a business user of its organisation."""
     scope = service.totals_scope(principal, environment)
@@ -142,7 +143,7 @@ async def get_rule_totals(
 
 @rules_router.get("/{rule_id}/transactions")
 async def list_rule_transactions(
-    rule_id: str,
+    rule_id: Text,
     environment: EnvironmentQuery,
     principal: PrincipalDep,
     pool: PoolDep,
@@ -161,7 +162,7 @@ class ReversalRequest(CamelModel):
     reversal_id: UUID = Field(
         description="The caller's idempotency key; a retry with it returns the same outcome."
     )
-    reason: str = Field(
+    reason: MultilineText = Field(
         min_length=1,
         max_length=service.REVERSAL_REASON_MAX_LENGTH,
         description="Why the transaction is reversed (a refund, a mistaken award).",

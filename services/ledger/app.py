@@ -69,6 +69,7 @@ def create_ledger(
     runtime.on_stop(verifier.aclose)
     app = create_http_app(
         runtime.metrics,
+        max_body_bytes=settings.max_body_bytes,
         title="Points ledger",
         description="Double-entry points ledger: member balances and transaction history, "
         "per-rule totals and operator reversals.",

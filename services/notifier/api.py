@@ -69,7 +69,9 @@ def deliveries_router(
             if settings.is_development:
                 return
             raise Forbidden("operator endpoints are off: set NOTIFIER_OPERATOR_TOKEN")
-        if not hmac.compare_digest(bearer_token(request), settings.operator_token):
+        if not hmac.compare_digest(
+            bearer_token(request).encode(), settings.operator_token.encode()
+        ):  # bytes: a str that is not ASCII would raise
             raise Forbidden("not an operator token")
 
     router = APIRouter(

@@ -51,6 +51,7 @@ def create_notifier(settings: NotifierSettings | None = None) -> Notifier:
 
     app = create_http_app(
         runtime.metrics,
+        max_body_bytes=settings.max_body_bytes,
         title="Points notifier",
         description="Signed HTTP callbacks for points results and share e-mails, with retries.",
     )

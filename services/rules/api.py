@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import base64
-import binascii
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import timedelta
@@ -15,6 +14,7 @@ import jwt
 from fastapi import APIRouter, Depends, Query, Request, Response
 from fastapi.responses import HTMLResponse, JSONResponse
 
+from contracts.text import Text, refusal
 from infra.http import Forbidden, Unauthorized, bearer_token
 from infra.logging import get_logger
 from infra.storable import BIGINT_MAX, StorableDatetime
@@ -175,7 +175,7 @@ def _basic_credentials(request: Request) -> tuple[str, str] | None:
         return None
     try:
         client_id, _, secret = base64.b64decode(encoded).decode().partition(":")
-    except (binascii.Error, UnicodeDecodeError):
+    except ValueError:  # not base64 (binascii.Error), not ASCII, or not UTF-8 inside
         return ("", "")
     return client_id, secret
 
@@ -246,7 +246,10 @@ async def issue_token(request: Request, ctx: Context) -> JSONResponse:
     """OAuth2 client-credentials grant: form fields or HTTP Basic client authentication."""
     if not request.headers.get("content-type", "").startswith("application/x-www-form-urlencoded"):
         return oauth_error(400, "invalid_request", "send application/x-www-form-urlencoded")
-    form = {key: values[0] for key, values in parse_qs((await request.body()).decode()).items()}
+    try:
+        form = {key: values[0] for key, values in parse_qs((await request.body()).decode()).items()}
+    except UnicodeDecodeError:
+        return oauth_error(400, "invalid_request", "the form is not UTF-8")
     basic = _basic_credentials(request)
     grant_type = form.get("grant_type")
     if not grant_type:
@@ -265,6 +268,10 @@ async def issue_token(request: Request, ctx: Context) -> JSONResponse:
     )
     if not client_id or not secret:
         return oauth_error(401, "invalid_client", "client authentication failed", basic=True)
+    for name, value in (("client_id", client_id), ("client_secret", secret)):
+        refused = refusal(value)
+        if refused is not None:
+            return oauth_error(400, "invalid_request", f"{name} {refused}")
     client_ip = request.client.host if request.client else None
     throttles = service.SignInThrottles.of(ctx.settings)
     async with ctx.pool.acquire() as connection:
@@ -415,7 +422,7 @@ async def close_console_session(request: Request, ctx: Context) -> Response:
 
 
 @router.get("/v1/clients", tags=["clients"])
-async def list_clients(user: User, tx: Tx, environment: str | None = None) -> dict[str, Any]:
+async def list_clients(user: User, tx: Tx, environment: Text | None = None) -> dict[str, Any]:
     """The organisation's API clients, without secrets."""
     return {"items": await service.list_clients(tx, user.org_id, environment)}
 
@@ -435,21 +442,21 @@ async def create_rule(body: RuleCreate, user: User, tx: Tx, cid: CorrelationId) 
 
 
 @router.get("/v1/rules", tags=["rules"])
-async def list_rules(user: User, tx: Tx, environment: str | None = None) -> dict[str, Any]:
+async def list_rules(user: User, tx: Tx, environment: Text | None = None) -> dict[str, Any]:
     """The organisation's rules, newest first."""
     rules = await service.list_rules(tx, user.org_id, environment)
     return {"items": [RuleView.of(rule).model_dump(by_alias=True, mode="json") for rule in rules]}
 
 
 @router.get("/v1/rules/{rule_id}", response_model=RuleView, tags=["rules"])
-async def get_rule(rule_id: str, user: User, tx: Tx) -> RuleView:
+async def get_rule(rule_id: Text, user: User, tx: Tx) -> RuleView:
     """One rule."""
     return RuleView.of(await service.get_rule(tx, user.org_id, rule_id))
 
 
 @router.patch("/v1/rules/{rule_id}", response_model=RuleView, tags=["rules"])
 async def update_rule(
-    rule_id: str, body: RuleUpdate, user: User, tx: Tx, cid: CorrelationId
+    rule_id: Text, body: RuleUpdate, user: User, tx: Tx, cid: CorrelationId
 ) -> RuleView:
     """Change a rule; 409 when ``version`` is not the rule's current version."""
     user.require_editor()
@@ -470,7 +477,7 @@ async def _transition(
 
 @router.post("/v1/rules/{rule_id}/activate", response_model=RuleView, tags=["rules"])
 async def activate_rule(
-    rule_id: str, user: User, tx: Tx, cid: CorrelationId, body: StatusChange | None = None
+    rule_id: Text, user: User, tx: Tx, cid: CorrelationId, body: StatusChange | None = None
 ) -> RuleView:
     """Activate a draft or paused rule; refused with the reasons when it is not ready."""
     return await _transition("activate", rule_id, body, user, tx, cid)
@@ -478,7 +485,7 @@ async def activate_rule(
 
 @router.post("/v1/rules/{rule_id}/pause", response_model=RuleView, tags=["rules"])
 async def pause_rule(
-    rule_id: str, user: User, tx: Tx, cid: CorrelationId, body: StatusChange | None = None
+    rule_id: Text, user: User, tx: Tx, cid: CorrelationId, body: StatusChange | None = None
 ) -> RuleView:
     """Stop an active rule from accepting triggers."""
     return await _transition("pause", rule_id, body, user, tx, cid)
@@ -486,7 +493,7 @@ async def pause_rule(
 
 @router.post("/v1/rules/{rule_id}/archive", response_model=RuleView, tags=["rules"])
 async def archive_rule(
-    rule_id: str, user: User, tx: Tx, cid: CorrelationId, body: StatusChange | None = None
+    rule_id: Text, user: User, tx: Tx, cid: CorrelationId, body: StatusChange | None = None
 ) -> RuleView:
     """Retire a rule for good."""
     return await _transition("archive", rule_id, body, user, tx, cid)
@@ -495,14 +502,14 @@ async def archive_rule(
 @router.post(
     "/v1/rules/{rule_id}/promote", status_code=201, response_model=RuleView, tags=["rules"]
 )
-async def promote_rule(rule_id: str, user: User, tx: Tx, cid: CorrelationId) -> RuleView:
+async def promote_rule(rule_id: Text, user: User, tx: Tx, cid: CorrelationId) -> RuleView:
     """Copy a staging rule into a production draft; its production clients are chosen next."""
     user.require_editor()
     return RuleView.of(await service.promote_rule(tx, user.org_id, user.id, rule_id, cid))
 
 
 @router.get("/v1/rules/{rule_id}/share", response_model=ShareInfo, tags=["rules"])
-async def share_rule(rule_id: str, user: User, tx: Tx, ctx: Context) -> ShareInfo:
+async def share_rule(rule_id: Text, user: User, tx: Tx, ctx: Context) -> ShareInfo:
     """What a business user sends a third-party developer about an active rule."""
     return ShareInfo.of(await service.share_details(tx, user.org_id, rule_id, ctx.settings))
 
@@ -514,7 +521,7 @@ async def share_rule(rule_id: str, user: User, tx: Tx, ctx: Context) -> ShareInf
     tags=["rules"],
 )
 async def email_rule(
-    rule_id: str, body: ShareEmailRequest, user: User, tx: Tx, ctx: Context, cid: CorrelationId
+    rule_id: Text, body: ShareEmailRequest, user: User, tx: Tx, ctx: Context, cid: CorrelationId
 ) -> ShareEmailAccepted:
     """E-mail an active rule's share information to developers; the notifier sends it."""
     user.require_editor()
@@ -529,8 +536,8 @@ async def email_rule(
 async def audit_log(
     user: User,
     tx: Tx,
-    rule_id: Annotated[str | None, Query(alias="ruleId", max_length=100)] = None,
-    actor: Annotated[str | None, Query(max_length=100)] = None,
+    rule_id: Annotated[Text | None, Query(alias="ruleId", max_length=100)] = None,
+    actor: Annotated[Text | None, Query(max_length=100)] = None,
     since: Annotated[
         StorableDatetime | None, Query(description="From this time (ISO 8601).")
     ] = None,

@@ -50,6 +50,7 @@ def create_app(settings: RulesSettings | None = None) -> tuple[FastAPI, ServiceR
     runtime.on_start(ensure_signing_key)
     app = create_http_app(
         runtime.metrics,
+        max_body_bytes=settings.max_body_bytes,
         title="Points platform — rules service",
         description="Business console API, API clients and the OAuth2 token issuer.",
         version="1",

@@ -27,6 +27,7 @@ from fastapi import APIRouter, FastAPI, Query, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from fastapi.staticfiles import StaticFiles
 
+from contracts.text import Text
 from infra.dev.smtp_sink import list_messages
 from infra.logging import get_logger
 from infra.problems import Problem
@@ -129,7 +130,7 @@ async def console_home() -> RedirectResponse:
 
 
 @router.get("/login")
-async def login_page(request: Request, ctx: Context, next: str = "") -> Response:
+async def login_page(request: Request, ctx: Context, next: Text = "") -> Response:
     if await _viewer(request, ctx) is not None:
         return RedirectResponse(_safe_next(next), status_code=303)
     return _render("login.html", page="login", next=_safe_next(next))
@@ -157,12 +158,12 @@ async def new_rule_page(
 
 
 @router.get("/rules/{rule_id}/edit")
-async def edit_rule_page(request: Request, ctx: Context, rule_id: str) -> Response:
+async def edit_rule_page(request: Request, ctx: Context, rule_id: Text) -> Response:
     return await _page(request, ctx, "rule_form.html", "rules", environment="", rule_id=rule_id)
 
 
 @router.get("/rules/{rule_id}")
-async def rule_page(request: Request, ctx: Context, rule_id: str) -> Response:
+async def rule_page(request: Request, ctx: Context, rule_id: Text) -> Response:
     return await _page(request, ctx, "rule_detail.html", "rules", rule_id=rule_id)
 
 
@@ -212,7 +213,7 @@ async def emails_page(request: Request, ctx: Context) -> Response:
 
 
 @router.get("/api/rules/{rule_id}/activation-problems")
-async def activation_problems(rule_id: str, user: User, tx: Tx) -> dict[str, Any]:
+async def activation_problems(rule_id: Text, user: User, tx: Tx) -> dict[str, Any]:
     """Every problem that would stop the rule being activated now (empty when none)."""
     rule = await service.get_rule(tx, user.org_id, rule_id)
     return {"problems": await service.blocking_problems(tx, rule)}
@@ -231,7 +232,7 @@ LEDGER_READS: dict[tuple[str, str], dict[str, Any]] = {
 @router.get("/api/{collection}/{subject_id}/{read}")
 async def ledger_read(
     collection: Literal["members", "rules"],
-    subject_id: str,
+    subject_id: Text,
     read: Literal["balance", "transactions", "totals"],
     environment: EnvironmentQuery,
     request: Request,

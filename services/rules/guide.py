@@ -70,9 +70,32 @@ GATEWAY_RESPONSES = (
     GatewayResponse(
         400,
         "INVALID_REQUEST",
-        "The body is not JSON, a field is missing, has the wrong type or is too long, or "
-        "an unknown field was sent. The `errors` list names each field and what is wrong.",
+        "The body is not JSON, a field is missing, has the wrong type or is too long, "
+        "an unknown field was sent, or a text field holds a control character (NUL, "
+        "anything below U+0020, U+007F to U+009F) or an unpaired surrogate. The `errors` "
+        "list names each field and what is wrong.",
         "Fix the request; sending it again unchanged gets the same answer.",
+    ),
+    GatewayResponse(
+        413,
+        "BODY_TOO_LARGE",
+        "The request body is larger than the gateway accepts (64 KiB unless the operator "
+        "changed `MAX_BODY_BYTES`), whether its `Content-Length` says so or it was sent "
+        "chunked. Nothing was read further or recorded.",
+        "Send the trigger's fields only: a trigger is a few hundred bytes.",
+    ),
+    GatewayResponse(
+        400,
+        "BAD_REQUEST",
+        "The request itself is malformed: a `Content-Length` that is not a number, or a body "
+        "that cannot be read as the content type says.",
+        "Fix the request; your HTTP library normally sets these headers for you.",
+    ),
+    GatewayResponse(
+        400,
+        "INVALID_VALUE",
+        "A value passed every check but cannot be stored (a number out of range).",
+        "Fix the value; sending it again unchanged gets the same answer.",
     ),
     GatewayResponse(
         401,
@@ -112,7 +135,8 @@ GATEWAY_RESPONSES = (
     GatewayResponse(
         400,
         "INVALID_CALLBACK_URL",
-        "The `callbackUrl` is not an http(s) URL, or its host is a private, loopback, "
+        "The `callbackUrl` is not an http(s) URL, its host name is not valid (IDNA refuses "
+        "it), or its host is a private, loopback, "
         "link-local or otherwise non-public address.",
         "Use a publicly reachable URL (loopback is allowed only on a development stack).",
     ),

@@ -11,6 +11,7 @@ from pydantic.alias_generators import to_camel
 
 from contracts.limits import MAX_POINTS
 from contracts.notifications_requested import EmailAddress
+from contracts.text import MultilineText, Text
 from infra.storable import StorableDatetime
 from services.rules.service import ShareDetails, display_status
 
@@ -28,8 +29,8 @@ class LoginRequest(CamelModel):
         }
     )
 
-    email: str = Field(max_length=254)
-    password: str = Field(max_length=1024)
+    email: Text = Field(max_length=254)
+    password: Text = Field(max_length=1024)
 
 
 class TokenResponse(CamelModel):
@@ -78,12 +79,12 @@ class RuleCreate(CamelModel):
         }
     )
 
-    name: str = Field(min_length=1, max_length=200)
-    description: str = Field(default="", max_length=2000)
+    name: Text = Field(min_length=1, max_length=200)
+    description: MultilineText = Field(default="", max_length=2000)
     type: Literal["earn", "redeem"]
     environment: Literal["staging", "production"]
     api_trigger: bool = False
-    authorized_client_ids: list[str] = Field(default_factory=list, max_length=100)
+    authorized_client_ids: list[Text] = Field(default_factory=list, max_length=100)
     cap_max: int | None = Field(default=None, ge=1, le=MAX_POINTS)
     cap_per_member: int | None = Field(default=None, ge=1, le=MAX_POINTS)
     max_amount_per_request: int | None = Field(default=None, ge=1, le=MAX_POINTS)
@@ -101,11 +102,11 @@ class RuleUpdate(CamelModel):
     )
 
     version: int = Field(ge=1)
-    name: str | None = Field(default=None, min_length=1, max_length=200)
-    description: str | None = Field(default=None, max_length=2000)
+    name: Text | None = Field(default=None, min_length=1, max_length=200)
+    description: MultilineText | None = Field(default=None, max_length=2000)
     type: Literal["earn", "redeem"] | None = None
     api_trigger: bool | None = None
-    authorized_client_ids: list[str] | None = Field(default=None, max_length=100)
+    authorized_client_ids: list[Text] | None = Field(default=None, max_length=100)
     cap_max: int | None = Field(default=None, ge=1, le=MAX_POINTS)
     cap_per_member: int | None = Field(default=None, ge=1, le=MAX_POINTS)
     max_amount_per_request: int | None = Field(default=None, ge=1, le=MAX_POINTS)

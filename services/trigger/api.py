@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import time
-from typing import Annotated, Any
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Annotated, Any, TypeVar
 
 import asyncpg
 from fastapi import APIRouter, Depends, Request
@@ -11,10 +12,11 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from contracts.text import Text
 from infra.batching import Coalescer
 from infra.http import Unauthorized, authenticate
 from infra.logging import get_logger
-from infra.problems import Problem
+from infra.problems import Problem, is_unavailable
 from infra.request_signing import SIGNATURE_HEADER, TIMESTAMP_HEADER
 from infra.tokens import JwksVerifier, Principal
 from services.trigger import service
@@ -22,6 +24,25 @@ from services.trigger.callback_urls import check_callback_url
 from services.trigger.settings import TriggerSettings
 
 log = get_logger(__name__)
+
+
+T = TypeVar("T")
+R = TypeVar("R")
+
+
+def batched(
+    run_batch: Callable[[list[T]], Awaitable[Sequence[R | BaseException]]],
+    settings: TriggerSettings,
+) -> Coalescer[T, R]:
+    """Concurrent calls of one statement, coalesced. A database that is away fails every
+    trigger of a batch alike; any other failure may be one trigger's, so the batch is
+    retried one by one and only that trigger gets it."""
+    return Coalescer(
+        run_batch,
+        max_batch=settings.db_batch_max,
+        max_in_flight=settings.db_batches_in_flight,
+        shared=is_unavailable,
+    )
 
 
 class TriggerContext:
@@ -33,24 +54,16 @@ class TriggerContext:
         self.verifier = verifier
         self.settings = settings
         self.pool_of = pool_of
-        self.admissions: Coalescer[service.Admitting, service.Admission] = Coalescer(
-            self._admit,
-            max_batch=settings.db_batch_max,
-            max_in_flight=settings.db_batches_in_flight,
+        self.admissions: Coalescer[service.Admitting, service.Admission] = batched(
+            self._admit, settings
         )
-        self.recordings: Coalescer[service.Recording, dict[str, Any]] = Coalescer(
-            self._record,
-            max_batch=settings.db_batch_max,
-            max_in_flight=settings.db_batches_in_flight,
+        self.recordings: Coalescer[service.Recording, dict[str, Any]] = batched(
+            self._record, settings
         )
         self.remembered = service.Remembered()
         self.checked_recordings: Coalescer[
             service.CheckedAgainst, service.RecordedAtOnce | None
-        ] = Coalescer(
-            self._record_checked,
-            max_batch=settings.db_batch_max,
-            max_in_flight=settings.db_batches_in_flight,
-        )
+        ] = batched(self._record_checked, settings)
 
     @property
     def pool(self) -> asyncpg.Pool:
@@ -169,12 +182,12 @@ class TriggerRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     user_id: Any = Field(alias="userId", description="The member's id in your system.")
-    rule_id: str = Field(alias="ruleId", min_length=1, max_length=100)
+    rule_id: Text = Field(alias="ruleId", min_length=1, max_length=100)
     amount: Any = Field(description="Points to earn or redeem: a positive integer.")
-    request_id: str = Field(
+    request_id: Text = Field(
         alias="requestId", min_length=1, max_length=128, description="Your idempotency key."
     )
-    callback_url: str | None = Field(
+    callback_url: Text | None = Field(
         default=None,
         alias="callbackUrl",
         max_length=2048,
@@ -324,7 +337,7 @@ def accepted(
 
 
 @router.get("/v1/points/requests/{request_id}")
-async def get_points_request(request_id: str, caller: Client, ctx: Context) -> dict[str, Any]:
+async def get_points_request(request_id: Text, caller: Client, ctx: Context) -> dict[str, Any]:
     """Where a request stands: pending, succeeded or failed (with a reason); and any reversal."""
     async with ctx.pool.acquire() as connection:
         return await service.request_status(connection, caller, request_id)

@@ -55,6 +55,7 @@ def create_app(
 
     app = create_http_app(
         runtime.metrics,
+        max_body_bytes=settings.max_body_bytes,
         title="Points platform — trigger gateway",
         description="The developer-facing API: trigger earning and redemption, poll outcomes.",
         version="1",

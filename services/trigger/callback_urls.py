@@ -93,6 +93,7 @@ async def check_callback_url(
     if literal is not None:
         addresses = [literal]
     else:
+        _check_host_name(host)
         addresses = await _resolved(host, timeout, resolve)
     for address in addresses:
         reason = non_public_reason(address)
@@ -100,6 +101,17 @@ async def check_callback_url(
             continue
         named = f"{host} is" if literal is not None else f"{host} resolves to {address}, which is"
         raise InvalidCallbackUrl(f"callbackUrl host {named} {reason}")
+
+
+def _check_host_name(host: str) -> None:
+    """Refuse a name DNS cannot carry: one IDNA refuses (an empty label, a zero-width
+    space), which the resolver would otherwise raise on as a ``UnicodeError``."""
+    try:
+        host.encode("idna")
+    except UnicodeError as error:
+        raise InvalidCallbackUrl(
+            f"callbackUrl host {host!r} is not a valid host name ({error})"
+        ) from error
 
 
 async def _resolved(host: str, timeout: float, resolve: Resolver) -> list[Address]:

@@ -20,7 +20,6 @@ bucket still took ~10,700 tokens/s, so the shared bucket does not dominate.
 from __future__ import annotations
 
 import base64
-import binascii
 import hashlib
 import json
 import math
@@ -280,7 +279,7 @@ def check_request_signature(
         )
     try:
         signature = base64.b64decode(request.signature, validate=True)
-    except binascii.Error:
+    except ValueError:  # binascii.Error, or a character that is not ASCII at all
         raise SignatureInvalid(f"{SIGNATURE_HEADER} is not base64") from None
     message = canonical_request(request.method, request.target, request.timestamp, request.body)
     if not signature_matches(cached_signing_key(signing_key_pem), message, signature):

@@ -28,9 +28,7 @@ from tests.helpers import (
     bearer,
     client_token,
     eventually,
-    fresh_database,
-    kafka_broker,
-    trigger_stack,
+    fresh_trigger_stack,
 )
 from tests.unit.test_rules_integration_guide import code_block
 
@@ -170,20 +168,16 @@ async def until_accepted(send: Callable[[], Any], what: str) -> httpx.Response:
 
 @pytest_asyncio.fixture(scope="module", loop_scope="session")
 async def signing(postgres_server_dsn: str) -> AsyncIterator[SigningStack]:
-    with kafka_broker() as bootstrap:
-        async with (
-            fresh_database(postgres_server_dsn) as database_url,
-            trigger_stack(database_url, bootstrap) as stack,
-        ):
-            page = await stack.rules_http.get(
-                "/docs/integration-guide", params={"environment": "staging"}
-            )
-            assert page.status_code == 200, page.text
-            signing = SigningStack(stack, {}, guide_signer(page.text))
-            for name, kind in (("rsa", "rsa"), ("ec", "ec")):
-                developer = await signing.developer(name, kind)
-                await until_accepted(developer.trigger, f"the {name} client's rule and key")
-            yield signing
+    async with fresh_trigger_stack(postgres_server_dsn) as stack:
+        page = await stack.rules_http.get(
+            "/docs/integration-guide", params={"environment": "staging"}
+        )
+        assert page.status_code == 200, page.text
+        signing = SigningStack(stack, {}, guide_signer(page.text))
+        for name, kind in (("rsa", "rsa"), ("ec", "ec")):
+            developer = await signing.developer(name, kind)
+            await until_accepted(developer.trigger, f"the {name} client's rule and key")
+        yield signing
 
 
 def assert_refused(response: httpx.Response, code: str, status: int = 401) -> None:

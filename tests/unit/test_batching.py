@@ -113,6 +113,53 @@ async def test_a_failing_batch_fails_every_caller_in_it_and_the_next_batch_still
     assert await coalescer.submit(2) == 2
 
 
+class Poisoned:
+    """A batch function whose whole batch fails when any item is 13 (as one value the
+    database refuses fails a whole statement), or fails alike for all when ``away``."""
+
+    def __init__(self) -> None:
+        self.batches: list[list[int]] = []
+        self.away = False
+
+    async def __call__(self, items: list[int]) -> list[int | BaseException]:
+        self.batches.append(items)
+        if self.away:
+            raise ConnectionError("database unavailable")
+        if 13 in items:
+            raise ValueError("13 cannot be stored")
+        return list(items)
+
+
+async def submit_together(coalescer: Coalescer[int, int], items: list[int]) -> list[object]:
+    """Submit ``items`` so that all but the first share one batch; each one's outcome."""
+    tasks = [asyncio.create_task(coalescer.submit(n)) for n in items]
+    return list(await asyncio.gather(*tasks, return_exceptions=True))
+
+
+async def test_a_batch_one_item_fails_is_retried_one_by_one_and_only_that_item_fails() -> None:
+    poisoned = Poisoned()
+    coalescer = Coalescer(poisoned, max_batch=10, max_in_flight=1, shared=lambda e: False)
+
+    outcomes = await submit_together(coalescer, [1, 2, 13, 4])
+
+    assert outcomes[:2] + outcomes[3:] == [1, 2, 4]
+    assert isinstance(outcomes[2], ValueError)
+    assert poisoned.batches == [[1], [2, 13, 4], [2], [13], [4]]
+
+
+async def test_an_error_shared_by_every_item_fails_the_batch_at_once_without_retries() -> None:
+    poisoned = Poisoned()
+    poisoned.away = True
+    shared = Coalescer(
+        poisoned, max_batch=10, max_in_flight=1, shared=lambda e: isinstance(e, ConnectionError)
+    )
+
+    outcomes = await submit_together(shared, [1, 2, 3])
+
+    assert all(isinstance(outcome, ConnectionError) for outcome in outcomes)
+    assert poisoned.batches == [[1], [2, 3]]
+
+
 async def test_a_batch_returning_the_wrong_number_of_outcomes_fails_its_callers() -> None:
     async def lossy(items: list[int]) -> list[int | BaseException]:
         return items[:-1]

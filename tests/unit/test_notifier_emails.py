@@ -48,7 +48,9 @@ class TestRenderShareEmail:
         assert "Environment: Production" in text
 
     def test_a_rule_name_with_a_line_break_cannot_add_headers(self) -> None:
-        message = rendered(share(rule_name="Promo\r\nBcc: attacker@example.com"))
+        # The contract refuses it now; a message from before it did must still be safe.
+        named = share().model_copy(update={"rule_name": "Promo\r\nBcc: attacker@example.com"})
+        message = rendered(named)
 
         assert message["Subject"] == "Integration details for rule Promo Bcc: attacker@example.com"
         assert message["Bcc"] is None

@@ -128,3 +128,15 @@ class TestDevelopmentMode:
         detail = await refusal(url, development=True)
 
         assert detail is not None and detail.endswith(reason)
+
+
+class TestHostNames:
+    @pytest.mark.parametrize(
+        "url", ["http://\u200b", "https://a..example.com/cb", f"https://{'a' * 64}.com"]
+    )
+    async def test_a_name_idna_refuses_is_an_invalid_callback_url_not_a_crash(
+        self, url: str
+    ) -> None:
+        reason = await refusal(url, development=True, resolve=resolving_to("93.184.216.34"))
+
+        assert reason is not None and "is not a valid host name" in reason
