@@ -18,7 +18,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
-import ipaddress
 import json
 import logging
 import random
@@ -43,6 +42,7 @@ from contracts import (
     ShareEmailRequestedEvent,
 )
 from infra import inbox
+from infra.addresses import allowed_schemes, described, refusal_reason
 from infra.logging import get_logger
 from infra.signing import EVENT_ID_HEADER, SIGNATURE_HEADER, derive_signing_secret, sign
 from services.notifier import emails, repository
@@ -61,7 +61,6 @@ from services.notifier.settings import NotifierSettings
 
 log = get_logger(__name__)
 
-ALLOWED_SCHEMES = frozenset({"http", "https"})
 JITTER = 0.1
 USER_AGENT = "points-notifier/1"
 
@@ -288,28 +287,11 @@ class CallbackTarget:
     extensions: dict[str, Any] = field(default_factory=dict)
 
 
-def refusal_reason(address: IPAddress, *, allow_loopback: bool) -> str | None:
-    """Why ``address`` must not be called, or None when it may."""
-    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
-        address = address.ipv4_mapped
-    if address.is_loopback:
-        return None if allow_loopback else "loopback"
-    checks = (
-        ("unspecified", address.is_unspecified),
-        ("link-local", address.is_link_local),
-        ("multicast", address.is_multicast),
-        ("private", address.is_private),
-        ("reserved", address.is_reserved),
-        ("non-public", not address.is_global),
-    )
-    return next((name for name, applies in checks if applies), None)
-
-
 #: Resolves a host and port to addresses, or raises :class:`UnreachableTarget`.
 Resolve = Callable[[str, int], Awaitable[list[IPAddress]]]
 
 
-async def vet_callback_url(url: str, *, allow_loopback: bool, resolve: Resolve) -> CallbackTarget:
+async def vet_callback_url(url: str, *, development: bool, resolve: Resolve) -> CallbackTarget:
     """Resolve ``url``'s host and refuse it unless every address is public.
 
     Raises :class:`RefusedTarget` for URLs that can never be called and
@@ -319,17 +301,17 @@ async def vet_callback_url(url: str, *, allow_loopback: bool, resolve: Resolve) 
         parsed = httpx.URL(url)
     except httpx.InvalidURL as error:
         raise RefusedTarget(f"malformed callback URL: {error}") from error
-    if parsed.scheme not in ALLOWED_SCHEMES:
-        raise RefusedTarget(f"scheme {parsed.scheme!r} is not http or https")
+    if parsed.scheme not in allowed_schemes(development=development):
+        raise RefusedTarget(f"scheme {parsed.scheme!r} is not allowed; callbacks use https")
     host = parsed.raw_host.decode("ascii")
     if not host:
         raise RefusedTarget("callback URL has no host")
     port = parsed.port or (443 if parsed.scheme == "https" else 80)
     addresses = await resolve(host, port)
     for address in addresses:
-        reason = refusal_reason(address, allow_loopback=allow_loopback)
+        reason = refusal_reason(address, development=development)
         if reason is not None:
-            raise RefusedTarget(f"{host} resolves to {address}, a {reason} address")
+            raise RefusedTarget(f"{host} resolves to {address}, {described(reason)}")
     return CallbackTarget(
         url=parsed.copy_with(host=str(addresses[0])),
         host_header=parsed.netloc.decode("ascii"),
@@ -547,7 +529,7 @@ class DeliveryDispatcher:
         try:
             target = await vet_callback_url(
                 delivery.url,
-                allow_loopback=self._settings.is_development,
+                development=self._settings.is_development,
                 resolve=self._resolve_for(delivery.org_id),
             )
         except RefusedTarget as refused:

@@ -17,12 +17,11 @@ import socket
 from collections.abc import Awaitable, Callable
 from urllib.parse import urlsplit
 
+from infra.addresses import Address, allowed_schemes, described, refusal_reason
 from infra.problems import Problem
 
-Address = ipaddress.IPv4Address | ipaddress.IPv6Address
 #: Looks up a host name; returns its addresses as strings.
 Resolver = Callable[[str], Awaitable[list[str]]]
-LOOPBACK = "a loopback address"
 
 
 class InvalidCallbackUrl(Problem):
@@ -41,22 +40,6 @@ class CallbackHostUnresolved(Problem):
 async def resolve_with_system(host: str) -> list[str]:
     infos = await asyncio.get_running_loop().getaddrinfo(host, None, type=socket.SOCK_STREAM)
     return [str(info[4][0]) for info in infos]
-
-
-def non_public_reason(address: Address) -> str | None:
-    """Why ``address`` is not a public internet address, or None when it is."""
-    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
-        address = address.ipv4_mapped
-    checks = (
-        ("an unspecified address", address.is_unspecified),
-        (LOOPBACK, address.is_loopback),
-        ("a link-local address", address.is_link_local),
-        ("a multicast address", address.is_multicast),
-        ("a private address", address.is_private),
-        ("a reserved address", address.is_reserved),
-        ("not a public address", not address.is_global),
-    )
-    return next((reason for reason, applies in checks if applies), None)
 
 
 def _literal(host: str) -> Address | None:
@@ -84,8 +67,7 @@ async def check_callback_url(
         parts.port  # noqa: B018 - parsing the port is what validates it
     except ValueError as error:
         raise InvalidCallbackUrl(f"callbackUrl is not a valid URL: {error}") from error
-    allowed_schemes = ("https", "http") if development else ("https",)
-    if parts.scheme not in allowed_schemes:
+    if parts.scheme not in allowed_schemes(development=development):
         raise InvalidCallbackUrl("callbackUrl must use https")
     if not host:
         raise InvalidCallbackUrl("callbackUrl has no host")
@@ -96,11 +78,11 @@ async def check_callback_url(
         _check_host_name(host)
         addresses = await _resolved(host, timeout, resolve)
     for address in addresses:
-        reason = non_public_reason(address)
-        if reason is None or (development and reason == LOOPBACK):
+        reason = refusal_reason(address, development=development)
+        if reason is None:
             continue
         named = f"{host} is" if literal is not None else f"{host} resolves to {address}, which is"
-        raise InvalidCallbackUrl(f"callbackUrl host {named} {reason}")
+        raise InvalidCallbackUrl(f"callbackUrl host {named} {described(reason)}")
 
 
 def _check_host_name(host: str) -> None:

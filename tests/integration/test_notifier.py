@@ -457,10 +457,12 @@ class TestSsrfGuard:
     @pytest.mark.parametrize(
         ("url", "reason"),
         [
-            ("http://127.0.0.1:{port}/hooks", "loopback"),
-            ("http://localhost:{port}/hooks", "loopback"),
-            ("http://10.0.0.1/hooks", "private"),
-            ("http://169.254.169.254/latest/meta-data", "link-local"),
+            ("https://127.0.0.1:{port}/hooks", "loopback"),
+            ("https://localhost:{port}/hooks", "loopback"),
+            ("https://10.0.0.1/hooks", "private"),
+            ("https://169.254.169.254/latest/meta-data", "link-local"),
+            ("https://[fec0::1]/hooks", "site-local"),
+            ("http://93.184.216.34/hooks", "https"),
             ("ftp://example.com/hooks", "scheme"),
         ],
     )

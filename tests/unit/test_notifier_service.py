@@ -20,7 +20,6 @@ from services.notifier.service import (
     RefusedTarget,
     callback_body,
     callback_host,
-    refusal_reason,
     retry_delay,
     vet_callback_url,
 )
@@ -82,37 +81,6 @@ class TestRetryDelay:
         assert retry_delay((), 1) is None
 
 
-class TestRefusalReason:
-    @pytest.mark.parametrize(
-        ("address", "reason"),
-        [
-            ("127.0.0.1", "loopback"),
-            ("::1", "loopback"),
-            ("10.0.0.1", "private"),
-            ("172.16.5.4", "private"),
-            ("192.168.1.1", "private"),
-            ("169.254.169.254", "link-local"),
-            ("fe80::1", "link-local"),
-            ("224.0.0.1", "multicast"),
-            ("0.0.0.0", "unspecified"),  # noqa: S104 - an address to refuse, not to bind
-            ("240.0.0.1", "private"),
-            ("100.64.0.1", "non-public"),
-            ("::ffff:10.0.0.1", "private"),
-            ("fc00::1", "private"),
-        ],
-    )
-    def test_refuses_addresses_that_are_not_public(self, address: str, reason: str) -> None:
-        assert refusal_reason(ipaddress.ip_address(address), allow_loopback=False) == reason
-
-    def test_allows_public_addresses(self) -> None:
-        for address in ("93.184.216.34", "2606:4700::1111"):
-            assert refusal_reason(ipaddress.ip_address(address), allow_loopback=False) is None
-
-    def test_allows_loopback_only_when_told_to(self) -> None:
-        assert refusal_reason(ipaddress.ip_address("127.0.0.1"), allow_loopback=True) is None
-        assert refusal_reason(ipaddress.ip_address("10.0.0.1"), allow_loopback=True) == "private"
-
-
 async def system_resolve(
     host: str, port: int
 ) -> list[ipaddress.IPv4Address | ipaddress.IPv6Address]:
@@ -126,7 +94,7 @@ async def system_resolve(
 class TestVetCallbackUrl:
     async def test_pins_a_public_https_target_and_keeps_its_name_for_host_and_tls(self) -> None:
         target = await vet_callback_url(
-            "https://93.184.216.34:8443/cb?x=1", allow_loopback=False, resolve=system_resolve
+            "https://93.184.216.34:8443/cb?x=1", development=False, resolve=system_resolve
         )
 
         assert str(target.url) == "https://93.184.216.34:8443/cb?x=1"
@@ -147,7 +115,7 @@ class TestVetCallbackUrl:
     )
     async def test_refuses_what_production_must_never_call(self, url: str) -> None:
         with pytest.raises(RefusedTarget):
-            await vet_callback_url(url, allow_loopback=False, resolve=system_resolve)
+            await vet_callback_url(url, development=False, resolve=system_resolve)
 
     def test_callback_host_is_lower_cased_and_empty_when_missing(self) -> None:
         assert callback_host("https://Partner.Example:8443/x") == "partner.example"

@@ -56,7 +56,7 @@ class TestProductionMode:
             ("https://[fe80::1]/cb", "a link-local address"),
             ("https://224.0.0.1/cb", "a multicast address"),
             ("https://0.0.0.0/cb", "an unspecified address"),
-            ("https://100.64.0.1/cb", "not a public address"),
+            ("https://100.64.0.1/cb", "a non-public address"),
         ],
     )
     async def test_an_ip_literal_that_is_not_public_is_refused_with_the_reason(
