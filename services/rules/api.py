@@ -108,6 +108,7 @@ async def current_user(request: Request, ctx: Context) -> BusinessUser:
             algorithms=[ALGORITHM],
             audience=service.CONSOLE_AUDIENCE,
             issuer=ctx.issuer.issuer,
+            options={"require": ["exp", "iat", "sub", "iss", "aud"]},
         )
     except jwt.PyJWTError as error:
         raise Unauthorized(f"token is invalid: {error}") from error

@@ -31,6 +31,7 @@ from contracts.text import Text
 from infra.dev.smtp_sink import list_messages
 from infra.logging import get_logger
 from infra.problems import Problem
+from infra.tokens import API_AUDIENCE
 from services.rules import service, sessions
 from services.rules.api import Context, Tx, User, console_session
 
@@ -257,8 +258,12 @@ async def _from_ledger(request: Request, ctx: Any, path: str, params: dict[str, 
         "email": session.email,
     }
     async with ctx.pool.acquire() as connection:
+        # For the read APIs only: the rules API refuses it, so a leaked one changes nothing.
         token = await ctx.issuer.user_token(
-            connection, user, ctx.settings.console_ledger_token_lifetime_seconds
+            connection,
+            user,
+            ctx.settings.console_ledger_token_lifetime_seconds,
+            audiences=(API_AUDIENCE,),
         )
     url = ctx.settings.ledger_url.rstrip("/") + path
     try:

@@ -12,7 +12,7 @@ import os
 import secrets
 import uuid
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -575,13 +575,19 @@ class TokenIssuer:
         )
 
     async def user_token(
-        self, connection: asyncpg.Connection, user: asyncpg.Record, lifetime: int
+        self,
+        connection: asyncpg.Connection,
+        user: Mapping[str, Any],
+        lifetime: int,
+        audiences: Sequence[str] = (CONSOLE_AUDIENCE, API_AUDIENCE),
     ) -> str:
+        """A business user's token (``id``, ``org_id``, ``role``, ``email`` of ``user``),
+        for the rules API and the read APIs unless ``audiences`` narrows it."""
         return await self.sign(
             connection,
             {
                 "sub": user["id"],
-                "aud": [CONSOLE_AUDIENCE, API_AUDIENCE],
+                "aud": list(audiences),
                 "typ": "user",
                 "org_id": user["org_id"],
                 "role": user["role"],

@@ -25,7 +25,8 @@ from cryptography.hazmat.primitives.asymmetric import ec
 
 from contracts import NOTIFICATIONS_REQUESTED, RULES_LIFECYCLE, ShareEmailRequestedEvent
 from infra.errors import StartupError
-from infra.tokens import API_AUDIENCE, JWKS_PATH
+from infra.tokens import API_AUDIENCE, JWKS_PATH, JwksVerifier
+from services.rules import repository as rules_sql
 from services.rules import service as rules
 from services.rules.app import create_app as create_rules_app
 from services.rules.key_vault import KeyVault
@@ -34,6 +35,7 @@ from tests.helpers import (
     RULES_URL,
     Client,
     RulesStack,
+    asgi_client,
     bearer,
     client_token,
     login,
@@ -711,6 +713,41 @@ class TestTokenThrottling:
             answers = [await request_token(office, tenant.client) for _ in range(limit + 5)]
 
         assert {answer.status_code for answer in answers} == {200}
+
+
+class TestTokensForOneUse:
+    async def test_the_consoles_ledger_token_reads_the_ledger_but_not_the_rules_api(
+        self, stack: RulesStack, tenant: Tenant
+    ) -> None:
+        issuer = rules.TokenIssuer.for_settings(stack.settings)
+        user = {"id": tenant.user_id, "org_id": tenant.org_id, "role": "admin", "email": "a@b.c"}
+        async with rules_transaction(stack.database_url) as connection:
+            token = await issuer.user_token(connection, user, 60, audiences=(API_AUDIENCE,))
+        verifier = JwksVerifier(RULES_URL, http=asgi_client(stack.app, RULES_URL))
+
+        principal = await verifier.verify(token)  # as the ledger checks it
+        refused = await stack.http.get("/v1/rules", headers=bearer(token))
+
+        assert principal.kind == "user" and principal.org_id == tenant.org_id
+        assert refused.status_code == 401
+
+    async def test_the_rules_api_refuses_a_token_without_an_expiry(
+        self, stack: RulesStack, tenant: Tenant
+    ) -> None:
+        claims = jwt.decode(
+            tenant.headers["Authorization"].removeprefix("Bearer "),
+            options={"verify_signature": False},
+        )
+        del claims["exp"]
+        async with rules_transaction(stack.database_url) as connection:
+            key = await connection.fetchrow(rules_sql.ACTIVE_SIGNING_KEYS)
+        private = KeyVault(stack.settings.signing_key_encryption_key).open(
+            key["kid"], key["sealed_private_key"]
+        )
+        forever = jwt.encode(claims, private, algorithm="ES256", headers={"kid": key["kid"]})
+
+        assert (await stack.http.get("/v1/rules", headers=tenant.headers)).status_code == 200
+        assert (await stack.http.get("/v1/rules", headers=bearer(forever))).status_code == 401
 
 
 class TestSigningKeyRotation:
