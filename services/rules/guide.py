@@ -142,6 +142,13 @@ GATEWAY_RESPONSES = (
     ),
     GatewayResponse(
         503,
+        "CLIENT_NOT_READY",
+        "The client was created a moment ago and the gateway has not received it yet "
+        "(it takes milliseconds). Nothing was recorded.",
+        "Retry after `Retry-After` seconds with the same `requestId`.",
+    ),
+    GatewayResponse(
+        503,
         "CALLBACK_HOST_UNRESOLVED",
         "The host of the `callbackUrl` could not be looked up in time. Nothing was recorded.",
         "Retry later with the same `requestId`; check that the host name exists.",

@@ -110,9 +110,21 @@ async def verified_client(request: Request, ctx: Context) -> Principal:
     return principal
 
 
+class ClientNotReady(Problem):
+    status = 503
+    code = "CLIENT_NOT_READY"
+    title = "Service unavailable"
+
+
 async def check_access(access: service.ClientAccess, request: Request, ctx: Context) -> None:
     """Refuse a revoked client and, when it registered a public key, a request it did not
     sign (checked before any rule)."""
+    if not access.known:
+        raise ClientNotReady(
+            "this client was created moments ago and the gateway has not seen it yet; "
+            "retry in a second",
+            headers={"Retry-After": "1"},
+        )
     if access.revoked:
         raise Unauthorized("this client has been revoked")
     if access.request_signing_key is not None:

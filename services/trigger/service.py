@@ -158,10 +158,16 @@ async def project_client(connection: asyncpg.Connection, event: ClientLifecycleE
 
 @dataclass(frozen=True)
 class ClientAccess:
-    """What the projection says about a client's standing, read once per request."""
+    """What the projection says about a client's standing, read once per request.
+
+    A client the gateway has not projected yet (its registration event is on its
+    way, for a few milliseconds) is not ``known``: whether it must sign is not
+    known either, so it is refused with a retryable error, never taken as unsigned.
+    """
 
     revoked: bool
     request_signing_key: str | None
+    known: bool = True
 
 
 @dataclass(frozen=True)
@@ -200,7 +206,11 @@ async def admit_triggers(
     )
     return [
         Admission(
-            ClientAccess(row["client_status"] == "revoked", row["request_signing_key"]),
+            ClientAccess(
+                row["client_status"] == "revoked",
+                row["request_signing_key"],
+                known=row["client_status"] is not None,
+            ),
             RateLimit(row["granted"], row["tokens"], row["per_second"], row["burst"]),
             Lookup(
                 rule=row if row["rule_id"] is not None else None,
@@ -215,11 +225,10 @@ async def admit_triggers(
 async def client_access(
     connection: asyncpg.Connection | asyncpg.Pool, client_id: str
 ) -> ClientAccess:
-    """Whether the client is revoked and the key it signs with (a client not projected
-    yet is neither: its registration event is on its way)."""
+    """Whether the client is revoked and the key it signs with."""
     row = await connection.fetchrow(sql.CLIENT_ACCESS, client_id)
     if row is None:
-        return ClientAccess(revoked=False, request_signing_key=None)
+        return ClientAccess(revoked=False, request_signing_key=None, known=False)
     return ClientAccess(row["status"] == "revoked", row["request_signing_key"])
 
 

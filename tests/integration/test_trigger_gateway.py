@@ -37,6 +37,7 @@ from infra.dev.kafka import create_topics
 from infra.request_signing import public_pem
 from infra.runtime import ServiceRuntime
 from infra.tokens import API_AUDIENCE, REALM_PATH, JwksVerifier
+from services.rules import service as rules
 from services.rules.app import create_app as create_rules_app
 from services.rules.settings import RulesSettings
 from services.trigger import api as trigger_api
@@ -59,6 +60,7 @@ from tests.helpers import (
     login,
     points,
     rules_settings,
+    rules_transaction,
 )
 
 REQUESTS_PATH = "/v1/points/requests"
@@ -109,6 +111,17 @@ class Gateway:
             body["callbackUrl"] = callback_url
         http = self.replica if on_replica and self.replica is not None else self.http
         return await http.post(REQUESTS_PATH, json=body, headers=bearer(self.tokens[client]))
+
+    async def client_projected(self, client_id: str, **expected: Any) -> None:
+        """Wait until the gateway has seen the client (as ``expected``, when given)."""
+
+        async def projected() -> bool:
+            row = await self.runtime.pool.fetchrow(
+                "SELECT status, request_signing_key FROM clients WHERE client_id = $1", client_id
+            )
+            return row is not None and all(row[name] == value for name, value in expected.items())
+
+        await eventually(projected, timeout=PROJECTION_TIMEOUT, what="the client's change")
 
     async def status(self, request_id: str, client: str = "main") -> httpx.Response:
         return await self.http.get(
@@ -778,20 +791,32 @@ class TestAuthentication:
     ) -> None:
         client = await gateway.seeder.client(gateway.org_id, "staging")
         token = await client_token(gateway.rules_http, client)
+        await gateway.client_projected(client.client_id)
         before = await gateway.http.get(f"{REQUESTS_PATH}/anything", headers=bearer(token))
         assert before.status_code == 404
 
         await gateway.seeder.revoke(client.client_id)
 
-        async def revocation_projected() -> bool:
-            status = await gateway.runtime.pool.fetchval(
-                "SELECT status FROM clients WHERE client_id = $1", client.client_id
-            )
-            return bool(status == "revoked")
-
-        await eventually(revocation_projected, timeout=PROJECTION_TIMEOUT, what="the revocation")
+        await gateway.client_projected(client.client_id, status="revoked")
         after = await gateway.http.get(f"{REQUESTS_PATH}/anything", headers=bearer(token))
         assert_refused(after, 401, "UNAUTHORIZED")
+
+    async def test_a_client_the_gateway_has_not_seen_yet_is_asked_to_retry_not_taken_as_unsigned(
+        self, gateway: Gateway
+    ) -> None:
+        # A token the issuer signed for a client whose registration has not reached the
+        # gateway: whether it must sign its requests is not known yet.
+        issuer = rules.TokenIssuer.for_settings(gateway.seeder.settings)
+        unseen = {"id": "cli_not_projected_yet", "org_id": gateway.org_id, "environment": "staging"}
+        async with rules_transaction(gateway.seeder.database_url) as connection:
+            gateway.tokens["unseen"] = await issuer.client_token(connection, unseen, 60)
+
+        response = await gateway.trigger("open", client="unseen")
+        status = await gateway.status("anything", client="unseen")
+
+        assert_refused(response, 503, "CLIENT_NOT_READY")
+        assert response.headers["Retry-After"] == "1"
+        assert_refused(status, 503, "CLIENT_NOT_READY")
 
 
 class TestChangesAfterAcceptance:
@@ -827,13 +852,7 @@ class TestChangesAfterAcceptance:
         return client, await client_token(gateway.rules_http, client), rule["id"]
 
     async def client_projected(self, gateway: Gateway, client_id: str, **expected: Any) -> None:
-        async def projected() -> bool:
-            row = await gateway.runtime.pool.fetchrow(
-                "SELECT status, request_signing_key FROM clients WHERE client_id = $1", client_id
-            )
-            return row is not None and all(row[name] == value for name, value in expected.items())
-
-        await eventually(projected, timeout=PROJECTION_TIMEOUT, what="the client's change")
+        await gateway.client_projected(client_id, **expected)
 
     async def test_a_rule_paused_since_is_inactive(self, gateway: Gateway) -> None:
         _, token, rule_id = await self.new_client(gateway)
