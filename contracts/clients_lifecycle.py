@@ -38,6 +38,17 @@ class ClientSnapshot(ContractModel):
             " callback-signing secret with a server-side key. Not a secret or a hash."
         ),
     )
+    previous_signing_key_salt: Text | None = Field(
+        default=None,
+        description=(
+            "After a rotation, the salt of the previous callback-signing secret: callbacks"
+            " carry a signature with it too until `previous_salt_valid_until`."
+        ),
+    )
+    previous_salt_valid_until: AwareDatetime | None = Field(
+        default=None,
+        description="When the previous callback-signing secret stops signing; null if none.",
+    )
     rotated_at: AwareDatetime | None = Field(
         default=None, description="When the client's secret was last rotated; null if never."
     )

@@ -36,11 +36,15 @@ def derive_signing_secret(platform_key: str, client_id: str, salt: str) -> str:
     return "whsec_" + base64.urlsafe_b64encode(digest).decode().rstrip("=")
 
 
-def sign(secret: str, body: bytes, timestamp: int | None = None) -> str:
-    """The header value for ``body`` signed at ``timestamp`` (now by default)."""
+def _mac(secret: str, body: bytes, moment: int) -> str:
+    return hmac.new(secret.encode(), f"{moment}.".encode() + body, hashlib.sha256).hexdigest()
+
+
+def sign(*secrets: str, body: bytes, timestamp: int | None = None) -> str:
+    """The header value for ``body`` signed at ``timestamp`` (now by default): one ``v1=``
+    per secret, so during a secret's rotation either the new or the old one verifies."""
     moment = int(time.time()) if timestamp is None else timestamp
-    mac = hmac.new(secret.encode(), f"{moment}.".encode() + body, hashlib.sha256)
-    return f"t={moment},v1={mac.hexdigest()}"
+    return ",".join([f"t={moment}", *(f"v1={_mac(secret, body, moment)}" for secret in secrets)])
 
 
 def verify(
@@ -53,15 +57,15 @@ def verify(
 ) -> bool:
     """True when ``header`` signs ``body`` with ``secret`` within ``tolerance`` seconds."""
     try:
-        fields = dict(part.split("=", 1) for part in header.split(","))
-        moment = int(fields["t"])
-    except (ValueError, KeyError):
+        fields = [part.split("=", 1) for part in header.split(",")]
+        [moment] = [int(value) for name, value in fields if name == "t"]
+    except ValueError:  # no t, two of them, or not a number
         return False
     current = int(time.time()) if now is None else now
     if abs(current - moment) > tolerance:
         return False
-    expected = sign(secret, body, moment).split(",", 1)[1].removeprefix("v1=")
-    return hmac.compare_digest(expected, fields.get("v1", ""))
+    expected = _mac(secret, body, moment)
+    return any(hmac.compare_digest(expected, value) for name, value in fields if name == "v1")
 
 
 #: The platform signing key `points dev` and tests use; refused outside development.

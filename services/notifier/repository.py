@@ -13,19 +13,31 @@ import asyncpg
 UNKNOWN_CLIENT_ERROR = "unknown client: no clients.lifecycle.v1 event seen for it yet"
 
 UPSERT_CLIENT = """
-INSERT INTO clients (client_id, org_id, environment, status, signing_key_salt, occurred_at)
-VALUES ($1, $2, $3, $4, $5, $6)
+INSERT INTO clients (
+    client_id, org_id, environment, status, signing_key_salt,
+    previous_signing_key_salt, previous_salt_valid_until, occurred_at
+)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
 ON CONFLICT (client_id) DO UPDATE SET
     org_id = EXCLUDED.org_id,
     environment = EXCLUDED.environment,
     status = EXCLUDED.status,
     signing_key_salt = EXCLUDED.signing_key_salt,
+    previous_signing_key_salt = EXCLUDED.previous_signing_key_salt,
+    previous_salt_valid_until = EXCLUDED.previous_salt_valid_until,
     occurred_at = EXCLUDED.occurred_at
 WHERE clients.occurred_at < EXCLUDED.occurred_at
 RETURNING client_id
 """
 
-CLIENT_SALT = "SELECT signing_key_salt FROM clients WHERE client_id = $1"
+# The salts a client's callbacks are signed with now: the previous one too while
+# its rotation overlap lasts.
+CLIENT_SALTS = """
+SELECT signing_key_salt,
+       CASE WHEN previous_salt_valid_until > now() THEN previous_signing_key_salt END
+           AS previous_signing_key_salt
+FROM clients WHERE client_id = $1
+"""
 
 # Callbacks that failed only because the client was not projected yet go out
 # as soon as it is, instead of after their next retry delay; those that ran out
@@ -213,18 +225,34 @@ async def upsert_client(
     environment: str,
     status: str,
     signing_key_salt: str,
+    previous_signing_key_salt: str | None = None,
+    previous_salt_valid_until: datetime | None = None,
     occurred_at: datetime,
 ) -> bool:
     """Store the client unless a newer event already did; True when stored."""
     row = await connection.fetchval(
-        UPSERT_CLIENT, client_id, org_id, environment, status, signing_key_salt, occurred_at
+        UPSERT_CLIENT,
+        client_id,
+        org_id,
+        environment,
+        status,
+        signing_key_salt,
+        previous_signing_key_salt,
+        previous_salt_valid_until,
+        occurred_at,
     )
     return row is not None
 
 
-async def client_salt(connection: asyncpg.Connection | asyncpg.Pool, client_id: str) -> str | None:
-    salt: str | None = await connection.fetchval(CLIENT_SALT, client_id)
-    return salt
+async def client_salts(
+    connection: asyncpg.Connection | asyncpg.Pool, client_id: str
+) -> list[str] | None:
+    """The salts the client's callbacks are signed with now, the current one first
+    (and the previous one during a rotation's overlap); None for an unknown client."""
+    row = await connection.fetchrow(CLIENT_SALTS, client_id)
+    if row is None:
+        return None
+    return [salt for salt in row if salt is not None]
 
 
 async def retry_awaiting_client(connection: asyncpg.Connection, client_id: str) -> int:

@@ -214,6 +214,8 @@ async def project_client(connection: asyncpg.Connection, event: ClientLifecycleE
         environment=client.environment,
         status=client.status,
         signing_key_salt=client.signing_key_salt,
+        previous_signing_key_salt=client.previous_signing_key_salt,
+        previous_salt_valid_until=client.previous_salt_valid_until,
         occurred_at=event.occurred_at,
     )
     if not stored:
@@ -539,15 +541,16 @@ class DeliveryDispatcher:
         except UnreachableTarget as unreachable:
             await self._record(delivery, AttemptOutcome(None, str(unreachable)))
             return
-        salt = await repository.client_salt(pool, delivery.client_id)
-        if salt is None:
+        salts = await repository.client_salts(pool, delivery.client_id)
+        if salts is None:
             await self._record(delivery, AttemptOutcome(None, UNKNOWN_CLIENT_ERROR))
             return
-        secret = derive_signing_secret(
-            self._settings.callback_signing_key, delivery.client_id, salt
-        )
+        secrets = [
+            derive_signing_secret(self._settings.callback_signing_key, delivery.client_id, salt)
+            for salt in salts
+        ]
         started = time.perf_counter()
-        outcome = await self._post(target, delivery, sign(secret, delivery.body))
+        outcome = await self._post(target, delivery, sign(*secrets, body=delivery.body))
         self.metrics.observe_send("callback", time.perf_counter() - started)
         await self._record(delivery, outcome)
 

@@ -34,6 +34,7 @@ UPDATE api_clients SET status = 'revoked', revoked_at = now() WHERE id = $1 RETU
 ROTATE_CLIENT_SECRET = """
 UPDATE api_clients
 SET previous_secret_hash = secret_hash, previous_valid_until = $3,
+    previous_signing_key_salt = signing_key_salt,
     secret_hash = $2, signing_key_salt = $4, rotated_at = now()
 WHERE id = $1
 RETURNING *

@@ -271,6 +271,8 @@ def _client_snapshot(client: asyncpg.Record) -> ClientSnapshot:
         name=client["name"],
         status=client["status"],
         signing_key_salt=client["signing_key_salt"],
+        previous_signing_key_salt=client["previous_signing_key_salt"],
+        previous_salt_valid_until=client["previous_valid_until"],
         rotated_at=client["rotated_at"],
         request_signing_key=client["request_signing_key"],
     )

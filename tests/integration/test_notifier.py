@@ -200,6 +200,8 @@ def client_event(
     salt: str = "salt-1",
     occurred_at: datetime | None = None,
     org_id: str = "org-1",
+    previous_salt: str | None = None,
+    previous_until: datetime | None = None,
 ) -> ClientLifecycleEvent:
     event = ClientLifecycleEvent.new_event(
         data=ClientSnapshot(
@@ -209,6 +211,8 @@ def client_event(
             name="Partner app",
             status="active",
             signing_key_salt=salt,
+            previous_signing_key_salt=previous_salt,
+            previous_salt_valid_until=previous_until,
         ),
         environment="staging",
         org_id=org_id,
@@ -420,6 +424,34 @@ class TestClientProjection:
 
         signature = callback.headers["x-points-signature"]
         assert verify(signing_secret(salt="rotated"), callback.body, signature)
+
+    async def test_during_a_rotations_overlap_the_old_secret_verifies_too_and_not_after(
+        self, database_url: str, receiver: CallbackReceiver
+    ) -> None:
+        now = datetime.now(UTC)
+        async with running_callbacks(notifier_settings(database_url)) as notifier:
+            rotated = client_event(
+                salt="new", previous_salt="old", previous_until=now + timedelta(hours=24)
+            )
+            await notifier.receive_client(rotated)
+            await notifier.receive_result(result_event(receiver.url()))
+            [during] = await receiver.wait_for(1)
+            ended = client_event(
+                salt="new",
+                previous_salt="old",
+                previous_until=now - timedelta(seconds=1),
+                occurred_at=now + timedelta(seconds=1),
+            )
+            await notifier.receive_client(ended)
+            await notifier.receive_result(result_event(receiver.url()))
+            [_, after] = await receiver.wait_for(2)
+
+        for secret in (signing_secret(salt="new"), signing_secret(salt="old")):
+            assert verify(secret, during.body, during.headers["x-points-signature"])
+        assert verify(signing_secret(salt="new"), after.body, after.headers["x-points-signature"])
+        assert not verify(
+            signing_secret(salt="old"), after.body, after.headers["x-points-signature"]
+        )
 
     async def test_a_callback_waiting_for_its_client_goes_out_once_the_client_is_known(
         self, database_url: str, receiver: CallbackReceiver

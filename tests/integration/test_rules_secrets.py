@@ -20,6 +20,8 @@ import pytest
 import pytest_asyncio
 from structlog.testing import capture_logs
 
+from contracts import CLIENTS_LIFECYCLE, ClientLifecycleEvent
+from infra.signing import derive_signing_secret
 from infra.tokens import TOKEN_PATH
 from services.rules import service as rules
 from services.rules.service import IssuedClient
@@ -230,3 +232,33 @@ class TestNoSecretLeaks:
             rotated.callback_signing_secret,
         ]
         assert leaks([caplog.text, *map(repr, caplog.records)], secrets) == []
+
+
+class TestRotationOverlap:
+    async def test_the_rotation_event_lets_the_notifier_sign_with_the_old_secret_until_it_ends(
+        self, stack: RulesStack
+    ) -> None:
+        organisation = await stack.seeder.organisation("Overlap Bakery")
+        first = await create_client_as_the_cli_does(stack, organisation.id)
+        rotated = await rotate_as_the_cli_does(stack, first.client_id)
+        rows = await stack.runtime.pool.fetch(
+            "SELECT payload FROM outbox WHERE topic = $1 AND key = $2 ORDER BY id",
+            CLIENTS_LIFECYCLE,
+            first.client_id,
+        )
+        event = ClientLifecycleEvent.model_validate_json(bytes(rows[-1]["payload"]))
+        snapshot = event.data
+        key = stack.settings.callback_signing_key
+
+        assert event.type == "client.secret_rotated"
+        assert snapshot.previous_signing_key_salt is not None
+        previous = derive_signing_secret(key, first.client_id, snapshot.previous_signing_key_salt)
+        current = derive_signing_secret(key, first.client_id, snapshot.signing_key_salt)
+        assert (previous, current) == (
+            first.callback_signing_secret,
+            rotated.callback_signing_secret,
+        )
+        overlap = timedelta(seconds=stack.settings.secret_rotation_overlap_seconds)
+        assert snapshot.previous_salt_valid_until is not None
+        left = snapshot.previous_salt_valid_until - datetime.now(UTC)
+        assert overlap - timedelta(minutes=1) < left <= overlap

@@ -23,7 +23,7 @@ from contracts.limits import MAX_MEMBER_BALANCE, MAX_POINTS, MAX_POOL_BALANCE
 from infra.http import Unauthorized
 from infra.request_signing import SIGNATURE_HEADER as REQUEST_SIGNATURE_HEADER
 from infra.request_signing import TIMESTAMP_HEADER, public_pem
-from infra.signing import SIGNATURE_HEADER, sign
+from infra.signing import SIGNATURE_HEADER, sign, verify
 from infra.tokens import TOKEN_PATH
 from services.notifier.settings import NotifierSettings
 from services.rules.app import create_app
@@ -264,35 +264,50 @@ class TestTheDocumentedSignatureCheck:
     ) -> None:
         verify_signature = verifier(await guide(http, "staging"))
 
-        header = sign(SECRET, BODY, NOW)
+        header = sign(SECRET, body=BODY, timestamp=NOW)
 
         assert verify_signature(SECRET, BODY, header, now=NOW + 10) is True
 
     async def test_it_accepts_a_signature_made_right_now(self, http: httpx.AsyncClient) -> None:
         verify_signature = verifier(await guide(http, "staging"))
 
-        assert verify_signature(SECRET, BODY, sign(SECRET, BODY)) is True
+        assert verify_signature(SECRET, BODY, sign(SECRET, body=BODY)) is True
 
     async def test_it_refuses_a_tampered_body(self, http: httpx.AsyncClient) -> None:
         verify_signature = verifier(await guide(http, "staging"))
 
-        header = sign(SECRET, BODY, NOW)
+        header = sign(SECRET, body=BODY, timestamp=NOW)
 
         assert verify_signature(SECRET, BODY.replace(b"10", b"99"), header, now=NOW) is False
 
     async def test_it_refuses_another_clients_secret(self, http: httpx.AsyncClient) -> None:
         verify_signature = verifier(await guide(http, "staging"))
 
-        header = sign("whsec_someone-else", BODY, NOW)
+        header = sign("whsec_someone-else", body=BODY, timestamp=NOW)
 
         assert verify_signature(SECRET, BODY, header, now=NOW) is False
 
     async def test_it_refuses_a_stale_timestamp(self, http: httpx.AsyncClient) -> None:
         verify_signature = verifier(await guide(http, "staging"))
 
-        header = sign(SECRET, BODY, NOW)
+        header = sign(SECRET, body=BODY, timestamp=NOW)
 
         assert verify_signature(SECRET, BODY, header, now=NOW + 3600) is False
+
+    async def test_during_a_rotation_either_secret_verifies_and_no_other(
+        self, http: httpx.AsyncClient
+    ) -> None:
+        verify_signature = verifier(await guide(http, "staging"))
+        old, new = "whsec_before-the-rotation", "whsec_after-the-rotation"
+
+        header = sign(new, old, body=BODY, timestamp=NOW)
+
+        assert header.count("v1=") == 2
+        for secret in (new, old):
+            assert verify_signature(secret, BODY, header, now=NOW) is True
+            assert verify(secret, BODY, header, now=NOW) is True
+        assert verify_signature("whsec_someone-else", BODY, header, now=NOW) is False
+        assert verify("whsec_someone-else", BODY, header, now=NOW) is False
 
     @pytest.mark.parametrize("header", ["", "v1=abc", "t=soon,v1=abc", "garbage"])
     async def test_it_refuses_a_malformed_header(
