@@ -524,7 +524,9 @@ async def share_rule(rule_id: Text, user: User, tx: Tx, ctx: Context) -> ShareIn
 async def email_rule(
     rule_id: Text, body: ShareEmailRequest, user: User, tx: Tx, ctx: Context, cid: CorrelationId
 ) -> ShareEmailAccepted:
-    """E-mail an active rule's share information to developers; the notifier sends it."""
+    """E-mail an active rule's share information to developers; the notifier sends it.
+    An organisation may send to a limited number of addresses a day (429
+    ``SHARE_EMAIL_LIMIT`` past it, with ``Retry-After``); every send is audited."""
     user.require_editor()
     notification_id = await service.request_share_email(
         tx, user.org_id, user.id, rule_id, body.recipients(), ctx.settings, cid

@@ -4,6 +4,15 @@ from __future__ import annotations
 
 INSERT_ORGANISATION = "INSERT INTO organisations (id, name, timezone) VALUES ($1, $2, $3)"
 GET_ORGANISATION = "SELECT * FROM organisations WHERE id = $1"
+LOCK_ORGANISATION = "SELECT id FROM organisations WHERE id = $1 FOR UPDATE"
+# The share e-mails' recipients an organisation sent to in the last day, and when the
+# oldest of those sends leaves the day.
+SHARE_RECIPIENTS_TODAY = """
+SELECT coalesce(sum(jsonb_array_length(details -> 'recipients')), 0)::bigint AS recipients,
+       min(at) + interval '1 day' - now() AS until_oldest_leaves
+FROM audit_log
+WHERE org_id = $1 AND action = 'rule.shared_by_email' AND at > now() - interval '1 day'
+"""
 
 INSERT_USER = """
 INSERT INTO users (id, org_id, email, password_hash, role) VALUES ($1, $2, $3, $4, $5)

@@ -8,6 +8,7 @@ outbox event commit together or not at all.
 from __future__ import annotations
 
 import asyncio
+import math
 import os
 import secrets
 import uuid
@@ -1062,8 +1063,27 @@ async def request_share_email(
     settings: RulesSettings,
     correlation_id: str,
 ) -> uuid.UUID:
-    """Ask the notifier, through the outbox, to e-mail an active rule's share details."""
+    """Ask the notifier, through the outbox, to e-mail an active rule's share details.
+
+    An organisation sends to at most ``share_email_recipients_per_day`` addresses in
+    any 24 hours (every send is in the audit log), so the platform cannot be used
+    to mail strangers at volume.
+    """
     details = await share_details(connection, org_id, rule_id, settings)
+    await connection.execute(sql.LOCK_ORGANISATION, org_id)  # one send counted at a time
+    today = await connection.fetchrow(sql.SHARE_RECIPIENTS_TODAY, org_id)
+    allowance = settings.share_email_recipients_per_day
+    if today["recipients"] + len(recipients) > allowance:
+        wait = today["until_oldest_leaves"] or timedelta(days=1)
+        retry_after = max(1, math.ceil(wait.total_seconds()))
+        raise Problem(
+            f"this organisation may send share e-mails to {allowance} addresses a day and "
+            f"has sent to {today['recipients']} in the last 24 hours; try again later",
+            status=429,
+            code="SHARE_EMAIL_LIMIT",
+            headers={"Retry-After": str(retry_after)},
+            retryAfter=retry_after,
+        )
     notification_id = uuid.uuid4()
     event = ShareEmailRequestedEvent.new_event(
         data=ShareEmailRequested(

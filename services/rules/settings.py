@@ -99,6 +99,12 @@ class RulesSettings(ServiceSettings):
         description="Token requests one address may make, for any client ids, before it is "
         "slowed down the same way; each success gives its attempt back.",
     )
+    share_email_recipients_per_day: int = Field(
+        default=200,
+        ge=1,
+        description="Addresses one organisation may send share e-mails to in any 24 hours; "
+        "past it, POST /v1/rules/{id}/share/email answers 429 SHARE_EMAIL_LIMIT.",
+    )
     callback_signing_key: str = Field(
         default="",
         validation_alias=AliasChoices("RULES_CALLBACK_SIGNING_KEY", "CALLBACK_SIGNING_KEY"),

@@ -265,6 +265,41 @@ class TestSharing:
         assert line["action"] == "rule.shared_by_email"
         assert line["details"]["recipients"] == ["dev@partner.example.com"]
 
+    async def test_an_organisation_sends_to_a_limited_number_of_addresses_a_day(
+        self,
+        http: httpx.AsyncClient,
+        stack: RulesStack,
+        tenant: Tenant,
+        monkeypatch: pytest.MonkeyPatch,
+    ) -> None:
+        monkeypatch.setattr(stack.settings, "share_email_recipients_per_day", 25)
+        rule = await active_rule(http, tenant)
+
+        async def send(count: int, batch: int) -> httpx.Response:
+            to = [f"dev{batch}-{n}@partner.example.com" for n in range(count)]
+            return await http.post(
+                f"/v1/rules/{rule['id']}/share/email", json={"to": to}, headers=tenant.headers
+            )
+
+        first, second = await send(20, 1), await send(5, 2)
+        over = await send(1, 3)
+
+        assert (first.status_code, second.status_code) == (202, 202)
+        assert over.status_code == 429
+        assert over.json()["code"] == "SHARE_EMAIL_LIMIT"
+        assert 0 < int(over.headers["Retry-After"]) <= 86_400
+        assert len(await outbox_payloads(stack, NOTIFICATIONS_REQUESTED, rule["id"])) == 2
+        other = await stack.seeder.organisation()
+        other_headers = bearer(await login(http, other.email))
+        other_client = await stack.seeder.client(other.id, "staging")
+        elsewhere = await active_rule(http, Tenant(other.id, "", other_headers, other_client))
+        unaffected = await http.post(
+            f"/v1/rules/{elsewhere['id']}/share/email",
+            json={"to": ["dev@partner.example.com"]},
+            headers=other_headers,
+        )
+        assert unaffected.status_code == 202, unaffected.text
+
     @pytest.mark.parametrize(
         ("to", "field"),
         [
