@@ -12,10 +12,10 @@ from pydantic import BaseModel, ConfigDict, Field
 from pydantic.alias_generators import to_camel
 
 from contracts.text import MultilineText, Text
-from infra.http import authenticate
+from infra.http import Unauthorized, authenticate
 from infra.runtime import ServiceRuntime
 from infra.tokens import JwksVerifier, Principal
-from services.ledger import service
+from services.ledger import clients, service
 
 
 class CamelModel(BaseModel):
@@ -45,14 +45,20 @@ class TransactionPage(CamelModel):
     next_cursor: str | None
 
 
-async def _principal(request: Request) -> Principal:
-    verifier: JwksVerifier = request.app.state.verifier
-    return await authenticate(verifier, request)
-
-
 async def _pool(request: Request) -> asyncpg.Pool:
     runtime: ServiceRuntime = request.app.state.runtime
     return runtime.pool
+
+
+async def _principal(request: Request) -> Principal:
+    """Who the bearer token speaks for; a revoked client is refused at once."""
+    verifier: JwksVerifier = request.app.state.verifier
+    principal = await authenticate(verifier, request)
+    if principal.kind == "client" and await clients.is_revoked(
+        await _pool(request), principal.client_id
+    ):
+        raise Unauthorized("this client has been revoked")
+    return principal
 
 
 PrincipalDep = Annotated[Principal, Depends(_principal)]

@@ -4,13 +4,20 @@ from __future__ import annotations
 
 import asyncio
 
-from contracts import POINTS_REQUESTED, PointsRequestedEvent
+from contracts import (
+    CLIENTS_LIFECYCLE,
+    POINTS_REQUESTED,
+    ClientLifecycleEvent,
+    PointsRequestedEvent,
+)
 from infra.consumers import environment_from_member_key
 from infra.runtime import ServiceRuntime
+from services.ledger.clients import project_clients
 from services.ledger.service import apply_batch, fail_quarantined_request, members_apart
 from services.ledger.settings import LedgerSettings
 
 GROUP = "ledger"
+CLIENTS_GROUP = "ledger.clients"
 
 
 def register_subscribers(runtime: ServiceRuntime, settings: LedgerSettings) -> None:
@@ -47,4 +54,17 @@ def register_subscribers(runtime: ServiceRuntime, settings: LedgerSettings) -> N
         "PostgreSQL transaction per part of a batch (parts have no member in common); "
         "results go out through the outbox. A request that cannot be applied is "
         "quarantined and settled as failed (`PROCESSING_FAILED`).",
+    )
+
+    async def project_client_standing(events: list[ClientLifecycleEvent]) -> None:
+        async with runtime.pool.acquire() as connection, connection.transaction():
+            await project_clients(connection, events)
+
+    runtime.consume(
+        {CLIENTS_LIFECYCLE: ClientLifecycleEvent},
+        group_id=CLIENTS_GROUP,
+        handler=project_client_standing,
+        by_environment=False,
+        description="Keeps which API clients are revoked, so the read API refuses a revoked "
+        "client's token at once rather than when it expires.",
     )

@@ -20,6 +20,7 @@ from aiokafka.structs import TopicPartition
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from contracts import (
+    CLIENTS_LIFECYCLE,
     POINTS_REQUESTED,
     POINTS_RESULTS,
     TOPICS_TO_CREATE,
@@ -27,13 +28,14 @@ from contracts import (
     PointsRequestedEvent,
     PointsResultEvent,
 )
+from contracts.clients_lifecycle import ClientLifecycleEvent, ClientSnapshot
 from infra import quarantine
 from infra.dev.kafka import create_topics
 from infra.tokens import API_AUDIENCE, JWKS_PATH, REALM_PATH, JwksVerifier
 from services.ledger.app import Ledger, create_ledger
 from services.ledger.service import PROCESSING_FAILED, apply_batch, verify_ledger
 from services.ledger.settings import LedgerSettings
-from tests.helpers import produce
+from tests.helpers import eventually, produce
 
 ISSUER_URL = "http://issuer.test"
 #: A key under which a test's requests share a partition, so they share a batch too.
@@ -70,13 +72,14 @@ class TestIssuer:
         environment: str | None = "staging",
         expires_in: int = 300,
         role: str | None = None,
+        subject: str | None = None,
     ) -> str:
         now = int(time.time())
         claims: dict[str, Any] = {
             "iss": ISSUER_URL + REALM_PATH,
             "aud": API_AUDIENCE,
             "typ": typ,
-            "sub": "client-1" if typ == "client" else "user-1",
+            "sub": subject or ("client-1" if typ == "client" else "user-1"),
             "org_id": org_id,
             "iat": now,
             "exp": now + expires_in,
@@ -129,7 +132,7 @@ async def ledger(
         [
             topic
             for topic in TOPICS_TO_CREATE
-            if topic.name.startswith((POINTS_REQUESTED, POINTS_RESULTS))
+            if topic.name.startswith((POINTS_REQUESTED, POINTS_RESULTS, CLIENTS_LIFECYCLE))
         ],
     )
     settings = LedgerSettings(
@@ -249,6 +252,46 @@ class TestThroughTheBroker:
                 headers=bearer(issuer.token()),
             )
         assert response.json() == {"userId": "member-1", "environment": "staging", "balance": 120}
+
+
+class TestARevokedClient:
+    async def test_reads_nothing_once_its_revocation_arrives_while_others_still_read(
+        self, ledger: Ledger, issuer: TestIssuer
+    ) -> None:
+        await seed(ledger, points_requested(30))
+        revoked, other = issuer.token(subject="client-1"), issuer.token(subject="client-2")
+
+        async def balance(token: str) -> httpx.Response:
+            async with http_client(ledger) as http:
+                return await http.get(
+                    "/v1/members/member-1/balance",
+                    params={"environment": "staging"},
+                    headers=bearer(token),
+                )
+
+        before = await balance(revoked)
+        revocation = ClientLifecycleEvent.new_event(
+            data=ClientSnapshot(
+                client_id="client-1",
+                org_id="org-1",
+                environment="staging",
+                name="Partner app",
+                status="revoked",
+                signing_key_salt="salt-1",
+            ),
+            environment="staging",
+            org_id="org-1",
+            correlation_id="corr-revoke",
+            type="client.revoked",
+        )
+        await produce(ledger.settings.kafka_bootstrap_servers, CLIENTS_LIFECYCLE, [revocation])
+
+        async def refused() -> bool:
+            return (await balance(revoked)).status_code == 401
+
+        await eventually(refused, timeout=30, what="the revocation reaching the ledger")
+        assert before.status_code == 200
+        assert (await balance(other)).json()["balance"] == 30
 
 
 class TestARequestTheLedgerCannotApply:
