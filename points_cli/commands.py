@@ -40,10 +40,12 @@ def emit(value: dict[str, Any], as_json: bool) -> None:
 
 @asynccontextmanager
 async def schema_transaction(
-    schema: str, settings: ServiceSettings
+    schema: str, settings: ServiceSettings | None = None
 ) -> AsyncIterator[asyncpg.Connection]:
     """One transaction in a service's schema, migrated first (the command may run
-    before the service ever started)."""
+    before the service ever started). Without ``settings``, the service's database
+    settings (:func:`database_settings`) say where."""
+    settings = settings or database_settings(schema)
     await db.migrate_with_retry(
         settings.database_url,
         schema,
@@ -125,7 +127,7 @@ async def client_set_rate_limit(args: argparse.Namespace) -> int:
 
     async with rules_transaction() as (connection, _):
         await rules.client_for_update(connection, args.client_id)  # refuses an unknown client
-    async with schema_transaction("trigger", database_settings("trigger")) as connection:
+    async with schema_transaction("trigger") as connection:
         await set_client_rate_limit(
             connection, args.client_id, per_second=args.per_second, burst=args.burst
         )
@@ -158,9 +160,8 @@ async def keys_rotate(args: argparse.Namespace) -> int:
 
 async def ledger_verify(args: argparse.Namespace) -> int:
     from services.ledger.service import verify_ledger
-    from services.ledger.settings import LedgerSettings
 
-    async with schema_transaction("ledger", LedgerSettings()) as connection:
+    async with schema_transaction("ledger") as connection:
         violations = await verify_ledger(connection)
     if args.json:
         print(json.dumps({"violations": violations}))
@@ -174,19 +175,11 @@ async def ledger_verify(args: argparse.Namespace) -> int:
     return 0
 
 
-@asynccontextmanager
-async def notifier_transaction() -> AsyncIterator[asyncpg.Connection]:
-    from services.notifier.settings import NotifierSettings
-
-    async with schema_transaction("notifier", NotifierSettings()) as connection:
-        yield connection
-
-
 async def deliveries_list(args: argparse.Namespace) -> int:
     from services.notifier import service as notifier
 
     status = "parked" if args.parked else None
-    async with notifier_transaction() as connection:
+    async with schema_transaction("notifier") as connection:
         rows = await notifier.list_deliveries(connection, status=status, limit=args.limit)
     if args.json:
         print(json.dumps([delivery_json(row) for row in rows]))
@@ -201,7 +194,7 @@ async def deliveries_list(args: argparse.Namespace) -> int:
 async def deliveries_replay(args: argparse.Namespace) -> int:
     from services.notifier import service as notifier
 
-    async with notifier_transaction() as connection:
+    async with schema_transaction("notifier") as connection:
         if args.all:
             ids = await notifier.replay_parked_deliveries(connection)
             print(f"{len(ids)} parked deliveries queued again")
@@ -243,25 +236,10 @@ def _plain(value: Any) -> Any:
     return str(value) if isinstance(value, UUID) else value
 
 
-def settings_of(service: str) -> ServiceSettings:
-    """The settings a service reads (its own database URL override included)."""
-    from services.ledger.settings import LedgerSettings
-    from services.notifier.settings import NotifierSettings
-    from services.trigger.settings import TriggerSettings
-
-    classes: dict[str, type[ServiceSettings]] = {
-        "rules": RulesSettings,
-        "trigger": TriggerSettings,
-        "ledger": LedgerSettings,
-        "notifier": NotifierSettings,
-    }
-    return classes[service]()
-
-
 async def quarantine_list(args: argparse.Namespace) -> int:
     listed: list[tuple[str, quarantine.Quarantined]] = []
     for service in [args.service] if args.service else SERVICES:
-        async with schema_transaction(service, settings_of(service)) as connection:
+        async with schema_transaction(service) as connection:
             rows = await quarantine.list_quarantined(
                 connection, include_resolved=args.resolved, limit=args.limit
             )
@@ -302,7 +280,7 @@ async def quarantine_replay(args: argparse.Namespace) -> int:
         print("points: quarantine ids are per service: add --service", file=sys.stderr)
         return 2
     for service in [args.service] if args.service else SERVICES:
-        async with schema_transaction(service, settings_of(service)) as connection:
+        async with schema_transaction(service) as connection:
             try:
                 replayed = await quarantine.replay(connection, args.ids or None)
             except quarantine.NotReplayable as error:

@@ -216,6 +216,20 @@ class SignInThrottles:
         )
 
 
+async def _take_attempt(
+    connection: asyncpg.Connection,
+    keys: list[throttle.Key],
+    what: str,
+    event: str,
+    **logged: str | None,
+) -> None:
+    """Count a sign-in attempt, or log ``event`` and refuse it when it must wait."""
+    wait = await throttle.take_attempt(connection, keys)
+    if wait is not None:
+        log.info(event, **logged)
+        raise TooManySignInAttempts(wait, what)
+
+
 async def log_in(
     connection: asyncpg.Connection,
     email: str,
@@ -231,10 +245,7 @@ async def log_in(
     keys = throttle.keys_for(
         "login", client_ip, email.strip().lower(), throttles.login, throttles.login_address
     )
-    wait = await throttle.take_attempt(connection, keys)
-    if wait is not None:
-        log.info("user.login_throttled", ip=client_ip)
-        raise TooManySignInAttempts(wait, "logins")
+    await _take_attempt(connection, keys, "logins", "user.login_throttled", ip=client_ip)
     async with connection.transaction():
         user = await authenticate_user(connection, email, password)
         await throttle.succeeded(connection, keys)
@@ -456,10 +467,9 @@ async def sign_in_client(
     keys = throttle.keys_for(
         "token", client_ip, client_id, throttles.token, throttles.token_address
     )
-    wait = await throttle.take_attempt(connection, keys)
-    if wait is not None:
-        log.info("token.throttled", client_id=client_id, ip=client_ip)
-        raise TooManySignInAttempts(wait, "token requests")
+    await _take_attempt(
+        connection, keys, "token requests", "token.throttled", client_id=client_id, ip=client_ip
+    )
     client = await authenticate_client(connection, client_id, client_secret)
     if client is not None:
         await throttle.succeeded(connection, keys)
