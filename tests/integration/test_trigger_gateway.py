@@ -200,6 +200,8 @@ async def seed_rules(gateway: Gateway, console: Console, foreign: Console) -> No
         "settled": await console.rule(capMax=10, **staging),
         "batched": await console.rule(capMax=20, **staging),
         "capped_later": await console.rule(**staging),
+        "member_capped_later": await console.rule(**staging),
+        "capped_after_request": await console.rule(**staging),
         "throttled": await console.rule(
             authorizedClientIds=[gateway.clients["throttled"].client_id]
         ),
@@ -712,29 +714,61 @@ class TestCaps:
         assert (await gateway.trigger("batched", amount=20)).status_code == 202
 
 
-class TestCapsChangedAfterAcceptance:
-    async def test_a_rejection_frees_only_what_its_request_had_reserved(
-        self, gateway: Gateway
-    ) -> None:
-        uncapped = (await gateway.trigger("capped_later", amount=10)).json()
-        rule_id = gateway.rules["capped_later"]
+class TestCapsSetAfterUse:
+    """A cap bounds everything its rule (or member) has moved, whenever it is set."""
+
+    async def cap(self, gateway: Gateway, rule: str, **caps: int) -> None:
+        rule_id = gateway.rules[rule]
         console = Console(gateway.rules_http, gateway.console)
-        patched = await console.patch(
-            {"id": rule_id, "version": gateway.versions[rule_id]}, capMax=10
-        )
+        patched = await console.patch({"id": rule_id, "version": gateway.versions[rule_id]}, **caps)
         gateway.versions[rule_id] = patched["version"]
         await wait_for_projection(gateway)
-        assert (await gateway.trigger("capped_later", amount=10)).status_code == 202
+
+    async def test_a_cap_set_later_counts_the_points_moved_before_it(
+        self, gateway: Gateway
+    ) -> None:
+        assert (await gateway.trigger("capped_later", amount=1000)).status_code == 202
+
+        await self.cap(gateway, "capped_later", capMax=1200)
+
+        assert_refused(await gateway.trigger("capped_later", amount=1000), 400, "CAP_EXCEEDED")
+        assert (await gateway.trigger("capped_later", amount=200)).status_code == 202
+        assert_refused(await gateway.trigger("capped_later", amount=1), 400, "CAP_EXCEEDED")
+        assert await recorded_total(gateway, "capped_later") == (2, 1200)
+
+    async def test_a_per_member_cap_set_later_counts_what_the_member_earned_before_it(
+        self, gateway: Gateway
+    ) -> None:
+        assert (await gateway.trigger("member_capped_later", amount=50)).status_code == 202
+
+        await self.cap(gateway, "member_capped_later", capPerMember=60)
+
+        over = await gateway.trigger("member_capped_later", amount=20)
+        assert_refused(over, 400, "MEMBER_CAP_EXCEEDED")
+        other = await gateway.trigger("member_capped_later", amount=20, user_id="member-2")
+        assert other.status_code == 202
+        assert (await gateway.trigger("member_capped_later", amount=10)).status_code == 202
+
+    async def test_a_rejection_of_a_request_from_before_the_cap_frees_its_points(
+        self, gateway: Gateway
+    ) -> None:
+        uncapped = (await gateway.trigger("capped_after_request", amount=10)).json()
+        await self.cap(gateway, "capped_after_request", capMax=10)
+        assert_refused(
+            await gateway.trigger("capped_after_request", amount=10), 400, "CAP_EXCEEDED"
+        )
 
         await publish_result(
             gateway.bootstrap_servers,
-            await ledger_outcome(gateway, "capped_later", uncapped, applied=False),
+            await ledger_outcome(gateway, "capped_after_request", uncapped, applied=False),
         )
         await settled_status(gateway, uncapped["requestId"])
 
-        # The first request reserved nothing, so its rejection frees nothing.
-        assert await gateway.cap_used("capped_later") == 10
-        assert_refused(await gateway.trigger("capped_later", amount=10), 400, "CAP_EXCEEDED")
+        assert await gateway.cap_used("capped_after_request") == 0
+        assert (await gateway.trigger("capped_after_request", amount=10)).status_code == 202
+        assert_refused(
+            await gateway.trigger("capped_after_request", amount=10), 400, "CAP_EXCEEDED"
+        )
 
 
 def tampered(token: str, **claims: Any) -> str:

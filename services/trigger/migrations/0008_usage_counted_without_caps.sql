@@ -1,0 +1,115 @@
+-- A cap bounds everything its rule has moved, whenever the cap is set. Until
+-- now the gateway counted a rule's usage (and a member's) only while the rule
+-- had a cap, so a cap set or raised later started from zero: a rule that had
+-- moved 1,000 points uncapped and was then capped at 1,200 accepted 1,000
+-- more. From this release every accepted trigger reserves its amount in
+-- cap_usage and member_cap_usage, capped or not; a cap only decides whether
+-- the reservation fits. Runs with search_path = trigger.
+--
+-- A counter may saturate at 2^62, far above any cap (a cap is at most
+-- 2^53 - 1): adding one request's amount (also at most 2^53 - 1) to it then
+-- never overflows bigint.
+
+-- What the requests still retained had moved uncapped: they reserve it now, so
+-- a rejection or reversal frees it like any other reservation. Requests purged
+-- before this release are not counted; a cap below what the ledger applied is
+-- refused by the rules service, which counts every applied result.
+WITH uncounted AS (
+    UPDATE requests SET cap_reserved = amount
+    WHERE cap_reserved = 0 AND status <> 'failed' AND reversed_at IS NULL
+    RETURNING rule_id, amount
+), by_rule AS (
+    SELECT rule_id, least(sum(amount), 4611686018427387904)::bigint AS used
+    FROM uncounted GROUP BY rule_id
+)
+INSERT INTO cap_usage AS u (rule_id, used)
+SELECT rule_id, used FROM by_rule
+ON CONFLICT (rule_id) DO UPDATE SET used = least(u.used + EXCLUDED.used, 4611686018427387904);
+
+WITH uncounted AS (
+    UPDATE requests SET member_cap_reserved = amount
+    WHERE member_cap_reserved = 0 AND status <> 'failed' AND reversed_at IS NULL
+    RETURNING rule_id, user_id, amount
+), by_member AS (
+    SELECT rule_id, user_id, least(sum(amount), 4611686018427387904)::bigint AS used
+    FROM uncounted GROUP BY rule_id, user_id
+)
+INSERT INTO member_cap_usage AS u (rule_id, user_id, used)
+SELECT rule_id, user_id, used FROM by_member
+ON CONFLICT (rule_id, user_id) DO UPDATE
+SET used = least(u.used + EXCLUDED.used, 4611686018427387904);
+
+-- As in 0005, with one change: each trigger reserves its amount on its rule
+-- and its member whether or not a cap is set, and a cap, when set, refuses a
+-- reservation that would overshoot it (the upsert then writes nothing). Each
+-- reservation is one upsert, so an uncapped trigger costs two statements more
+-- than before (make bench-gateway; figures in docs/performance.md).
+CREATE OR REPLACE FUNCTION record_points_requests(
+    p_client_ids text[], p_request_ids text[], p_transaction_ids uuid[], p_body_hashes text[],
+    p_org_ids text[], p_environments text[], p_rule_ids text[], p_rule_versions integer[],
+    p_user_ids text[], p_types text[], p_amounts bigint[],
+    p_cap_maxes bigint[], p_cap_per_members bigint[],
+    p_outbox_topics text[], p_outbox_keys text[], p_outbox_payloads bytea[],
+    p_outbox_headers text[]
+) RETURNS TABLE (request_position integer, outcome text, transaction_id uuid, body_hash text)
+LANGUAGE plpgsql AS $$
+DECLARE
+    i integer;
+    recorded integer[] := '{}';
+    saturated CONSTANT bigint := 4611686018427387904;
+BEGIN
+    FOR i IN
+        SELECT n FROM generate_subscripts(p_client_ids, 1) AS n
+        ORDER BY p_rule_ids[n], p_user_ids[n], n
+    LOOP
+        INSERT INTO requests (
+            client_id, request_id, transaction_id, body_hash, org_id, environment,
+            rule_id, rule_version, user_id, type, amount, cap_reserved, member_cap_reserved
+        ) VALUES (
+            p_client_ids[i], p_request_ids[i], p_transaction_ids[i], p_body_hashes[i],
+            p_org_ids[i], p_environments[i], p_rule_ids[i], p_rule_versions[i],
+            p_user_ids[i], p_types[i], p_amounts[i], p_amounts[i], p_amounts[i]
+        ) ON CONFLICT ON CONSTRAINT requests_pkey DO NOTHING;
+        IF NOT FOUND THEN
+            RETURN QUERY
+                SELECT i, 'replayed', r.transaction_id, r.body_hash FROM requests AS r
+                WHERE r.client_id = p_client_ids[i] AND r.request_id = p_request_ids[i];
+            CONTINUE;
+        END IF;
+
+        INSERT INTO cap_usage AS u (rule_id, used)
+        SELECT p_rule_ids[i], p_amounts[i] WHERE p_amounts[i] <= coalesce(p_cap_maxes[i], p_amounts[i])
+        ON CONFLICT (rule_id) DO UPDATE SET used = least(u.used + EXCLUDED.used, saturated)
+        WHERE p_cap_maxes[i] IS NULL OR u.used + EXCLUDED.used <= p_cap_maxes[i];
+        IF NOT FOUND THEN
+            DELETE FROM requests
+            WHERE client_id = p_client_ids[i] AND request_id = p_request_ids[i];
+            RETURN QUERY SELECT i, 'CAP_EXCEEDED', NULL::uuid, NULL::text;
+            CONTINUE;
+        END IF;
+
+        INSERT INTO member_cap_usage AS u (rule_id, user_id, used)
+        SELECT p_rule_ids[i], p_user_ids[i], p_amounts[i]
+        WHERE p_amounts[i] <= coalesce(p_cap_per_members[i], p_amounts[i])
+        ON CONFLICT (rule_id, user_id) DO UPDATE SET used = least(u.used + EXCLUDED.used, saturated)
+        WHERE p_cap_per_members[i] IS NULL OR u.used + EXCLUDED.used <= p_cap_per_members[i];
+        IF NOT FOUND THEN
+            UPDATE cap_usage SET used = greatest(used - p_amounts[i], 0)
+            WHERE rule_id = p_rule_ids[i];
+            DELETE FROM requests
+            WHERE client_id = p_client_ids[i] AND request_id = p_request_ids[i];
+            RETURN QUERY SELECT i, 'MEMBER_CAP_EXCEEDED', NULL::uuid, NULL::text;
+            CONTINUE;
+        END IF;
+
+        recorded := recorded || i;
+        RETURN QUERY SELECT i, 'recorded', p_transaction_ids[i], p_body_hashes[i];
+    END LOOP;
+
+    -- One insert for the batch, in acceptance order (the relay publishes in id order).
+    INSERT INTO outbox (topic, key, payload, headers)
+    SELECT p_outbox_topics[n], p_outbox_keys[n], p_outbox_payloads[n], p_outbox_headers[n]::jsonb
+    FROM unnest(recorded) AS n
+    ORDER BY n;
+END;
+$$;
