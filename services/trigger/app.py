@@ -17,7 +17,7 @@ from infra.runtime import ServiceRuntime, health_router
 from infra.tokens import JwksVerifier
 from services.trigger import subscribers
 from services.trigger.api import TRIGGER_PATH, TriggerContext, router, serve_trigger
-from services.trigger.housekeeping import RequestPurger
+from services.trigger.housekeeping import PendingReconciler, RequestPurger
 from services.trigger.settings import TriggerSettings
 
 MIGRATIONS = Path(__file__).parent / "migrations"
@@ -47,9 +47,17 @@ def create_app(
         retention_days=settings.idempotency_retention_days,
         interval=settings.purge_interval_seconds,
     )
+    reconciler = PendingReconciler(
+        lambda: runtime.pool,
+        redrive_after=settings.pending_redrive_after_seconds,
+        report_after=settings.pending_report_after_seconds,
+        interval=settings.reconcile_interval_seconds,
+        registry=runtime.metrics.registry,
+    )
     runtime.on_start(projection.mark)
-    runtime.on_start(purger.start)
-    runtime.on_stop(purger.stop)
+    for periodic in (purger, reconciler):
+        runtime.on_start(periodic.start)
+        runtime.on_stop(periodic.stop)
     runtime.on_stop(verifier.aclose)
     runtime.readiness_checks["projection"] = projection.caught_up
 

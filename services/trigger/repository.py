@@ -32,7 +32,7 @@ GET_REQUEST = "SELECT * FROM requests WHERE client_id = $1 AND request_id = $2"
 RECORD_REQUESTS = """
 SELECT request_position, outcome, transaction_id, body_hash
 FROM record_points_requests($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13,
-                            $14, $15, $16, $17)
+                            $14, $15, $16, $17, $18, $19)
 """
 # Settles a batch of requests in one statement, so the results consumer's
 # transaction stays milliseconds long even while the gateway is busy serving:
@@ -68,7 +68,30 @@ DELETE FROM requests WHERE (client_id, request_id) IN (
 )
 """
 
-# Caps are reserved by record_points_request; a rejection or reversal frees them.
+# Requests pending longer than $1 seconds, re-published at most once per
+# $1 * 2^(times already re-published, up to 6) seconds: 5 min, 10, 20, ... up to
+# about 5 h apart at the default. A batch at a time; SKIP LOCKED lets replicas
+# reconcile together without publishing one request twice.
+REDRIVE_PENDING = """
+UPDATE requests SET redriven_at = now(), redrives = redrives + 1
+WHERE (client_id, request_id) IN (
+    SELECT client_id, request_id FROM requests
+    WHERE status = 'pending' AND created_at < now() - make_interval(secs => $1)
+        AND (redriven_at IS NULL
+             OR redriven_at < now() - make_interval(secs => $1 * 2 ^ least(redrives, 6)))
+    ORDER BY created_at
+    LIMIT $2
+    FOR UPDATE SKIP LOCKED
+)
+RETURNING *
+"""
+# How many requests have been pending longer than $1 seconds, and since when.
+OVERDUE_REQUESTS = """
+SELECT count(*) AS overdue, min(created_at) AS oldest FROM requests
+WHERE status = 'pending' AND created_at < now() - make_interval(secs => $1)
+"""
+
+# Caps are reserved by record_points_requests; a rejection or reversal frees them.
 RELEASE_CAP = "UPDATE cap_usage SET used = greatest(used - $2, 0) WHERE rule_id = $1"
 RELEASE_MEMBER_CAP = """
 UPDATE member_cap_usage SET used = greatest(used - $3, 0) WHERE rule_id = $1 AND user_id = $2
@@ -166,8 +189,8 @@ ORDER BY requested.position
 """  # noqa: S608 - composed of constants
 
 # Admits and records a batch of triggers the gateway checked against the rule
-# and client it remembers, in one round trip. $1-$17 are record_points_requests'
-# arrays, $18 the signing key each was checked with (null: unsigned), $19/$20 the
+# and client it remembers, in one round trip. $1-$19 are record_points_requests'
+# arrays, $20 the signing key each was checked with (null: unsigned), $21/$22 the
 # rate-limit defaults. One row a trigger, in order, whose outcome is
 # record_points_requests' or:
 #   'STALE' when its rule's version or its client's standing or key is no longer
@@ -182,7 +205,7 @@ WITH requested AS (
                                     OR request_signing_key IS DISTINCT FROM r.signing_key
                              FROM clients WHERE clients.client_id = r.client_id LIMIT 1), false)
                AS fresh
-    FROM unnest($1::text[], $7::text[], $8::integer[], $18::text[]) WITH ORDINALITY
+    FROM unnest($1::text[], $7::text[], $8::integer[], $20::text[]) WITH ORDINALITY
         AS r (client_id, rule_id, rule_version, signing_key, position)
 ), ranked AS (
     SELECT client_id, position,
@@ -190,7 +213,7 @@ WITH requested AS (
     FROM requested WHERE fresh
 ), wanted AS (
     SELECT client_id, count(*) AS n FROM ranked GROUP BY client_id
-), {_taking_tokens("$19", "$20")}, admitted AS (
+), {_taking_tokens("$21", "$22")}, admitted AS (
     SELECT ranked.position, ranked.rank <= bucket.taken AS granted,
            bucket.tokens + greatest(bucket.taken - ranked.rank, 0) AS tokens,
            bucket.per_second, bucket.burst
@@ -210,7 +233,8 @@ WITH requested AS (
         pick($11::bigint[], kept.positions), pick($12::bigint[], kept.positions),
         pick($13::bigint[], kept.positions), pick($14::text[], kept.positions),
         pick($15::text[], kept.positions), pick($16::bytea[], kept.positions),
-        pick($17::text[], kept.positions)
+        pick($17::text[], kept.positions), pick($18::text[], kept.positions),
+        pick($19::text[], kept.positions)
     ) AS outcome
 )
 SELECT requested.position,

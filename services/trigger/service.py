@@ -518,7 +518,7 @@ async def record_triggers(
     and reserves nothing, and the others in its batch are not affected.
     """
     rows = [_request_row(recording) for recording in batch]
-    recorded = await pool.fetch(sql.RECORD_REQUESTS, *array_columns(rows, width=17))
+    recorded = await pool.fetch(sql.RECORD_REQUESTS, *array_columns(rows, width=19))
     by_position = {
         row["request_position"]: _recorded_outcome(batch[row["request_position"] - 1], row)
         for row in recorded
@@ -591,7 +591,7 @@ async def record_checked(
     """
     rows = [(*_request_row(checked.recording), checked.signing_key) for checked in batch]
     recorded = await pool.fetch(
-        sql.RECORD_CHECKED, *array_columns(rows, width=18), default_per_second, default_burst
+        sql.RECORD_CHECKED, *array_columns(rows, width=20), default_per_second, default_burst
     )
     outcomes: list[RecordedAtOnce | Problem | None] = []
     for checked, row in zip(batch, recorded, strict=True):
@@ -625,6 +625,8 @@ def _request_row(recording: Recording) -> tuple[Any, ...]:
         recording.rule["cap_max"],
         recording.rule["cap_per_member"],
         *outbox.outbox_row(event),
+        requested.callback_url,
+        event.correlation_id,
     )
 
 
@@ -665,6 +667,66 @@ async def purge_expired_requests(
         purged += deleted
         if deleted < batch_size:
             return purged
+
+
+async def redrive_pending_requests(
+    pool: asyncpg.Pool, *, pending_for_seconds: float, batch_size: int = 500
+) -> int:
+    """Publish again the requests pending longer than ``pending_for_seconds``; how many.
+
+    A request stays pending until the ledger's result arrives. When its event or
+    its result was lost (a broker that lost its log, a result quarantined), the
+    event is published again with a new event id and the same transaction id:
+    the ledger applies a transaction it never recorded and publishes again the
+    result of one it did, so the request settles either way. Each request is
+    published again at growing intervals (see ``REDRIVE_PENDING``), each batch
+    in a transaction of its own with its outbox rows.
+    """
+    redriven = 0
+    while True:
+        async with pool.acquire() as connection, connection.transaction():
+            rows = await connection.fetch(sql.REDRIVE_PENDING, pending_for_seconds, batch_size)
+            await outbox.enqueue(connection, *(_requested_again(row) for row in rows))
+        redriven += len(rows)
+        if len(rows) < batch_size:
+            return redriven
+
+
+def _requested_again(request: asyncpg.Record) -> PointsRequestedEvent:
+    """The ``points.requested.v1`` event of a recorded request, with a new event id."""
+    return PointsRequestedEvent.new_event(
+        data=PointsRequested(
+            request_id=request["request_id"],
+            transaction_id=request["transaction_id"],
+            client_id=request["client_id"],
+            rule_id=request["rule_id"],
+            rule_version=request["rule_version"],
+            user_id=request["user_id"],
+            type=request["type"],
+            amount=request["amount"],
+            callback_url=request["callback_url"],
+            requested_at=request["created_at"],
+        ),
+        environment=request["environment"],
+        org_id=request["org_id"],
+        # Requests recorded before the gateway kept their correlation id get one
+        # that still leads back to the request.
+        correlation_id=request["correlation_id"] or f"redrive-{request['transaction_id']}",
+    )
+
+
+@dataclass(frozen=True)
+class Overdue:
+    """Requests pending longer than the reconciliation's report threshold."""
+
+    count: int
+    oldest: datetime | None
+
+
+async def overdue_requests(pool: asyncpg.Pool, *, pending_for_seconds: float) -> Overdue:
+    row = await pool.fetchrow(sql.OVERDUE_REQUESTS, pending_for_seconds)
+    assert row is not None
+    return Overdue(row["overdue"], row["oldest"])
 
 
 async def settle_results(

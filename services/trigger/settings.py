@@ -28,6 +28,22 @@ class TriggerSettings(ServiceSettings):
     purge_interval_seconds: float = Field(
         default=3600.0, gt=0, description="How often expired requestIds are purged."
     )
+    pending_redrive_after_seconds: float = Field(
+        default=300.0,
+        gt=0,
+        description="A request still pending this long after it was accepted is published "
+        "again (its event or its result was lost), then again at doubling intervals up to "
+        "64 times this.",
+    )
+    pending_report_after_seconds: float = Field(
+        default=3600.0,
+        gt=0,
+        description="A request still pending this long is reported: a `requests.overdue` "
+        "error in the log and the `points_trigger_requests_overdue` gauge.",
+    )
+    reconcile_interval_seconds: float = Field(
+        default=60.0, gt=0, description="How often pending requests are looked at."
+    )
     rate_limit_per_second: float = Field(
         default=50.0,
         gt=0,

@@ -24,6 +24,7 @@ import pytest
 import pytest_asyncio
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from cryptography.hazmat.primitives.asymmetric import ec
+from prometheus_client import CollectorRegistry
 
 from contracts import (
     ALL_TOPICS,
@@ -44,6 +45,7 @@ from services.trigger import api as trigger_api
 from services.trigger import service
 from services.trigger.app import create_app as create_trigger_app
 from services.trigger.callback_urls import check_callback_url
+from services.trigger.housekeeping import PendingReconciler
 from services.trigger.service import Refused
 from services.trigger.settings import TriggerSettings
 from tests.helpers import (
@@ -312,11 +314,20 @@ async def published_request(
     bootstrap_servers: str, request_id: str, timeout: float = 20.0
 ) -> tuple[bytes, PointsRequestedEvent]:
     """The key and event of the ``points.requested.v1`` message for ``request_id``."""
+    return (await published_requests(bootstrap_servers, request_id, 1, timeout))[0]
+
+
+async def published_requests(
+    bootstrap_servers: str, request_id: str, count: int, timeout: float = 20.0
+) -> list[tuple[bytes, PointsRequestedEvent]]:
+    """The first ``count`` ``points.requested.v1`` messages for ``request_id``: keys and
+    events, in the order published."""
     partitions = next(topic.partitions for topic in ALL_TOPICS if topic.name == POINTS_REQUESTED)
     consumer = AIOKafkaConsumer(
         bootstrap_servers=bootstrap_servers, enable_auto_commit=False, group_id=None
     )
     await consumer.start()
+    found: list[tuple[bytes, PointsRequestedEvent]] = []
     try:
         assigned = [TopicPartition(POINTS_REQUESTED, p) for p in range(partitions)]
         consumer.assign(assigned)
@@ -329,7 +340,9 @@ async def published_request(
                         event = PointsRequestedEvent.model_validate_json(record.value)
                         if event.data.request_id == request_id:
                             assert record.key is not None
-                            return record.key, event
+                            found.append((record.key, event))
+                            if len(found) == count:
+                                return found
     finally:
         await consumer.stop()
 
@@ -769,6 +782,92 @@ class TestCapsSetAfterUse:
         assert_refused(
             await gateway.trigger("capped_after_request", amount=10), 400, "CAP_EXCEEDED"
         )
+
+
+class TestPendingRequestsReconciled:
+    """No request stays pending without bound: the gateway publishes it again."""
+
+    def reconciler(self, gateway: Gateway) -> PendingReconciler:
+        return PendingReconciler(
+            lambda: gateway.runtime.pool,
+            redrive_after=300,
+            report_after=3600,
+            interval=60,
+            registry=CollectorRegistry(),
+        )
+
+    async def redrives(self, gateway: Gateway, accepted: dict[str, Any]) -> int:
+        """How many times the gateway published the request again."""
+        return int(
+            await gateway.runtime.pool.fetchval(
+                "SELECT redrives FROM requests WHERE request_id = $1", accepted["requestId"]
+            )
+        )
+
+    async def accepted_long_ago(self, gateway: Gateway, seconds: int) -> dict[str, Any]:
+        accepted: dict[str, Any] = (
+            await gateway.trigger("open", amount=7, callback_url="http://127.0.0.1:9/cb")
+        ).json()
+        await gateway.runtime.pool.execute(
+            "UPDATE requests SET created_at = now() - make_interval(secs => $2)"
+            " WHERE request_id = $1",
+            accepted["requestId"],
+            seconds,
+        )
+        return accepted
+
+    async def test_a_request_pending_too_long_is_published_again_as_the_same_transaction(
+        self, gateway: Gateway
+    ) -> None:
+        accepted = await self.accepted_long_ago(gateway, 301)
+
+        await self.reconciler(gateway).once()
+
+        (_, first), (key, again) = await published_requests(
+            gateway.bootstrap_servers, accepted["requestId"], 2
+        )
+        assert again.event_id != first.event_id
+        # The same transaction, member, amount and callback; requested_at is when
+        # the gateway recorded it (moved back by this test).
+        assert again.data.model_dump(exclude={"requested_at"}) == first.data.model_dump(
+            exclude={"requested_at"}
+        )
+        assert again.data.callback_url == "http://127.0.0.1:9/cb"
+        assert again.correlation_id == first.correlation_id
+        assert key.decode() == first.key()
+
+    async def test_a_request_published_again_waits_longer_before_the_next_time(
+        self, gateway: Gateway
+    ) -> None:
+        accepted = await self.accepted_long_ago(gateway, 301)
+        reconciler = self.reconciler(gateway)
+        await reconciler.once()
+
+        await reconciler.once()
+
+        assert await self.redrives(gateway, accepted) == 1
+
+    async def test_a_request_pending_for_less_than_the_threshold_is_left_alone(
+        self, gateway: Gateway
+    ) -> None:
+        accepted = await self.accepted_long_ago(gateway, 200)
+
+        await self.reconciler(gateway).once()
+
+        assert await self.redrives(gateway, accepted) == 0
+
+    async def test_a_request_pending_past_the_report_threshold_is_counted_as_overdue(
+        self, gateway: Gateway
+    ) -> None:
+        reconciler = self.reconciler(gateway)
+        before = (await reconciler.read_overdue()).count
+        await self.accepted_long_ago(gateway, 7200)
+
+        overdue = await reconciler.read_overdue()
+
+        assert overdue.count == before + 1
+        assert overdue.oldest is not None
+        assert datetime.now(UTC) - overdue.oldest >= timedelta(seconds=7200)
 
 
 def tampered(token: str, **claims: Any) -> str:

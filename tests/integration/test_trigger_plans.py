@@ -101,6 +101,8 @@ async def test_recording_checked_triggers_reads_every_growing_table_by_index_on_
             ("'\\x7b7d'::bytea", "bytea"),
             ("'{}'", "text"),
             ("NULL", "text"),
+            ("'corr-1'", "text"),
+            ("NULL", "text"),
         ]
     ]
 

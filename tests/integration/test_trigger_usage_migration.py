@@ -17,7 +17,7 @@ import asyncpg
 from infra.db import connect, migrate
 from services.trigger.app import MIGRATIONS
 
-UPGRADE = "0008_usage_counted_without_caps.sql"
+UPGRADE = "0008_usage_and_redrives.sql"
 
 
 async def insert_request(

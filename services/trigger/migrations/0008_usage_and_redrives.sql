@@ -39,18 +39,34 @@ SELECT rule_id, user_id, used FROM by_member
 ON CONFLICT (rule_id, user_id) DO UPDATE
 SET used = least(u.used + EXCLUDED.used, 4611686018427387904);
 
--- As in 0005, with one change: each trigger reserves its amount on its rule
+-- No request may stay pending without bound (issue 16). A request still
+-- pending some minutes after it was accepted is published again (its event
+-- lost, or its result): the ledger applies it if it never saw it and
+-- otherwise publishes its result again. For that the request keeps what its
+-- event carried and the row did not: the callback URL and correlation id.
+-- redriven_at and redrives say when and how often it was published again.
+ALTER TABLE requests
+    ADD COLUMN callback_url   text,
+    ADD COLUMN correlation_id text,
+    ADD COLUMN redriven_at    timestamptz,
+    ADD COLUMN redrives       integer NOT NULL DEFAULT 0;
+CREATE INDEX requests_pending ON requests (created_at) WHERE status = 'pending';
+
+-- As in 0005, with two changes: each trigger reserves its amount on its rule
 -- and its member whether or not a cap is set, and a cap, when set, refuses a
--- reservation that would overshoot it (the upsert then writes nothing). Each
+-- reservation that would overshoot it (the upsert then writes nothing); and
+-- the request keeps its callback URL and correlation id. Those two are new
+-- arguments, so this is an overload: 0005's function stays for gateways of the
+-- previous release during a rolling deploy (they do not count uncapped usage). Each
 -- reservation is one upsert, so an uncapped trigger costs two statements more
 -- than before (make bench-gateway; figures in docs/performance.md).
-CREATE OR REPLACE FUNCTION record_points_requests(
+CREATE FUNCTION record_points_requests(
     p_client_ids text[], p_request_ids text[], p_transaction_ids uuid[], p_body_hashes text[],
     p_org_ids text[], p_environments text[], p_rule_ids text[], p_rule_versions integer[],
     p_user_ids text[], p_types text[], p_amounts bigint[],
     p_cap_maxes bigint[], p_cap_per_members bigint[],
     p_outbox_topics text[], p_outbox_keys text[], p_outbox_payloads bytea[],
-    p_outbox_headers text[]
+    p_outbox_headers text[], p_callback_urls text[], p_correlation_ids text[]
 ) RETURNS TABLE (request_position integer, outcome text, transaction_id uuid, body_hash text)
 LANGUAGE plpgsql AS $$
 DECLARE
@@ -64,11 +80,13 @@ BEGIN
     LOOP
         INSERT INTO requests (
             client_id, request_id, transaction_id, body_hash, org_id, environment,
-            rule_id, rule_version, user_id, type, amount, cap_reserved, member_cap_reserved
+            rule_id, rule_version, user_id, type, amount, cap_reserved, member_cap_reserved,
+            callback_url, correlation_id
         ) VALUES (
             p_client_ids[i], p_request_ids[i], p_transaction_ids[i], p_body_hashes[i],
             p_org_ids[i], p_environments[i], p_rule_ids[i], p_rule_versions[i],
-            p_user_ids[i], p_types[i], p_amounts[i], p_amounts[i], p_amounts[i]
+            p_user_ids[i], p_types[i], p_amounts[i], p_amounts[i], p_amounts[i],
+            p_callback_urls[i], p_correlation_ids[i]
         ) ON CONFLICT ON CONSTRAINT requests_pkey DO NOTHING;
         IF NOT FOUND THEN
             RETURN QUERY
