@@ -159,7 +159,7 @@ async def keys_rotate(args: argparse.Namespace) -> int:
 
 
 async def ledger_verify(args: argparse.Namespace) -> int:
-    from services.ledger.service import verify_ledger
+    from services.ledger.verification import verify_ledger
 
     async with schema_transaction("ledger") as connection:
         violations = await verify_ledger(connection)

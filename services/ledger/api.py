@@ -15,7 +15,7 @@ from contracts.text import MultilineText, Text
 from infra.http import Unauthorized, authenticate
 from infra.runtime import ServiceRuntime
 from infra.tokens import JwksVerifier, Principal
-from services.ledger import clients, service
+from services.ledger import access, clients, reads, reversals
 
 
 class CamelModel(BaseModel):
@@ -73,9 +73,9 @@ async def get_balance(
     user_id: Text, environment: EnvironmentQuery, principal: PrincipalDep, pool: PoolDep
 ) -> Balance:
     """The member's points balance in one environment (0 for a member never seen)."""
-    scope = service.read_scope(principal, environment)
+    scope = access.read_scope(principal, environment)
     async with pool.acquire() as connection:
-        balance = await service.member_balance(connection, scope, user_id)
+        balance = await reads.member_balance(connection, scope, user_id)
     return Balance(user_id=user_id, environment=scope.environment, balance=balance)
 
 
@@ -83,7 +83,7 @@ LimitQuery = Annotated[int, Query(ge=1, le=200)]
 CursorQuery = Annotated[Text | None, Query(description="`nextCursor` of the previous page.")]
 
 
-def _transaction_page(page: service.HistoryPage) -> TransactionPage:
+def _transaction_page(page: reads.HistoryPage) -> TransactionPage:
     return TransactionPage(
         items=[
             TransactionView(
@@ -113,9 +113,9 @@ async def list_transactions(
     cursor: CursorQuery = None,
 ) -> TransactionPage:
     """The member's transactions, newest first; follow `nextCursor` for older ones."""
-    scope = service.read_scope(principal, environment)
+    scope = access.read_scope(principal, environment)
     async with pool.acquire() as connection:
-        page = await service.member_history(connection, scope, user_id, limit=limit, cursor=cursor)
+        page = await reads.member_history(connection, scope, user_id, limit=limit, cursor=cursor)
     return _transaction_page(page)
 
 
@@ -141,9 +141,9 @@ async def get_rule_totals(
     rule_id: Text, environment: EnvironmentQuery, principal: PrincipalDep, pool: PoolDep
 ) -> RuleTotalsView:
     """What one rule moved in one environment, for a business user of its organisation."""
-    scope = service.totals_scope(principal, environment)
+    scope = access.totals_scope(principal, environment)
     async with pool.acquire() as connection:
-        totals = await service.rule_totals(connection, scope, rule_id)
+        totals = await reads.rule_totals(connection, scope, rule_id)
     return RuleTotalsView.model_validate(totals, from_attributes=True)
 
 
@@ -158,9 +158,9 @@ async def list_rule_transactions(
 ) -> TransactionPage:
     """One rule's transactions across its members, newest first, for a business user of its
     organisation; follow `nextCursor` for older ones."""
-    scope = service.totals_scope(principal, environment)
+    scope = access.totals_scope(principal, environment)
     async with pool.acquire() as connection:
-        page = await service.rule_history(connection, scope, rule_id, limit=limit, cursor=cursor)
+        page = await reads.rule_history(connection, scope, rule_id, limit=limit, cursor=cursor)
     return _transaction_page(page)
 
 
@@ -170,7 +170,7 @@ class ReversalRequest(CamelModel):
     )
     reason: MultilineText = Field(
         min_length=1,
-        max_length=service.REVERSAL_REASON_MAX_LENGTH,
+        max_length=reversals.REVERSAL_REASON_MAX_LENGTH,
         description="Why the transaction is reversed (a refund, a mistaken award).",
     )
 
@@ -215,7 +215,7 @@ async def reverse_transaction(
     with that first reversal, whatever its `reversalId`.
     """
     async with pool.acquire() as connection, connection.transaction():
-        outcome = await service.reverse_for_operator(
+        outcome = await reversals.reverse_for_operator(
             connection,
             principal,
             transaction_id=transaction_id,

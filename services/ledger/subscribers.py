@@ -1,4 +1,4 @@
-"""Kafka handlers of the ledger: thin, they parse and hand over to the service."""
+"""Kafka handlers of the ledger: thin, they parse and hand over to applying and clients."""
 
 from __future__ import annotations
 
@@ -12,8 +12,8 @@ from contracts import (
 )
 from infra.consumers import environment_from_member_key
 from infra.runtime import ServiceRuntime
+from services.ledger.applying import apply_batch, fail_quarantined_request, members_apart
 from services.ledger.clients import project_clients
-from services.ledger.service import apply_batch, fail_quarantined_request, members_apart
 from services.ledger.settings import LedgerSettings
 
 GROUP = "ledger"

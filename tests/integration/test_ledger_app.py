@@ -33,8 +33,9 @@ from infra import quarantine
 from infra.dev.kafka import create_topics
 from infra.tokens import API_AUDIENCE, JWKS_PATH, REALM_PATH, JwksVerifier
 from services.ledger.app import Ledger, create_ledger
-from services.ledger.service import PROCESSING_FAILED, apply_batch, verify_ledger
+from services.ledger.applying import PROCESSING_FAILED, apply_batch
 from services.ledger.settings import LedgerSettings
+from services.ledger.verification import verify_ledger
 from tests.helpers import eventually, produce
 
 ISSUER_URL = "http://issuer.test"

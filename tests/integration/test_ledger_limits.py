@@ -19,13 +19,9 @@ from infra import quarantine
 from infra.consumers import is_transient
 from infra.errors import ConcurrentUpdateConflict
 from services.ledger.app import Ledger
-from services.ledger.service import (
-    BALANCE_LIMIT_EXCEEDED,
-    ReversalPastLimit,
-    apply_batch,
-    reverse_transaction,
-    verify_ledger,
-)
+from services.ledger.applying import BALANCE_LIMIT_EXCEEDED, apply_batch
+from services.ledger.reversals import ReversalPastLimit, reverse_transaction
+from services.ledger.verification import verify_ledger
 from tests.helpers import eventually, produce
 from tests.integration import test_ledger_service
 from tests.integration.test_ledger_app import (  # noqa: F401 - fixtures

@@ -42,16 +42,12 @@ from hypothesis.stateful import (
 from contracts import PointsRequested, PointsRequestedEvent
 from infra import db
 from infra.runtime import INFRA_MIGRATIONS
+from services.ledger.access import ReadScope
 from services.ledger.app import MIGRATIONS
-from services.ledger.service import (
-    NotReversible,
-    ReadScope,
-    ReversalOutcome,
-    apply_batch,
-    reverse_transaction,
-    rule_totals,
-    verify_ledger,
-)
+from services.ledger.applying import apply_batch
+from services.ledger.reads import rule_totals
+from services.ledger.reversals import NotReversible, ReversalOutcome, reverse_transaction
+from services.ledger.verification import verify_ledger
 
 T = TypeVar("T")
 

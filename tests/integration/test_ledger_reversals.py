@@ -15,16 +15,15 @@ from contracts import PointsRequestedEvent
 from infra import db
 from infra.runtime import INFRA_MIGRATIONS
 from services.ledger.app import MIGRATIONS
-from services.ledger.service import (
+from services.ledger.reads import member_history, rule_totals
+from services.ledger.reversals import (
     NotReversible,
     ReversalIdInUse,
     ReversalOutcome,
     TransactionNotFound,
-    member_history,
     reverse_transaction,
-    rule_totals,
-    verify_ledger,
 )
+from services.ledger.verification import verify_ledger
 from tests.integration.test_ledger_service import (
     STAGING,
     apply,

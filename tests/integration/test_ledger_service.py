@@ -16,15 +16,11 @@ import pytest
 from contracts import PointsRequested, PointsRequestedEvent, PointsResultEvent
 from infra import db
 from infra.runtime import INFRA_MIGRATIONS
+from services.ledger.access import ReadScope
 from services.ledger.app import MIGRATIONS
-from services.ledger.service import (
-    INSUFFICIENT_BALANCE,
-    ReadScope,
-    apply_batch,
-    member_balance,
-    member_history,
-    verify_ledger,
-)
+from services.ledger.applying import INSUFFICIENT_BALANCE, apply_batch
+from services.ledger.reads import member_balance, member_history
+from services.ledger.verification import verify_ledger
 
 STAGING = ReadScope(org_id="org-1", environment="staging")
 

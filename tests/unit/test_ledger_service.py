@@ -13,22 +13,18 @@ import pytest
 
 from contracts import PointsRequested, PointsRequestedEvent, PointsResult, PointsResultEvent
 from infra.tokens import Principal
-from services.ledger.service import (
+from services.ledger.access import EnvironmentForbidden, UnknownEnvironment, read_scope
+from services.ledger.applying import (
     INSUFFICIENT_BALANCE,
     LEAST_PART,
-    EnvironmentForbidden,
-    InvalidCursor,
     Outcome,
-    UnknownEnvironment,
     decide,
-    decode_cursor,
-    encode_cursor,
     member_account,
     members_apart,
     pool_account,
-    read_scope,
     result_row,
 )
+from services.ledger.reads import InvalidCursor, decode_cursor, encode_cursor
 
 
 def request(

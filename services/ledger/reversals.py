@@ -1,0 +1,251 @@
+"""Reversing an applied earn or redeem with compensating entries.
+
+Like applying, a reversal runs in the caller's transaction: the HTTP handler
+(or the test) owns it, so the reversal's rows and its outbox event commit together.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import cast
+from uuid import UUID
+
+import asyncpg
+
+from contracts import Environment, PointsResult, PointsResultEvent
+from infra import outbox
+from infra.logging import get_logger
+from infra.problems import Problem
+from infra.tokens import Principal
+from services.ledger import repository
+from services.ledger.access import require_editor
+from services.ledger.applying import BALANCE_LIMIT_EXCEEDED, refusal
+from services.ledger.repository import AccountKey
+
+log = get_logger(__name__)
+
+
+class TransactionNotFound(Problem):
+    status = 404
+    code = "TRANSACTION_NOT_FOUND"
+    title = "Transaction not found"
+
+
+class NotReversible(Problem):
+    status = 409
+    code = "NOT_REVERSIBLE"
+    title = "Transaction cannot be reversed"
+
+
+class ReversalIdInUse(Problem):
+    status = 409
+    code = "REVERSAL_ID_IN_USE"
+    title = "Reversal id already used"
+
+
+class ReversalPastLimit(Problem):
+    status = 409
+    code = BALANCE_LIMIT_EXCEEDED
+    title = "Reversal would pass a balance limit"
+
+
+@dataclass(frozen=True)
+class ReversalOutcome:
+    """What a reversal did; a repeated call returns the first call's outcome."""
+
+    reversal_id: UUID
+    transaction_id: UUID
+    """The transaction reversed."""
+    environment: str
+    user_id: str
+    rule_id: str
+    type: str
+    """The reversed transaction's type: ``earn`` or ``redeem``."""
+    amount: int
+    """The reversed transaction's amount."""
+    reversed: int
+    """Points moved back: all of ``amount``, or for an earn what the member could cover."""
+    uncovered: int
+    """Points of an earn the member no longer had, so stayed with them (``amount - reversed``)."""
+    balance: int
+    """The member's balance once the reversal was applied."""
+    reason: str
+    actor: str
+    created_at: datetime
+    replayed: bool = False
+    """True when an earlier call had already reversed the transaction; nothing changed."""
+
+
+REVERSAL_REASON_MAX_LENGTH = 500
+
+
+async def reverse_transaction(
+    connection: asyncpg.Connection,
+    *,
+    environment: str,
+    org_id: str,
+    transaction_id: UUID,
+    reversal_id: UUID,
+    reason: str,
+    actor: str,
+    correlation_id: str | None = None,
+) -> ReversalOutcome:
+    """Reverse an applied earn or redeem with compensating entries, in the caller's transaction.
+
+    Reversing a redeem gives the member the points back. Reversing an earn
+    takes back what the member's balance can cover, never below zero, and
+    reports the rest as ``uncovered``; what is taken back returns to the
+    rule's pool. An original is reversed at most once: any later call, with
+    this or another ``reversal_id``, returns the first outcome and changes
+    nothing. Raises :class:`TransactionNotFound`, :class:`NotReversible`
+    (rejected transactions and reversals), :class:`ReversalIdInUse` or
+    :class:`ReversalPastLimit` (the member's or the pool's balance would pass its
+    limit, see :mod:`contracts.limits`).
+    """
+    assert connection.is_in_transaction(), (
+        "reverse_transaction must run in the caller's transaction"
+    )
+    if not reason.strip():
+        raise Problem("a reversal needs a reason", code="REVERSAL_REASON_REQUIRED")
+    original = await repository.transaction(connection, transaction_id)
+    if original is None or (original["environment"], original["org_id"]) != (environment, org_id):
+        raise TransactionNotFound(f"no transaction {transaction_id} in {environment}")
+    if original["type"] == "reversal":
+        raise NotReversible(
+            f"transaction {transaction_id} is itself a reversal", code="REVERSAL_NOT_REVERSIBLE"
+        )
+    if original["status"] != "applied":
+        raise NotReversible(
+            f"transaction {transaction_id} was rejected and moved no points",
+            code="REJECTED_NOT_REVERSIBLE",
+        )
+    member = AccountKey(environment, org_id, "member", original["user_id"])
+    pool = AccountKey(environment, org_id, "pool", original["rule_id"])
+    # Same lock order as apply_batch, and taken before looking for an earlier
+    # reversal: a concurrent reversal of the same original has committed by then.
+    accounts = await repository.lock_accounts(connection, sorted((member, pool)))
+    earlier = await repository.reversal_of(connection, transaction_id)
+    if earlier is not None:
+        return _reversal_outcome(earlier, original, replayed=True)
+    if await repository.transaction(connection, reversal_id) is not None:
+        raise ReversalIdInUse(f"{reversal_id} already names another transaction")
+    amount = int(original["amount"])
+    balance = accounts[member].balance
+    # To the member: back what a redeem took; back from an earn what is left of it.
+    to_member = amount if original["type"] == "redeem" else -min(amount, balance)
+    if refusal(balance + to_member, accounts[pool].balance - to_member) is not None:
+        raise ReversalPastLimit(
+            f"reversing transaction {transaction_id} would take the member's or the rule's "
+            "balance past its limit; nothing was changed"
+        )
+    row = repository.ReversalRow(
+        id=reversal_id,
+        environment=environment,
+        org_id=org_id,
+        user_id=original["user_id"],
+        request_id=original["request_id"],
+        client_id=original["client_id"],
+        rule_id=original["rule_id"],
+        rule_version=original["rule_version"],
+        correlation_id=correlation_id or str(reversal_id),
+        amount=amount,
+        created_at=datetime.now(UTC),
+        reverses=transaction_id,
+        reversal_reason=reason,
+        reversed_by=actor,
+        uncovered=amount - abs(to_member),
+        balance_after=balance + to_member,
+    )
+    await repository.insert_reversal(connection, row)
+    if to_member:
+        entries = {accounts[member].id: to_member, accounts[pool].id: -to_member}
+        await repository.insert_entries(
+            connection, [(reversal_id, account, moved) for account, moved in entries.items()]
+        )
+        await repository.add_to_balances(connection, entries)
+    # The gateway and the rules service release the rule's cap usage from this event.
+    await outbox.enqueue(connection, _reversal_event(row, original))
+    log.info(
+        "points.transaction.reversed",
+        transaction_id=str(transaction_id),
+        reversal_id=str(reversal_id),
+        reversed=abs(to_member),
+        uncovered=row.uncovered,
+        actor=actor,
+    )
+    recorded = await repository.reversal_of(connection, transaction_id)
+    assert recorded is not None
+    return _reversal_outcome(recorded, original)
+
+
+def _reversal_event(
+    reversal: repository.ReversalRow, original: asyncpg.Record
+) -> PointsResultEvent:
+    return PointsResultEvent.new_event(
+        data=PointsResult(
+            request_id=reversal.request_id,
+            transaction_id=reversal.reverses,
+            client_id=reversal.client_id,
+            rule_id=reversal.rule_id,
+            user_id=reversal.user_id,
+            type=original["type"],
+            amount=reversal.amount,
+            status="reversed",
+            balance=reversal.balance_after,
+            processed_at=reversal.created_at,
+            reversal_id=reversal.id,
+            reversed_amount=reversal.amount - reversal.uncovered,
+            uncovered_amount=reversal.uncovered,
+        ),
+        environment=cast("Environment", reversal.environment),
+        org_id=reversal.org_id,
+        correlation_id=reversal.correlation_id,
+    )
+
+
+def _reversal_outcome(
+    reversal: asyncpg.Record, original: asyncpg.Record, *, replayed: bool = False
+) -> ReversalOutcome:
+    return ReversalOutcome(
+        reversal_id=reversal["id"],
+        transaction_id=original["id"],
+        environment=original["environment"],
+        user_id=original["user_id"],
+        rule_id=original["rule_id"],
+        type=original["type"],
+        amount=original["amount"],
+        reversed=reversal["amount"] - reversal["uncovered"],
+        uncovered=reversal["uncovered"],
+        balance=reversal["balance_after"],
+        reason=reversal["reversal_reason"],
+        actor=reversal["reversed_by"],
+        created_at=reversal["created_at"],
+        replayed=replayed,
+    )
+
+
+async def reverse_for_operator(
+    connection: asyncpg.Connection,
+    principal: Principal,
+    *,
+    transaction_id: UUID,
+    reversal_id: UUID,
+    reason: str,
+    correlation_id: str | None = None,
+) -> ReversalOutcome:
+    """:func:`reverse_transaction` for a business user of the transaction's organisation."""
+    require_editor(principal)
+    original = await repository.transaction(connection, transaction_id)
+    if original is None or original["org_id"] != principal.org_id:
+        raise TransactionNotFound(f"no transaction {transaction_id} in this organisation")
+    return await reverse_transaction(
+        connection,
+        environment=original["environment"],
+        org_id=principal.org_id,
+        transaction_id=transaction_id,
+        reversal_id=reversal_id,
+        reason=reason,
+        actor=principal.subject,
+        correlation_id=correlation_id,
+    )
