@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Literal
-from uuid import uuid4
+from uuid import UUID, uuid5
 
 import asyncpg
 import pydantic_core
@@ -27,7 +27,7 @@ from infra import inbox, outbox
 from infra.consumers import is_transient
 from infra.logging import get_logger
 from services.ledger import repository
-from services.ledger.repository import Account, AccountKey, TransactionRow
+from services.ledger.repository import Account, AccountKey, Recorded, TransactionRow
 
 log = get_logger(__name__)
 
@@ -36,6 +36,12 @@ INSUFFICIENT_BALANCE = "INSUFFICIENT_BALANCE"
 BALANCE_LIMIT_EXCEEDED = "BALANCE_LIMIT_EXCEEDED"
 #: The reason of a request the ledger could not process and quarantined.
 PROCESSING_FAILED = "PROCESSING_FAILED"
+#: The reason of a request whose client used its requestId before, for another
+#: transaction: the gateway forgets a requestId after its retention, the ledger never.
+REQUEST_ID_REUSED = "REQUEST_ID_REUSED"
+#: Results' event ids are derived from the transaction and its status in this
+#: namespace, so a result published again is the same event to every consumer.
+RESULT_EVENT_IDS = UUID("5d0c3f5e-2b8e-4c1e-9a57-7f0e3c1b9a21")
 
 
 def member_account(event: PointsRequestedEvent) -> AccountKey:
@@ -123,9 +129,11 @@ async def apply_batch(
 ) -> list[Outcome]:
     """Apply a batch of points requests in the caller's transaction; return what was decided.
 
-    Redeliveries (an event id already in the inbox) and requests already
-    recorded (same transaction id, or same client and request id) change
-    nothing and produce no outcome. Each outcome's result is staged in the outbox.
+    Redeliveries (an event id already in the inbox) change nothing and produce no
+    outcome. A request settled before gets its result published again, and one
+    whose requestId its client used before is rejected, ``REQUEST_ID_REUSED``
+    (see :func:`_set_apart_settled`); neither changes a balance. Each outcome's
+    result is staged in the outbox.
     """
     assert connection.is_in_transaction(), "apply_batch must run in the caller's transaction"
     fresh = await inbox.claim_new(connection, events, POINTS_REQUESTED)
@@ -134,16 +142,26 @@ async def apply_batch(
     keys = sorted({key for event in fresh for key in (member_account(event), pool_account(event))})
     await repository.create_missing_accounts(connection, keys)
     accounts = await repository.lock_accounts(connection, keys)
-    fresh = await _not_yet_recorded(connection, fresh)
+    fresh, settled = await _set_apart_settled(connection, fresh)
     outcomes = decide(fresh, {key: account.balance for key, account in accounts.items()})
     await _record(connection, outcomes, accounts)
+    again = [
+        Outcome(
+            event, recorded.status, recorded.reason, accounts[member_account(event)].balance, ()
+        )
+        for event, recorded in settled
+    ]
+    if again:
+        now = datetime.now(UTC)
+        await outbox.enqueue_rows(connection, [result_row(outcome, now) for outcome in again])
     log.info(
         "points.batch.applied",
         received=len(events),
         applied=sum(outcome.status == "applied" for outcome in outcomes),
         rejected=sum(outcome.status == "rejected" for outcome in outcomes),
+        settled_before=len(again),
     )
-    return outcomes
+    return outcomes + again
 
 
 async def fail_quarantined_request(
@@ -160,7 +178,8 @@ async def fail_quarantined_request(
     """
     if not await inbox.claim(connection, event.event_id, POINTS_REQUESTED):
         return None  # applied or settled already: the quarantine changes nothing
-    if not await _not_yet_recorded(connection, [event]):
+    fresh, _ = await _set_apart_settled(connection, [event])
+    if not fresh:
         return None
     balance = await repository.member_balance(
         connection, event.environment, event.org_id, event.data.user_id
@@ -187,31 +206,53 @@ async def fail_quarantined_request(
     return "failed"
 
 
-async def _not_yet_recorded(
+async def _set_apart_settled(
     connection: asyncpg.Connection, events: list[PointsRequestedEvent]
-) -> list[PointsRequestedEvent]:
+) -> tuple[list[PointsRequestedEvent], list[tuple[PointsRequestedEvent, Recorded]]]:
+    """The requests to decide now, and those settled before with how they were.
+
+    - A transaction already recorded keeps its outcome: its request came again
+      because the gateway publishes a request again while its result is late
+      (lost, or quarantined), so the same result is published again.
+    - A requestId its client used before for another transaction (the gateway
+      remembers requestIds for its retention, the ledger for ever) is rejected
+      with ``REQUEST_ID_REUSED`` and not recorded: a requestId moves points once.
+
+    A second copy of one transaction in the same batch is dropped.
+    """
     # Runs after the member accounts are locked, so a concurrent batch with the
     # same request has either committed (and is seen here) or waits for us.
-    recorded_ids, recorded_requests = await repository.recorded_transactions(
+    recorded, recorded_requests = await repository.recorded_transactions(
         connection,
         [event.data.transaction_id for event in events],
         [(event.data.client_id, event.data.request_id) for event in events],
     )
-    fresh = []
+    fresh, settled, seen = [], [], set()
     for event in events:
-        request = (event.data.client_id, event.data.request_id)
-        if event.data.transaction_id in recorded_ids or request in recorded_requests:
-            log.warning(
-                "points.request.already_recorded",
-                event_id=str(event.event_id),
-                transaction_id=str(event.data.transaction_id),
-                request_id=event.data.request_id,
-            )
+        transaction_id, request = (
+            event.data.transaction_id,
+            (event.data.client_id, event.data.request_id),
+        )
+        before = recorded.get(transaction_id)
+        if transaction_id in seen:
             continue
-        recorded_ids.add(event.data.transaction_id)
+        seen.add(transaction_id)
+        if before is None and request in recorded_requests:
+            before = Recorded("rejected", REQUEST_ID_REUSED)
+        if before is not None:
+            log.warning(
+                "points.request.settled_before",
+                event_id=str(event.event_id),
+                transaction_id=str(transaction_id),
+                request_id=event.data.request_id,
+                status=before.status,
+                reason=before.reason,
+            )
+            settled.append((event, before))
+            continue
         recorded_requests.add(request)
         fresh.append(event)
-    return fresh
+    return fresh, settled
 
 
 async def _record(
@@ -270,7 +311,7 @@ def result_row(outcome: Outcome, processed_at: datetime) -> outbox.OutboxRow:
     event_type = f"points.{outcome.status}"
     payload = pydantic_core.to_json(
         {
-            "event_id": uuid4(),
+            "event_id": uuid5(RESULT_EVENT_IDS, f"{data.transaction_id}:{outcome.status}"),
             "type": event_type,
             "version": PointsResultEvent.VERSION,
             "occurred_at": processed_at,

@@ -116,9 +116,9 @@ SELECT id FROM accounts WHERE id = ANY($1::bigint[]) AND kind = 'pool' ORDER BY 
 
 # Two lookups rather than one OR, which the planner answers with a full scan.
 RECORDED_TRANSACTIONS = """
-SELECT id, client_id, request_id FROM transactions WHERE id = ANY($1::uuid[])
+SELECT id, client_id, request_id, status, reason FROM transactions WHERE id = ANY($1::uuid[])
 UNION
-SELECT txn.id, txn.client_id, txn.request_id
+SELECT txn.id, txn.client_id, txn.request_id, txn.status, txn.reason
 FROM transactions AS txn
 JOIN unnest($2::text[], $3::text[]) AS wanted (client_id, request_id)
     USING (client_id, request_id)
@@ -276,12 +276,21 @@ async def lock_accounts(
     return accounts
 
 
+@dataclass(frozen=True)
+class Recorded:
+    """How the ledger settled a transaction it recorded."""
+
+    status: Literal["applied", "rejected"]
+    reason: str | None
+
+
 async def recorded_transactions(
     connection: asyncpg.Connection,
     transaction_ids: Sequence[UUID],
     requests: Sequence[tuple[str, str]],
-) -> tuple[set[UUID], set[tuple[str, str]]]:
-    """Which of these transaction ids and (client id, request id) pairs are recorded."""
+) -> tuple[dict[UUID, Recorded], set[tuple[str, str]]]:
+    """Which of these transaction ids are recorded, and how each was settled; and which
+    of these (client id, request id) pairs are recorded."""
     rows = await connection.fetch(
         RECORDED_TRANSACTIONS,
         list(transaction_ids),
@@ -289,7 +298,7 @@ async def recorded_transactions(
         [request_id for _, request_id in requests],
     )
     return (
-        {row["id"] for row in rows},
+        {row["id"]: Recorded(row["status"], row["reason"]) for row in rows},
         {(row["client_id"], row["request_id"]) for row in rows},
     )
 

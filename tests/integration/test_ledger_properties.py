@@ -213,8 +213,24 @@ class LedgerMachine(RuleBasedStateMachine):
     @precondition(lambda self: self.sent)
     @rule(data=st.data())
     def resend_a_request_under_a_new_event_id(self, data: st.DataObject) -> None:
+        """The gateway publishing a late request again: the same outcome, published
+        again, and nothing moves."""
         event = data.draw(st.sampled_from(self.sent), label="resent")
-        assert self._apply(event.model_copy(update={"event_id": uuid.uuid4()})) == []
+        settled = "applied" if self.recorded[event.data.transaction_id].applied else "rejected"
+        assert self._apply(event.model_copy(update={"event_id": uuid.uuid4()})) == [settled]
+
+    @precondition(lambda self: self.sent)
+    @rule(data=st.data())
+    def reuse_a_request_id_for_another_transaction(self, data: st.DataObject) -> None:
+        """A requestId the gateway forgot and accepted again is rejected; nothing moves."""
+        event = data.draw(st.sampled_from(self.sent), label="reused")
+        reused = event.model_copy(
+            update={
+                "event_id": uuid.uuid4(),
+                "data": event.data.model_copy(update={"transaction_id": uuid.uuid4()}),
+            }
+        )
+        assert self._apply(reused) == ["rejected"]
 
     @precondition(lambda self: self.recorded)
     @rule(data=st.data(), reuse_reversal_id=st.booleans())

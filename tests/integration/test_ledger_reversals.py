@@ -293,7 +293,7 @@ class TestReversalsInHistoryAndVerification:
         await reverse(pool, earn.data.transaction_id)
 
         republished: PointsRequestedEvent = earn.model_copy(update={"event_id": uuid4()})
-        assert await apply(pool, republished) == []
+        await apply(pool, republished)
         assert await balance(pool) == 0
 
     async def test_reports_a_reversal_that_does_not_mirror_its_original(

@@ -34,10 +34,11 @@ def points_requested(
     org_id: str = "org-1",
     environment: Literal["staging", "production"] = "staging",
     callback_url: str | None = "https://partner.example.com/hooks/points",
+    request_id: str | None = None,
 ) -> PointsRequestedEvent:
     return PointsRequestedEvent.new_event(
         data=PointsRequested(
-            request_id=f"request-{uuid4().hex[:8]}",
+            request_id=request_id or f"request-{uuid4().hex[:8]}",
             transaction_id=uuid4(),
             client_id="client-1",
             rule_id=rule_id or f"rule-{type}",
@@ -196,8 +197,37 @@ class TestRedelivery:
         republished = event.model_copy(update={"event_id": uuid4()})
 
         await apply(pool, event)
-        assert await apply(pool, republished) == []
+        await apply(pool, republished)
+
         assert await balance(pool) == 25
+
+    async def test_the_same_request_again_publishes_its_result_again_as_the_same_event(
+        self, pool: asyncpg.Pool
+    ) -> None:
+        event = points_requested(amount=25)
+        await apply(pool, event)
+
+        await apply(pool, event.model_copy(update={"event_id": uuid4()}))
+
+        first, again = await outbox_results(pool)
+        assert again.event_id == first.event_id
+        assert again.data.status == "applied"
+        assert again.data.transaction_id == event.data.transaction_id
+
+    async def test_a_request_id_used_before_for_another_transaction_is_rejected(
+        self, pool: asyncpg.Pool
+    ) -> None:
+        event = points_requested(amount=25)
+        await apply(pool, event)
+        reused = points_requested(amount=40, request_id=event.data.request_id)
+
+        await apply(pool, reused)
+
+        assert await balance(pool) == 25
+        _, rejection = await outbox_results(pool)
+        assert rejection.data.transaction_id == reused.data.transaction_id
+        assert (rejection.data.status, rejection.data.reason) == ("rejected", "REQUEST_ID_REUSED")
+        assert rejection.data.balance == 25
 
 
 class TestOutbox:

@@ -191,10 +191,20 @@ class TestResultRow:
                 "correlation_id": expected.correlation_id,
             }
 
-    def test_gives_every_result_its_own_event_id(self) -> None:
+    def test_gives_a_result_published_twice_the_same_event_id(self) -> None:
         [outcome] = decide([request("earn", 1)], defaultdict(int))
 
         payloads = [result_row(outcome, datetime.now(UTC))[2] for _ in range(2)]
+
+        event_ids = {
+            PointsResultEvent.model_validate_json(payload).event_id for payload in payloads
+        }
+        assert len(event_ids) == 1
+
+    def test_gives_every_transactions_result_its_own_event_id(self) -> None:
+        outcomes = decide([request("earn", 1), request("earn", 1)], defaultdict(int))
+
+        payloads = [result_row(outcome, datetime.now(UTC))[2] for outcome in outcomes]
 
         event_ids = {
             PointsResultEvent.model_validate_json(payload).event_id for payload in payloads
