@@ -12,8 +12,8 @@ from infra.http import create_http_app
 from infra.runtime import ServiceRuntime, health_router
 from services.notifier import subscribers
 from services.notifier.api import deliveries_router
+from services.notifier.dispatch import DeliveryDispatcher
 from services.notifier.metrics import DeliveryMetrics
-from services.notifier.service import DeliveryDispatcher
 from services.notifier.settings import NotifierSettings
 
 MIGRATIONS = Path(__file__).parent / "migrations"
