@@ -293,7 +293,9 @@ async def quarantine_replay(args: argparse.Namespace) -> int:
 
 async def topics_create(args: argparse.Namespace) -> int:
     from contracts.topics import TOPICS_TO_CREATE
-    from infra.broker import create_topics, kafka_client_options, wait_for_broker
+    from infra.broker import wait_for_broker
+    from infra.kafka_admin import create_topics
+    from infra.kafka_security import kafka_client_options
 
     settings = ServiceSettings()
     configs: dict[str, str] = {}

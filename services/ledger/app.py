@@ -10,8 +10,9 @@ from faststream.kafka import KafkaBroker
 
 from contracts import POINTS_RESULTS, PointsResultEvent
 from infra.broker import create_broker
+from infra.health import health_router
 from infra.http import create_http_app
-from infra.runtime import ServiceRuntime, health_router
+from infra.runtime import ServiceRuntime
 from infra.tokens import JwksVerifier
 from services.ledger.api import router as members_router
 from services.ledger.api import rules_router, transactions_router

@@ -32,9 +32,10 @@ from contracts import (
     PointsResult,
     PointsResultEvent,
 )
-from infra.dev.kafka import create_topics
+from infra.health import metrics_router
 from infra.http import create_http_app
-from infra.runtime import ServiceRuntime, metrics_router
+from infra.kafka_admin import create_topics
+from infra.runtime import ServiceRuntime
 from infra.signing import DEVELOPMENT_SIGNING_KEY, derive_signing_secret, verify
 from services.notifier import queueing
 from services.notifier.api import deliveries_router

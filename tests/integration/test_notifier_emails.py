@@ -28,9 +28,9 @@ from aiosmtpd.smtp import SMTP, Envelope, Session
 from structlog.testing import capture_logs
 
 from contracts import ALL_TOPICS, ShareEmailRequested, ShareEmailRequestedEvent
-from infra.dev.kafka import create_topics
 from infra.dev.smtp_sink import SmtpSink, list_messages, start_smtp_sink
 from infra.http import create_http_app
+from infra.kafka_admin import create_topics
 from infra.signing import DEVELOPMENT_SIGNING_KEY, derive_signing_secret
 from services.notifier import queueing
 from services.notifier.api import deliveries_router
