@@ -36,10 +36,11 @@ import asyncpg
 from aiokafka import AIOKafkaProducer
 
 from contracts import ALL_TOPICS, POINTS_REQUESTED, PointsRequested, PointsRequestedEvent
-from infra.dev.kafka import create_topics, start_tansu
+from infra.dev.kafka import start_tansu
 from infra.dev.launcher import free_port
 from infra.dev.postgres import ensure_database, start_embedded_postgres
 from infra.dev.supervisor import Supervisor
+from infra.kafka_admin import create_topics
 from services.ledger.settings import LedgerSettings
 
 ORG = "org_bench"

@@ -15,79 +15,22 @@ Two rules hold for every service:
 
 from __future__ import annotations
 
-import asyncio
-import ssl
-from collections.abc import Awaitable, Callable, Iterable, Mapping
-from typing import Any, Protocol
+from collections.abc import Awaitable, Callable
+from typing import Any
 
 import structlog
 from aiokafka import AIOKafkaProducer
-from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-from aiokafka.errors import KafkaError, TopicAlreadyExistsError, for_code
-from aiokafka.helpers import create_ssl_context
+from aiokafka.errors import KafkaError
 from faststream import AckPolicy, BaseMiddleware, StreamMessage
 from faststream.kafka import KafkaBroker
-from faststream.kafka.security import parse_security
-from faststream.security import BaseSecurity, SASLPlaintext, SASLScram256, SASLScram512
 
 from infra.errors import StartupError
+from infra.kafka_admin import wait_for_kafka
+from infra.kafka_security import broker_security, kafka_client_options
 from infra.logging import get_logger
 from infra.settings import ServiceSettings
 
 log = get_logger(__name__)
-
-_RETRY_SECONDS = 0.1
-
-
-def broker_security(settings: ServiceSettings) -> BaseSecurity | None:
-    """The FastStream security object for the configured protocol, if any.
-
-    TLS verifies the brokers against ``KAFKA_SSL_CAFILE`` (else the system's
-    CAs) and presents ``KAFKA_SSL_CERTFILE``/``KAFKA_SSL_KEYFILE`` when set.
-    """
-    protocol = settings.kafka_security_protocol
-    context = _ssl_context(settings) if protocol.endswith("SSL") else None
-    if protocol.startswith("SASL_"):
-        sasl = _SASL_SECURITY[settings.kafka_sasl_mechanism]
-        password = settings.kafka_sasl_password
-        return sasl(
-            settings.kafka_sasl_username or "",
-            password.get_secret_value() if password else "",
-            ssl_context=context,
-            use_ssl=context is not None,
-        )
-    if context is not None:
-        return BaseSecurity(ssl_context=context)
-    return None
-
-
-_SASL_SECURITY: dict[str, type[SASLPlaintext | SASLScram256 | SASLScram512]] = {
-    "PLAIN": SASLPlaintext,
-    "SCRAM-SHA-256": SASLScram256,
-    "SCRAM-SHA-512": SASLScram512,
-}
-
-
-def _ssl_context(settings: ServiceSettings) -> ssl.SSLContext:
-    password = settings.kafka_ssl_keyfile_password
-    try:
-        context: ssl.SSLContext = create_ssl_context(
-            cafile=settings.kafka_ssl_cafile,
-            certfile=settings.kafka_ssl_certfile,
-            keyfile=settings.kafka_ssl_keyfile,
-            password=password.get_secret_value() if password else None,
-        )
-    except (OSError, ssl.SSLError) as error:
-        raise StartupError(
-            f"cannot load the Kafka TLS files (KAFKA_SSL_CAFILE, KAFKA_SSL_CERTFILE, "
-            f"KAFKA_SSL_KEYFILE): {error}"
-        ) from error
-    return context
-
-
-def kafka_client_options(settings: ServiceSettings) -> dict[str, Any]:
-    """The aiokafka keyword arguments for the configured security (protocol, TLS, SASL)."""
-    return parse_security(broker_security(settings))
 
 
 def producer_options(settings: ServiceSettings) -> dict[str, Any]:
@@ -166,136 +109,3 @@ async def start_producer(settings: ServiceSettings) -> AIOKafkaProducer:
             "Check KAFKA_* settings."
         ) from error
     return producer
-
-
-# The timeout is a retry deadline, not a cancellation: when it passes, the error
-# names the broker and the last failure, which a caller's asyncio.timeout cannot.
-async def wait_for_kafka(
-    bootstrap_servers: str,
-    timeout: float,
-    **client_options: Any,
-) -> None:
-    """Return once a Kafka client can fetch metadata from ``bootstrap_servers``.
-
-    Retries until ``timeout`` seconds have passed, then raises ``StartupError``
-    ("Kafka broker at X is not reachable"). ``client_options`` go to aiokafka's
-    admin client (``security_protocol``, ``ssl_context``, ``sasl_*``).
-    """
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while True:
-        try:
-            async with asyncio.timeout(max(deadline - loop.time(), _RETRY_SECONDS)):
-                await _fetch_metadata(bootstrap_servers, client_options)
-            return
-        except (OSError, KafkaError, TimeoutError) as error:
-            if loop.time() >= deadline:
-                raise StartupError(
-                    f"Kafka broker at {bootstrap_servers} is not reachable "
-                    f"(waited {timeout:g} s; last error: {error or type(error).__name__}). "
-                    "Start it or set KAFKA_BOOTSTRAP_SERVERS."
-                ) from error
-        await asyncio.sleep(_RETRY_SECONDS)
-
-
-async def _fetch_metadata(bootstrap_servers: str, client_options: dict[str, Any]) -> None:
-    # A plain TCP connect first: while nothing listens, aiokafka would log an
-    # error on every attempt.
-    await _connect_to_any(bootstrap_servers)
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap_servers, **client_options)
-    try:
-        await admin.start()  # bootstraps, which fetches the cluster metadata
-    finally:
-        await admin.close()
-
-
-async def _connect_to_any(bootstrap_servers: str) -> None:
-    """Open and close a TCP connection to the first server that accepts one."""
-    error: OSError = ConnectionRefusedError(f"no server in {bootstrap_servers!r}")
-    for host, port in _host_ports(bootstrap_servers):
-        try:
-            _, writer = await asyncio.open_connection(host, port)
-        except OSError as refused:
-            error = refused
-            continue
-        writer.close()
-        await writer.wait_closed()
-        return
-    raise error
-
-
-def _host_ports(bootstrap_servers: str) -> list[tuple[str, int]]:
-    """``"a:9092,[::1]:9093,b"`` as host and port pairs (9092 when no port is given)."""
-    pairs = []
-    for server in filter(None, (s.strip() for s in bootstrap_servers.split(","))):
-        host, colon, port = server.rpartition(":")
-        if not colon or host.endswith(":") or not port.isdigit():
-            host, port = server, "9092"
-        pairs.append((host.strip("[]"), int(port)))
-    return pairs
-
-
-class TopicSpecLike(Protocol):
-    """What ``create_topics`` needs to know about a topic (``contracts.TopicSpec`` fits)."""
-
-    @property
-    def name(self) -> str: ...
-
-    @property
-    def partitions(self) -> int: ...
-
-    def config(self) -> dict[str, str]: ...
-
-
-async def create_topics(
-    bootstrap_servers: str,
-    topics: Iterable[TopicSpecLike],
-    *,
-    replication_factor: int = 1,
-    configs: Mapping[str, str] | None = None,
-    **client_options: Any,
-) -> list[str]:
-    """Create the topics that do not exist yet, with the topic's own configuration
-    (``cleanup.policy`` compact or delete, a retention where it has one).
-
-    ``configs`` are added to every new topic (``min.insync.replicas``, say).
-    Existing topics are left as they are (their partition count is not
-    changed). ``client_options`` go to aiokafka's admin client. Returns the
-    names of the topics this call created.
-    """
-    new_topics = [_new_topic(topic, replication_factor, configs or {}) for topic in topics]
-    if not new_topics:
-        return []
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap_servers, **client_options)
-    try:
-        await admin.start()
-        response = await admin.create_topics(new_topics)
-    finally:
-        await admin.close()
-    return _raise_for_topic_errors(response.topic_errors)
-
-
-def _new_topic(
-    topic: TopicSpecLike, replication_factor: int, configs: Mapping[str, str]
-) -> NewTopic:
-    # Said even where it is Kafka's default, so the topic shows the plan of contracts/topics.py.
-    return NewTopic(
-        topic.name,
-        topic.partitions,
-        replication_factor,
-        topic_configs={**configs, **topic.config()},
-    )
-
-
-def _raise_for_topic_errors(topic_errors: Iterable[tuple[Any, ...]]) -> list[str]:
-    created = []
-    for name, code, *details in topic_errors:
-        if code == 0:
-            created.append(name)
-        if code in (0, TopicAlreadyExistsError.errno):
-            continue
-        message = details[0] if details and details[0] else for_code(code).description
-        raise RuntimeError(
-            f"could not create Kafka topic {name}: {for_code(code).__name__}: {message}"
-        )
-    return created

@@ -22,7 +22,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.errors import KafkaError
 from faststream.kafka.security import parse_security
 
-from infra.broker import broker_security
+from infra.kafka_security import broker_security
 from infra.logging import get_logger
 from infra.settings import ServiceSettings
 

@@ -3,36 +3,29 @@
 A :class:`ServiceRuntime` owns the connections a service needs (the asyncpg
 pool, the FastStream broker, the outbox relay and its producer) and the
 service's Prometheus metrics, brings them up in order with clear errors, and
-tears them down in reverse. :func:`serve` runs it together with the service's
-HTTP app under uvicorn.
+tears them down in reverse. :func:`infra.serving.serve` runs it together with
+the service's HTTP app under uvicorn; :func:`infra.health.health_router` answers
+for it on ``/healthz``, ``/readyz`` and ``/metrics``.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import gc
-import sys
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
 import asyncpg
-import uvicorn
-import uvloop
 from aiokafka import AIOKafkaProducer
-from fastapi import APIRouter, FastAPI, Response
-from fastapi.responses import JSONResponse
 from faststream.kafka import KafkaBroker
-from prometheus_client import CONTENT_TYPE_LATEST
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel
 
 from infra import db
 from infra.broker import start_producer, wait_for_broker
 from infra.catchup import ConsumerLag
 from infra.consumers import Consumer, EnvironmentOf, Handler, OnQuarantine, consume_in_batches
-from infra.errors import StartupError
-from infra.logging import configure_logging, get_logger
+from infra.logging import get_logger
 from infra.metrics import ServiceMetrics
 from infra.outbox import OutboxRelay, backlog
 from infra.settings import ServiceSettings
@@ -219,103 +212,3 @@ class ServiceRuntime:
 
     async def _read_consumer_lag(self) -> None:
         self.metrics.set_consumer_lag(await self._consumer_lag.read())
-
-
-def health_router(runtime: ServiceRuntime) -> APIRouter:
-    """``/healthz`` (the process answers), ``/readyz`` (it can do its work) and ``/metrics``."""
-    router = APIRouter(tags=["health"])
-
-    @router.get("/healthz")
-    async def healthz() -> dict[str, str]:
-        """The process is alive."""
-        return {"status": "ok"}
-
-    @router.get("/readyz")
-    async def readyz() -> JSONResponse:
-        """Database and broker reachable, projections caught up."""
-        results: dict[str, bool] = {}
-        for name, check in runtime.readiness_checks.items():
-            try:
-                results[name] = await asyncio.wait_for(check(), 3.0)
-            except Exception:
-                results[name] = False
-        ready = all(results.values())
-        return JSONResponse(
-            {"status": "ready" if ready else "not ready", "checks": results},
-            status_code=200 if ready else 503,
-        )
-
-    router.include_router(metrics_router(runtime))
-    return router
-
-
-def metrics_router(runtime: ServiceRuntime) -> APIRouter:
-    """``GET /metrics`` for Prometheus; open like ``/healthz``, as it holds counts, not data."""
-    router = APIRouter(tags=["metrics"])
-
-    @router.get("/metrics", response_class=Response)
-    async def prometheus_metrics() -> Response:
-        """Request rates and latency, outbox backlog, consumer lag and the service's own."""
-        return Response(await runtime.metrics.render(), media_type=CONTENT_TYPE_LATEST)
-
-    return router
-
-
-def serve(build: Callable[[], tuple[FastAPI, ServiceRuntime]]) -> None:
-    """Build a service and run it until SIGINT/SIGTERM.
-
-    Bad settings and unreachable dependencies exit 2 with one clear line
-    instead of a traceback.
-    """
-    try:
-        app, runtime = build()
-    except ValidationError as error:
-        problems = "; ".join(
-            f"{'.'.join(str(part) for part in item['loc']) or 'settings'}: {item['msg']}"
-            for item in error.errors()
-        )
-        print(f"invalid settings: {problems}", file=sys.stderr)
-        sys.exit(2)
-    settings = runtime.settings
-    configure_logging(settings.service_name, settings.log_level, settings.log_json)
-    # uvloop's event loop (and uvicorn's httptools parser, picked when installed)
-    # roughly halve the per-request cost of the asyncio and HTTP plumbing.
-    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
-        sys.exit(runner.run(_serve(app, runtime)))
-
-
-async def _serve(app: FastAPI, runtime: ServiceRuntime) -> int:
-    settings = runtime.settings
-    try:
-        await runtime.start()
-    except StartupError as error:
-        log.error("service.start_failed", reason=str(error))
-        await _stop_quietly(runtime)
-        return 2
-    config = uvicorn.Config(
-        app,
-        host=settings.host,
-        port=settings.port,
-        log_config=None,
-        access_log=False,
-        lifespan="off",
-    )
-    server = uvicorn.Server(config)
-    # Everything built so far (the app, its routes and models, the contracts) lives as
-    # long as the process: move it out of the collector's reach, so the full
-    # collections that happen under load scan only what requests create, which
-    # shortens the pauses that set the gateway's tail latency.
-    gc.collect()
-    gc.freeze()
-    try:
-        await server.serve()
-    finally:
-        await runtime.stop()
-    return 0 if server.started else 2
-
-
-async def _stop_quietly(runtime: ServiceRuntime) -> None:
-    try:
-        await runtime.stop()
-    except Exception as error:  # already failing; say so and go on
-        log.warning("service.stop_failed", error=str(error))

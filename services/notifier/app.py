@@ -8,12 +8,13 @@ from pathlib import Path
 from fastapi import FastAPI
 
 from infra.broker import create_broker
+from infra.health import health_router
 from infra.http import create_http_app
-from infra.runtime import ServiceRuntime, health_router
+from infra.runtime import ServiceRuntime
 from services.notifier import subscribers
 from services.notifier.api import deliveries_router
+from services.notifier.dispatch import DeliveryDispatcher
 from services.notifier.metrics import DeliveryMetrics
-from services.notifier.service import DeliveryDispatcher
 from services.notifier.settings import NotifierSettings
 
 MIGRATIONS = Path(__file__).parent / "migrations"
@@ -21,7 +22,7 @@ MIGRATIONS = Path(__file__).parent / "migrations"
 
 @dataclass(frozen=True)
 class Notifier:
-    """One notifier process, ready for ``runtime.start()`` or ``infra.runtime.serve``."""
+    """One notifier process, ready for ``runtime.start()`` or ``infra.serving.serve``."""
 
     settings: NotifierSettings
     runtime: ServiceRuntime

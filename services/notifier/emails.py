@@ -21,6 +21,7 @@ import aiosmtplib
 import jinja2
 
 from contracts import ShareEmailRequested
+from services.notifier.attempts import AttemptOutcome
 from services.notifier.settings import NotifierSettings
 
 TEMPLATES = Path(__file__).parent / "templates"
@@ -136,6 +137,25 @@ async def send_message(
         finally:
             smtp.close()
     return refused
+
+
+def smtp_outcome(error: Exception) -> AttemptOutcome:
+    """Classify an SMTP failure: 5xx replies are permanent, the rest worth retrying."""
+    if isinstance(error, aiosmtplib.SMTPRecipientsRefused):
+        replies = [(refused.code, refused.message) for refused in error.recipients]
+        # Retry while any recipient was only deferred; give up when all refused for good.
+        code = min(code for code, _ in replies) if replies else None
+        reason = "; ".join(f"{reply_code} {message}" for reply_code, message in replies)
+        return AttemptOutcome(code, f"recipients refused: {reason}", _is_permanent(code))
+    if isinstance(error, aiosmtplib.SMTPResponseException):
+        return AttemptOutcome(
+            error.code, f"{error.code} {error.message}", _is_permanent(error.code)
+        )
+    return AttemptOutcome(None, f"{type(error).__name__}: {error}".rstrip(": "))
+
+
+def _is_permanent(code: int | None) -> bool:
+    return code is not None and 500 <= code < 600
 
 
 def _one_line(text: str) -> str:

@@ -12,8 +12,8 @@ from contracts import (
 )
 from infra.consumers import environment_from_member_key
 from infra.runtime import ServiceRuntime
-from services.notifier import service
-from services.notifier.service import DeliveryDispatcher
+from services.notifier import queueing
+from services.notifier.dispatch import DeliveryDispatcher
 from services.notifier.settings import NotifierSettings
 
 CLIENTS_GROUP = "notifier.clients"
@@ -31,7 +31,7 @@ def register_subscribers(
         waiting_callbacks_due = False
         async with runtime.pool.acquire() as connection, connection.transaction():
             for event in events:
-                waiting_callbacks_due |= await service.project_client(connection, event)
+                waiting_callbacks_due |= await queueing.project_client(connection, event)
         if waiting_callbacks_due:
             dispatcher.wake()
 
@@ -45,11 +45,11 @@ def register_subscribers(
 
     async def queue_callbacks(events: list[PointsResultEvent]) -> None:
         """Queue each result's callback once, however often the event is delivered."""
-        asking = service.asking_for_callbacks(events)
+        asking = queueing.asking_for_callbacks(events)
         if not asking:
             return
         async with runtime.pool.acquire() as connection, connection.transaction():
-            queued = await service.queue_callbacks(connection, asking)
+            queued = await queueing.queue_callbacks(connection, asking)
         if queued:
             dispatcher.wake()
 
@@ -68,7 +68,7 @@ def register_subscribers(
         queued = False
         async with runtime.pool.acquire() as connection, connection.transaction():
             for event in events:
-                queued |= await service.queue_share_email(connection, event, settings)
+                queued |= await queueing.queue_share_email(connection, event, settings)
         if queued:
             dispatcher.wake()
 

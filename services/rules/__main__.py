@@ -1,6 +1,6 @@
 """``python -m services.rules``: run the rules service."""
 
-from infra.runtime import serve
+from infra.serving import serve
 from services.rules.app import create_app
 
 if __name__ == "__main__":

@@ -15,8 +15,9 @@ from contracts import (
     ShareEmailRequestedEvent,
 )
 from infra.broker import create_broker
+from infra.health import health_router
 from infra.http import create_http_app
-from infra.runtime import ServiceRuntime, health_router
+from infra.runtime import ServiceRuntime
 from services.rules import console, subscribers
 from services.rules.api import RulesContext, router
 from services.rules.service import TokenIssuer

@@ -1,6 +1,6 @@
 """``python -m services.trigger``: run the trigger gateway."""
 
-from infra.runtime import serve
+from infra.serving import serve
 from services.trigger.app import create_app
 
 if __name__ == "__main__":

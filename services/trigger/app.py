@@ -12,8 +12,9 @@ from contracts import (
 )
 from infra.broker import create_broker
 from infra.catchup import CatchUp
+from infra.health import health_router
 from infra.http import create_http_app, serve_directly
-from infra.runtime import ServiceRuntime, health_router
+from infra.runtime import ServiceRuntime
 from infra.tokens import JwksVerifier
 from services.trigger import subscribers
 from services.trigger.api import TRIGGER_PATH, TriggerContext, router, serve_trigger

@@ -27,11 +27,12 @@ from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 
 from contracts import TopicSpec
-from infra.dev.kafka import TansuBroker, create_topics, start_tansu, wait_for_kafka
+from infra.dev.kafka import TansuBroker, start_tansu
 from infra.dev.postgres import EmbeddedPostgres, ensure_database, start_embedded_postgres
 from infra.dev.smtp_sink import list_messages, start_smtp_sink, store_message
 from infra.dev.supervisor import ChildExit, Supervisor
 from infra.errors import StartupError
+from infra.kafka_admin import create_topics, wait_for_kafka
 
 REPOSITORY = Path(__file__).resolve().parents[2]
 

@@ -30,7 +30,7 @@ from contracts import (
 )
 from contracts.clients_lifecycle import ClientLifecycleEvent, ClientSnapshot
 from infra import quarantine
-from infra.dev.kafka import create_topics
+from infra.kafka_admin import create_topics
 from infra.tokens import API_AUDIENCE, JWKS_PATH, REALM_PATH, JwksVerifier
 from services.ledger.app import Ledger, create_ledger
 from services.ledger.applying import PROCESSING_FAILED, apply_batch

@@ -15,10 +15,11 @@ from fastapi import FastAPI
 from prometheus_client.parser import text_string_to_metric_families
 
 from contracts import POINTS_REQUESTED, RULES_LIFECYCLE, TOPICS_TO_CREATE, RuleLifecycleEvent
-from infra.dev.kafka import create_topics
+from infra.health import health_router
 from infra.http import create_http_app
+from infra.kafka_admin import create_topics
 from infra.outbox import enqueue
-from infra.runtime import ServiceRuntime, health_router
+from infra.runtime import ServiceRuntime
 from services.ledger.app import MIGRATIONS as LEDGER_MIGRATIONS
 from services.ledger.app import Ledger, create_ledger
 from services.ledger.settings import LedgerSettings

@@ -32,16 +32,17 @@ from contracts import (
     PointsResult,
     PointsResultEvent,
 )
-from infra.dev.kafka import create_topics
+from infra.health import metrics_router
 from infra.http import create_http_app
-from infra.runtime import ServiceRuntime, metrics_router
+from infra.kafka_admin import create_topics
+from infra.runtime import ServiceRuntime
 from infra.signing import DEVELOPMENT_SIGNING_KEY, derive_signing_secret, verify
-from services.notifier import service
+from services.notifier import queueing
 from services.notifier.api import deliveries_router
 from services.notifier.app import MIGRATIONS, create_notifier
+from services.notifier.dispatch import DeliveryDispatcher
 from services.notifier.metrics import DeliveryMetrics
 from services.notifier.resolver import GetAddrInfo
-from services.notifier.service import DeliveryDispatcher
 from services.notifier.settings import NotifierSettings
 
 PRODUCTION_KEY = "a-production-callback-signing-key-of-some-length"
@@ -148,13 +149,13 @@ class RunningCallbacks:
 
     async def receive_client(self, event: ClientLifecycleEvent) -> None:
         async with self.runtime.pool.acquire() as connection, connection.transaction():
-            due = await service.project_client(connection, event)
+            due = await queueing.project_client(connection, event)
         if due:
             self.dispatcher.wake()
 
     async def receive_result(self, event: PointsResultEvent) -> bool:
         async with self.runtime.pool.acquire() as connection, connection.transaction():
-            queued = await service.queue_callback(connection, event)
+            queued = await queueing.queue_callback(connection, event)
         if queued:
             self.dispatcher.wake()
         return queued

@@ -24,7 +24,7 @@ from aiokafka import AIOKafkaProducer
 
 from contracts import ALL_TOPICS
 from infra import db
-from infra.dev.kafka import create_topics
+from infra.kafka_admin import create_topics
 from tests.helpers import free_port
 from tests.integration.test_notifier import client_event, result_event
 

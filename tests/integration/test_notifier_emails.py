@@ -28,11 +28,11 @@ from aiosmtpd.smtp import SMTP, Envelope, Session
 from structlog.testing import capture_logs
 
 from contracts import ALL_TOPICS, ShareEmailRequested, ShareEmailRequestedEvent
-from infra.dev.kafka import create_topics
 from infra.dev.smtp_sink import SmtpSink, list_messages, start_smtp_sink
 from infra.http import create_http_app
+from infra.kafka_admin import create_topics
 from infra.signing import DEVELOPMENT_SIGNING_KEY, derive_signing_secret
-from services.notifier import service
+from services.notifier import queueing
 from services.notifier.api import deliveries_router
 from services.notifier.app import create_notifier
 from services.notifier.settings import NotifierSettings
@@ -140,7 +140,7 @@ def email_settings(database_url: str, smtp_url: str, **overrides: Any) -> Notifi
 
 async def request_email(notifier: RunningCallbacks, event: ShareEmailRequestedEvent) -> bool:
     async with notifier.runtime.pool.acquire() as connection, connection.transaction():
-        queued = await service.queue_share_email(connection, event, notifier.settings)
+        queued = await queueing.queue_share_email(connection, event, notifier.settings)
     if queued:
         notifier.dispatcher.wake()
     return queued

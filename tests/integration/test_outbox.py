@@ -15,7 +15,7 @@ from aiokafka import AIOKafkaConsumer
 from contracts import ALL_TOPICS, RULES_LIFECYCLE, RuleLifecycleEvent
 from infra import db
 from infra.broker import start_producer
-from infra.dev.kafka import create_topics
+from infra.kafka_admin import create_topics
 from infra.outbox import OutboxRelay, enqueue
 from infra.runtime import INFRA_MIGRATIONS
 from infra.settings import ServiceSettings

@@ -21,7 +21,7 @@ import pytest_asyncio
 
 from contracts import ALL_TOPICS, PointsResultEvent
 from infra import db
-from infra.dev.kafka import create_topics
+from infra.kafka_admin import create_topics
 from infra.runtime import ServiceRuntime
 from infra.tokens import JwksVerifier
 from services.ledger.app import create_ledger

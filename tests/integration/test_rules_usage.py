@@ -19,7 +19,7 @@ import pytest
 import pytest_asyncio
 
 from contracts import ALL_TOPICS, POINTS_RESULTS, PointsResult, PointsResultEvent
-from infra.dev.kafka import create_topics
+from infra.kafka_admin import create_topics
 from services.rules import service as rules
 from services.rules.app import create_app
 from tests.helpers import (

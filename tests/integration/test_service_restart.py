@@ -37,7 +37,7 @@ from contracts import (
     PointsResultEvent,
 )
 from infra import db
-from infra.dev.kafka import create_topics
+from infra.kafka_admin import create_topics
 from tests.helpers import free_port
 
 ORG = "org_restart"

@@ -34,7 +34,7 @@ from contracts import (
     PointsResult,
     PointsResultEvent,
 )
-from infra.dev.kafka import create_topics
+from infra.kafka_admin import create_topics
 from infra.request_signing import public_pem
 from infra.runtime import ServiceRuntime
 from infra.tokens import API_AUDIENCE, REALM_PATH, JwksVerifier

@@ -7,8 +7,9 @@ from pathlib import Path
 import httpx
 from fastapi import APIRouter
 
+from infra.health import health_router
 from infra.http import create_http_app
-from infra.runtime import ServiceRuntime, health_router
+from infra.runtime import ServiceRuntime
 from infra.settings import ServiceSettings
 from tests.helpers import free_port
 

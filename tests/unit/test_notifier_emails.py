@@ -11,8 +11,12 @@ import aiosmtplib
 import pytest
 
 from contracts import ShareEmailRequested
-from services.notifier.emails import InvalidShareEmail, SmtpServer, render_share_email
-from services.notifier.service import smtp_outcome
+from services.notifier.emails import (
+    InvalidShareEmail,
+    SmtpServer,
+    render_share_email,
+    smtp_outcome,
+)
 from services.notifier.settings import DEVELOPMENT_SMTP_URL, NotifierSettings
 
 

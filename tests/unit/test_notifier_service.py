@@ -13,16 +13,12 @@ from pydantic import ValidationError
 
 from contracts import PointsResult
 from infra.signing import DEVELOPMENT_SIGNING_KEY
+from services.notifier.attempts import retry_delay
+from services.notifier.callbacks import RefusedTarget, vet_callback_url
 from services.notifier.fairness import SlotCounter, organisation_limit
 from services.notifier.metrics import DeliveryMetrics
+from services.notifier.queueing import callback_body, callback_host
 from services.notifier.resolver import BoundedResolver
-from services.notifier.service import (
-    RefusedTarget,
-    callback_body,
-    callback_host,
-    retry_delay,
-    vet_callback_url,
-)
 from services.notifier.settings import NotifierSettings
 
 

@@ -15,8 +15,9 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 from pydantic import ValidationError
 
-from infra.broker import kafka_client_options, producer_options
+from infra.broker import producer_options
 from infra.errors import StartupError
+from infra.kafka_security import kafka_client_options
 from infra.settings import ServiceSettings
 from services.ledger.settings import LedgerSettings
 from services.notifier.settings import NotifierSettings

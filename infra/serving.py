@@ -1,0 +1,80 @@
+"""Running a service process: :func:`serve` starts its :class:`~infra.runtime.ServiceRuntime`
+and serves its HTTP app under uvicorn until SIGINT/SIGTERM."""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import sys
+from collections.abc import Callable
+
+import uvicorn
+import uvloop
+from fastapi import FastAPI
+from pydantic import ValidationError
+
+from infra.errors import StartupError
+from infra.logging import configure_logging, get_logger
+from infra.runtime import ServiceRuntime
+
+log = get_logger(__name__)
+
+
+def serve(build: Callable[[], tuple[FastAPI, ServiceRuntime]]) -> None:
+    """Build a service and run it until SIGINT/SIGTERM.
+
+    Bad settings and unreachable dependencies exit 2 with one clear line
+    instead of a traceback.
+    """
+    try:
+        app, runtime = build()
+    except ValidationError as error:
+        problems = "; ".join(
+            f"{'.'.join(str(part) for part in item['loc']) or 'settings'}: {item['msg']}"
+            for item in error.errors()
+        )
+        print(f"invalid settings: {problems}", file=sys.stderr)
+        sys.exit(2)
+    settings = runtime.settings
+    configure_logging(settings.service_name, settings.log_level, settings.log_json)
+    # uvloop's event loop (and uvicorn's httptools parser, picked when installed)
+    # roughly halve the per-request cost of the asyncio and HTTP plumbing.
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        sys.exit(runner.run(_serve(app, runtime)))
+
+
+async def _serve(app: FastAPI, runtime: ServiceRuntime) -> int:
+    settings = runtime.settings
+    try:
+        await runtime.start()
+    except StartupError as error:
+        log.error("service.start_failed", reason=str(error))
+        await _stop_quietly(runtime)
+        return 2
+    config = uvicorn.Config(
+        app,
+        host=settings.host,
+        port=settings.port,
+        log_config=None,
+        access_log=False,
+        lifespan="off",
+    )
+    server = uvicorn.Server(config)
+    # Everything built so far (the app, its routes and models, the contracts) lives as
+    # long as the process: move it out of the collector's reach, so the full
+    # collections that happen under load scan only what requests create, which
+    # shortens the pauses that set the gateway's tail latency.
+    gc.collect()
+    gc.freeze()
+    try:
+        await server.serve()
+    finally:
+        await runtime.stop()
+    return 0 if server.started else 2
+
+
+async def _stop_quietly(runtime: ServiceRuntime) -> None:
+    try:
+        await runtime.stop()
+    except Exception as error:  # already failing; say so and go on
+        log.warning("service.stop_failed", error=str(error))

@@ -1,0 +1,332 @@
+"""Delivery workers: lease due deliveries fairly and send them, with retries.
+
+Delivery workers, one pool per kind, lease due rows fairly across
+organisations and send them outside any transaction: a callback goes out as
+:mod:`services.notifier.callbacks` says, an e-mail to the SMTP server as
+stored (:mod:`services.notifier.emails`). Success ends the delivery; a
+temporary failure schedules the next attempt from ``retry_schedule_seconds``
+until the schedule runs out and the delivery is parked for an operator; a
+permanent refusal (an SMTP 5xx) marks it failed at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import socket
+import time
+from collections.abc import Callable
+from typing import Any
+
+import aiosmtplib
+import asyncpg
+import httpx
+
+from infra.logging import get_logger
+from infra.signing import derive_signing_secret, sign
+from services.notifier import emails, repository
+from services.notifier.attempts import AttemptOutcome, retry_delay
+from services.notifier.callbacks import (
+    RefusedTarget,
+    Resolve,
+    open_http_client,
+    post_callback,
+    vet_callback_url,
+)
+from services.notifier.fairness import WorkerPool
+from services.notifier.metrics import AttemptOutcomeLabel, DeliveryMetrics
+from services.notifier.repository import (
+    UNKNOWN_CLIENT_ERROR,
+    ClaimedCallback,
+    ClaimedDelivery,
+    ClaimedEmail,
+)
+from services.notifier.resolver import BoundedResolver, GetAddrInfo, UnreachableTarget
+from services.notifier.settings import NotifierSettings
+
+log = get_logger(__name__)
+
+#: The log event (``callback.<name>``, ``email.<name>``) of each attempt outcome; the
+#: names predate the metrics and operators' log queries rely on them.
+LOG_EVENTS: dict[AttemptOutcomeLabel, str] = {
+    "delivered": "delivered",
+    "retry": "failed",
+    "parked": "parked",
+    "failed": "refused",
+}
+
+
+class DeliveryDispatcher:
+    """Delivers queued callbacks (``settings.workers``) and e-mails (``settings.email_workers``).
+
+    Workers lease one due delivery at a time with ``FOR UPDATE SKIP LOCKED``,
+    so any number of notifier replicas can run them side by side. Each kind has
+    its own workers, and within a kind an organisation has at most
+    ``per_organisation_concurrency`` deliveries in flight, the organisation with
+    the fewest going first (see :mod:`services.notifier.fairness`).
+    """
+
+    def __init__(
+        self,
+        settings: NotifierSettings,
+        *,
+        transport: httpx.AsyncBaseTransport | None = None,
+        metrics: DeliveryMetrics | None = None,
+        getaddrinfo: GetAddrInfo = socket.getaddrinfo,
+    ) -> None:
+        self._settings = settings
+        self._transport = transport
+        self.metrics = metrics or DeliveryMetrics()
+        self._callbacks = WorkerPool(
+            "callback",
+            settings.workers,
+            settings.per_organisation_concurrency,
+            per_host=settings.per_host_concurrency,
+        )
+        self._emails = WorkerPool(
+            "email", settings.email_workers, settings.per_organisation_concurrency
+        )
+        # An abandoned lookup keeps a thread until the system resolver gives up; each
+        # organisation holds at most its share of them (see resolver.py), so there are
+        # threads to spare for the others.
+        self._resolver = BoundedResolver(
+            settings.dns_timeout_seconds, threads=4 * settings.workers, getaddrinfo=getaddrinfo
+        )
+        self._pool: asyncpg.Pool | None = None
+        self._http: httpx.AsyncClient | None = None
+        self._workers: list[asyncio.Task[None]] = []
+
+    def _lease_seconds(self, pool: WorkerPool) -> float:
+        # Longer than any attempt can take, so a live sender never loses its lease.
+        settings = self._settings
+        if pool.kind == "email":
+            longest = settings.smtp_timeout
+        else:
+            longest = settings.dns_timeout_seconds + settings.total_timeout
+        return longest + settings.lease_grace_seconds
+
+    def wake(self) -> None:
+        """Tell idle workers that a delivery may be due now."""
+        self._callbacks.wake.set()
+        self._emails.wake.set()
+
+    async def start(self, pool: asyncpg.Pool) -> None:
+        settings = self._settings
+        self._pool = pool
+        self._http = open_http_client(settings, self._transport)
+        self._workers = [
+            asyncio.create_task(self._work(pool), name=f"notifier-{pool.kind}-worker-{number}")
+            for pool in (self._callbacks, self._emails)
+            for number in range(pool.workers)
+        ]
+        log.info(
+            "delivery.workers.started",
+            workers=settings.workers,
+            email_workers=settings.email_workers,
+            per_organisation=self._callbacks.organisations.limit,
+        )
+
+    async def stop(self) -> None:
+        """Stop the workers; a delivery cut off mid-send is retried when its lease ends."""
+        for worker in self._workers:
+            worker.cancel()
+        await asyncio.gather(*self._workers, return_exceptions=True)
+        self._workers = []
+        self._resolver.close()
+        if self._http is not None:
+            await self._http.aclose()
+            self._http = None
+
+    async def _work(self, pool: WorkerPool) -> None:
+        while True:
+            try:
+                delivery = await self._next_due(pool)
+                if delivery is not None:
+                    try:
+                        await self._attempt(delivery)
+                    finally:
+                        pool.give_back(delivery.org_id, _host_of(delivery))
+            except Exception as error:  # a worker outlives a database hiccup
+                log.warning("delivery.worker.error", error=str(error) or type(error).__name__)
+                await asyncio.sleep(self._settings.poll_interval_seconds)
+
+    async def _next_due(self, pool: WorkerPool) -> ClaimedCallback | ClaimedEmail | None:
+        """Lease the fairest due delivery and take its organisation's slot, or sleep until
+        one may be due and return None."""
+        database = self._require_pool()
+        pool.wake.clear()
+        # One claim at a time per process, so the slot counts the claim sees are exact.
+        async with pool.claiming:
+            delivery = await repository.claim_due(
+                database,
+                kind=pool.kind,
+                lease_seconds=self._lease_seconds(pool),
+                in_flight=pool.organisations.in_flight(),
+                full_organisations=pool.organisations.full(),
+                full_hosts=pool.full_hosts(),
+            )
+            if delivery is not None:
+                pool.take(delivery.org_id, _host_of(delivery))
+                return delivery
+        seconds = await repository.seconds_until_due(database, pool.kind)
+        poll = self._settings.poll_interval_seconds
+        # Due but unclaimed means its organisation or host is full: a freed slot wakes us.
+        timeout = poll if seconds is None or seconds <= 0 else min(poll, seconds)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(pool.wake.wait(), timeout)
+        return None
+
+    async def _attempt(self, delivery: ClaimedCallback | ClaimedEmail) -> None:
+        if isinstance(delivery, ClaimedEmail):
+            await self._record(delivery, await self._send_email(delivery))
+        else:
+            await self._attempt_callback(delivery)
+
+    async def _send_email(self, delivery: ClaimedEmail) -> AttemptOutcome:
+        started = time.perf_counter()
+        try:
+            refused = await emails.send_message(self._settings, delivery.body, delivery.recipients)
+        except (aiosmtplib.SMTPException, OSError) as error:
+            return emails.smtp_outcome(error)
+        finally:
+            self.metrics.observe_send("email", time.perf_counter() - started)
+        if refused:
+            # The server took the message for the other recipients; sending
+            # again would duplicate it for them, so it counts as delivered.
+            log.warning(
+                "email.recipients_refused",
+                delivery_id=delivery.id,
+                notification_id=str(delivery.notification_id),
+                refused=len(refused),
+            )
+        return AttemptOutcome(250, None)
+
+    def _resolve_for(self, org_id: str) -> Resolve:
+        """Resolution on ``org_id``'s behalf: a lookup it abandons keeps one of its slots."""
+        slots = self._callbacks.organisations
+
+        def hold_a_slot() -> Callable[[], None]:
+            slots.take(org_id)
+            return lambda: slots.give_back(org_id)
+
+        return functools.partial(self._resolver.resolve, on_orphaned=hold_a_slot)
+
+    async def _attempt_callback(self, delivery: ClaimedCallback) -> None:
+        pool = self._require_pool()
+        try:
+            target = await vet_callback_url(
+                delivery.url,
+                development=self._settings.is_development,
+                resolve=self._resolve_for(delivery.org_id),
+            )
+        except RefusedTarget as refused:
+            await repository.park(pool, delivery, status_code=None, error=str(refused))
+            self._finished("parked", delivery, reason=str(refused))
+            return
+        except UnreachableTarget as unreachable:
+            await self._record(delivery, AttemptOutcome(None, str(unreachable)))
+            return
+        salts = await repository.client_salts(pool, delivery.client_id)
+        if salts is None:
+            await self._record(delivery, AttemptOutcome(None, UNKNOWN_CLIENT_ERROR))
+            return
+        secrets = [
+            derive_signing_secret(self._settings.callback_signing_key, delivery.client_id, salt)
+            for salt in salts
+        ]
+        started = time.perf_counter()
+        http = self._http
+        assert http is not None, "the dispatcher has not started"
+        outcome = await post_callback(
+            http,
+            target,
+            delivery,
+            sign(*secrets, body=delivery.body),
+            total_timeout=self._settings.total_timeout,
+        )
+        self.metrics.observe_send("callback", time.perf_counter() - started)
+        await self._record(delivery, outcome)
+
+    async def _record(
+        self, delivery: ClaimedCallback | ClaimedEmail, outcome: AttemptOutcome
+    ) -> None:
+        pool = self._require_pool()
+        if outcome.delivered:
+            assert outcome.status_code is not None
+            await repository.mark_delivered(pool, delivery, outcome.status_code)
+            self._finished("delivered", delivery, status_code=outcome.status_code)
+            return
+        error = outcome.error or "failed"
+        if outcome.permanent:
+            await repository.fail(pool, delivery, status_code=outcome.status_code, error=error)
+            self._finished("failed", delivery, status_code=outcome.status_code, reason=error)
+            return
+        delay = retry_delay(self._settings.retry_schedule_seconds, delivery.attempt)
+        if delay is None:
+            await repository.park(pool, delivery, status_code=outcome.status_code, error=error)
+            self._finished("parked", delivery, status_code=outcome.status_code, reason=error)
+            return
+        await repository.schedule_retry(
+            pool, delivery, delay_seconds=delay, status_code=outcome.status_code, error=error
+        )
+        self._finished(
+            "retry",
+            delivery,
+            status_code=outcome.status_code,
+            error=error,
+            retry_in_seconds=round(delay, 3),
+        )
+
+    def _finished(
+        self,
+        outcome: AttemptOutcomeLabel,
+        delivery: ClaimedCallback | ClaimedEmail,
+        **fields: Any,
+    ) -> None:
+        """Count the attempt's outcome and log it."""
+        self.metrics.count_attempt(
+            "email" if isinstance(delivery, ClaimedEmail) else "callback", outcome
+        )
+        _log_outcome(LOG_EVENTS[outcome], delivery, **fields)
+
+    def _require_pool(self) -> asyncpg.Pool:
+        if self._pool is None:
+            raise RuntimeError("the delivery dispatcher has not started")
+        return self._pool
+
+
+def _log_outcome(outcome: str, delivery: ClaimedCallback | ClaimedEmail, **fields: Any) -> None:
+    """Log ``callback.<outcome>`` or ``email.<outcome>`` with the delivery's ids."""
+    method = log.info if outcome == "delivered" else log.warning
+    if isinstance(delivery, ClaimedEmail):
+        # Addresses are personal data: the count says enough in a log line.
+        method(
+            f"email.{outcome}",
+            **_ids(delivery),
+            notification_id=str(delivery.notification_id),
+            recipients=len(delivery.recipients),
+            **fields,
+        )
+        return
+    # The URL's path and query may carry the receiver's own tokens: log the host only.
+    method(
+        f"callback.{outcome}",
+        **_ids(delivery),
+        request_id=delivery.request_id,
+        client_id=delivery.client_id,
+        host=delivery.host,
+        **fields,
+    )
+
+
+def _host_of(delivery: ClaimedCallback | ClaimedEmail) -> str | None:
+    return delivery.host if isinstance(delivery, ClaimedCallback) else None
+
+
+def _ids(delivery: ClaimedDelivery) -> dict[str, Any]:
+    return {
+        "delivery_id": delivery.id,
+        "event_id": str(delivery.event_id),
+        "attempt": delivery.attempt,
+    }
