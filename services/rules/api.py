@@ -19,7 +19,7 @@ from infra.http import Forbidden, Unauthorized, bearer_token
 from infra.logging import get_logger
 from infra.storable import BIGINT_MAX, StorableDatetime
 from infra.tokens import ALGORITHM, JWKS_PATH, REALM_PATH, TOKEN_PATH
-from services.rules import service, sessions
+from services.rules import sessions
 from services.rules.guide import render_integration_guide
 from services.rules.schemas import (
     ConsoleSessionOpened,
@@ -34,6 +34,7 @@ from services.rules.schemas import (
     StatusChange,
     TokenResponse,
 )
+from services.rules.service import accounts, audit, clients, credentials, rules, sharing, tokens
 from services.rules.settings import INTEGRATION_GUIDE_PATH, RulesSettings
 
 log = get_logger(__name__)
@@ -45,7 +46,7 @@ class RulesContext:
 
     settings: RulesSettings
     pool_of: Any  # a callable returning the runtime's pool once it has started
-    issuer: service.TokenIssuer
+    issuer: tokens.TokenIssuer
 
     @property
     def pool(self) -> asyncpg.Pool:
@@ -106,7 +107,7 @@ async def current_user(request: Request, ctx: Context) -> BusinessUser:
             token,
             jwt.PyJWK(key).key,
             algorithms=[ALGORITHM],
-            audience=service.CONSOLE_AUDIENCE,
+            audience=tokens.CONSOLE_AUDIENCE,
             issuer=ctx.issuer.issuer,
             options={"require": ["exp", "iat", "sub", "iss", "aud"]},
         )
@@ -274,13 +275,13 @@ async def issue_token(request: Request, ctx: Context) -> JSONResponse:
         if refused is not None:
             return oauth_error(400, "invalid_request", f"{name} {refused}")
     client_ip = request.client.host if request.client else None
-    throttles = service.SignInThrottles.of(ctx.settings)
+    throttles = credentials.SignInThrottles.of(ctx.settings)
     async with ctx.pool.acquire() as connection:
         try:
-            client = await service.sign_in_client(
+            client = await clients.sign_in_client(
                 connection, client_id, secret, client_ip, throttles
             )
-        except service.TooManySignInAttempts as throttled:
+        except credentials.TooManySignInAttempts as throttled:
             return oauth_error(
                 429,
                 "slow_down",
@@ -302,7 +303,7 @@ async def issue_token(request: Request, ctx: Context) -> JSONResponse:
             "expires_in": lifetime,
             "refresh_expires_in": 0,
             "not-before-policy": 0,
-            "scope": service.CLIENT_SCOPE,
+            "scope": tokens.CLIENT_SCOPE,
         },
         headers={"Cache-Control": "no-store", "Pragma": "no-cache"},
     )
@@ -342,10 +343,10 @@ async def login(body: LoginRequest, request: Request, ctx: Context) -> TokenResp
     """Exchange a business user's e-mail and password for a bearer token (429 after repeated
     failures)."""
     client_ip = request.client.host if request.client else None
-    throttles = service.SignInThrottles.of(ctx.settings)
+    throttles = credentials.SignInThrottles.of(ctx.settings)
     # Not the request transaction: a failed attempt must be counted, and stay counted.
     async with ctx.pool.acquire() as connection:
-        user = await service.log_in(connection, body.email, body.password, client_ip, throttles)
+        user = await accounts.log_in(connection, body.email, body.password, client_ip, throttles)
         lifetime = ctx.settings.user_token_lifetime_seconds
         token = await ctx.issuer.user_token(connection, user, lifetime)
     log.info("user.logged_in", user_id=user["id"])
@@ -370,10 +371,10 @@ async def open_console_session(
     every change made through it must carry as ``X-CSRF-Token`` (429 after repeated
     failures, as for ``/v1/auth/login``)."""
     client_ip = request.client.host if request.client else None
-    throttles = service.SignInThrottles.of(ctx.settings)
+    throttles = credentials.SignInThrottles.of(ctx.settings)
     lifetime = ctx.settings.user_token_lifetime_seconds
     async with ctx.pool.acquire() as connection:
-        user = await service.log_in(connection, body.email, body.password, client_ip, throttles)
+        user = await accounts.log_in(connection, body.email, body.password, client_ip, throttles)
         session_id, session = await sessions.open_session(
             connection, user, timedelta(seconds=lifetime)
         )
@@ -425,7 +426,7 @@ async def close_console_session(request: Request, ctx: Context) -> Response:
 @router.get("/v1/clients", tags=["clients"])
 async def list_clients(user: User, tx: Tx, environment: Text | None = None) -> dict[str, Any]:
     """The organisation's API clients, without secrets."""
-    return {"items": await service.list_clients(tx, user.org_id, environment)}
+    return {"items": await clients.list_clients(tx, user.org_id, environment)}
 
 
 # --- rules -------------------------------------------------------------------
@@ -435,24 +436,24 @@ async def list_clients(user: User, tx: Tx, environment: Text | None = None) -> d
 async def create_rule(body: RuleCreate, user: User, tx: Tx, cid: CorrelationId) -> RuleView:
     """Create a rule as a draft."""
     user.require_editor()
-    draft = service.RuleDraft(
+    draft = rules.RuleDraft(
         **body.model_dump(exclude={"authorized_client_ids"}),
         authorized_client_ids=tuple(body.authorized_client_ids),
     )
-    return RuleView.of(await service.create_rule(tx, user.org_id, user.id, draft, cid))
+    return RuleView.of(await rules.create_rule(tx, user.org_id, user.id, draft, cid))
 
 
 @router.get("/v1/rules", tags=["rules"])
 async def list_rules(user: User, tx: Tx, environment: Text | None = None) -> dict[str, Any]:
     """The organisation's rules, newest first."""
-    rules = await service.list_rules(tx, user.org_id, environment)
-    return {"items": [RuleView.of(rule).model_dump(by_alias=True, mode="json") for rule in rules]}
+    found = await rules.list_rules(tx, user.org_id, environment)
+    return {"items": [RuleView.of(rule).model_dump(by_alias=True, mode="json") for rule in found]}
 
 
 @router.get("/v1/rules/{rule_id}", response_model=RuleView, tags=["rules"])
 async def get_rule(rule_id: Text, user: User, tx: Tx) -> RuleView:
     """One rule."""
-    return RuleView.of(await service.get_rule(tx, user.org_id, rule_id))
+    return RuleView.of(await rules.get_rule(tx, user.org_id, rule_id))
 
 
 @router.patch("/v1/rules/{rule_id}", response_model=RuleView, tags=["rules"])
@@ -461,7 +462,7 @@ async def update_rule(
 ) -> RuleView:
     """Change a rule; 409 when ``version`` is not the rule's current version."""
     user.require_editor()
-    rule = await service.update_rule(
+    rule = await rules.update_rule(
         tx, user.org_id, user.id, rule_id, body.version, body.changes(), cid
     )
     return RuleView.of(rule)
@@ -472,7 +473,7 @@ async def _transition(
 ) -> RuleView:
     user.require_editor()
     version = body.version if body else None
-    rule = await service.change_status(tx, user.org_id, user.id, rule_id, action, cid, version)
+    rule = await rules.change_status(tx, user.org_id, user.id, rule_id, action, cid, version)
     return RuleView.of(rule)
 
 
@@ -506,13 +507,13 @@ async def archive_rule(
 async def promote_rule(rule_id: Text, user: User, tx: Tx, cid: CorrelationId) -> RuleView:
     """Copy a staging rule into a production draft; its production clients are chosen next."""
     user.require_editor()
-    return RuleView.of(await service.promote_rule(tx, user.org_id, user.id, rule_id, cid))
+    return RuleView.of(await rules.promote_rule(tx, user.org_id, user.id, rule_id, cid))
 
 
 @router.get("/v1/rules/{rule_id}/share", response_model=ShareInfo, tags=["rules"])
 async def share_rule(rule_id: Text, user: User, tx: Tx, ctx: Context) -> ShareInfo:
     """What a business user sends a third-party developer about an active rule."""
-    return ShareInfo.of(await service.share_details(tx, user.org_id, rule_id, ctx.settings))
+    return ShareInfo.of(await sharing.share_details(tx, user.org_id, rule_id, ctx.settings))
 
 
 @router.post(
@@ -528,7 +529,7 @@ async def email_rule(
     An organisation may send to a limited number of addresses a day (429
     ``SHARE_EMAIL_LIMIT`` past it, with ``Retry-After``); every send is audited."""
     user.require_editor()
-    notification_id = await service.request_share_email(
+    notification_id = await sharing.request_share_email(
         tx, user.org_id, user.id, rule_id, body.recipients(), ctx.settings, cid
     )
     log.info("rule.share_email.requested", rule_id=rule_id, notification_id=str(notification_id))
@@ -553,8 +554,8 @@ async def audit_log(
     limit: Annotated[int, Query(ge=1, le=200)] = 50,
 ) -> dict[str, Any]:
     """The organisation's audit history, newest first, filtered by rule, actor and time."""
-    where = service.AuditFilter(rule_id, actor, since, until, before)
-    rows = await service.list_audit(tx, user.org_id, where, limit)
+    where = audit.AuditFilter(rule_id, actor, since, until, before)
+    rows = await audit.list_audit(tx, user.org_id, where, limit)
     items = [
         {
             "id": row["id"],

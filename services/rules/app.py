@@ -19,7 +19,7 @@ from infra.http import create_http_app
 from infra.runtime import ServiceRuntime, health_router
 from services.rules import console, subscribers
 from services.rules.api import RulesContext, router
-from services.rules.service import TokenIssuer
+from services.rules.service.tokens import TokenIssuer
 from services.rules.settings import RulesSettings
 
 MIGRATIONS = Path(__file__).parent / "migrations"
