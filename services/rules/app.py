@@ -18,7 +18,7 @@ from infra.broker import create_broker
 from infra.http import create_http_app
 from infra.runtime import ServiceRuntime, health_router
 from services.rules import console, subscribers
-from services.rules.api import RulesContext, router
+from services.rules.api import RulesContext, accounts, guide, oauth, rules
 from services.rules.service.tokens import TokenIssuer
 from services.rules.settings import RulesSettings
 
@@ -57,6 +57,7 @@ def create_app(settings: RulesSettings | None = None) -> tuple[FastAPI, ServiceR
     )
     app.state.rules = RulesContext(settings=settings, pool_of=lambda: runtime.pool, issuer=issuer)
     app.include_router(health_router(runtime))
-    app.include_router(router)
+    for area in (oauth, accounts, rules, guide):
+        app.include_router(area.router)
     console.install(app)
     return app, runtime
