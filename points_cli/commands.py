@@ -20,7 +20,7 @@ from infra import db, quarantine
 from infra.problems import Problem
 from infra.runtime import INFRA_MIGRATIONS
 from infra.settings import SERVICES, ServiceSettings
-from services.rules import service as rules
+from services.rules.service import accounts, clients, tokens
 from services.rules.settings import RulesSettings
 
 
@@ -69,14 +69,16 @@ async def rules_transaction() -> AsyncIterator[tuple[asyncpg.Connection, RulesSe
 
 async def org_create(args: argparse.Namespace) -> int:
     async with rules_transaction() as (connection, _):
-        organisation = await rules.create_organisation(connection, args.name, args.timezone)
+        organisation = await accounts.create_organisation(connection, args.name, args.timezone)
     emit(organisation, args.json)
     return 0
 
 
 async def user_create(args: argparse.Namespace) -> int:
     async with rules_transaction() as (connection, _):
-        user = await rules.create_user(connection, args.org, args.email, args.password, args.role)
+        user = await accounts.create_user(
+            connection, args.org, args.email, args.password, args.role
+        )
     emit(user, args.json)
     return 0
 
@@ -95,7 +97,7 @@ def read_public_key(path: Path) -> str:
 async def client_create(args: argparse.Namespace) -> int:
     public_key = None if args.public_key is None else read_public_key(args.public_key)
     async with rules_transaction() as (connection, settings):
-        issued = await rules.create_client(
+        issued = await clients.create_client(
             connection,
             org_id=args.org,
             environment=args.environment,
@@ -110,14 +112,14 @@ async def client_create(args: argparse.Namespace) -> int:
 async def client_set_public_key(args: argparse.Namespace) -> int:
     public_key = None if args.remove else read_public_key(args.file)
     async with rules_transaction() as (connection, _):
-        changed = await rules.set_request_signing_key(connection, args.client_id, public_key)
+        changed = await clients.set_request_signing_key(connection, args.client_id, public_key)
     emit(changed, args.json)
     return 0
 
 
 async def client_revoke(args: argparse.Namespace) -> int:
     async with rules_transaction() as (connection, _):
-        await rules.revoke_client(connection, args.client_id)
+        await clients.revoke_client(connection, args.client_id)
     print(f"client {args.client_id} revoked")
     return 0
 
@@ -126,7 +128,7 @@ async def client_set_rate_limit(args: argparse.Namespace) -> int:
     from services.trigger.service import set_client_rate_limit
 
     async with rules_transaction() as (connection, _):
-        await rules.client_for_update(connection, args.client_id)  # refuses an unknown client
+        await clients.client_for_update(connection, args.client_id)  # refuses an unknown client
     async with schema_transaction("trigger") as connection:
         await set_client_rate_limit(
             connection, args.client_id, per_second=args.per_second, burst=args.burst
@@ -137,7 +139,7 @@ async def client_set_rate_limit(args: argparse.Namespace) -> int:
 
 async def client_rotate(args: argparse.Namespace) -> int:
     async with rules_transaction() as (connection, settings):
-        issued = await rules.rotate_client_secret(
+        issued = await clients.rotate_client_secret(
             connection,
             args.client_id,
             platform_signing_key=settings.callback_signing_key,
@@ -149,9 +151,9 @@ async def client_rotate(args: argparse.Namespace) -> int:
 
 async def keys_rotate(args: argparse.Namespace) -> int:
     async with rules_transaction() as (connection, settings):
-        kid = await rules.rotate_signing_key(
+        kid = await tokens.rotate_signing_key(
             connection,
-            rules.TokenIssuer.for_settings(settings),
+            tokens.TokenIssuer.for_settings(settings),
             token_lifetime=settings.longest_token_lifetime,
         )
     emit({"kid": kid}, args.json)

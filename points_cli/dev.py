@@ -36,7 +36,7 @@ from infra.kafka_admin import create_topics, wait_for_kafka
 from infra.settings import SERVICES, ServiceSettings, environment_overrides, var_dir
 from infra.signing import DEVELOPMENT_SIGNING_KEY
 from points_cli.commands import migrations_of
-from services.rules import service as rules
+from services.rules.service import accounts, clients
 from services.rules.settings import RulesSettings
 
 DEMO_EMAIL = "demo@points.example"
@@ -126,9 +126,9 @@ async def seed(database_url: str) -> dict[str, str]:
     connection = await db.connect(database_url, "rules")
     try:
         async with connection.transaction():
-            organisation = await rules.create_organisation(connection, "Demo Coffee Co.")
-            await rules.create_user(connection, organisation["id"], DEMO_EMAIL, DEMO_PASSWORD)
-            client = await rules.create_client(
+            organisation = await accounts.create_organisation(connection, "Demo Coffee Co.")
+            await accounts.create_user(connection, organisation["id"], DEMO_EMAIL, DEMO_PASSWORD)
+            client = await clients.create_client(
                 connection,
                 org_id=organisation["id"],
                 environment="staging",

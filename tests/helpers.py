@@ -30,7 +30,7 @@ from infra.dev.launcher import RunningPlatform, free_port, start_platform
 from infra.dev.postgres import with_database
 from infra.tokens import TOKEN_PATH
 from points_cli.main import run as run_points
-from services.rules import service as rules
+from services.rules.service import accounts, clients
 from services.rules.settings import RulesSettings
 
 T = TypeVar("T")
@@ -147,21 +147,21 @@ class Seeder:
     async def organisation(self, name: str = "Acme Coffee", role: str = "admin") -> Organisation:
         email = f"{uuid.uuid4().hex[:10]}@example.com"
         async with rules_transaction(self.database_url) as connection:
-            organisation = await rules.create_organisation(connection, name)
-            await rules.create_user(connection, organisation["id"], email, PASSWORD, role)
+            organisation = await accounts.create_organisation(connection, name)
+            await accounts.create_user(connection, organisation["id"], email, PASSWORD, role)
         return Organisation(organisation["id"], email)
 
     async def user(self, org_id: str, role: str) -> str:
         email = f"{uuid.uuid4().hex[:10]}@example.com"
         async with rules_transaction(self.database_url) as connection:
-            await rules.create_user(connection, org_id, email, PASSWORD, role)
+            await accounts.create_user(connection, org_id, email, PASSWORD, role)
         return email
 
     async def client(
         self, org_id: str, environment: str = "staging", *, public_key: str | None = None
     ) -> Client:
         async with rules_transaction(self.database_url) as connection:
-            issued = await rules.create_client(
+            issued = await clients.create_client(
                 connection,
                 org_id=org_id,
                 environment=environment,
@@ -173,15 +173,15 @@ class Seeder:
 
     async def set_public_key(self, client_id: str, public_key: str | None) -> None:
         async with rules_transaction(self.database_url) as connection:
-            await rules.set_request_signing_key(connection, client_id, public_key)
+            await clients.set_request_signing_key(connection, client_id, public_key)
 
     async def revoke(self, client_id: str) -> None:
         async with rules_transaction(self.database_url) as connection:
-            await rules.revoke_client(connection, client_id)
+            await clients.revoke_client(connection, client_id)
 
     async def rotate(self, client_id: str) -> Client:
         async with rules_transaction(self.database_url) as connection:
-            issued = await rules.rotate_client_secret(
+            issued = await clients.rotate_client_secret(
                 connection,
                 client_id,
                 platform_signing_key=self.settings.callback_signing_key,

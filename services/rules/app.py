@@ -19,8 +19,8 @@ from infra.health import health_router
 from infra.http import create_http_app
 from infra.runtime import ServiceRuntime
 from services.rules import console, subscribers
-from services.rules.api import RulesContext, router
-from services.rules.service import TokenIssuer
+from services.rules.api import RulesContext, accounts, guide, oauth, rules
+from services.rules.service.tokens import TokenIssuer
 from services.rules.settings import RulesSettings
 
 MIGRATIONS = Path(__file__).parent / "migrations"
@@ -58,6 +58,7 @@ def create_app(settings: RulesSettings | None = None) -> tuple[FastAPI, ServiceR
     )
     app.state.rules = RulesContext(settings=settings, pool_of=lambda: runtime.pool, issuer=issuer)
     app.include_router(health_router(runtime))
-    app.include_router(router)
+    for area in (oauth, accounts, rules, guide):
+        app.include_router(area.router)
     console.install(app)
     return app, runtime

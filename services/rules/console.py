@@ -32,8 +32,9 @@ from infra.dev.smtp_sink import list_messages
 from infra.logging import get_logger
 from infra.problems import Problem
 from infra.tokens import API_AUDIENCE
-from services.rules import service, sessions
+from services.rules import sessions
 from services.rules.api import Context, Tx, User, console_session
+from services.rules.service import accounts, rules
 
 log = get_logger(__name__)
 
@@ -93,7 +94,7 @@ async def _viewer(request: Request, ctx: Any) -> Viewer | None:
         session = await sessions.find_session(connection, session_id)
         if session is None:
             return None
-        organisation = await service.require_organisation(connection, session.org_id)
+        organisation = await accounts.require_organisation(connection, session.org_id)
     return Viewer(session, organisation["name"], organisation["timezone"])
 
 
@@ -216,8 +217,8 @@ async def emails_page(request: Request, ctx: Context) -> Response:
 @router.get("/api/rules/{rule_id}/activation-problems")
 async def activation_problems(rule_id: Text, user: User, tx: Tx) -> dict[str, Any]:
     """Every problem that would stop the rule being activated now (empty when none)."""
-    rule = await service.get_rule(tx, user.org_id, rule_id)
-    return {"problems": await service.blocking_problems(tx, rule)}
+    rule = await rules.get_rule(tx, user.org_id, rule_id)
+    return {"problems": await rules.blocking_problems(tx, rule)}
 
 
 #: The ledger reads the pages make, as ``/console/api/{collection}/{id}/{read}``, with the

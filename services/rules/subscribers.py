@@ -5,7 +5,7 @@ from __future__ import annotations
 from contracts import POINTS_RESULTS, PointsResultEvent
 from infra.consumers import environment_from_member_key
 from infra.runtime import ServiceRuntime
-from services.rules import service
+from services.rules.service import rules
 
 USAGE_GROUP = "rules.usage"
 
@@ -13,7 +13,7 @@ USAGE_GROUP = "rules.usage"
 def register(runtime: ServiceRuntime) -> None:
     async def count_usage(events: list[PointsResultEvent]) -> None:
         async with runtime.pool.acquire() as connection, connection.transaction():
-            await service.record_usages(connection, events)
+            await rules.record_usages(connection, events)
 
     runtime.consume(
         {POINTS_RESULTS: PointsResultEvent},

@@ -23,8 +23,7 @@ from structlog.testing import capture_logs
 from contracts import CLIENTS_LIFECYCLE, ClientLifecycleEvent
 from infra.signing import derive_signing_secret
 from infra.tokens import TOKEN_PATH
-from services.rules import service as rules
-from services.rules.service import IssuedClient
+from services.rules.service.clients import IssuedClient, create_client, rotate_client_secret
 from tests.helpers import (
     PASSWORD,
     Client,
@@ -47,7 +46,7 @@ async def stack(postgres_server_dsn: str) -> AsyncIterator[RulesStack]:
 
 async def create_client_as_the_cli_does(stack: RulesStack, org_id: str) -> IssuedClient:
     async with rules_transaction(stack.database_url) as connection:
-        return await rules.create_client(
+        return await create_client(
             connection,
             org_id=org_id,
             environment="staging",
@@ -58,7 +57,7 @@ async def create_client_as_the_cli_does(stack: RulesStack, org_id: str) -> Issue
 
 async def rotate_as_the_cli_does(stack: RulesStack, client_id: str) -> IssuedClient:
     async with rules_transaction(stack.database_url) as connection:
-        return await rules.rotate_client_secret(
+        return await rotate_client_secret(
             connection,
             client_id,
             platform_signing_key=stack.settings.callback_signing_key,

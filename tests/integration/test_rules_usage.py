@@ -20,8 +20,8 @@ import pytest_asyncio
 
 from contracts import ALL_TOPICS, POINTS_RESULTS, PointsResult, PointsResultEvent
 from infra.kafka_admin import create_topics
-from services.rules import service as rules
 from services.rules.app import create_app
+from services.rules.service.rules import record_usage
 from tests.helpers import (
     RULES_URL,
     RulesStack,
@@ -109,7 +109,7 @@ async def deliver(database_url: str, *events: PointsResultEvent) -> list[bool]:
     counted = []
     for event in events:
         async with rules_transaction(database_url) as connection:
-            counted.append(await rules.record_usage(connection, event))
+            counted.append(await record_usage(connection, event))
     return counted
 
 

@@ -27,9 +27,9 @@ from contracts import NOTIFICATIONS_REQUESTED, RULES_LIFECYCLE, ShareEmailReques
 from infra.errors import StartupError
 from infra.tokens import API_AUDIENCE, JWKS_PATH, JwksVerifier
 from services.rules import repository as rules_sql
-from services.rules import service as rules
 from services.rules.app import create_app as create_rules_app
 from services.rules.key_vault import KeyVault
+from services.rules.service.tokens import TokenIssuer, rotate_signing_key
 from tests.helpers import (
     PASSWORD,
     RULES_URL,
@@ -754,7 +754,7 @@ class TestTokensForOneUse:
     async def test_the_consoles_ledger_token_reads_the_ledger_but_not_the_rules_api(
         self, stack: RulesStack, tenant: Tenant
     ) -> None:
-        issuer = rules.TokenIssuer.for_settings(stack.settings)
+        issuer = TokenIssuer.for_settings(stack.settings)
         user = {"id": tenant.user_id, "org_id": tenant.org_id, "role": "admin", "email": "a@b.c"}
         async with rules_transaction(stack.database_url) as connection:
             token = await issuer.user_token(connection, user, 60, audiences=(API_AUDIENCE,))
@@ -792,9 +792,7 @@ class TestSigningKeyRotation:
         before = await client_token(http, tenant.client)
 
         async with rules_transaction(stack.database_url) as connection:
-            kid = await rules.rotate_signing_key(
-                connection, rules.TokenIssuer.for_settings(stack.settings)
-            )
+            kid = await rotate_signing_key(connection, TokenIssuer.for_settings(stack.settings))
         after = await client_token(http, tenant.client)
 
         jwks = (await http.get(JWKS_PATH)).json()
@@ -813,12 +811,10 @@ class TestSigningKeyRotation:
     ) -> None:
         oldest = jwt.get_unverified_header(await client_token(http, tenant.client))["kid"]
         async with rules_transaction(stack.database_url) as connection:
-            previous = await rules.rotate_signing_key(
-                connection, rules.TokenIssuer.for_settings(stack.settings)
+            previous = await rotate_signing_key(
+                connection, TokenIssuer.for_settings(stack.settings)
             )
-            newest = await rules.rotate_signing_key(
-                connection, rules.TokenIssuer.for_settings(stack.settings)
-            )
+            newest = await rotate_signing_key(connection, TokenIssuer.for_settings(stack.settings))
 
         rows = await stack.runtime.pool.fetch(
             "SELECT kid, retired_at FROM signing_keys WHERE kid = ANY($1::text[])",
@@ -836,9 +832,7 @@ class TestSigningKeyRotation:
         self, http: httpx.AsyncClient, stack: RulesStack, tenant: Tenant
     ) -> None:
         async with rules_transaction(stack.database_url) as connection:
-            await rules.rotate_signing_key(
-                connection, rules.TokenIssuer.for_settings(stack.settings)
-            )
+            await rotate_signing_key(connection, TokenIssuer.for_settings(stack.settings))
 
         response = await http.get("/v1/rules", headers=tenant.headers)
 
@@ -870,7 +864,7 @@ class TestSigningKeysAtRest:
         kid = await insert_plain_signing_key(stack)
 
         async with stack.runtime.pool.acquire() as connection:
-            await rules.TokenIssuer.for_settings(stack.settings).ensure_signing_key(connection)
+            await TokenIssuer.for_settings(stack.settings).ensure_signing_key(connection)
         token = await client_token(http, tenant.client)
 
         stored = await stack.runtime.pool.fetchval(

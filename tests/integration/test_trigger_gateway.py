@@ -38,8 +38,8 @@ from infra.kafka_admin import create_topics
 from infra.request_signing import public_pem
 from infra.runtime import ServiceRuntime
 from infra.tokens import API_AUDIENCE, REALM_PATH, JwksVerifier
-from services.rules import service as rules
 from services.rules.app import create_app as create_rules_app
+from services.rules.service.tokens import TokenIssuer
 from services.rules.settings import RulesSettings
 from services.trigger import api as trigger_api
 from services.trigger import service
@@ -939,7 +939,7 @@ class TestAuthentication:
     ) -> None:
         # A token the issuer signed for a client whose registration has not reached the
         # gateway: whether it must sign its requests is not known yet.
-        issuer = rules.TokenIssuer.for_settings(gateway.seeder.settings)
+        issuer = TokenIssuer.for_settings(gateway.seeder.settings)
         unseen = {"id": "cli_not_projected_yet", "org_id": gateway.org_id, "environment": "staging"}
         async with rules_transaction(gateway.seeder.database_url) as connection:
             gateway.tokens["unseen"] = await issuer.client_token(connection, unseen, 60)

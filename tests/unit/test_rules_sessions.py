@@ -5,7 +5,7 @@ from __future__ import annotations
 import secrets
 from datetime import UTC, datetime
 
-from services.rules.api import _session_cookie_options
+from services.rules.api.accounts import _session_cookie_options
 from services.rules.sessions import ConsoleSession, hash_session_id
 from services.rules.settings import RulesSettings
 

@@ -1,0 +1,202 @@
+"""The OAuth2 token issuer's routes, on Keycloak-compatible paths: the client-credentials
+grant, the realm's signing keys and its OpenID Connect discovery."""
+
+from __future__ import annotations
+
+import base64
+from typing import Any
+from urllib.parse import parse_qs
+
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse
+
+from contracts.text import refusal
+from infra.logging import get_logger
+from infra.tokens import ALGORITHM, JWKS_PATH, REALM_PATH, TOKEN_PATH
+from services.rules.api import Context
+from services.rules.service import clients, credentials, tokens
+
+log = get_logger(__name__)
+
+router = APIRouter()
+
+
+def oauth_error(
+    status: int,
+    error: str,
+    description: str,
+    basic: bool = False,
+    retry_after: int | None = None,
+) -> JSONResponse:
+    headers = {"Cache-Control": "no-store"}
+    if basic:
+        headers["WWW-Authenticate"] = 'Basic realm="partner"'
+    if retry_after is not None:
+        headers["Retry-After"] = str(retry_after)
+    return JSONResponse(
+        {"error": error, "error_description": description}, status_code=status, headers=headers
+    )
+
+
+def _basic_credentials(request: Request) -> tuple[str, str] | None:
+    scheme, _, encoded = request.headers.get("Authorization", "").partition(" ")
+    if scheme.lower() != "basic":
+        return None
+    try:
+        client_id, _, secret = base64.b64decode(encoded).decode().partition(":")
+    except ValueError:  # not base64 (binascii.Error), not ASCII, or not UTF-8 inside
+        return ("", "")
+    return client_id, secret
+
+
+#: The token endpoint reads its form itself (to support HTTP Basic too), so FastAPI
+#: cannot describe the body; this does.
+TOKEN_REQUEST_DOCS: dict[str, Any] = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "application/x-www-form-urlencoded": {
+                "schema": {
+                    "type": "object",
+                    "required": ["grant_type"],
+                    "properties": {
+                        "grant_type": {"type": "string", "enum": ["client_credentials"]},
+                        "client_id": {
+                            "type": "string",
+                            "description": "Omit when authenticating with HTTP Basic.",
+                        },
+                        "client_secret": {
+                            "type": "string",
+                            "description": "Omit when authenticating with HTTP Basic.",
+                        },
+                    },
+                },
+                "example": {
+                    "grant_type": "client_credentials",
+                    "client_id": "cli_3f2c9a7e5b1d4c8e9f0a1b2c3d4e5f60",
+                    "client_secret": "<the client secret shown once at creation>",
+                },
+            }
+        },
+    },
+    "responses": {
+        "200": {
+            "description": "An access token.",
+            "content": {
+                "application/json": {
+                    "example": {
+                        "access_token": "eyJhbGciOiJFUzI1NiIsImtpZCI6…",
+                        "token_type": "Bearer",
+                        "expires_in": 300,
+                        "refresh_expires_in": 0,
+                        "not-before-policy": 0,
+                        "scope": "points:trigger points:read",
+                    }
+                }
+            },
+        },
+        "400": {"description": "`invalid_request` or `unsupported_grant_type` (RFC 6749)."},
+        "401": {"description": "`invalid_client`: unknown, revoked or wrong credentials."},
+        "429": {
+            "description": "`slow_down`: too many failed requests for this client id (or any) "
+            "from this address; `Retry-After` says when to try again."
+        },
+    },
+}
+
+
+@router.post(
+    TOKEN_PATH,
+    tags=["oauth2"],
+    summary="Get an access token (client credentials)",
+    openapi_extra=TOKEN_REQUEST_DOCS,
+)
+async def issue_token(request: Request, ctx: Context) -> JSONResponse:
+    """OAuth2 client-credentials grant: form fields or HTTP Basic client authentication."""
+    if not request.headers.get("content-type", "").startswith("application/x-www-form-urlencoded"):
+        return oauth_error(400, "invalid_request", "send application/x-www-form-urlencoded")
+    try:
+        form = {key: values[0] for key, values in parse_qs((await request.body()).decode()).items()}
+    except UnicodeDecodeError:
+        return oauth_error(400, "invalid_request", "the form is not UTF-8")
+    basic = _basic_credentials(request)
+    grant_type = form.get("grant_type")
+    if not grant_type:
+        return oauth_error(400, "invalid_request", "grant_type is required")
+    if grant_type != "client_credentials":
+        return oauth_error(400, "unsupported_grant_type", "only client_credentials is supported")
+    if basic is not None and "client_secret" in form:
+        return oauth_error(400, "invalid_request", "use one client authentication method")
+    client_id, secret = (
+        basic
+        if basic is not None
+        else (
+            form.get("client_id", ""),
+            form.get("client_secret", ""),
+        )
+    )
+    if not client_id or not secret:
+        return oauth_error(401, "invalid_client", "client authentication failed", basic=True)
+    for name, value in (("client_id", client_id), ("client_secret", secret)):
+        refused = refusal(value)
+        if refused is not None:
+            return oauth_error(400, "invalid_request", f"{name} {refused}")
+    client_ip = request.client.host if request.client else None
+    throttles = credentials.SignInThrottles.of(ctx.settings)
+    async with ctx.pool.acquire() as connection:
+        try:
+            client = await clients.sign_in_client(
+                connection, client_id, secret, client_ip, throttles
+            )
+        except credentials.TooManySignInAttempts as throttled:
+            return oauth_error(
+                429,
+                "slow_down",
+                throttled.detail,
+                retry_after=throttled.retry_after,
+            )
+        if client is None:
+            log.info("token.refused", client_id=client_id)
+            return oauth_error(
+                401, "invalid_client", "client authentication failed", basic=basic is not None
+            )
+        lifetime = ctx.settings.client_token_lifetime_seconds
+        token = await ctx.issuer.client_token(connection, client, lifetime)
+    log.info("token.issued", client_id=client_id)
+    return JSONResponse(
+        {
+            "access_token": token,
+            "token_type": "Bearer",
+            "expires_in": lifetime,
+            "refresh_expires_in": 0,
+            "not-before-policy": 0,
+            "scope": tokens.CLIENT_SCOPE,
+        },
+        headers={"Cache-Control": "no-store", "Pragma": "no-cache"},
+    )
+
+
+@router.get(JWKS_PATH, tags=["oauth2"], summary="Realm signing keys (JWKS)")
+async def jwks(ctx: Context) -> dict[str, Any]:
+    """The realm's public signing keys."""
+    return await ctx.issuer.jwks(ctx.pool)
+
+
+@router.get(
+    f"{REALM_PATH}/.well-known/openid-configuration",
+    tags=["oauth2"],
+    summary="OpenID Connect discovery",
+)
+async def openid_configuration(ctx: Context) -> dict[str, Any]:
+    """OpenID Connect discovery for the partner realm."""
+    base = ctx.settings.public_url.rstrip("/")
+    return {
+        "issuer": ctx.issuer.issuer,
+        "token_endpoint": base + TOKEN_PATH,
+        "jwks_uri": base + JWKS_PATH,
+        "grant_types_supported": ["client_credentials"],
+        "token_endpoint_auth_methods_supported": ["client_secret_post", "client_secret_basic"],
+        "id_token_signing_alg_values_supported": [ALGORITHM],
+        "response_types_supported": ["token"],
+        "subject_types_supported": ["public"],
+    }

@@ -1,0 +1,38 @@
+"""The rules service's logic, one module per area: ``accounts`` (organisations and
+business users), ``credentials`` (hashed secrets and sign-in throttles), ``clients``
+(API clients), ``tokens`` (the token issuer), ``rules``, ``sharing`` and ``audit``.
+What every area shares is here.
+
+Functions take an open asyncpg connection; the caller (an HTTP route or a CLI
+command) owns the transaction, so a state change, its audit line and its
+outbox event commit together or not at all.
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime
+
+from infra.problems import Problem
+
+ENVIRONMENTS = ("staging", "production")
+
+
+class NotFound(Problem):
+    status = 404
+    code = "NOT_FOUND"
+    title = "Not found"
+
+
+class Conflict(Problem):
+    status = 409
+    code = "CONFLICT"
+    title = "Conflict"
+
+
+def new_id(prefix: str) -> str:
+    return f"{prefix}_{uuid.uuid4().hex}"
+
+
+def now() -> datetime:
+    return datetime.now(UTC)

@@ -1,0 +1,101 @@
+"""Organisations and business users: creating them, and signing users in."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import asyncpg
+
+from infra.problems import Problem
+from services.rules import repository as sql
+from services.rules import throttle
+from services.rules.service import Conflict, NotFound, new_id
+from services.rules.service.credentials import (
+    DUMMY_HASH,
+    SignInThrottles,
+    count_or_refuse_attempt,
+    hasher,
+    verify_secret,
+)
+
+ROLES = ("admin", "editor", "viewer")
+
+
+class InvalidCredentials(Problem):
+    status = 401
+    code = "INVALID_CREDENTIALS"
+    title = "Invalid credentials"
+
+
+async def create_organisation(
+    connection: asyncpg.Connection, name: str, timezone: str = "UTC"
+) -> dict[str, Any]:
+    if not name.strip():
+        raise Problem("organisation name must not be empty", code="INVALID_NAME")
+    org_id = new_id("org")
+    await connection.execute(sql.INSERT_ORGANISATION, org_id, name.strip(), timezone)
+    return {"id": org_id, "name": name.strip()}
+
+
+async def require_organisation(connection: asyncpg.Connection, org_id: str) -> asyncpg.Record:
+    organisation = await connection.fetchrow(sql.GET_ORGANISATION, org_id)
+    if organisation is None:
+        raise NotFound(f"organisation {org_id} does not exist", code="ORGANISATION_NOT_FOUND")
+    return organisation
+
+
+async def create_user(
+    connection: asyncpg.Connection, org_id: str, email: str, password: str, role: str = "admin"
+) -> dict[str, Any]:
+    await require_organisation(connection, org_id)
+    if role not in ROLES:
+        raise Problem(f"role must be one of {', '.join(ROLES)}", code="INVALID_ROLE")
+    if "@" not in email or len(email) > 254:
+        raise Problem(f"{email!r} is not an e-mail address", code="INVALID_EMAIL")
+    if len(password) < 8:
+        raise Problem("password must have at least 8 characters", code="WEAK_PASSWORD")
+    user_id = new_id("usr")
+    try:
+        await connection.execute(
+            sql.INSERT_USER, user_id, org_id, email, hasher.hash(password), role
+        )
+    except asyncpg.UniqueViolationError as error:
+        raise Conflict(f"a user with e-mail {email} exists", code="EMAIL_TAKEN") from error
+    return {"id": user_id, "email": email}
+
+
+async def authenticate_user(
+    connection: asyncpg.Connection, email: str, password: str
+) -> asyncpg.Record:
+    user = await connection.fetchrow(sql.GET_USER_BY_EMAIL, email)
+    if user is None:
+        # Spend the same time as a real check so timing does not reveal accounts.
+        await verify_secret(DUMMY_HASH, password)
+        raise InvalidCredentials("e-mail or password is wrong")
+    if not await verify_secret(user["password_hash"], password):
+        raise InvalidCredentials("e-mail or password is wrong")
+    if hasher.check_needs_rehash(user["password_hash"]):
+        await connection.execute(sql.UPDATE_PASSWORD_HASH, user["id"], hasher.hash(password))
+    return user
+
+
+async def log_in(
+    connection: asyncpg.Connection,
+    email: str,
+    password: str,
+    client_ip: str | None,
+    throttles: SignInThrottles,
+) -> asyncpg.Record:
+    """The user these credentials name, counting the attempt against the throttles.
+
+    Unlike the other functions here this one manages its own transactions: the
+    attempt must be counted (committed) even when the login fails.
+    """
+    keys = throttle.keys_for(
+        "login", client_ip, email.strip().lower(), throttles.login, throttles.login_address
+    )
+    await count_or_refuse_attempt(connection, keys, "logins", "user.login_throttled", ip=client_ip)
+    async with connection.transaction():
+        user = await authenticate_user(connection, email, password)
+        await throttle.succeeded(connection, keys)
+    return user

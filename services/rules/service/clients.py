@@ -1,0 +1,276 @@
+"""API clients: registering, rotating, revoking and authenticating them, and the keys
+they sign requests with. Every change is audited and published on the client lifecycle
+topic."""
+
+from __future__ import annotations
+
+import secrets
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any
+
+import asyncpg
+
+from contracts import ClientLifecycleEvent, ClientSnapshot
+from infra import outbox
+from infra.problems import Problem
+from infra.request_signing import (
+    InvalidSigningKey,
+    SigningPublicKey,
+    fingerprint,
+    load_signing_key,
+    public_pem,
+)
+from infra.signing import derive_signing_secret, new_salt
+from services.rules import repository as sql
+from services.rules import throttle
+from services.rules.service import ENVIRONMENTS, Conflict, NotFound, new_id, now
+from services.rules.service.accounts import require_organisation
+from services.rules.service.audit import audit
+from services.rules.service.credentials import (
+    DUMMY_HASH,
+    SignInThrottles,
+    count_or_refuse_attempt,
+    hasher,
+    verify_secret,
+)
+
+
+@dataclass(frozen=True)
+class IssuedClient:
+    """A client as created or rotated: the only moment its secrets are visible."""
+
+    client_id: str
+    client_secret: str
+    callback_signing_secret: str
+    request_signing_key_fingerprint: str | None = None
+
+    def as_json(self) -> dict[str, str]:
+        issued = {
+            "clientId": self.client_id,
+            "clientSecret": self.client_secret,
+            "callbackSigningSecret": self.callback_signing_secret,
+        }
+        if self.request_signing_key_fingerprint is not None:
+            issued["requestSigningKeyFingerprint"] = self.request_signing_key_fingerprint
+        return issued
+
+
+def _client_snapshot(client: asyncpg.Record) -> ClientSnapshot:
+    return ClientSnapshot(
+        client_id=client["id"],
+        org_id=client["org_id"],
+        environment=client["environment"],
+        name=client["name"],
+        status=client["status"],
+        signing_key_salt=client["signing_key_salt"],
+        previous_signing_key_salt=client["previous_signing_key_salt"],
+        previous_salt_valid_until=client["previous_valid_until"],
+        rotated_at=client["rotated_at"],
+        request_signing_key=client["request_signing_key"],
+    )
+
+
+async def _publish_client(
+    connection: asyncpg.Connection, client: asyncpg.Record, event_type: str, correlation_id: str
+) -> None:
+    event = ClientLifecycleEvent.new_event(
+        data=_client_snapshot(client),
+        environment=client["environment"],
+        org_id=client["org_id"],
+        correlation_id=correlation_id,
+        type=event_type,
+    )
+    await outbox.enqueue(connection, event)
+
+
+async def create_client(
+    connection: asyncpg.Connection,
+    *,
+    org_id: str,
+    environment: str,
+    name: str,
+    platform_signing_key: str,
+    request_signing_key: str | None = None,
+    actor: str = "operator",
+) -> IssuedClient:
+    """Register a client; with ``request_signing_key`` (PEM) it must sign its requests."""
+    await require_organisation(connection, org_id)
+    if environment not in ENVIRONMENTS:
+        raise Problem("environment must be staging or production", code="INVALID_ENVIRONMENT")
+    key = None if request_signing_key is None else accepted_signing_key(request_signing_key)
+    client_id = new_id("cli")
+    secret = secrets.token_urlsafe(32)
+    salt = new_salt()
+    client = await connection.fetchrow(
+        sql.INSERT_CLIENT,
+        client_id,
+        org_id,
+        environment,
+        name,
+        hasher.hash(secret),
+        salt,
+        None if key is None else public_pem(key),
+    )
+    details = {"name": name, "requestSigningKey": None if key is None else fingerprint(key)}
+    await audit(connection, org_id, actor, "client.registered", client_id, details)
+    await _publish_client(connection, client, "client.registered", client_id)
+    return IssuedClient(
+        client_id,
+        secret,
+        derive_signing_secret(platform_signing_key, client_id, salt),
+        details["requestSigningKey"],
+    )
+
+
+def accepted_signing_key(pem: str) -> SigningPublicKey:
+    """The request-signing key in ``pem``, or a 422 problem saying why it is refused."""
+    try:
+        return load_signing_key(pem)
+    except InvalidSigningKey as error:
+        raise Problem(
+            f"public key refused: {error}", status=422, code="INVALID_PUBLIC_KEY"
+        ) from None
+
+
+def signing_key_fingerprint(pem: str | None) -> str | None:
+    """The fingerprint of a stored key (which was validated when it was stored)."""
+    return None if pem is None else fingerprint(load_signing_key(pem))
+
+
+async def set_request_signing_key(
+    connection: asyncpg.Connection,
+    client_id: str,
+    pem: str | None,
+    actor: str = "operator",
+) -> dict[str, str | None]:
+    """Register, replace (``pem``) or remove (``None``) the key a client signs requests with.
+
+    From the moment the gateway learns of it, only signatures by the new key are
+    accepted; after a removal the client's requests need no signature.
+    """
+    key = None if pem is None else accepted_signing_key(pem)
+    client = await client_for_update(connection, client_id)
+    if client["status"] != "active":
+        raise Conflict(f"client {client_id} is revoked", code="CLIENT_REVOKED")
+    before = signing_key_fingerprint(client["request_signing_key"])
+    after = None if key is None else fingerprint(key)
+    if before != after:
+        client = await connection.fetchrow(
+            sql.SET_REQUEST_SIGNING_KEY, client_id, None if key is None else public_pem(key)
+        )
+        changes = {
+            "fields": ["requestSigningKey"],
+            "before": {"requestSigningKey": before},
+            "after": {"requestSigningKey": after},
+        }
+        await audit(
+            connection,
+            client["org_id"],
+            actor,
+            "client.request_signing_key_changed",
+            client_id,
+            changes,
+        )
+        await _publish_client(connection, client, "client.request_signing_key_changed", client_id)
+    return {"clientId": client_id, "requestSigningKeyFingerprint": after}
+
+
+async def client_for_update(connection: asyncpg.Connection, client_id: str) -> asyncpg.Record:
+    """The client, locked until the transaction ends; NotFound when there is none."""
+    client = await connection.fetchrow(sql.GET_CLIENT_FOR_UPDATE, client_id)
+    if client is None:
+        raise NotFound(f"client {client_id} does not exist", code="CLIENT_NOT_FOUND")
+    return client
+
+
+async def revoke_client(
+    connection: asyncpg.Connection, client_id: str, actor: str = "operator"
+) -> None:
+    client = await client_for_update(connection, client_id)
+    if client["status"] == "revoked":
+        return
+    client = await connection.fetchrow(sql.REVOKE_CLIENT, client_id)
+    await audit(connection, client["org_id"], actor, "client.revoked", client_id, {})
+    await _publish_client(connection, client, "client.revoked", client_id)
+
+
+async def rotate_client_secret(
+    connection: asyncpg.Connection,
+    client_id: str,
+    *,
+    platform_signing_key: str,
+    overlap: timedelta,
+    actor: str = "operator",
+) -> IssuedClient:
+    client = await client_for_update(connection, client_id)
+    if client["status"] != "active":
+        raise Conflict(f"client {client_id} is revoked", code="CLIENT_REVOKED")
+    secret = secrets.token_urlsafe(32)
+    salt = new_salt()
+    client = await connection.fetchrow(
+        sql.ROTATE_CLIENT_SECRET, client_id, hasher.hash(secret), now() + overlap, salt
+    )
+    await audit(connection, client["org_id"], actor, "client.secret_rotated", client_id, {})
+    await _publish_client(connection, client, "client.secret_rotated", client_id)
+    return IssuedClient(
+        client_id, secret, derive_signing_secret(platform_signing_key, client_id, salt)
+    )
+
+
+async def authenticate_client(
+    connection: asyncpg.Connection, client_id: str, client_secret: str
+) -> asyncpg.Record | None:
+    """The active client these credentials name, or None."""
+    client = await connection.fetchrow(sql.GET_CLIENT, client_id)
+    if client is None:
+        await verify_secret(DUMMY_HASH, client_secret)
+        return None
+    if client["status"] != "active":
+        return None
+    if await verify_secret(client["secret_hash"], client_secret):
+        return client
+    overlap_open = client["previous_valid_until"] and client["previous_valid_until"] > now()
+    if overlap_open and await verify_secret(client["previous_secret_hash"], client_secret):
+        return client
+    return None
+
+
+async def sign_in_client(
+    connection: asyncpg.Connection,
+    client_id: str,
+    client_secret: str,
+    client_ip: str | None,
+    throttles: SignInThrottles,
+) -> asyncpg.Record | None:
+    """:func:`authenticate_client`, counting the attempt against the throttles first
+    (:class:`TooManySignInAttempts` when it must wait). Manages its own transactions."""
+    keys = throttle.keys_for(
+        "token", client_ip, client_id, throttles.token, throttles.token_address
+    )
+    await count_or_refuse_attempt(
+        connection, keys, "token requests", "token.throttled", client_id=client_id, ip=client_ip
+    )
+    client = await authenticate_client(connection, client_id, client_secret)
+    if client is not None:
+        await throttle.succeeded(connection, keys)
+    return client
+
+
+async def list_clients(
+    connection: asyncpg.Connection, org_id: str, environment: str | None = None
+) -> list[dict[str, Any]]:
+    rows = await connection.fetch(sql.LIST_CLIENTS, org_id, environment)
+    return [
+        {
+            "clientId": row["id"],
+            "name": row["name"],
+            "environment": row["environment"],
+            "status": row["status"],
+            "createdAt": row["created_at"],
+            "rotatedAt": row["rotated_at"],
+            "requestSigningKey": row["request_signing_key"],
+            "requestSigningKeyFingerprint": signing_key_fingerprint(row["request_signing_key"]),
+        }
+        for row in rows
+    ]

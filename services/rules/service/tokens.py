@@ -1,0 +1,160 @@
+"""The OAuth2 token issuer: ES256 access tokens for API clients and business users,
+signed with keys that are stored sealed and rotated without refusing anyone."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Mapping, Sequence
+from datetime import timedelta
+from typing import Any
+
+import asyncpg
+import jwt
+from cryptography.hazmat.primitives.asymmetric import ec
+
+from infra.logging import get_logger
+from infra.tokens import ALGORITHM, API_AUDIENCE, REALM_PATH
+from services.rules import repository as sql
+from services.rules.key_vault import KeyVault, is_plain_pem
+from services.rules.service import now
+from services.rules.settings import RulesSettings
+
+log = get_logger(__name__)
+
+CONSOLE_AUDIENCE = "points-console"
+CLIENT_SCOPE = "points:trigger points:read"
+
+
+class TokenIssuer:
+    """Signs ES256 access tokens with the newest active key; publishes all live keys.
+
+    Private keys are stored sealed (see ``key_vault``) and opened once per key id.
+    """
+
+    def __init__(self, public_url: str, vault: KeyVault) -> None:
+        self.issuer = public_url.rstrip("/") + REALM_PATH
+        self._vault = vault
+        self._opened: dict[str, ec.EllipticCurvePrivateKey] = {}
+
+    @classmethod
+    def for_settings(cls, settings: RulesSettings) -> TokenIssuer:
+        return cls(settings.public_url, KeyVault(settings.signing_key_encryption_key))
+
+    async def ensure_signing_key(self, connection: asyncpg.Connection) -> None:
+        """Create the first key if there is none, and seal keys an older release stored plain.
+
+        Every live key is opened here, so a wrong key-encryption key stops the start-up
+        with a clear message instead of failing the first token request.
+        """
+        async with connection.transaction():
+            await connection.execute(sql.LOCK_SIGNING_KEYS)
+            for row in await connection.fetch(sql.ACTIVE_SIGNING_KEYS):
+                key = self._open(row)
+                if is_plain_pem(row["sealed_private_key"]):
+                    sealed = self._vault.seal(row["kid"], key)
+                    await connection.execute(sql.RESEAL_SIGNING_KEY, row["kid"], sealed)
+                    log.info("signing_key.sealed", kid=row["kid"])
+            if await connection.fetchrow(sql.ACTIVE_SIGNING_KEYS) is None:
+                await self.add_signing_key(connection)
+
+    async def add_signing_key(self, connection: asyncpg.Connection) -> str:
+        """Create a new key; it signs from now on while older keys still verify."""
+        private_key = ec.generate_private_key(ec.SECP256R1())
+        kid = uuid.uuid4().hex
+        public_jwk = jwt.algorithms.ECAlgorithm.to_jwk(private_key.public_key(), as_dict=True)
+        public_jwk.update({"kid": kid, "use": "sig", "alg": ALGORITHM})
+        sealed = self._vault.seal(kid, private_key)
+        await connection.execute(sql.INSERT_SIGNING_KEY, kid, sealed, public_jwk)
+        return kid
+
+    async def jwks(self, connection: asyncpg.Connection) -> dict[str, Any]:
+        rows = await connection.fetch(sql.PUBLISHED_SIGNING_KEYS)
+        return {"keys": [row["public_jwk"] for row in rows]}
+
+    async def sign(
+        self, connection: asyncpg.Connection, claims: dict[str, Any], lifetime: int
+    ) -> str:
+        key = await connection.fetchrow(sql.ACTIVE_SIGNING_KEYS)
+        if key is None:
+            raise RuntimeError("no active signing key; the service start-up creates one")
+        issued_at = int(now().timestamp())
+        payload = {
+            "iss": self.issuer,
+            "iat": issued_at,
+            "nbf": issued_at,
+            "exp": issued_at + lifetime,
+            "jti": uuid.uuid4().hex,
+            **claims,
+        }
+        return jwt.encode(
+            payload, self._open(key), algorithm=ALGORITHM, headers={"kid": key["kid"]}
+        )
+
+    def _open(self, row: asyncpg.Record) -> ec.EllipticCurvePrivateKey:
+        kid = row["kid"]
+        if kid not in self._opened:
+            self._opened[kid] = self._vault.open(kid, row["sealed_private_key"])
+        return self._opened[kid]
+
+    async def client_token(
+        self, connection: asyncpg.Connection, client: asyncpg.Record, lifetime: int
+    ) -> str:
+        return await self.sign(
+            connection,
+            {
+                "sub": client["id"],
+                "azp": client["id"],
+                "client_id": client["id"],
+                "aud": API_AUDIENCE,
+                "typ": "client",
+                "org_id": client["org_id"],
+                "environment": client["environment"],
+                "scope": CLIENT_SCOPE,
+            },
+            lifetime,
+        )
+
+    async def user_token(
+        self,
+        connection: asyncpg.Connection,
+        user: Mapping[str, Any],
+        lifetime: int,
+        audiences: Sequence[str] = (CONSOLE_AUDIENCE, API_AUDIENCE),
+    ) -> str:
+        """A business user's token (``id``, ``org_id``, ``role``, ``email`` of ``user``),
+        for the rules API and the read APIs unless ``audiences`` narrows it."""
+        return await self.sign(
+            connection,
+            {
+                "sub": user["id"],
+                "aud": list(audiences),
+                "typ": "user",
+                "org_id": user["org_id"],
+                "role": user["role"],
+                "email": user["email"],
+            },
+            lifetime,
+        )
+
+
+async def rotate_signing_key(
+    connection: asyncpg.Connection,
+    issuer: TokenIssuer,
+    *,
+    token_lifetime: timedelta = timedelta(hours=1),
+) -> str:
+    """Add a signing key, which signs from now on, and retire the keys before the previous one.
+
+    Nothing is refused meanwhile: the previous key stays live, so tokens it signed a
+    moment ago verify; older keys stop signing now and are retired once every token
+    they signed has expired (``token_lifetime``), after which the JWKS still publishes
+    them for a day. Returns the new key's ``kid``.
+    """
+    async with connection.transaction():
+        await connection.execute(sql.LOCK_SIGNING_KEYS)
+        previous = await connection.fetchrow(sql.ACTIVE_SIGNING_KEYS)
+        kid = await issuer.add_signing_key(connection)
+        keep = [kid] + ([previous["kid"]] if previous else [])
+        await connection.execute(sql.RETIRE_SIGNING_KEYS, keep, now() + token_lifetime)
+    log.info("signing_key.rotated", kid=kid)
+    return kid
