@@ -52,14 +52,17 @@ ALTER TABLE requests
     ADD COLUMN redrives       integer NOT NULL DEFAULT 0;
 CREATE INDEX requests_pending ON requests (created_at) WHERE status = 'pending';
 
--- As in 0005, with two changes: each trigger reserves its amount on its rule
--- and its member whether or not a cap is set, and a cap, when set, refuses a
--- reservation that would overshoot it (the upsert then writes nothing); and
--- the request keeps its callback URL and correlation id. Those two are new
--- arguments, so this is an overload: 0005's function stays for gateways of the
--- previous release during a rolling deploy (they do not count uncapped usage). Each
--- reservation is one upsert, so an uncapped trigger costs two statements more
--- than before (make bench-gateway; figures in docs/performance.md).
+-- As in 0005, with two changes: every trigger reserves its amount on its rule
+-- and its member whether or not a cap is set; and the request keeps its
+-- callback URL and correlation id. Those are new arguments, so this is an
+-- overload: 0005's function stays for gateways of the previous release during
+-- a rolling deploy (they do not count uncapped usage).
+--
+-- A reservation under a cap is checked and taken trigger by trigger, as
+-- before. What triggers without a cap reserve cannot be refused, so it is
+-- added up and written once per rule and once per member for the whole batch,
+-- after the loop, each table in key order: one upsert per trigger cost the
+-- gateway a tenth of its throughput (make bench-gateway, docs/performance.md).
 CREATE FUNCTION record_points_requests(
     p_client_ids text[], p_request_ids text[], p_transaction_ids uuid[], p_body_hashes text[],
     p_org_ids text[], p_environments text[], p_rule_ids text[], p_rule_versions integer[],
@@ -95,25 +98,30 @@ BEGIN
             CONTINUE;
         END IF;
 
-        INSERT INTO cap_usage AS u (rule_id, used)
-        SELECT p_rule_ids[i], p_amounts[i] WHERE p_amounts[i] <= coalesce(p_cap_maxes[i], p_amounts[i])
-        ON CONFLICT (rule_id) DO UPDATE SET used = least(u.used + EXCLUDED.used, saturated)
-        WHERE p_cap_maxes[i] IS NULL OR u.used + EXCLUDED.used <= p_cap_maxes[i];
-        IF NOT FOUND THEN
-            DELETE FROM requests
-            WHERE client_id = p_client_ids[i] AND request_id = p_request_ids[i];
-            RETURN QUERY SELECT i, 'CAP_EXCEEDED', NULL::uuid, NULL::text;
-            CONTINUE;
+        IF p_cap_maxes[i] IS NOT NULL THEN
+            -- Writes nothing when the amount would overshoot the cap.
+            INSERT INTO cap_usage AS u (rule_id, used)
+            SELECT p_rule_ids[i], p_amounts[i] WHERE p_amounts[i] <= p_cap_maxes[i]
+            ON CONFLICT (rule_id) DO UPDATE SET used = u.used + EXCLUDED.used
+            WHERE u.used + EXCLUDED.used <= p_cap_maxes[i];
+            IF NOT FOUND THEN
+                DELETE FROM requests
+                WHERE client_id = p_client_ids[i] AND request_id = p_request_ids[i];
+                RETURN QUERY SELECT i, 'CAP_EXCEEDED', NULL::uuid, NULL::text;
+                CONTINUE;
+            END IF;
         END IF;
-
-        INSERT INTO member_cap_usage AS u (rule_id, user_id, used)
-        SELECT p_rule_ids[i], p_user_ids[i], p_amounts[i]
-        WHERE p_amounts[i] <= coalesce(p_cap_per_members[i], p_amounts[i])
-        ON CONFLICT (rule_id, user_id) DO UPDATE SET used = least(u.used + EXCLUDED.used, saturated)
-        WHERE p_cap_per_members[i] IS NULL OR u.used + EXCLUDED.used <= p_cap_per_members[i];
-        IF NOT FOUND THEN
-            UPDATE cap_usage SET used = greatest(used - p_amounts[i], 0)
-            WHERE rule_id = p_rule_ids[i];
+        IF p_cap_per_members[i] IS NOT NULL THEN
+            INSERT INTO member_cap_usage AS u (rule_id, user_id, used)
+            SELECT p_rule_ids[i], p_user_ids[i], p_amounts[i]
+            WHERE p_amounts[i] <= p_cap_per_members[i]
+            ON CONFLICT (rule_id, user_id) DO UPDATE SET used = u.used + EXCLUDED.used
+            WHERE u.used + EXCLUDED.used <= p_cap_per_members[i];
+        END IF;
+        IF p_cap_per_members[i] IS NOT NULL AND NOT FOUND THEN
+            IF p_cap_maxes[i] IS NOT NULL THEN
+                UPDATE cap_usage SET used = used - p_amounts[i] WHERE rule_id = p_rule_ids[i];
+            END IF;
             DELETE FROM requests
             WHERE client_id = p_client_ids[i] AND request_id = p_request_ids[i];
             RETURN QUERY SELECT i, 'MEMBER_CAP_EXCEEDED', NULL::uuid, NULL::text;
@@ -123,6 +131,18 @@ BEGIN
         recorded := recorded || i;
         RETURN QUERY SELECT i, 'recorded', p_transaction_ids[i], p_body_hashes[i];
     END LOOP;
+
+    -- What the triggers without a cap reserve, for the batch at once.
+    INSERT INTO cap_usage AS u (rule_id, used)
+    SELECT p_rule_ids[n], least(sum(p_amounts[n]), saturated)
+    FROM unnest(recorded) AS n WHERE p_cap_maxes[n] IS NULL
+    GROUP BY p_rule_ids[n] ORDER BY p_rule_ids[n]
+    ON CONFLICT (rule_id) DO UPDATE SET used = least(u.used + EXCLUDED.used, saturated);
+    INSERT INTO member_cap_usage AS u (rule_id, user_id, used)
+    SELECT p_rule_ids[n], p_user_ids[n], least(sum(p_amounts[n]), saturated)
+    FROM unnest(recorded) AS n WHERE p_cap_per_members[n] IS NULL
+    GROUP BY p_rule_ids[n], p_user_ids[n] ORDER BY p_rule_ids[n], p_user_ids[n]
+    ON CONFLICT (rule_id, user_id) DO UPDATE SET used = least(u.used + EXCLUDED.used, saturated);
 
     -- One insert for the batch, in acceptance order (the relay publishes in id order).
     INSERT INTO outbox (topic, key, payload, headers)
