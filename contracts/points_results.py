@@ -50,7 +50,8 @@ class PointsResult(ContractModel):
         default=None,
         description="Machine code of why a request was rejected: `INSUFFICIENT_BALANCE`, "
         "`BALANCE_LIMIT_EXCEEDED` (it would take an account past a documented limit), "
-        "`PROCESSING_FAILED`; readers accept codes they do not know.",
+        "`REQUEST_ID_REUSED` (the client used the request id before, for another "
+        "transaction), `PROCESSING_FAILED`; readers accept codes they do not know.",
     )
     balance: int | None = Field(
         default=None, ge=0, description="The member's balance after the request; null if unknown."

@@ -50,7 +50,7 @@ class Periodic:
             try:
                 await self.once()
             except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as error:
-                log.warning(f"{self.name}.failed", error=str(error) or type(error).__name__)
+                log.warning(f"{self.name}_failed", error=str(error) or type(error).__name__)
             await asyncio.sleep(self._interval)
 
 
