@@ -11,12 +11,10 @@ import hashlib
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import httpx
 import pytest
-import pytest_asyncio
 
 from tests.helpers import (
     PASSWORD,
@@ -24,16 +22,10 @@ from tests.helpers import (
     RulesStack,
     bearer,
     login,
-    rules_stack,
+    rule_body,
 )
 
 COOKIE = "points_console_session"
-
-
-@pytest_asyncio.fixture(scope="module", loop_scope="session")
-async def stack(postgres_server_dsn: str) -> AsyncIterator[RulesStack]:
-    async with rules_stack(postgres_server_dsn) as running:
-        yield running
 
 
 @dataclass
@@ -56,7 +48,9 @@ class Console:
         return {"X-CSRF-Token": token if token is not None else self.csrf_token}
 
     async def create_rule(self, headers: dict[str, str] | None = None) -> httpx.Response:
-        return await self.http.post("/v1/rules", json=rule_body(), headers=headers)
+        return await self.http.post(
+            "/v1/rules", json=rule_body(name=unique_name()), headers=headers
+        )
 
     async def rule_names(self) -> list[str]:
         response = await self.http.get("/v1/rules")
@@ -88,15 +82,9 @@ async def console(stack: RulesStack, console_factory: Any) -> Console:
     return signed_in
 
 
-def rule_body() -> dict[str, Any]:
-    starts = datetime.now(UTC) - timedelta(hours=1)
-    return {
-        "name": f"Rule {uuid.uuid4().hex[:6]}",
-        "type": "earn",
-        "environment": "staging",
-        "startsAt": starts.isoformat(),
-        "endsAt": (starts + timedelta(days=30)).isoformat(),
-    }
+def unique_name() -> str:
+    """A rule name no other test's rule has, so a console's list shows which rules it made."""
+    return f"Rule {uuid.uuid4().hex[:6]}"
 
 
 def session_cookie_header(response: httpx.Response) -> list[str]:
@@ -247,7 +235,9 @@ class TestCsrfProtection:
         http = (await console_factory(organisation.email)).http
         token = await login(http, organisation.email)
 
-        response = await http.post("/v1/rules", json=rule_body(), headers=bearer(token))
+        response = await http.post(
+            "/v1/rules", json=rule_body(name=unique_name()), headers=bearer(token)
+        )
 
         assert response.status_code == 201, response.text
 
@@ -328,3 +318,4 @@ class TestSessionEnd:
         response = await console.http.get("/v1/auth/session")
 
         assert response.status_code == 401
+
