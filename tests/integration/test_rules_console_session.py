@@ -1,4 +1,5 @@
-"""The console's cookie session: sign in, CSRF protection on every change, sign out.
+"""The console's cookie session: sign in, CSRF protection on every change, sign out, and
+the ledger reads its pages make through the session.
 
 One rules service runs for the whole module against a real PostgreSQL and a
 real broker; every test seeds an organisation of its own and drives it through
@@ -10,12 +11,14 @@ from __future__ import annotations
 import hashlib
 import uuid
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import httpx
+import jwt
 import pytest
 
+from services.rules.console import LedgerReader
 from tests.helpers import (
     PASSWORD,
     RULES_URL,
@@ -80,6 +83,50 @@ async def console(stack: RulesStack, console_factory: Any) -> Console:
     signed_in: Console = await console_factory(organisation.email)
     assert (await signed_in.sign_in()).status_code == 200
     return signed_in
+
+
+@dataclass
+class FakeLedger:
+    """The ledger's read API as the console's proxy meets it, on a clock the test moves."""
+
+    now: float = 0.0
+    requests: list[httpx.Request] = field(default_factory=list)
+
+    def clock(self) -> float:
+        return self.now
+
+    def __call__(self, request: httpx.Request) -> httpx.Response:
+        self.requests.append(request)
+        return httpx.Response(200, json={"balance": 0})
+
+    @property
+    def tokens(self) -> list[str]:
+        return [
+            request.headers["Authorization"].removeprefix("Bearer ") for request in self.requests
+        ]
+
+
+@pytest.fixture
+async def ledger(stack: RulesStack) -> AsyncIterator[FakeLedger]:
+    """The module's console reads from a fake ledger for the test."""
+    fake = FakeLedger()
+    http = httpx.AsyncClient(transport=httpx.MockTransport(fake))
+    reader = LedgerReader(stack.settings, stack.app.state.rules.issuer, http=http, clock=fake.clock)
+    real = stack.app.state.console_ledger
+    stack.app.state.console_ledger = reader
+    try:
+        yield fake
+    finally:
+        stack.app.state.console_ledger = real
+        await reader.aclose()
+
+
+async def read_balance(console: Console) -> httpx.Response:
+    response = await console.http.get(
+        "/console/api/members/member-1/balance", params={"environment": "staging"}
+    )
+    assert response.status_code == 200, response.text
+    return response
 
 
 def unique_name() -> str:
@@ -319,3 +366,54 @@ class TestSessionEnd:
 
         assert response.status_code == 401
 
+
+class TestLedgerReads:
+    async def test_a_read_is_passed_to_the_ledger_for_the_signed_in_user(
+        self, console: Console, ledger: FakeLedger
+    ) -> None:
+        response = await read_balance(console)
+
+        [request] = ledger.requests
+        assert (request.url.path, request.url.params["environment"]) == (
+            "/v1/members/member-1/balance",
+            "staging",
+        )
+        claims = jwt.decode(ledger.tokens[0], options={"verify_signature": False})
+        assert claims["email"] == console.email
+        assert response.json() == {"balance": 0}
+
+    async def test_a_users_reads_share_one_token_while_it_is_fresh(
+        self, console: Console, ledger: FakeLedger
+    ) -> None:
+        for _ in range(3):
+            await read_balance(console)
+            ledger.now += 1
+
+        assert len(ledger.tokens) == 3
+        assert len(set(ledger.tokens)) == 1
+
+    async def test_a_token_about_to_expire_is_replaced(
+        self, stack: RulesStack, console: Console, ledger: FakeLedger
+    ) -> None:
+        await read_balance(console)
+        ledger.now += stack.settings.console_ledger_token_lifetime_seconds - 1
+        await read_balance(console)
+
+        first, second = ledger.tokens
+        assert first != second
+
+    async def test_each_user_reads_with_a_token_of_their_own(
+        self, stack: RulesStack, console: Console, console_factory: Any, ledger: FakeLedger
+    ) -> None:
+        organisation = await stack.seeder.organisation()
+        other: Console = await console_factory(organisation.email)
+        assert (await other.sign_in()).status_code == 200
+
+        await read_balance(console)
+        await read_balance(other)
+
+        emails = [
+            jwt.decode(token, options={"verify_signature": False})["email"]
+            for token in ledger.tokens
+        ]
+        assert emails == [console.email, other.email]

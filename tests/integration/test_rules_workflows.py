@@ -27,6 +27,7 @@ from infra.tokens import API_AUDIENCE, JWKS_PATH, JwksVerifier
 from services.rules import repository as rules_sql
 from services.rules.app import create_app as create_rules_app
 from services.rules.key_vault import KeyVault
+from services.rules.service import accounts
 from services.rules.service.tokens import TokenIssuer, rotate_signing_key
 from tests.helpers import (
     PASSWORD,
@@ -706,8 +707,8 @@ class TestTokensForOneUse:
         self, stack: RulesStack, tenant: Tenant
     ) -> None:
         issuer = TokenIssuer.for_settings(stack.settings)
-        user = {"id": tenant.user_id, "org_id": tenant.org_id, "role": "admin", "email": "a@b.c"}
         async with rules_transaction(stack.database_url) as connection:
+            user = await accounts.require_user(connection, tenant.org_id, tenant.user_id)
             token = await issuer.user_token(connection, user, 60, audiences=(API_AUDIENCE,))
         verifier = JwksVerifier(RULES_URL, http=asgi_client(stack.app, RULES_URL))
 
