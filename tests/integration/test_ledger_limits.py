@@ -16,8 +16,7 @@ import pytest
 from contracts import POINTS_REQUESTED, PointsRequestedEvent, PointsResultEvent
 from contracts.limits import MAX_MEMBER_BALANCE, MAX_POINTS, MAX_POOL_BALANCE
 from infra import quarantine
-from infra.consumers import is_transient
-from infra.errors import ConcurrentUpdateConflict
+from infra.errors import ConcurrentUpdateConflict, is_transient
 from services.ledger.app import Ledger
 from services.ledger.applying import BALANCE_LIMIT_EXCEEDED, apply_batch
 from services.ledger.reversals import ReversalPastLimit, reverse_transaction
