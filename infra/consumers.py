@@ -37,14 +37,13 @@ from typing import Any, Generic, TypeVar, get_args
 
 import asyncpg
 from aiokafka import ConsumerRecord
-from aiokafka.errors import KafkaError
 from faststream.kafka import KafkaBroker
 from faststream.kafka.annotations import KafkaMessage
 from pydantic import BaseModel, ValidationError
 
 from contracts import Environment
 from infra import quarantine
-from infra.errors import ConcurrentUpdateConflict
+from infra.errors import is_transient
 from infra.logging import get_logger
 
 log = get_logger(__name__)
@@ -61,34 +60,6 @@ ATTEMPTS = 3
 RETRY_FIRST_SECONDS = 0.05
 TRANSIENT_FIRST_SECONDS = 0.2
 TRANSIENT_MOST_SECONDS = 10.0
-
-#: Failures another attempt may cure: PostgreSQL or Kafka away or failing over, a
-#: timeout, a conflict between transactions (PostgreSQL's, or one the code
-#: recognised in a constraint, :class:`ConcurrentUpdateConflict`), a server short
-#: of resources. A
-#: statement that names what the schema lacks (class 42) is here too: that is a
-#: deployment out of step with its migrations, which quarantining every message
-#: would only hide.
-TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
-    OSError,
-    TimeoutError,
-    KafkaError,
-    asyncpg.PostgresConnectionError,
-    asyncpg.InterfaceError,
-    asyncpg.OperatorInterventionError,
-    asyncpg.InsufficientResourcesError,
-    asyncpg.TransactionRollbackError,
-    ConcurrentUpdateConflict,
-    asyncpg.LockNotAvailableError,
-    asyncpg.ReadOnlySQLTransactionError,
-    asyncpg.PostgresSystemError,
-    asyncpg.SyntaxOrAccessError,
-)
-
-
-def is_transient(error: BaseException) -> bool:
-    """Whether ``error`` says nothing about the message (retry it as it is, for ever)."""
-    return isinstance(error, TRANSIENT_ERRORS)
 
 
 class Backoff:

@@ -15,8 +15,9 @@ from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from infra.http_problems import install_problem_handlers, problem_response
 from infra.metrics import UNMATCHED_ROUTE, ServiceMetrics
-from infra.problems import Problem, install_problem_handlers, problem_response
+from infra.problems import Problem
 from infra.settings import DEFAULT_MAX_BODY_BYTES
 from infra.tokens import InvalidToken, JwksVerifier, Principal
 

@@ -1,9 +1,10 @@
 """RFC 9457 problem details: errors as exceptions that carry their status.
 
 Services raise :class:`Problem` (or a subclass with a fixed status and code)
-from anywhere below the HTTP layer; :func:`install_problem_handlers` turns it,
-and FastAPI's own validation errors, into ``application/problem+json`` with a
-stable machine ``code``.
+from anywhere below the HTTP layer; ``infra.http_problems`` turns it, and
+FastAPI's own validation errors, into ``application/problem+json`` with a
+stable machine ``code``. Nothing here imports a web framework, so a service's
+logic can raise one without depending on FastAPI.
 """
 
 from __future__ import annotations
@@ -11,12 +12,6 @@ from __future__ import annotations
 from typing import Any
 
 import asyncpg
-from fastapi import FastAPI, Request
-from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
-from starlette.exceptions import HTTPException as StarletteHTTPException
-
-from infra.errors import ConcurrentUpdateConflict
 
 PROBLEM_JSON = "application/problem+json"
 
@@ -29,14 +24,6 @@ UNAVAILABLE_ERRORS: tuple[type[Exception], ...] = (
     asyncpg.OperatorInterventionError,
     asyncpg.InsufficientResourcesError,
 )
-#: The stable code of Starlette's and FastAPI's own HTTP errors, by status.
-HTTP_CODES = {
-    400: "BAD_REQUEST",
-    404: "NOT_FOUND",
-    405: "METHOD_NOT_ALLOWED",
-    413: "BODY_TOO_LARGE",
-    415: "UNSUPPORTED_MEDIA_TYPE",
-}
 
 
 class Problem(Exception):
@@ -71,69 +58,6 @@ class Problem(Exception):
             "detail": self.detail,
             **self.extra,
         }
-
-
-def problem_response(problem: Problem) -> JSONResponse:
-    return JSONResponse(
-        problem.body(), status_code=problem.status, headers=problem.headers, media_type=PROBLEM_JSON
-    )
-
-
-def _field(item: dict[str, Any]) -> str:
-    if item.get("type") == "json_invalid":
-        return ""  # the location is a character offset, not a field
-    return ".".join(str(part) for part in item["loc"] if part != "body")
-
-
-def _validation_detail(error: RequestValidationError) -> tuple[str, list[dict[str, Any]]]:
-    errors = [
-        {
-            "field": _field(item),
-            "message": "not valid JSON" if item.get("type") == "json_invalid" else item["msg"],
-        }
-        for item in error.errors()
-    ]
-    summary = "; ".join(f"{item['field'] or 'body'}: {item['message']}" for item in errors)
-    return summary, errors
-
-
-def install_problem_handlers(app: FastAPI) -> None:
-    @app.exception_handler(Problem)
-    async def _problem(_: Request, problem: Problem) -> JSONResponse:
-        return problem_response(problem)
-
-    @app.exception_handler(RequestValidationError)
-    async def _invalid(_: Request, error: RequestValidationError) -> JSONResponse:
-        summary, errors = _validation_detail(error)
-        return problem_response(Problem(summary, code="INVALID_REQUEST", errors=errors))
-
-    async def _unavailable(_: Request, error: Exception) -> JSONResponse:
-        # The database is down or unreachable, or this request lost a race another
-        # attempt resolves: say so, and let the caller retry.
-        return problem_response(
-            Problem(
-                "the service cannot record requests right now; retry later",
-                status=503,
-                code="SERVICE_UNAVAILABLE",
-                headers={"Retry-After": "5"},
-            )
-        )
-
-    for unavailable in (*UNAVAILABLE_ERRORS, ConcurrentUpdateConflict):
-        app.add_exception_handler(unavailable, _unavailable)
-
-    @app.exception_handler(asyncpg.DataError)
-    async def _refused_value(_: Request, error: asyncpg.DataError) -> JSONResponse:
-        # A value every check let through and the database still refuses (a number out
-        # of its range, a character it cannot store): the request's fault, not ours.
-        return problem_response(
-            Problem(f"a value of the request cannot be stored: {error}", code="INVALID_VALUE")
-        )
-
-    @app.exception_handler(StarletteHTTPException)
-    async def _http(_: Request, error: StarletteHTTPException) -> JSONResponse:
-        code = getattr(error, "code", None) or HTTP_CODES.get(error.status_code, "HTTP_ERROR")
-        return problem_response(Problem(str(error.detail), status=error.status_code, code=code))
 
 
 def is_unavailable(error: BaseException) -> bool:

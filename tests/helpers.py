@@ -17,12 +17,13 @@ import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, TypeVar
 
 import asyncpg
 import httpx
+import jwt
 from aiokafka import AIOKafkaProducer
 
 from infra import db
@@ -215,6 +216,45 @@ async def login(http: httpx.AsyncClient, email: str, password: str = PASSWORD) -
 
 def bearer(token: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {token}"}
+
+
+@dataclass(frozen=True)
+class Tenant:
+    """An organisation with a logged-in admin and one active staging client."""
+
+    org_id: str
+    user_id: str
+    headers: dict[str, str]
+    client: Client
+
+
+async def new_tenant(http: httpx.AsyncClient, seeder: Seeder) -> Tenant:
+    """A new :class:`Tenant`, its admin logged in through ``http``."""
+    organisation = await seeder.organisation()
+    token = await login(http, organisation.email)
+    client = await seeder.client(organisation.id, "staging")
+    user_id = jwt.decode(token, options={"verify_signature": False})["sub"]
+    return Tenant(organisation.id, user_id, bearer(token), client)
+
+
+def rule_body(**overrides: Any) -> dict[str, Any]:
+    """A staging earn rule's body for ``POST /v1/rules``, running from an hour ago for
+    30 days, with every cap and limit set; ``overrides`` replace fields."""
+    starts = datetime.now(UTC) - timedelta(hours=1)
+    body: dict[str, Any] = {
+        "name": "Double points weekend",
+        "description": "Twice the points on Saturdays and Sundays",
+        "type": "earn",
+        "environment": "staging",
+        "apiTrigger": True,
+        "authorizedClientIds": [],
+        "capMax": 10_000,
+        "capPerMember": 500,
+        "maxAmountPerRequest": 100,
+        "startsAt": starts.isoformat(),
+        "endsAt": (starts + timedelta(days=30)).isoformat(),
+    }
+    return {**body, **overrides}
 
 
 async def produce(

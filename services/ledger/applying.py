@@ -24,7 +24,7 @@ from contracts import (
 )
 from contracts.limits import MAX_MEMBER_BALANCE, MAX_POOL_BALANCE
 from infra import inbox, outbox
-from infra.consumers import is_transient
+from infra.errors import is_transient
 from infra.logging import get_logger
 from services.ledger import repository
 from services.ledger.repository import Account, AccountKey, Recorded, TransactionRow

@@ -60,5 +60,7 @@ def create_app(settings: RulesSettings | None = None) -> tuple[FastAPI, ServiceR
     app.include_router(health_router(runtime))
     for area in (oauth, accounts, rules, guide):
         app.include_router(area.router)
-    console.install(app)
+    ledger = console.LedgerReader(settings, issuer)
+    runtime.on_stop(ledger.aclose)
+    console.install(app, ledger)
     return app, runtime

@@ -14,6 +14,8 @@ holds a bearer token.
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from email import policy
 from email.parser import BytesParser
@@ -21,9 +23,10 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 from urllib.parse import quote, urlencode
 
+import asyncpg
 import httpx
 import jinja2
-from fastapi import APIRouter, FastAPI, Query, Request
+from fastapi import APIRouter, Depends, FastAPI, Query, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from fastapi.staticfiles import StaticFiles
 
@@ -33,8 +36,10 @@ from infra.logging import get_logger
 from infra.problems import Problem
 from infra.tokens import API_AUDIENCE
 from services.rules import sessions
-from services.rules.api import Context, Tx, User, console_session
+from services.rules.api import Context, RulesContext, Tx, User, console_session
 from services.rules.service import accounts, rules
+from services.rules.service.tokens import TokenIssuer
+from services.rules.settings import RulesSettings
 
 log = get_logger(__name__)
 
@@ -42,6 +47,9 @@ HERE = Path(__file__).parent
 TEMPLATES = HERE / "templates"
 STATIC = HERE / "static"
 PREFIX = "/console"
+#: A user's ledger token is signed anew this long before it would expire (at most half
+#: its lifetime).
+TOKEN_RENEWAL_MARGIN_SECONDS = 10.0
 #: How many received messages the development mail page shows, newest first.
 MAIL_PAGE_SIZE = 50
 
@@ -62,13 +70,17 @@ PAGE_HEADERS = {
 }
 
 Environment = Literal["staging", "production"]
+#: Query parameters of a ledger read.
+Params = dict[str, Any]
 EnvironmentQuery = Annotated[Environment, Query(description="`staging` or `production`.")]
 
 router = APIRouter(prefix=PREFIX, include_in_schema=False)
 
 
-def install(app: FastAPI) -> None:
-    """Serve the console's pages, its proxy and its static files from ``app``."""
+def install(app: FastAPI, ledger: LedgerReader) -> None:
+    """Serve the console's pages, its proxy (reading through ``ledger``) and its static
+    files from ``app``."""
+    app.state.console_ledger = ledger
     app.include_router(router)
     app.mount(f"{PREFIX}/static", StaticFiles(directory=STATIC), name="console-static")
 
@@ -86,7 +98,7 @@ class Viewer:
         return self.session.role != "viewer"
 
 
-async def _viewer(request: Request, ctx: Any) -> Viewer | None:
+async def _viewer(request: Request, ctx: RulesContext) -> Viewer | None:
     session_id = request.cookies.get(sessions.COOKIE_NAME)
     if not session_id:
         return None
@@ -108,7 +120,9 @@ def _to_login(request: Request) -> RedirectResponse:
     return RedirectResponse(f"{PREFIX}/login?{urlencode({'next': target})}", status_code=303)
 
 
-async def _page(request: Request, ctx: Any, template: str, page: str, **values: Any) -> Response:
+async def _page(
+    request: Request, ctx: RulesContext, template: str, page: str, **values: Any
+) -> Response:
     """A signed-in page, or the way to the login page."""
     viewer = await _viewer(request, ctx)
     if viewer is None:
@@ -223,7 +237,7 @@ async def activation_problems(rule_id: Text, user: User, tx: Tx) -> dict[str, An
 
 #: The ledger reads the pages make, as ``/console/api/{collection}/{id}/{read}``, with the
 #: page size each asks for.
-LEDGER_READS: dict[tuple[str, str], dict[str, Any]] = {
+LEDGER_READS: dict[tuple[str, str], Params] = {
     ("members", "balance"): {},
     ("members", "transactions"): {"limit": 20},
     ("rules", "transactions"): {"limit": 10},
@@ -239,6 +253,7 @@ async def ledger_read(
     environment: EnvironmentQuery,
     request: Request,
     ctx: Context,
+    ledger: Ledger,
 ) -> Response:
     """A member's balance or transactions, or a rule's transactions or totals, from the
     ledger, for the signed-in user's organisation."""
@@ -246,32 +261,82 @@ async def ledger_read(
     if params is None:
         raise Problem(f"no {read} read for {collection}", status=404, code="NOT_FOUND")
     path = f"/v1/{collection}/{quote(subject_id, safe='')}/{read}"
-    return await _from_ledger(request, ctx, path, {"environment": environment, **params})
+    return await _from_ledger(request, ctx, ledger, path, {"environment": environment, **params})
 
 
-async def _from_ledger(request: Request, ctx: Any, path: str, params: dict[str, Any]) -> Response:
+@dataclass(frozen=True)
+class _HeldToken:
+    token: str
+    renew_at: float  # on the reader's clock
+
+
+class LedgerReader:
+    """The console's way to the ledger: one HTTP client for the app's lifetime, and each
+    user's short-lived read token reused until shortly before it expires, so a page's
+    reads neither sign a token nor open a connection each."""
+
+    def __init__(
+        self,
+        settings: RulesSettings,
+        issuer: TokenIssuer,
+        *,
+        http: httpx.AsyncClient | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._base_url = settings.ledger_url.rstrip("/")
+        self._lifetime = settings.console_ledger_token_lifetime_seconds
+        # Renewed this long before it expires, so a token is never sent as it runs out.
+        self._renew_before = min(TOKEN_RENEWAL_MARGIN_SECONDS, self._lifetime / 2)
+        self._issuer = issuer
+        self._http = http or httpx.AsyncClient(timeout=5.0)
+        self._clock = clock
+        self._tokens: dict[str, _HeldToken] = {}
+
+    async def aclose(self) -> None:
+        await self._http.aclose()
+
+    async def get(
+        self, pool: asyncpg.Pool, session: sessions.ConsoleSession, path: str, params: Params
+    ) -> httpx.Response:
+        """The ledger's answer to ``GET path`` for the session's user."""
+        token = await self._token(pool, session)
+        return await self._http.get(
+            self._base_url + path, params=params, headers={"Authorization": f"Bearer {token}"}
+        )
+
+    async def _token(self, pool: asyncpg.Pool, session: sessions.ConsoleSession) -> str:
+        now = self._clock()
+        held = self._tokens.get(session.user_id)
+        if held is not None and now < held.renew_at:
+            return held.token
+        async with pool.acquire() as connection:
+            user = await accounts.require_user(connection, session.org_id, session.user_id)
+            # For the read APIs only: the rules API refuses it, so a leaked one changes nothing.
+            token = await self._issuer.user_token(
+                connection, user, self._lifetime, audiences=(API_AUDIENCE,)
+            )
+        self._tokens = {
+            user_id: held for user_id, held in self._tokens.items() if now < held.renew_at
+        }
+        self._tokens[session.user_id] = _HeldToken(token, now + self._lifetime - self._renew_before)
+        return token
+
+
+async def ledger_reader(request: Request) -> LedgerReader:
+    reader: LedgerReader = request.app.state.console_ledger
+    return reader
+
+
+Ledger = Annotated[LedgerReader, Depends(ledger_reader)]
+
+
+async def _from_ledger(
+    request: Request, ctx: RulesContext, ledger: LedgerReader, path: str, params: Params
+) -> Response:
     """The ledger's answer to ``GET path`` for the signed-in user, passed through as is."""
     session = await console_session(request, ctx)
-    user = {
-        "id": session.user_id,
-        "org_id": session.org_id,
-        "role": session.role,
-        "email": session.email,
-    }
-    async with ctx.pool.acquire() as connection:
-        # For the read APIs only: the rules API refuses it, so a leaked one changes nothing.
-        token = await ctx.issuer.user_token(
-            connection,
-            user,
-            ctx.settings.console_ledger_token_lifetime_seconds,
-            audiences=(API_AUDIENCE,),
-        )
-    url = ctx.settings.ledger_url.rstrip("/") + path
     try:
-        async with httpx.AsyncClient(timeout=5.0) as http:
-            answer = await http.get(
-                url, params=params, headers={"Authorization": f"Bearer {token}"}
-            )
+        answer = await ledger.get(ctx.pool, session, path, params)
     except httpx.HTTPError as error:
         log.warning("console.ledger_unreachable", error=type(error).__name__)
         raise Problem(

@@ -18,6 +18,7 @@ INSERT_USER = """
 INSERT INTO users (id, org_id, email, password_hash, role) VALUES ($1, $2, $3, $4, $5)
 """
 GET_USER_BY_EMAIL = "SELECT * FROM users WHERE lower(email) = lower($1)"
+GET_USER = "SELECT * FROM users WHERE id = $1 AND org_id = $2"
 UPDATE_PASSWORD_HASH = "UPDATE users SET password_hash = $2 WHERE id = $1"
 
 INSERT_CLIENT = """

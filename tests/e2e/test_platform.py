@@ -25,7 +25,7 @@ import pytest
 from infra.dev.launcher import RunningPlatform
 from infra.signing import EVENT_ID_HEADER, SIGNATURE_HEADER, verify
 from tests.e2e.conftest import CallbackReceiver
-from tests.helpers import free_port, running_platform
+from tests.helpers import eventually, free_port, running_platform
 
 pytestmark = pytest.mark.e2e
 
@@ -37,15 +37,6 @@ Platform = RunningPlatform
 def platform() -> Iterator[Platform]:
     with running_platform("points-e2e-") as running:
         yield running
-
-
-async def _eventually(probe: Any, timeout: float = 30.0) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = await probe()
-        if value or time.monotonic() > deadline:
-            return value
-        await asyncio.sleep(0.25)
 
 
 @dataclass
@@ -149,8 +140,7 @@ class TestAnEarnTriggerTravelsThroughThePlatform:
                 )
                 return response if response.status_code == 202 else None
 
-            response = await _eventually(accepted)
-            assert response is not None, "the gateway never accepted the trigger"
+            response = await eventually(accepted, what="the gateway accepting the trigger")
             transaction_id = response.json()["transactionId"]
 
             async def settled() -> dict[str, Any] | None:
@@ -160,7 +150,7 @@ class TestAnEarnTriggerTravelsThroughThePlatform:
                 body = status.json()
                 return body if body["status"] != "pending" else None
 
-            outcome = await _eventually(settled)
+            outcome = await eventually(settled, what="the request settling")
             assert outcome == {
                 "requestId": "order-1001",
                 "transactionId": transaction_id,
@@ -181,7 +171,7 @@ class TestAnEarnTriggerTravelsThroughThePlatform:
         async def called_back() -> bool:
             return bool(receiver.received)
 
-        assert await _eventually(called_back), "no callback arrived"
+        await eventually(called_back, what="a callback")
         headers, body = receiver.received[0]
         assert verify(client["callbackSigningSecret"], body, headers[SIGNATURE_HEADER.lower()])
         assert headers[EVENT_ID_HEADER.lower()]
@@ -218,8 +208,8 @@ class TestShareByEmail:
                 if business.rule_id.encode() in path.read_bytes()
             ]
 
-        messages = await _eventually(delivered)
-        assert len(messages) == 1, "the share e-mail never reached the SMTP sink"
+        messages = await eventually(delivered, what="the share e-mail reaching the SMTP sink")
+        assert len(messages) == 1
         raw = messages[0].read_bytes()
         assert b"partner-dev@example.com" in raw
         assert b"Matcha rewards" in raw

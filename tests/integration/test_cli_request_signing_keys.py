@@ -7,24 +7,16 @@ The commands run against the database of a running rules service, whose API
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-import pytest_asyncio
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
 from contracts import CLIENTS_LIFECYCLE, ClientLifecycleEvent
 from infra.request_signing import fingerprint, public_pem
-from tests.helpers import RulesStack, bearer, login, points, rules_stack
-
-
-@pytest_asyncio.fixture(scope="module", loop_scope="session")
-async def stack(postgres_server_dsn: str) -> AsyncIterator[RulesStack]:
-    async with rules_stack(postgres_server_dsn) as running:
-        yield running
+from tests.helpers import RulesStack, bearer, login, points
 
 
 @pytest.fixture

@@ -16,14 +16,12 @@ import pytest
 from contracts import POINTS_REQUESTED, PointsRequestedEvent, PointsResultEvent
 from contracts.limits import MAX_MEMBER_BALANCE, MAX_POINTS, MAX_POOL_BALANCE
 from infra import quarantine
-from infra.consumers import is_transient
-from infra.errors import ConcurrentUpdateConflict
+from infra.errors import ConcurrentUpdateConflict, is_transient
 from services.ledger.app import Ledger
 from services.ledger.applying import BALANCE_LIMIT_EXCEEDED, apply_batch
 from services.ledger.reversals import ReversalPastLimit, reverse_transaction
 from services.ledger.verification import verify_ledger
 from tests.helpers import eventually, produce
-from tests.integration import test_ledger_service
 from tests.integration.test_ledger_app import (  # noqa: F401 - fixtures
     SHARED_PARTITION,
     issuer,
@@ -37,8 +35,6 @@ from tests.integration.test_ledger_service import (
     points_requested,
     pool_balance,
 )
-
-pool = test_ledger_service.pool  # the fixture: a migrated ledger database's pool
 
 #: Earns of MAX_POINTS one pool can issue before the next passes its limit.
 MAXIMAL_EARNS_PER_POOL = MAX_POOL_BALANCE // MAX_POINTS

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import random
-from collections.abc import AsyncIterator
 from dataclasses import replace
 from uuid import UUID, uuid4
 
@@ -12,9 +11,6 @@ import asyncpg
 import pytest
 
 from contracts import PointsRequestedEvent
-from infra import db
-from infra.runtime import INFRA_MIGRATIONS
-from services.ledger.app import MIGRATIONS
 from services.ledger.reads import member_history, rule_totals
 from services.ledger.reversals import (
     NotReversible,
@@ -33,16 +29,6 @@ from tests.integration.test_ledger_service import (
     points_requested,
     pool_balance,
 )
-
-
-@pytest.fixture
-async def pool(database_url: str) -> AsyncIterator[asyncpg.Pool]:
-    await db.migrate(database_url, "ledger", [INFRA_MIGRATIONS, MIGRATIONS])
-    pool = await db.create_pool(database_url, "ledger", min_size=1, max_size=8)
-    try:
-        yield pool
-    finally:
-        await pool.close()
 
 
 async def reverse(

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import random
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Literal
 from uuid import uuid4
@@ -14,10 +14,7 @@ import asyncpg
 import pytest
 
 from contracts import PointsRequested, PointsRequestedEvent, PointsResultEvent
-from infra import db
-from infra.runtime import INFRA_MIGRATIONS
 from services.ledger.access import ReadScope
-from services.ledger.app import MIGRATIONS
 from services.ledger.applying import INSUFFICIENT_BALANCE, apply_batch
 from services.ledger.reads import member_balance, member_history
 from services.ledger.verification import verify_ledger
@@ -53,16 +50,6 @@ def points_requested(
         org_id=org_id,
         correlation_id=f"correlation-{uuid4().hex[:8]}",
     )
-
-
-@pytest.fixture
-async def pool(database_url: str) -> AsyncIterator[asyncpg.Pool]:
-    await db.migrate(database_url, "ledger", [INFRA_MIGRATIONS, MIGRATIONS])
-    pool = await db.create_pool(database_url, "ledger", min_size=1, max_size=8)
-    try:
-        yield pool
-    finally:
-        await pool.close()
 
 
 async def apply(pool: asyncpg.Pool, *events: PointsRequestedEvent) -> list[PointsResultEvent]:

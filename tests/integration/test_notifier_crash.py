@@ -13,8 +13,8 @@ import asyncio
 import os
 import signal
 import sys
-import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from uuid import UUID
@@ -25,7 +25,7 @@ from aiokafka import AIOKafkaProducer
 from contracts import ALL_TOPICS
 from infra import db
 from infra.kafka_admin import create_topics
-from tests.helpers import free_port
+from tests.helpers import eventually, free_port
 from tests.integration.test_notifier import client_event, result_event
 
 CALLBACKS = 50
@@ -149,13 +149,14 @@ async def deliveries_by_status(database_url: str) -> dict[UUID, str]:
     return {row["event_id"]: row["status"] for row in rows}
 
 
-async def wait_for(predicate: Callable[[], Awaitable[bool]], timeout: float) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if await predicate():
-            return True
-        await asyncio.sleep(0.05)
-    return False
+@contextmanager
+def log_tail_on_failure(log: Path) -> Iterator[None]:
+    """A failed assertion in the block carries the end of the notifier's log."""
+    try:
+        yield
+    except AssertionError as error:
+        error.add_note(log.read_text()[-3000:])
+        raise
 
 
 def delivered(statuses: dict[UUID, str]) -> set[UUID]:
@@ -182,24 +183,30 @@ class TestNotifierKilledMidDelivery:
             return delivered(await deliveries_by_status(database_url)) == expected
 
         notifier = await start_notifier(database_url, kafka_bootstrap_servers, log)
-        started = await wait_for(some_delivered_and_more_in_flight, timeout=60)
-        notifier.send_signal(signal.SIGKILL)
-        await notifier.wait()
+        try:
+            with log_tail_on_failure(log):
+                await eventually(
+                    some_delivered_and_more_in_flight,
+                    timeout=60,
+                    what="some callbacks delivered and more in flight",
+                )
+        finally:
+            notifier.send_signal(signal.SIGKILL)
+            await notifier.wait()
         killed_at = asyncio.get_running_loop().time()
-        assert started, f"the notifier delivered nothing:\n{log.read_text()[-3000:]}"
         done_before_kill = delivered(await deliveries_by_status(database_url))
         arrived_before_kill = {arrival.event_id for arrival in slow_receiver.arrivals}
         in_flight_at_kill = arrived_before_kill - done_before_kill
 
         notifier = await start_notifier(database_url, kafka_bootstrap_servers, log)
         try:
-            finished = await wait_for(all_delivered, timeout=60)
+            with log_tail_on_failure(log):
+                await eventually(all_delivered, timeout=60, what="every callback delivered")
             await asyncio.sleep(1.0)  # room for a wrongful resend to arrive
         finally:
             notifier.send_signal(signal.SIGTERM)
             await notifier.wait()
 
-        assert finished, f"not every callback was delivered:\n{log.read_text()[-3000:]}"
         assert len(done_before_kill) < CALLBACKS, "the kill came too late to prove anything"
         assert in_flight_at_kill, "no callback was in flight when the notifier was killed"
         sent_after_kill = {

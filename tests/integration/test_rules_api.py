@@ -8,15 +8,12 @@ its own, so tests do not see each other's data.
 from __future__ import annotations
 
 import base64
-from collections.abc import AsyncIterator
-from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import httpx
 import jwt
 import pytest
-import pytest_asyncio
 
 from contracts import RULES_LIFECYCLE, RuleLifecycleEvent
 from infra.tokens import API_AUDIENCE, JWKS_PATH, REALM_PATH, TOKEN_PATH
@@ -24,55 +21,13 @@ from tests.helpers import (
     RULES_URL,
     Client,
     RulesStack,
+    Tenant,
     bearer,
     client_token,
     login,
     request_token,
-    rules_stack,
+    rule_body,
 )
-
-
-@pytest_asyncio.fixture(scope="module", loop_scope="session")
-async def stack(postgres_server_dsn: str) -> AsyncIterator[RulesStack]:
-    async with rules_stack(postgres_server_dsn) as running:
-        yield running
-
-
-@dataclass(frozen=True)
-class Tenant:
-    """An organisation with a logged-in admin and one active staging client."""
-
-    org_id: str
-    headers: dict[str, str]
-    client: Client
-
-
-@pytest.fixture
-async def tenant(stack: RulesStack) -> Tenant:
-    organisation = await stack.seeder.organisation()
-    token = await login(stack.http, organisation.email)
-    client = await stack.seeder.client(organisation.id, "staging")
-    return Tenant(organisation.id, bearer(token), client)
-
-
-@pytest.fixture
-def http(stack: RulesStack) -> httpx.AsyncClient:
-    return stack.http
-
-
-def rule_body(**overrides: Any) -> dict[str, Any]:
-    starts = datetime.now(UTC) - timedelta(hours=1)
-    body: dict[str, Any] = {
-        "name": "Double points weekend",
-        "type": "earn",
-        "environment": "staging",
-        "apiTrigger": True,
-        "authorizedClientIds": [],
-        "capMax": 10_000,
-        "startsAt": starts.isoformat(),
-        "endsAt": (starts + timedelta(days=30)).isoformat(),
-    }
-    return {**body, **overrides}
 
 
 async def create_rule(http: httpx.AsyncClient, tenant: Tenant, **overrides: Any) -> dict[str, Any]:

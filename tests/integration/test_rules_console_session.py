@@ -1,4 +1,5 @@
-"""The console's cookie session: sign in, CSRF protection on every change, sign out.
+"""The console's cookie session: sign in, CSRF protection on every change, sign out, and
+the ledger reads its pages make through the session.
 
 One rules service runs for the whole module against a real PostgreSQL and a
 real broker; every test seeds an organisation of its own and drives it through
@@ -10,30 +11,24 @@ from __future__ import annotations
 import hashlib
 import uuid
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from dataclasses import dataclass, field
 from typing import Any
 
 import httpx
+import jwt
 import pytest
-import pytest_asyncio
 
+from services.rules.console import LedgerReader
 from tests.helpers import (
     PASSWORD,
     RULES_URL,
     RulesStack,
     bearer,
     login,
-    rules_stack,
+    rule_body,
 )
 
 COOKIE = "points_console_session"
-
-
-@pytest_asyncio.fixture(scope="module", loop_scope="session")
-async def stack(postgres_server_dsn: str) -> AsyncIterator[RulesStack]:
-    async with rules_stack(postgres_server_dsn) as running:
-        yield running
 
 
 @dataclass
@@ -56,7 +51,9 @@ class Console:
         return {"X-CSRF-Token": token if token is not None else self.csrf_token}
 
     async def create_rule(self, headers: dict[str, str] | None = None) -> httpx.Response:
-        return await self.http.post("/v1/rules", json=rule_body(), headers=headers)
+        return await self.http.post(
+            "/v1/rules", json=rule_body(name=unique_name()), headers=headers
+        )
 
     async def rule_names(self) -> list[str]:
         response = await self.http.get("/v1/rules")
@@ -88,15 +85,53 @@ async def console(stack: RulesStack, console_factory: Any) -> Console:
     return signed_in
 
 
-def rule_body() -> dict[str, Any]:
-    starts = datetime.now(UTC) - timedelta(hours=1)
-    return {
-        "name": f"Rule {uuid.uuid4().hex[:6]}",
-        "type": "earn",
-        "environment": "staging",
-        "startsAt": starts.isoformat(),
-        "endsAt": (starts + timedelta(days=30)).isoformat(),
-    }
+@dataclass
+class FakeLedger:
+    """The ledger's read API as the console's proxy meets it, on a clock the test moves."""
+
+    now: float = 0.0
+    requests: list[httpx.Request] = field(default_factory=list)
+
+    def clock(self) -> float:
+        return self.now
+
+    def __call__(self, request: httpx.Request) -> httpx.Response:
+        self.requests.append(request)
+        return httpx.Response(200, json={"balance": 0})
+
+    @property
+    def tokens(self) -> list[str]:
+        return [
+            request.headers["Authorization"].removeprefix("Bearer ") for request in self.requests
+        ]
+
+
+@pytest.fixture
+async def ledger(stack: RulesStack) -> AsyncIterator[FakeLedger]:
+    """The module's console reads from a fake ledger for the test."""
+    fake = FakeLedger()
+    http = httpx.AsyncClient(transport=httpx.MockTransport(fake))
+    reader = LedgerReader(stack.settings, stack.app.state.rules.issuer, http=http, clock=fake.clock)
+    real = stack.app.state.console_ledger
+    stack.app.state.console_ledger = reader
+    try:
+        yield fake
+    finally:
+        stack.app.state.console_ledger = real
+        await reader.aclose()
+
+
+async def read_balance(console: Console) -> httpx.Response:
+    response = await console.http.get(
+        "/console/api/members/member-1/balance", params={"environment": "staging"}
+    )
+    assert response.status_code == 200, response.text
+    return response
+
+
+def unique_name() -> str:
+    """A rule name no other test's rule has, so a console's list shows which rules it made."""
+    return f"Rule {uuid.uuid4().hex[:6]}"
 
 
 def session_cookie_header(response: httpx.Response) -> list[str]:
@@ -247,7 +282,9 @@ class TestCsrfProtection:
         http = (await console_factory(organisation.email)).http
         token = await login(http, organisation.email)
 
-        response = await http.post("/v1/rules", json=rule_body(), headers=bearer(token))
+        response = await http.post(
+            "/v1/rules", json=rule_body(name=unique_name()), headers=bearer(token)
+        )
 
         assert response.status_code == 201, response.text
 
@@ -328,3 +365,55 @@ class TestSessionEnd:
         response = await console.http.get("/v1/auth/session")
 
         assert response.status_code == 401
+
+
+class TestLedgerReads:
+    async def test_a_read_is_passed_to_the_ledger_for_the_signed_in_user(
+        self, console: Console, ledger: FakeLedger
+    ) -> None:
+        response = await read_balance(console)
+
+        [request] = ledger.requests
+        assert (request.url.path, request.url.params["environment"]) == (
+            "/v1/members/member-1/balance",
+            "staging",
+        )
+        claims = jwt.decode(ledger.tokens[0], options={"verify_signature": False})
+        assert claims["email"] == console.email
+        assert response.json() == {"balance": 0}
+
+    async def test_a_users_reads_share_one_token_while_it_is_fresh(
+        self, console: Console, ledger: FakeLedger
+    ) -> None:
+        for _ in range(3):
+            await read_balance(console)
+            ledger.now += 1
+
+        assert len(ledger.tokens) == 3
+        assert len(set(ledger.tokens)) == 1
+
+    async def test_a_token_about_to_expire_is_replaced(
+        self, stack: RulesStack, console: Console, ledger: FakeLedger
+    ) -> None:
+        await read_balance(console)
+        ledger.now += stack.settings.console_ledger_token_lifetime_seconds - 1
+        await read_balance(console)
+
+        first, second = ledger.tokens
+        assert first != second
+
+    async def test_each_user_reads_with_a_token_of_their_own(
+        self, stack: RulesStack, console: Console, console_factory: Any, ledger: FakeLedger
+    ) -> None:
+        organisation = await stack.seeder.organisation()
+        other: Console = await console_factory(organisation.email)
+        assert (await other.sign_in()).status_code == 200
+
+        await read_balance(console)
+        await read_balance(other)
+
+        emails = [
+            jwt.decode(token, options={"verify_signature": False})["email"]
+            for token in ledger.tokens
+        ]
+        assert emails == [console.email, other.email]

@@ -5,22 +5,13 @@ Found by the OpenAPI fuzz run (tests/e2e/test_openapi_fuzz.py): each was a 500.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-
 import httpx
 import pytest
-import pytest_asyncio
 
-from tests.helpers import RulesStack, bearer, login, rules_stack
+from tests.helpers import RulesStack, bearer, login
 
 #: Times Python parses but cannot convert to UTC, which asyncpg does to store a timestamptz.
 NO_UTC_TIME = ["0001-01-01T00:00:00+01:00", "9999-12-31T23:59:59-01:00"]
-
-
-@pytest_asyncio.fixture(scope="module", loop_scope="session")
-async def stack(postgres_server_dsn: str) -> AsyncIterator[RulesStack]:
-    async with rules_stack(postgres_server_dsn) as running:
-        yield running
 
 
 @pytest.fixture

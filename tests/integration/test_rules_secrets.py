@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import logging
 import re
-from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -31,17 +30,10 @@ from tests.helpers import (
     bearer,
     login,
     request_token,
-    rules_stack,
     rules_transaction,
 )
 
 ARGON2_HASH = re.compile(r"\$argon2(id|i|d)\$")
-
-
-@pytest_asyncio.fixture(scope="module", loop_scope="session")
-async def stack(postgres_server_dsn: str) -> AsyncIterator[RulesStack]:
-    async with rules_stack(postgres_server_dsn) as running:
-        yield running
 
 
 async def create_client_as_the_cli_does(stack: RulesStack, org_id: str) -> IssuedClient:

@@ -9,14 +9,11 @@ whole path through a real broker.
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncIterator
-from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import httpx
 import pytest
-import pytest_asyncio
 
 from contracts import ALL_TOPICS, POINTS_RESULTS, PointsResult, PointsResultEvent
 from infra.kafka_admin import create_topics
@@ -26,40 +23,14 @@ from tests.helpers import (
     RULES_URL,
     RulesStack,
     Seeder,
+    Tenant,
     asgi_client,
-    bearer,
     eventually,
-    login,
+    new_tenant,
     produce,
     rules_settings,
-    rules_stack,
     rules_transaction,
 )
-
-
-@pytest_asyncio.fixture(scope="module", loop_scope="session")
-async def stack(postgres_server_dsn: str) -> AsyncIterator[RulesStack]:
-    async with rules_stack(postgres_server_dsn) as running:
-        yield running
-
-
-@dataclass(frozen=True)
-class Tenant:
-    org_id: str
-    headers: dict[str, str]
-    client_id: str
-
-
-async def new_tenant(http: httpx.AsyncClient, seeder: Seeder) -> Tenant:
-    organisation = await seeder.organisation()
-    token = await login(http, organisation.email)
-    client = await seeder.client(organisation.id, "staging")
-    return Tenant(organisation.id, bearer(token), client.client_id)
-
-
-@pytest.fixture
-async def tenant(stack: RulesStack) -> Tenant:
-    return await new_tenant(stack.http, stack.seeder)
 
 
 async def active_rule(http: httpx.AsyncClient, tenant: Tenant, cap_max: int) -> dict[str, Any]:
@@ -69,7 +40,7 @@ async def active_rule(http: httpx.AsyncClient, tenant: Tenant, cap_max: int) -> 
         "type": "earn",
         "environment": "staging",
         "apiTrigger": True,
-        "authorizedClientIds": [tenant.client_id],
+        "authorizedClientIds": [tenant.client.client_id],
         "capMax": cap_max,
         "startsAt": starts.isoformat(),
         "endsAt": (starts + timedelta(days=30)).isoformat(),
@@ -89,7 +60,7 @@ def result(tenant: Tenant, rule_id: str, amount: int, *, applied: bool = True) -
     data = PointsResult(
         request_id=uuid.uuid4().hex,
         transaction_id=uuid.uuid4(),
-        client_id=tenant.client_id,
+        client_id=tenant.client.client_id,
         rule_id=rule_id,
         user_id="member-1",
         type="earn",

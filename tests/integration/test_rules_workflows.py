@@ -12,14 +12,12 @@ import asyncio
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import Any
 
 import httpx
 import jwt
 import pytest
-import pytest_asyncio
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
@@ -29,68 +27,22 @@ from infra.tokens import API_AUDIENCE, JWKS_PATH, JwksVerifier
 from services.rules import repository as rules_sql
 from services.rules.app import create_app as create_rules_app
 from services.rules.key_vault import KeyVault
+from services.rules.service import accounts
 from services.rules.service.tokens import TokenIssuer, rotate_signing_key
 from tests.helpers import (
     PASSWORD,
     RULES_URL,
     Client,
     RulesStack,
+    Tenant,
     asgi_client,
     bearer,
     client_token,
     login,
     request_token,
-    rules_stack,
+    rule_body,
     rules_transaction,
 )
-
-
-@pytest_asyncio.fixture(scope="module", loop_scope="session")
-async def stack(postgres_server_dsn: str) -> AsyncIterator[RulesStack]:
-    async with rules_stack(postgres_server_dsn) as running:
-        yield running
-
-
-@dataclass(frozen=True)
-class Tenant:
-    """An organisation with a logged-in admin and one active staging client."""
-
-    org_id: str
-    user_id: str
-    headers: dict[str, str]
-    client: Client
-
-
-@pytest.fixture
-async def tenant(stack: RulesStack) -> Tenant:
-    organisation = await stack.seeder.organisation()
-    token = await login(stack.http, organisation.email)
-    client = await stack.seeder.client(organisation.id, "staging")
-    user_id = jwt.decode(token, options={"verify_signature": False})["sub"]
-    return Tenant(organisation.id, user_id, bearer(token), client)
-
-
-@pytest.fixture
-def http(stack: RulesStack) -> httpx.AsyncClient:
-    return stack.http
-
-
-def rule_body(**overrides: Any) -> dict[str, Any]:
-    starts = datetime.now(UTC) - timedelta(hours=1)
-    body: dict[str, Any] = {
-        "name": "Double points weekend",
-        "description": "Twice the points on Saturdays and Sundays",
-        "type": "earn",
-        "environment": "staging",
-        "apiTrigger": True,
-        "authorizedClientIds": [],
-        "capMax": 10_000,
-        "capPerMember": 500,
-        "maxAmountPerRequest": 100,
-        "startsAt": starts.isoformat(),
-        "endsAt": (starts + timedelta(days=30)).isoformat(),
-    }
-    return {**body, **overrides}
 
 
 async def create_rule(http: httpx.AsyncClient, tenant: Tenant, **overrides: Any) -> dict[str, Any]:
@@ -755,8 +707,8 @@ class TestTokensForOneUse:
         self, stack: RulesStack, tenant: Tenant
     ) -> None:
         issuer = TokenIssuer.for_settings(stack.settings)
-        user = {"id": tenant.user_id, "org_id": tenant.org_id, "role": "admin", "email": "a@b.c"}
         async with rules_transaction(stack.database_url) as connection:
+            user = await accounts.require_user(connection, tenant.org_id, tenant.user_id)
             token = await issuer.user_token(connection, user, 60, audiences=(API_AUDIENCE,))
         verifier = JwksVerifier(RULES_URL, http=asgi_client(stack.app, RULES_URL))
 

@@ -16,10 +16,8 @@ import os
 import random
 import signal
 import sys
-import time
 import uuid
 from collections import Counter
-from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -38,7 +36,7 @@ from contracts import (
 )
 from infra import db
 from infra.kafka_admin import create_topics
-from tests.helpers import free_port
+from tests.helpers import eventually, free_port
 
 ORG = "org_restart"
 
@@ -166,15 +164,6 @@ async def applied_count(database_url: str) -> int:
         await connection.close()
 
 
-async def wait_for(predicate: Callable[[], Awaitable[bool]], timeout: float) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if await predicate():
-            return True
-        await asyncio.sleep(0.1)
-    return False
-
-
 async def run_ledger_killed_at(
     database_url: str,
     bootstrap: str,
@@ -193,8 +182,11 @@ async def run_ledger_killed_at(
         threshold = await applied_count(database_url) + more
         ledger = await start_ledger(database_url, bootstrap, batch_max_records)
         try:
-            reached = await wait_for(lambda t=threshold: _at_least(database_url, t), timeout=60)
-            assert reached, f"the ledger did not reach {threshold} applied requests"
+            await eventually(
+                lambda t=threshold: _at_least(database_url, t),
+                timeout=60,
+                what=f"the ledger reaching {threshold} applied requests",
+            )
             await asyncio.sleep(rng.uniform(0, 0.05))
         finally:
             ledger.send_signal(signal.SIGKILL)
@@ -203,7 +195,11 @@ async def run_ledger_killed_at(
     assert applied_at_kills[-1] < total, "the last kill came too late to prove anything"
     ledger = await start_ledger(database_url, bootstrap, batch_max_records)
     try:
-        assert await wait_for(lambda: _at_least(database_url, total), timeout=90)
+        await eventually(
+            lambda: _at_least(database_url, total),
+            timeout=90,
+            what=f"the ledger applying all {total} requests",
+        )
         await asyncio.sleep(2)  # let a redelivered tail arrive, if any would
     finally:
         ledger.send_signal(signal.SIGTERM)

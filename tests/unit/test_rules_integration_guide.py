@@ -17,6 +17,7 @@ import httpx
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
+import infra.http_problems
 import infra.problems
 import services.trigger
 from contracts.limits import MAX_MEMBER_BALANCE, MAX_POINTS, MAX_POOL_BALANCE
@@ -51,7 +52,9 @@ def gateway_codes() -> set[str]:
     """Every machine code the trigger gateway's source raises, and the shared ones it uses."""
     package = Path(services.trigger.__file__).parent
     sources = [path.read_text() for path in package.glob("*.py")]
-    sources.append(Path(infra.problems.__file__).read_text())
+    sources += [
+        Path(module.__file__).read_text() for module in (infra.problems, infra.http_problems)
+    ]
     codes = {code for source in sources for code in _CODE.findall(source)}
     return codes | {Unauthorized.code}
 

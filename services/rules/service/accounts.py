@@ -64,6 +64,13 @@ async def create_user(
     return {"id": user_id, "email": email}
 
 
+async def require_user(connection: asyncpg.Connection, org_id: str, user_id: str) -> asyncpg.Record:
+    user = await connection.fetchrow(sql.GET_USER, user_id, org_id)
+    if user is None:
+        raise NotFound(f"user {user_id} does not exist", code="USER_NOT_FOUND")
+    return user
+
+
 async def authenticate_user(
     connection: asyncpg.Connection, email: str, password: str
 ) -> asyncpg.Record:

@@ -4,7 +4,7 @@ signed with keys that are stored sealed and rotated without refusing anyone."""
 from __future__ import annotations
 
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from datetime import timedelta
 from typing import Any
 
@@ -117,12 +117,12 @@ class TokenIssuer:
     async def user_token(
         self,
         connection: asyncpg.Connection,
-        user: Mapping[str, Any],
+        user: asyncpg.Record,
         lifetime: int,
         audiences: Sequence[str] = (CONSOLE_AUDIENCE, API_AUDIENCE),
     ) -> str:
-        """A business user's token (``id``, ``org_id``, ``role``, ``email`` of ``user``),
-        for the rules API and the read APIs unless ``audiences`` narrows it."""
+        """A business user's token (``id``, ``org_id``, ``role``, ``email`` of ``user``, a row
+        of ``users``), for the rules API and the read APIs unless ``audiences`` narrows it."""
         return await self.sign(
             connection,
             {
