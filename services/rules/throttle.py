@@ -18,6 +18,7 @@ to come from the proxy and shares its allowance.
 from __future__ import annotations
 
 import math
+import time
 from dataclasses import dataclass
 
 import asyncpg
@@ -26,6 +27,8 @@ from services.rules import repository as sql
 
 #: How many idle keys a new key's first attempt clears away, keeping the table small.
 PURGED_PER_NEW_KEY = 100
+#: The suffix of the scopes that count an address alone (``login-ip``, ``token-ip``).
+ADDRESS_SCOPE = "-ip"
 
 
 @dataclass(frozen=True)
@@ -53,9 +56,48 @@ class Key:
     throttle: Throttle
 
 
-async def take_attempt(connection: asyncpg.Connection, keys: list[Key]) -> int | None:
+class Waiting:
+    """The addresses this process told to wait, and until when, so that their next
+    attempts are refused before any database work.
+
+    Under a flood of wrong secrets from one address every refusal was still a
+    transaction on its throttle row, and 40 callers kept the pool and the event
+    loop busy enough to stall the JWKS for seconds. The database stays the judge:
+    this only repeats sooner a refusal it gave, until the wait it named is over.
+    Only address-alone keys are kept, never an address with an account: that one
+    starts afresh when its user signs in, possibly on another replica.
+    """
+
+    def __init__(self, limit: int = 10_000) -> None:
+        self.limit = limit
+        self._until: dict[tuple[str, str], float] = {}
+
+    def must_wait(self, scope: str, address: str | None) -> int | None:
+        """The whole seconds the address must still wait in ``scope``, or None."""
+        until = self._until.get((scope, address or "unknown"))
+        if until is None:
+            return None
+        left = until - time.monotonic()
+        if left <= 0:
+            del self._until[scope, address or "unknown"]
+            return None
+        return max(1, math.ceil(left))
+
+    def note(self, key: Key, seconds: float) -> None:
+        if len(self._until) >= self.limit:
+            now = time.monotonic()
+            self._until = {k: until for k, until in self._until.items() if until > now}
+            if len(self._until) >= self.limit:
+                self._until.clear()
+        self._until[key.scope, key.key] = time.monotonic() + seconds
+
+
+async def take_attempt(
+    connection: asyncpg.Connection, keys: list[Key], waiting: Waiting | None = None
+) -> int | None:
     """Count one attempt against every key, in one transaction; None when it may go
-    ahead, else the whole seconds to wait (and nothing is counted)."""
+    ahead, else the whole seconds to wait (and nothing is counted). Address-alone
+    keys told to wait are noted in ``waiting``."""
     async with connection.transaction():
         counts: list[int] = []
         waits: list[float] = []
@@ -72,6 +114,10 @@ async def take_attempt(connection: asyncpg.Connection, keys: list[Key]) -> int |
             counts.append(attempts + 1)
         wait = max(waits)
         if wait > 0:
+            if waiting is not None:
+                for key, key_wait in zip(keys, waits, strict=True):
+                    if key.scope.endswith(ADDRESS_SCOPE) and key_wait > 0:
+                        waiting.note(key, key_wait)
             return max(1, math.ceil(wait))
         for key, count in zip(keys, counts, strict=True):
             await connection.execute(sql.COUNT_SIGN_IN_ATTEMPT, key.scope, key.key, count)
@@ -93,4 +139,7 @@ def keys_for(
     """The counters of one attempt of ``kind`` (``login`` or ``token``) at ``subject``
     (an e-mail address, lower case, or a client id) from ``address``."""
     where = address or "unknown"
-    return [Key(kind, f"{where} {subject}", personal), Key(f"{kind}-ip", where, per_address)]
+    return [
+        Key(kind, f"{where} {subject}", personal),
+        Key(f"{kind}{ADDRESS_SCOPE}", where, per_address),
+    ]

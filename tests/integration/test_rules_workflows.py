@@ -679,6 +679,32 @@ class TestTokenThrottling:
         assert jwks.status_code == 200
         assert token.status_code == 200, token.text
 
+    async def test_an_address_told_to_wait_is_refused_without_a_database_round_trip(
+        self, stack: RulesStack, tenant: Tenant, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        limit = 4
+        monkeypatch.setattr(stack.settings, "token_max_attempts_per_ip", limit)
+        context = stack.app.state.rules
+        acquired: list[str] = []
+
+        def counting_pool() -> asyncpg.Pool:
+            acquired.append("pool")
+            return stack.runtime.pool
+
+        async with from_address(stack) as scanner:
+            for n in range(limit + 1):  # the last one is refused, and its address noted
+                await request_token(scanner, Client(f"cli_scan{n}", "wrong"))
+            monkeypatch.setattr(type(context), "pool", property(lambda _: counting_pool()))
+            flood = await asyncio.gather(
+                *(request_token(scanner, Client(f"cli_more{n}", "wrong")) for n in range(30))
+            )
+            others = await request_token(stack.http, tenant.client)
+
+        assert {response.status_code for response in flood} == {429}
+        assert {response.json()["error"] for response in flood} == {"slow_down"}
+        assert acquired == ["pool"]  # the other address's request only
+        assert others.status_code == 200, others.text
+
     async def test_one_address_trying_many_client_ids_is_slowed_down(
         self, stack: RulesStack, tenant: Tenant, monkeypatch: pytest.MonkeyPatch
     ) -> None:

@@ -6,7 +6,7 @@ the correlation id."""
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Annotated, Any
 
 import asyncpg
@@ -15,8 +15,8 @@ from fastapi import Depends, Request
 
 from infra.http import Forbidden, Unauthorized, bearer_token
 from infra.tokens import ALGORITHM
-from services.rules import sessions
-from services.rules.service import tokens
+from services.rules import sessions, throttle
+from services.rules.service import credentials, tokens
 from services.rules.settings import RulesSettings
 
 
@@ -27,6 +27,12 @@ class RulesContext:
     settings: RulesSettings
     pool_of: Any  # a callable returning the runtime's pool once it has started
     issuer: tokens.TokenIssuer
+    #: The addresses this process told to wait before their next sign-in attempt.
+    waiting: throttle.Waiting = field(default_factory=throttle.Waiting)
+
+    @property
+    def throttles(self) -> credentials.SignInThrottles:
+        return credentials.SignInThrottles.of(self.settings, self.waiting)
 
     @property
     def pool(self) -> asyncpg.Pool:

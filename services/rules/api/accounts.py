@@ -18,7 +18,7 @@ from services.rules.schemas import (
     LoginRequest,
     TokenResponse,
 )
-from services.rules.service import accounts, clients, credentials
+from services.rules.service import accounts, clients
 from services.rules.settings import RulesSettings
 
 log = get_logger(__name__)
@@ -31,10 +31,12 @@ async def login(body: LoginRequest, request: Request, ctx: Context) -> TokenResp
     """Exchange a business user's e-mail and password for a bearer token (429 after repeated
     failures)."""
     client_ip = request.client.host if request.client else None
-    throttles = credentials.SignInThrottles.of(ctx.settings)
+    ctx.throttles.refuse_if_waiting("login", client_ip, "logins")
     # Not the request transaction: a failed attempt must be counted, and stay counted.
     async with ctx.pool.acquire() as connection:
-        user = await accounts.log_in(connection, body.email, body.password, client_ip, throttles)
+        user = await accounts.log_in(
+            connection, body.email, body.password, client_ip, ctx.throttles
+        )
         lifetime = ctx.settings.user_token_lifetime_seconds
         token = await ctx.issuer.user_token(connection, user, lifetime)
     log.info("user.logged_in", user_id=user["id"])
@@ -59,10 +61,12 @@ async def open_console_session(
     every change made through it must carry as ``X-CSRF-Token`` (429 after repeated
     failures, as for ``/v1/auth/login``)."""
     client_ip = request.client.host if request.client else None
-    throttles = credentials.SignInThrottles.of(ctx.settings)
+    ctx.throttles.refuse_if_waiting("login", client_ip, "logins")
     lifetime = ctx.settings.user_token_lifetime_seconds
     async with ctx.pool.acquire() as connection:
-        user = await accounts.log_in(connection, body.email, body.password, client_ip, throttles)
+        user = await accounts.log_in(
+            connection, body.email, body.password, client_ip, ctx.throttles
+        )
         session_id, session = await sessions.open_session(
             connection, user, timedelta(seconds=lifetime)
         )

@@ -142,19 +142,17 @@ async def issue_token(request: Request, ctx: Context) -> JSONResponse:
         if refused is not None:
             return oauth_error(400, "invalid_request", f"{name} {refused}")
     client_ip = request.client.host if request.client else None
-    throttles = credentials.SignInThrottles.of(ctx.settings)
+    try:
+        ctx.throttles.refuse_if_waiting("token", client_ip, "token requests")
+    except credentials.TooManySignInAttempts as throttled:
+        return slow_down(throttled)
     async with ctx.pool.acquire() as connection:
         try:
             client = await clients.sign_in_client(
-                connection, client_id, secret, client_ip, throttles
+                connection, client_id, secret, client_ip, ctx.throttles
             )
         except credentials.TooManySignInAttempts as throttled:
-            return oauth_error(
-                429,
-                "slow_down",
-                throttled.detail,
-                retry_after=throttled.retry_after,
-            )
+            return slow_down(throttled)
         if client is None:
             log.info("token.refused", client_id=client_id)
             return oauth_error(
@@ -200,3 +198,8 @@ async def openid_configuration(ctx: Context) -> dict[str, Any]:
         "response_types_supported": ["token"],
         "subject_types_supported": ["public"],
     }
+
+
+def slow_down(throttled: credentials.TooManySignInAttempts) -> JSONResponse:
+    """RFC 6749's answer to a client that must wait before its next token request."""
+    return oauth_error(429, "slow_down", throttled.detail, retry_after=throttled.retry_after)

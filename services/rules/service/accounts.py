@@ -101,7 +101,9 @@ async def log_in(
     keys = throttle.keys_for(
         "login", client_ip, email.strip().lower(), throttles.login, throttles.login_address
     )
-    await count_or_refuse_attempt(connection, keys, "logins", "user.login_throttled", ip=client_ip)
+    await count_or_refuse_attempt(
+        connection, keys, throttles, "logins", "user.login_throttled", ip=client_ip
+    )
     async with connection.transaction():
         user = await authenticate_user(connection, email, password)
         await throttle.succeeded(connection, keys)

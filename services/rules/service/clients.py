@@ -249,7 +249,13 @@ async def sign_in_client(
         "token", client_ip, client_id, throttles.token, throttles.token_address
     )
     await count_or_refuse_attempt(
-        connection, keys, "token requests", "token.throttled", client_id=client_id, ip=client_ip
+        connection,
+        keys,
+        throttles,
+        "token requests",
+        "token.throttled",
+        client_id=client_id,
+        ip=client_ip,
     )
     client = await authenticate_client(connection, client_id, client_secret)
     if client is not None:

@@ -7,7 +7,7 @@ import asyncio
 import os
 import secrets
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import asyncpg
 from argon2 import PasswordHasher
@@ -68,33 +68,46 @@ DUMMY_HASH = hasher.hash(secrets.token_urlsafe(16))
 @dataclass(frozen=True)
 class SignInThrottles:
     """The throttles of business users' logins and API clients' token requests: one
-    for an address trying one account, one for the address alone."""
+    for an address trying one account, one for the address alone; and the addresses
+    this process told to wait."""
 
     login: Throttle
     login_address: Throttle
     token: Throttle
     token_address: Throttle
+    waiting: throttle.Waiting = field(default_factory=throttle.Waiting)
+
+    def refuse_if_waiting(self, kind: str, address: str | None, what: str) -> None:
+        """Refuse an attempt of ``kind`` (``login`` or ``token``) at once, before any
+        database work, while its address must still wait."""
+        wait = self.waiting.must_wait(f"{kind}{throttle.ADDRESS_SCOPE}", address)
+        if wait is not None:
+            raise TooManySignInAttempts(wait, what)
 
     @classmethod
-    def of(cls, settings: RulesSettings) -> SignInThrottles:
+    def of(
+        cls, settings: RulesSettings, waiting: throttle.Waiting | None = None
+    ) -> SignInThrottles:
         longest = float(settings.login_throttle_window_seconds)
         return cls(
             Throttle(settings.login_max_attempts_per_email, longest),
             Throttle(settings.login_max_attempts_per_ip, longest),
             Throttle(settings.token_max_attempts_per_client, longest),
             Throttle(settings.token_max_attempts_per_ip, longest),
+            waiting or throttle.Waiting(),
         )
 
 
 async def count_or_refuse_attempt(
     connection: asyncpg.Connection,
     keys: list[throttle.Key],
+    throttles: SignInThrottles,
     what: str,
     event: str,
     **logged: str | None,
 ) -> None:
     """Count a sign-in attempt, or log ``event`` and refuse it when it must wait."""
-    wait = await throttle.take_attempt(connection, keys)
+    wait = await throttle.take_attempt(connection, keys, throttles.waiting)
     if wait is not None:
         log.info(event, **logged)
         raise TooManySignInAttempts(wait, what)
