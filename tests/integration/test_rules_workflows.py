@@ -687,7 +687,7 @@ class TestTokenThrottling:
         context = stack.app.state.rules
         acquired: list[str] = []
 
-        def counting_pool() -> asyncpg.Pool:
+        def counting_pool() -> Any:
             acquired.append("pool")
             return stack.runtime.pool
 
