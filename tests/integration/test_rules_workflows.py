@@ -698,12 +698,14 @@ class TestTokenThrottling:
             flood = await asyncio.gather(
                 *(request_token(scanner, Client(f"cli_more{n}", "wrong")) for n in range(30))
             )
+            pool_used_by_the_flood = len(acquired)
             others = await request_token(stack.http, tenant.client)
 
         assert {response.status_code for response in flood} == {429}
         assert {response.json()["error"] for response in flood} == {"slow_down"}
-        assert acquired == ["pool"]  # the other address's request only
+        assert pool_used_by_the_flood == 0
         assert others.status_code == 200, others.text
+        assert acquired  # the other address's request went to the database
 
     async def test_one_address_trying_many_client_ids_is_slowed_down(
         self, stack: RulesStack, tenant: Tenant, monkeypatch: pytest.MonkeyPatch

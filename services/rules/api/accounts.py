@@ -33,11 +33,9 @@ async def login(body: LoginRequest, request: Request, ctx: Context) -> TokenResp
     client_ip = request.client.host if request.client else None
     ctx.throttles.refuse_if_waiting("login", client_ip, "logins")
     # Not the request transaction: a failed attempt must be counted, and stay counted.
+    user = await accounts.log_in(ctx.pool, body.email, body.password, client_ip, ctx.throttles)
+    lifetime = ctx.settings.user_token_lifetime_seconds
     async with ctx.pool.acquire() as connection:
-        user = await accounts.log_in(
-            connection, body.email, body.password, client_ip, ctx.throttles
-        )
-        lifetime = ctx.settings.user_token_lifetime_seconds
         token = await ctx.issuer.user_token(connection, user, lifetime)
     log.info("user.logged_in", user_id=user["id"])
     return TokenResponse(access_token=token, expires_in=lifetime)
@@ -63,10 +61,8 @@ async def open_console_session(
     client_ip = request.client.host if request.client else None
     ctx.throttles.refuse_if_waiting("login", client_ip, "logins")
     lifetime = ctx.settings.user_token_lifetime_seconds
+    user = await accounts.log_in(ctx.pool, body.email, body.password, client_ip, ctx.throttles)
     async with ctx.pool.acquire() as connection:
-        user = await accounts.log_in(
-            connection, body.email, body.password, client_ip, ctx.throttles
-        )
         session_id, session = await sessions.open_session(
             connection, user, timedelta(seconds=lifetime)
         )

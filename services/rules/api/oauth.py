@@ -144,21 +144,16 @@ async def issue_token(request: Request, ctx: Context) -> JSONResponse:
     client_ip = request.client.host if request.client else None
     try:
         ctx.throttles.refuse_if_waiting("token", client_ip, "token requests")
+        client = await clients.sign_in_client(ctx.pool, client_id, secret, client_ip, ctx.throttles)
     except credentials.TooManySignInAttempts as throttled:
         return slow_down(throttled)
+    if client is None:
+        log.info("token.refused", client_id=client_id)
+        return oauth_error(
+            401, "invalid_client", "client authentication failed", basic=basic is not None
+        )
+    lifetime = ctx.settings.client_token_lifetime_seconds
     async with ctx.pool.acquire() as connection:
-        try:
-            client = await clients.sign_in_client(
-                connection, client_id, secret, client_ip, ctx.throttles
-            )
-        except credentials.TooManySignInAttempts as throttled:
-            return slow_down(throttled)
-        if client is None:
-            log.info("token.refused", client_id=client_id)
-            return oauth_error(
-                401, "invalid_client", "client authentication failed", basic=basic is not None
-            )
-        lifetime = ctx.settings.client_token_lifetime_seconds
         token = await ctx.issuer.client_token(connection, client, lifetime)
     log.info("token.issued", client_id=client_id)
     return JSONResponse(

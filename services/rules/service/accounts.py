@@ -71,40 +71,36 @@ async def require_user(connection: asyncpg.Connection, org_id: str, user_id: str
     return user
 
 
-async def authenticate_user(
-    connection: asyncpg.Connection, email: str, password: str
-) -> asyncpg.Record:
-    user = await connection.fetchrow(sql.GET_USER_BY_EMAIL, email)
-    if user is None:
-        # Spend the same time as a real check so timing does not reveal accounts.
-        await verify_secret(DUMMY_HASH, password)
-        raise InvalidCredentials("e-mail or password is wrong")
-    if not await verify_secret(user["password_hash"], password):
-        raise InvalidCredentials("e-mail or password is wrong")
-    if hasher.check_needs_rehash(user["password_hash"]):
-        await connection.execute(sql.UPDATE_PASSWORD_HASH, user["id"], hasher.hash(password))
-    return user
-
-
 async def log_in(
-    connection: asyncpg.Connection,
+    pool: asyncpg.Pool,
     email: str,
     password: str,
     client_ip: str | None,
     throttles: SignInThrottles,
 ) -> asyncpg.Record:
-    """The user these credentials name, counting the attempt against the throttles.
+    """The user these credentials name, counting the attempt against the throttles first
+    (:class:`TooManySignInAttempts` when it must wait, :class:`InvalidCredentials` when
+    they are wrong).
 
-    Unlike the other functions here this one manages its own transactions: the
-    attempt must be counted (committed) even when the login fails.
+    Unlike the other functions here this one takes the pool and manages its own
+    transactions: the attempt must be counted (committed) even when the login
+    fails, and no connection is held while the password is checked, so a flood
+    of wrong passwords cannot take the pool from every other request.
     """
     keys = throttle.keys_for(
         "login", client_ip, email.strip().lower(), throttles.login, throttles.login_address
     )
-    await count_or_refuse_attempt(
-        connection, keys, throttles, "logins", "user.login_throttled", ip=client_ip
-    )
-    async with connection.transaction():
-        user = await authenticate_user(connection, email, password)
+    async with pool.acquire() as connection:
+        await count_or_refuse_attempt(
+            connection, keys, throttles, "logins", "user.login_throttled", ip=client_ip
+        )
+        user = await connection.fetchrow(sql.GET_USER_BY_EMAIL, email)
+    # An unknown address costs as long as a known one, so timing reveals no accounts.
+    matches = await verify_secret(user["password_hash"] if user else DUMMY_HASH, password)
+    if user is None or not matches:
+        raise InvalidCredentials("e-mail or password is wrong")
+    async with pool.acquire() as connection, connection.transaction():
+        if hasher.check_needs_rehash(user["password_hash"]):
+            await connection.execute(sql.UPDATE_PASSWORD_HASH, user["id"], hasher.hash(password))
         await throttle.succeeded(connection, keys)
     return user

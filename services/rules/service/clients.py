@@ -218,47 +218,51 @@ async def rotate_client_secret(
     )
 
 
-async def authenticate_client(
-    connection: asyncpg.Connection, client_id: str, client_secret: str
-) -> asyncpg.Record | None:
-    """The active client these credentials name, or None."""
-    client = await connection.fetchrow(sql.GET_CLIENT, client_id)
+async def secret_matches(client: asyncpg.Record | None, client_secret: str) -> bool:
+    """Whether ``client_secret`` is the active ``client``'s secret (or its previous one,
+    during a rotation's overlap). An unknown client costs as long as a known one."""
     if client is None:
         await verify_secret(DUMMY_HASH, client_secret)
-        return None
+        return False
     if client["status"] != "active":
-        return None
+        return False
     if await verify_secret(client["secret_hash"], client_secret):
-        return client
+        return True
     overlap_open = client["previous_valid_until"] and client["previous_valid_until"] > now()
-    if overlap_open and await verify_secret(client["previous_secret_hash"], client_secret):
-        return client
-    return None
+    return bool(overlap_open) and await verify_secret(client["previous_secret_hash"], client_secret)
 
 
 async def sign_in_client(
-    connection: asyncpg.Connection,
+    pool: asyncpg.Pool,
     client_id: str,
     client_secret: str,
     client_ip: str | None,
     throttles: SignInThrottles,
 ) -> asyncpg.Record | None:
-    """:func:`authenticate_client`, counting the attempt against the throttles first
-    (:class:`TooManySignInAttempts` when it must wait). Manages its own transactions."""
+    """The active client these credentials name, or None, counting the attempt against
+    the throttles first (:class:`TooManySignInAttempts` when it must wait).
+
+    No database connection is held while the secret is checked: forty callers
+    sending wrong secrets held the pool through their argon2 checks, and the
+    JWKS, which every gateway and ledger fetch, waited seconds for a connection.
+    """
     keys = throttle.keys_for(
         "token", client_ip, client_id, throttles.token, throttles.token_address
     )
-    await count_or_refuse_attempt(
-        connection,
-        keys,
-        throttles,
-        "token requests",
-        "token.throttled",
-        client_id=client_id,
-        ip=client_ip,
-    )
-    client = await authenticate_client(connection, client_id, client_secret)
-    if client is not None:
+    async with pool.acquire() as connection:
+        await count_or_refuse_attempt(
+            connection,
+            keys,
+            throttles,
+            "token requests",
+            "token.throttled",
+            client_id=client_id,
+            ip=client_ip,
+        )
+        client = await connection.fetchrow(sql.GET_CLIENT, client_id)
+    if not await secret_matches(client, client_secret):
+        return None
+    async with pool.acquire() as connection:
         await throttle.succeeded(connection, keys)
     return client
 
