@@ -19,7 +19,7 @@ from infra.logging import get_logger
 from infra.problems import Problem, is_unavailable
 from infra.request_signing import SIGNATURE_HEADER, TIMESTAMP_HEADER
 from infra.tokens import JwksVerifier, Principal
-from services.trigger import service
+from services.trigger import admission, checks, rate_limits, reads, signatures
 from services.trigger.callback_urls import check_callback_url
 from services.trigger.settings import TriggerSettings
 
@@ -54,15 +54,15 @@ class TriggerContext:
         self.verifier = verifier
         self.settings = settings
         self.pool_of = pool_of
-        self.admissions: Coalescer[service.Admitting, service.Admission] = batched(
+        self.admissions: Coalescer[admission.Admitting, admission.Admission] = batched(
             self._admit, settings
         )
-        self.recordings: Coalescer[service.Recording, dict[str, Any]] = batched(
+        self.recordings: Coalescer[checks.Recording, dict[str, Any]] = batched(
             self._record, settings
         )
-        self.remembered = service.Remembered()
+        self.remembered = admission.Remembered()
         self.checked_recordings: Coalescer[
-            service.CheckedAgainst, service.RecordedAtOnce | None
+            admission.CheckedAgainst, admission.RecordedAtOnce | None
         ] = batched(self._record_checked, settings)
 
     @property
@@ -70,21 +70,21 @@ class TriggerContext:
         pool: asyncpg.Pool = self.pool_of()
         return pool
 
-    async def _admit(self, batch: list[service.Admitting]) -> list[service.Admission]:
-        return await service.admit_triggers(
+    async def _admit(self, batch: list[admission.Admitting]) -> list[admission.Admission]:
+        return await admission.admit_triggers(
             self.pool,
             batch,
             default_per_second=self.settings.rate_limit_per_second,
             default_burst=self.settings.rate_limit_burst,
         )
 
-    async def _record(self, batch: list[service.Recording]) -> list[dict[str, Any] | Problem]:
-        return await service.record_triggers(self.pool, batch)
+    async def _record(self, batch: list[checks.Recording]) -> list[dict[str, Any] | Problem]:
+        return await admission.record_triggers(self.pool, batch)
 
     async def _record_checked(
-        self, batch: list[service.CheckedAgainst]
-    ) -> list[service.RecordedAtOnce | Problem | None]:
-        return await service.record_checked(
+        self, batch: list[admission.CheckedAgainst]
+    ) -> list[admission.RecordedAtOnce | Problem | None]:
+        return await admission.record_checked(
             self.pool,
             batch,
             default_per_second=self.settings.rate_limit_per_second,
@@ -116,7 +116,7 @@ class ClientNotReady(Problem):
     title = "Service unavailable"
 
 
-async def check_access(access: service.ClientAccess, request: Request, ctx: Context) -> None:
+async def check_access(access: admission.ClientAccess, request: Request, ctx: Context) -> None:
     """Refuse a revoked client and, when it registered a public key, a request it did not
     sign (checked before any rule)."""
     if not access.known:
@@ -128,7 +128,7 @@ async def check_access(access: service.ClientAccess, request: Request, ctx: Cont
     if access.revoked:
         raise Unauthorized("this client has been revoked")
     if access.request_signing_key is not None:
-        service.check_request_signature(
+        signatures.check_request_signature(
             access.request_signing_key,
             await signed_request(request),
             at=time.time(),
@@ -136,25 +136,25 @@ async def check_access(access: service.ClientAccess, request: Request, ctx: Cont
         )
 
 
-def caller_of(principal: Principal) -> service.Caller:
+def caller_of(principal: Principal) -> checks.Caller:
     assert principal.environment is not None
-    return service.Caller(principal.client_id, principal.org_id, principal.environment)
+    return checks.Caller(principal.client_id, principal.org_id, principal.environment)
 
 
-async def current_client(request: Request, ctx: Context) -> service.Caller:
+async def current_client(request: Request, ctx: Context) -> checks.Caller:
     """The API client behind the request: token verified, not revoked, signature checked."""
     principal = await verified_client(request, ctx)
-    await check_access(await service.client_access(ctx.pool, principal.client_id), request, ctx)
+    await check_access(await admission.client_access(ctx.pool, principal.client_id), request, ctx)
     return caller_of(principal)
 
 
-async def signed_request(request: Request) -> service.SignedRequest:
+async def signed_request(request: Request) -> signatures.SignedRequest:
     """The request as its client signed it: the target exactly as sent on the request line."""
     target = request.scope.get("raw_path") or request.url.path.encode()
     query = request.scope.get("query_string", b"")
     if query:
         target += b"?" + query
-    return service.SignedRequest(
+    return signatures.SignedRequest(
         method=request.method,
         target=target.decode("latin-1"),
         body=await request.body(),
@@ -163,10 +163,10 @@ async def signed_request(request: Request) -> service.SignedRequest:
     )
 
 
-Client = Annotated[service.Caller, Depends(current_client)]
+Client = Annotated[checks.Caller, Depends(current_client)]
 
 
-def rate_limit_headers(limit: service.RateLimit) -> dict[str, str]:
+def rate_limit_headers(limit: rate_limits.RateLimit) -> dict[str, str]:
     return {
         "RateLimit-Limit": str(limit.burst),
         "RateLimit-Remaining": str(limit.remaining),
@@ -177,11 +177,11 @@ def rate_limit_headers(limit: service.RateLimit) -> dict[str, str]:
 VerifiedClient = Annotated[Principal, Depends(verified_client)]
 
 
-def refuse_when_rate_limited(limit: service.RateLimit, client_id: str) -> None:
+def refuse_when_rate_limited(limit: rate_limits.RateLimit, client_id: str) -> None:
     if limit.granted:
         return
     log.info("points.request.rate_limited", client_id=client_id)
-    raise service.RateLimited(
+    raise rate_limits.RateLimited(
         f"this client may send {limit.per_second:g} requests per second "
         f"(bursts of {limit.burst}); retry after {limit.retry_after_seconds} s",
         headers={"Retry-After": str(limit.retry_after_seconds), **rate_limit_headers(limit)},
@@ -248,7 +248,7 @@ async def accept(
     body: TriggerRequest, principal: Principal, ctx: TriggerContext, request: Request
 ) -> JSONResponse:
     caller = caller_of(principal)
-    trigger = service.Trigger(
+    trigger = checks.Trigger(
         body.user_id, body.rule_id, body.amount, body.request_id, body.callback_url
     )
     remembered = ctx.remembered.get(caller.client_id, trigger.rule_id)
@@ -256,31 +256,31 @@ async def accept(
         answered = await accept_at_once(caller, trigger, remembered, ctx, request)
         if answered is not None:
             return answered
-    admission = await ctx.admissions.submit(service.Admitting(caller, trigger))
-    ctx.remembered.remember(caller.client_id, admission)
-    await check_access(admission.access, request, ctx)
-    refuse_when_rate_limited(admission.rate_limit, caller.client_id)
-    headers = rate_limit_headers(admission.rate_limit)
-    replay = service.replay_of(admission.lookup, trigger)
+    admitted = await ctx.admissions.submit(admission.Admitting(caller, trigger))
+    ctx.remembered.remember(caller.client_id, admitted)
+    await check_access(admitted.access, request, ctx)
+    refuse_when_rate_limited(admitted.rate_limit, caller.client_id)
+    headers = rate_limit_headers(admitted.rate_limit)
+    replay = checks.replay_of(admitted.lookup, trigger)
     if replay is not None:
         # The original answer, even if the callback's host has moved since.
         return JSONResponse(replay, status_code=202, headers=headers)
-    recording = await checked(caller, trigger, admission.lookup, ctx, request)
+    recording = await checked(caller, trigger, admitted.lookup, ctx, request)
     return accepted(caller, trigger, await ctx.recordings.submit(recording), headers)
 
 
 async def checked(
-    caller: service.Caller,
-    trigger: service.Trigger,
-    lookup: service.Lookup,
+    caller: checks.Caller,
+    trigger: checks.Trigger,
+    lookup: checks.Lookup,
     ctx: TriggerContext,
     request: Request,
-) -> service.Recording:
+) -> checks.Recording:
     """The checks after the client's standing and the rate limit: the callback URL,
     then the rule, the member and the amount."""
     if trigger.callback_url is not None:
         await check_callback_once(trigger.callback_url, ctx, request)
-    return service.checked_trigger(caller, trigger, lookup, request.state.correlation_id)
+    return checks.checked_trigger(caller, trigger, lookup, request.state.correlation_id)
 
 
 async def check_callback_once(url: str, ctx: TriggerContext, request: Request) -> None:
@@ -306,9 +306,9 @@ async def check_callback_once(url: str, ctx: TriggerContext, request: Request) -
 
 
 async def accept_at_once(
-    caller: service.Caller,
-    trigger: service.Trigger,
-    remembered: tuple[service.ClientAccess, asyncpg.Record],
+    caller: checks.Caller,
+    trigger: checks.Trigger,
+    remembered: tuple[admission.ClientAccess, asyncpg.Record],
     ctx: TriggerContext,
     request: Request,
 ) -> JSONResponse | None:
@@ -318,11 +318,11 @@ async def accept_at_once(
     access, rule = remembered
     try:
         await check_access(access, request, ctx)
-        recording = await checked(caller, trigger, service.Lookup(rule, None, None), ctx, request)
+        recording = await checked(caller, trigger, checks.Lookup(rule, None, None), ctx, request)
     except Problem:
         return None
     recorded = await ctx.checked_recordings.submit(
-        service.CheckedAgainst(recording, access.request_signing_key)
+        admission.CheckedAgainst(recording, access.request_signing_key)
     )
     if recorded is None:
         ctx.remembered.forget(caller.client_id, trigger.rule_id)
@@ -333,8 +333,8 @@ async def accept_at_once(
 
 
 def accepted(
-    caller: service.Caller,
-    trigger: service.Trigger,
+    caller: checks.Caller,
+    trigger: checks.Trigger,
     answer: dict[str, Any],
     headers: dict[str, str],
 ) -> JSONResponse:
@@ -352,4 +352,4 @@ def accepted(
 async def get_points_request(request_id: Text, caller: Client, ctx: Context) -> dict[str, Any]:
     """Where a request stands: pending, succeeded or failed (with a reason); and any reversal."""
     async with ctx.pool.acquire() as connection:
-        return await service.request_status(connection, caller, request_id)
+        return await reads.request_status(connection, caller, request_id)

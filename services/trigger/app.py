@@ -6,10 +6,7 @@ from pathlib import Path
 
 from fastapi import FastAPI
 
-from contracts import (
-    POINTS_REQUESTED,
-    PointsRequestedEvent,
-)
+from contracts import POINTS_REQUESTED, PointsRequestedEvent
 from infra.broker import create_broker
 from infra.catchup import CatchUp
 from infra.health import health_router

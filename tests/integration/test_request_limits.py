@@ -22,7 +22,7 @@ from services.ledger.app import create_ledger
 from services.ledger.settings import LedgerSettings
 from services.notifier.app import create_app as create_notifier_app
 from services.notifier.settings import NotifierSettings
-from services.trigger import service
+from services.trigger import admission, checks
 from services.trigger.api import TriggerContext
 from services.trigger.settings import TriggerSettings
 from tests.helpers import (
@@ -191,15 +191,15 @@ def batching_context(services: Services) -> TriggerContext:
     )
 
 
-async def caller_of(services: Services) -> service.Caller:
+async def caller_of(services: Services) -> checks.Caller:
     row = await services.stack.runtime.pool.fetchrow(
         "SELECT client_id, org_id, environment FROM clients LIMIT 1"
     )
-    return service.Caller(row["client_id"], row["org_id"], row["environment"])
+    return checks.Caller(row["client_id"], row["org_id"], row["environment"])
 
 
-def trigger(services: Services, request_id: str) -> service.Trigger:
-    return service.Trigger("member-1", services.stack.rule_id, 1, request_id, None)
+def trigger(services: Services, request_id: str) -> checks.Trigger:
+    return checks.Trigger("member-1", services.stack.rule_id, 1, request_id, None)
 
 
 async def together(submissions: list[Any]) -> list[Any]:
@@ -213,14 +213,14 @@ class TestOneBadTriggerInABatch:
         ctx, caller = batching_context(services), await caller_of(services)
         ids = [f"good-{uuid.uuid4().hex}" for _ in range(4)]
         # Past the API's own checks, as a value the database refuses would be.
-        bad = service.Admitting(caller, trigger(services, "bad\x00id"))
+        bad = admission.Admitting(caller, trigger(services, "bad\x00id"))
 
         outcomes = await together(
-            [ctx.admissions.submit(service.Admitting(caller, trigger(services, i))) for i in ids]
+            [ctx.admissions.submit(admission.Admitting(caller, trigger(services, i))) for i in ids]
             + [ctx.admissions.submit(bad)]
         )
 
-        assert all(isinstance(outcome, service.Admission) for outcome in outcomes[:4])
+        assert all(isinstance(outcome, admission.Admission) for outcome in outcomes[:4])
         assert all(outcome.lookup.rule is not None for outcome in outcomes[:4])
         assert isinstance(outcomes[4], asyncpg.DataError)
 
@@ -230,12 +230,12 @@ class TestOneBadTriggerInABatch:
         ctx, caller = batching_context(services), await caller_of(services)
         ids = [f"good-{uuid.uuid4().hex}" for _ in range(4)]
         admitted = [
-            await ctx.admissions.submit(service.Admitting(caller, trigger(services, i)))
+            await ctx.admissions.submit(admission.Admitting(caller, trigger(services, i)))
             for i in [*ids, "bad-one"]
         ]
         recordings = [
-            service.checked_trigger(caller, trigger(services, i), admission.lookup, "test")
-            for i, admission in zip([*ids, "bad-one"], admitted, strict=True)
+            checks.checked_trigger(caller, trigger(services, i), admitted.lookup, "test")
+            for i, admitted in zip([*ids, "bad-one"], admitted, strict=True)
         ]
         spoilt = recordings[-1].event.data.model_copy(update={"user_id": "member\x00"})
         recordings[-1] = dataclasses.replace(

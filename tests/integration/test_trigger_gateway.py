@@ -42,11 +42,11 @@ from services.rules.app import create_app as create_rules_app
 from services.rules.service.tokens import TokenIssuer
 from services.rules.settings import RulesSettings
 from services.trigger import api as trigger_api
-from services.trigger import service
+from services.trigger import housekeeping, rate_limits, settlement
 from services.trigger.app import create_app as create_trigger_app
 from services.trigger.callback_urls import check_callback_url
+from services.trigger.checks import Refused
 from services.trigger.housekeeping import PendingReconciler
-from services.trigger.service import Refused
 from services.trigger.settings import TriggerSettings
 from tests.helpers import (
     RULES_URL,
@@ -667,7 +667,7 @@ class TestCaps:
         assert (await gateway.trigger("released", amount=10)).status_code == 202
         # The same event delivered again frees nothing more.
         async with gateway.runtime.pool.acquire() as connection, connection.transaction():
-            await service.settle_results(connection, [rejection])
+            await settlement.settle_results(connection, [rejection])
         assert await gateway.cap_used("released") == 10
         assert_refused(await gateway.trigger("released", amount=10), 400, "CAP_EXCEEDED")
 
@@ -715,7 +715,7 @@ class TestCaps:
         ]
 
         async with gateway.runtime.pool.acquire() as connection, connection.transaction():
-            await service.settle_results(connection, batch)
+            await settlement.settle_results(connection, batch)
 
         assert (await gateway.status(applied["requestId"])).json()["status"] == "succeeded"
         assert (await gateway.status(applied["requestId"])).json()["reversal"][
@@ -1061,7 +1061,9 @@ class TestRateLimits:
     ) -> None:
         throttled = gateway.clients["throttled"].client_id
         async with gateway.runtime.pool.acquire() as connection:
-            await service.set_client_rate_limit(connection, throttled, per_second=0.01, burst=10)
+            await rate_limits.set_client_rate_limit(
+                connection, throttled, per_second=0.01, burst=10
+            )
             # A full bucket, whatever earlier tests took from it.
             await connection.execute(
                 "DELETE FROM rate_limit_buckets WHERE client_id = $1", throttled
@@ -1084,7 +1086,9 @@ class TestRateLimits:
         recorded_after, _ = await recorded_total(gateway, "throttled")
         assert recorded_after - recorded_before == 10
         async with gateway.runtime.pool.acquire() as connection:
-            await service.set_client_rate_limit(connection, throttled, per_second=1000, burst=1000)
+            await rate_limits.set_client_rate_limit(
+                connection, throttled, per_second=1000, burst=1000
+            )
 
     async def test_a_limit_for_a_client_that_does_not_exist_is_refused(
         self, gateway: Gateway, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
@@ -1099,14 +1103,16 @@ class TestRateLimits:
     async def test_the_rate_limit_comes_before_the_rule_checks(self, gateway: Gateway) -> None:
         throttled = gateway.clients["throttled"].client_id
         async with gateway.runtime.pool.acquire() as connection:
-            await service.set_client_rate_limit(connection, throttled, per_second=0.01, burst=1)
+            await rate_limits.set_client_rate_limit(connection, throttled, per_second=0.01, burst=1)
         await gateway.trigger("throttled", client="throttled", rule_id="rul_does_not_exist")
 
         response = await gateway.trigger("paused", client="throttled")
 
         assert_refused(response, 429, "RATE_LIMITED")
         async with gateway.runtime.pool.acquire() as connection:
-            await service.set_client_rate_limit(connection, throttled, per_second=1000, burst=1000)
+            await rate_limits.set_client_rate_limit(
+                connection, throttled, per_second=1000, burst=1000
+            )
 
 
 class TestCallbackUrls:
@@ -1195,7 +1201,7 @@ class TestIdempotencyRetention:
             [old, old_pending],
         )
 
-        await service.purge_expired_requests(pool, retention_days=7, batch_size=1)
+        await housekeeping.purge_expired_requests(pool, retention_days=7, batch_size=1)
 
         assert_refused(await gateway.status(old), 404, "REQUEST_NOT_FOUND")
         assert (await gateway.status(recent)).status_code == 200
