@@ -1,13 +1,21 @@
-"""Admitting and recording triggers: rate limits, caps and idempotency, in batches.
+"""Admitting triggers: the one way from a developer's trigger to its 202 or refusal.
+
+:meth:`Gateway.accept` runs a trigger through the client's standing and
+signature, its rate-limit token, the rule, member and amount checks, its caps
+and its idempotency record, in the documented order; the HTTP layer only
+translates the request in and the answer out.
 
 A trigger costs two statements, each shared with the other triggers waiting
-at the same moment (the API coalesces them, see :mod:`infra.batching`). The
-first (:func:`admit_triggers`) takes tokens from the clients' rate-limit
-buckets and reads each client's standing, rule and any earlier request with
-the same requestId. The second (:func:`record_triggers`, after the checks)
-writes each trigger's idempotency record, cap reservations and outbox row of
+at the same moment (coalesced, see :mod:`infra.batching`). The first
+(:func:`admit_triggers`) takes tokens from the clients' rate-limit buckets and
+reads each client's standing, rule and any earlier request with the same
+requestId. The second (:func:`record_triggers`, after the checks) writes each
+trigger's idempotency record, cap reservations and outbox row of
 ``points.requested.v1``, which commit before the 202 is sent: an accepted
-request is never lost and a refused one reserves nothing.
+request is never lost and a refused one reserves nothing. A trigger for a
+client and rule this replica remembers is checked first and costs one
+statement (:func:`record_in_one_trip`), which records nothing if either has
+changed since.
 
 Rate-limit buckets live in PostgreSQL, so a client's limit holds however many
 gateway replicas serve it (N replicas do not grant N times the limit) and a
@@ -19,27 +27,245 @@ bucket still took ~10,700 tokens/s, so the shared bucket does not dominate.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import time
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import asyncpg
 
 from infra import outbox
+from infra.batching import Coalescer
 from infra.db import array_columns
-from infra.problems import Problem
+from infra.logging import get_logger
+from infra.problems import Problem, is_unavailable
 from services.trigger import repository as sql
+from services.trigger.callback_urls import CallbackCheck
 from services.trigger.checks import (
     Caller,
+    CheckedTrigger,
     Lookup,
-    Recording,
     Refused,
     Replayed,
     Trigger,
     accepted_answer,
+    check_trigger,
     replay_answer,
+    replay_of,
 )
-from services.trigger.rate_limits import RateLimit
+from services.trigger.rate_limits import RateLimit, RateLimited, rate_limit_headers
+from services.trigger.settings import TriggerSettings
+from services.trigger.signatures import SignedRequest, check_request_signature
+
+log = get_logger(__name__)
+
+T = TypeVar("T")
+R = TypeVar("R")
+
+#: A statement run for a batch of items: one outcome per item, in order (an exception
+#: for that item alone), as :class:`infra.batching.Coalescer` serves them.
+Batch = Callable[[list[T]], Awaitable[Sequence[R | BaseException]]]
+
+
+class ClientNotReady(Problem):
+    status = 503
+    code = "CLIENT_NOT_READY"
+    title = "Service unavailable"
+
+
+class ClientRevoked(Problem):
+    """A revoked client's token verifies until it expires; its requests are refused as
+    any unauthorised one is (``infra.http.Unauthorized``)."""
+
+    status = 401
+    code = "UNAUTHORIZED"
+    title = "Unauthorized"
+
+    def __init__(self) -> None:
+        super().__init__(
+            "this client has been revoked", headers={"WWW-Authenticate": 'Bearer realm="partner"'}
+        )
+
+
+@dataclass(frozen=True)
+class Receipt:
+    """What a trigger's sender gets back on a 202: its body, and the rate-limit token
+    its request took."""
+
+    answer: dict[str, Any]
+    rate_limit: RateLimit
+
+
+class Gateway:
+    """Accepts triggers: owns the coalescers that admit and record concurrent triggers
+    in batches and what this replica remembers of clients and rules."""
+
+    def __init__(
+        self,
+        settings: TriggerSettings,
+        *,
+        admit: Batch[Arrival, Admission],
+        record: Batch[CheckedTrigger, dict[str, Any]],
+        record_in_one_trip: Batch[RememberedCheck, OneTripOutcome | None],
+    ) -> None:
+        self.settings = settings
+        self.admissions = batched(admit, settings)
+        self.recordings = batched(record, settings)
+        self.one_trip_recordings = batched(record_in_one_trip, settings)
+        self.remembered = Remembered()
+
+    @classmethod
+    def on_database(cls, pool_of: Callable[[], asyncpg.Pool], settings: TriggerSettings) -> Gateway:
+        """A gateway whose batches are the statements below, on the pool ``pool_of`` gives."""
+        per_second, burst = settings.rate_limit_per_second, settings.rate_limit_burst
+
+        async def admit(batch: list[Arrival]) -> list[Admission]:
+            return await admit_triggers(
+                pool_of(), batch, default_per_second=per_second, default_burst=burst
+            )
+
+        async def record(batch: list[CheckedTrigger]) -> list[dict[str, Any] | Problem]:
+            return await record_triggers(pool_of(), batch)
+
+        async def at_once(batch: list[RememberedCheck]) -> list[OneTripOutcome | Problem | None]:
+            return await record_in_one_trip(
+                pool_of(), batch, default_per_second=per_second, default_burst=burst
+            )
+
+        return cls(settings, admit=admit, record=record, record_in_one_trip=at_once)
+
+    async def accept(
+        self, caller: Caller, trigger: Trigger, signed: SignedRequest, correlation_id: str
+    ) -> Receipt:
+        """Accept a trigger, or raise the problem that refuses it (nothing is recorded
+        for a refused trigger).
+
+        A trigger for a rule and client this replica remembers is checked against
+        them and recorded in one round trip, which takes its rate-limit token and
+        makes sure both are still current. Otherwise, and for every refusal, one
+        round trip reads the client's standing, takes the token and finds the rule
+        and any earlier request with this requestId; a second records the request.
+        """
+        callback = CallbackCheck(
+            trigger.callback_url,
+            development=self.settings.is_development,
+            timeout=self.settings.callback_dns_timeout_seconds,
+        )
+        remembered = self.remembered.get(caller.client_id, trigger.rule_id)
+        if remembered is not None:
+            receipt = await self._accept_remembered(
+                caller, trigger, remembered, signed, callback, correlation_id
+            )
+            if receipt is not None:
+                return receipt
+        admission = await self.admissions.submit(Arrival(caller, trigger))
+        self.remembered.remember(caller.client_id, admission)
+        self.check_access(admission.access, signed)
+        refuse_when_rate_limited(admission.rate_limit, caller.client_id)
+        replay = replay_of(admission.lookup, trigger)
+        if replay is not None:
+            # The original answer, even if the callback's host has moved since.
+            return Receipt(replay, admission.rate_limit)
+        checked = await self._check(caller, trigger, admission.lookup, callback, correlation_id)
+        answer = await self.recordings.submit(checked)
+        return recorded(caller, trigger, Receipt(answer, admission.rate_limit))
+
+    async def _accept_remembered(
+        self,
+        caller: Caller,
+        trigger: Trigger,
+        remembered: tuple[ClientAccess, asyncpg.Record],
+        signed: SignedRequest,
+        callback: CallbackCheck,
+        correlation_id: str,
+    ) -> Receipt | None:
+        """Accept a trigger in one round trip, checked against the client and rule this
+        replica remembers; None when it must be admitted afresh: when those would
+        refuse it, or have changed since (nothing was taken or recorded then)."""
+        access, rule = remembered
+        try:
+            self.check_access(access, signed)
+            checked = await self._check(
+                caller, trigger, Lookup(rule, None, None), callback, correlation_id
+            )
+        except Problem:
+            return None
+        outcome = await self.one_trip_recordings.submit(
+            RememberedCheck(checked, access.request_signing_key)
+        )
+        if outcome is None:
+            self.remembered.forget(caller.client_id, trigger.rule_id)
+            return None
+        refuse_when_rate_limited(outcome.rate_limit, caller.client_id)
+        assert outcome.answer is not None
+        return recorded(caller, trigger, Receipt(outcome.answer, outcome.rate_limit))
+
+    async def _check(
+        self,
+        caller: Caller,
+        trigger: Trigger,
+        lookup: Lookup,
+        callback: CallbackCheck,
+        correlation_id: str,
+    ) -> CheckedTrigger:
+        """The checks after the client's standing and the rate limit: the callback URL,
+        then the rule, the member and the amount."""
+        await callback.check()
+        return check_trigger(caller, trigger, lookup, correlation_id)
+
+    def check_access(self, access: ClientAccess, signed: SignedRequest) -> None:
+        """Refuse a revoked client and, when it registered a public key, a request it did
+        not sign (checked before any rule)."""
+        if not access.known:
+            raise ClientNotReady(
+                "this client was created moments ago and the gateway has not seen it yet; "
+                "retry in a second",
+                headers={"Retry-After": "1"},
+            )
+        if access.revoked:
+            raise ClientRevoked()
+        if access.request_signing_key is not None:
+            check_request_signature(
+                access.request_signing_key,
+                signed,
+                at=time.time(),
+                window_seconds=self.settings.request_signature_window_seconds,
+            )
+
+
+def batched(run_batch: Batch[T, R], settings: TriggerSettings) -> Coalescer[T, R]:
+    """Concurrent calls of one statement, coalesced. A database that is away fails every
+    trigger of a batch alike; any other failure may be one trigger's, so the batch is
+    retried one by one and only that trigger gets it."""
+    return Coalescer(
+        run_batch,
+        max_batch=settings.db_batch_max,
+        max_in_flight=settings.db_batches_in_flight,
+        shared=is_unavailable,
+    )
+
+
+def refuse_when_rate_limited(limit: RateLimit, client_id: str) -> None:
+    if limit.granted:
+        return
+    log.info("points.request.rate_limited", client_id=client_id)
+    raise RateLimited(
+        f"this client may send {limit.per_second:g} requests per second "
+        f"(bursts of {limit.burst}); retry after {limit.retry_after_seconds} s",
+        headers={"Retry-After": str(limit.retry_after_seconds), **rate_limit_headers(limit)},
+    )
+
+
+def recorded(caller: Caller, trigger: Trigger, receipt: Receipt) -> Receipt:
+    """A newly recorded trigger's receipt, logged."""
+    log.info(
+        "points.request.accepted",
+        client_id=caller.client_id,
+        request_id=trigger.request_id,
+        rule_id=trigger.rule_id,
+        transaction_id=receipt.answer["transactionId"],
+    )
+    return receipt
 
 
 @dataclass(frozen=True)
@@ -67,7 +293,7 @@ class Admission:
 
 
 @dataclass(frozen=True)
-class Admitting:
+class Arrival:
     """A trigger waiting to be admitted: who sent it, and what it asks for."""
 
     caller: Caller
@@ -76,7 +302,7 @@ class Admitting:
 
 async def admit_triggers(
     pool: asyncpg.Pool,
-    batch: Sequence[Admitting],
+    batch: Sequence[Arrival],
     *,
     default_per_second: float,
     default_burst: int,
@@ -84,9 +310,9 @@ async def admit_triggers(
     """Admit a batch of triggers in one statement: each one's admission, in order."""
     rows = await pool.fetch(
         sql.ADMIT_TRIGGERS,
-        [admitting.caller.client_id for admitting in batch],
-        [admitting.trigger.request_id for admitting in batch],
-        [admitting.trigger.rule_id for admitting in batch],
+        [arrival.caller.client_id for arrival in batch],
+        [arrival.trigger.request_id for arrival in batch],
+        [arrival.trigger.rule_id for arrival in batch],
         default_per_second,
         default_burst,
     )
@@ -126,7 +352,7 @@ CAP_REFUSALS = {
 
 
 async def record_triggers(
-    pool: asyncpg.Pool, batch: Sequence[Recording]
+    pool: asyncpg.Pool, batch: Sequence[CheckedTrigger]
 ) -> list[dict[str, Any] | Problem]:
     """Reserve and record a batch of checked triggers in one statement and one commit;
     each one's 202 body, in order, or the problem that refuses it.
@@ -135,7 +361,7 @@ async def record_triggers(
     row commit together; a trigger whose amount would overshoot a cap records
     and reserves nothing, and the others in its batch are not affected.
     """
-    rows = [_request_row(recording) for recording in batch]
+    rows = [_request_row(checked) for checked in batch]
     recorded = await pool.fetch(sql.RECORD_REQUESTS, *array_columns(rows, width=19))
     by_position = {
         row["request_position"]: _recorded_outcome(batch[row["request_position"] - 1], row)
@@ -146,7 +372,7 @@ async def record_triggers(
 
 class Remembered:
     """The client standings and rules this gateway replica read last, so that a
-    trigger can be checked before its one round trip (:func:`record_checked`).
+    trigger can be checked before its one round trip (:func:`record_in_one_trip`).
 
     Never trusted alone: that round trip records nothing whose rule version or
     client standing has changed since, and the trigger is then admitted afresh.
@@ -177,62 +403,62 @@ class Remembered:
 
 
 @dataclass(frozen=True)
-class CheckedAgainst:
-    """A trigger checked against a remembered rule, and the key its client was
-    remembered to sign with (None: unsigned)."""
+class RememberedCheck:
+    """A trigger that passed its checks against a remembered rule, and the key its
+    client was remembered to sign with (None: unsigned)."""
 
-    recording: Recording
+    checked: CheckedTrigger
     signing_key: str | None
 
 
 @dataclass(frozen=True)
-class RecordedAtOnce:
-    """The outcome of :func:`record_checked` for one trigger: the token its request took
+class OneTripOutcome:
+    """The outcome of :func:`record_in_one_trip` for one trigger: the token its request took
     and its 202 body, or no body when the rate limit refused it (nothing recorded)."""
 
     rate_limit: RateLimit
     answer: dict[str, Any] | None
 
 
-async def record_checked(
+async def record_in_one_trip(
     pool: asyncpg.Pool,
-    batch: Sequence[CheckedAgainst],
+    batch: Sequence[RememberedCheck],
     *,
     default_per_second: float,
     default_burst: int,
-) -> list[RecordedAtOnce | Problem | None]:
+) -> list[OneTripOutcome | Problem | None]:
     """Admit and record a batch of checked triggers in one statement and one commit.
 
     Each one's outcome, in order: recorded (or replayed), refused by a cap or as a
     reused requestId (the problem), or None when its rule or client changed since
     it was checked, in which case nothing of it was taken or recorded.
     """
-    rows = [(*_request_row(checked.recording), checked.signing_key) for checked in batch]
+    rows = [(*_request_row(remembered.checked), remembered.signing_key) for remembered in batch]
     recorded = await pool.fetch(
         sql.RECORD_CHECKED, *array_columns(rows, width=20), default_per_second, default_burst
     )
-    outcomes: list[RecordedAtOnce | Problem | None] = []
-    for checked, row in zip(batch, recorded, strict=True):
+    outcomes: list[OneTripOutcome | Problem | None] = []
+    for remembered, row in zip(batch, recorded, strict=True):
         if row["outcome"] == "STALE":
             outcomes.append(None)
             continue
         limit = RateLimit(row["granted"], row["tokens"], row["per_second"], row["burst"])
         if row["outcome"] == "RATE_LIMITED":
-            outcomes.append(RecordedAtOnce(limit, None))
+            outcomes.append(OneTripOutcome(limit, None))
             continue
-        answer = _recorded_outcome(checked.recording, row)
-        outcomes.append(answer if isinstance(answer, Problem) else RecordedAtOnce(limit, answer))
+        answer = _recorded_outcome(remembered.checked, row)
+        outcomes.append(answer if isinstance(answer, Problem) else OneTripOutcome(limit, answer))
     return outcomes
 
 
-def _request_row(recording: Recording) -> tuple[Any, ...]:
+def _request_row(checked: CheckedTrigger) -> tuple[Any, ...]:
     """The arguments of ``record_points_requests`` for one trigger, in its order."""
-    event, requested = recording.event, recording.event.data
+    event, requested = checked.event, checked.event.data
     return (
         requested.client_id,
         requested.request_id,
         requested.transaction_id,
-        recording.trigger.body_hash(),
+        checked.trigger.body_hash(),
         event.org_id,
         event.environment,
         requested.rule_id,
@@ -240,22 +466,22 @@ def _request_row(recording: Recording) -> tuple[Any, ...]:
         requested.user_id,
         requested.type,
         requested.amount,
-        recording.rule["cap_max"],
-        recording.rule["cap_per_member"],
+        checked.rule["cap_max"],
+        checked.rule["cap_per_member"],
         *outbox.outbox_row(event),
         requested.callback_url,
         event.correlation_id,
     )
 
 
-def _recorded_outcome(recording: Recording, row: asyncpg.Record) -> dict[str, Any] | Problem:
+def _recorded_outcome(checked: CheckedTrigger, row: asyncpg.Record) -> dict[str, Any] | Problem:
     outcome = row["outcome"]
     if outcome in CAP_REFUSALS:
-        return Refused(CAP_REFUSALS[outcome].format(**recording.rule), code=outcome)
+        return Refused(CAP_REFUSALS[outcome].format(**checked.rule), code=outcome)
     if outcome == "replayed":
         # A concurrent request with the same requestId was recorded first.
         try:
-            return replay_answer(recording.trigger, row["transaction_id"], row["body_hash"])
+            return replay_answer(checked.trigger, row["transaction_id"], row["body_hash"])
         except Replayed as conflict:
             return conflict
-    return accepted_answer(recording.trigger, recording.event.data.transaction_id)
+    return accepted_answer(checked.trigger, checked.event.data.transaction_id)

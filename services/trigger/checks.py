@@ -155,7 +155,7 @@ def check_member_and_amount(rule: asyncpg.Record, trigger: Trigger) -> tuple[str
 
 
 @dataclass(frozen=True)
-class Recording:
+class CheckedTrigger:
     """A trigger that passed every check, ready to be recorded with its event."""
 
     trigger: Trigger
@@ -163,9 +163,9 @@ class Recording:
     event: PointsRequestedEvent
 
 
-def checked_trigger(
+def check_trigger(
     caller: Caller, trigger: Trigger, lookup: Lookup, correlation_id: str
-) -> Recording:
+) -> CheckedTrigger:
     """Check a trigger against its rule, in the documented order; what to record."""
     rule = lookup.rule
     check_rule(rule, caller, trigger.rule_id, now())
@@ -188,4 +188,4 @@ def checked_trigger(
         org_id=caller.org_id,
         correlation_id=correlation_id,
     )
-    return Recording(trigger, rule, event)
+    return CheckedTrigger(trigger, rule, event)

@@ -42,6 +42,14 @@ class RateLimit:
         return max(1, math.ceil((1 - self.tokens) / self.per_second))
 
 
+def rate_limit_headers(limit: RateLimit) -> dict[str, str]:
+    return {
+        "RateLimit-Limit": str(limit.burst),
+        "RateLimit-Remaining": str(limit.remaining),
+        "RateLimit-Reset": str(limit.reset_seconds),
+    }
+
+
 async def set_client_rate_limit(
     connection: asyncpg.Connection, client_id: str, *, per_second: float, burst: int
 ) -> None:

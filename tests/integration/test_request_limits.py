@@ -23,7 +23,7 @@ from services.ledger.settings import LedgerSettings
 from services.notifier.app import create_app as create_notifier_app
 from services.notifier.settings import NotifierSettings
 from services.trigger import admission, checks
-from services.trigger.api import TriggerContext
+from services.trigger.admission import Gateway
 from services.trigger.settings import TriggerSettings
 from tests.helpers import (
     RULES_URL,
@@ -180,15 +180,11 @@ class TestNulInPathsAndQueries:
         assert (response.status_code, response.json()["error"]) == (401, "invalid_client")
 
 
-def batching_context(services: Services) -> TriggerContext:
+def batching_gateway(services: Services) -> Gateway:
     """The gateway's coalescers on its database, one batch in flight, so that whatever
     arrives while one runs goes together in the next."""
     settings = TriggerSettings(database_url=services.stack.database_url, db_batches_in_flight=1)
-    return TriggerContext(
-        verifier=None,  # type: ignore[arg-type]  # only the coalescers are used
-        settings=settings,
-        pool_of=lambda: services.stack.runtime.pool,
-    )
+    return Gateway.on_database(lambda: services.stack.runtime.pool, settings)
 
 
 async def caller_of(services: Services) -> checks.Caller:
@@ -210,14 +206,17 @@ class TestOneBadTriggerInABatch:
     async def test_only_the_trigger_the_database_refuses_fails_its_admission(
         self, services: Services
     ) -> None:
-        ctx, caller = batching_context(services), await caller_of(services)
+        gateway, caller = batching_gateway(services), await caller_of(services)
         ids = [f"good-{uuid.uuid4().hex}" for _ in range(4)]
         # Past the API's own checks, as a value the database refuses would be.
-        bad = admission.Admitting(caller, trigger(services, "bad\x00id"))
+        bad = admission.Arrival(caller, trigger(services, "bad\x00id"))
 
         outcomes = await together(
-            [ctx.admissions.submit(admission.Admitting(caller, trigger(services, i))) for i in ids]
-            + [ctx.admissions.submit(bad)]
+            [
+                gateway.admissions.submit(admission.Arrival(caller, trigger(services, i)))
+                for i in ids
+            ]
+            + [gateway.admissions.submit(bad)]
         )
 
         assert all(isinstance(outcome, admission.Admission) for outcome in outcomes[:4])
@@ -227,14 +226,14 @@ class TestOneBadTriggerInABatch:
     async def test_only_the_trigger_the_database_refuses_fails_its_recording(
         self, services: Services
     ) -> None:
-        ctx, caller = batching_context(services), await caller_of(services)
+        gateway, caller = batching_gateway(services), await caller_of(services)
         ids = [f"good-{uuid.uuid4().hex}" for _ in range(4)]
         admitted = [
-            await ctx.admissions.submit(admission.Admitting(caller, trigger(services, i)))
+            await gateway.admissions.submit(admission.Arrival(caller, trigger(services, i)))
             for i in [*ids, "bad-one"]
         ]
         recordings = [
-            checks.checked_trigger(caller, trigger(services, i), admitted.lookup, "test")
+            checks.check_trigger(caller, trigger(services, i), admitted.lookup, "test")
             for i, admitted in zip([*ids, "bad-one"], admitted, strict=True)
         ]
         spoilt = recordings[-1].event.data.model_copy(update={"user_id": "member\x00"})
@@ -242,7 +241,9 @@ class TestOneBadTriggerInABatch:
             recordings[-1], event=recordings[-1].event.model_copy(update={"data": spoilt})
         )
 
-        outcomes = await together([ctx.recordings.submit(recording) for recording in recordings])
+        outcomes = await together(
+            [gateway.recordings.submit(recording) for recording in recordings]
+        )
 
         assert [outcome["status"] for outcome in outcomes[:4]] == ["pending"] * 4
         assert isinstance(outcomes[4], asyncpg.DataError)

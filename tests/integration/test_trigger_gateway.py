@@ -41,8 +41,7 @@ from infra.tokens import API_AUDIENCE, REALM_PATH, JwksVerifier
 from services.rules.app import create_app as create_rules_app
 from services.rules.service.tokens import TokenIssuer
 from services.rules.settings import RulesSettings
-from services.trigger import api as trigger_api
-from services.trigger import housekeeping, rate_limits, settlement
+from services.trigger import callback_urls, housekeeping, rate_limits, settlement
 from services.trigger.app import create_app as create_trigger_app
 from services.trigger.callback_urls import check_callback_url
 from services.trigger.checks import Refused
@@ -1155,7 +1154,7 @@ class TestCallbackUrls:
             # Stands in for DNS: the name now resolves to a private address.
             raise Refused(f"{url} resolves to a private address", code="INVALID_CALLBACK_URL")
 
-        monkeypatch.setattr(trigger_api, "check_callback_url", host_now_private)
+        monkeypatch.setattr(callback_urls, "check_callback_url", host_now_private)
         replay = await gateway.trigger(
             "open", callback_url="http://127.0.0.1/cb", request_id="moved"
         )
@@ -1176,7 +1175,7 @@ class TestCallbackUrls:
             checked.append(url)
             await check_callback_url(url, **options)
 
-        monkeypatch.setattr(trigger_api, "check_callback_url", counted)
+        monkeypatch.setattr(callback_urls, "check_callback_url", counted)
         refused = await gateway.trigger("open", callback_url="https://10.1.2.3/cb")
 
         assert_refused(refused, 400, "INVALID_CALLBACK_URL")
