@@ -16,7 +16,7 @@ from contracts.text import Text
 from infra.http import Unauthorized, authenticate
 from infra.request_signing import SIGNATURE_HEADER, TIMESTAMP_HEADER
 from infra.tokens import JwksVerifier, Principal
-from services.trigger.admission import Gateway, Receipt, client_access
+from services.trigger.admission import Gateway, client_access
 from services.trigger.checks import Caller, Trigger
 from services.trigger.rate_limits import rate_limit_headers
 from services.trigger.reads import request_status
@@ -131,7 +131,7 @@ async def trigger_points(
     records the request. Each round trip is shared with the triggers waiting
     at the same moment. Nothing is recorded for a refused request.
     """
-    return await accept(body, principal, ctx, request)
+    return await answer_trigger(body, principal, ctx, request)
 
 
 async def serve_trigger(request: Request) -> JSONResponse:
@@ -144,20 +144,17 @@ async def serve_trigger(request: Request) -> JSONResponse:
         body = TriggerRequest.model_validate_json(await request.body())
     except ValidationError as error:
         raise RequestValidationError(error.errors(include_url=False)) from error
-    return await accept(body, principal, ctx, request)
+    return await answer_trigger(body, principal, ctx, request)
 
 
-async def accept(
+async def answer_trigger(
     body: TriggerRequest, principal: Principal, ctx: TriggerContext, request: Request
 ) -> JSONResponse:
+    """The trigger in ``body``, handed to the gateway; its receipt as a 202."""
     trigger = Trigger(body.user_id, body.rule_id, body.amount, body.request_id, body.callback_url)
     receipt = await ctx.gateway.accept(
         caller_of(principal), trigger, await signed_request(request), request.state.correlation_id
     )
-    return accepted_response(receipt)
-
-
-def accepted_response(receipt: Receipt) -> JSONResponse:
     return JSONResponse(
         receipt.answer, status_code=202, headers=rate_limit_headers(receipt.rate_limit)
     )
