@@ -12,10 +12,11 @@ reads each client's standing, rule and any earlier request with the same
 requestId. The second (:func:`record_triggers`, after the checks) writes each
 trigger's idempotency record, cap reservations and outbox row of
 ``points.requested.v1``, which commit before the 202 is sent: an accepted
-request is never lost and a refused one reserves nothing. A trigger for a
-client and rule this replica remembers is checked first and costs one
-statement (:func:`record_in_one_trip`), which records nothing if either has
-changed since.
+request is never lost and a refused one reserves nothing. Every trigger is
+checked against what the first statement read, so a rule or client changed a
+moment ago counts at once. (A path that checked triggers against the clients
+and rules a replica remembered, and recorded them in one statement, was
+removed: back to back, it gained no throughput beyond the machine's noise.)
 
 Rate-limit buckets live in PostgreSQL, so a client's limit holds however many
 gateway replicas serve it (N replicas do not grant N times the limit) and a
@@ -40,7 +41,7 @@ from infra.db import array_columns
 from infra.logging import get_logger
 from infra.problems import Problem, is_unavailable
 from services.trigger import repository as sql
-from services.trigger.callback_urls import CallbackCheck
+from services.trigger.callback_urls import check_callback_url
 from services.trigger.checks import (
     Caller,
     CheckedTrigger,
@@ -98,7 +99,7 @@ class Receipt:
 
 class Gateway:
     """Accepts triggers: owns the coalescers that admit and record concurrent triggers
-    in batches and what this replica remembers of clients and rules."""
+    in batches."""
 
     def __init__(
         self,
@@ -106,112 +107,55 @@ class Gateway:
         *,
         admit: Batch[Arrival, Admission],
         record: Batch[CheckedTrigger, dict[str, Any]],
-        record_in_one_trip: Batch[RememberedCheck, OneTripOutcome | None],
     ) -> None:
         self.settings = settings
         self.admissions = batched(admit, settings)
         self.recordings = batched(record, settings)
-        self.one_trip_recordings = batched(record_in_one_trip, settings)
-        self.remembered = Remembered()
 
     @classmethod
     def on_database(cls, pool_of: Callable[[], asyncpg.Pool], settings: TriggerSettings) -> Gateway:
         """A gateway whose batches are the statements below, on the pool ``pool_of`` gives."""
-        per_second, burst = settings.rate_limit_per_second, settings.rate_limit_burst
 
         async def admit(batch: list[Arrival]) -> list[Admission]:
             return await admit_triggers(
-                pool_of(), batch, default_per_second=per_second, default_burst=burst
+                pool_of(),
+                batch,
+                default_per_second=settings.rate_limit_per_second,
+                default_burst=settings.rate_limit_burst,
             )
 
         async def record(batch: list[CheckedTrigger]) -> list[dict[str, Any] | Problem]:
             return await record_triggers(pool_of(), batch)
 
-        async def at_once(batch: list[RememberedCheck]) -> list[OneTripOutcome | Problem | None]:
-            return await record_in_one_trip(
-                pool_of(), batch, default_per_second=per_second, default_burst=burst
-            )
-
-        return cls(settings, admit=admit, record=record, record_in_one_trip=at_once)
+        return cls(settings, admit=admit, record=record)
 
     async def accept(
         self, caller: Caller, trigger: Trigger, signed: SignedRequest, correlation_id: str
     ) -> Receipt:
-        """Accept a trigger, or raise the problem that refuses it (nothing is recorded
-        for a refused trigger).
+        """Accept a trigger, or raise the problem that refuses it, in the documented
+        order; nothing is recorded for a refused trigger.
 
-        A trigger for a rule and client this replica remembers is checked against
-        them and recorded in one round trip, which takes its rate-limit token and
-        makes sure both are still current. Otherwise, and for every refusal, one
-        round trip reads the client's standing, takes the token and finds the rule
-        and any earlier request with this requestId; a second records the request.
+        One round trip reads the client's standing, takes its rate-limit token and
+        finds the rule and any earlier request with this requestId; a second
+        records the request. Each is shared with the triggers waiting at the same
+        moment.
         """
-        callback = CallbackCheck(
-            trigger.callback_url,
-            development=self.settings.is_development,
-            timeout=self.settings.callback_dns_timeout_seconds,
-        )
-        remembered = self.remembered.get(caller.client_id, trigger.rule_id)
-        if remembered is not None:
-            receipt = await self._accept_remembered(
-                caller, trigger, remembered, signed, callback, correlation_id
-            )
-            if receipt is not None:
-                return receipt
         admission = await self.admissions.submit(Arrival(caller, trigger))
-        self.remembered.remember(caller.client_id, admission)
         self.check_access(admission.access, signed)
         refuse_when_rate_limited(admission.rate_limit, caller.client_id)
         replay = replay_of(admission.lookup, trigger)
         if replay is not None:
             # The original answer, even if the callback's host has moved since.
             return Receipt(replay, admission.rate_limit)
-        checked = await self._check(caller, trigger, admission.lookup, callback, correlation_id)
+        if trigger.callback_url is not None:
+            await check_callback_url(
+                trigger.callback_url,
+                development=self.settings.is_development,
+                timeout=self.settings.callback_dns_timeout_seconds,
+            )
+        checked = check_trigger(caller, trigger, admission.lookup, correlation_id)
         answer = await self.recordings.submit(checked)
         return recorded(caller, trigger, Receipt(answer, admission.rate_limit))
-
-    async def _accept_remembered(
-        self,
-        caller: Caller,
-        trigger: Trigger,
-        remembered: tuple[ClientAccess, asyncpg.Record],
-        signed: SignedRequest,
-        callback: CallbackCheck,
-        correlation_id: str,
-    ) -> Receipt | None:
-        """Accept a trigger in one round trip, checked against the client and rule this
-        replica remembers; None when it must be admitted afresh: when those would
-        refuse it, or have changed since (nothing was taken or recorded then)."""
-        access, rule = remembered
-        try:
-            self.check_access(access, signed)
-            checked = await self._check(
-                caller, trigger, Lookup(rule, None, None), callback, correlation_id
-            )
-        except Problem:
-            return None
-        outcome = await self.one_trip_recordings.submit(
-            RememberedCheck(checked, access.request_signing_key)
-        )
-        if outcome is None:
-            self.remembered.forget(caller.client_id, trigger.rule_id)
-            return None
-        refuse_when_rate_limited(outcome.rate_limit, caller.client_id)
-        assert outcome.answer is not None
-        return recorded(caller, trigger, Receipt(outcome.answer, outcome.rate_limit))
-
-    async def _check(
-        self,
-        caller: Caller,
-        trigger: Trigger,
-        lookup: Lookup,
-        callback: CallbackCheck,
-        correlation_id: str,
-    ) -> CheckedTrigger:
-        """The checks after the client's standing and the rate limit: the callback URL,
-        then the rule, the member and the amount."""
-        await callback.check()
-        return check_trigger(caller, trigger, lookup, correlation_id)
 
     def check_access(self, access: ClientAccess, signed: SignedRequest) -> None:
         """Refuse a revoked client and, when it registered a public key, a request it did
@@ -368,87 +312,6 @@ async def record_triggers(
         for row in recorded
     }
     return [by_position[position] for position in range(1, len(batch) + 1)]
-
-
-class Remembered:
-    """The client standings and rules this gateway replica read last, so that a
-    trigger can be checked before its one round trip (:func:`record_in_one_trip`).
-
-    Never trusted alone: that round trip records nothing whose rule version or
-    client standing has changed since, and the trigger is then admitted afresh.
-    A trigger these would refuse is admitted afresh too, so every refusal is
-    decided on current data, in the documented order.
-    """
-
-    def __init__(self, limit: int = 10_000) -> None:
-        self.limit = limit
-        self._access: dict[str, ClientAccess] = {}
-        self._rules: dict[str, asyncpg.Record] = {}
-
-    def get(self, client_id: str, rule_id: str) -> tuple[ClientAccess, asyncpg.Record] | None:
-        access, rule = self._access.get(client_id), self._rules.get(rule_id)
-        return None if access is None or rule is None else (access, rule)
-
-    def remember(self, client_id: str, admission: Admission) -> None:
-        if len(self._access) >= self.limit or len(self._rules) >= self.limit:
-            self._access.clear()
-            self._rules.clear()
-        self._access[client_id] = admission.access
-        if admission.lookup.rule is not None:
-            self._rules[admission.lookup.rule["rule_id"]] = admission.lookup.rule
-
-    def forget(self, client_id: str, rule_id: str) -> None:
-        self._access.pop(client_id, None)
-        self._rules.pop(rule_id, None)
-
-
-@dataclass(frozen=True)
-class RememberedCheck:
-    """A trigger that passed its checks against a remembered rule, and the key its
-    client was remembered to sign with (None: unsigned)."""
-
-    checked: CheckedTrigger
-    signing_key: str | None
-
-
-@dataclass(frozen=True)
-class OneTripOutcome:
-    """The outcome of :func:`record_in_one_trip` for one trigger: the token its request took
-    and its 202 body, or no body when the rate limit refused it (nothing recorded)."""
-
-    rate_limit: RateLimit
-    answer: dict[str, Any] | None
-
-
-async def record_in_one_trip(
-    pool: asyncpg.Pool,
-    batch: Sequence[RememberedCheck],
-    *,
-    default_per_second: float,
-    default_burst: int,
-) -> list[OneTripOutcome | Problem | None]:
-    """Admit and record a batch of checked triggers in one statement and one commit.
-
-    Each one's outcome, in order: recorded (or replayed), refused by a cap or as a
-    reused requestId (the problem), or None when its rule or client changed since
-    it was checked, in which case nothing of it was taken or recorded.
-    """
-    rows = [(*_request_row(remembered.checked), remembered.signing_key) for remembered in batch]
-    recorded = await pool.fetch(
-        sql.RECORD_CHECKED, *array_columns(rows, width=20), default_per_second, default_burst
-    )
-    outcomes: list[OneTripOutcome | Problem | None] = []
-    for remembered, row in zip(batch, recorded, strict=True):
-        if row["outcome"] == "STALE":
-            outcomes.append(None)
-            continue
-        limit = RateLimit(row["granted"], row["tokens"], row["per_second"], row["burst"])
-        if row["outcome"] == "RATE_LIMITED":
-            outcomes.append(OneTripOutcome(limit, None))
-            continue
-        answer = _recorded_outcome(remembered.checked, row)
-        outcomes.append(answer if isinstance(answer, Problem) else OneTripOutcome(limit, answer))
-    return outcomes
 
 
 def _request_row(checked: CheckedTrigger) -> tuple[Any, ...]:

@@ -123,11 +123,8 @@ async def trigger_points(
 ) -> JSONResponse:
     """Ask for points to be earned or redeemed under a rule; 202 once recorded.
 
-    A trigger for a rule and client this replica has seen is checked against
-    what it remembers of them and recorded in one round trip, which takes its
-    rate-limit token and makes sure both are still current. Otherwise, and for
-    every refusal, one round trip reads the client's standing, takes the token
-    and finds the rule and any earlier request with this requestId; a second
+    One round trip reads the client's standing, takes its rate-limit token and
+    finds the rule and any earlier request with this requestId; a second
     records the request. Each round trip is shared with the triggers waiting
     at the same moment. Nothing is recorded for a refused request.
     """

@@ -111,30 +111,3 @@ async def _resolved(host: str, timeout: float, resolve: Resolver) -> list[Addres
     if not addresses:
         raise InvalidCallbackUrl(f"callbackUrl host {host} does not resolve")
     return addresses
-
-
-class CallbackCheck:
-    """:func:`check_callback_url` at most once per trigger: when the one-round-trip
-    path falls back to admitting a trigger afresh, the first verdict stands, so a
-    host whose name does not resolve in time costs one DNS timeout, not two."""
-
-    def __init__(self, url: str | None, *, development: bool, timeout: float) -> None:
-        self.url = url
-        self.development = development
-        self.timeout = timeout
-        self.checked = False
-        self.refusal: Problem | None = None
-
-    async def check(self) -> None:
-        if self.url is None:
-            return
-        if not self.checked:
-            try:
-                await check_callback_url(
-                    self.url, development=self.development, timeout=self.timeout
-                )
-            except Problem as refused:
-                self.refusal = refused
-            self.checked = True
-        if self.refusal is not None:
-            raise self.refusal

@@ -41,9 +41,8 @@ from infra.tokens import API_AUDIENCE, REALM_PATH, JwksVerifier
 from services.rules.app import create_app as create_rules_app
 from services.rules.service.tokens import TokenIssuer
 from services.rules.settings import RulesSettings
-from services.trigger import callback_urls, housekeeping, rate_limits, settlement
+from services.trigger import admission, housekeeping, rate_limits, settlement
 from services.trigger.app import create_app as create_trigger_app
-from services.trigger.callback_urls import check_callback_url
 from services.trigger.checks import Refused
 from services.trigger.housekeeping import PendingReconciler
 from services.trigger.settings import TriggerSettings
@@ -952,8 +951,8 @@ class TestAuthentication:
 
 
 class TestChangesAfterAcceptance:
-    """A replica accepts a trigger in one round trip when it has seen the client and
-    the rule before; what changed since must still count, at once."""
+    """A replica has accepted triggers for the client and the rule before; what changed
+    since must still count, at once."""
 
     async def trigger(self, gateway: Gateway, rule_id: str, token: str) -> httpx.Response:
         return await gateway.http.post(
@@ -968,8 +967,7 @@ class TestChangesAfterAcceptance:
         )
 
     async def accepted_twice(self, gateway: Gateway, rule_id: str, token: str) -> None:
-        # The first trigger shows the replica the client and the rule; the second
-        # is accepted on what it remembers.
+        # Triggers the replica accepted for the client and the rule before they change.
         for _ in range(2):
             response = await self.trigger(gateway, rule_id, token)
             assert response.status_code == 202, response.text
@@ -1154,32 +1152,13 @@ class TestCallbackUrls:
             # Stands in for DNS: the name now resolves to a private address.
             raise Refused(f"{url} resolves to a private address", code="INVALID_CALLBACK_URL")
 
-        monkeypatch.setattr(callback_urls, "check_callback_url", host_now_private)
+        monkeypatch.setattr(admission, "check_callback_url", host_now_private)
         replay = await gateway.trigger(
             "open", callback_url="http://127.0.0.1/cb", request_id="moved"
         )
 
         assert replay.status_code == 202, replay.text
         assert replay.json()["transactionId"] == first.json()["transactionId"]
-
-    async def test_a_refused_callback_is_checked_once_when_the_fast_path_falls_back(
-        self, gateway: Gateway, monkeypatch: pytest.MonkeyPatch
-    ) -> None:
-        """The replica remembers the rule, so the trigger first takes the one-round-trip
-        path, which falls back to the two-step one on the refusal: the host is looked
-        up once (a name that times out would otherwise cost two DNS timeouts)."""
-        assert (await gateway.trigger("open")).status_code == 202
-        checked: list[str] = []
-
-        async def counted(url: str, **options: Any) -> None:
-            checked.append(url)
-            await check_callback_url(url, **options)
-
-        monkeypatch.setattr(callback_urls, "check_callback_url", counted)
-        refused = await gateway.trigger("open", callback_url="https://10.1.2.3/cb")
-
-        assert_refused(refused, 400, "INVALID_CALLBACK_URL")
-        assert checked == ["https://10.1.2.3/cb"]
 
 
 class TestIdempotencyRetention:

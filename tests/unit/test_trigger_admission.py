@@ -12,15 +12,13 @@ import asyncpg
 import pytest
 
 from infra.problems import Problem, is_unavailable
-from services.trigger import callback_urls
+from services.trigger import admission
 from services.trigger.admission import (
     Admission,
     Arrival,
     ClientAccess,
     Gateway,
-    OneTripOutcome,
     Receipt,
-    RememberedCheck,
 )
 from services.trigger.checks import Caller, CheckedTrigger, Lookup, Refused, Trigger
 from services.trigger.rate_limits import RateLimit
@@ -46,7 +44,7 @@ def trigger(request_id: str | None = None, callback_url: str | None = None) -> T
 
 
 class FakeStatements:
-    """The gateway's three statements, answering from what the test sets and keeping
+    """The gateway's two statements, answering from what the test sets and keeping
     every batch they were given."""
 
     def __init__(self) -> None:
@@ -54,10 +52,8 @@ class FakeStatements:
         self.access = ClientAccess(revoked=False, request_signing_key=None)
         self.rate_limit = GRANTED
         self.earlier: dict[str, tuple[uuid.UUID, str]] = {}  # requestId: transaction, body hash
-        self.rule_changed = False  # what the one-round-trip statement finds
         self.admitted: list[list[Arrival]] = []
         self.recorded: list[list[CheckedTrigger]] = []
-        self.recorded_in_one_trip: list[list[RememberedCheck]] = []
         self.failure: BaseException | None = None  # raised by a batch admitting "bad"
         self.first_admission_held = asyncio.Event()
         self.first_admission_held.set()
@@ -79,21 +75,11 @@ class FakeStatements:
         self.recorded.append(batch)
         return [answer(checked) for checked in batch]
 
-    async def record_in_one_trip(self, batch: list[RememberedCheck]) -> list[OneTripOutcome | None]:
-        self.recorded_in_one_trip.append(batch)
-        if self.rule_changed:
-            return [None] * len(batch)
-        return [
-            OneTripOutcome(self.rate_limit, answer(r.checked) if self.rate_limit.granted else None)
-            for r in batch
-        ]
-
     def gateway(self, **settings: Any) -> Gateway:
         return Gateway(
             TriggerSettings(**settings),
             admit=self.admit,
             record=self.record,
-            record_in_one_trip=self.record_in_one_trip,
         )
 
 
@@ -234,72 +220,41 @@ class TestBatches:
         assert all(is_unavailable(failure) for failure in failures)  # each answered 503
 
 
-class TestRememberedClientsAndRules:
-    async def test_a_trigger_for_a_remembered_client_and_rule_is_recorded_in_one_round_trip(
+class TestEveryTriggerOnCurrentData:
+    async def test_a_rule_paused_since_the_last_trigger_refuses_the_next_one(
         self, statements: FakeStatements
     ) -> None:
         gateway = statements.gateway()
         await accept(gateway)
-
-        receipt = await accept(gateway)
-
-        assert receipt.answer["status"] == "pending"
-        assert (len(statements.admitted), len(statements.recorded)) == (1, 1)
-        assert len(statements.recorded_in_one_trip) == 1
-
-    async def test_a_trigger_whose_remembered_rule_changed_since_is_admitted_afresh(
-        self, statements: FakeStatements
-    ) -> None:
-        gateway = statements.gateway()
-        await accept(gateway)
-        statements.rule_changed = True
-
-        receipt = await accept(gateway, trigger("req-2"))
-
-        assert receipt.answer["requestId"] == "req-2"
-        assert len(statements.recorded_in_one_trip) == 1
-        assert (len(statements.admitted), len(statements.recorded)) == (2, 2)
-
-    async def test_a_trigger_the_remembered_rule_would_refuse_is_decided_on_fresh_data(
-        self, statements: FakeStatements
-    ) -> None:
-        gateway = statements.gateway()
         statements.rule = rule(status="paused")
-        await refusal(gateway)
-        statements.rule = rule()  # activated since
-
-        receipt = await accept(gateway)
-
-        assert receipt.answer["status"] == "pending"
-        assert statements.recorded_in_one_trip == []
-        assert len(statements.admitted) == 2
-
-    async def test_a_rate_limit_met_in_one_round_trip_is_refused_and_not_admitted_again(
-        self, statements: FakeStatements
-    ) -> None:
-        gateway = statements.gateway()
-        await accept(gateway)
-        statements.rate_limit = EXHAUSTED
 
         refused = await refusal(gateway)
 
-        assert (refused.status, refused.code) == (429, "RATE_LIMITED")
-        assert (len(statements.admitted), len(statements.recorded)) == (1, 1)
+        assert (refused.status, refused.code) == (400, "RULE_INACTIVE")
+        assert (len(statements.admitted), len(statements.recorded)) == (2, 1)
 
-    async def test_a_refused_callback_is_looked_up_once_when_the_round_trip_falls_back(
-        self, statements: FakeStatements, monkeypatch: pytest.MonkeyPatch
+    async def test_a_client_revoked_since_the_last_trigger_is_refused_at_once(
+        self, statements: FakeStatements
     ) -> None:
         gateway = statements.gateway()
         await accept(gateway)
-        looked_up: list[str] = []
+        statements.access = ClientAccess(revoked=True, request_signing_key=None)
 
+        refused = await refusal(gateway)
+
+        assert (refused.status, refused.code) == (401, "UNAUTHORIZED")
+        assert len(statements.recorded) == 1
+
+    async def test_a_callback_url_that_is_refused_records_nothing(
+        self, statements: FakeStatements, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
         async def unresolvable(url: str, **_: object) -> None:
-            looked_up.append(url)
             raise Refused(f"{url} did not resolve in time", code="INVALID_CALLBACK_URL")
 
-        monkeypatch.setattr(callback_urls, "check_callback_url", unresolvable)
-        refused = await refusal(gateway, trigger(callback_url="https://slow.example/cb"))
+        monkeypatch.setattr(admission, "check_callback_url", unresolvable)
+        refused = await refusal(
+            statements.gateway(), trigger(callback_url="https://slow.example/cb")
+        )
 
         assert refused.code == "INVALID_CALLBACK_URL"
-        assert looked_up == ["https://slow.example/cb"]
-        assert len(statements.admitted) == 2
+        assert statements.recorded == []
