@@ -125,7 +125,7 @@ async def client_revoke(args: argparse.Namespace) -> int:
 
 
 async def client_set_rate_limit(args: argparse.Namespace) -> int:
-    from services.trigger.service import set_client_rate_limit
+    from services.trigger.rate_limits import set_client_rate_limit
 
     async with rules_transaction() as (connection, _):
         await clients.client_for_update(connection, args.client_id)  # refuses an unknown client

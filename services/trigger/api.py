@@ -1,10 +1,10 @@
-"""HTTP routes of the trigger gateway: the developer-facing API."""
+"""HTTP routes of the trigger gateway: the developer-facing API. A trigger is translated
+into :meth:`services.trigger.admission.Gateway.accept` and its receipt into a 202."""
 
 from __future__ import annotations
 
-import time
-from collections.abc import Awaitable, Callable, Sequence
-from typing import Annotated, Any, TypeVar
+from dataclasses import dataclass
+from typing import Annotated, Any
 
 import asyncpg
 from fastapi import APIRouter, Depends, Request
@@ -13,83 +13,30 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from contracts.text import Text
-from infra.batching import Coalescer
 from infra.http import Unauthorized, authenticate
-from infra.logging import get_logger
-from infra.problems import Problem, is_unavailable
 from infra.request_signing import SIGNATURE_HEADER, TIMESTAMP_HEADER
 from infra.tokens import JwksVerifier, Principal
-from services.trigger import service
-from services.trigger.callback_urls import check_callback_url
+from services.trigger.admission import Gateway, client_access
+from services.trigger.checks import Caller, Trigger
+from services.trigger.rate_limits import rate_limit_headers
+from services.trigger.reads import request_status
 from services.trigger.settings import TriggerSettings
-
-log = get_logger(__name__)
-
-
-T = TypeVar("T")
-R = TypeVar("R")
+from services.trigger.signatures import SignedRequest
 
 
-def batched(
-    run_batch: Callable[[list[T]], Awaitable[Sequence[R | BaseException]]],
-    settings: TriggerSettings,
-) -> Coalescer[T, R]:
-    """Concurrent calls of one statement, coalesced. A database that is away fails every
-    trigger of a batch alike; any other failure may be one trigger's, so the batch is
-    retried one by one and only that trigger gets it."""
-    return Coalescer(
-        run_batch,
-        max_batch=settings.db_batch_max,
-        max_in_flight=settings.db_batches_in_flight,
-        shared=is_unavailable,
-    )
-
-
+@dataclass(frozen=True)
 class TriggerContext:
-    """What the routes share: the verifier, the settings, the pool, what this replica
-    remembers of clients and rules, and the coalescers that admit and record
-    concurrent triggers in batches."""
+    """What the routes share: the verifier, the settings, the pool and the gateway."""
 
-    def __init__(self, verifier: JwksVerifier, settings: TriggerSettings, pool_of: Any) -> None:
-        self.verifier = verifier
-        self.settings = settings
-        self.pool_of = pool_of
-        self.admissions: Coalescer[service.Admitting, service.Admission] = batched(
-            self._admit, settings
-        )
-        self.recordings: Coalescer[service.Recording, dict[str, Any]] = batched(
-            self._record, settings
-        )
-        self.remembered = service.Remembered()
-        self.checked_recordings: Coalescer[
-            service.CheckedAgainst, service.RecordedAtOnce | None
-        ] = batched(self._record_checked, settings)
+    verifier: JwksVerifier
+    settings: TriggerSettings
+    pool_of: Any
+    gateway: Gateway
 
     @property
     def pool(self) -> asyncpg.Pool:
         pool: asyncpg.Pool = self.pool_of()
         return pool
-
-    async def _admit(self, batch: list[service.Admitting]) -> list[service.Admission]:
-        return await service.admit_triggers(
-            self.pool,
-            batch,
-            default_per_second=self.settings.rate_limit_per_second,
-            default_burst=self.settings.rate_limit_burst,
-        )
-
-    async def _record(self, batch: list[service.Recording]) -> list[dict[str, Any] | Problem]:
-        return await service.record_triggers(self.pool, batch)
-
-    async def _record_checked(
-        self, batch: list[service.CheckedAgainst]
-    ) -> list[service.RecordedAtOnce | Problem | None]:
-        return await service.record_checked(
-            self.pool,
-            batch,
-            default_per_second=self.settings.rate_limit_per_second,
-            default_burst=self.settings.rate_limit_burst,
-        )
 
 
 async def context(request: Request) -> TriggerContext:
@@ -110,81 +57,37 @@ async def verified_client(request: Request, ctx: Context) -> Principal:
     return principal
 
 
-class ClientNotReady(Problem):
-    status = 503
-    code = "CLIENT_NOT_READY"
-    title = "Service unavailable"
+VerifiedClient = Annotated[Principal, Depends(verified_client)]
 
 
-async def check_access(access: service.ClientAccess, request: Request, ctx: Context) -> None:
-    """Refuse a revoked client and, when it registered a public key, a request it did not
-    sign (checked before any rule)."""
-    if not access.known:
-        raise ClientNotReady(
-            "this client was created moments ago and the gateway has not seen it yet; "
-            "retry in a second",
-            headers={"Retry-After": "1"},
-        )
-    if access.revoked:
-        raise Unauthorized("this client has been revoked")
-    if access.request_signing_key is not None:
-        service.check_request_signature(
-            access.request_signing_key,
-            await signed_request(request),
-            at=time.time(),
-            window_seconds=ctx.settings.request_signature_window_seconds,
-        )
-
-
-def caller_of(principal: Principal) -> service.Caller:
+def caller_of(principal: Principal) -> Caller:
     assert principal.environment is not None
-    return service.Caller(principal.client_id, principal.org_id, principal.environment)
+    return Caller(principal.client_id, principal.org_id, principal.environment)
 
 
-async def current_client(request: Request, ctx: Context) -> service.Caller:
+async def current_client(request: Request, ctx: Context) -> Caller:
     """The API client behind the request: token verified, not revoked, signature checked."""
     principal = await verified_client(request, ctx)
-    await check_access(await service.client_access(ctx.pool, principal.client_id), request, ctx)
+    access = await client_access(ctx.pool, principal.client_id)
+    ctx.gateway.check_access(access, await signed_request(request))
     return caller_of(principal)
 
 
-async def signed_request(request: Request) -> service.SignedRequest:
+Client = Annotated[Caller, Depends(current_client)]
+
+
+async def signed_request(request: Request) -> SignedRequest:
     """The request as its client signed it: the target exactly as sent on the request line."""
     target = request.scope.get("raw_path") or request.url.path.encode()
     query = request.scope.get("query_string", b"")
     if query:
         target += b"?" + query
-    return service.SignedRequest(
+    return SignedRequest(
         method=request.method,
         target=target.decode("latin-1"),
         body=await request.body(),
         timestamp=request.headers.get(TIMESTAMP_HEADER),
         signature=request.headers.get(SIGNATURE_HEADER),
-    )
-
-
-Client = Annotated[service.Caller, Depends(current_client)]
-
-
-def rate_limit_headers(limit: service.RateLimit) -> dict[str, str]:
-    return {
-        "RateLimit-Limit": str(limit.burst),
-        "RateLimit-Remaining": str(limit.remaining),
-        "RateLimit-Reset": str(limit.reset_seconds),
-    }
-
-
-VerifiedClient = Annotated[Principal, Depends(verified_client)]
-
-
-def refuse_when_rate_limited(limit: service.RateLimit, client_id: str) -> None:
-    if limit.granted:
-        return
-    log.info("points.request.rate_limited", client_id=client_id)
-    raise service.RateLimited(
-        f"this client may send {limit.per_second:g} requests per second "
-        f"(bursts of {limit.burst}); retry after {limit.retry_after_seconds} s",
-        headers={"Retry-After": str(limit.retry_after_seconds), **rate_limit_headers(limit)},
     )
 
 
@@ -220,15 +123,12 @@ async def trigger_points(
 ) -> JSONResponse:
     """Ask for points to be earned or redeemed under a rule; 202 once recorded.
 
-    A trigger for a rule and client this replica has seen is checked against
-    what it remembers of them and recorded in one round trip, which takes its
-    rate-limit token and makes sure both are still current. Otherwise, and for
-    every refusal, one round trip reads the client's standing, takes the token
-    and finds the rule and any earlier request with this requestId; a second
+    One round trip reads the client's standing, takes its rate-limit token and
+    finds the rule and any earlier request with this requestId; a second
     records the request. Each round trip is shared with the triggers waiting
     at the same moment. Nothing is recorded for a refused request.
     """
-    return await accept(body, principal, ctx, request)
+    return await answer_trigger(body, principal, ctx, request)
 
 
 async def serve_trigger(request: Request) -> JSONResponse:
@@ -241,115 +141,24 @@ async def serve_trigger(request: Request) -> JSONResponse:
         body = TriggerRequest.model_validate_json(await request.body())
     except ValidationError as error:
         raise RequestValidationError(error.errors(include_url=False)) from error
-    return await accept(body, principal, ctx, request)
+    return await answer_trigger(body, principal, ctx, request)
 
 
-async def accept(
+async def answer_trigger(
     body: TriggerRequest, principal: Principal, ctx: TriggerContext, request: Request
 ) -> JSONResponse:
-    caller = caller_of(principal)
-    trigger = service.Trigger(
-        body.user_id, body.rule_id, body.amount, body.request_id, body.callback_url
+    """The trigger in ``body``, handed to the gateway; its receipt as a 202."""
+    trigger = Trigger(body.user_id, body.rule_id, body.amount, body.request_id, body.callback_url)
+    receipt = await ctx.gateway.accept(
+        caller_of(principal), trigger, await signed_request(request), request.state.correlation_id
     )
-    remembered = ctx.remembered.get(caller.client_id, trigger.rule_id)
-    if remembered is not None:
-        answered = await accept_at_once(caller, trigger, remembered, ctx, request)
-        if answered is not None:
-            return answered
-    admission = await ctx.admissions.submit(service.Admitting(caller, trigger))
-    ctx.remembered.remember(caller.client_id, admission)
-    await check_access(admission.access, request, ctx)
-    refuse_when_rate_limited(admission.rate_limit, caller.client_id)
-    headers = rate_limit_headers(admission.rate_limit)
-    replay = service.replay_of(admission.lookup, trigger)
-    if replay is not None:
-        # The original answer, even if the callback's host has moved since.
-        return JSONResponse(replay, status_code=202, headers=headers)
-    recording = await checked(caller, trigger, admission.lookup, ctx, request)
-    return accepted(caller, trigger, await ctx.recordings.submit(recording), headers)
-
-
-async def checked(
-    caller: service.Caller,
-    trigger: service.Trigger,
-    lookup: service.Lookup,
-    ctx: TriggerContext,
-    request: Request,
-) -> service.Recording:
-    """The checks after the client's standing and the rate limit: the callback URL,
-    then the rule, the member and the amount."""
-    if trigger.callback_url is not None:
-        await check_callback_once(trigger.callback_url, ctx, request)
-    return service.checked_trigger(caller, trigger, lookup, request.state.correlation_id)
-
-
-async def check_callback_once(url: str, ctx: TriggerContext, request: Request) -> None:
-    """:func:`check_callback_url` at most once per request: when the one-round-trip
-    path falls back to admitting a trigger afresh, the first verdict stands, so a
-    host whose name does not resolve in time costs one DNS timeout, not two."""
-    refusal: Problem | None
-    try:
-        refusal = request.state.callback_refusal
-    except AttributeError:  # not checked yet
-        refusal = None
-        try:
-            await check_callback_url(
-                url,
-                development=ctx.settings.is_development,
-                timeout=ctx.settings.callback_dns_timeout_seconds,
-            )
-        except Problem as refused:
-            refusal = refused
-        request.state.callback_refusal = refusal
-    if refusal is not None:
-        raise refusal
-
-
-async def accept_at_once(
-    caller: service.Caller,
-    trigger: service.Trigger,
-    remembered: tuple[service.ClientAccess, asyncpg.Record],
-    ctx: TriggerContext,
-    request: Request,
-) -> JSONResponse | None:
-    """Accept a trigger in one round trip, checked against the client and rule this
-    replica remembers; None when it must be admitted afresh: when those would
-    refuse it, or have changed since (nothing was taken or recorded then)."""
-    access, rule = remembered
-    try:
-        await check_access(access, request, ctx)
-        recording = await checked(caller, trigger, service.Lookup(rule, None, None), ctx, request)
-    except Problem:
-        return None
-    recorded = await ctx.checked_recordings.submit(
-        service.CheckedAgainst(recording, access.request_signing_key)
+    return JSONResponse(
+        receipt.answer, status_code=202, headers=rate_limit_headers(receipt.rate_limit)
     )
-    if recorded is None:
-        ctx.remembered.forget(caller.client_id, trigger.rule_id)
-        return None
-    refuse_when_rate_limited(recorded.rate_limit, caller.client_id)
-    assert recorded.answer is not None
-    return accepted(caller, trigger, recorded.answer, rate_limit_headers(recorded.rate_limit))
-
-
-def accepted(
-    caller: service.Caller,
-    trigger: service.Trigger,
-    answer: dict[str, Any],
-    headers: dict[str, str],
-) -> JSONResponse:
-    log.info(
-        "points.request.accepted",
-        client_id=caller.client_id,
-        request_id=trigger.request_id,
-        rule_id=trigger.rule_id,
-        transaction_id=answer["transactionId"],
-    )
-    return JSONResponse(answer, status_code=202, headers=headers)
 
 
 @router.get("/v1/points/requests/{request_id}")
 async def get_points_request(request_id: Text, caller: Client, ctx: Context) -> dict[str, Any]:
     """Where a request stands: pending, succeeded or failed (with a reason); and any reversal."""
     async with ctx.pool.acquire() as connection:
-        return await service.request_status(connection, caller, request_id)
+        return await request_status(connection, caller, request_id)

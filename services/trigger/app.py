@@ -6,10 +6,7 @@ from pathlib import Path
 
 from fastapi import FastAPI
 
-from contracts import (
-    POINTS_REQUESTED,
-    PointsRequestedEvent,
-)
+from contracts import POINTS_REQUESTED, PointsRequestedEvent
 from infra.broker import create_broker
 from infra.catchup import CatchUp
 from infra.health import health_router
@@ -17,6 +14,7 @@ from infra.http import create_http_app, serve_directly
 from infra.runtime import ServiceRuntime
 from infra.tokens import JwksVerifier
 from services.trigger import subscribers
+from services.trigger.admission import Gateway
 from services.trigger.api import TRIGGER_PATH, TriggerContext, router, serve_trigger
 from services.trigger.housekeeping import PendingReconciler, RequestPurger
 from services.trigger.settings import TriggerSettings
@@ -70,7 +68,10 @@ def create_app(
         version="1",
     )
     app.state.trigger = TriggerContext(
-        verifier=verifier, settings=settings, pool_of=lambda: runtime.pool
+        verifier=verifier,
+        settings=settings,
+        pool_of=lambda: runtime.pool,
+        gateway=Gateway.on_database(lambda: runtime.pool, settings),
     )
     app.include_router(health_router(runtime))
     app.include_router(router)

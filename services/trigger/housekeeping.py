@@ -6,13 +6,16 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import UTC, datetime
 
 import asyncpg
 from prometheus_client import CollectorRegistry, Gauge
 
+from contracts import PointsRequested, PointsRequestedEvent
+from infra import outbox
 from infra.logging import get_logger
-from services.trigger import service
+from services.trigger import repository as sql
 
 log = get_logger(__name__)
 
@@ -66,9 +69,7 @@ class RequestPurger(Periodic):
         self._retention_days = retention_days
 
     async def once(self) -> int:
-        purged = await service.purge_expired_requests(
-            self._pool_of(), retention_days=self._retention_days
-        )
+        purged = await purge_expired_requests(self._pool_of(), retention_days=self._retention_days)
         if purged:
             log.info("requests.purged", purged=purged, retention_days=self._retention_days)
         return purged
@@ -108,7 +109,7 @@ class PendingReconciler(Periodic):
         )
 
     async def once(self) -> int:
-        redriven = await service.redrive_pending_requests(
+        redriven = await redrive_pending_requests(
             self._pool_of(), pending_for_seconds=self._redrive_after
         )
         if redriven:
@@ -125,11 +126,86 @@ class PendingReconciler(Periodic):
             )
         return redriven
 
-    async def read_overdue(self) -> service.Overdue:
-        overdue = await service.overdue_requests(
-            self._pool_of(), pending_for_seconds=self._report_after
-        )
+    async def read_overdue(self) -> Overdue:
+        overdue = await overdue_requests(self._pool_of(), pending_for_seconds=self._report_after)
         self._overdue.set(overdue.count)
         age = (datetime.now(UTC) - overdue.oldest).total_seconds() if overdue.oldest else 0.0
         self._oldest_age.set(age)
         return overdue
+
+
+async def purge_expired_requests(
+    pool: asyncpg.Pool, *, retention_days: int, batch_size: int = 1000
+) -> int:
+    """Forget settled requests older than the retention; how many were purged.
+
+    Each batch commits on its own, so a large backlog never becomes one long
+    transaction holding thousands of row locks.
+    """
+    purged = 0
+    while True:
+        status = await pool.execute(sql.PURGE_REQUESTS, retention_days, batch_size)
+        deleted = int(status.split()[-1])
+        purged += deleted
+        if deleted < batch_size:
+            return purged
+
+
+async def redrive_pending_requests(
+    pool: asyncpg.Pool, *, pending_for_seconds: float, batch_size: int = 500
+) -> int:
+    """Publish again the requests pending longer than ``pending_for_seconds``; how many.
+
+    A request stays pending until the ledger's result arrives. When its event or
+    its result was lost (a broker that lost its log, a result quarantined), the
+    event is published again with a new event id and the same transaction id:
+    the ledger applies a transaction it never recorded and publishes again the
+    result of one it did, so the request settles either way. Each request is
+    published again at growing intervals (see ``REDRIVE_PENDING``), each batch
+    in a transaction of its own with its outbox rows.
+    """
+    redriven = 0
+    while True:
+        async with pool.acquire() as connection, connection.transaction():
+            rows = await connection.fetch(sql.REDRIVE_PENDING, pending_for_seconds, batch_size)
+            await outbox.enqueue(connection, *(_requested_again(row) for row in rows))
+        redriven += len(rows)
+        if len(rows) < batch_size:
+            return redriven
+
+
+def _requested_again(request: asyncpg.Record) -> PointsRequestedEvent:
+    """The ``points.requested.v1`` event of a recorded request, with a new event id."""
+    return PointsRequestedEvent.new_event(
+        data=PointsRequested(
+            request_id=request["request_id"],
+            transaction_id=request["transaction_id"],
+            client_id=request["client_id"],
+            rule_id=request["rule_id"],
+            rule_version=request["rule_version"],
+            user_id=request["user_id"],
+            type=request["type"],
+            amount=request["amount"],
+            callback_url=request["callback_url"],
+            requested_at=request["created_at"],
+        ),
+        environment=request["environment"],
+        org_id=request["org_id"],
+        # Requests recorded before the gateway kept their correlation id get one
+        # that still leads back to the request.
+        correlation_id=request["correlation_id"] or f"redrive-{request['transaction_id']}",
+    )
+
+
+@dataclass(frozen=True)
+class Overdue:
+    """Requests pending longer than the reconciliation's report threshold."""
+
+    count: int
+    oldest: datetime | None
+
+
+async def overdue_requests(pool: asyncpg.Pool, *, pending_for_seconds: float) -> Overdue:
+    row = await pool.fetchrow(sql.OVERDUE_REQUESTS, pending_for_seconds)
+    assert row is not None
+    return Overdue(row["overdue"], row["oldest"])

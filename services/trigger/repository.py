@@ -188,67 +188,6 @@ LEFT JOIN LATERAL (
 ORDER BY requested.position
 """  # noqa: S608 - composed of constants
 
-# Admits and records a batch of triggers the gateway checked against the rule
-# and client it remembers, in one round trip. $1-$19 are record_points_requests'
-# arrays, $20 the signing key each was checked with (null: unsigned), $21/$22 the
-# rate-limit defaults. One row a trigger, in order, whose outcome is
-# record_points_requests' or:
-#   'STALE' when its rule's version or its client's standing or key is no longer
-#     what it was checked against: nothing taken or recorded (admit it afresh);
-#   'RATE_LIMITED' when its client's bucket gave no token for it: nothing recorded.
-RECORD_CHECKED = f"""
-WITH requested AS (
-    SELECT position, client_id,
-           coalesce((SELECT version = r.rule_version FROM rules
-                     WHERE rules.rule_id = r.rule_id LIMIT 1), false)
-           AND NOT coalesce((SELECT status = 'revoked'
-                                    OR request_signing_key IS DISTINCT FROM r.signing_key
-                             FROM clients WHERE clients.client_id = r.client_id LIMIT 1), false)
-               AS fresh
-    FROM unnest($1::text[], $7::text[], $8::integer[], $20::text[]) WITH ORDINALITY
-        AS r (client_id, rule_id, rule_version, signing_key, position)
-), ranked AS (
-    SELECT client_id, position,
-           row_number() OVER (PARTITION BY client_id ORDER BY position) AS rank
-    FROM requested WHERE fresh
-), wanted AS (
-    SELECT client_id, count(*) AS n FROM ranked GROUP BY client_id
-), {_taking_tokens("$21", "$22")}, admitted AS (
-    SELECT ranked.position, ranked.rank <= bucket.taken AS granted,
-           bucket.tokens + greatest(bucket.taken - ranked.rank, 0) AS tokens,
-           bucket.per_second, bucket.burst
-    FROM ranked JOIN bucket ON bucket.client_id = ranked.client_id
-), kept AS (
-    SELECT coalesce(array_agg(position::integer ORDER BY position), '{{}}') AS positions
-    FROM admitted WHERE granted
-), recorded AS (
-    SELECT kept.positions[outcome.request_position] AS position, outcome.outcome,
-           outcome.transaction_id, outcome.body_hash
-    FROM kept, record_points_requests(
-        pick($1::text[], kept.positions), pick($2::text[], kept.positions),
-        pick($3::uuid[], kept.positions), pick($4::text[], kept.positions),
-        pick($5::text[], kept.positions), pick($6::text[], kept.positions),
-        pick($7::text[], kept.positions), pick($8::integer[], kept.positions),
-        pick($9::text[], kept.positions), pick($10::text[], kept.positions),
-        pick($11::bigint[], kept.positions), pick($12::bigint[], kept.positions),
-        pick($13::bigint[], kept.positions), pick($14::text[], kept.positions),
-        pick($15::text[], kept.positions), pick($16::bytea[], kept.positions),
-        pick($17::text[], kept.positions), pick($18::text[], kept.positions),
-        pick($19::text[], kept.positions)
-    ) AS outcome
-)
-SELECT requested.position,
-       CASE WHEN NOT requested.fresh THEN 'STALE'
-            WHEN NOT admitted.granted THEN 'RATE_LIMITED'
-            ELSE recorded.outcome END AS outcome,
-       recorded.transaction_id, recorded.body_hash,
-       coalesce(admitted.granted, false) AS granted, admitted.tokens,
-       admitted.per_second, admitted.burst
-FROM requested
-LEFT JOIN admitted ON admitted.position = requested.position
-LEFT JOIN recorded ON recorded.position = requested.position
-ORDER BY requested.position
-"""  # noqa: S608 - composed of constants
 SET_CLIENT_RATE_LIMIT = """
 INSERT INTO client_rate_limits (client_id, per_second, burst) VALUES ($1, $2, $3)
 ON CONFLICT (client_id) DO UPDATE SET

@@ -12,7 +12,8 @@ from contracts import (
 )
 from infra.consumers import environment_from_member_key
 from infra.runtime import ServiceRuntime
-from services.trigger import service
+from services.trigger import settlement
+from services.trigger.projections import project_client, project_rule
 
 PROJECTION_GROUP = "trigger.projection"
 RESULTS_GROUP = "trigger.results"
@@ -24,9 +25,9 @@ def register(runtime: ServiceRuntime) -> None:
         async with runtime.pool.acquire() as connection, connection.transaction():
             for event in events:
                 if isinstance(event, RuleLifecycleEvent):
-                    await service.project_rule(connection, event)
+                    await project_rule(connection, event)
                 else:
-                    await service.project_client(connection, event)
+                    await project_client(connection, event)
 
     projected: dict[str, type[RuleLifecycleEvent | ClientLifecycleEvent]] = {
         RULES_LIFECYCLE: RuleLifecycleEvent,
@@ -45,7 +46,7 @@ def register(runtime: ServiceRuntime) -> None:
 
     async def settle_results(events: list[PointsResultEvent]) -> None:
         async with runtime.pool.acquire() as connection, connection.transaction():
-            await service.settle_results(connection, events)
+            await settlement.settle_results(connection, events)
 
     runtime.consume(
         {POINTS_RESULTS: PointsResultEvent},

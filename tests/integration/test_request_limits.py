@@ -22,8 +22,8 @@ from services.ledger.app import create_ledger
 from services.ledger.settings import LedgerSettings
 from services.notifier.app import create_app as create_notifier_app
 from services.notifier.settings import NotifierSettings
-from services.trigger import service
-from services.trigger.api import TriggerContext
+from services.trigger import admission, checks
+from services.trigger.admission import Gateway
 from services.trigger.settings import TriggerSettings
 from tests.helpers import (
     RULES_URL,
@@ -180,26 +180,22 @@ class TestNulInPathsAndQueries:
         assert (response.status_code, response.json()["error"]) == (401, "invalid_client")
 
 
-def batching_context(services: Services) -> TriggerContext:
+def batching_gateway(services: Services) -> Gateway:
     """The gateway's coalescers on its database, one batch in flight, so that whatever
     arrives while one runs goes together in the next."""
     settings = TriggerSettings(database_url=services.stack.database_url, db_batches_in_flight=1)
-    return TriggerContext(
-        verifier=None,  # type: ignore[arg-type]  # only the coalescers are used
-        settings=settings,
-        pool_of=lambda: services.stack.runtime.pool,
-    )
+    return Gateway.on_database(lambda: services.stack.runtime.pool, settings)
 
 
-async def caller_of(services: Services) -> service.Caller:
+async def caller_of(services: Services) -> checks.Caller:
     row = await services.stack.runtime.pool.fetchrow(
         "SELECT client_id, org_id, environment FROM clients LIMIT 1"
     )
-    return service.Caller(row["client_id"], row["org_id"], row["environment"])
+    return checks.Caller(row["client_id"], row["org_id"], row["environment"])
 
 
-def trigger(services: Services, request_id: str) -> service.Trigger:
-    return service.Trigger("member-1", services.stack.rule_id, 1, request_id, None)
+def trigger(services: Services, request_id: str) -> checks.Trigger:
+    return checks.Trigger("member-1", services.stack.rule_id, 1, request_id, None)
 
 
 async def together(submissions: list[Any]) -> list[Any]:
@@ -210,39 +206,44 @@ class TestOneBadTriggerInABatch:
     async def test_only_the_trigger_the_database_refuses_fails_its_admission(
         self, services: Services
     ) -> None:
-        ctx, caller = batching_context(services), await caller_of(services)
+        gateway, caller = batching_gateway(services), await caller_of(services)
         ids = [f"good-{uuid.uuid4().hex}" for _ in range(4)]
         # Past the API's own checks, as a value the database refuses would be.
-        bad = service.Admitting(caller, trigger(services, "bad\x00id"))
+        bad = admission.Arrival(caller, trigger(services, "bad\x00id"))
 
         outcomes = await together(
-            [ctx.admissions.submit(service.Admitting(caller, trigger(services, i))) for i in ids]
-            + [ctx.admissions.submit(bad)]
+            [
+                gateway.admissions.submit(admission.Arrival(caller, trigger(services, i)))
+                for i in ids
+            ]
+            + [gateway.admissions.submit(bad)]
         )
 
-        assert all(isinstance(outcome, service.Admission) for outcome in outcomes[:4])
+        assert all(isinstance(outcome, admission.Admission) for outcome in outcomes[:4])
         assert all(outcome.lookup.rule is not None for outcome in outcomes[:4])
         assert isinstance(outcomes[4], asyncpg.DataError)
 
     async def test_only_the_trigger_the_database_refuses_fails_its_recording(
         self, services: Services
     ) -> None:
-        ctx, caller = batching_context(services), await caller_of(services)
+        gateway, caller = batching_gateway(services), await caller_of(services)
         ids = [f"good-{uuid.uuid4().hex}" for _ in range(4)]
         admitted = [
-            await ctx.admissions.submit(service.Admitting(caller, trigger(services, i)))
+            await gateway.admissions.submit(admission.Arrival(caller, trigger(services, i)))
             for i in [*ids, "bad-one"]
         ]
         recordings = [
-            service.checked_trigger(caller, trigger(services, i), admission.lookup, "test")
-            for i, admission in zip([*ids, "bad-one"], admitted, strict=True)
+            checks.check_trigger(caller, trigger(services, i), admitted.lookup, "test")
+            for i, admitted in zip([*ids, "bad-one"], admitted, strict=True)
         ]
         spoilt = recordings[-1].event.data.model_copy(update={"user_id": "member\x00"})
         recordings[-1] = dataclasses.replace(
             recordings[-1], event=recordings[-1].event.model_copy(update={"data": spoilt})
         )
 
-        outcomes = await together([ctx.recordings.submit(recording) for recording in recordings])
+        outcomes = await together(
+            [gateway.recordings.submit(recording) for recording in recordings]
+        )
 
         assert [outcome["status"] for outcome in outcomes[:4]] == ["pending"] * 4
         assert isinstance(outcomes[4], asyncpg.DataError)

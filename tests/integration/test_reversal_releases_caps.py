@@ -27,7 +27,7 @@ from infra.tokens import JwksVerifier
 from services.ledger.app import create_ledger
 from services.ledger.settings import LedgerSettings
 from services.rules.app import create_app as create_rules_app
-from services.trigger import service as gateway_service
+from services.trigger import settlement
 from services.trigger.app import create_app as create_trigger_app
 from tests.helpers import (
     RULES_URL,
@@ -241,7 +241,7 @@ class TestReversalReleasesCaps:
         again = reversal.model_copy(update={"event_id": uuid.uuid4()})
         pool = platform.gateway_runtime.pool
         async with pool.acquire() as connection, connection.transaction():
-            await gateway_service.settle_results(connection, [again])
+            await settlement.settle_results(connection, [again])
 
         assert_refused(await platform.trigger(rule_id, 11, "member-e"), 400, "CAP_EXCEEDED")
         assert (await platform.trigger(rule_id, 10, "member-e")).status_code == 202

@@ -41,12 +41,10 @@ from infra.tokens import API_AUDIENCE, REALM_PATH, JwksVerifier
 from services.rules.app import create_app as create_rules_app
 from services.rules.service.tokens import TokenIssuer
 from services.rules.settings import RulesSettings
-from services.trigger import api as trigger_api
-from services.trigger import service
+from services.trigger import admission, housekeeping, rate_limits, settlement
 from services.trigger.app import create_app as create_trigger_app
-from services.trigger.callback_urls import check_callback_url
+from services.trigger.checks import Refused
 from services.trigger.housekeeping import PendingReconciler
-from services.trigger.service import Refused
 from services.trigger.settings import TriggerSettings
 from tests.helpers import (
     RULES_URL,
@@ -667,7 +665,7 @@ class TestCaps:
         assert (await gateway.trigger("released", amount=10)).status_code == 202
         # The same event delivered again frees nothing more.
         async with gateway.runtime.pool.acquire() as connection, connection.transaction():
-            await service.settle_results(connection, [rejection])
+            await settlement.settle_results(connection, [rejection])
         assert await gateway.cap_used("released") == 10
         assert_refused(await gateway.trigger("released", amount=10), 400, "CAP_EXCEEDED")
 
@@ -715,7 +713,7 @@ class TestCaps:
         ]
 
         async with gateway.runtime.pool.acquire() as connection, connection.transaction():
-            await service.settle_results(connection, batch)
+            await settlement.settle_results(connection, batch)
 
         assert (await gateway.status(applied["requestId"])).json()["status"] == "succeeded"
         assert (await gateway.status(applied["requestId"])).json()["reversal"][
@@ -953,8 +951,8 @@ class TestAuthentication:
 
 
 class TestChangesAfterAcceptance:
-    """A replica accepts a trigger in one round trip when it has seen the client and
-    the rule before; what changed since must still count, at once."""
+    """A replica has accepted triggers for the client and the rule before; what changed
+    since must still count, at once."""
 
     async def trigger(self, gateway: Gateway, rule_id: str, token: str) -> httpx.Response:
         return await gateway.http.post(
@@ -969,8 +967,7 @@ class TestChangesAfterAcceptance:
         )
 
     async def accepted_twice(self, gateway: Gateway, rule_id: str, token: str) -> None:
-        # The first trigger shows the replica the client and the rule; the second
-        # is accepted on what it remembers.
+        # Triggers the replica accepted for the client and the rule before they change.
         for _ in range(2):
             response = await self.trigger(gateway, rule_id, token)
             assert response.status_code == 202, response.text
@@ -1061,7 +1058,9 @@ class TestRateLimits:
     ) -> None:
         throttled = gateway.clients["throttled"].client_id
         async with gateway.runtime.pool.acquire() as connection:
-            await service.set_client_rate_limit(connection, throttled, per_second=0.01, burst=10)
+            await rate_limits.set_client_rate_limit(
+                connection, throttled, per_second=0.01, burst=10
+            )
             # A full bucket, whatever earlier tests took from it.
             await connection.execute(
                 "DELETE FROM rate_limit_buckets WHERE client_id = $1", throttled
@@ -1084,7 +1083,9 @@ class TestRateLimits:
         recorded_after, _ = await recorded_total(gateway, "throttled")
         assert recorded_after - recorded_before == 10
         async with gateway.runtime.pool.acquire() as connection:
-            await service.set_client_rate_limit(connection, throttled, per_second=1000, burst=1000)
+            await rate_limits.set_client_rate_limit(
+                connection, throttled, per_second=1000, burst=1000
+            )
 
     async def test_a_limit_for_a_client_that_does_not_exist_is_refused(
         self, gateway: Gateway, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
@@ -1099,14 +1100,16 @@ class TestRateLimits:
     async def test_the_rate_limit_comes_before_the_rule_checks(self, gateway: Gateway) -> None:
         throttled = gateway.clients["throttled"].client_id
         async with gateway.runtime.pool.acquire() as connection:
-            await service.set_client_rate_limit(connection, throttled, per_second=0.01, burst=1)
+            await rate_limits.set_client_rate_limit(connection, throttled, per_second=0.01, burst=1)
         await gateway.trigger("throttled", client="throttled", rule_id="rul_does_not_exist")
 
         response = await gateway.trigger("paused", client="throttled")
 
         assert_refused(response, 429, "RATE_LIMITED")
         async with gateway.runtime.pool.acquire() as connection:
-            await service.set_client_rate_limit(connection, throttled, per_second=1000, burst=1000)
+            await rate_limits.set_client_rate_limit(
+                connection, throttled, per_second=1000, burst=1000
+            )
 
 
 class TestCallbackUrls:
@@ -1149,32 +1152,13 @@ class TestCallbackUrls:
             # Stands in for DNS: the name now resolves to a private address.
             raise Refused(f"{url} resolves to a private address", code="INVALID_CALLBACK_URL")
 
-        monkeypatch.setattr(trigger_api, "check_callback_url", host_now_private)
+        monkeypatch.setattr(admission, "check_callback_url", host_now_private)
         replay = await gateway.trigger(
             "open", callback_url="http://127.0.0.1/cb", request_id="moved"
         )
 
         assert replay.status_code == 202, replay.text
         assert replay.json()["transactionId"] == first.json()["transactionId"]
-
-    async def test_a_refused_callback_is_checked_once_when_the_fast_path_falls_back(
-        self, gateway: Gateway, monkeypatch: pytest.MonkeyPatch
-    ) -> None:
-        """The replica remembers the rule, so the trigger first takes the one-round-trip
-        path, which falls back to the two-step one on the refusal: the host is looked
-        up once (a name that times out would otherwise cost two DNS timeouts)."""
-        assert (await gateway.trigger("open")).status_code == 202
-        checked: list[str] = []
-
-        async def counted(url: str, **options: Any) -> None:
-            checked.append(url)
-            await check_callback_url(url, **options)
-
-        monkeypatch.setattr(trigger_api, "check_callback_url", counted)
-        refused = await gateway.trigger("open", callback_url="https://10.1.2.3/cb")
-
-        assert_refused(refused, 400, "INVALID_CALLBACK_URL")
-        assert checked == ["https://10.1.2.3/cb"]
 
 
 class TestIdempotencyRetention:
@@ -1195,7 +1179,7 @@ class TestIdempotencyRetention:
             [old, old_pending],
         )
 
-        await service.purge_expired_requests(pool, retention_days=7, batch_size=1)
+        await housekeeping.purge_expired_requests(pool, retention_days=7, batch_size=1)
 
         assert_refused(await gateway.status(old), 404, "REQUEST_NOT_FOUND")
         assert (await gateway.status(recent)).status_code == 200

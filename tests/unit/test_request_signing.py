@@ -18,7 +18,7 @@ from infra.request_signing import (
     public_pem,
     signature_matches,
 )
-from services.trigger.service import (
+from services.trigger.signatures import (
     SignatureExpired,
     SignatureInvalid,
     SignatureRequired,

@@ -29,8 +29,8 @@ from infra.tokens import TOKEN_PATH
 from services.notifier.settings import NotifierSettings
 from services.rules.app import create_app
 from services.rules.settings import RulesSettings
-from services.trigger.service import SignatureInvalid, SignedRequest, check_request_signature
 from services.trigger.settings import TriggerSettings
+from services.trigger.signatures import SignatureInvalid, SignedRequest, check_request_signature
 
 PUBLIC_URL = "https://rules.points.example.com"
 TRIGGER_URLS = {

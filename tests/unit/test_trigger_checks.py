@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from services.trigger.service import (
+from services.trigger.checks import (
     MAX_AMOUNT,
     Caller,
     NotAuthorised,

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from services.trigger.service import RateLimit
+from services.trigger.rate_limits import RateLimit
 
 
 class TestRateLimit:

@@ -1,0 +1,350 @@
+"""Admitting triggers: the one way from a developer's trigger to its 202 or refusal.
+
+:meth:`Gateway.accept` runs a trigger through the client's standing and
+signature, its rate-limit token, the rule, member and amount checks, its caps
+and its idempotency record, in the documented order; the HTTP layer only
+translates the request in and the answer out.
+
+A trigger costs two statements, each shared with the other triggers waiting
+at the same moment (coalesced, see :mod:`infra.batching`). The first
+(:func:`admit_triggers`) takes tokens from the clients' rate-limit buckets and
+reads each client's standing, rule and any earlier request with the same
+requestId. The second (:func:`record_triggers`, after the checks) writes each
+trigger's idempotency record, cap reservations and outbox row of
+``points.requested.v1``, which commit before the 202 is sent: an accepted
+request is never lost and a refused one reserves nothing. Every trigger is
+checked against what the first statement read, so a rule or client changed a
+moment ago counts at once. (A path that checked triggers against the clients
+and rules a replica remembered, and recorded them in one statement, was
+removed: back to back, it gained no throughput beyond the machine's noise.)
+
+Rate-limit buckets live in PostgreSQL, so a client's limit holds however many
+gateway replicas serve it (N replicas do not grant N times the limit) and a
+restart forgets nothing; the bucket's row is locked for the first statement
+only. Measured before the statements were merged: 0.13 ms per bucket update on
+the embedded PostgreSQL of a 2-core machine, and 16 concurrent callers on one
+bucket still took ~10,700 tokens/s, so the shared bucket does not dominate.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import asyncpg
+
+from infra import outbox
+from infra.batching import Coalescer
+from infra.db import array_columns
+from infra.logging import get_logger
+from infra.problems import Problem, is_unavailable
+from services.trigger import repository as sql
+from services.trigger.callback_urls import check_callback_url
+from services.trigger.checks import (
+    Caller,
+    CheckedTrigger,
+    Lookup,
+    Refused,
+    Replayed,
+    Trigger,
+    accepted_answer,
+    check_trigger,
+    replay_answer,
+    replay_of,
+)
+from services.trigger.rate_limits import RateLimit, RateLimited, rate_limit_headers
+from services.trigger.settings import TriggerSettings
+from services.trigger.signatures import SignedRequest, check_request_signature
+
+log = get_logger(__name__)
+
+T = TypeVar("T")
+R = TypeVar("R")
+
+#: A statement run for a batch of items: one outcome per item, in order (an exception
+#: for that item alone), as :class:`infra.batching.Coalescer` serves them.
+Batch = Callable[[list[T]], Awaitable[Sequence[R | BaseException]]]
+
+
+class ClientNotReady(Problem):
+    status = 503
+    code = "CLIENT_NOT_READY"
+    title = "Service unavailable"
+
+
+class ClientRevoked(Problem):
+    """A revoked client's token verifies until it expires; its requests are refused as
+    any unauthorised one is (``infra.http.Unauthorized``)."""
+
+    status = 401
+    code = "UNAUTHORIZED"
+    title = "Unauthorized"
+
+    def __init__(self) -> None:
+        super().__init__(
+            "this client has been revoked", headers={"WWW-Authenticate": 'Bearer realm="partner"'}
+        )
+
+
+@dataclass(frozen=True)
+class Receipt:
+    """What a trigger's sender gets back on a 202: its body, and the rate-limit token
+    its request took."""
+
+    answer: dict[str, Any]
+    rate_limit: RateLimit
+
+
+class Gateway:
+    """Accepts triggers: owns the coalescers that admit and record concurrent triggers
+    in batches."""
+
+    def __init__(
+        self,
+        settings: TriggerSettings,
+        *,
+        admit: Batch[Arrival, Admission],
+        record: Batch[CheckedTrigger, dict[str, Any]],
+    ) -> None:
+        self.settings = settings
+        self.admissions = batched(admit, settings)
+        self.recordings = batched(record, settings)
+
+    @classmethod
+    def on_database(cls, pool_of: Callable[[], asyncpg.Pool], settings: TriggerSettings) -> Gateway:
+        """A gateway whose batches are the statements below, on the pool ``pool_of`` gives."""
+
+        async def admit(batch: list[Arrival]) -> list[Admission]:
+            return await admit_triggers(
+                pool_of(),
+                batch,
+                default_per_second=settings.rate_limit_per_second,
+                default_burst=settings.rate_limit_burst,
+            )
+
+        async def record(batch: list[CheckedTrigger]) -> list[dict[str, Any] | Problem]:
+            return await record_triggers(pool_of(), batch)
+
+        return cls(settings, admit=admit, record=record)
+
+    async def accept(
+        self, caller: Caller, trigger: Trigger, signed: SignedRequest, correlation_id: str
+    ) -> Receipt:
+        """Accept a trigger, or raise the problem that refuses it, in the documented
+        order; nothing is recorded for a refused trigger.
+
+        One round trip reads the client's standing, takes its rate-limit token and
+        finds the rule and any earlier request with this requestId; a second
+        records the request. Each is shared with the triggers waiting at the same
+        moment.
+        """
+        admission = await self.admissions.submit(Arrival(caller, trigger))
+        self.check_access(admission.access, signed)
+        refuse_when_rate_limited(admission.rate_limit, caller.client_id)
+        replay = replay_of(admission.lookup, trigger)
+        if replay is not None:
+            # The original answer, even if the callback's host has moved since.
+            return Receipt(replay, admission.rate_limit)
+        if trigger.callback_url is not None:
+            await check_callback_url(
+                trigger.callback_url,
+                development=self.settings.is_development,
+                timeout=self.settings.callback_dns_timeout_seconds,
+            )
+        checked = check_trigger(caller, trigger, admission.lookup, correlation_id)
+        answer = await self.recordings.submit(checked)
+        return recorded(caller, trigger, Receipt(answer, admission.rate_limit))
+
+    def check_access(self, access: ClientAccess, signed: SignedRequest) -> None:
+        """Refuse a revoked client and, when it registered a public key, a request it did
+        not sign (checked before any rule)."""
+        if not access.known:
+            raise ClientNotReady(
+                "this client was created moments ago and the gateway has not seen it yet; "
+                "retry in a second",
+                headers={"Retry-After": "1"},
+            )
+        if access.revoked:
+            raise ClientRevoked()
+        if access.request_signing_key is not None:
+            check_request_signature(
+                access.request_signing_key,
+                signed,
+                at=time.time(),
+                window_seconds=self.settings.request_signature_window_seconds,
+            )
+
+
+def batched(run_batch: Batch[T, R], settings: TriggerSettings) -> Coalescer[T, R]:
+    """Concurrent calls of one statement, coalesced. A database that is away fails every
+    trigger of a batch alike; any other failure may be one trigger's, so the batch is
+    retried one by one and only that trigger gets it."""
+    return Coalescer(
+        run_batch,
+        max_batch=settings.db_batch_max,
+        max_in_flight=settings.db_batches_in_flight,
+        shared=is_unavailable,
+    )
+
+
+def refuse_when_rate_limited(limit: RateLimit, client_id: str) -> None:
+    if limit.granted:
+        return
+    log.info("points.request.rate_limited", client_id=client_id)
+    raise RateLimited(
+        f"this client may send {limit.per_second:g} requests per second "
+        f"(bursts of {limit.burst}); retry after {limit.retry_after_seconds} s",
+        headers={"Retry-After": str(limit.retry_after_seconds), **rate_limit_headers(limit)},
+    )
+
+
+def recorded(caller: Caller, trigger: Trigger, receipt: Receipt) -> Receipt:
+    """A newly recorded trigger's receipt, logged."""
+    log.info(
+        "points.request.accepted",
+        client_id=caller.client_id,
+        request_id=trigger.request_id,
+        rule_id=trigger.rule_id,
+        transaction_id=receipt.answer["transactionId"],
+    )
+    return receipt
+
+
+@dataclass(frozen=True)
+class ClientAccess:
+    """What the projection says about a client's standing, read once per request.
+
+    A client the gateway has not projected yet (its registration event is on its
+    way, for a few milliseconds) is not ``known``: whether it must sign is not
+    known either, so it is refused with a retryable error, never taken as unsigned.
+    """
+
+    revoked: bool
+    request_signing_key: str | None
+    known: bool = True
+
+
+@dataclass(frozen=True)
+class Admission:
+    """What accepting a trigger reads in its first round trip: the client's standing,
+    the rate-limit token its request took, and the rule and any earlier request."""
+
+    access: ClientAccess
+    rate_limit: RateLimit
+    lookup: Lookup
+
+
+@dataclass(frozen=True)
+class Arrival:
+    """A trigger waiting to be admitted: who sent it, and what it asks for."""
+
+    caller: Caller
+    trigger: Trigger
+
+
+async def admit_triggers(
+    pool: asyncpg.Pool,
+    batch: Sequence[Arrival],
+    *,
+    default_per_second: float,
+    default_burst: int,
+) -> list[Admission]:
+    """Admit a batch of triggers in one statement: each one's admission, in order."""
+    rows = await pool.fetch(
+        sql.ADMIT_TRIGGERS,
+        [arrival.caller.client_id for arrival in batch],
+        [arrival.trigger.request_id for arrival in batch],
+        [arrival.trigger.rule_id for arrival in batch],
+        default_per_second,
+        default_burst,
+    )
+    return [
+        Admission(
+            ClientAccess(
+                row["client_status"] == "revoked",
+                row["request_signing_key"],
+                known=row["client_status"] is not None,
+            ),
+            RateLimit(row["granted"], row["tokens"], row["per_second"], row["burst"]),
+            Lookup(
+                rule=row if row["rule_id"] is not None else None,
+                earlier_transaction_id=row["earlier_transaction_id"],
+                earlier_body_hash=row["earlier_body_hash"],
+            ),
+        )
+        for row in rows
+    ]
+
+
+async def client_access(
+    connection: asyncpg.Connection | asyncpg.Pool, client_id: str
+) -> ClientAccess:
+    """Whether the client is revoked and the key it signs with."""
+    row = await connection.fetchrow(sql.CLIENT_ACCESS, client_id)
+    if row is None:
+        return ClientAccess(revoked=False, request_signing_key=None, known=False)
+    return ClientAccess(row["status"] == "revoked", row["request_signing_key"])
+
+
+CAP_REFUSALS = {
+    "CAP_EXCEEDED": "the rule's cap of {cap_max} points would be exceeded",
+    "MEMBER_CAP_EXCEEDED": "the rule's per-member cap of {cap_per_member} points would be "
+    "exceeded for this member",
+}
+
+
+async def record_triggers(
+    pool: asyncpg.Pool, batch: Sequence[CheckedTrigger]
+) -> list[dict[str, Any] | Problem]:
+    """Reserve and record a batch of checked triggers in one statement and one commit;
+    each one's 202 body, in order, or the problem that refuses it.
+
+    For each trigger the idempotency record, the cap reservations and the outbox
+    row commit together; a trigger whose amount would overshoot a cap records
+    and reserves nothing, and the others in its batch are not affected.
+    """
+    rows = [_request_row(checked) for checked in batch]
+    recorded = await pool.fetch(sql.RECORD_REQUESTS, *array_columns(rows, width=19))
+    by_position = {
+        row["request_position"]: _recorded_outcome(batch[row["request_position"] - 1], row)
+        for row in recorded
+    }
+    return [by_position[position] for position in range(1, len(batch) + 1)]
+
+
+def _request_row(checked: CheckedTrigger) -> tuple[Any, ...]:
+    """The arguments of ``record_points_requests`` for one trigger, in its order."""
+    event, requested = checked.event, checked.event.data
+    return (
+        requested.client_id,
+        requested.request_id,
+        requested.transaction_id,
+        checked.trigger.body_hash(),
+        event.org_id,
+        event.environment,
+        requested.rule_id,
+        requested.rule_version,
+        requested.user_id,
+        requested.type,
+        requested.amount,
+        checked.rule["cap_max"],
+        checked.rule["cap_per_member"],
+        *outbox.outbox_row(event),
+        requested.callback_url,
+        event.correlation_id,
+    )
+
+
+def _recorded_outcome(checked: CheckedTrigger, row: asyncpg.Record) -> dict[str, Any] | Problem:
+    outcome = row["outcome"]
+    if outcome in CAP_REFUSALS:
+        return Refused(CAP_REFUSALS[outcome].format(**checked.rule), code=outcome)
+    if outcome == "replayed":
+        # A concurrent request with the same requestId was recorded first.
+        try:
+            return replay_answer(checked.trigger, row["transaction_id"], row["body_hash"])
+        except Replayed as conflict:
+            return conflict
+    return accepted_answer(checked.trigger, checked.event.data.transaction_id)
