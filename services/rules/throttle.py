@@ -55,7 +55,10 @@ class Key:
 
 async def take_attempt(connection: asyncpg.Connection, keys: list[Key]) -> int | None:
     """Count one attempt against every key, in one transaction; None when it may go
-    ahead, else the whole seconds to wait (and nothing is counted)."""
+    ahead, else the whole seconds to wait (and nothing is counted).
+
+    Its own transaction, not the caller's: the attempt must count even when the sign-in
+    it is for then fails (see ``accounts.log_in``)."""
     async with connection.transaction():
         counts: list[int] = []
         waits: list[float] = []

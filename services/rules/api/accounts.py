@@ -62,10 +62,12 @@ async def open_console_session(
     throttles = credentials.SignInThrottles.of(ctx.settings)
     lifetime = ctx.settings.user_token_lifetime_seconds
     async with ctx.pool.acquire() as connection:
+        # No request-wide transaction: log_in commits the attempt count even when it fails.
         user = await accounts.log_in(connection, body.email, body.password, client_ip, throttles)
-        session_id, session = await sessions.open_session(
-            connection, user, timedelta(seconds=lifetime)
-        )
+        async with connection.transaction():
+            session_id, session = await sessions.open_session(
+                connection, user, timedelta(seconds=lifetime)
+            )
     response.set_cookie(
         sessions.COOKIE_NAME,
         session_id,
