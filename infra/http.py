@@ -5,8 +5,10 @@ from __future__ import annotations
 import time
 import uuid
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any
 
+import asyncpg
 import structlog
 from fastapi import FastAPI, Request
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -15,9 +17,11 @@ from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from infra.health import health_router
 from infra.http_problems import install_problem_handlers, problem_response
 from infra.metrics import UNMATCHED_ROUTE, ServiceMetrics
 from infra.problems import Problem
+from infra.runtime import ServiceRuntime
 from infra.settings import DEFAULT_MAX_BODY_BYTES
 from infra.tokens import InvalidToken, JwksVerifier, Principal
 
@@ -44,22 +48,43 @@ class Forbidden(Problem):
     title = "Forbidden"
 
 
+@dataclass(frozen=True)
+class ServiceContext:
+    """What a service's routes need, put on ``app.state.<service>`` by its ``create_app``
+    and read through an ``Annotated`` dependency alias (``Context``); each service's
+    subclass adds its own pieces, such as its settings."""
+
+    runtime: ServiceRuntime
+
+    @property
+    def pool(self) -> asyncpg.Pool:
+        return self.runtime.pool
+
+
 def create_http_app(
     metrics: ServiceMetrics | None = None,
     *,
+    runtime: ServiceRuntime | None = None,
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
     **fastapi_options: Any,
 ) -> FastAPI:
     """A FastAPI app with problem+json errors and request/correlation ids on every log line,
     that refuses request bodies over ``max_body_bytes`` with 413.
 
-    With ``metrics`` (the runtime's), every request but ``/metrics`` itself is
-    counted and timed under its route template.
+    With ``metrics``, every request but ``/metrics`` itself is counted and timed
+    under its route template. A service passes its ``runtime`` instead: its
+    metrics are used, the app answers for it on ``/healthz``, ``/readyz`` and
+    ``/metrics``, and the app's lifespan starts and stops it.
     """
+    if runtime is not None:
+        metrics = runtime.metrics
+        fastapi_options["lifespan"] = runtime.lifespan
     app = FastAPI(**fastapi_options)
     install_problem_handlers(app)
     app.add_middleware(BodyLimitMiddleware, max_body_bytes=max_body_bytes)
     app.add_middleware(RequestContextMiddleware, metrics=metrics)
+    if runtime is not None:
+        app.include_router(health_router(runtime))
     return app
 
 

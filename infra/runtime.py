@@ -4,17 +4,23 @@ A :class:`ServiceRuntime` owns the connections a service needs (the asyncpg
 pool, the FastStream broker, the outbox relay and its producer) and the
 service's Prometheus metrics, brings them up in order with clear errors, and
 tears them down in reverse. :func:`infra.serving.serve` runs it together with
-the service's HTTP app under uvicorn; :func:`infra.health.health_router` answers
+the service's HTTP app under uvicorn (or the app's lifespan does, see
+:meth:`ServiceRuntime.lifespan`); :func:`infra.health.health_router` answers
 for it on ``/healthz``, ``/readyz`` and ``/metrics``.
+
+The entry points of a service (its HTTP routes, Kafka handlers and start-up
+hooks) own the transaction: they open it with :meth:`ServiceRuntime.in_transaction`
+(or :meth:`ServiceRuntime.transactional` for a handler) and hand its connection to
+the service's logic, which never commits.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Concatenate, ParamSpec, TypeVar
 
 import asyncpg
 from aiokafka import AIOKafkaProducer
@@ -36,6 +42,8 @@ INFRA_MIGRATIONS = Path(__file__).parent / "migrations"
 
 ReadinessCheck = Callable[[], Awaitable[bool]]
 E = TypeVar("E", bound=BaseModel)
+P = ParamSpec("P")
+R = TypeVar("R")
 
 
 class ServiceRuntime:
@@ -65,6 +73,7 @@ class ServiceRuntime:
         self._on_start: list[Callable[[], Awaitable[None]]] = []
         self._on_stop: list[Callable[[], Awaitable[None]]] = []
         self._broker_task: asyncio.Task[None] | None = None
+        self._running = False
         self.metrics = ServiceMetrics(settings.service_name)
         self._consumer_lag = ConsumerLag(settings)
         if relay:
@@ -76,6 +85,39 @@ class ServiceRuntime:
         if self._pool is None:
             raise RuntimeError("the service runtime has not started")
         return self._pool
+
+    async def in_transaction(
+        self,
+        work: Callable[Concatenate[asyncpg.Connection, P], Awaitable[R]],
+        *args: P.args,
+        **kwargs: P.kwargs,
+    ) -> R:
+        """``work(connection, *args, **kwargs)`` in one transaction on a pooled connection:
+        committed when it returns, rolled back when it raises."""
+        async with self.pool.acquire() as connection, connection.transaction():
+            return await work(connection, *args, **kwargs)
+
+    def transactional(
+        self, work: Callable[[asyncpg.Connection, list[E]], Awaitable[object]]
+    ) -> Handler[E]:
+        """A Kafka handler for :meth:`consume` that applies each batch with
+        ``work(connection, events)`` in a transaction of its own."""
+
+        async def handle(events: list[E]) -> None:
+            await self.in_transaction(work, events)
+
+        return handle
+
+    @contextlib.asynccontextmanager
+    async def lifespan(self, _app: object) -> AsyncIterator[None]:
+        """Start the runtime for an ASGI server's lifespan and stop it after, for a server
+        that runs the app's lifespan (``uvicorn --factory``); :func:`infra.serving.serve`
+        and tests start the runtime themselves and run no lifespan."""
+        try:
+            await self.start()
+            yield
+        finally:
+            await self.stop()
 
     def on_start(self, hook: Callable[[], Awaitable[None]]) -> None:
         """Run ``hook`` after the database and broker are up."""
@@ -131,6 +173,10 @@ class ServiceRuntime:
         return consumers
 
     async def start(self) -> None:
+        if self._running:
+            # Serving runs the app's lifespan or starts the runtime, never both.
+            raise RuntimeError("the service runtime is running already")
+        self._running = True
         settings = self.settings
         await db.migrate_with_retry(
             settings.database_url,
@@ -185,6 +231,7 @@ class ServiceRuntime:
             await self._producer.stop()
         if self._pool is not None:
             await self._pool.close()
+        self._running = False
         log.info("service.stopped")
 
     async def _database_ready(self) -> bool:

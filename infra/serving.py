@@ -1,5 +1,13 @@
 """Running a service process: :func:`serve` starts its :class:`~infra.runtime.ServiceRuntime`
-and serves its HTTP app under uvicorn until SIGINT/SIGTERM."""
+and serves its HTTP app under uvicorn until SIGINT/SIGTERM.
+
+Every service's ``app`` module has the :data:`AppFactory` ``create_app(settings=None)``,
+so ``serve(create_app)`` runs any of them. The app's lifespan starts and stops the
+runtime too, for ``uvicorn --factory services.<name>.app:asgi_app`` (each ``app``
+module has ``asgi_app = app_only(create_app)``); ``serve`` turns
+that lifespan off and starts the runtime itself, to exit 2 with one clear line when a
+dependency is out of reach.
+"""
 
 from __future__ import annotations
 
@@ -19,8 +27,22 @@ from infra.runtime import ServiceRuntime
 
 log = get_logger(__name__)
 
+#: A service's ``create_app``: its HTTP app and the runtime that app serves.
+AppFactory = Callable[[], tuple[FastAPI, ServiceRuntime]]
 
-def serve(build: Callable[[], tuple[FastAPI, ServiceRuntime]]) -> None:
+
+def app_only(create_app: AppFactory) -> Callable[[], FastAPI]:
+    """``create_app`` as ``uvicorn --factory`` calls it: the app alone, whose lifespan
+    starts and stops the runtime."""
+
+    def build() -> FastAPI:
+        app, _ = create_app()
+        return app
+
+    return build
+
+
+def serve(build: AppFactory) -> None:
     """Build a service and run it until SIGINT/SIGTERM.
 
     Bad settings and unreachable dependencies exit 2 with one clear line
@@ -57,7 +79,7 @@ async def _serve(app: FastAPI, runtime: ServiceRuntime) -> int:
         port=settings.port,
         log_config=None,
         access_log=False,
-        lifespan="off",
+        lifespan="off",  # the runtime started above; the app's lifespan would start it again
     )
     server = uvicorn.Server(config)
     # Everything built so far (the app, its routes and models, the contracts) lives as

@@ -25,10 +25,12 @@ import asyncpg
 import httpx
 import jwt
 from aiokafka import AIOKafkaProducer
+from fastapi import FastAPI
 
 from infra import db
 from infra.dev.launcher import RunningPlatform, free_port, start_platform
 from infra.dev.postgres import with_database
+from infra.runtime import ServiceRuntime
 from infra.tokens import TOKEN_PATH
 from points_cli.main import run as run_points
 from services.rules.service import accounts, clients
@@ -39,6 +41,15 @@ T = TypeVar("T")
 RULES_URL = "http://rules.test"
 TRIGGER_URL = "http://trigger.test"
 PASSWORD = "correct horse battery staple"
+
+
+@dataclass(frozen=True)
+class Service:
+    """What a service's ``create_app`` returns, held together by a test: its HTTP app
+    (whose ``state`` has the service's context) and its runtime."""
+
+    app: FastAPI
+    runtime: ServiceRuntime
 
 
 @asynccontextmanager

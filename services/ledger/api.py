@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Annotated
 from uuid import UUID
@@ -12,10 +14,36 @@ from pydantic import BaseModel, ConfigDict, Field
 from pydantic.alias_generators import to_camel
 
 from contracts.text import MultilineText, Text
-from infra.http import Unauthorized, authenticate
-from infra.runtime import ServiceRuntime
+from infra.http import ServiceContext, Unauthorized, authenticate
 from infra.tokens import JwksVerifier, Principal
 from services.ledger import access, clients, reads, reversals
+from services.ledger.settings import LedgerSettings
+
+
+@dataclass(frozen=True)
+class LedgerContext(ServiceContext):
+    """What the routes need, put on ``app.state.ledger`` by the app factory."""
+
+    settings: LedgerSettings
+    verifier: JwksVerifier
+
+
+async def context(request: Request) -> LedgerContext:
+    ctx: LedgerContext = request.app.state.ledger
+    return ctx
+
+
+Context = Annotated[LedgerContext, Depends(context)]
+
+
+async def transaction(ctx: Context) -> AsyncIterator[asyncpg.Connection]:
+    """The request's transaction: committed when the route returns, rolled back on error."""
+    async with ctx.pool.acquire() as connection, connection.transaction():
+        yield connection
+
+
+# scope="function": the transaction commits before the response is sent, not after.
+Tx = Annotated[asyncpg.Connection, Depends(transaction, scope="function")]
 
 
 class CamelModel(BaseModel):
@@ -45,36 +73,27 @@ class TransactionPage(CamelModel):
     next_cursor: str | None
 
 
-async def _pool(request: Request) -> asyncpg.Pool:
-    runtime: ServiceRuntime = request.app.state.runtime
-    return runtime.pool
-
-
-async def _principal(request: Request) -> Principal:
+async def _principal(request: Request, ctx: Context) -> Principal:
     """Who the bearer token speaks for; a revoked client is refused at once."""
-    verifier: JwksVerifier = request.app.state.verifier
-    principal = await authenticate(verifier, request)
-    if principal.kind == "client" and await clients.is_revoked(
-        await _pool(request), principal.client_id
-    ):
+    principal = await authenticate(ctx.verifier, request)
+    if principal.kind == "client" and await clients.is_revoked(ctx.pool, principal.client_id):
         raise Unauthorized("this client has been revoked")
     return principal
 
 
 PrincipalDep = Annotated[Principal, Depends(_principal)]
-PoolDep = Annotated[asyncpg.Pool, Depends(_pool)]
 EnvironmentQuery = Annotated[Text, Query(description="`staging` or `production`.")]
 
-router = APIRouter(prefix="/v1/members", tags=["members"])
+members_router = APIRouter(prefix="/v1/members", tags=["members"])
 
 
-@router.get("/{user_id}/balance")
+@members_router.get("/{user_id}/balance")
 async def get_balance(
-    user_id: Text, environment: EnvironmentQuery, principal: PrincipalDep, pool: PoolDep
+    user_id: Text, environment: EnvironmentQuery, principal: PrincipalDep, ctx: Context
 ) -> Balance:
     """The member's points balance in one environment (0 for a member never seen)."""
     scope = access.read_scope(principal, environment)
-    async with pool.acquire() as connection:
+    async with ctx.pool.acquire() as connection:
         balance = await reads.member_balance(connection, scope, user_id)
     return Balance(user_id=user_id, environment=scope.environment, balance=balance)
 
@@ -103,18 +122,18 @@ def _transaction_page(page: reads.HistoryPage) -> TransactionPage:
     )
 
 
-@router.get("/{user_id}/transactions")
+@members_router.get("/{user_id}/transactions")
 async def list_transactions(
     user_id: Text,
     environment: EnvironmentQuery,
     principal: PrincipalDep,
-    pool: PoolDep,
+    ctx: Context,
     limit: LimitQuery = 50,
     cursor: CursorQuery = None,
 ) -> TransactionPage:
     """The member's transactions, newest first; follow `nextCursor` for older ones."""
     scope = access.read_scope(principal, environment)
-    async with pool.acquire() as connection:
+    async with ctx.pool.acquire() as connection:
         page = await reads.member_history(connection, scope, user_id, limit=limit, cursor=cursor)
     return _transaction_page(page)
 
@@ -138,11 +157,11 @@ rules_router = APIRouter(prefix="/v1/rules", tags=["rules"])
 
 @rules_router.get("/{rule_id}/totals")
 async def get_rule_totals(
-    rule_id: Text, environment: EnvironmentQuery, principal: PrincipalDep, pool: PoolDep
+    rule_id: Text, environment: EnvironmentQuery, principal: PrincipalDep, ctx: Context
 ) -> RuleTotalsView:
     """What one rule moved in one environment, for a business user of its organisation."""
     scope = access.totals_scope(principal, environment)
-    async with pool.acquire() as connection:
+    async with ctx.pool.acquire() as connection:
         totals = await reads.rule_totals(connection, scope, rule_id)
     return RuleTotalsView.model_validate(totals, from_attributes=True)
 
@@ -152,14 +171,14 @@ async def list_rule_transactions(
     rule_id: Text,
     environment: EnvironmentQuery,
     principal: PrincipalDep,
-    pool: PoolDep,
+    ctx: Context,
     limit: LimitQuery = 20,
     cursor: CursorQuery = None,
 ) -> TransactionPage:
     """One rule's transactions across its members, newest first, for a business user of its
     organisation; follow `nextCursor` for older ones."""
     scope = access.totals_scope(principal, environment)
-    async with pool.acquire() as connection:
+    async with ctx.pool.acquire() as connection:
         page = await reads.rule_history(connection, scope, rule_id, limit=limit, cursor=cursor)
     return _transaction_page(page)
 
@@ -207,22 +226,21 @@ async def reverse_transaction(
     request: Request,
     response: Response,
     principal: PrincipalDep,
-    pool: PoolDep,
+    tx: Tx,
 ) -> ReversalView:
     """Reverse an applied earn or redeem (admin or editor of its organisation).
 
     Idempotent: once a transaction is reversed, every later call answers 200
     with that first reversal, whatever its `reversalId`.
     """
-    async with pool.acquire() as connection, connection.transaction():
-        outcome = await reversals.reverse_for_operator(
-            connection,
-            principal,
-            transaction_id=transaction_id,
-            reversal_id=body.reversal_id,
-            reason=body.reason,
-            correlation_id=getattr(request.state, "correlation_id", None),
-        )
+    outcome = await reversals.reverse_for_operator(
+        tx,
+        principal,
+        transaction_id=transaction_id,
+        reversal_id=body.reversal_id,
+        reason=body.reason,
+        correlation_id=getattr(request.state, "correlation_id", None),
+    )
     if outcome.replayed:
         response.status_code = 200
     return ReversalView(
@@ -240,3 +258,9 @@ async def reverse_transaction(
         actor=outcome.actor,
         created_at=outcome.created_at,
     )
+
+
+#: Every route of the ledger, for the app factory.
+router = APIRouter()
+for area in (members_router, rules_router, transactions_router):
+    router.include_router(area)

@@ -2,20 +2,18 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 
 from fastapi import FastAPI
-from faststream.kafka import KafkaBroker
 
 from contracts import POINTS_RESULTS, PointsResultEvent
 from infra.broker import create_broker
-from infra.health import health_router
 from infra.http import create_http_app
 from infra.runtime import ServiceRuntime
+from infra.serving import app_only
 from infra.tokens import JwksVerifier
-from services.ledger.api import router as members_router
-from services.ledger.api import rules_router, transactions_router
+from services.ledger import api
+from services.ledger.api import LedgerContext
 from services.ledger.settings import LedgerSettings
 from services.ledger.subscribers import register_subscribers
 
@@ -31,35 +29,24 @@ PUBLISHES = (
 )
 
 
-@dataclass(frozen=True)
-class Ledger:
-    """One ledger process: ``runtime.start()`` it, serve ``app``, ``runtime.stop()`` it."""
-
-    settings: LedgerSettings
-    broker: KafkaBroker
-    runtime: ServiceRuntime
-    verifier: JwksVerifier
-    app: FastAPI
-
-
-def create_ledger(
+def create_app(
     settings: LedgerSettings | None = None,
     *,
     verifier: JwksVerifier | None = None,
     consume: bool = True,
-) -> Ledger:
-    """Wire the ledger; ``verifier`` defaults to the issuer's JWKS at ``token_issuer_url``.
+) -> tuple[FastAPI, ServiceRuntime]:
+    """The ledger's HTTP app and runtime; ``verifier`` defaults to the issuer's JWKS at
+    ``token_issuer_url``.
 
     With ``consume=False`` the process only serves reads: no Kafka consumer and
     no outbox relay, so it needs nothing but PostgreSQL.
     """
     settings = settings or LedgerSettings()
-    broker = create_broker(settings)
     runtime = ServiceRuntime(
         settings,
         schema="ledger",
         migrations=MIGRATIONS,
-        broker=broker if consume else None,
+        broker=create_broker(settings) if consume else None,
         relay=consume,
     )
     if consume:
@@ -69,24 +56,16 @@ def create_ledger(
     verifier = verifier or JwksVerifier(settings.token_issuer_url)
     runtime.on_stop(verifier.aclose)
     app = create_http_app(
-        runtime.metrics,
+        runtime=runtime,
         max_body_bytes=settings.max_body_bytes,
         title="Points ledger",
         description="Double-entry points ledger: member balances and transaction history, "
         "per-rule totals and operator reversals.",
     )
-    app.state.runtime = runtime
-    app.state.verifier = verifier
-    app.include_router(health_router(runtime))
-    app.include_router(members_router)
-    app.include_router(rules_router)
-    app.include_router(transactions_router)
-    return Ledger(settings, broker, runtime, verifier, app)
+    app.state.ledger = LedgerContext(settings=settings, runtime=runtime, verifier=verifier)
+    app.include_router(api.router)
+    return app, runtime
 
 
-def create_app(
-    settings: LedgerSettings | None = None, verifier: JwksVerifier | None = None
-) -> tuple[FastAPI, ServiceRuntime]:
-    """The ledger's HTTP app and runtime, the pair ``infra.serving.serve`` runs."""
-    ledger = create_ledger(settings, verifier=verifier)
-    return ledger.app, ledger.runtime
+#: For ``uvicorn --factory services.ledger.app:asgi_app``.
+asgi_app = app_only(create_app)

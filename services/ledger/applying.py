@@ -187,6 +187,8 @@ async def fail_quarantined_request(
     outcome = Outcome(event, "rejected", PROCESSING_FAILED, balance or 0, entries=())
     now = datetime.now(UTC)
     try:
+        # A savepoint in the quarantine's transaction: if the row is refused, the
+        # result below is still sent.
         async with connection.transaction():
             await repository.insert_transactions(connection, [_transaction_row(outcome, now)])
     except Exception as error:

@@ -32,14 +32,13 @@ def register_subscribers(runtime: ServiceRuntime, settings: LedgerSettings) -> N
         nothing when the batch, or a part of it, is applied again.
         """
         parts = members_apart(events, settings.batch_parts)
-        outcomes = await asyncio.gather(*map(apply_part, parts), return_exceptions=True)
+        outcomes = await asyncio.gather(
+            *(runtime.in_transaction(apply_batch, part) for part in parts),
+            return_exceptions=True,
+        )
         for outcome in outcomes:
             if isinstance(outcome, BaseException):
                 raise outcome
-
-    async def apply_part(events: list[PointsRequestedEvent]) -> None:
-        async with runtime.pool.acquire() as connection, connection.transaction():
-            await apply_batch(connection, events)
 
     runtime.consume(
         {POINTS_REQUESTED: PointsRequestedEvent},
@@ -56,14 +55,10 @@ def register_subscribers(runtime: ServiceRuntime, settings: LedgerSettings) -> N
         "quarantined and settled as failed (`PROCESSING_FAILED`).",
     )
 
-    async def project_client_standing(events: list[ClientLifecycleEvent]) -> None:
-        async with runtime.pool.acquire() as connection, connection.transaction():
-            await project_clients(connection, events)
-
     runtime.consume(
         {CLIENTS_LIFECYCLE: ClientLifecycleEvent},
         group_id=CLIENTS_GROUP,
-        handler=project_client_standing,
+        handler=runtime.transactional(project_clients),
         by_environment=False,
         description="Keeps which API clients are revoked, so the read API refuses a revoked "
         "client's token at once rather than when it expires.",

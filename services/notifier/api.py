@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hmac
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Annotated, Any, Literal
 from uuid import UUID
@@ -11,9 +12,8 @@ from fastapi import APIRouter, Depends, Path, Query, Request
 from pydantic import BaseModel, ConfigDict, Field
 from pydantic.alias_generators import to_camel
 
-from infra.http import Forbidden, bearer_token
+from infra.http import Forbidden, ServiceContext, bearer_token
 from infra.problems import Problem
-from infra.runtime import ServiceRuntime
 from infra.storable import BIGINT_MAX
 from services.notifier import operator_actions
 from services.notifier.dispatch import DeliveryDispatcher
@@ -61,45 +61,59 @@ class DeliveryList(BaseModel):
     items: list[Delivery] = Field(description="Newest change first.")
 
 
-def deliveries_router(
-    settings: NotifierSettings, runtime: ServiceRuntime, dispatcher: DeliveryDispatcher
-) -> APIRouter:
-    def require_operator(request: Request) -> None:
-        if not settings.operator_token:
-            if settings.is_development:
-                return
-            raise Forbidden("operator endpoints are off: set NOTIFIER_OPERATOR_TOKEN")
-        if not hmac.compare_digest(
-            bearer_token(request).encode(), settings.operator_token.encode()
-        ):  # bytes: a str that is not ASCII would raise
-            raise Forbidden("not an operator token")
+@dataclass(frozen=True)
+class NotifierContext(ServiceContext):
+    """What the routes need, put on ``app.state.notifier`` by the app factory."""
 
-    router = APIRouter(
-        prefix="/v1/deliveries", tags=["deliveries"], dependencies=[Depends(require_operator)]
-    )
+    settings: NotifierSettings
+    dispatcher: DeliveryDispatcher
 
-    @router.get("", response_model=DeliveryList, response_model_by_alias=True)
-    async def list_deliveries(
-        status: DeliveryStatus | None = None,
-        kind: DeliveryKind | None = None,
-        limit: Annotated[int, Query(ge=1, le=1000)] = 100,
-    ) -> dict[str, Any]:
-        """Deliveries by status and kind, such as `?kind=email&status=failed`."""
-        rows = await operator_actions.list_deliveries(
-            runtime.pool, status=status, kind=kind, limit=limit
+
+async def context(request: Request) -> NotifierContext:
+    ctx: NotifierContext = request.app.state.notifier
+    return ctx
+
+
+Context = Annotated[NotifierContext, Depends(context)]
+
+
+def require_operator(request: Request, ctx: Context) -> None:
+    settings = ctx.settings
+    if not settings.operator_token:
+        if settings.is_development:
+            return
+        raise Forbidden("operator endpoints are off: set NOTIFIER_OPERATOR_TOKEN")
+    if not hmac.compare_digest(
+        bearer_token(request).encode(), settings.operator_token.encode()
+    ):  # bytes: a str that is not ASCII would raise
+        raise Forbidden("not an operator token")
+
+
+router = APIRouter(
+    prefix="/v1/deliveries", tags=["deliveries"], dependencies=[Depends(require_operator)]
+)
+
+
+@router.get("", response_model=DeliveryList, response_model_by_alias=True)
+async def list_deliveries(
+    ctx: Context,
+    status: DeliveryStatus | None = None,
+    kind: DeliveryKind | None = None,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+) -> dict[str, Any]:
+    """Deliveries by status and kind, such as `?kind=email&status=failed`."""
+    rows = await operator_actions.list_deliveries(ctx.pool, status=status, kind=kind, limit=limit)
+    return {"items": rows}
+
+
+@router.post("/{delivery_id}/replay", status_code=202)
+async def replay_delivery(
+    delivery_id: Annotated[int, Path(ge=1, le=BIGINT_MAX)], ctx: Context
+) -> dict[str, Any]:
+    """Send a parked or failed delivery again, with a fresh retry schedule."""
+    if not await operator_actions.replay_delivery(ctx.pool, delivery_id):
+        raise DeliveryNotParked(
+            f"delivery {delivery_id} does not exist or is neither parked nor failed"
         )
-        return {"items": rows}
-
-    @router.post("/{delivery_id}/replay", status_code=202)
-    async def replay_delivery(
-        delivery_id: Annotated[int, Path(ge=1, le=BIGINT_MAX)],
-    ) -> dict[str, Any]:
-        """Send a parked or failed delivery again, with a fresh retry schedule."""
-        if not await operator_actions.replay_delivery(runtime.pool, delivery_id):
-            raise DeliveryNotParked(
-                f"delivery {delivery_id} does not exist or is neither parked nor failed"
-            )
-        dispatcher.wake()
-        return {"id": delivery_id, "status": "pending"}
-
-    return router
+    ctx.dispatcher.wake()
+    return {"id": delivery_id, "status": "pending"}

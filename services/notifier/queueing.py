@@ -118,6 +118,18 @@ async def _queue_callback(connection: asyncpg.Connection, event: PointsResultEve
     return queued
 
 
+async def queue_share_emails(
+    connection: asyncpg.Connection,
+    events: Sequence[ShareEmailRequestedEvent],
+    settings: NotifierSettings,
+) -> bool:
+    """Queue the share e-mails a batch of requests asks for; True when any was queued."""
+    queued = False
+    for event in events:
+        queued |= await queue_share_email(connection, event, settings)
+    return queued
+
+
 async def queue_share_email(
     connection: asyncpg.Connection, event: ShareEmailRequestedEvent, settings: NotifierSettings
 ) -> bool:
@@ -156,6 +168,19 @@ async def queue_share_email(
             recipients=len(share.recipients),
         )
     return queued
+
+
+async def project_clients(
+    connection: asyncpg.Connection, events: Sequence[ClientLifecycleEvent]
+) -> bool:
+    """Keep the newest known state of each event's client; older events change nothing.
+
+    Returns True when callbacks that were waiting for one of these clients are due now.
+    """
+    due = False
+    for event in events:
+        due |= await project_client(connection, event)
+    return due
 
 
 async def project_client(connection: asyncpg.Connection, event: ClientLifecycleEvent) -> bool:

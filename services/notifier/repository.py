@@ -318,7 +318,7 @@ async def insert_email(connection: asyncpg.Connection, email: NewEmail) -> bool:
 
 
 async def claim_due(
-    pool: asyncpg.Pool,
+    executor: Executor,
     *,
     kind: str,
     lease_seconds: float,
@@ -328,18 +328,17 @@ async def claim_due(
 ) -> ClaimedCallback | ClaimedEmail | None:
     """Lease the fairest due delivery of ``kind``: from the organisation with the fewest
     deliveries ``in_flight``, never one of ``full_organisations`` or ``full_hosts``
-    (organisation, host)."""
-    async with pool.acquire() as connection, connection.transaction():
-        row = await connection.fetchrow(
-            CLAIM_DUE,
-            _interval(lease_seconds),
-            kind,
-            list(in_flight),
-            list(in_flight.values()),
-            full_organisations,
-            [org_id for org_id, _ in full_hosts],
-            [host for _, host in full_hosts],
-        )
+    (organisation, host). One statement, so on a pool it commits on its own."""
+    row = await executor.fetchrow(
+        CLAIM_DUE,
+        _interval(lease_seconds),
+        kind,
+        list(in_flight),
+        list(in_flight.values()),
+        full_organisations,
+        [org_id for org_id, _ in full_hosts],
+        [host for _, host in full_hosts],
+    )
     if row is None:
         return None
     if row["kind"] == "email":
@@ -425,7 +424,10 @@ async def list_deliveries(
 
 
 async def delivery_state(pool: asyncpg.Pool) -> tuple[dict[tuple[str, str], int], float]:
-    """Deliveries by (kind, status), and seconds since the oldest pending one was queued."""
+    """Deliveries by (kind, status), and seconds since the oldest pending one was queued.
+
+    Its own read-only snapshot, so that the two figures agree: a metrics scrape, its one
+    caller, has no unit of work to join."""
     async with (
         pool.acquire() as connection,
         connection.transaction(isolation="repeatable_read", readonly=True),

@@ -1,4 +1,5 @@
-"""The notifier's Kafka handlers: each one transaction around a service call."""
+"""The notifier's Kafka handlers: each one transaction around a service call, then a
+wake-up of the delivery workers when it queued something."""
 
 from __future__ import annotations
 
@@ -28,11 +29,7 @@ def register_subscribers(
 
     async def project_clients(events: list[ClientLifecycleEvent]) -> None:
         """Keep the newest state of each API client; older events change nothing."""
-        waiting_callbacks_due = False
-        async with runtime.pool.acquire() as connection, connection.transaction():
-            for event in events:
-                waiting_callbacks_due |= await queueing.project_client(connection, event)
-        if waiting_callbacks_due:
+        if await runtime.in_transaction(queueing.project_clients, events):
             dispatcher.wake()
 
     runtime.consume(
@@ -47,10 +44,8 @@ def register_subscribers(
         """Queue each result's callback once, however often the event is delivered."""
         asking = queueing.asking_for_callbacks(events)
         if not asking:
-            return
-        async with runtime.pool.acquire() as connection, connection.transaction():
-            queued = await queueing.queue_callbacks(connection, asking)
-        if queued:
+            return  # nothing to queue, not even an inbox row
+        if await runtime.in_transaction(queueing.queue_callbacks, asking):
             dispatcher.wake()
 
     runtime.consume(
@@ -65,11 +60,7 @@ def register_subscribers(
 
     async def queue_share_emails(events: list[ShareEmailRequestedEvent]) -> None:
         """Queue each e-mail once per notification, however often the event is delivered."""
-        queued = False
-        async with runtime.pool.acquire() as connection, connection.transaction():
-            for event in events:
-                queued |= await queueing.queue_share_email(connection, event, settings)
-        if queued:
+        if await runtime.in_transaction(queueing.queue_share_emails, events, settings):
             dispatcher.wake()
 
     runtime.consume(

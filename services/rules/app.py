@@ -15,13 +15,14 @@ from contracts import (
     ShareEmailRequestedEvent,
 )
 from infra.broker import create_broker
-from infra.health import health_router
 from infra.http import create_http_app
 from infra.runtime import ServiceRuntime
-from services.rules import console, subscribers
+from infra.serving import app_only
+from services.rules import console
 from services.rules.api import RulesContext, accounts, guide, oauth, rules
 from services.rules.service.tokens import TokenIssuer
 from services.rules.settings import RulesSettings
+from services.rules.subscribers import register_subscribers
 
 MIGRATIONS = Path(__file__).parent / "migrations"
 
@@ -38,29 +39,33 @@ PUBLISHES = (
 
 
 def create_app(settings: RulesSettings | None = None) -> tuple[FastAPI, ServiceRuntime]:
+    """The rules service's HTTP app (console, API and token issuer) and runtime."""
     settings = settings or RulesSettings()
-    broker = create_broker(settings)
-    runtime = ServiceRuntime(settings, schema="rules", migrations=MIGRATIONS, broker=broker)
-    subscribers.register(runtime)
+    runtime = ServiceRuntime(
+        settings, schema="rules", migrations=MIGRATIONS, broker=create_broker(settings)
+    )
+    register_subscribers(runtime)
     issuer = TokenIssuer.for_settings(settings)
 
     async def ensure_signing_key() -> None:
-        async with runtime.pool.acquire() as connection:
-            await issuer.ensure_signing_key(connection)
+        await runtime.in_transaction(issuer.ensure_signing_key)
 
     runtime.on_start(ensure_signing_key)
     app = create_http_app(
-        runtime.metrics,
+        runtime=runtime,
         max_body_bytes=settings.max_body_bytes,
         title="Points platform — rules service",
         description="Business console API, API clients and the OAuth2 token issuer.",
         version="1",
     )
-    app.state.rules = RulesContext(settings=settings, pool_of=lambda: runtime.pool, issuer=issuer)
-    app.include_router(health_router(runtime))
+    app.state.rules = RulesContext(settings=settings, runtime=runtime, issuer=issuer)
     for area in (oauth, accounts, rules, guide):
         app.include_router(area.router)
     ledger = console.LedgerReader(settings, issuer)
     runtime.on_stop(ledger.aclose)
     console.install(app, ledger)
     return app, runtime
+
+
+#: For ``uvicorn --factory services.rules.app:asgi_app``.
+asgi_app = app_only(create_app)

@@ -75,15 +75,13 @@ def hash_session_id(session_id: str) -> bytes:
 async def open_session(
     connection: asyncpg.Connection, user: asyncpg.Record, lifetime: timedelta
 ) -> tuple[str, ConsoleSession]:
-    """A new session for ``user``: the id for the cookie (never stored) and the session."""
+    """A new session for ``user``, in the caller's transaction: the id for the cookie
+    (never stored) and the session."""
     session_id = secrets.token_urlsafe(32)
     id_hash = hash_session_id(session_id)
     csrf_secret = secrets.token_bytes(32)
-    async with connection.transaction():
-        await connection.execute(sql.DELETE_EXPIRED_CONSOLE_SESSIONS, user["id"])
-        await connection.execute(
-            sql.INSERT_CONSOLE_SESSION, id_hash, user["id"], csrf_secret, lifetime
-        )
+    await connection.execute(sql.DELETE_EXPIRED_CONSOLE_SESSIONS, user["id"])
+    await connection.execute(sql.INSERT_CONSOLE_SESSION, id_hash, user["id"], csrf_secret, lifetime)
     session = await find_session(connection, session_id)
     assert session is not None, "a session just opened is live"
     return session_id, session

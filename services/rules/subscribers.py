@@ -10,15 +10,12 @@ from services.rules.service import rules
 USAGE_GROUP = "rules.usage"
 
 
-def register(runtime: ServiceRuntime) -> None:
-    async def count_usage(events: list[PointsResultEvent]) -> None:
-        async with runtime.pool.acquire() as connection, connection.transaction():
-            await rules.record_usages(connection, events)
-
+def register_subscribers(runtime: ServiceRuntime) -> None:
+    """Subscribe the rules service to points results, a consumer group per environment."""
     runtime.consume(
         {POINTS_RESULTS: PointsResultEvent},
         group_id=USAGE_GROUP,
-        handler=count_usage,
+        handler=runtime.transactional(rules.record_usages),
         environment_of=environment_from_member_key,
         description="Counts the points each rule has moved (applied, less what reversals "
         "moved back), so its cap cannot be lowered below them. De-duplicated through the inbox; "

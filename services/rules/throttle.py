@@ -97,7 +97,10 @@ async def take_attempt(
 ) -> int | None:
     """Count one attempt against every key, in one transaction; None when it may go
     ahead, else the whole seconds to wait (and nothing is counted). Address-alone
-    keys told to wait are noted in ``waiting``."""
+    keys told to wait are noted in ``waiting``.
+
+    Its own transaction, not the caller's: the attempt must count even when the sign-in
+    it is for then fails (see ``accounts.log_in``)."""
     async with connection.transaction():
         counts: list[int] = []
         waits: list[float] = []

@@ -32,11 +32,11 @@ from contracts.clients_lifecycle import ClientLifecycleEvent, ClientSnapshot
 from infra import quarantine
 from infra.kafka_admin import create_topics
 from infra.tokens import API_AUDIENCE, JWKS_PATH, REALM_PATH, JwksVerifier
-from services.ledger.app import Ledger, create_ledger
+from services.ledger.app import create_app
 from services.ledger.applying import PROCESSING_FAILED, apply_batch
 from services.ledger.settings import LedgerSettings
 from services.ledger.verification import verify_ledger
-from tests.helpers import eventually, produce
+from tests.helpers import Service, eventually, produce
 
 ISSUER_URL = "http://issuer.test"
 #: A key under which a test's requests share a partition, so they share a batch too.
@@ -127,7 +127,7 @@ def issuer() -> TestIssuer:
 @pytest.fixture
 async def ledger(
     database_url: str, kafka_bootstrap_servers: str, issuer: TestIssuer
-) -> AsyncIterator[Ledger]:
+) -> AsyncIterator[Service]:
     await create_topics(
         kafka_bootstrap_servers,
         [
@@ -141,7 +141,7 @@ async def ledger(
         kafka_bootstrap_servers=kafka_bootstrap_servers,
         startup_timeout_seconds=15,
     )
-    ledger = create_ledger(settings, verifier=issuer.verifier())
+    ledger = Service(*create_app(settings, verifier=issuer.verifier()))
     await ledger.runtime.start()
     try:
         yield ledger
@@ -150,10 +150,10 @@ async def ledger(
 
 
 @pytest.fixture
-async def reader(database_url: str, issuer: TestIssuer) -> AsyncIterator[Ledger]:
+async def reader(database_url: str, issuer: TestIssuer) -> AsyncIterator[Service]:
     """A ledger that serves reads only: PostgreSQL, no broker."""
     settings = LedgerSettings(database_url=database_url, startup_timeout_seconds=15)
-    ledger = create_ledger(settings, verifier=issuer.verifier(), consume=False)
+    ledger = Service(*create_app(settings, verifier=issuer.verifier(), consume=False))
     await ledger.runtime.start()
     try:
         yield ledger
@@ -161,18 +161,18 @@ async def reader(database_url: str, issuer: TestIssuer) -> AsyncIterator[Ledger]
         await ledger.runtime.stop()
 
 
-def http_client(ledger: Ledger) -> httpx.AsyncClient:
+def http_client(ledger: Service) -> httpx.AsyncClient:
     transport = httpx.ASGITransport(app=ledger.app)
     return httpx.AsyncClient(transport=transport, base_url="http://ledger.test")
 
 
 @pytest.fixture
-async def http(reader: Ledger) -> AsyncIterator[httpx.AsyncClient]:
+async def http(reader: Service) -> AsyncIterator[httpx.AsyncClient]:
     async with http_client(reader) as client:
         yield client
 
 
-async def seed(ledger: Ledger, *events: PointsRequestedEvent) -> None:
+async def seed(ledger: Service, *events: PointsRequestedEvent) -> None:
     async with ledger.runtime.pool.acquire() as connection, connection.transaction():
         await apply_batch(connection, events)
 
@@ -221,9 +221,9 @@ async def wait_until_committed(
 
 class TestThroughTheBroker:
     async def test_a_requested_earn_is_applied_published_and_readable(
-        self, ledger: Ledger, issuer: TestIssuer
+        self, ledger: Service, issuer: TestIssuer
     ) -> None:
-        servers = ledger.settings.kafka_bootstrap_servers
+        servers = ledger.runtime.settings.kafka_bootstrap_servers
         event = points_requested(120)
         producer = AIOKafkaProducer(bootstrap_servers=servers, acks="all")
         await producer.start()
@@ -257,7 +257,7 @@ class TestThroughTheBroker:
 
 class TestARevokedClient:
     async def test_reads_nothing_once_its_revocation_arrives_while_others_still_read(
-        self, ledger: Ledger, issuer: TestIssuer
+        self, ledger: Service, issuer: TestIssuer
     ) -> None:
         await seed(ledger, points_requested(30))
         revoked, other = issuer.token(subject="client-1"), issuer.token(subject="client-2")
@@ -285,7 +285,9 @@ class TestARevokedClient:
             correlation_id="corr-revoke",
             type="client.revoked",
         )
-        await produce(ledger.settings.kafka_bootstrap_servers, CLIENTS_LIFECYCLE, [revocation])
+        await produce(
+            ledger.runtime.settings.kafka_bootstrap_servers, CLIENTS_LIFECYCLE, [revocation]
+        )
 
         async def refused() -> bool:
             return (await balance(revoked)).status_code == 401
@@ -297,9 +299,9 @@ class TestARevokedClient:
 
 class TestARequestTheLedgerCannotApply:
     async def test_is_quarantined_and_settled_as_failed_while_the_next_one_applies(
-        self, ledger: Ledger
+        self, ledger: Service
     ) -> None:
-        servers = ledger.settings.kafka_bootstrap_servers
+        servers = ledger.runtime.settings.kafka_bootstrap_servers
         # Meets its contract, but no B-tree index can hold a member id this long.
         unstorable = points_requested(10, user_id=base64.b64encode(os.urandom(6_000)).decode())
         after = points_requested(30, user_id="member-after")
@@ -349,7 +351,7 @@ async def results_by_transaction(
 
 class TestBalanceReads:
     async def test_a_client_reads_a_members_balance_in_its_environment(
-        self, reader: Ledger, http: httpx.AsyncClient, issuer: TestIssuer
+        self, reader: Service, http: httpx.AsyncClient, issuer: TestIssuer
     ) -> None:
         await seed(reader, points_requested(50), points_requested(20, type="redeem"))
 
@@ -374,7 +376,7 @@ class TestBalanceReads:
         assert response.json()["balance"] == 0
 
     async def test_another_organisation_sees_none_of_the_members_points(
-        self, reader: Ledger, http: httpx.AsyncClient, issuer: TestIssuer
+        self, reader: Service, http: httpx.AsyncClient, issuer: TestIssuer
     ) -> None:
         await seed(reader, points_requested(50))
         token = issuer.token(org_id="org-2")
@@ -405,7 +407,7 @@ class TestBalanceReads:
         assert response.json()["code"] == "ENVIRONMENT_FORBIDDEN"
 
     async def test_a_business_user_reads_either_environment(
-        self, reader: Ledger, http: httpx.AsyncClient, issuer: TestIssuer
+        self, reader: Service, http: httpx.AsyncClient, issuer: TestIssuer
     ) -> None:
         await seed(reader, points_requested(7, environment="production"))
         token = issuer.token(typ="user", environment=None)
@@ -474,7 +476,7 @@ class TestHealth:
 
 class TestHistoryReads:
     async def test_pages_through_transactions_newest_first_in_camel_case(
-        self, reader: Ledger, http: httpx.AsyncClient, issuer: TestIssuer
+        self, reader: Service, http: httpx.AsyncClient, issuer: TestIssuer
     ) -> None:
         events = [points_requested(n) for n in (1, 2, 3)]
         for event in events:
@@ -545,7 +547,7 @@ def business_user(
 
 class TestReversalEndpoint:
     async def test_an_editor_reverses_an_earn_and_gets_the_outcome_in_camel_case(
-        self, reader: Ledger, http: httpx.AsyncClient, issuer: TestIssuer
+        self, reader: Service, http: httpx.AsyncClient, issuer: TestIssuer
     ) -> None:
         earn = points_requested(80)
         await seed(reader, earn, points_requested(30, type="redeem"))
@@ -568,7 +570,7 @@ class TestReversalEndpoint:
         assert (body["transactionId"], body["actor"]) == (str(earn.data.transaction_id), "user-1")
 
     async def test_a_repeated_reversal_answers_200_with_the_first_outcome(
-        self, reader: Ledger, http: httpx.AsyncClient, issuer: TestIssuer
+        self, reader: Service, http: httpx.AsyncClient, issuer: TestIssuer
     ) -> None:
         earn = points_requested(80)
         await seed(reader, earn)
@@ -591,7 +593,7 @@ class TestReversalEndpoint:
     )
     async def test_viewers_and_clients_may_not_reverse(
         self,
-        reader: Ledger,
+        reader: Service,
         http: httpx.AsyncClient,
         issuer: TestIssuer,
         typ: Literal["client", "user"],
@@ -611,7 +613,7 @@ class TestReversalEndpoint:
         assert response.json()["code"] == code
 
     async def test_another_organisations_transaction_is_not_found(
-        self, reader: Ledger, http: httpx.AsyncClient, issuer: TestIssuer
+        self, reader: Service, http: httpx.AsyncClient, issuer: TestIssuer
     ) -> None:
         earn = points_requested(80)
         await seed(reader, earn)
@@ -626,7 +628,7 @@ class TestReversalEndpoint:
         assert response.json()["code"] == "TRANSACTION_NOT_FOUND"
 
     async def test_a_rejected_transaction_is_a_conflict(
-        self, reader: Ledger, http: httpx.AsyncClient, issuer: TestIssuer
+        self, reader: Service, http: httpx.AsyncClient, issuer: TestIssuer
     ) -> None:
         redeem = points_requested(5, type="redeem")
         await seed(reader, redeem)
@@ -641,7 +643,7 @@ class TestReversalEndpoint:
         assert response.json()["code"] == "REJECTED_NOT_REVERSIBLE"
 
     async def test_a_missing_reason_is_a_bad_request(
-        self, reader: Ledger, http: httpx.AsyncClient, issuer: TestIssuer
+        self, reader: Service, http: httpx.AsyncClient, issuer: TestIssuer
     ) -> None:
         response = await http.post(
             f"/v1/transactions/{uuid4()}/reversal",
@@ -655,7 +657,7 @@ class TestReversalEndpoint:
 
 class TestRuleTotalsEndpoint:
     async def test_a_business_user_reads_a_rules_totals_in_camel_case(
-        self, reader: Ledger, http: httpx.AsyncClient, issuer: TestIssuer
+        self, reader: Service, http: httpx.AsyncClient, issuer: TestIssuer
     ) -> None:
         await seed(reader, points_requested(50), points_requested(20, type="redeem"))
 
@@ -681,7 +683,7 @@ class TestRuleTotalsEndpoint:
         }
 
     async def test_another_organisation_sees_zeros(
-        self, reader: Ledger, http: httpx.AsyncClient, issuer: TestIssuer
+        self, reader: Service, http: httpx.AsyncClient, issuer: TestIssuer
     ) -> None:
         await seed(reader, points_requested(50))
 
@@ -707,7 +709,7 @@ class TestRuleTotalsEndpoint:
 
 class TestRuleTransactionsEndpoint:
     async def test_lists_every_members_transactions_of_the_rule_newest_first(
-        self, reader: Ledger, http: httpx.AsyncClient, issuer: TestIssuer
+        self, reader: Service, http: httpx.AsyncClient, issuer: TestIssuer
     ) -> None:
         await seed(
             reader,
@@ -739,7 +741,7 @@ class TestRuleTransactionsEndpoint:
         assert second.json()["nextCursor"] is None
 
     async def test_another_organisation_sees_none_of_them(
-        self, reader: Ledger, http: httpx.AsyncClient, issuer: TestIssuer
+        self, reader: Service, http: httpx.AsyncClient, issuer: TestIssuer
     ) -> None:
         await seed(reader, points_requested(50))
 

@@ -17,11 +17,10 @@ from contracts import POINTS_REQUESTED, PointsRequestedEvent, PointsResultEvent
 from contracts.limits import MAX_MEMBER_BALANCE, MAX_POINTS, MAX_POOL_BALANCE
 from infra import quarantine
 from infra.errors import ConcurrentUpdateConflict, is_transient
-from services.ledger.app import Ledger
 from services.ledger.applying import BALANCE_LIMIT_EXCEEDED, apply_batch
 from services.ledger.reversals import ReversalPastLimit, reverse_transaction
 from services.ledger.verification import verify_ledger
-from tests.helpers import eventually, produce
+from tests.helpers import Service, eventually, produce
 from tests.integration.test_ledger_app import (  # noqa: F401 - fixtures
     SHARED_PARTITION,
     issuer,
@@ -297,9 +296,9 @@ class TestTheDatabaseBackstop:
 class TestThroughTheBroker:
     async def test_the_request_past_a_limit_fails_and_the_next_ones_apply(
         self,
-        ledger: Ledger,  # noqa: F811 - the fixture
+        ledger: Service,  # noqa: F811 - the fixture
     ) -> None:
-        servers = ledger.settings.kafka_bootstrap_servers
+        servers = ledger.runtime.settings.kafka_bootstrap_servers
         async with ledger.runtime.pool.acquire() as connection, connection.transaction():
             await apply_batch(connection, [points_requested(amount=MAX_POINTS, rule_id="rule-1")])
         past = points_requested(amount=MAX_POINTS, rule_id="rule-1")

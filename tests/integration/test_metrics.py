@@ -21,9 +21,9 @@ from infra.kafka_admin import create_topics
 from infra.outbox import enqueue
 from infra.runtime import ServiceRuntime
 from services.ledger.app import MIGRATIONS as LEDGER_MIGRATIONS
-from services.ledger.app import Ledger, create_ledger
+from services.ledger.app import create_app as create_ledger_app
 from services.ledger.settings import LedgerSettings
-from tests.helpers import eventually
+from tests.helpers import Service, eventually
 
 EXAMPLES = Path(__file__).parents[2] / "contracts" / "examples"
 
@@ -59,7 +59,7 @@ def rule_events(count: int) -> list[RuleLifecycleEvent]:
 
 
 @asynccontextmanager
-async def running(ledger: Ledger) -> AsyncIterator[Ledger]:
+async def running(ledger: Service) -> AsyncIterator[Service]:
     await ledger.runtime.start()
     try:
         yield ledger
@@ -72,7 +72,7 @@ class TestHttpMetrics:
         self, database_url: str
     ) -> None:
         settings = LedgerSettings(database_url=database_url, startup_timeout_seconds=15)
-        async with running(create_ledger(settings, consume=False)) as ledger:
+        async with running(Service(*create_ledger_app(settings, consume=False))) as ledger:
             transport = httpx.ASGITransport(app=ledger.app)
             async with httpx.AsyncClient(transport=transport, base_url="http://ledger") as http:
                 refused = await http.get("/v1/members/member-42/balance")
@@ -97,7 +97,7 @@ class TestOutboxMetrics:
             kafka_bootstrap_servers=kafka_bootstrap_servers,
             startup_timeout_seconds=15,
         )
-        ledger = create_ledger(settings)
+        ledger = Service(*create_ledger_app(settings))
         backlog = sample("points_outbox_backlog", service="ledger")
         published = sample("points_outbox_published_total", service="ledger")
         # Holding the relay's leader lock keeps it from publishing until we let go.

@@ -38,8 +38,9 @@ from infra.kafka_admin import create_topics
 from infra.runtime import ServiceRuntime
 from infra.signing import DEVELOPMENT_SIGNING_KEY, derive_signing_secret, verify
 from services.notifier import queueing
-from services.notifier.api import deliveries_router
-from services.notifier.app import MIGRATIONS, create_notifier
+from services.notifier.api import NotifierContext
+from services.notifier.api import router as operator_router
+from services.notifier.app import MIGRATIONS, create_app
 from services.notifier.dispatch import DeliveryDispatcher
 from services.notifier.metrics import DeliveryMetrics
 from services.notifier.resolver import GetAddrInfo
@@ -615,7 +616,10 @@ async def operator_api(
 ) -> AsyncIterator[httpx.AsyncClient]:
     """An HTTP client of ``notifier``'s operator endpoints."""
     app = create_http_app()
-    app.include_router(deliveries_router(settings, notifier.runtime, notifier.dispatcher))
+    app.state.notifier = NotifierContext(
+        runtime=notifier.runtime, settings=settings, dispatcher=notifier.dispatcher
+    )
+    app.include_router(operator_router)
     transport = httpx.ASGITransport(app=app)
     async with httpx.AsyncClient(transport=transport, base_url="http://notifier") as http:
         yield http
@@ -695,18 +699,18 @@ class TestThroughKafka:
         result = result_event(receiver.url())
         await publish_in_order(kafka_bootstrap_servers, client_event(), result)
 
-        notifier = create_notifier(
+        app, runtime = create_app(
             notifier_settings(database_url, kafka_bootstrap_servers=kafka_bootstrap_servers)
         )
-        await notifier.runtime.start()
+        await runtime.start()
         try:
             [callback] = await receiver.wait_for(1, timeout=30.0)
             await asyncio.sleep(0.5)
-            transport = httpx.ASGITransport(app=notifier.app)
+            transport = httpx.ASGITransport(app=app)
             async with httpx.AsyncClient(transport=transport, base_url="http://notifier") as http:
                 metrics = metric_samples((await http.get("/metrics")).text)
         finally:
-            await notifier.runtime.stop()
+            await runtime.stop()
 
         assert len(receiver.received) == 1
         assert callback.headers["x-points-event-id"] == str(result.event_id)

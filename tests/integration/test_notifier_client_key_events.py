@@ -11,7 +11,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from contracts import ClientLifecycleEvent
 from infra.request_signing import public_pem
 from infra.signing import verify
-from services.notifier.app import create_notifier
+from services.notifier.app import create_app
 from tests.integration.test_notifier import (
     CallbackReceiver,
     client_event,
@@ -44,13 +44,13 @@ class TestClientKeyChanges:
         result = result_event(receiver.url())
         await publish_in_order(kafka_bootstrap_servers, key_changed_event(), result)
 
-        notifier = create_notifier(
+        _, runtime = create_app(
             notifier_settings(database_url, kafka_bootstrap_servers=kafka_bootstrap_servers)
         )
-        await notifier.runtime.start()
+        await runtime.start()
         try:
             [callback] = await receiver.wait_for(1, timeout=30.0)
         finally:
-            await notifier.runtime.stop()
+            await runtime.stop()
 
         assert verify(signing_secret(), callback.body, callback.headers["x-points-signature"])

@@ -20,7 +20,6 @@ from email.policy import default
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 from aiokafka import AIOKafkaProducer
 from aiosmtpd.controller import Controller
@@ -29,18 +28,17 @@ from structlog.testing import capture_logs
 
 from contracts import ALL_TOPICS, ShareEmailRequested, ShareEmailRequestedEvent
 from infra.dev.smtp_sink import SmtpSink, list_messages, start_smtp_sink
-from infra.http import create_http_app
 from infra.kafka_admin import create_topics
 from infra.signing import DEVELOPMENT_SIGNING_KEY, derive_signing_secret
 from services.notifier import queueing
-from services.notifier.api import deliveries_router
-from services.notifier.app import create_notifier
+from services.notifier.app import create_app
 from services.notifier.settings import NotifierSettings
 from tests.helpers import free_port
 from tests.integration.test_notifier import (
     RunningCallbacks,
     client_event,
     notifier_settings,
+    operator_api,
     running_callbacks,
 )
 
@@ -308,10 +306,7 @@ class TestSmtpFailures:
             await wait_for_email(notifier, event, "failed")
             await asyncio.sleep(0.5)
             delivery = await wait_for_email(notifier, event, "failed")
-            app = create_http_app()
-            app.include_router(deliveries_router(settings, notifier.runtime, notifier.dispatcher))
-            transport = httpx.ASGITransport(app=app)
-            async with httpx.AsyncClient(transport=transport, base_url="http://notifier") as http:
+            async with operator_api(settings, notifier) as http:
                 listed = await http.get(
                     "/v1/deliveries", params={"kind": "email", "status": "failed"}
                 )
@@ -361,13 +356,13 @@ class TestThroughKafka:
         settings = email_settings(
             database_url, mail_sink.url, kafka_bootstrap_servers=kafka_bootstrap_servers
         )
-        notifier = create_notifier(settings)
-        await notifier.runtime.start()
+        _, runtime = create_app(settings)
+        await runtime.start()
         try:
             [path] = await wait_for_messages(mail_sink, 1, timeout=30.0)
             await asyncio.sleep(0.5)
         finally:
-            await notifier.runtime.stop()
+            await runtime.stop()
 
         assert len(list_messages(mail_sink.mail_dir)) == 1
         message = email.message_from_bytes(path.read_bytes(), policy=default)

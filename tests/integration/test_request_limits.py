@@ -18,7 +18,7 @@ import pytest
 import pytest_asyncio
 
 from infra.tokens import JwksVerifier
-from services.ledger.app import create_ledger
+from services.ledger.app import create_app as create_ledger_app
 from services.ledger.settings import LedgerSettings
 from services.notifier.app import create_app as create_notifier_app
 from services.notifier.settings import NotifierSettings
@@ -62,7 +62,7 @@ class Services:
 @pytest_asyncio.fixture(scope="module", loop_scope="session")
 async def services(postgres_server_dsn: str) -> AsyncIterator[Services]:
     async with fresh_trigger_stack(postgres_server_dsn) as stack:
-        ledger = create_ledger(
+        ledger_app, ledger_runtime = create_ledger_app(
             LedgerSettings(
                 database_url=stack.database_url, max_body_bytes=LIMIT, startup_timeout_seconds=15
             ),
@@ -74,15 +74,15 @@ async def services(postgres_server_dsn: str) -> AsyncIterator[Services]:
                 mode="development", database_url=stack.database_url, max_body_bytes=LIMIT
             )
         )
-        await ledger.runtime.start()
+        await ledger_runtime.start()
         try:
             async with (
-                asgi_client(ledger.app, "http://ledger.test") as ledger_http,
+                asgi_client(ledger_app, "http://ledger.test") as ledger_http,
                 asgi_client(notifier_app, "http://notifier.test") as notifier_http,
             ):
                 yield Services(stack, ledger_http, notifier_http)
         finally:
-            await ledger.runtime.stop()
+            await ledger_runtime.stop()
 
 
 SERVICES = ["trigger", "rules", "ledger", "notifier"]

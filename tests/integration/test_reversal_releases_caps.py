@@ -24,7 +24,7 @@ from infra import db
 from infra.kafka_admin import create_topics
 from infra.runtime import ServiceRuntime
 from infra.tokens import JwksVerifier
-from services.ledger.app import create_ledger
+from services.ledger.app import create_app as create_ledger_app
 from services.ledger.settings import LedgerSettings
 from services.rules.app import create_app as create_rules_app
 from services.trigger import settlement
@@ -141,7 +141,7 @@ async def platform(postgres_server_dsn: str) -> AsyncIterator[Platform]:
             trigger_app, trigger_runtime = create_trigger_app(
                 gateway_settings(database_url, bootstrap_servers), verifier=verifier()
             )
-            ledger = create_ledger(
+            ledger_app, ledger_runtime = create_ledger_app(
                 LedgerSettings(
                     mode="development",
                     database_url=database_url,
@@ -151,7 +151,7 @@ async def platform(postgres_server_dsn: str) -> AsyncIterator[Platform]:
                 verifier=verifier(),
             )
             async with contextlib.AsyncExitStack() as running:
-                for runtime in (rules_runtime, trigger_runtime, ledger.runtime):
+                for runtime in (rules_runtime, trigger_runtime, ledger_runtime):
                     await runtime.start()
                     running.push_async_callback(runtime.stop)
                 rules_http = await running.enter_async_context(asgi_client(rules_app, RULES_URL))
@@ -163,7 +163,7 @@ async def platform(postgres_server_dsn: str) -> AsyncIterator[Platform]:
                     gateway=await running.enter_async_context(
                         asgi_client(trigger_app, TRIGGER_URL)
                     ),
-                    ledger=await running.enter_async_context(asgi_client(ledger.app, LEDGER_URL)),
+                    ledger=await running.enter_async_context(asgi_client(ledger_app, LEDGER_URL)),
                     gateway_runtime=trigger_runtime,
                     database_url=database_url,
                     console=Console(

@@ -843,7 +843,7 @@ class TestSigningKeysAtRest:
     ) -> None:
         kid = await insert_plain_signing_key(stack)
 
-        async with stack.runtime.pool.acquire() as connection:
+        async with stack.runtime.pool.acquire() as connection, connection.transaction():
             await TokenIssuer.for_settings(stack.settings).ensure_signing_key(connection)
         token = await client_token(http, tenant.client)
 

@@ -7,13 +7,13 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
-from typing import Annotated, Any
+from typing import Annotated
 
 import asyncpg
 import jwt
 from fastapi import Depends, Request
 
-from infra.http import Forbidden, Unauthorized, bearer_token
+from infra.http import Forbidden, ServiceContext, Unauthorized, bearer_token
 from infra.tokens import ALGORITHM
 from services.rules import sessions, throttle
 from services.rules.service import credentials, tokens
@@ -21,11 +21,10 @@ from services.rules.settings import RulesSettings
 
 
 @dataclass(frozen=True)
-class RulesContext:
+class RulesContext(ServiceContext):
     """What the routes need, put on ``app.state.rules`` by the app factory."""
 
     settings: RulesSettings
-    pool_of: Any  # a callable returning the runtime's pool once it has started
     issuer: tokens.TokenIssuer
     #: The addresses this process told to wait before their next sign-in attempt.
     waiting: throttle.Waiting = field(default_factory=throttle.Waiting)
@@ -33,11 +32,6 @@ class RulesContext:
     @property
     def throttles(self) -> credentials.SignInThrottles:
         return credentials.SignInThrottles.of(self.settings, self.waiting)
-
-    @property
-    def pool(self) -> asyncpg.Pool:
-        pool: asyncpg.Pool = self.pool_of()
-        return pool
 
 
 async def context(request: Request) -> RulesContext:

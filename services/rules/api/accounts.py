@@ -62,7 +62,7 @@ async def open_console_session(
     ctx.throttles.refuse_if_waiting("login", client_ip, "logins")
     lifetime = ctx.settings.user_token_lifetime_seconds
     user = await accounts.log_in(ctx.pool, body.email, body.password, client_ip, ctx.throttles)
-    async with ctx.pool.acquire() as connection:
+    async with ctx.pool.acquire() as connection, connection.transaction():
         session_id, session = await sessions.open_session(
             connection, user, timedelta(seconds=lifetime)
         )

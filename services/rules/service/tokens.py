@@ -41,21 +41,21 @@ class TokenIssuer:
         return cls(settings.public_url, KeyVault(settings.signing_key_encryption_key))
 
     async def ensure_signing_key(self, connection: asyncpg.Connection) -> None:
-        """Create the first key if there is none, and seal keys an older release stored plain.
+        """Create the first key if there is none, and seal keys an older release stored plain,
+        in the caller's transaction (which holds the signing keys' lock until it ends).
 
         Every live key is opened here, so a wrong key-encryption key stops the start-up
         with a clear message instead of failing the first token request.
         """
-        async with connection.transaction():
-            await connection.execute(sql.LOCK_SIGNING_KEYS)
-            for row in await connection.fetch(sql.ACTIVE_SIGNING_KEYS):
-                key = self._open(row)
-                if is_plain_pem(row["sealed_private_key"]):
-                    sealed = self._vault.seal(row["kid"], key)
-                    await connection.execute(sql.RESEAL_SIGNING_KEY, row["kid"], sealed)
-                    log.info("signing_key.sealed", kid=row["kid"])
-            if await connection.fetchrow(sql.ACTIVE_SIGNING_KEYS) is None:
-                await self.add_signing_key(connection)
+        await connection.execute(sql.LOCK_SIGNING_KEYS)
+        for row in await connection.fetch(sql.ACTIVE_SIGNING_KEYS):
+            key = self._open(row)
+            if is_plain_pem(row["sealed_private_key"]):
+                sealed = self._vault.seal(row["kid"], key)
+                await connection.execute(sql.RESEAL_SIGNING_KEY, row["kid"], sealed)
+                log.info("signing_key.sealed", kid=row["kid"])
+        if await connection.fetchrow(sql.ACTIVE_SIGNING_KEYS) is None:
+            await self.add_signing_key(connection)
 
     async def add_signing_key(self, connection: asyncpg.Connection) -> str:
         """Create a new key; it signs from now on while older keys still verify."""
@@ -148,13 +148,12 @@ async def rotate_signing_key(
     Nothing is refused meanwhile: the previous key stays live, so tokens it signed a
     moment ago verify; older keys stop signing now and are retired once every token
     they signed has expired (``token_lifetime``), after which the JWKS still publishes
-    them for a day. Returns the new key's ``kid``.
+    them for a day. Returns the new key's ``kid``; runs in the caller's transaction.
     """
-    async with connection.transaction():
-        await connection.execute(sql.LOCK_SIGNING_KEYS)
-        previous = await connection.fetchrow(sql.ACTIVE_SIGNING_KEYS)
-        kid = await issuer.add_signing_key(connection)
-        keep = [kid] + ([previous["kid"]] if previous else [])
-        await connection.execute(sql.RETIRE_SIGNING_KEYS, keep, now() + token_lifetime)
+    await connection.execute(sql.LOCK_SIGNING_KEYS)
+    previous = await connection.fetchrow(sql.ACTIVE_SIGNING_KEYS)
+    kid = await issuer.add_signing_key(connection)
+    keep = [kid] + ([previous["kid"]] if previous else [])
+    await connection.execute(sql.RETIRE_SIGNING_KEYS, keep, now() + token_lifetime)
     log.info("signing_key.rotated", kid=kid)
     return kid
