@@ -6,14 +6,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Annotated, Any
 
-import asyncpg
 from fastapi import APIRouter, Depends, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from contracts.text import Text
-from infra.http import Unauthorized, authenticate
+from infra.http import ServiceContext, Unauthorized, authenticate
 from infra.request_signing import SIGNATURE_HEADER, TIMESTAMP_HEADER
 from infra.tokens import JwksVerifier, Principal
 from services.trigger.admission import Gateway, client_access
@@ -25,18 +24,12 @@ from services.trigger.signatures import SignedRequest
 
 
 @dataclass(frozen=True)
-class TriggerContext:
-    """What the routes share: the verifier, the settings, the pool and the gateway."""
+class TriggerContext(ServiceContext):
+    """What the routes need, put on ``app.state.trigger`` by the app factory."""
 
-    verifier: JwksVerifier
     settings: TriggerSettings
-    pool_of: Any
+    verifier: JwksVerifier
     gateway: Gateway
-
-    @property
-    def pool(self) -> asyncpg.Pool:
-        pool: asyncpg.Pool = self.pool_of()
-        return pool
 
 
 async def context(request: Request) -> TriggerContext:

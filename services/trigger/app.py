@@ -9,15 +9,16 @@ from fastapi import FastAPI
 from contracts import POINTS_REQUESTED, PointsRequestedEvent
 from infra.broker import create_broker
 from infra.catchup import CatchUp
-from infra.health import health_router
 from infra.http import create_http_app, serve_directly
 from infra.runtime import ServiceRuntime
+from infra.serving import app_only
 from infra.tokens import JwksVerifier
 from services.trigger import subscribers
 from services.trigger.admission import Gateway
 from services.trigger.api import TRIGGER_PATH, TriggerContext, router, serve_trigger
 from services.trigger.housekeeping import PendingReconciler, RequestPurger
 from services.trigger.settings import TriggerSettings
+from services.trigger.subscribers import register_subscribers
 
 MIGRATIONS = Path(__file__).parent / "migrations"
 
@@ -28,8 +29,10 @@ PUBLISHES = (
 
 
 def create_app(
-    settings: TriggerSettings | None = None, verifier: JwksVerifier | None = None
+    settings: TriggerSettings | None = None, *, verifier: JwksVerifier | None = None
 ) -> tuple[FastAPI, ServiceRuntime]:
+    """The gateway's HTTP app and its runtime; ``verifier`` defaults to the issuer's JWKS
+    at ``token_issuer_url``."""
     settings = settings or TriggerSettings()
     broker = create_broker(settings)
     runtime = ServiceRuntime(
@@ -38,7 +41,7 @@ def create_app(
         migrations=MIGRATIONS,
         broker=broker,
     )
-    subscribers.register(runtime)
+    register_subscribers(runtime)
     verifier = verifier or JwksVerifier(settings.token_issuer_url)
     projection = CatchUp(settings, subscribers.PROJECTION_GROUP, list(subscribers.PROJECTED_TOPICS))
     purger = RequestPurger(
@@ -61,19 +64,22 @@ def create_app(
     runtime.readiness_checks["projection"] = projection.caught_up
 
     app = create_http_app(
-        runtime.metrics,
+        runtime=runtime,
         max_body_bytes=settings.max_body_bytes,
         title="Points platform — trigger gateway",
         description="The developer-facing API: trigger earning and redemption, poll outcomes.",
         version="1",
     )
     app.state.trigger = TriggerContext(
-        verifier=verifier,
+        runtime=runtime,
         settings=settings,
-        pool_of=lambda: runtime.pool,
+        verifier=verifier,
         gateway=Gateway.on_database(lambda: runtime.pool, settings),
     )
-    app.include_router(health_router(runtime))
     app.include_router(router)
     serve_directly(app, "POST", TRIGGER_PATH, serve_trigger)
     return app, runtime
+
+
+#: For ``uvicorn --factory services.trigger.app:asgi_app``.
+asgi_app = app_only(create_app)

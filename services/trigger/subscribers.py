@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncpg
+
 from contracts import (
     CLIENTS_LIFECYCLE,
     POINTS_RESULTS,
@@ -20,14 +22,17 @@ RESULTS_GROUP = "trigger.results"
 PROJECTED_TOPICS = (RULES_LIFECYCLE, CLIENTS_LIFECYCLE)
 
 
-def register(runtime: ServiceRuntime) -> None:
-    async def project_lifecycle(events: list[RuleLifecycleEvent | ClientLifecycleEvent]) -> None:
-        async with runtime.pool.acquire() as connection, connection.transaction():
-            for event in events:
-                if isinstance(event, RuleLifecycleEvent):
-                    await project_rule(connection, event)
-                else:
-                    await project_client(connection, event)
+def register_subscribers(runtime: ServiceRuntime) -> None:
+    """Attach the gateway's handlers to the runtime's broker."""
+
+    async def project_lifecycle(
+        connection: asyncpg.Connection, events: list[RuleLifecycleEvent | ClientLifecycleEvent]
+    ) -> None:
+        for event in events:
+            if isinstance(event, RuleLifecycleEvent):
+                await project_rule(connection, event)
+            else:
+                await project_client(connection, event)
 
     projected: dict[str, type[RuleLifecycleEvent | ClientLifecycleEvent]] = {
         RULES_LIFECYCLE: RuleLifecycleEvent,
@@ -36,7 +41,7 @@ def register(runtime: ServiceRuntime) -> None:
     runtime.consume(
         projected,
         group_id=PROJECTION_GROUP,
-        handler=project_lifecycle,
+        handler=runtime.transactional(project_lifecycle),
         # One projection for both environments: /readyz waits for it, and its traffic
         # is what business users and operators do, not what partners send.
         by_environment=False,
@@ -44,14 +49,15 @@ def register(runtime: ServiceRuntime) -> None:
         "versioned, so a replay from the beginning is safe; a revoked client is refused at once.",
     )
 
-    async def settle_results(events: list[PointsResultEvent]) -> None:
-        async with runtime.pool.acquire() as connection, connection.transaction():
-            await settlement.settle_results(connection, events)
+    async def settle_results(
+        connection: asyncpg.Connection, events: list[PointsResultEvent]
+    ) -> None:
+        await settlement.settle_results(connection, events)
 
     runtime.consume(
         {POINTS_RESULTS: PointsResultEvent},
         group_id=RESULTS_GROUP,
-        handler=settle_results,
+        handler=runtime.transactional(settle_results),
         environment_of=environment_from_member_key,
         description="Settles requests with the ledger's outcome; frees caps on rejection, and "
         "what a reversal moved back. One transaction per batch.",
