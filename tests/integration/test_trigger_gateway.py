@@ -299,6 +299,8 @@ async def seeded_gateway(
     foreign = Console(rules_http, bearer(await login(rules_http, other.email)))
     await seed_rules(gateway, Console(rules_http, console), foreign)
     await wait_for_projection(gateway)
+    for client in gateway.clients.values():
+        await gateway.client_projected(client.client_id)
     return gateway
 
 
@@ -979,6 +981,8 @@ class TestChangesAfterAcceptance:
         rule = await console.rule(authorizedClientIds=[client.client_id])
         gateway.versions[rule["id"]] = rule["version"]
         await wait_for_projection(gateway)
+        # Until the client itself is projected, the gateway answers 503 CLIENT_NOT_READY.
+        await gateway.client_projected(client.client_id)
         return client, await client_token(gateway.rules_http, client), rule["id"]
 
     async def client_projected(self, gateway: Gateway, client_id: str, **expected: Any) -> None:
