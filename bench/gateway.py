@@ -290,13 +290,6 @@ def seed(platform: RunningPlatform) -> tuple[str, str]:
     return rule["id"], token
 
 
-def database_url(platform: RunningPlatform) -> str:
-    for line in (platform.state / "dev.env").read_text().splitlines():
-        if line.startswith("DATABASE_URL="):
-            return line.split("=", 1)[1]
-    raise RuntimeError("the platform wrote no DATABASE_URL")
-
-
 async def ledger_drain_seconds(dsn: str, timeout: float = 300) -> tuple[float, int, int]:
     """Seconds until the ledger has a transaction for every accepted request."""
     connection = await asyncpg.connect(dsn)
@@ -370,7 +363,9 @@ def main() -> None:
         sustained = run_wrk(
             gateway, script, [rule_id, "main", token], options.seconds, options.connections
         )
-        drain, accepted, applied = asyncio.run(ledger_drain_seconds(database_url(platform)))
+        drain, accepted, applied = asyncio.run(
+            ledger_drain_seconds(platform.stack_setting("DATABASE_URL"))
+        )
         ceiling = run_wrk(
             bare_url, script, [rule_id, "bare", token], options.seconds, options.connections
         )

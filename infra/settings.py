@@ -295,11 +295,19 @@ def load_stack_environment(path: Path) -> bool:
     """
     if not path.is_file():
         return False
+    for name, value in read_stack_environment(path).items():
+        os.environ.setdefault(name, value)
+    return True
+
+
+def read_stack_environment(path: Path) -> dict[str, str]:
+    """The connection settings a running ``points dev`` wrote to ``path``, by name."""
+    settings = {}
     for line in path.read_text().splitlines():
         name, sep, value = line.partition("=")
         if sep and name.strip() and not name.startswith("#"):
-            os.environ.setdefault(name.strip(), value.strip())
-    return True
+            settings[name.strip()] = value.strip()
+    return settings
 
 
 def environment_overrides() -> dict[str, str]:

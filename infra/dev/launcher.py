@@ -21,7 +21,7 @@ from typing import Any
 
 import httpx
 
-from infra.settings import SERVICES
+from infra.settings import SERVICES, read_stack_environment
 
 #: Variables of the caller's shell that would point the child at other servers.
 _FOREIGN_PREFIXES = (
@@ -50,6 +50,14 @@ class RunningPlatform:
     process: subprocess.Popen[bytes]
     log: Path
     state: Path
+
+    def stack_setting(self, name: str) -> str:
+        """A connection setting ``points dev`` wrote for its clients, such as ``DATABASE_URL``
+        or ``KAFKA_BOOTSTRAP_SERVERS``."""
+        value = read_stack_environment(self.state / "dev.env").get(name)
+        if value is None:
+            raise RuntimeError(f"points dev wrote no {name}")
+        return value
 
     @property
     def mail_dir(self) -> Path:

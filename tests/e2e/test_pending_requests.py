@@ -116,11 +116,7 @@ class Developer:
 async def developer(
     platform: RunningPlatform, receiver: CallbackReceiver
 ) -> AsyncIterator[Developer]:
-    dsn = next(
-        line.split("=", 1)[1]
-        for line in (platform.state / "dev.env").read_text().splitlines()
-        if line.startswith("DATABASE_URL=")
-    )
+    dsn = platform.stack_setting("DATABASE_URL")
     async with httpx.AsyncClient(timeout=10) as http:
         business = await business_with_an_active_rule(
             platform, http, f"Pending {uuid.uuid4().hex[:8]}", "Patience points"

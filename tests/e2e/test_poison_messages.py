@@ -61,11 +61,7 @@ def platform() -> Iterator[RunningPlatform]:
 
 
 def bootstrap_servers(platform: RunningPlatform) -> str:
-    for line in (platform.state / "dev.env").read_text().splitlines():
-        name, _, value = line.partition("=")
-        if name == "KAFKA_BOOTSTRAP_SERVERS":
-            return value
-    raise AssertionError("points dev wrote no KAFKA_BOOTSTRAP_SERVERS")
+    return platform.stack_setting("KAFKA_BOOTSTRAP_SERVERS")
 
 
 def too_long_for_an_index() -> str:
