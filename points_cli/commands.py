@@ -20,7 +20,7 @@ from infra import db, quarantine
 from infra.problems import Problem
 from infra.runtime import INFRA_MIGRATIONS
 from infra.settings import SERVICES, ServiceSettings
-from services.rules.service import accounts, clients, tokens
+from services.rules import accounts, clients, tokens
 from services.rules.settings import RulesSettings
 
 

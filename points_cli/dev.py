@@ -36,7 +36,7 @@ from infra.kafka_admin import create_topics, wait_for_kafka
 from infra.settings import SERVICES, ServiceSettings, environment_overrides, var_dir
 from infra.signing import DEVELOPMENT_SIGNING_KEY
 from points_cli.commands import migrations_of
-from services.rules.service import accounts, clients
+from services.rules import accounts, clients
 from services.rules.settings import RulesSettings
 
 DEMO_EMAIL = "demo@points.example"

@@ -33,7 +33,7 @@ from infra.dev.postgres import with_database
 from infra.runtime import ServiceRuntime
 from infra.tokens import TOKEN_PATH
 from points_cli.main import run as run_points
-from services.rules.service import accounts, clients
+from services.rules import accounts, clients
 from services.rules.settings import RulesSettings
 
 T = TypeVar("T")

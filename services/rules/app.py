@@ -20,9 +20,9 @@ from infra.runtime import ServiceRuntime
 from infra.serving import app_only
 from services.rules import console
 from services.rules.api import RulesContext, accounts, guide, oauth, rules
-from services.rules.service.tokens import TokenIssuer
 from services.rules.settings import RulesSettings
 from services.rules.subscribers import register_subscribers
+from services.rules.tokens import TokenIssuer
 
 MIGRATIONS = Path(__file__).parent / "migrations"
 

@@ -35,11 +35,10 @@ from infra.dev.smtp_sink import list_messages
 from infra.logging import get_logger
 from infra.problems import Problem
 from infra.tokens import API_AUDIENCE
-from services.rules import sessions
+from services.rules import accounts, rules, sessions
 from services.rules.api import Context, RulesContext, Tx, User, console_session
-from services.rules.service import accounts, rules
-from services.rules.service.tokens import TokenIssuer
 from services.rules.settings import RulesSettings
+from services.rules.tokens import TokenIssuer
 
 log = get_logger(__name__)
 

@@ -13,8 +13,8 @@ from contracts.limits import MAX_POINTS
 from contracts.notifications_requested import EmailAddress
 from contracts.text import MultilineText, Text
 from infra.storable import StorableDatetime
-from services.rules.service.rules import display_status
-from services.rules.service.sharing import ShareDetails
+from services.rules.rules import display_status
+from services.rules.sharing import ShareDetails
 
 
 class CamelModel(BaseModel):

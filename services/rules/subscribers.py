@@ -5,7 +5,7 @@ from __future__ import annotations
 from contracts import POINTS_RESULTS, PointsResultEvent
 from infra.consumers import environment_from_member_key
 from infra.runtime import ServiceRuntime
-from services.rules.service import rules
+from services.rules import rules
 
 USAGE_GROUP = "rules.usage"
 

@@ -22,7 +22,7 @@ from structlog.testing import capture_logs
 from contracts import CLIENTS_LIFECYCLE, ClientLifecycleEvent
 from infra.signing import derive_signing_secret
 from infra.tokens import TOKEN_PATH
-from services.rules.service.clients import IssuedClient, create_client, rotate_client_secret
+from services.rules.clients import IssuedClient, create_client, rotate_client_secret
 from tests.helpers import (
     PASSWORD,
     Client,

@@ -18,7 +18,7 @@ import pytest
 from contracts import ALL_TOPICS, POINTS_RESULTS, PointsResult, PointsResultEvent
 from infra.kafka_admin import create_topics
 from services.rules.app import create_app
-from services.rules.service.rules import record_usage
+from services.rules.rules import record_usage
 from tests.helpers import (
     RULES_URL,
     RulesStack,

@@ -24,11 +24,11 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from contracts import NOTIFICATIONS_REQUESTED, RULES_LIFECYCLE, ShareEmailRequestedEvent
 from infra.errors import StartupError
 from infra.tokens import API_AUDIENCE, JWKS_PATH, JwksVerifier
+from services.rules import accounts
 from services.rules import repository as rules_sql
 from services.rules.app import create_app as create_rules_app
 from services.rules.key_vault import KeyVault
-from services.rules.service import accounts
-from services.rules.service.tokens import TokenIssuer, rotate_signing_key
+from services.rules.tokens import TokenIssuer, rotate_signing_key
 from tests.helpers import (
     PASSWORD,
     RULES_URL,

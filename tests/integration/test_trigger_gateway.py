@@ -39,8 +39,8 @@ from infra.request_signing import public_pem
 from infra.runtime import ServiceRuntime
 from infra.tokens import API_AUDIENCE, REALM_PATH, JwksVerifier
 from services.rules.app import create_app as create_rules_app
-from services.rules.service.tokens import TokenIssuer
 from services.rules.settings import RulesSettings
+from services.rules.tokens import TokenIssuer
 from services.trigger import admission, housekeeping, rate_limits, settlement
 from services.trigger.app import create_app as create_trigger_app
 from services.trigger.checks import Refused

@@ -15,8 +15,7 @@ from fastapi import Depends, Request
 
 from infra.http import Forbidden, ServiceContext, Unauthorized, bearer_token
 from infra.tokens import ALGORITHM
-from services.rules import sessions, throttle
-from services.rules.service import credentials, tokens
+from services.rules import credentials, sessions, throttle, tokens
 from services.rules.settings import RulesSettings
 
 

@@ -10,7 +10,7 @@ from fastapi import APIRouter, Request, Response
 
 from contracts.text import Text
 from infra.logging import get_logger
-from services.rules import sessions
+from services.rules import accounts, clients, sessions
 from services.rules.api import Context, Tx, User, console_session, require_csrf_token
 from services.rules.schemas import (
     ConsoleSessionOpened,
@@ -18,7 +18,6 @@ from services.rules.schemas import (
     LoginRequest,
     TokenResponse,
 )
-from services.rules.service import accounts, clients
 from services.rules.settings import RulesSettings
 
 log = get_logger(__name__)

@@ -13,8 +13,8 @@ from fastapi.responses import JSONResponse
 from contracts.text import refusal
 from infra.logging import get_logger
 from infra.tokens import ALGORITHM, JWKS_PATH, REALM_PATH, TOKEN_PATH
+from services.rules import clients, credentials, tokens
 from services.rules.api import Context
-from services.rules.service import clients, credentials, tokens
 
 log = get_logger(__name__)
 

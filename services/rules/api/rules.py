@@ -10,6 +10,7 @@ from fastapi import APIRouter, Query
 from contracts.text import Text
 from infra.logging import get_logger
 from infra.storable import BIGINT_MAX, StorableDatetime
+from services.rules import audit, rules, sharing
 from services.rules.api import BusinessUser, Context, CorrelationId, Tx, User
 from services.rules.schemas import (
     RuleCreate,
@@ -20,7 +21,6 @@ from services.rules.schemas import (
     ShareInfo,
     StatusChange,
 )
-from services.rules.service import audit, rules, sharing
 
 log = get_logger(__name__)
 

@@ -24,16 +24,16 @@ from infra.request_signing import (
 from infra.signing import derive_signing_secret, new_salt
 from services.rules import repository as sql
 from services.rules import throttle
-from services.rules.service import ENVIRONMENTS, Conflict, NotFound, new_id, now
-from services.rules.service.accounts import require_organisation
-from services.rules.service.audit import audit
-from services.rules.service.credentials import (
+from services.rules.accounts import require_organisation
+from services.rules.audit import audit
+from services.rules.credentials import (
     DUMMY_HASH,
     SignInThrottles,
     count_or_refuse_attempt,
     hasher,
     verify_secret,
 )
+from services.rules.records import ENVIRONMENTS, Conflict, NotFound, new_id, now
 
 
 @dataclass(frozen=True)

@@ -14,9 +14,9 @@ from contracts import Environment, RuleType, ShareEmailRequested, ShareEmailRequ
 from infra import outbox
 from infra.problems import Problem
 from services.rules import repository as sql
-from services.rules.service import Conflict
-from services.rules.service.audit import audit
-from services.rules.service.rules import get_rule
+from services.rules.audit import audit
+from services.rules.records import Conflict
+from services.rules.rules import get_rule
 from services.rules.settings import RulesSettings
 
 

@@ -1,11 +1,12 @@
-"""The rules service's logic, one module per area: ``accounts`` (organisations and
+"""What every area of the rules service shares: the environments, new ids, the
+clock, and the problems a missing or clashing record gives.
+
+The service's logic lives in one module per area: ``accounts`` (organisations and
 business users), ``credentials`` (hashed secrets and sign-in throttles), ``clients``
 (API clients), ``tokens`` (the token issuer), ``rules``, ``sharing`` and ``audit``.
-What every area shares is here.
-
-Functions take an open asyncpg connection; the caller (an HTTP route or a CLI
-command) owns the transaction, so a state change, its audit line and its
-outbox event commit together or not at all.
+Their functions take an open asyncpg connection; the caller (an HTTP route or a CLI
+command) owns the transaction, so a state change, its audit line and its outbox event
+commit together or not at all.
 """
 
 from __future__ import annotations

@@ -17,8 +17,8 @@ from contracts import POINTS_RESULTS, PointsResultEvent, RuleLifecycleEvent, Rul
 from infra import inbox, outbox
 from infra.problems import Problem
 from services.rules import repository as sql
-from services.rules.service import ENVIRONMENTS, Conflict, NotFound, new_id, now
-from services.rules.service.audit import audit
+from services.rules.audit import audit
+from services.rules.records import ENVIRONMENTS, Conflict, NotFound, new_id, now
 
 
 class ActivationBlocked(Problem):

@@ -9,14 +9,14 @@ import asyncpg
 from infra.problems import Problem
 from services.rules import repository as sql
 from services.rules import throttle
-from services.rules.service import Conflict, NotFound, new_id
-from services.rules.service.credentials import (
+from services.rules.credentials import (
     DUMMY_HASH,
     SignInThrottles,
     count_or_refuse_attempt,
     hasher,
     verify_secret,
 )
+from services.rules.records import Conflict, NotFound, new_id
 
 ROLES = ("admin", "editor", "viewer")
 

@@ -16,7 +16,7 @@ from infra.logging import get_logger
 from infra.tokens import ALGORITHM, API_AUDIENCE, REALM_PATH
 from services.rules import repository as sql
 from services.rules.key_vault import KeyVault, is_plain_pem
-from services.rules.service import now
+from services.rules.records import now
 from services.rules.settings import RulesSettings
 
 log = get_logger(__name__)
