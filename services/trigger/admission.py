@@ -37,10 +37,9 @@ import asyncpg
 
 from infra import outbox
 from infra.batching import Coalescer
-from infra.db import array_columns
 from infra.logging import get_logger
 from infra.problems import Problem, is_unavailable
-from services.trigger import repository as sql
+from services.trigger import repository
 from services.trigger.callback_urls import check_callback_url
 from services.trigger.checks import (
     Caller,
@@ -252,13 +251,14 @@ async def admit_triggers(
     default_burst: int,
 ) -> list[Admission]:
     """Admit a batch of triggers in one statement: each one's admission, in order."""
-    rows = await pool.fetch(
-        sql.ADMIT_TRIGGERS,
-        [arrival.caller.client_id for arrival in batch],
-        [arrival.trigger.request_id for arrival in batch],
-        [arrival.trigger.rule_id for arrival in batch],
-        default_per_second,
-        default_burst,
+    rows = await repository.admit_triggers(
+        pool,
+        [
+            (arrival.caller.client_id, arrival.trigger.request_id, arrival.trigger.rule_id)
+            for arrival in batch
+        ],
+        default_per_second=default_per_second,
+        default_burst=default_burst,
     )
     return [
         Admission(
@@ -282,7 +282,7 @@ async def client_access(
     connection: asyncpg.Connection | asyncpg.Pool, client_id: str
 ) -> ClientAccess:
     """Whether the client is revoked and the key it signs with."""
-    row = await connection.fetchrow(sql.CLIENT_ACCESS, client_id)
+    row = await repository.client_access(connection, client_id)
     if row is None:
         return ClientAccess(revoked=False, request_signing_key=None, known=False)
     return ClientAccess(row["status"] == "revoked", row["request_signing_key"])
@@ -306,7 +306,7 @@ async def record_triggers(
     and reserves nothing, and the others in its batch are not affected.
     """
     rows = [_request_row(checked) for checked in batch]
-    recorded = await pool.fetch(sql.RECORD_REQUESTS, *array_columns(rows, width=19))
+    recorded = await repository.record_requests(pool, rows)
     by_position = {
         row["request_position"]: _recorded_outcome(batch[row["request_position"] - 1], row)
         for row in recorded

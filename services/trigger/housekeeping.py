@@ -15,7 +15,7 @@ from prometheus_client import CollectorRegistry, Gauge
 from contracts import PointsRequested, PointsRequestedEvent
 from infra import outbox
 from infra.logging import get_logger
-from services.trigger import repository as sql
+from services.trigger import repository
 
 log = get_logger(__name__)
 
@@ -144,8 +144,7 @@ async def purge_expired_requests(
     """
     purged = 0
     while True:
-        status = await pool.execute(sql.PURGE_REQUESTS, retention_days, batch_size)
-        deleted = int(status.split()[-1])
+        deleted = await repository.purge_requests(pool, retention_days, batch_size)
         purged += deleted
         if deleted < batch_size:
             return purged
@@ -167,7 +166,7 @@ async def redrive_pending_requests(
     redriven = 0
     while True:
         async with pool.acquire() as connection, connection.transaction():
-            rows = await connection.fetch(sql.REDRIVE_PENDING, pending_for_seconds, batch_size)
+            rows = await repository.redrive_pending(connection, pending_for_seconds, batch_size)
             await outbox.enqueue(connection, *(_requested_again(row) for row in rows))
         redriven += len(rows)
         if len(rows) < batch_size:
@@ -206,6 +205,4 @@ class Overdue:
 
 
 async def overdue_requests(pool: asyncpg.Pool, *, pending_for_seconds: float) -> Overdue:
-    row = await pool.fetchrow(sql.OVERDUE_REQUESTS, pending_for_seconds)
-    assert row is not None
-    return Overdue(row["overdue"], row["oldest"])
+    return Overdue(*await repository.overdue_requests(pool, pending_for_seconds))

@@ -5,38 +5,12 @@ from __future__ import annotations
 import asyncpg
 
 from contracts import ClientLifecycleEvent, RuleLifecycleEvent
-from services.trigger import repository as sql
+from services.trigger import repository
 
 
 async def project_rule(connection: asyncpg.Connection, event: RuleLifecycleEvent) -> None:
-    rule = event.data
-    await connection.execute(
-        sql.UPSERT_RULE,
-        rule.rule_id,
-        rule.org_id,
-        rule.environment,
-        rule.name,
-        rule.type,
-        rule.status,
-        rule.api_trigger,
-        list(rule.authorized_client_ids),
-        rule.cap_max,
-        rule.cap_per_member,
-        rule.max_amount_per_request,
-        rule.starts_at,
-        rule.ends_at,
-        rule.version,
-    )
+    await repository.upsert_rule(connection, event.data)
 
 
 async def project_client(connection: asyncpg.Connection, event: ClientLifecycleEvent) -> None:
-    client = event.data
-    await connection.execute(
-        sql.UPSERT_CLIENT,
-        client.client_id,
-        client.org_id,
-        client.environment,
-        client.status,
-        client.request_signing_key,
-        event.occurred_at,
-    )
+    await repository.upsert_client(connection, event.data, event.occurred_at)

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 import asyncpg
 
 from infra.problems import Problem
-from services.trigger import repository as sql
+from services.trigger import repository
 
 
 class RateLimited(Problem):
@@ -56,4 +56,4 @@ async def set_client_rate_limit(
     """Give one client its own limit instead of the settings' default; applies at once."""
     if per_second <= 0 or burst < 1:
         raise ValueError("a rate limit needs per_second > 0 and burst >= 1")
-    await connection.execute(sql.SET_CLIENT_RATE_LIMIT, client_id, per_second, burst)
+    await repository.set_client_rate_limit(connection, client_id, per_second, burst)

@@ -8,7 +8,7 @@ from typing import Any
 import asyncpg
 
 from infra.problems import Problem
-from services.trigger import repository as sql
+from services.trigger import repository
 from services.trigger.checks import Caller
 
 
@@ -33,7 +33,7 @@ def request_view(row: asyncpg.Record) -> dict[str, Any]:
 async def request_status(
     connection: asyncpg.Connection, caller: Caller, request_id: str
 ) -> dict[str, Any]:
-    row = await connection.fetchrow(sql.GET_REQUEST, caller.client_id, request_id)
+    row = await repository.get_request(connection, caller.client_id, request_id)
     if row is None:
         raise Problem(f"request {request_id} is not known", status=404, code="REQUEST_NOT_FOUND")
     return request_view(row)

@@ -1,6 +1,21 @@
-"""Every SQL statement of the trigger gateway."""
+"""Every SQL statement of the trigger gateway, and the thin functions that run them.
+
+Connections see the ``trigger`` schema first (``search_path``), so table names are
+unqualified. Batch statements take PostgreSQL arrays, one element a trigger or a
+request, so a batch costs one round trip whatever its size.
+"""
 
 from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import datetime
+from typing import Any
+from uuid import UUID
+
+import asyncpg
+
+from contracts import ClientSnapshot, RuleSnapshot
+from infra.db import array_columns
 
 UPSERT_RULE = """
 INSERT INTO rules (
@@ -193,3 +208,144 @@ INSERT INTO client_rate_limits (client_id, per_second, burst) VALUES ($1, $2, $3
 ON CONFLICT (client_id) DO UPDATE SET
     per_second = EXCLUDED.per_second, burst = EXCLUDED.burst, updated_at = now()
 """
+
+
+async def upsert_rule(connection: asyncpg.Connection, rule: RuleSnapshot) -> None:
+    """Project a rule; a version older than the one projected changes nothing."""
+    await connection.execute(
+        UPSERT_RULE,
+        rule.rule_id,
+        rule.org_id,
+        rule.environment,
+        rule.name,
+        rule.type,
+        rule.status,
+        rule.api_trigger,
+        list(rule.authorized_client_ids),
+        rule.cap_max,
+        rule.cap_per_member,
+        rule.max_amount_per_request,
+        rule.starts_at,
+        rule.ends_at,
+        rule.version,
+    )
+
+
+async def upsert_client(
+    connection: asyncpg.Connection, client: ClientSnapshot, occurred_at: datetime
+) -> None:
+    """Project a client; a change older than the one projected changes nothing."""
+    await connection.execute(
+        UPSERT_CLIENT,
+        client.client_id,
+        client.org_id,
+        client.environment,
+        client.status,
+        client.request_signing_key,
+        occurred_at,
+    )
+
+
+async def client_access(
+    connection: asyncpg.Connection | asyncpg.Pool, client_id: str
+) -> asyncpg.Record | None:
+    """The client's ``status`` and ``request_signing_key``, if it is projected."""
+    return await connection.fetchrow(CLIENT_ACCESS, client_id)
+
+
+async def admit_triggers(
+    pool: asyncpg.Pool,
+    keys: Sequence[tuple[str, str, str]],
+    *,
+    default_per_second: float,
+    default_burst: int,
+) -> list[asyncpg.Record]:
+    """One row per ``(client id, request id, rule id)``, in order: the client, its
+    rate-limit verdict, the rule and any earlier request under the same id."""
+    return list(
+        await pool.fetch(
+            ADMIT_TRIGGERS, *array_columns(keys, width=3), default_per_second, default_burst
+        )
+    )
+
+
+async def record_requests(
+    pool: asyncpg.Pool, rows: Sequence[tuple[Any, ...]]
+) -> list[asyncpg.Record]:
+    """Run ``record_points_requests`` on a batch: its 19 arguments a row each."""
+    return list(await pool.fetch(RECORD_REQUESTS, *array_columns(rows, width=19)))
+
+
+async def get_request(
+    connection: asyncpg.Connection, client_id: str, request_id: str
+) -> asyncpg.Record | None:
+    return await connection.fetchrow(GET_REQUEST, client_id, request_id)
+
+
+async def record_results(
+    connection: asyncpg.Connection, rows: Sequence[tuple[str, str, str, str | None, int | None]]
+) -> list[asyncpg.Record]:
+    """Settle ``(client id, request id, status, reason, balance)`` requests still
+    pending; each settled one's status, rule, member and reservations."""
+    return list(await connection.fetch(RECORD_RESULTS, *array_columns(rows, width=5)))
+
+
+async def record_reversal(
+    connection: asyncpg.Connection,
+    client_id: str,
+    request_id: str,
+    *,
+    reversal_id: UUID,
+    reversed_amount: int,
+    uncovered_amount: int | None,
+    reversed_at: datetime,
+) -> asyncpg.Record | None:
+    """Record a reversal of a succeeded request once; its rule, member and
+    reservations, or None when it is not known or already reversed."""
+    return await connection.fetchrow(
+        RECORD_REVERSAL,
+        client_id,
+        request_id,
+        reversal_id,
+        reversed_amount,
+        uncovered_amount,
+        reversed_at,
+    )
+
+
+async def release_cap(connection: asyncpg.Connection, rule_id: str, amount: int) -> None:
+    await connection.execute(RELEASE_CAP, rule_id, amount)
+
+
+async def release_member_cap(
+    connection: asyncpg.Connection, rule_id: str, user_id: str, amount: int
+) -> None:
+    await connection.execute(RELEASE_MEMBER_CAP, rule_id, user_id, amount)
+
+
+async def purge_requests(pool: asyncpg.Pool, retention_days: int, batch_size: int) -> int:
+    """Delete one batch of settled requests past their retention; how many."""
+    status = await pool.execute(PURGE_REQUESTS, retention_days, batch_size)
+    return int(status.split()[-1])
+
+
+async def redrive_pending(
+    connection: asyncpg.Connection, pending_for_seconds: float, batch_size: int
+) -> list[asyncpg.Record]:
+    """Mark a batch of overdue pending requests as published again; the requests."""
+    return list(await connection.fetch(REDRIVE_PENDING, pending_for_seconds, batch_size))
+
+
+async def overdue_requests(
+    pool: asyncpg.Pool, pending_for_seconds: float
+) -> tuple[int, datetime | None]:
+    """How many requests are pending longer than that, and since when the oldest."""
+    row = await pool.fetchrow(OVERDUE_REQUESTS, pending_for_seconds)
+    assert row is not None  # an aggregate always answers one row
+    return row["overdue"], row["oldest"]
+
+
+async def set_client_rate_limit(
+    connection: asyncpg.Connection, client_id: str, per_second: float, burst: int
+) -> None:
+    await connection.execute(SET_CLIENT_RATE_LIMIT, client_id, per_second, burst)

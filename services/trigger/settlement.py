@@ -9,9 +9,9 @@ from dataclasses import dataclass, field
 import asyncpg
 
 from contracts import PointsResult, PointsResultEvent
-from infra.db import PLAN_FOR_THESE_VALUES, array_columns
+from infra.db import PLAN_FOR_THESE_VALUES
 from infra.logging import get_logger
-from services.trigger import repository as sql
+from services.trigger import repository
 
 log = get_logger(__name__)
 
@@ -37,10 +37,10 @@ class CapReleases:
 
     async def apply(self, connection: asyncpg.Connection) -> None:
         for rule_id in sorted(self.rules):
-            await connection.execute(sql.RELEASE_CAP, rule_id, self.rules[rule_id])
+            await repository.release_cap(connection, rule_id, self.rules[rule_id])
         for rule_id, user_id in sorted(self.members):
-            await connection.execute(
-                sql.RELEASE_MEMBER_CAP, rule_id, user_id, self.members[rule_id, user_id]
+            await repository.release_member_cap(
+                connection, rule_id, user_id, self.members[rule_id, user_id]
             )
 
 
@@ -82,7 +82,7 @@ async def settle_results(
             for result in outcomes.values()
         ]
         await connection.execute(PLAN_FOR_THESE_VALUES)
-        settled = await connection.fetch(sql.RECORD_RESULTS, *array_columns(rows, width=5))
+        settled = await repository.record_results(connection, rows)
         for request in settled:
             if request["status"] == "failed":
                 releases.add(request)
@@ -96,14 +96,15 @@ async def _record_reversal(
     connection: asyncpg.Connection, result: PointsResult, releases: CapReleases
 ) -> None:
     reversed_amount = result.reversed_amount or 0
-    reversed_request = await connection.fetchrow(
-        sql.RECORD_REVERSAL,
+    assert result.reversal_id is not None  # the contract requires one on a reversal
+    reversed_request = await repository.record_reversal(
+        connection,
         result.client_id,
         result.request_id,
-        result.reversal_id,
-        reversed_amount,
-        result.uncovered_amount,
-        result.processed_at,
+        reversal_id=result.reversal_id,
+        reversed_amount=reversed_amount,
+        uncovered_amount=result.uncovered_amount,
+        reversed_at=result.processed_at,
     )
     if reversed_request is None:
         # Purged after its retention (or never seen): what it reserved is not

@@ -18,7 +18,7 @@ import pytest
 
 from infra import db
 from infra.runtime import INFRA_MIGRATIONS
-from services.trigger import repository as sql
+from services.trigger import repository
 from services.trigger.app import MIGRATIONS
 
 #: Tables that grow with traffic or with the number of clients and rules.
@@ -66,7 +66,7 @@ async def test_admitting_triggers_reads_every_growing_table_by_index_on_empty_ta
 ) -> None:
     found = await generic_plan_scans(
         connection,
-        sql.ADMIT_TRIGGERS,
+        repository.ADMIT_TRIGGERS,
         "ARRAY['cli_a', 'cli_b'], ARRAY['r-1', 'r-2'], ARRAY['rul_a', 'rul_a'], 50, 100",
     )
 
