@@ -75,7 +75,6 @@ class ServiceRuntime:
         self._on_start: list[Callable[[], Awaitable[None]]] = []
         self._on_stop: list[Callable[[], Awaitable[None]]] = []
         self._broker_task: asyncio.Task[None] | None = None
-        self._ready_watch: asyncio.Task[None] | None = None
         self._said_ready = False
         self._running = False
         self.metrics = ServiceMetrics(settings.service_name)
@@ -213,7 +212,6 @@ class ServiceRuntime:
         for hook in self._on_start:
             await hook()
         log.info("service.started", port=settings.port)
-        self._ready_watch = asyncio.create_task(self._log_when_ready(), name="log-when-ready")
 
     async def readiness(self) -> dict[str, bool]:
         """Each readiness check's answer (what ``/readyz`` reports); a check that fails or
@@ -234,8 +232,9 @@ class ServiceRuntime:
             log.info("service.ready", port=self.settings.port)
         return results
 
-    async def _log_when_ready(self) -> None:
-        """Ask the readiness checks until they all pass, for a process nobody polls."""
+    async def log_when_ready(self) -> None:
+        """Ask the readiness checks until they all pass, so a process that nobody polls
+        logs ``service.ready`` too (see :meth:`readiness`)."""
         while not all((await self.readiness()).values()):  # noqa: ASYNC110 - no event to wait on
             await asyncio.sleep(_READY_POLL_SECONDS)
 
@@ -247,10 +246,6 @@ class ServiceRuntime:
             raise
 
     async def stop(self) -> None:
-        if self._ready_watch is not None:
-            self._ready_watch.cancel()
-            with contextlib.suppress(BaseException):
-                await self._ready_watch
         for hook in reversed(self._on_stop):
             await hook()
         if self._broker_task is not None:

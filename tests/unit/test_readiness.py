@@ -55,3 +55,11 @@ class TestReadiness:
         runtime = runtime_with(database=broken)
 
         assert await runtime.readiness() == {"database": False}
+
+    async def test_a_process_nobody_polls_logs_service_ready_too(self) -> None:
+        runtime = runtime_with(database=Check(True))
+
+        with capture_logs() as logs:
+            await runtime.log_when_ready()
+
+        assert [line["event"] for line in logs] == ["service.ready"]
