@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
-
 from fastapi import APIRouter, Response
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST
@@ -23,12 +21,7 @@ def health_router(runtime: ServiceRuntime) -> APIRouter:
     @router.get("/readyz")
     async def readyz() -> JSONResponse:
         """Database and broker reachable, projections caught up."""
-        results: dict[str, bool] = {}
-        for name, check in runtime.readiness_checks.items():
-            try:
-                results[name] = await asyncio.wait_for(check(), 3.0)
-            except Exception:
-                results[name] = False
+        results = await runtime.readiness()
         ready = all(results.values())
         return JSONResponse(
             {"status": "ready" if ready else "not ready", "checks": results},

@@ -41,6 +41,8 @@ log = get_logger(__name__)
 INFRA_MIGRATIONS = Path(__file__).parent / "migrations"
 
 ReadinessCheck = Callable[[], Awaitable[bool]]
+READINESS_CHECK_SECONDS = 3.0
+_READY_POLL_SECONDS = 0.5
 E = TypeVar("E", bound=BaseModel)
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -73,6 +75,7 @@ class ServiceRuntime:
         self._on_start: list[Callable[[], Awaitable[None]]] = []
         self._on_stop: list[Callable[[], Awaitable[None]]] = []
         self._broker_task: asyncio.Task[None] | None = None
+        self._said_ready = False
         self._running = False
         self.metrics = ServiceMetrics(settings.service_name)
         self._consumer_lag = ConsumerLag(settings)
@@ -177,6 +180,7 @@ class ServiceRuntime:
             # Serving runs the app's lifespan or starts the runtime, never both.
             raise RuntimeError("the service runtime is running already")
         self._running = True
+        self._said_ready = False
         settings = self.settings
         await db.migrate_with_retry(
             settings.database_url,
@@ -208,6 +212,31 @@ class ServiceRuntime:
         for hook in self._on_start:
             await hook()
         log.info("service.started", port=settings.port)
+
+    async def readiness(self) -> dict[str, bool]:
+        """Each readiness check's answer (what ``/readyz`` reports); a check that fails or
+        takes longer than :data:`READINESS_CHECK_SECONDS` is not ready.
+
+        The first time every check passes after start-up, ``service.ready`` is logged, so
+        the log says when the process began its work (consumers joined, projections
+        caught up), and says it before any ``/readyz`` answers 200.
+        """
+        results: dict[str, bool] = {}
+        for name, check in self.readiness_checks.items():
+            try:
+                results[name] = await asyncio.wait_for(check(), READINESS_CHECK_SECONDS)
+            except Exception:
+                results[name] = False
+        if all(results.values()) and not self._said_ready:
+            self._said_ready = True
+            log.info("service.ready", port=self.settings.port)
+        return results
+
+    async def log_when_ready(self) -> None:
+        """Ask the readiness checks until they all pass, so a process that nobody polls
+        logs ``service.ready`` too (see :meth:`readiness`)."""
+        while not all((await self.readiness()).values()):  # noqa: ASYNC110 - no event to wait on
+            await asyncio.sleep(_READY_POLL_SECONDS)
 
     async def _start_broker(self, broker: KafkaBroker) -> None:
         try:

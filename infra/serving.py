@@ -88,9 +88,11 @@ async def _serve(app: FastAPI, runtime: ServiceRuntime) -> int:
     # shortens the pauses that set the gateway's tail latency.
     gc.collect()
     gc.freeze()
+    ready = asyncio.create_task(runtime.log_when_ready(), name="log-when-ready")
     try:
         await server.serve()
     finally:
+        ready.cancel()
         await runtime.stop()
     return 0 if server.started else 2
 

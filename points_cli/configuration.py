@@ -51,9 +51,10 @@ EMBEDDED_STACK = """\
 | `DEV_KAFKA_PORT` | `9092` | port of the embedded Kafka-protocol broker |
 | `DEV_SMTP_PORT` | `1025` | port of the embedded SMTP sink |
 
-`points dev` sets `POINTS_MODE=development` and points every service at the
-embedded servers unless `DATABASE_URL`, `KAFKA_BOOTSTRAP_SERVERS` or
-`SMTP_URL` name others.
+`points dev` sets `POINTS_MODE=development` and `LOG_JSON=true` (it appends
+each service's JSON log to `log/<service>.log` under `POINTS_VAR_DIR` and
+shows readable lines) and points every service at the embedded servers
+unless `DATABASE_URL`, `KAFKA_BOOTSTRAP_SERVERS` or `SMTP_URL` name others.
 """
 
 

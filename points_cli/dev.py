@@ -169,6 +169,7 @@ def banner(ports: dict[str, int], seeded: dict[str, str] | None, elapsed: float)
         f"  Trigger gateway       {trigger_url}/v1/points/requests",
         f"  Ledger                http://127.0.0.1:{ports['ledger']}/v1/members/{{userId}}/balance",
         f"  Mail received         {var_dir() / 'mail'}",
+        f"  Full logs (JSON)      {var_dir() / 'log'}/<service>.log",
     ]
     if seeded:
         lines += [
@@ -219,9 +220,8 @@ async def run_stack() -> int:
             "TOKEN_ISSUER_URL": f"http://127.0.0.1:{ports['rules']}",
             **_public_urls(ports),
         }
-        if sys.stdout.isatty():
-            # The merged output goes to a person: readable lines, not JSON.
-            env.setdefault("LOG_JSON", "false")
+        # The supervisor files the JSON whole and shows the lines that matter.
+        env["LOG_JSON"] = "true"
         stack_env = state / "dev.env"
         stack_env.write_text(
             "".join(
@@ -230,7 +230,7 @@ async def run_stack() -> int:
             )
         )
         stack.callback(stack_env.unlink, missing_ok=True)
-        supervisor = Supervisor()
+        supervisor = Supervisor(log_dir=state / "log")
         for name in SERVICES:
             await supervisor.add(name, [sys.executable, "-m", f"services.{name}"], env)
         watcher = asyncio.create_task(run_until_signal(supervisor))

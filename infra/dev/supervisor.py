@@ -3,8 +3,13 @@
 Each child runs in its own process group with stdout and stderr merged into
 the supervisor's output, one line at a time behind a name prefix::
 
-    rules    | service.started port=8001
-    trigger  | service.started port=8002
+    rules    | started on port 8001
+    trigger  | started on port 8002
+
+The services log JSON: every line goes, whole, to the child's own file in
+``log_dir`` when one is given, and a :class:`~infra.dev.terminal.TerminalView`
+picks and rewrites the lines worth showing (a line that is not JSON is shown
+as it is).
 
 Built on asyncio subprocesses rather than a thread per child: one event loop
 reads every pipe, waits for every exit and handles SIGINT/SIGTERM, so "the
@@ -24,6 +29,7 @@ from pathlib import Path
 from typing import TextIO
 
 from infra.dev.process_groups import die_with_parent, signal_group
+from infra.dev.terminal import LogFile, TerminalView
 
 _COLOURS = ("36", "33", "32", "35", "34", "91", "96", "93")  # ANSI foreground colour codes
 _READ_SIZE = 65536
@@ -50,6 +56,7 @@ class _Child:
     name: str
     process: asyncio.subprocess.Process
     prefix: str
+    log_file: LogFile | None
     exited: asyncio.Task[ChildExit] = field(init=False)
     released: bool = False
     """Stopped and its process group emptied: never signal that group id again."""
@@ -59,14 +66,23 @@ class Supervisor:
     """Starts named children, merges their output, and stops them all together."""
 
     def __init__(
-        self, output: TextIO | None = None, *, colour: bool | None = None, name_width: int = 8
+        self,
+        output: TextIO | None = None,
+        *,
+        colour: bool | None = None,
+        name_width: int = 8,
+        log_dir: Path | None = None,
+        view: TerminalView | None = None,
     ) -> None:
         self._output = output if output is not None else sys.stdout
         self._colour = self._output.isatty() if colour is None else colour
         self._name_width = name_width
+        self._log_dir = log_dir
+        self._view = view if view is not None else TerminalView(colour=self._colour)
         self._colours = cycle(_COLOURS)
         self._prefixes: dict[str, str] = {}
         self._children: dict[str, _Child] = {}
+        self._summaries: asyncio.Task[None] | None = None
 
     @property
     def pids(self) -> dict[str, int]:
@@ -93,9 +109,12 @@ class Supervisor:
             process_group=0,
             preexec_fn=die_with_parent(),
         )
-        child = _Child(name, process, self._prefix(name))
+        log_file = LogFile(self._log_dir / f"{name}.log") if self._log_dir else None
+        child = _Child(name, process, self._prefix(name), log_file)
         child.exited = asyncio.create_task(self._watch(child), name=f"supervise-{name}")
         self._children[name] = child
+        if self._summaries is None:
+            self._summaries = asyncio.create_task(self._show_summaries(), name="summaries")
 
     async def wait_any(self) -> ChildExit:
         """Wait until any child exits (returns at once if one already has)."""
@@ -117,6 +136,9 @@ class Supervisor:
         exits = [await child.exited for child in self._children.values()]
         for child in self._children.values():
             child.released = True
+        if self._summaries is not None:
+            self._summaries.cancel()
+        self._write_summaries(everything=True)
         return exits
 
     def kill(self) -> None:
@@ -140,8 +162,7 @@ class Supervisor:
         return self._prefixes[name]
 
     async def _watch(self, child: _Child) -> ChildExit:
-        assert child.process.stdout is not None
-        pump = asyncio.create_task(self._pump(child.prefix, child.process.stdout))
+        pump = asyncio.create_task(self._pump(child))
         returncode = await _exit_status(child.process)
         # Print what the child wrote just before exiting, without waiting on a
         # grandchild that may still hold the pipe open.
@@ -149,17 +170,41 @@ class Supervisor:
             await asyncio.wait_for(asyncio.shield(pump), _DRAIN_SECONDS)
         return ChildExit(child.name, returncode)
 
-    async def _pump(self, prefix: str, stream: asyncio.StreamReader) -> None:
+    async def _pump(self, child: _Child) -> None:
+        stream = child.process.stdout
+        assert stream is not None
         pending = b""
-        while chunk := await stream.read(_READ_SIZE):
-            *lines, pending = (pending + chunk).split(b"\n")
-            for line in lines:
-                self._write(prefix, _decode(line))
-            if len(pending) > _LONGEST_LINE:
-                self._write(prefix, _decode(pending))
-                pending = b""
-        if pending:
-            self._write(prefix, _decode(pending))
+        try:
+            while chunk := await stream.read(_READ_SIZE):
+                *lines, pending = (pending + chunk).split(b"\n")
+                if len(pending) > _LONGEST_LINE:
+                    lines.append(pending)
+                    pending = b""
+                for line in lines:
+                    self._take(child, _decode(line))
+                if child.log_file is not None:
+                    child.log_file.flush()
+            if pending:
+                self._take(child, _decode(pending))
+        finally:
+            if child.log_file is not None:
+                child.log_file.close()
+
+    def _take(self, child: _Child, line: str) -> None:
+        """File ``line`` in the child's log and show what the terminal view makes of it."""
+        if child.log_file is not None:
+            child.log_file.write(line)
+        for text in self._view.lines(child.name, line):
+            self._write(child.prefix, text)
+
+    async def _show_summaries(self) -> None:
+        while True:
+            await asyncio.sleep(self._view.every)
+            self._write_summaries()
+
+    def _write_summaries(self, *, everything: bool = False) -> None:
+        for name, text in self._view.due(everything=everything):
+            self._write(self._prefix(name), text)
 
     def _write(self, prefix: str, text: str) -> None:
         self._output.write(f"{prefix}{text}\n")

@@ -15,10 +15,13 @@ from pydantic.alias_generators import to_camel
 
 from contracts import POINTS_RESULTS, PointsResultEvent, RuleLifecycleEvent, RuleSnapshot
 from infra import inbox, outbox
+from infra.logging import get_logger
 from infra.problems import Problem
 from services.rules import repository
 from services.rules.audit import audit
 from services.rules.records import ENVIRONMENTS, Conflict, NotFound, new_id, now
+
+log = get_logger(__name__)
 
 
 class ActivationBlocked(Problem):
@@ -369,6 +372,7 @@ async def change_status(
     }
     await audit(connection, org_id, actor, event_type, rule_id, details)
     await _publish_rule(connection, updated, event_type, correlation_id)
+    log.info(event_type, rule_id=rule_id, environment=updated["environment"], actor=actor)
     return updated
 
 

@@ -288,6 +288,14 @@ time.sleep(60)
 """
 
 
+JSON_LOGS = [
+    '{"port": 8002, "event": "service.started", "level": "info"}',
+    '{"extra": {"topic": "points.results.v1"}, "event": "Received", "level": "info"}',
+    '{"group": "trigger.projection", "event": "consumer.batch.retrying", "level": "warning"}',
+]
+PRINTS_JSON_LOGS = f"print({chr(10).join(JSON_LOGS)!r})"
+
+
 class TestSupervisor:
     async def test_merges_children_output_line_by_line_behind_name_prefixes(self) -> None:
         output = Output()
@@ -304,6 +312,23 @@ class TestSupervisor:
             "rules    | two",
         ]
         assert "notifier | oops" in lines
+
+    async def test_files_every_line_and_shows_only_the_lines_that_matter(
+        self, tmp_path: Path
+    ) -> None:
+        output = Output()
+        supervisor = Supervisor(output, log_dir=tmp_path)
+
+        await supervisor.add("trigger", python(PRINTS_JSON_LOGS), {})
+        await output.wait_for("WARNING consumer.batch.retrying")
+        await supervisor.wait_any()
+        await supervisor.stop()
+
+        assert output.getvalue().splitlines() == [
+            "trigger  | started on port 8002",
+            "trigger  | WARNING consumer.batch.retrying group=trigger.projection",
+        ]
+        assert (tmp_path / "trigger.log").read_text().splitlines() == JSON_LOGS
 
     async def test_colours_the_prefix_only_when_asked(self) -> None:
         output = io.StringIO()
