@@ -15,8 +15,8 @@ $(STAMP): pyproject.toml constraints.txt
 
 venv: $(STAMP)
 
-run: $(STAMP)  ## the whole platform on the embedded default
-	$(BIN)/points dev
+run: $(STAMP)  ## the whole platform on the embedded default; its state is kept in var/ (ARGS=--reset starts fresh)
+	$(BIN)/points dev $(ARGS)
 
 test: $(STAMP) test-tools  ## unit, integration, end-to-end and browser tests on real PostgreSQL and Kafka protocol
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
