@@ -18,6 +18,7 @@ its retention, and the consumers' inboxes drop what they had already applied
 from __future__ import annotations
 
 import asyncio
+import json
 import shutil
 import sys
 import time
@@ -98,6 +99,7 @@ class Stack:
         self.state = state
         self.reset = reset
         self.env: dict[str, str] = {}
+        self.pids: dict[str, int] = {}
 
     async def start_database(self, stack: AsyncExitStack) -> str:
         if self.settings.model_fields_set & {"database_url"}:
@@ -116,6 +118,7 @@ class Stack:
             return servers
         broker = start_tansu(self.settings.kafka_port, self.state / "log" / "tansu.log")
         stack.callback(broker.stop)
+        self.pids["kafka"] = broker.pid
         return broker.bootstrap_servers
 
     def start_mail(self, stack: AsyncExitStack) -> str:
@@ -271,6 +274,10 @@ async def run_stack(*, reset: bool = False) -> int:
             await supervisor.add(name, [sys.executable, "-m", f"services.{name}"], env)
         # Time for each service's clean stop (HTTP, consumers, relay: a grace each).
         stop_timeout = 3 * ServiceSettings(mode="development").shutdown_grace_seconds + 5
+        # Which process is which, for tools that stop or pause one of them.
+        pids_file = state / "dev.pids"
+        pids_file.write_text(json.dumps({**infra.pids, **supervisor.pids}))
+        stack.callback(pids_file.unlink, missing_ok=True)
         watcher = asyncio.create_task(run_until_signal(supervisor, stop_timeout=stop_timeout))
         not_ready = await _ready_or_exit(watcher, ports, settings.ready_timeout_seconds)
         if watcher.done():
