@@ -180,6 +180,15 @@ async def everything_is_still_there(platform: RunningPlatform, developer: Develo
     assert await parked(platform)
 
 
+async def new_points_add_to_the_old_balance(
+    platform: RunningPlatform, developer: Developer, old_balance: int
+) -> None:
+    assert await developer.balance(platform) == old_balance
+    await developer.trigger(platform, "order-after-restart", 1000)
+    assert await developer.settled(platform, "order-after-restart") == "succeeded"
+    assert await developer.balance(platform) == old_balance + 1000
+
+
 class TestStoppedWithCtrlC:
     async def test_everything_is_still_there_and_new_points_add_to_the_old_balance(
         self, platforms: Platforms, receiver: CallbackReceiver
@@ -191,10 +200,7 @@ class TestStoppedWithCtrlC:
             platform = platforms.start_again()
 
             await everything_is_still_there(platform, developer)
-            assert await developer.balance(platform) == 650
-            await developer.trigger(platform, "order-after-restart", 1000)
-            assert await developer.settled(platform, "order-after-restart") == "succeeded"
-            assert await developer.balance(platform) == 1650
+            await new_points_add_to_the_old_balance(platform, developer, 650)
 
             async def called_back() -> bool:
                 return developer.callbacks()["order-after-restart"] == 1
@@ -229,10 +235,7 @@ class TestKilledWithARequestInFlight:
 
             await everything_is_still_there(platform, developer)
             assert await developer.settled(platform, "order-in-flight") == "succeeded"
-            assert await developer.balance(platform) == 5650
-            await developer.trigger(platform, "order-after-restart", 1000)
-            assert await developer.settled(platform, "order-after-restart") == "succeeded"
-            assert await developer.balance(platform) == 6650
+            await new_points_add_to_the_old_balance(platform, developer, 5650)
 
             transactions = await http.get(
                 f"{platform.urls['ledger']}/v1/members/{MEMBER}/transactions",

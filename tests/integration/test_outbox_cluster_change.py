@@ -12,6 +12,7 @@ import json
 import tempfile
 import uuid
 from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -92,6 +93,28 @@ def versions(values: list[bytes]) -> list[int]:
     return [RuleLifecycleEvent.model_validate_json(value).data.version for value in values]
 
 
+@asynccontextmanager
+async def following_relay(database_url: str, servers: str) -> AsyncIterator[OutboxRelay]:
+    """A relay of the test schema that follows the cluster at ``servers`` and creates the
+    topics on a new one, as the embedded stack's do; topics made on the first."""
+    await create_topics(servers, ALL_TOPICS)
+    producer = await start_producer(ServiceSettings(kafka_bootstrap_servers=servers))
+    relay = OutboxRelay(
+        database_url,
+        SCHEMA,
+        producer,
+        safety_poll_seconds=0.2,
+        cluster=ClusterIdentity(servers),
+        on_new_cluster=lambda: create_topics(servers, ALL_TOPICS),
+    )
+    relay.start()
+    try:
+        yield relay
+    finally:
+        await relay.stop()
+        await producer.stop()
+
+
 class TestRelayOnANewCluster:
     async def test_a_replaced_cluster_gets_again_what_the_old_one_held_then_what_is_new(
         self,
@@ -100,19 +123,8 @@ class TestRelayOnANewCluster:
         replaceable_broker: ReplaceableBroker,
     ) -> None:
         servers = replaceable_broker.bootstrap_servers
-        await create_topics(servers, ALL_TOPICS)
-        producer = await start_producer(ServiceSettings(kafka_bootstrap_servers=servers))
-        relay = OutboxRelay(
-            database_url,
-            SCHEMA,
-            producer,
-            safety_poll_seconds=0.2,
-            cluster=ClusterIdentity(servers),
-            on_new_cluster=lambda: create_topics(servers, ALL_TOPICS),
-        )
         events = rule_events(6)
-        relay.start()
-        try:
+        async with following_relay(database_url, servers):
             await stage(outbox_schema, events[:5])
             assert versions(await consume(servers, RULES_LIFECYCLE, expected=5)) == [1, 2, 3, 4, 5]
             first_cluster = replaceable_broker.broker.cluster_id
@@ -121,9 +133,6 @@ class TestRelayOnANewCluster:
                 replaceable_broker.replace()
                 await stage(outbox_schema, events[5:])
                 values = await consume(servers, RULES_LIFECYCLE, expected=6, timeout=60)
-        finally:
-            await relay.stop()
-            await producer.stop()
 
         # Everything the lost cluster held comes first, in commit order, then the new event.
         assert versions(values) == [1, 2, 3, 4, 5, 6]
@@ -140,26 +149,13 @@ class TestRelayOnANewCluster:
         replaceable_broker: ReplaceableBroker,
     ) -> None:
         servers = replaceable_broker.bootstrap_servers
-        await create_topics(servers, ALL_TOPICS)
         await outbox_schema.execute(
             "INSERT INTO outbox (topic, key, payload, published_at) "
             "VALUES ('rules.lifecycle.v1', 'k', '\\x7b7d', now())"
         )
-        producer = await start_producer(ServiceSettings(kafka_bootstrap_servers=servers))
-        relay = OutboxRelay(
-            database_url,
-            SCHEMA,
-            producer,
-            safety_poll_seconds=0.2,
-            cluster=ClusterIdentity(servers),
-        )
-        relay.start()
-        try:
+        async with following_relay(database_url, servers) as relay:
             await stage(outbox_schema, rule_events(1))
             assert versions(await consume(servers, RULES_LIFECYCLE, expected=1)) == [1]
-        finally:
-            await relay.stop()
-            await producer.stop()
         assert relay.published == 1  # the row published before the relay knew clusters stays so
         remembered = await outbox_schema.fetchval("SELECT cluster_id FROM outbox_relay")
         assert remembered == replaceable_broker.broker.cluster_id
