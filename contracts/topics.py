@@ -10,6 +10,11 @@ NOTIFICATIONS_REQUESTED = "notifications.requested.v1"
 
 DEAD_LETTER_SUFFIX = ".dlq"
 
+#: The trigger gateway's consumer group for the two lifecycle topics. The rules service
+#: answers a change once this group has consumed it, so a trigger sent next is judged
+#: on it (read your writes); that makes the name part of the contract between them.
+GATEWAY_PROJECTION_GROUP = "trigger.projection"
+
 
 def dead_letter_topic(topic: str) -> str:
     """The topic where copies of ``topic``'s quarantined messages go: ``<topic>.dlq``."""

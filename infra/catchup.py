@@ -19,14 +19,19 @@ from collections.abc import Iterable, Sequence
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.errors import KafkaError
+from aiokafka.partitioner import DefaultPartitioner
 from faststream.kafka.security import parse_security
 
+from infra.batching import Coalescer
 from infra.kafka_security import broker_security
 from infra.logging import get_logger
 from infra.settings import ServiceSettings
 
 log = get_logger(__name__)
+
+_PARTITIONER = DefaultPartitioner()
 
 
 async def stop_consumer(consumer: AIOKafkaConsumer) -> None:
@@ -172,3 +177,146 @@ class ConsumerLag:
                 behind = ends[tp] - (firsts[tp] if offset is None else offset)
                 lag[group_id, tp.topic] = lag.get((group_id, tp.topic), 0) + max(behind, 0)
         return lag
+
+
+#: How often :meth:`GroupProgress.consumed` reads a group's committed offsets again.
+PROGRESS_POLL_SECONDS = 0.005
+
+
+class GroupProgress:
+    """Waits until a consumer group has consumed what was produced before a moment.
+
+    This is how one service reads another's writes without sharing its database.
+    The rules service answers a change only once the gateway's projection has
+    consumed it, and the gateway answers "pending" only once its results consumer
+    has consumed every result the ledger had published when the question came: a
+    partner whose callback says "succeeded" then never reads "pending".
+
+    :meth:`consumed` notes where the partitions end now, then reads the group's
+    committed offsets until they reach those marks. A consumer commits its offsets
+    after the transaction that applied them, so a reached mark means the effect is
+    in the reader's database. Two long-lived connections serve every caller (one
+    reads end offsets; one per group names the group without joining it and reads
+    its commits), and concurrent callers share their reads: callers arriving while
+    a read is in flight go together in the next one, so a flood of questions costs
+    about one Kafka round trip per round, not one per question.
+    """
+
+    def __init__(self, settings: ServiceSettings) -> None:
+        self._options = consumer_options(settings)
+        self._start_lock = asyncio.Lock()
+        self._ends_reader: AIOKafkaConsumer | None = None
+        self._group_readers: dict[str, AIOKafkaConsumer] = {}
+        self._admin: AIOKafkaAdminClient | None = None
+        self._ends: Coalescer[TopicPartition, int] = Coalescer(
+            self._read_ends, max_batch=10_000, max_in_flight=1
+        )
+        self._commits: Coalescer[tuple[str, TopicPartition], int] = Coalescer(
+            self._read_commits, max_batch=10_000, max_in_flight=1
+        )
+
+    async def partitions(self, topic: str) -> list[TopicPartition]:
+        """Every partition of ``topic`` (none while it does not exist)."""
+        reader = await self._ends_reader_started()
+        numbers = reader.partitions_for_topic(topic)
+        if numbers is None:
+            await reader.topics()  # a topic created since the reader started
+            numbers = reader.partitions_for_topic(topic) or set()
+        return [TopicPartition(topic, number) for number in sorted(numbers)]
+
+    async def partition_of(self, topic: str, key: str) -> TopicPartition | None:
+        """The partition a message with ``key`` goes to (as every Kafka producer picks it)."""
+        numbers = [tp.partition for tp in await self.partitions(topic)]
+        if not numbers:
+            return None
+        return TopicPartition(topic, _PARTITIONER(key.encode(), numbers, numbers))
+
+    async def is_consuming(self, group_id: str) -> bool:
+        """Whether the group has members now (a group nobody runs is never waited for)."""
+        async with self._start_lock:
+            if self._admin is None:
+                admin = AIOKafkaAdminClient(**_admin_options(self._options))
+                await admin.start()
+                self._admin = admin
+        (response,) = await self._admin.describe_consumer_groups([group_id])
+        group = response.to_object()["groups"][0]
+        return bool(group["error_code"] == 0 and group["state"] == "Stable" and group["members"])
+
+    async def consumed(
+        self, group_id: str, partitions: Sequence[TopicPartition], *, timeout: float
+    ) -> bool:
+        """True once ``group_id`` has committed, on each of ``partitions``, everything
+        produced to it before this call; False when ``timeout`` passes first or Kafka
+        does not answer."""
+        try:
+            async with asyncio.timeout(timeout):
+                marks = {}
+                for tp, end in zip(
+                    partitions,
+                    await asyncio.gather(*(self._ends.submit(tp) for tp in partitions)),
+                    strict=True,
+                ):
+                    if end > 0:
+                        marks[tp] = end
+                while marks:
+                    commits = await asyncio.gather(
+                        *(self._commits.submit((group_id, tp)) for tp in marks)
+                    )
+                    for tp, committed in zip(list(marks), commits, strict=True):
+                        if committed >= marks[tp]:
+                            del marks[tp]
+                    if marks:
+                        await asyncio.sleep(PROGRESS_POLL_SECONDS)
+                return True
+        except (OSError, KafkaError, TimeoutError) as error:
+            log.info(
+                "catchup.not_consumed_in_time",
+                group=group_id,
+                timeout=timeout,
+                error=str(error) or type(error).__name__,
+            )
+            return False
+
+    async def stop(self) -> None:
+        readers = [self._ends_reader, *self._group_readers.values()]
+        admin, self._admin = self._admin, None
+        self._ends_reader, self._group_readers = None, {}
+        for reader in readers:
+            if reader is not None:
+                await stop_consumer(reader)
+        if admin is not None:
+            await admin.close()
+
+    async def _ends_reader_started(self) -> AIOKafkaConsumer:
+        async with self._start_lock:
+            if self._ends_reader is None:
+                reader = AIOKafkaConsumer(**self._options)
+                await reader.start()
+                self._ends_reader = reader
+            return self._ends_reader
+
+    async def _group_reader(self, group_id: str) -> AIOKafkaConsumer:
+        async with self._start_lock:
+            reader = self._group_readers.get(group_id)
+            if reader is None:
+                reader = AIOKafkaConsumer(group_id=group_id, **self._options)
+                await reader.start()
+                self._group_readers[group_id] = reader
+            return reader
+
+    async def _read_ends(self, partitions: list[TopicPartition]) -> list[int]:
+        reader = await self._ends_reader_started()
+        ends = await reader.end_offsets(sorted(set(partitions)))
+        return [ends[tp] for tp in partitions]
+
+    async def _read_commits(self, asked: list[tuple[str, TopicPartition]]) -> list[int]:
+        distinct = sorted(set(asked))
+        readers = {group: await self._group_reader(group) for group, _ in distinct}
+        commits = await asyncio.gather(*(readers[group].committed(tp) for group, tp in distinct))
+        by_key = {key: committed or 0 for key, committed in zip(distinct, commits, strict=True)}
+        return [by_key[key] for key in asked]
+
+
+def _admin_options(options: dict[str, Any]) -> dict[str, Any]:
+    """The consumer options an admin client takes too (all but the consumer's own)."""
+    return {name: value for name, value in options.items() if name != "enable_auto_commit"}

@@ -17,10 +17,12 @@ from uuid import UUID
 import asyncpg
 
 from infra import db, outbox, quarantine
+from infra.catchup import GroupProgress
 from infra.problems import Problem
 from infra.runtime import INFRA_MIGRATIONS
 from infra.settings import SERVICES, ServiceSettings
 from services.rules import accounts, clients, tokens
+from services.rules.propagation import Propagation
 from services.rules.settings import RulesSettings
 
 
@@ -69,9 +71,29 @@ async def schema_connection(
 
 @asynccontextmanager
 async def rules_transaction() -> AsyncIterator[tuple[asyncpg.Connection, RulesSettings]]:
+    """A transaction in the rules schema. As through the API, a command that changes a
+    rule or client returns once the trigger gateway has the change (or after
+    ``RULES_PROPAGATION_TIMEOUT_SECONDS``, with a warning)."""
     settings = RulesSettings()
     async with schema_transaction("rules", settings) as connection:
+        before = await outbox.newest(connection)
         yield connection, settings
+        after = await outbox.newest(connection)
+    if after is not None and after != before:
+        await reach_gateway(settings, after)
+
+
+async def reach_gateway(settings: RulesSettings, outbox_id: int) -> None:
+    progress = GroupProgress(settings)
+    connection = await db.connect(settings.database_url, "rules")
+    try:
+        propagation = Propagation(
+            lambda: connection, progress, timeout=settings.propagation_timeout_seconds
+        )
+        await propagation.reach_gateway(outbox_id)
+    finally:
+        await connection.close()
+        await progress.stop()
 
 
 async def org_create(args: argparse.Namespace) -> int:

@@ -7,8 +7,7 @@ from typing import Any
 import asyncpg
 
 from infra.problems import Problem
-from services.rules import repository as sql
-from services.rules import throttle
+from services.rules import repository, throttle
 from services.rules.credentials import (
     DUMMY_HASH,
     SignInThrottles,
@@ -33,12 +32,12 @@ async def create_organisation(
     if not name.strip():
         raise Problem("organisation name must not be empty", code="INVALID_NAME")
     org_id = new_id("org")
-    await connection.execute(sql.INSERT_ORGANISATION, org_id, name.strip(), timezone)
+    await repository.insert_organisation(connection, org_id, name.strip(), timezone)
     return {"id": org_id, "name": name.strip()}
 
 
 async def require_organisation(connection: asyncpg.Connection, org_id: str) -> asyncpg.Record:
-    organisation = await connection.fetchrow(sql.GET_ORGANISATION, org_id)
+    organisation = await repository.get_organisation(connection, org_id)
     if organisation is None:
         raise NotFound(f"organisation {org_id} does not exist", code="ORGANISATION_NOT_FOUND")
     return organisation
@@ -56,8 +55,13 @@ async def create_user(
         raise Problem("password must have at least 8 characters", code="WEAK_PASSWORD")
     user_id = new_id("usr")
     try:
-        await connection.execute(
-            sql.INSERT_USER, user_id, org_id, email, hasher.hash(password), role
+        await repository.insert_user(
+            connection,
+            user_id=user_id,
+            org_id=org_id,
+            email=email,
+            password_hash=hasher.hash(password),
+            role=role,
         )
     except asyncpg.UniqueViolationError as error:
         raise Conflict(f"a user with e-mail {email} exists", code="EMAIL_TAKEN") from error
@@ -65,7 +69,7 @@ async def create_user(
 
 
 async def require_user(connection: asyncpg.Connection, org_id: str, user_id: str) -> asyncpg.Record:
-    user = await connection.fetchrow(sql.GET_USER, user_id, org_id)
+    user = await repository.get_user(connection, org_id, user_id)
     if user is None:
         raise NotFound(f"user {user_id} does not exist", code="USER_NOT_FOUND")
     return user
@@ -94,13 +98,13 @@ async def log_in(
         await count_or_refuse_attempt(
             connection, keys, throttles, "logins", "user.login_throttled", ip=client_ip
         )
-        user = await connection.fetchrow(sql.GET_USER_BY_EMAIL, email)
+        user = await repository.get_user_by_email(connection, email)
     # An unknown address costs as long as a known one, so timing reveals no accounts.
     matches = await verify_secret(user["password_hash"] if user else DUMMY_HASH, password)
     if user is None or not matches:
         raise InvalidCredentials("e-mail or password is wrong")
     async with pool.acquire() as connection, connection.transaction():
         if hasher.check_needs_rehash(user["password_hash"]):
-            await connection.execute(sql.UPDATE_PASSWORD_HASH, user["id"], hasher.hash(password))
+            await repository.update_password_hash(connection, user["id"], hasher.hash(password))
         await throttle.succeeded(connection, keys)
     return user

@@ -15,11 +15,13 @@ from contracts import (
     ShareEmailRequestedEvent,
 )
 from infra.broker import create_broker
+from infra.catchup import GroupProgress
 from infra.http import create_http_app
 from infra.runtime import ServiceRuntime
 from infra.serving import app_only
 from services.rules import console
 from services.rules.api import RulesContext, accounts, guide, oauth, rules
+from services.rules.propagation import Propagation
 from services.rules.settings import RulesSettings
 from services.rules.subscribers import register_subscribers
 from services.rules.tokens import TokenIssuer
@@ -58,7 +60,14 @@ def create_app(settings: RulesSettings | None = None) -> tuple[FastAPI, ServiceR
         description="Business console API, API clients and the OAuth2 token issuer.",
         version="1",
     )
-    app.state.rules = RulesContext(settings=settings, runtime=runtime, issuer=issuer)
+    progress = GroupProgress(settings)
+    runtime.on_stop(progress.stop)
+    propagation = Propagation(
+        lambda: runtime.pool, progress, timeout=settings.propagation_timeout_seconds
+    )
+    app.state.rules = RulesContext(
+        settings=settings, runtime=runtime, issuer=issuer, propagation=propagation
+    )
     for area in (oauth, accounts, rules, guide):
         app.include_router(area.router)
     ledger = console.LedgerReader(settings, issuer)

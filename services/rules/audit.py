@@ -10,7 +10,7 @@ from typing import Any
 import asyncpg
 
 from infra.problems import Problem
-from services.rules import repository as sql
+from services.rules import repository
 
 
 async def audit(
@@ -21,7 +21,7 @@ async def audit(
     subject_id: str,
     details: dict[str, Any],
 ) -> None:
-    await connection.execute(sql.INSERT_AUDIT, org_id, actor, action, subject_id, details)
+    await repository.insert_audit_line(connection, org_id, actor, action, subject_id, details)
 
 
 @dataclass(frozen=True)
@@ -40,15 +40,13 @@ async def list_audit(
 ) -> list[asyncpg.Record]:
     if where.since and where.until and where.until <= where.since:
         raise Problem("until must be after since", code="INVALID_PERIOD", field="until")
-    return list(
-        await connection.fetch(
-            sql.LIST_AUDIT,
-            org_id,
-            where.before,
-            where.rule_id,
-            where.actor,
-            where.since,
-            where.until,
-            limit,
-        )
+    return await repository.list_audit(
+        connection,
+        org_id,
+        before=where.before,
+        subject_id=where.rule_id,
+        actor=where.actor,
+        since=where.since,
+        until=where.until,
+        limit=limit,
     )

@@ -22,8 +22,7 @@ from infra.request_signing import (
     public_pem,
 )
 from infra.signing import derive_signing_secret, new_salt
-from services.rules import repository as sql
-from services.rules import throttle
+from services.rules import repository, throttle
 from services.rules.accounts import require_organisation
 from services.rules.audit import audit
 from services.rules.credentials import (
@@ -102,15 +101,15 @@ async def create_client(
     client_id = new_id("cli")
     secret = secrets.token_urlsafe(32)
     salt = new_salt()
-    client = await connection.fetchrow(
-        sql.INSERT_CLIENT,
-        client_id,
-        org_id,
-        environment,
-        name,
-        hasher.hash(secret),
-        salt,
-        None if key is None else public_pem(key),
+    client = await repository.insert_client(
+        connection,
+        client_id=client_id,
+        org_id=org_id,
+        environment=environment,
+        name=name,
+        secret_hash=hasher.hash(secret),
+        signing_key_salt=salt,
+        request_signing_key=None if key is None else public_pem(key),
     )
     details = {"name": name, "requestSigningKey": None if key is None else fingerprint(key)}
     await audit(connection, org_id, actor, "client.registered", client_id, details)
@@ -156,8 +155,8 @@ async def set_request_signing_key(
     before = signing_key_fingerprint(client["request_signing_key"])
     after = None if key is None else fingerprint(key)
     if before != after:
-        client = await connection.fetchrow(
-            sql.SET_REQUEST_SIGNING_KEY, client_id, None if key is None else public_pem(key)
+        client = await repository.set_request_signing_key(
+            connection, client_id, None if key is None else public_pem(key)
         )
         changes = {
             "fields": ["requestSigningKey"],
@@ -178,7 +177,7 @@ async def set_request_signing_key(
 
 async def client_for_update(connection: asyncpg.Connection, client_id: str) -> asyncpg.Record:
     """The client, locked until the transaction ends; NotFound when there is none."""
-    client = await connection.fetchrow(sql.GET_CLIENT_FOR_UPDATE, client_id)
+    client = await repository.get_client_for_update(connection, client_id)
     if client is None:
         raise NotFound(f"client {client_id} does not exist", code="CLIENT_NOT_FOUND")
     return client
@@ -190,7 +189,7 @@ async def revoke_client(
     client = await client_for_update(connection, client_id)
     if client["status"] == "revoked":
         return
-    client = await connection.fetchrow(sql.REVOKE_CLIENT, client_id)
+    client = await repository.revoke_client(connection, client_id)
     await audit(connection, client["org_id"], actor, "client.revoked", client_id, {})
     await _publish_client(connection, client, "client.revoked", client_id)
 
@@ -208,8 +207,12 @@ async def rotate_client_secret(
         raise Conflict(f"client {client_id} is revoked", code="CLIENT_REVOKED")
     secret = secrets.token_urlsafe(32)
     salt = new_salt()
-    client = await connection.fetchrow(
-        sql.ROTATE_CLIENT_SECRET, client_id, hasher.hash(secret), now() + overlap, salt
+    client = await repository.rotate_client_secret(
+        connection,
+        client_id,
+        secret_hash=hasher.hash(secret),
+        previous_valid_until=now() + overlap,
+        signing_key_salt=salt,
     )
     await audit(connection, client["org_id"], actor, "client.secret_rotated", client_id, {})
     await _publish_client(connection, client, "client.secret_rotated", client_id)
@@ -259,7 +262,7 @@ async def sign_in_client(
             client_id=client_id,
             ip=client_ip,
         )
-        client = await connection.fetchrow(sql.GET_CLIENT, client_id)
+        client = await repository.get_client(connection, client_id)
     if not await secret_matches(client, client_secret):
         return None
     async with pool.acquire() as connection:
@@ -270,7 +273,7 @@ async def sign_in_client(
 async def list_clients(
     connection: asyncpg.Connection, org_id: str, environment: str | None = None
 ) -> list[dict[str, Any]]:
-    rows = await connection.fetch(sql.LIST_CLIENTS, org_id, environment)
+    rows = await repository.list_clients(connection, org_id, environment)
     return [
         {
             "clientId": row["id"],

@@ -1,6 +1,17 @@
-"""Every SQL statement of the rules service."""
+"""Every SQL statement of the rules service, and the thin functions that run them.
+
+The functions run in the caller's transaction; the caller (an HTTP route, a
+subscriber or a CLI command) owns it.
+"""
 
 from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any, NamedTuple
+
+import asyncpg
 
 INSERT_ORGANISATION = "INSERT INTO organisations (id, name, timezone) VALUES ($1, $2, $3)"
 GET_ORGANISATION = "SELECT * FROM organisations WHERE id = $1"
@@ -194,3 +205,392 @@ DELETE_CONSOLE_SESSION = "DELETE FROM console_sessions WHERE id_hash = $1"
 DELETE_EXPIRED_CONSOLE_SESSIONS = """
 DELETE FROM console_sessions WHERE user_id = $1 AND expires_at <= now()
 """
+
+
+# Organisations and business users.
+
+
+async def insert_organisation(
+    connection: asyncpg.Connection, org_id: str, name: str, timezone: str
+) -> None:
+    await connection.execute(INSERT_ORGANISATION, org_id, name, timezone)
+
+
+async def get_organisation(connection: asyncpg.Connection, org_id: str) -> asyncpg.Record | None:
+    return await connection.fetchrow(GET_ORGANISATION, org_id)
+
+
+async def lock_organisation(connection: asyncpg.Connection, org_id: str) -> None:
+    await connection.execute(LOCK_ORGANISATION, org_id)
+
+
+class SharesToday(NamedTuple):
+    """The share e-mails' recipients an organisation sent to in the last day."""
+
+    recipients: int
+    #: When the oldest of those sends leaves the day; None when there was none.
+    until_oldest_leaves: timedelta | None
+
+
+async def share_recipients_today(connection: asyncpg.Connection, org_id: str) -> SharesToday:
+    row = await connection.fetchrow(SHARE_RECIPIENTS_TODAY, org_id)
+    return SharesToday(row["recipients"], row["until_oldest_leaves"])
+
+
+async def insert_user(
+    connection: asyncpg.Connection,
+    *,
+    user_id: str,
+    org_id: str,
+    email: str,
+    password_hash: str,
+    role: str,
+) -> None:
+    await connection.execute(INSERT_USER, user_id, org_id, email, password_hash, role)
+
+
+async def get_user_by_email(connection: asyncpg.Connection, email: str) -> asyncpg.Record | None:
+    return await connection.fetchrow(GET_USER_BY_EMAIL, email)
+
+
+async def get_user(
+    connection: asyncpg.Connection, org_id: str, user_id: str
+) -> asyncpg.Record | None:
+    return await connection.fetchrow(GET_USER, user_id, org_id)
+
+
+async def update_password_hash(
+    connection: asyncpg.Connection, user_id: str, password_hash: str
+) -> None:
+    await connection.execute(UPDATE_PASSWORD_HASH, user_id, password_hash)
+
+
+# API clients. The statements that change one return it as changed.
+
+
+async def insert_client(
+    connection: asyncpg.Connection,
+    *,
+    client_id: str,
+    org_id: str,
+    environment: str,
+    name: str,
+    secret_hash: str,
+    signing_key_salt: str,
+    request_signing_key: str | None,
+) -> asyncpg.Record:
+    return await connection.fetchrow(
+        INSERT_CLIENT,
+        client_id,
+        org_id,
+        environment,
+        name,
+        secret_hash,
+        signing_key_salt,
+        request_signing_key,
+    )
+
+
+async def get_client(connection: asyncpg.Connection, client_id: str) -> asyncpg.Record | None:
+    return await connection.fetchrow(GET_CLIENT, client_id)
+
+
+async def get_client_for_update(
+    connection: asyncpg.Connection, client_id: str
+) -> asyncpg.Record | None:
+    return await connection.fetchrow(GET_CLIENT_FOR_UPDATE, client_id)
+
+
+async def list_clients(
+    connection: asyncpg.Connection, org_id: str, environment: str | None
+) -> list[asyncpg.Record]:
+    return list(await connection.fetch(LIST_CLIENTS, org_id, environment))
+
+
+async def active_client_ids(
+    connection: asyncpg.Connection, org_id: str, environment: str, client_ids: Sequence[str]
+) -> set[str]:
+    """Which of ``client_ids`` are active clients of the organisation in ``environment``."""
+    rows = await connection.fetch(ACTIVE_CLIENT_IDS, org_id, environment, list(client_ids))
+    return {row["id"] for row in rows}
+
+
+async def client_statuses(
+    connection: asyncpg.Connection, org_id: str, environment: str, client_ids: Sequence[str]
+) -> dict[str, str]:
+    """The status of each of ``client_ids`` that is a client of the organisation in
+    ``environment``."""
+    rows = await connection.fetch(CLIENT_STATUSES, org_id, environment, list(client_ids))
+    return {row["id"]: row["status"] for row in rows}
+
+
+async def revoke_client(connection: asyncpg.Connection, client_id: str) -> asyncpg.Record:
+    return await connection.fetchrow(REVOKE_CLIENT, client_id)
+
+
+async def rotate_client_secret(
+    connection: asyncpg.Connection,
+    client_id: str,
+    *,
+    secret_hash: str,
+    previous_valid_until: datetime,
+    signing_key_salt: str,
+) -> asyncpg.Record:
+    return await connection.fetchrow(
+        ROTATE_CLIENT_SECRET, client_id, secret_hash, previous_valid_until, signing_key_salt
+    )
+
+
+async def set_request_signing_key(
+    connection: asyncpg.Connection, client_id: str, request_signing_key: str | None
+) -> asyncpg.Record:
+    return await connection.fetchrow(SET_REQUEST_SIGNING_KEY, client_id, request_signing_key)
+
+
+# The token issuer's signing keys.
+
+
+async def lock_signing_keys(connection: asyncpg.Connection) -> None:
+    await connection.execute(LOCK_SIGNING_KEYS)
+
+
+async def active_signing_keys(connection: asyncpg.Connection) -> list[asyncpg.Record]:
+    """The keys that may still sign, newest first."""
+    return list(await connection.fetch(ACTIVE_SIGNING_KEYS))
+
+
+async def newest_signing_key(connection: asyncpg.Connection) -> asyncpg.Record | None:
+    """The key that signs now, or None before the first is added."""
+    return await connection.fetchrow(ACTIVE_SIGNING_KEYS)
+
+
+async def published_signing_keys(connection: asyncpg.Connection) -> list[dict[str, Any]]:
+    """The public JWKs of the live keys and of those retired less than a day ago."""
+    return [row["public_jwk"] for row in await connection.fetch(PUBLISHED_SIGNING_KEYS)]
+
+
+async def insert_signing_key(
+    connection: asyncpg.Connection, kid: str, sealed_private_key: str, public_jwk: dict[str, Any]
+) -> None:
+    await connection.execute(INSERT_SIGNING_KEY, kid, sealed_private_key, public_jwk)
+
+
+async def reseal_signing_key(
+    connection: asyncpg.Connection, kid: str, sealed_private_key: str
+) -> None:
+    await connection.execute(RESEAL_SIGNING_KEY, kid, sealed_private_key)
+
+
+async def retire_signing_keys(
+    connection: asyncpg.Connection, keep: Sequence[str], retired_at: datetime
+) -> None:
+    """Retire at ``retired_at`` every key that may still sign but those whose kid is in ``keep``."""
+    await connection.execute(RETIRE_SIGNING_KEYS, list(keep), retired_at)
+
+
+# Rules, each returned with ``cap_used``, and the points they have moved.
+
+
+@dataclass(frozen=True)
+class RuleColumns:
+    """What a business user sets on a rule, as stored (its environment is set once)."""
+
+    name: str
+    description: str
+    type: str
+    api_trigger: bool
+    authorized_client_ids: list[str]
+    cap_max: int | None
+    cap_per_member: int | None
+    max_amount_per_request: int | None
+    starts_at: datetime | None
+    ends_at: datetime | None
+
+
+async def insert_rule(
+    connection: asyncpg.Connection,
+    *,
+    rule_id: str,
+    org_id: str,
+    environment: str,
+    columns: RuleColumns,
+    promoted_from: str | None,
+) -> asyncpg.Record:
+    return await connection.fetchrow(
+        INSERT_RULE,
+        rule_id,
+        org_id,
+        environment,
+        columns.name,
+        columns.description,
+        columns.type,
+        columns.api_trigger,
+        columns.authorized_client_ids,
+        columns.cap_max,
+        columns.cap_per_member,
+        columns.max_amount_per_request,
+        columns.starts_at,
+        columns.ends_at,
+        promoted_from,
+    )
+
+
+async def get_rule(
+    connection: asyncpg.Connection, org_id: str, rule_id: str
+) -> asyncpg.Record | None:
+    return await connection.fetchrow(GET_RULE, rule_id, org_id)
+
+
+async def get_rule_for_update(
+    connection: asyncpg.Connection, org_id: str, rule_id: str
+) -> asyncpg.Record | None:
+    return await connection.fetchrow(GET_RULE_FOR_UPDATE, rule_id, org_id)
+
+
+async def list_rules(
+    connection: asyncpg.Connection, org_id: str, environment: str | None
+) -> list[asyncpg.Record]:
+    return list(await connection.fetch(LIST_RULES, org_id, environment))
+
+
+async def update_rule(
+    connection: asyncpg.Connection, org_id: str, rule_id: str, columns: RuleColumns
+) -> asyncpg.Record:
+    """Store the rule's new columns as its next version."""
+    return await connection.fetchrow(
+        UPDATE_RULE,
+        rule_id,
+        org_id,
+        columns.name,
+        columns.description,
+        columns.api_trigger,
+        columns.authorized_client_ids,
+        columns.cap_max,
+        columns.cap_per_member,
+        columns.max_amount_per_request,
+        columns.starts_at,
+        columns.ends_at,
+        columns.type,
+    )
+
+
+async def set_rule_status(
+    connection: asyncpg.Connection, org_id: str, rule_id: str, status: str
+) -> asyncpg.Record:
+    """Store the rule's new status as its next version."""
+    return await connection.fetchrow(SET_RULE_STATUS, rule_id, org_id, status)
+
+
+async def rule_usage_for_share(connection: asyncpg.Connection, rule_id: str) -> int:
+    """The points the rule has moved, locked (FOR SHARE) until the transaction ends."""
+    return await connection.fetchval(RULE_USAGE_FOR_SHARE, rule_id) or 0
+
+
+async def add_rule_usage(connection: asyncpg.Connection, rule_id: str, points: int) -> None:
+    await connection.execute(ADD_RULE_USAGE, rule_id, points)
+
+
+async def release_rule_usage(connection: asyncpg.Connection, rule_id: str, points: int) -> None:
+    await connection.execute(RELEASE_RULE_USAGE, rule_id, points)
+
+
+# The audit log.
+
+
+async def insert_audit_line(
+    connection: asyncpg.Connection,
+    org_id: str,
+    actor: str,
+    action: str,
+    subject_id: str,
+    details: dict[str, Any],
+) -> None:
+    await connection.execute(INSERT_AUDIT, org_id, actor, action, subject_id, details)
+
+
+async def list_audit(
+    connection: asyncpg.Connection,
+    org_id: str,
+    *,
+    before: int | None,
+    subject_id: str | None,
+    actor: str | None,
+    since: datetime | None,
+    until: datetime | None,
+    limit: int,
+) -> list[asyncpg.Record]:
+    """A page of the organisation's audit lines, newest first; a filter left None is off."""
+    return list(
+        await connection.fetch(LIST_AUDIT, org_id, before, subject_id, actor, since, until, limit)
+    )
+
+
+# Sign-in throttling: one counter a (scope, key).
+
+
+async def add_sign_in_key(connection: asyncpg.Connection, scope: str, key: str) -> bool:
+    """Start counting attempts at the key; False when it is counted already."""
+    status: str = await connection.execute(ADD_SIGN_IN_KEY, scope, key)
+    return status.endswith(" 1")
+
+
+async def purge_idle_sign_in_keys(connection: asyncpg.Connection, idle_seconds: float) -> None:
+    """Forget a few keys that have seen no attempt for ``idle_seconds``."""
+    await connection.execute(PURGE_IDLE_SIGN_IN_KEYS, idle_seconds)
+
+
+class SignInCounter(NamedTuple):
+    attempts: int
+    #: Seconds since the key's last attempt.
+    idle_seconds: float
+
+
+async def sign_in_key_for_update(
+    connection: asyncpg.Connection, scope: str, key: str
+) -> SignInCounter:
+    """The key's counter (which :func:`add_sign_in_key` made), locked until the transaction
+    ends."""
+    row = await connection.fetchrow(SIGN_IN_KEY_FOR_UPDATE, scope, key)
+    return SignInCounter(row["attempts"], row["idle_seconds"])
+
+
+async def count_sign_in_attempt(
+    connection: asyncpg.Connection, scope: str, key: str, attempts: int
+) -> None:
+    await connection.execute(COUNT_SIGN_IN_ATTEMPT, scope, key, attempts)
+
+
+async def forget_sign_in_key(connection: asyncpg.Connection, scope: str, key: str) -> None:
+    await connection.execute(FORGET_SIGN_IN_KEY, scope, key)
+
+
+async def give_back_sign_in_attempt(connection: asyncpg.Connection, scope: str, key: str) -> None:
+    await connection.execute(GIVE_BACK_SIGN_IN_ATTEMPT, scope, key)
+
+
+# Console sessions, by the SHA-256 of their id.
+
+
+async def insert_console_session(
+    connection: asyncpg.Connection,
+    id_hash: bytes,
+    user_id: str,
+    csrf_secret: bytes,
+    lifetime: timedelta,
+) -> None:
+    await connection.execute(INSERT_CONSOLE_SESSION, id_hash, user_id, csrf_secret, lifetime)
+
+
+async def touch_console_session(
+    connection: asyncpg.Connection, id_hash: bytes
+) -> asyncpg.Record | None:
+    """The live session and its user, marking it seen; None when it is unknown or expired."""
+    return await connection.fetchrow(TOUCH_CONSOLE_SESSION, id_hash)
+
+
+async def delete_console_session(connection: asyncpg.Connection, id_hash: bytes) -> None:
+    await connection.execute(DELETE_CONSOLE_SESSION, id_hash)
+
+
+async def delete_expired_console_sessions(connection: asyncpg.Connection, user_id: str) -> None:
+    await connection.execute(DELETE_EXPIRED_CONSOLE_SESSIONS, user_id)

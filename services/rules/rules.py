@@ -16,7 +16,7 @@ from pydantic.alias_generators import to_camel
 from contracts import POINTS_RESULTS, PointsResultEvent, RuleLifecycleEvent, RuleSnapshot
 from infra import inbox, outbox
 from infra.problems import Problem
-from services.rules import repository as sql
+from services.rules import repository
 from services.rules.audit import audit
 from services.rules.records import ENVIRONMENTS, Conflict, NotFound, new_id, now
 
@@ -45,6 +45,21 @@ class RuleDraft:
     max_amount_per_request: int | None = None
     starts_at: datetime | None = None
     ends_at: datetime | None = None
+
+    def columns(self) -> repository.RuleColumns:
+        """The draft as stored: each authorised client once, in the order given."""
+        return repository.RuleColumns(
+            name=self.name,
+            description=self.description,
+            type=self.type,
+            api_trigger=self.api_trigger,
+            authorized_client_ids=list(dict.fromkeys(self.authorized_client_ids)),
+            cap_max=self.cap_max,
+            cap_per_member=self.cap_per_member,
+            max_amount_per_request=self.max_amount_per_request,
+            starts_at=self.starts_at,
+            ends_at=self.ends_at,
+        )
 
 
 def rule_snapshot(rule: asyncpg.Record) -> RuleSnapshot:
@@ -103,10 +118,7 @@ async def _check_draft(connection: asyncpg.Connection, org_id: str, draft: RuleD
     if draft.starts_at and draft.ends_at and draft.ends_at <= draft.starts_at:
         raise Problem("endsAt must be after startsAt", code="INVALID_PERIOD")
     wanted = sorted(set(draft.authorized_client_ids))
-    found = {
-        row["id"]
-        for row in await connection.fetch(sql.ACTIVE_CLIENT_IDS, org_id, draft.environment, wanted)
-    }
+    found = await repository.active_client_ids(connection, org_id, draft.environment, wanted)
     unknown = [client_id for client_id in wanted if client_id not in found]
     if unknown:
         raise Problem(
@@ -119,22 +131,13 @@ async def create_rule(
     connection: asyncpg.Connection, org_id: str, actor: str, draft: RuleDraft, correlation_id: str
 ) -> asyncpg.Record:
     await _check_draft(connection, org_id, draft)
-    rule = await connection.fetchrow(
-        sql.INSERT_RULE,
-        new_id("rul"),
-        org_id,
-        draft.environment,
-        draft.name,
-        draft.description,
-        draft.type,
-        draft.api_trigger,
-        list(dict.fromkeys(draft.authorized_client_ids)),
-        draft.cap_max,
-        draft.cap_per_member,
-        draft.max_amount_per_request,
-        draft.starts_at,
-        draft.ends_at,
-        None,
+    rule = await repository.insert_rule(
+        connection,
+        rule_id=new_id("rul"),
+        org_id=org_id,
+        environment=draft.environment,
+        columns=draft.columns(),
+        promoted_from=None,
     )
     await audit(connection, org_id, actor, "rule.created", rule["id"], {"name": draft.name})
     await _publish_rule(connection, rule, "rule.created", correlation_id)
@@ -142,7 +145,7 @@ async def create_rule(
 
 
 async def get_rule(connection: asyncpg.Connection, org_id: str, rule_id: str) -> asyncpg.Record:
-    rule = await connection.fetchrow(sql.GET_RULE, rule_id, org_id)
+    rule = await repository.get_rule(connection, org_id, rule_id)
     if rule is None:
         raise NotFound(f"rule {rule_id} does not exist", code="RULE_NOT_FOUND")
     return rule
@@ -151,13 +154,13 @@ async def get_rule(connection: asyncpg.Connection, org_id: str, rule_id: str) ->
 async def list_rules(
     connection: asyncpg.Connection, org_id: str, environment: str | None
 ) -> list[asyncpg.Record]:
-    return list(await connection.fetch(sql.LIST_RULES, org_id, environment))
+    return await repository.list_rules(connection, org_id, environment)
 
 
 async def _rule_for_change(
     connection: asyncpg.Connection, org_id: str, rule_id: str, expected_version: int | None
 ) -> asyncpg.Record:
-    rule = await connection.fetchrow(sql.GET_RULE_FOR_UPDATE, rule_id, org_id)
+    rule = await repository.get_rule_for_update(connection, org_id, rule_id)
     if rule is None:
         raise NotFound(f"rule {rule_id} does not exist", code="RULE_NOT_FOUND")
     if expected_version is not None and rule["version"] != expected_version:
@@ -209,21 +212,7 @@ async def update_rule(
     await _check_draft(connection, org_id, merged)
     if changes.get("cap_max") is not None:
         await _check_cap_covers_usage(connection, rule_id, merged.cap_max)
-    updated = await connection.fetchrow(
-        sql.UPDATE_RULE,
-        rule_id,
-        org_id,
-        merged.name,
-        merged.description,
-        merged.api_trigger,
-        list(dict.fromkeys(merged.authorized_client_ids)),
-        merged.cap_max,
-        merged.cap_per_member,
-        merged.max_amount_per_request,
-        merged.starts_at,
-        merged.ends_at,
-        merged.type,
-    )
+    updated = await repository.update_rule(connection, org_id, rule_id, merged.columns())
     await audit(
         connection, org_id, actor, "rule.updated", rule_id, _change_details(current, merged)
     )
@@ -235,7 +224,7 @@ async def _check_cap_covers_usage(
     connection: asyncpg.Connection, rule_id: str, cap_max: int | None
 ) -> None:
     # FOR SHARE: a result counted meanwhile waits until this change commits.
-    used = await connection.fetchval(sql.RULE_USAGE_FOR_SHARE, rule_id) or 0
+    used = await repository.rule_usage_for_share(connection, rule_id)
     if cap_max is not None and cap_max < used:
         raise Conflict(
             f"capMax {cap_max} is below the {used} points this rule has already moved",
@@ -272,9 +261,9 @@ async def record_usages(connection: asyncpg.Connection, events: Sequence[PointsR
             released[result.rule_id] += result.reversed_amount
     for rule_id in sorted(added.keys() | released.keys()):
         if added[rule_id]:
-            await connection.execute(sql.ADD_RULE_USAGE, rule_id, added[rule_id])
+            await repository.add_rule_usage(connection, rule_id, added[rule_id])
         if released[rule_id]:
-            await connection.execute(sql.RELEASE_RULE_USAGE, rule_id, released[rule_id])
+            await repository.release_rule_usage(connection, rule_id, released[rule_id])
     return len(fresh)
 
 
@@ -338,13 +327,10 @@ async def blocking_problems(
     connection: asyncpg.Connection, rule: asyncpg.Record
 ) -> list[dict[str, str]]:
     """What would stop ``rule`` being activated now (the console shows it before asking)."""
-    rows = await connection.fetch(
-        sql.CLIENT_STATUSES,
-        rule["org_id"],
-        rule["environment"],
-        list(rule["authorized_client_ids"]),
+    statuses = await repository.client_statuses(
+        connection, rule["org_id"], rule["environment"], rule["authorized_client_ids"]
     )
-    return activation_problems(rule, {row["id"]: row["status"] for row in rows})
+    return activation_problems(rule, statuses)
 
 
 async def _check_activation(connection: asyncpg.Connection, rule: asyncpg.Record) -> None:
@@ -375,7 +361,7 @@ async def change_status(
         raise Conflict(f"a {rule['status']} rule cannot be {target}", code="INVALID_TRANSITION")
     if action == "activate":
         await _check_activation(connection, rule)
-    updated = await connection.fetchrow(sql.SET_RULE_STATUS, rule_id, org_id, target)
+    updated = await repository.set_rule_status(connection, org_id, rule_id, target)
     details = {
         "from": rule["status"],
         "before": {"status": rule["status"]},
@@ -397,22 +383,25 @@ async def promote_rule(
     source = await _rule_for_change(connection, org_id, rule_id, None)
     if source["environment"] == "production":
         raise Conflict(f"rule {rule_id} is already a production rule", code="ALREADY_PRODUCTION")
-    rule = await connection.fetchrow(
-        sql.INSERT_RULE,
-        new_id("rul"),
-        org_id,
-        "production",
-        source["name"],
-        source["description"],
-        source["type"],
-        source["api_trigger"],
-        [],
-        source["cap_max"],
-        source["cap_per_member"],
-        source["max_amount_per_request"],
-        source["starts_at"],
-        source["ends_at"],
-        rule_id,
+    columns = repository.RuleColumns(
+        name=source["name"],
+        description=source["description"],
+        type=source["type"],
+        api_trigger=source["api_trigger"],
+        authorized_client_ids=[],
+        cap_max=source["cap_max"],
+        cap_per_member=source["cap_per_member"],
+        max_amount_per_request=source["max_amount_per_request"],
+        starts_at=source["starts_at"],
+        ends_at=source["ends_at"],
+    )
+    rule = await repository.insert_rule(
+        connection,
+        rule_id=new_id("rul"),
+        org_id=org_id,
+        environment="production",
+        columns=columns,
+        promoted_from=rule_id,
     )
     details = {"name": rule["name"], "promotedFrom": rule_id}
     await audit(connection, org_id, actor, "rule.promoted", rule["id"], details)

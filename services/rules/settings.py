@@ -47,6 +47,14 @@ class RulesSettings(ServiceSettings):
         description="Where the console's same-origin proxy reads members' balances and rules' "
         "transactions from the ledger.",
     )
+    propagation_timeout_seconds: float = Field(
+        default=2.0,
+        ge=0,
+        description="A change (a rule activated, a client revoked, ...) is answered once the "
+        "trigger gateway has it, so a trigger sent next is judged on it; the answer waits at "
+        "most this long (then a `rules.change_not_yet_at_gateway` warning is logged). 0 "
+        "answers at once.",
+    )
     console_ledger_token_lifetime_seconds: int = Field(
         default=60,
         ge=5,

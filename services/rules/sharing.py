@@ -13,7 +13,7 @@ import asyncpg
 from contracts import Environment, RuleType, ShareEmailRequested, ShareEmailRequestedEvent
 from infra import outbox
 from infra.problems import Problem
-from services.rules import repository as sql
+from services.rules import repository
 from services.rules.audit import audit
 from services.rules.records import Conflict
 from services.rules.rules import get_rule
@@ -68,15 +68,15 @@ async def request_share_email(
     to mail strangers at volume.
     """
     details = await share_details(connection, org_id, rule_id, settings)
-    await connection.execute(sql.LOCK_ORGANISATION, org_id)  # one send counted at a time
-    today = await connection.fetchrow(sql.SHARE_RECIPIENTS_TODAY, org_id)
+    await repository.lock_organisation(connection, org_id)  # one send counted at a time
+    today = await repository.share_recipients_today(connection, org_id)
     allowance = settings.share_email_recipients_per_day
-    if today["recipients"] + len(recipients) > allowance:
-        wait = today["until_oldest_leaves"] or timedelta(days=1)
+    if today.recipients + len(recipients) > allowance:
+        wait = today.until_oldest_leaves or timedelta(days=1)
         retry_after = max(1, math.ceil(wait.total_seconds()))
         raise Problem(
             f"this organisation may send share e-mails to {allowance} addresses a day and "
-            f"has sent to {today['recipients']} in the last 24 hours; try again later",
+            f"has sent to {today.recipients} in the last 24 hours; try again later",
             status=429,
             code="SHARE_EMAIL_LIMIT",
             headers={"Retry-After": str(retry_after)},

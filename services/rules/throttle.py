@@ -23,7 +23,7 @@ from dataclasses import dataclass
 
 import asyncpg
 
-from services.rules import repository as sql
+from services.rules import repository
 
 #: How many idle keys a new key's first attempt clears away, keeping the table small.
 PURGED_PER_NEW_KEY = 100
@@ -105,14 +105,13 @@ async def take_attempt(
         counts: list[int] = []
         waits: list[float] = []
         for key in keys:
-            added = await connection.execute(sql.ADD_SIGN_IN_KEY, key.scope, key.key)
-            if added.endswith(" 1"):
-                await connection.execute(
-                    sql.PURGE_IDLE_SIGN_IN_KEYS, key.throttle.longest_wait_seconds
+            if await repository.add_sign_in_key(connection, key.scope, key.key):
+                await repository.purge_idle_sign_in_keys(
+                    connection, key.throttle.longest_wait_seconds
                 )
-            row = await connection.fetchrow(sql.SIGN_IN_KEY_FOR_UPDATE, key.scope, key.key)
-            idle = row["idle_seconds"]
-            attempts = 0 if idle >= key.throttle.longest_wait_seconds else row["attempts"]
+            counter = await repository.sign_in_key_for_update(connection, key.scope, key.key)
+            idle = counter.idle_seconds
+            attempts = 0 if idle >= key.throttle.longest_wait_seconds else counter.attempts
             waits.append(key.throttle.wait_after(attempts) - idle)
             counts.append(attempts + 1)
         wait = max(waits)
@@ -123,7 +122,7 @@ async def take_attempt(
                         waiting.note(key, key_wait)
             return max(1, math.ceil(wait))
         for key, count in zip(keys, counts, strict=True):
-            await connection.execute(sql.COUNT_SIGN_IN_ATTEMPT, key.scope, key.key, count)
+            await repository.count_sign_in_attempt(connection, key.scope, key.key, count)
     return None
 
 
@@ -131,9 +130,9 @@ async def succeeded(connection: asyncpg.Connection, keys: list[Key]) -> None:
     """After a successful sign-in: the tried account's key starts afresh, and the
     address alone gets its attempt back (colleagues behind one address share it)."""
     personal, *address = keys
-    await connection.execute(sql.FORGET_SIGN_IN_KEY, personal.scope, personal.key)
+    await repository.forget_sign_in_key(connection, personal.scope, personal.key)
     for key in address:
-        await connection.execute(sql.GIVE_BACK_SIGN_IN_ATTEMPT, key.scope, key.key)
+        await repository.give_back_sign_in_attempt(connection, key.scope, key.key)
 
 
 def keys_for(

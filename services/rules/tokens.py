@@ -14,7 +14,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 
 from infra.logging import get_logger
 from infra.tokens import ALGORITHM, API_AUDIENCE, REALM_PATH
-from services.rules import repository as sql
+from services.rules import repository
 from services.rules.key_vault import KeyVault, is_plain_pem
 from services.rules.records import now
 from services.rules.settings import RulesSettings
@@ -47,14 +47,14 @@ class TokenIssuer:
         Every live key is opened here, so a wrong key-encryption key stops the start-up
         with a clear message instead of failing the first token request.
         """
-        await connection.execute(sql.LOCK_SIGNING_KEYS)
-        for row in await connection.fetch(sql.ACTIVE_SIGNING_KEYS):
+        await repository.lock_signing_keys(connection)
+        for row in await repository.active_signing_keys(connection):
             key = self._open(row)
             if is_plain_pem(row["sealed_private_key"]):
                 sealed = self._vault.seal(row["kid"], key)
-                await connection.execute(sql.RESEAL_SIGNING_KEY, row["kid"], sealed)
+                await repository.reseal_signing_key(connection, row["kid"], sealed)
                 log.info("signing_key.sealed", kid=row["kid"])
-        if await connection.fetchrow(sql.ACTIVE_SIGNING_KEYS) is None:
+        if await repository.newest_signing_key(connection) is None:
             await self.add_signing_key(connection)
 
     async def add_signing_key(self, connection: asyncpg.Connection) -> str:
@@ -64,17 +64,16 @@ class TokenIssuer:
         public_jwk = jwt.algorithms.ECAlgorithm.to_jwk(private_key.public_key(), as_dict=True)
         public_jwk.update({"kid": kid, "use": "sig", "alg": ALGORITHM})
         sealed = self._vault.seal(kid, private_key)
-        await connection.execute(sql.INSERT_SIGNING_KEY, kid, sealed, public_jwk)
+        await repository.insert_signing_key(connection, kid, sealed, public_jwk)
         return kid
 
     async def jwks(self, connection: asyncpg.Connection) -> dict[str, Any]:
-        rows = await connection.fetch(sql.PUBLISHED_SIGNING_KEYS)
-        return {"keys": [row["public_jwk"] for row in rows]}
+        return {"keys": await repository.published_signing_keys(connection)}
 
     async def sign(
         self, connection: asyncpg.Connection, claims: dict[str, Any], lifetime: int
     ) -> str:
-        key = await connection.fetchrow(sql.ACTIVE_SIGNING_KEYS)
+        key = await repository.newest_signing_key(connection)
         if key is None:
             raise RuntimeError("no active signing key; the service start-up creates one")
         issued_at = int(now().timestamp())
@@ -150,10 +149,10 @@ async def rotate_signing_key(
     they signed has expired (``token_lifetime``), after which the JWKS still publishes
     them for a day. Returns the new key's ``kid``; runs in the caller's transaction.
     """
-    await connection.execute(sql.LOCK_SIGNING_KEYS)
-    previous = await connection.fetchrow(sql.ACTIVE_SIGNING_KEYS)
+    await repository.lock_signing_keys(connection)
+    previous = await repository.newest_signing_key(connection)
     kid = await issuer.add_signing_key(connection)
     keep = [kid] + ([previous["kid"]] if previous else [])
-    await connection.execute(sql.RETIRE_SIGNING_KEYS, keep, now() + token_lifetime)
+    await repository.retire_signing_keys(connection, keep, now() + token_lifetime)
     log.info("signing_key.rotated", kid=kid)
     return kid

@@ -18,7 +18,7 @@ from infra.tokens import JwksVerifier, Principal
 from services.trigger.admission import Gateway, client_access
 from services.trigger.checks import Caller, Trigger
 from services.trigger.rate_limits import rate_limit_headers
-from services.trigger.reads import request_status
+from services.trigger.reads import ResultsConsumed, request_status
 from services.trigger.settings import TriggerSettings
 from services.trigger.signatures import SignedRequest
 
@@ -30,6 +30,7 @@ class TriggerContext(ServiceContext):
     settings: TriggerSettings
     verifier: JwksVerifier
     gateway: Gateway
+    results_consumed: ResultsConsumed
 
 
 async def context(request: Request) -> TriggerContext:
@@ -153,5 +154,4 @@ async def answer_trigger(
 @router.get("/v1/points/requests/{request_id}")
 async def get_points_request(request_id: Text, caller: Client, ctx: Context) -> dict[str, Any]:
     """Where a request stands: pending, succeeded or failed (with a reason); and any reversal."""
-    async with ctx.pool.acquire() as connection:
-        return await request_status(connection, caller, request_id)
+    return await request_status(ctx.pool, caller, request_id, results_consumed=ctx.results_consumed)

@@ -8,7 +8,7 @@ from fastapi import FastAPI
 
 from contracts import POINTS_REQUESTED, PointsRequestedEvent
 from infra.broker import create_broker
-from infra.catchup import CatchUp
+from infra.catchup import CatchUp, GroupProgress
 from infra.http import create_http_app, serve_directly
 from infra.runtime import ServiceRuntime
 from infra.serving import app_only
@@ -17,6 +17,7 @@ from services.trigger import subscribers
 from services.trigger.admission import Gateway
 from services.trigger.api import TRIGGER_PATH, TriggerContext, router, serve_trigger
 from services.trigger.housekeeping import PendingReconciler, RequestPurger
+from services.trigger.reads import ResultsConsumed
 from services.trigger.settings import TriggerSettings
 from services.trigger.subscribers import register_subscribers
 
@@ -61,6 +62,8 @@ def create_app(
         runtime.on_start(periodic.start)
         runtime.on_stop(periodic.stop)
     runtime.on_stop(verifier.aclose)
+    progress = GroupProgress(settings)
+    runtime.on_stop(progress.stop)
     runtime.readiness_checks["projection"] = projection.caught_up
 
     app = create_http_app(
@@ -75,6 +78,9 @@ def create_app(
         settings=settings,
         verifier=verifier,
         gateway=Gateway.on_database(lambda: runtime.pool, settings),
+        results_consumed=ResultsConsumed(
+            progress, subscribers.RESULTS_GROUP, timeout=settings.status_catch_up_seconds
+        ),
     )
     app.include_router(router)
     serve_directly(app, "POST", TRIGGER_PATH, serve_trigger)

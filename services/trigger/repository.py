@@ -277,7 +277,7 @@ async def record_requests(
 
 
 async def get_request(
-    connection: asyncpg.Connection, client_id: str, request_id: str
+    connection: asyncpg.Connection | asyncpg.Pool, client_id: str, request_id: str
 ) -> asyncpg.Record | None:
     return await connection.fetchrow(GET_REQUEST, client_id, request_id)
 

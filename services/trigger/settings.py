@@ -44,6 +44,13 @@ class TriggerSettings(ServiceSettings):
     reconcile_interval_seconds: float = Field(
         default=60.0, gt=0, description="How often pending requests are looked at."
     )
+    status_catch_up_seconds: float = Field(
+        default=1.0,
+        ge=0,
+        description="Before answering that a request is pending, the gateway waits up to "
+        "this long for its results consumer to catch up with what the ledger has published "
+        "(so the status never contradicts a callback already delivered); 0 answers at once.",
+    )
     rate_limit_per_second: float = Field(
         default=50.0,
         gt=0,

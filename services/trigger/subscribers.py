@@ -6,6 +6,7 @@ import asyncpg
 
 from contracts import (
     CLIENTS_LIFECYCLE,
+    GATEWAY_PROJECTION_GROUP,
     POINTS_RESULTS,
     RULES_LIFECYCLE,
     ClientLifecycleEvent,
@@ -17,7 +18,7 @@ from infra.runtime import ServiceRuntime
 from services.trigger import settlement
 from services.trigger.projections import project_client, project_rule
 
-PROJECTION_GROUP = "trigger.projection"
+PROJECTION_GROUP = GATEWAY_PROJECTION_GROUP
 RESULTS_GROUP = "trigger.results"
 PROJECTED_TOPICS = (RULES_LIFECYCLE, CLIENTS_LIFECYCLE)
 

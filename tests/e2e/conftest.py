@@ -8,6 +8,7 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
+import httpx
 import pytest
 import uvicorn
 
@@ -24,16 +25,38 @@ class CallbackReceiver:
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] != "http":
             return
-        body = b""
-        while True:
-            message = await receive()
-            body += message.get("body", b"")
-            if not message.get("more_body"):
-                break
+        body = await read_body(receive)
         headers = {key.decode().lower(): value.decode() for key, value in scope["headers"]}
         self.received.append((headers, body))
         await send({"type": "http.response.start", "status": 204, "headers": []})
         await send({"type": "http.response.body", "body": b""})
+
+
+async def read_body(receive: Any) -> bytes:
+    """The whole body of an ASGI request."""
+    body = b""
+    while True:
+        message = await receive()
+        body += message.get("body", b"")
+        if not message.get("more_body"):
+            return body
+
+
+async def client_token_headers(
+    rules_url: str, http: httpx.AsyncClient, client: dict[str, str]
+) -> dict[str, str]:
+    """The Authorization header of a token for ``client`` (as `points client create` printed
+    it), fetched as a partner's app does."""
+    token = await http.post(
+        f"{rules_url}/realms/partner/protocol/openid-connect/token",
+        data={
+            "grant_type": "client_credentials",
+            "client_id": client["clientId"],
+            "client_secret": client["clientSecret"],
+        },
+    )
+    assert token.status_code == 200, token.text
+    return {"Authorization": f"Bearer {token.json()['access_token']}"}
 
 
 @asynccontextmanager

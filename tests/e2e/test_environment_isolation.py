@@ -25,7 +25,7 @@ from aiokafka import AIOKafkaProducer
 
 from contracts import POINTS_REQUESTED, POINTS_RESULTS
 from infra.dev.launcher import RunningPlatform
-from tests.e2e.conftest import CallbackReceiver, serve_receiver
+from tests.e2e.conftest import CallbackReceiver, client_token_headers, serve_receiver
 from tests.e2e.test_poison_messages import bootstrap_servers, refused_request
 from tests.helpers import eventually, running_platform
 
@@ -89,16 +89,7 @@ async def integration(
     rule_id = created.json()["id"]
     activated = await http.post(f"{rules_url}/v1/rules/{rule_id}/activate", headers=console)
     assert activated.status_code == 200, activated.text
-    token = await http.post(
-        f"{rules_url}/realms/partner/protocol/openid-connect/token",
-        data={
-            "grant_type": "client_credentials",
-            "client_id": client["clientId"],
-            "client_secret": client["clientSecret"],
-        },
-    )
-    assert token.status_code == 200, token.text
-    return Integration({"Authorization": f"Bearer {token.json()['access_token']}"}, rule_id)
+    return Integration(await client_token_headers(rules_url, http, client), rule_id)
 
 
 class ArrivalClock(CallbackReceiver):

@@ -30,7 +30,8 @@ from tests.helpers import eventually, running_platform
 pytestmark = pytest.mark.e2e
 
 CAP = 10_000
-#: What the gateway answers until the rule just activated reaches it (issue 17).
+#: What the gateway answers should the rules API have stopped waiting for it to have the
+#: rule just activated (`RULES_PROPAGATION_TIMEOUT_SECONDS` on a very loaded machine).
 NOT_THERE_YET = {"RULE_NOT_FOUND", "RULE_INACTIVE"}
 MEMBER = "member-pending"
 

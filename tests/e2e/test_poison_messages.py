@@ -34,7 +34,7 @@ from contracts import (
     member_key,
 )
 from infra.dev.launcher import RunningPlatform
-from tests.e2e.conftest import CallbackReceiver
+from tests.e2e.conftest import CallbackReceiver, client_token_headers
 from tests.e2e.test_platform import Business, business_with_an_active_rule
 from tests.helpers import eventually, running_platform
 
@@ -136,16 +136,7 @@ def members_on_every_partition(environment: str, org_id: str) -> list[str]:
 async def developer_headers(
     platform: RunningPlatform, http: httpx.AsyncClient, business: Business
 ) -> dict[str, str]:
-    token = await http.post(
-        f"{platform.urls['rules']}/realms/partner/protocol/openid-connect/token",
-        data={
-            "grant_type": "client_credentials",
-            "client_id": business.client["clientId"],
-            "client_secret": business.client["clientSecret"],
-        },
-    )
-    assert token.status_code == 200, token.text
-    return {"Authorization": f"Bearer {token.json()['access_token']}"}
+    return await client_token_headers(platform.urls["rules"], http, business.client)
 
 
 class TestPoisonInEveryTopic:

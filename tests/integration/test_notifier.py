@@ -442,7 +442,9 @@ class TestClientProjection:
                 salt="new",
                 previous_salt="old",
                 previous_until=now - timedelta(seconds=1),
-                occurred_at=now + timedelta(seconds=1),
+                # Newer than the rotation however long the start took: an older change
+                # would rightly be ignored.
+                occurred_at=rotated.occurred_at + timedelta(seconds=1),
             )
             await notifier.receive_client(ended)
             await notifier.receive_result(result_event(receiver.url()))

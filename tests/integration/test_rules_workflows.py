@@ -24,8 +24,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from contracts import NOTIFICATIONS_REQUESTED, RULES_LIFECYCLE, ShareEmailRequestedEvent
 from infra.errors import StartupError
 from infra.tokens import API_AUDIENCE, JWKS_PATH, JwksVerifier
-from services.rules import accounts
-from services.rules import repository as rules_sql
+from services.rules import accounts, repository
 from services.rules.app import create_app as create_rules_app
 from services.rules.key_vault import KeyVault
 from services.rules.tokens import TokenIssuer, rotate_signing_key
@@ -755,7 +754,7 @@ class TestTokensForOneUse:
         )
         del claims["exp"]
         async with rules_transaction(stack.database_url) as connection:
-            key = await connection.fetchrow(rules_sql.ACTIVE_SIGNING_KEYS)
+            key = await repository.newest_signing_key(connection)
         private = KeyVault(stack.settings.signing_key_encryption_key).open(
             key["kid"], key["sealed_private_key"]
         )

@@ -13,9 +13,11 @@ import asyncpg
 import jwt
 from fastapi import Depends, Request
 
+from infra import outbox
 from infra.http import Forbidden, ServiceContext, Unauthorized, bearer_token
 from infra.tokens import ALGORITHM
 from services.rules import credentials, sessions, throttle, tokens
+from services.rules.propagation import Propagation
 from services.rules.settings import RulesSettings
 
 
@@ -25,6 +27,7 @@ class RulesContext(ServiceContext):
 
     settings: RulesSettings
     issuer: tokens.TokenIssuer
+    propagation: Propagation
     #: The addresses this process told to wait before their next sign-in attempt.
     waiting: throttle.Waiting = field(default_factory=throttle.Waiting)
 
@@ -41,10 +44,19 @@ async def context(request: Request) -> RulesContext:
 Context = Annotated[RulesContext, Depends(context)]
 
 
-async def transaction(ctx: Context) -> AsyncIterator[asyncpg.Connection]:
-    """The request's transaction: committed when the route returns, rolled back on error."""
+async def transaction(request: Request, ctx: Context) -> AsyncIterator[asyncpg.Connection]:
+    """The request's transaction: committed when the route returns, rolled back on error.
+
+    A change is answered once the trigger gateway has it (:mod:`propagation`), so a
+    trigger the caller sends next is judged on it.
+    """
+    changing = request.method in sessions.STATE_CHANGING_METHODS
     async with ctx.pool.acquire() as connection, connection.transaction():
+        before = await outbox.newest(connection) if changing else None
         yield connection
+        after = await outbox.newest(connection) if changing else None
+    if after is not None and after != before:
+        await ctx.propagation.reach_gateway(after)
 
 
 # scope="function": the transaction commits before the response is sent. With
