@@ -61,6 +61,8 @@ def create_broker(settings: ServiceSettings, **options: Any) -> KafkaBroker:
         middlewares=(BindMessageIds,),
         client_id=settings.service_name,
         ack_policy=AckPolicy.NACK_ON_ERROR,
+        # On stop, the batch each consumer holds is finished (then committed) first.
+        graceful_timeout=settings.shutdown_grace_seconds,
         security=broker_security(settings),
         logger=get_logger(f"{settings.service_name}.broker"),
         **producer_options(settings),

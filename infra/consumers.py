@@ -22,6 +22,14 @@ that. Readers are tolerant: an event that carries fields this code does not
 know is read without them (a newer producer may have added them), and only a
 message that really breaks the contract is refused.
 
+A broker replaced under a running consumer (a Kafka cluster that lost its log,
+the embedded broker started again) does not know the consumer's group: the
+next heartbeat fails, the consumer rejoins and, finding no committed offsets,
+reads from the earliest offset (``auto_offset_reset="earliest"``, which also
+resets a position past the end of the new, shorter log). What the outbox
+relays publish again then arrives a second time and the inboxes drop it
+(see :mod:`infra.outbox`).
+
 With ``environments``, each environment gets a consumer group of its own
 (``<group>.<environment>``) that skips the other environments' messages, so a
 staging flood or a staging poison message never delays production, and an

@@ -150,3 +150,38 @@ def _raise_for_topic_errors(topic_errors: Iterable[tuple[Any, ...]]) -> list[str
             f"could not create Kafka topic {name}: {for_code(code).__name__}: {message}"
         )
     return created
+
+
+class ClusterIdentity:
+    """Asks the Kafka cluster its id (``DescribeCluster`` through metadata), over one
+    admin connection kept open between questions, so asking every second is cheap.
+
+    A cluster's id changes only when it is a different cluster: a new Kafka
+    installation, or the embedded broker started again (it gets a fresh id each
+    start, as its log starts empty).
+    """
+
+    def __init__(self, bootstrap_servers: str, **client_options: Any) -> None:
+        self._bootstrap_servers = bootstrap_servers
+        self._client_options = client_options
+        self._admin: AIOKafkaAdminClient | None = None
+
+    async def cluster_id(self) -> str:
+        """The id of the cluster that answers now; raises ``KafkaError`` or ``OSError``
+        when none does."""
+        try:
+            if self._admin is None:
+                self._admin = AIOKafkaAdminClient(
+                    bootstrap_servers=self._bootstrap_servers, **self._client_options
+                )
+                await self._admin.start()
+            described = await self._admin.describe_cluster()
+        except BaseException:
+            await self.close()  # a fresh connection next time, to whichever broker answers
+            raise
+        return str(described["cluster_id"])
+
+    async def close(self) -> None:
+        admin, self._admin = self._admin, None
+        if admin is not None:
+            await admin.close()

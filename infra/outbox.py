@@ -18,14 +18,23 @@ then publishes pending rows in id order and marks them published.
 * **Crash safety.** A row is marked only after Kafka acknowledged it, so a
   crash re-publishes at most the last batch; consumers de-duplicate by
   ``event_id`` (see :mod:`infra.inbox`).
+* **A lost or replaced cluster.** The relay remembers the id of the Kafka
+  cluster it publishes to (``outbox_relay.cluster_id``) and asks the cluster
+  again before publishing, at most every safety poll and after any error.
+  Finding another cluster (the embedded broker started again, a cluster that
+  lost its log), it marks what it published within the retention as pending
+  again (:func:`republish`), so it is published again in id order; consumers
+  de-duplicate. Published rows are kept for :data:`RETENTION` for that.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Callable, Sequence
-from datetime import timedelta
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
 from typing import Any, ClassVar, Protocol
 
 import asyncpg
@@ -36,6 +45,7 @@ from aiokafka.partitioner import DefaultPartitioner
 from aiokafka.producer.message_accumulator import BatchBuilder
 
 from infra.db import array_columns, init_connection
+from infra.kafka_admin import ClusterIdentity
 from infra.logging import get_logger
 
 log = get_logger(__name__)
@@ -60,6 +70,27 @@ PUBLISHED_UP_TO = """
 SELECT NOT EXISTS (SELECT FROM outbox WHERE id <= $1 AND published_at IS NULL)
 """
 SET_WAITING = "UPDATE outbox_relay SET waiting = $1"
+REMEMBERED_CLUSTER = "SELECT cluster_id FROM outbox_relay"
+REMEMBER_CLUSTER = "UPDATE outbox_relay SET cluster_id = $1"
+REPUBLISH = """
+WITH marked AS (
+    UPDATE outbox SET published_at = NULL
+    FROM (SELECT id, published_at FROM outbox WHERE published_at >= $1 FOR UPDATE) AS was
+    WHERE outbox.id = was.id
+    RETURNING was.published_at
+)
+SELECT count(*) AS rows, min(published_at) AS oldest FROM marked
+"""
+#: Since when the outbox holds every row it published: rows are purged only once
+#: published longer than the retention ago, so from the oldest published row it
+#: still holds, or from the retention's start, whichever is earlier.
+HOLDS_SINCE = """
+SELECT least(min(published_at), now() - $1::interval) FROM outbox WHERE published_at IS NOT NULL
+"""
+NOW_MINUS = "SELECT now() - $1::interval"
+#: How long published rows are kept: the furthest back a lost cluster can be
+#: recovered from (:func:`republish`).
+RETENTION = timedelta(hours=24)
 #: After its last row, the relay polls this often, this many times, before it
 #: sleeps and asks writers to notify: ~10 ms more publishing latency under
 #: traffic, in exchange for writers that never NOTIFY while traffic flows.
@@ -138,6 +169,50 @@ async def backlog(pool: asyncpg.Pool) -> int:
     return int(await pool.fetchval(BACKLOG))
 
 
+@dataclass(frozen=True)
+class Republished:
+    """What :func:`republish` marked pending again: how many rows, and when the oldest of
+    them had been published (None when there were none)."""
+
+    rows: int
+    oldest: datetime | None
+
+
+class TooFarBack(ValueError):
+    """Asked to republish from before what the outbox still holds."""
+
+    def __init__(self, since: datetime, holds_since: datetime) -> None:
+        super().__init__(
+            f"the outbox no longer holds every event published since {since.isoformat()}: "
+            f"it can go back to {holds_since.isoformat()}"
+        )
+        self.holds_since = holds_since
+
+
+async def holds_since(connection: asyncpg.Connection, retention: timedelta = RETENTION) -> datetime:
+    """Since when the outbox in ``connection``'s schema holds every row it published."""
+    oldest: datetime = await connection.fetchval(HOLDS_SINCE, retention)
+    if oldest is None:  # nothing published yet: nothing was purged either
+        oldest = await connection.fetchval(NOW_MINUS, retention)
+    return oldest
+
+
+async def republish(
+    connection: asyncpg.Connection, since: datetime, retention: timedelta = RETENTION
+) -> Republished:
+    """Mark every row published since ``since`` as pending again, so the relay publishes
+    it again in id order (after a Kafka cluster lost its log, or was replaced).
+
+    Raises :class:`TooFarBack` when the outbox may already have purged rows
+    published after ``since``.
+    """
+    oldest_held = await holds_since(connection, retention)
+    if since < oldest_held:
+        raise TooFarBack(since, oldest_held)
+    row = await connection.fetchrow(REPUBLISH, since)
+    return Republished(rows=int(row["rows"]), oldest=row["oldest"])
+
+
 class OutboxRelay:
     """Publishes a schema's outbox rows to Kafka; run one per service process."""
 
@@ -149,13 +224,20 @@ class OutboxRelay:
         *,
         batch_size: int = 2_000,
         safety_poll_seconds: float = 1.0,
-        retention: timedelta = timedelta(hours=24),
+        retention: timedelta = RETENTION,
         on_published: Callable[[int], None] | None = None,
+        cluster: ClusterIdentity | None = None,
+        on_new_cluster: Callable[[], Awaitable[object]] | None = None,
     ) -> None:
         """Up to ``batch_size`` rows are read, sent and marked at a time (a service that
         catches up writes thousands a second, and each batch waits for Kafka's
         acknowledgement); ``on_published`` is told how many rows each batch published
-        (for metrics)."""
+        (for metrics).
+
+        With ``cluster``, the relay follows the cluster it publishes to: when its id
+        is not the one remembered, ``on_new_cluster`` runs (the embedded stack
+        creates the topics there) and the rows published within ``retention`` are
+        published again."""
         self._dsn = dsn
         self._schema = schema
         self._producer = producer
@@ -163,8 +245,14 @@ class OutboxRelay:
         self._safety_poll = safety_poll_seconds
         self._retention = retention
         self._on_published = on_published
+        self._cluster = cluster
+        self._on_new_cluster = on_new_cluster
+        self._cluster_checked = -float("inf")
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
+        self._leading = False
+        self._drain_requested = False
+        self._drained = asyncio.Event()
         self.published = 0
 
     @property
@@ -174,18 +262,33 @@ class OutboxRelay:
     def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name=f"outbox-relay-{self._schema}")
 
-    async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+    async def stop(self, drain_seconds: float = 0.0) -> None:
+        """Stop; when this replica publishes, first let it publish what is pending for up to
+        ``drain_seconds`` (a clean stop leaves nothing for the next start to send)."""
+        if self._task is None:
+            return
+        if drain_seconds > 0 and self._leading and not self._task.done():
+            self._drain_requested = True
+            self._wake.set()
+            try:
+                await asyncio.wait_for(self._drained.wait(), drain_seconds)
+            except TimeoutError:
+                log.warning("outbox.relay.drain_timed_out", schema=self._schema)
+        self._task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._task
+        if self._cluster is not None:
+            await self._cluster.close()
 
     async def _run(self) -> None:
         while True:
             try:
                 await self._serve()
             except (OSError, asyncpg.PostgresError, KafkaError) as error:
-                log.warning("outbox.relay.retrying", schema=self._schema, error=str(error))
+                log.warning(
+                    "outbox.relay.retrying", schema=self._schema, error=str(error) or repr(error)
+                )
+                self._cluster_checked = -float("inf")  # the broker may have been replaced
                 await asyncio.sleep(1.0)
 
     async def _serve(self) -> None:
@@ -199,15 +302,19 @@ class OutboxRelay:
         try:
             await init_connection(connection)
             await self._become_leader(connection)
+            self._leading = True
             await connection.add_listener(self.channel, self._on_notify)
             log.info("outbox.relay.started", schema=self._schema)
             await connection.execute(PURGE_PUBLISHED, self._retention)
             while True:
                 self._wake.clear()
                 published = await self.publish_pending(connection)
+                if self._drain_requested and published < self._batch_size:
+                    self._drained.set()
                 if published < self._batch_size:
                     await self._wait_for_rows(connection)
         finally:
+            self._leading = False
             with contextlib.suppress(Exception):
                 await connection.close()
 
@@ -238,8 +345,42 @@ class OutboxRelay:
     def _on_notify(self, *_: object) -> None:
         self._wake.set()
 
+    async def follow_cluster(self, connection: asyncpg.Connection) -> None:
+        """Ask the cluster its id; when it is not the one this schema's relay last published
+        to, make the cluster ready (``on_new_cluster``) and mark the rows published within
+        the retention pending again, so they are published again, in id order, before
+        anything newer. The first cluster a relay ever meets is only remembered."""
+        if self._cluster is None:
+            return
+        current = await self._cluster.cluster_id()
+        self._cluster_checked = time.monotonic()
+        remembered = await connection.fetchval(REMEMBERED_CLUSTER)
+        if current == remembered:
+            return
+        if remembered is not None:
+            if self._on_new_cluster is not None:
+                await self._on_new_cluster()
+            # Partition counts and leaders of the old cluster must not be used here.
+            await self._producer.client.force_metadata_update()
+        async with connection.transaction():
+            if remembered is not None:
+                since = await connection.fetchval(NOW_MINUS, self._retention)
+                marked = await republish(connection, since, self._retention)
+                log.warning(
+                    "outbox.republishing",
+                    schema=self._schema,
+                    cluster_id=current,
+                    previous_cluster_id=remembered,
+                    rows=marked.rows,
+                    published_since=marked.oldest.isoformat() if marked.oldest else None,
+                    reason="the Kafka cluster is not the one last published to",
+                )
+            await connection.execute(REMEMBER_CLUSTER, current)
+
     async def publish_pending(self, connection: asyncpg.Connection) -> int:
         """Publish one batch of pending rows in id order; returns how many."""
+        if time.monotonic() - self._cluster_checked >= self._safety_poll:
+            await self.follow_cluster(connection)
         rows = await connection.fetch(PENDING, self._batch_size)
         if not rows:
             return 0

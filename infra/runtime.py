@@ -31,6 +31,8 @@ from infra import db
 from infra.broker import start_producer, wait_for_broker
 from infra.catchup import ConsumerLag
 from infra.consumers import Consumer, EnvironmentOf, Handler, OnQuarantine, consume_in_batches
+from infra.kafka_admin import ClusterIdentity, create_topics
+from infra.kafka_security import kafka_client_options
 from infra.logging import get_logger
 from infra.metrics import ServiceMetrics
 from infra.outbox import OutboxRelay, backlog
@@ -203,6 +205,10 @@ class ServiceRuntime:
                 self.schema,
                 self._producer,
                 on_published=self.metrics.count_published,
+                cluster=ClusterIdentity(
+                    settings.kafka_bootstrap_servers, **kafka_client_options(settings)
+                ),
+                on_new_cluster=self._prepare_new_cluster,
             )
             self.relay.start()
         if self.broker is not None:
@@ -245,7 +251,24 @@ class ServiceRuntime:
             log.error("broker.start_failed", error=str(error) or type(error).__name__)
             raise
 
+    async def _prepare_new_cluster(self) -> None:
+        """Create the platform's topics on a cluster the relay meets for the first time, in
+        development, where that cluster is the embedded broker started again; elsewhere
+        topics are an operator's (``points topics create``), with their replication."""
+        if self.settings.mode != "development":
+            return
+        from contracts import TOPICS_TO_CREATE
+
+        await create_topics(
+            self.settings.kafka_bootstrap_servers,
+            TOPICS_TO_CREATE,
+            **kafka_client_options(self.settings),
+        )
+
     async def stop(self) -> None:
+        """Stop in the order that loses nothing: the consumers finish the batch they hold
+        (FastStream waits ``shutdown_grace_seconds`` for it), then the relay publishes what
+        is pending, for as long again, then the connections close."""
         for hook in reversed(self._on_stop):
             await hook()
         if self._broker_task is not None:
@@ -255,7 +278,7 @@ class ServiceRuntime:
         if self.broker is not None:
             await self.broker.stop()
         if self.relay is not None:
-            await self.relay.stop()
+            await self.relay.stop(drain_seconds=self.settings.shutdown_grace_seconds)
         if self._producer is not None:
             await self._producer.stop()
         if self._pool is not None:

@@ -80,6 +80,9 @@ async def _serve(app: FastAPI, runtime: ServiceRuntime) -> int:
         log_config=None,
         access_log=False,
         lifespan="off",  # the runtime started above; the app's lifespan would start it again
+        # On SIGINT/SIGTERM uvicorn stops accepting at once and lets requests in progress
+        # finish, for this long; the runtime then drains its consumers and relay.
+        timeout_graceful_shutdown=max(int(settings.shutdown_grace_seconds), 1),
     )
     server = uvicorn.Server(config)
     # Everything built so far (the app, its routes and models, the contracts) lives as

@@ -102,6 +102,7 @@ SHARED_NAMES = frozenset(
         "log_json",
         "max_body_bytes",
         "token_issuer_url",
+        "shutdown_grace_seconds",
     }
 )
 
@@ -199,6 +200,13 @@ class ServiceSettings(BaseSettings):
     )
     startup_timeout_seconds: float = Field(
         default=20.0, description="How long start-up waits for PostgreSQL and Kafka."
+    )
+    shutdown_grace_seconds: float = Field(
+        default=4.0,
+        ge=0,
+        description="On SIGINT/SIGTERM, how long each stage of a clean stop may take: HTTP "
+        "requests in progress, then the batch each consumer has in hand, then the outbox "
+        "relay publishing what is still pending.",
     )
     environments: Annotated[tuple[Environment, ...], NoDecode] = Field(
         default=get_args(Environment),

@@ -47,6 +47,18 @@ async def schema_transaction(
     """One transaction in a service's schema, migrated first (the command may run
     before the service ever started). Without ``settings``, the service's database
     settings (:func:`database_settings`) say where."""
+    connection = await schema_connection(schema, settings)
+    try:
+        async with connection.transaction():
+            yield connection
+    finally:
+        await connection.close()
+
+
+async def schema_connection(
+    schema: str, settings: ServiceSettings | None = None
+) -> asyncpg.Connection:
+    """A connection to a service's schema, migrated first."""
     settings = settings or database_settings(schema)
     await db.migrate_with_retry(
         settings.database_url,
@@ -54,12 +66,7 @@ async def schema_transaction(
         migrations_of(schema),
         timeout=settings.startup_timeout_seconds,
     )
-    connection = await db.connect(settings.database_url, schema)
-    try:
-        async with connection.transaction():
-            yield connection
-    finally:
-        await connection.close()
+    return await db.connect(settings.database_url, schema)
 
 
 @asynccontextmanager
@@ -312,6 +319,54 @@ async def quarantine_replay(args: argparse.Namespace) -> int:
                 return 1
         if replayed or args.ids:
             print(f"{service}: {len(replayed)} replayed ({', '.join(map(str, replayed))})")
+    return 0
+
+
+async def outbox_republish(args: argparse.Namespace) -> int:
+    """Mark what each chosen service published since ``--since`` as pending again; its
+    running relay publishes it again in id order. All services or none: a window one
+    outbox no longer holds refuses the whole command."""
+    chosen = args.service or list(SERVICES)
+    marked: dict[str, outbox.Republished] = {}
+    connections = [await schema_connection(service) for service in chosen]
+    try:
+        transactions = [connection.transaction() for connection in connections]
+        for transaction in transactions:
+            await transaction.start()
+        try:
+            for service, connection in zip(chosen, connections, strict=True):
+                marked[service] = await outbox.republish(connection, args.since)
+        except outbox.TooFarBack as error:
+            for transaction in transactions:
+                await transaction.rollback()
+            print(f"points: {service}: {error}; nothing was republished", file=sys.stderr)
+            return 1
+        for transaction in transactions:
+            await transaction.commit()
+    finally:
+        for connection in connections:
+            await connection.close()
+    since = args.since.isoformat()
+    if args.json:
+        print(
+            json.dumps(
+                {
+                    "since": since,
+                    "services": {
+                        service: {
+                            "republished": result.rows,
+                            "oldestPublishedAt": result.oldest.isoformat()
+                            if result.oldest
+                            else None,
+                        }
+                        for service, result in marked.items()
+                    },
+                }
+            )
+        )
+        return 0
+    for service, result in marked.items():
+        print(f"{service}: {result.rows} event(s) published since {since} will be published again")
     return 0
 
 

@@ -5,15 +5,20 @@ local SMTP sink and the four services as child processes with merged,
 prefixed logs. ``DATABASE_URL``, ``KAFKA_BOOTSTRAP_SERVERS`` and ``SMTP_URL``
 replace any of the embedded servers with an external one.
 
-Tansu keeps its topics in memory, so every start begins from an empty
-database as well: a database that outlived its event log would leave the
-gateway's projection out of step with the rules it describes. Use external
-servers for state that should survive a restart.
+The state lives under ``var/`` and outlives the stack: the database keeps
+organisations, users, clients, rules, balances, pending callbacks and
+requests in progress across a Ctrl-C or a ``kill -9``, and the demo
+organisation is seeded on the first start only. Tansu keeps its topics in
+memory, so each start is a new, empty Kafka cluster (a fresh cluster id); each
+service's outbox relay notices and publishes again what it published within
+its retention, and the consumers' inboxes drop what they had already applied
+(see :mod:`infra.outbox`). ``points dev --reset`` starts from nothing.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import shutil
 import sys
 import time
@@ -41,6 +46,8 @@ from services.rules.settings import RulesSettings
 
 DEMO_EMAIL = "demo@points.example"
 DEMO_PASSWORD = "points-demo"  # noqa: S105 - a published development login
+#: The demo organisation of an earlier start, found by its user's address.
+DEMO_ORGANISATION = "SELECT org_id FROM users WHERE lower(email) = lower($1)"
 
 
 class DevSettings(ServiceSettings):
@@ -87,16 +94,19 @@ def _public_urls(ports: dict[str, int]) -> dict[str, str]:
 class Stack:
     """The running embedded servers and what the services need to reach them."""
 
-    def __init__(self, settings: DevSettings, state: Path) -> None:
+    def __init__(self, settings: DevSettings, state: Path, *, reset: bool = False) -> None:
         self.settings = settings
         self.state = state
+        self.reset = reset
         self.env: dict[str, str] = {}
+        self.pids: dict[str, int] = {}
 
     async def start_database(self, stack: AsyncExitStack) -> str:
         if self.settings.model_fields_set & {"database_url"}:
             return self.settings.database_url
         data_dir = self.state / "pgdata"
-        shutil.rmtree(data_dir, ignore_errors=True)
+        if self.reset:
+            forget_state(self.state)
         server = start_embedded_postgres(data_dir)
         stack.callback(server.stop)
         return await ensure_database(server.dsn, "points")
@@ -108,6 +118,7 @@ class Stack:
             return servers
         broker = start_tansu(self.settings.kafka_port, self.state / "log" / "tansu.log")
         stack.callback(broker.stop)
+        self.pids["kafka"] = broker.pid
         return broker.bootstrap_servers
 
     def start_mail(self, stack: AsyncExitStack) -> str:
@@ -120,12 +131,25 @@ class Stack:
         return sink.url
 
 
-async def seed(database_url: str) -> dict[str, str]:
-    """A demo organisation, business user and staging client."""
+def forget_state(state: Path) -> None:
+    """Remove the embedded database and the mail received (``--reset``). A server that
+    still serves the data directory (left by a ``kill -9``) is stopped first."""
+    data_dir = state / "pgdata"
+    if (data_dir / "postmaster.pid").exists():
+        start_embedded_postgres(data_dir).stop()
+    shutil.rmtree(data_dir, ignore_errors=True)
+    shutil.rmtree(state / "mail", ignore_errors=True)
+
+
+async def seed(database_url: str) -> dict[str, str] | None:
+    """A demo organisation, business user and staging client, unless an earlier start
+    created them (then None: the client's secrets were shown once, then)."""
     settings = RulesSettings(mode="development", database_url=database_url)
     connection = await db.connect(database_url, "rules")
     try:
         async with connection.transaction():
+            if await connection.fetchval(DEMO_ORGANISATION, DEMO_EMAIL) is not None:
+                return None
             organisation = await accounts.create_organisation(connection, "Demo Coffee Co.")
             await accounts.create_user(connection, organisation["id"], DEMO_EMAIL, DEMO_PASSWORD)
             client = await clients.create_client(
@@ -157,7 +181,9 @@ async def wait_until_ready(ports: dict[str, int], timeout: float) -> list[str]:
     return sorted(waiting)
 
 
-def banner(ports: dict[str, int], seeded: dict[str, str] | None, elapsed: float) -> str:
+def banner(
+    ports: dict[str, int], seeded: dict[str, str] | None, elapsed: float, *, seeds: bool = True
+) -> str:
     rules_url = f"http://127.0.0.1:{ports['rules']}"
     trigger_url = f"http://127.0.0.1:{ports['trigger']}"
     lines = [
@@ -187,18 +213,31 @@ def banner(ports: dict[str, int], seeded: dict[str, str] | None, elapsed: float)
             "then log in as the demo user, create and activate an earn rule authorising that",
             f"client (see {rules_url}/docs), and POST to the trigger gateway.",
         ]
-    lines += ["", "Ctrl-C stops everything.", ""]
+    elif seeds:
+        lines += [
+            "",
+            f"  Demo login            {DEMO_EMAIL} / {DEMO_PASSWORD}",
+            "  (the demo client's secrets were shown at the first start; "
+            "`points client rotate-secret` issues new ones)",
+        ]
+    lines += [
+        "",
+        f"State is kept in {var_dir()} across restarts; `make run ARGS=--reset` "
+        "(points dev --reset) starts fresh.",
+        "Ctrl-C stops everything (a second Ctrl-C kills at once).",
+        "",
+    ]
     return "\n".join(lines)
 
 
-async def run_stack() -> int:
+async def run_stack(*, reset: bool = False) -> int:
     started = time.monotonic()
     settings = DevSettings(mode="development")
     state = var_dir()
     state.mkdir(parents=True, exist_ok=True)
     ports = _ports()
     async with AsyncExitStack() as stack:
-        infra = Stack(settings, state)
+        infra = Stack(settings, state, reset=reset)
         try:
             database_url = await infra.start_database(stack)
             bootstrap = await infra.start_broker(stack)
@@ -233,7 +272,13 @@ async def run_stack() -> int:
         supervisor = Supervisor(log_dir=state / "log")
         for name in SERVICES:
             await supervisor.add(name, [sys.executable, "-m", f"services.{name}"], env)
-        watcher = asyncio.create_task(run_until_signal(supervisor))
+        # Time for each service's clean stop (HTTP, consumers, relay: a grace each).
+        stop_timeout = 3 * ServiceSettings(mode="development").shutdown_grace_seconds + 5
+        # Which process is which, for tools that stop or pause one of them.
+        pids_file = state / "dev.pids"
+        pids_file.write_text(json.dumps({**infra.pids, **supervisor.pids}))
+        stack.callback(pids_file.unlink, missing_ok=True)
+        watcher = asyncio.create_task(run_until_signal(supervisor, stop_timeout=stop_timeout))
         not_ready = await _ready_or_exit(watcher, ports, settings.ready_timeout_seconds)
         if watcher.done():
             first_exit = watcher.result()
@@ -244,7 +289,8 @@ async def run_stack() -> int:
                 f"not ready after {settings.ready_timeout_seconds:g} s: " + ", ".join(not_ready),
             )
         else:
-            supervisor.announce("dev", banner(ports, seeded, time.monotonic() - started))
+            elapsed = time.monotonic() - started
+            supervisor.announce("dev", banner(ports, seeded, elapsed, seeds=settings.seed))
         first_exit = await watcher
         return 1 if first_exit is not None else 0
 

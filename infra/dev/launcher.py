@@ -7,9 +7,11 @@ state directory, so several can run beside a developer's ``make run``.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -20,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import psutil
 
 from infra.settings import SERVICES, read_stack_environment
 
@@ -93,14 +96,50 @@ class RunningPlatform:
         if waiting:
             raise RuntimeError(f"not ready: {sorted(waiting)}\n{self.log.read_text()[-4000:]}")
 
-    def stop(self, timeout: float = 30.0) -> int:
-        """SIGTERM the platform and wait; its exit code (killed after ``timeout``)."""
-        self.process.terminate()
+    def stop(self, timeout: float = 30.0, sig: signal.Signals = signal.SIGTERM) -> int:
+        """Send ``sig`` (SIGTERM) to the platform and wait; its exit code (killed after
+        ``timeout``)."""
+        if self.process.poll() is None:
+            self.process.send_signal(sig)
         try:
             return self.process.wait(timeout)
         except subprocess.TimeoutExpired:
             self.process.kill()
             return self.process.wait()
+
+    def interrupt(self, timeout: float = 60.0) -> int:
+        """Ctrl-C: SIGINT to ``points dev``, which stops every service cleanly; its exit code."""
+        return self.stop(timeout, signal.SIGINT)
+
+    @property
+    def pids(self) -> dict[str, int]:
+        """The process id of each service and of the embedded broker (``kafka``), as
+        ``points dev`` wrote them; each leads a process group of its own."""
+        pids: dict[str, int] = json.loads((self.state / "dev.pids").read_text())
+        return pids
+
+    def kill(self, timeout: float = 30.0) -> None:
+        """``kill -9`` of everything: ``points dev``'s process group and each child's (the
+        services, also a paused one, and the broker), as a crash would leave them; the
+        embedded PostgreSQL, a daemon of its own, stays up as it would after
+        ``kill -9`` of ``make run``. Returns once every one of them is gone."""
+        children = self.pids
+        for pgid in (self.process.pid, *children.values()):
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(pgid, signal.SIGKILL)
+        self.process.wait(timeout)
+        deadline = time.monotonic() + timeout
+        while any(_alive(pid) for pid in children.values()):
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"still running after SIGKILL: {children}")
+            time.sleep(0.1)
+
+    def start_again(self) -> RunningPlatform:
+        """``points dev`` started again on this platform's state directory, ports and
+        settings, once it has stopped (not yet ready: :meth:`wait_ready`)."""
+        if self.process.poll() is None:
+            raise RuntimeError("the platform is still running")
+        return _launch(self.env, self.state, self.urls)
 
     def remove_state(self) -> None:
         shutil.rmtree(self.state, ignore_errors=True)
@@ -119,13 +158,28 @@ def start_platform(prefix: str = "points-", **settings: str) -> RunningPlatform:
         **{f"{name.upper()}_PORT": str(port) for name, port in ports.items()},
         **settings,
     )
+    urls = {name: f"http://127.0.0.1:{port}" for name, port in ports.items()}
+    return _launch(env, state, urls)
+
+
+def _launch(env: dict[str, str], state: Path, urls: dict[str, str]) -> RunningPlatform:
     log = state / "points-dev.log"
-    with log.open("wb") as output:
+    with log.open("ab") as output:
         process = subprocess.Popen(
             [sys.executable, "-m", "points_cli", "dev"],
             env=env,
             stdout=output,
             stderr=subprocess.STDOUT,
+            # A group of its own, as `make run` has in a terminal: signalling the
+            # group reaches points dev, not whoever started it.
+            process_group=0,
         )
-    urls = {name: f"http://127.0.0.1:{port}" for name, port in ports.items()}
     return RunningPlatform(env, urls, process, log, state)
+
+
+def _alive(pid: int) -> bool:
+    """Running, and not a zombie waiting for whoever adopted it to reap it."""
+    try:
+        return bool(psutil.Process(pid).status() != psutil.STATUS_ZOMBIE)
+    except psutil.NoSuchProcess:
+        return False
