@@ -12,9 +12,10 @@ dependency is out of reach.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Generator
 
 import uvicorn
 import uvloop
@@ -84,7 +85,7 @@ async def _serve(app: FastAPI, runtime: ServiceRuntime) -> int:
         # finish, for this long; the runtime then drains its consumers and relay.
         timeout_graceful_shutdown=max(int(settings.shutdown_grace_seconds), 1),
     )
-    server = uvicorn.Server(config)
+    server = _DrainingServer(config)
     # Everything built so far (the app, its routes and models, the contracts) lives as
     # long as the process: move it out of the collector's reach, so the full
     # collections that happen under load scan only what requests create, which
@@ -98,6 +99,23 @@ async def _serve(app: FastAPI, runtime: ServiceRuntime) -> int:
         ready.cancel()
         await runtime.stop()
     return 0 if server.started else 2
+
+
+class _DrainingServer(uvicorn.Server):
+    """uvicorn's server, except that the stop signal is not raised again once it has
+    stopped serving.
+
+    uvicorn restores the previous signal handlers and raises the signal it caught, so
+    that a program that embeds it stops as the signal asked. For SIGTERM that means the
+    process dies right there, before the runtime has drained its consumers and relay:
+    every stop would be a crash. The runtime's stop is what the signal asked for.
+    """
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Generator[None, None, None]:
+        with super().capture_signals():
+            yield
+            self._captured_signals.clear()
 
 
 async def _stop_quietly(runtime: ServiceRuntime) -> None:

@@ -380,3 +380,12 @@ class TestStoppingThePlatform:
                 httpx.get(f"{url}/healthz", timeout=2)
         with pytest.raises(ConnectionRefusedError):  # the embedded broker is gone too
             socket.create_connection(("127.0.0.1", int(platform.env["DEV_KAFKA_PORT"])), 2)
+        # Each service stopped as asked, draining its consumers and relay, rather than
+        # dying of the signal halfway.
+        for name in platform.urls:
+            events = [
+                json.loads(line)["event"]
+                for line in (platform.state / "log" / f"{name}.log").read_text().splitlines()
+                if line.startswith("{")
+            ]
+            assert "service.stopped" in events, name
