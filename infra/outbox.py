@@ -47,6 +47,7 @@ from aiokafka.producer.message_accumulator import BatchBuilder
 from infra.db import array_columns, init_connection
 from infra.kafka_admin import ClusterIdentity
 from infra.logging import get_logger
+from infra.waiting import wait_at_most
 
 log = get_logger(__name__)
 
@@ -270,9 +271,7 @@ class OutboxRelay:
         if drain_seconds > 0 and self._leading and not self._task.done():
             self._drain_requested = True
             self._wake.set()
-            try:
-                await asyncio.wait_for(self._drained.wait(), drain_seconds)
-            except TimeoutError:
+            if not await wait_at_most(self._drained, drain_seconds):
                 log.warning("outbox.relay.drain_timed_out", schema=self._schema)
         self._task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
@@ -330,8 +329,7 @@ class OutboxRelay:
         try:
             # Rows committed while the flag was still off were not announced.
             if await self.publish_pending(connection) == 0:
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._wake.wait(), self._safety_poll)
+                await wait_at_most(self._wake, self._safety_poll)
         finally:
             await connection.execute(SET_WAITING, False)
 

@@ -230,7 +230,8 @@ class ServiceRuntime:
         results: dict[str, bool] = {}
         for name, check in self.readiness_checks.items():
             try:
-                results[name] = await asyncio.wait_for(check(), READINESS_CHECK_SECONDS)
+                async with asyncio.timeout(READINESS_CHECK_SECONDS):
+                    results[name] = await check()
             except Exception:
                 results[name] = False
         if all(results.values()) and not self._said_ready:

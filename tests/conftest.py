@@ -17,7 +17,15 @@ from pathlib import Path
 import pytest
 
 from infra.dev.postgres import start_embedded_postgres
+from infra.logging import configure_logging
 from tests.helpers import docker_answers, fresh_database, kafka_broker
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Log as every service process does: JSON lines on stderr. Unconfigured, structlog
+    prints to stdout, where a CLI command run in-process would mix its log lines into
+    the JSON answer a test reads."""
+    configure_logging("tests", "INFO", json=True)
 
 
 @pytest.fixture(scope="session")

@@ -167,7 +167,8 @@ class Supervisor:
         # Print what the child wrote just before exiting, without waiting on a
         # grandchild that may still hold the pipe open.
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(asyncio.shield(pump), _DRAIN_SECONDS)
+            async with asyncio.timeout(_DRAIN_SECONDS):
+                await asyncio.shield(pump)
         return ChildExit(child.name, returncode)
 
     async def _pump(self, child: _Child) -> None:

@@ -12,7 +12,6 @@ permanent refusal (an SMTP 5xx) marks it failed at once.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import functools
 import socket
 import time
@@ -25,6 +24,7 @@ import httpx
 
 from infra.logging import get_logger
 from infra.signing import derive_signing_secret, sign
+from infra.waiting import wait_at_most
 from services.notifier import emails, repository
 from services.notifier.attempts import AttemptOutcome, retry_delay
 from services.notifier.callbacks import (
@@ -173,8 +173,7 @@ class DeliveryDispatcher:
         poll = self._settings.poll_interval_seconds
         # Due but unclaimed means its organisation or host is full: a freed slot wakes us.
         timeout = poll if seconds is None or seconds <= 0 else min(poll, seconds)
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(pool.wake.wait(), timeout)
+        await wait_at_most(pool.wake, timeout)
         return None
 
     async def _attempt(self, delivery: ClaimedCallback | ClaimedEmail) -> None:

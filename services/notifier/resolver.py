@@ -50,7 +50,8 @@ class BoundedResolver:
             functools.partial(self._getaddrinfo, host, port, type=socket.SOCK_STREAM),
         )
         try:
-            infos = await asyncio.wait_for(asyncio.shield(lookup), self._timeout)
+            async with asyncio.timeout(self._timeout):
+                infos = await asyncio.shield(lookup)
         except TimeoutError:
             release = on_orphaned()
             lookup.add_done_callback(lambda done: _forget(done, release))

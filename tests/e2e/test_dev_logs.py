@@ -43,11 +43,12 @@ class TestTheTerminalOfMakeRun:
     ) -> None:
         lines = [f"{name.ljust(8)} | started on port" for name in SERVICES]
         lines += [f"{name.ljust(8)} | ready" for name in SERVICES]
+        # The banner follows once `points dev` has seen every /readyz answer 200.
+        lines += [f"Full logs (JSON)      {platform.state / 'log'}/<service>.log"]
 
-        await eventually(lambda: shown(platform, *lines), what="started and ready lines")
+        await eventually(lambda: shown(platform, *lines), what="started and ready lines, banner")
 
         output = platform.log.read_text()
-        assert f"Full logs (JSON)      {platform.state / 'log'}/<service>.log" in output
         per_message = [
             line for line in output.splitlines() if "Received" in line or "Processed" in line
         ]

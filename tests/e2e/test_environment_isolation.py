@@ -5,7 +5,8 @@ triggers flow at a steady rate with callbacks, first on a quiet platform, then
 while staging is flooded: its client sends as fast as it can (far past its
 rate limit) and a broken staging producer pours poison onto the points
 topics (bytes that are not JSON, and requests the ledger's database refuses).
-Production's time from trigger to callback must stay within twice its quiet
+The flood runs in a process of its own, so the clock that times production is
+not held up by it. Production's time from trigger to callback must stay within twice its quiet
 value (give or take the notifier's poll interval, the resolution of that time).
 """
 
@@ -13,9 +14,11 @@ from __future__ import annotations
 
 import asyncio
 import json
+import multiprocessing
 import statistics
 import time
 from collections.abc import Iterator
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -37,6 +40,8 @@ PRODUCTION_PER_SECOND = 20
 PHASE_SECONDS = 6.0
 POISON_MESSAGES = 3_000
 REFUSED_REQUESTS = 20
+#: How long the flood runs before production's second phase starts (its process starting).
+FLOOD_LEAD_SECONDS = 1.5
 
 
 @pytest.fixture(scope="module")
@@ -150,17 +155,17 @@ async def send(
 
 
 async def staging_flood(
-    http: httpx.AsyncClient, platform: RunningPlatform, staging: Integration, until: float
+    trigger_url: str, staging: Integration, servers: str, until: float
 ) -> dict[int, int]:
     """The staging client sending as fast as it can, and poison on the points topics."""
     statuses: dict[int, int] = {}
 
-    async def hammer(worker: int) -> None:
+    async def hammer(http: httpx.AsyncClient, worker: int) -> None:
         n = 0
         while time.monotonic() < until:
             n += 1
             response = await http.post(
-                f"{platform.urls['trigger']}/v1/points/requests",
+                f"{trigger_url}/v1/points/requests",
                 headers=staging.headers,
                 json={
                     "userId": f"staging-member-{n % 100}",
@@ -172,7 +177,7 @@ async def staging_flood(
             statuses[response.status_code] = statuses.get(response.status_code, 0) + 1
 
     async def poison() -> None:
-        producer = AIOKafkaProducer(bootstrap_servers=bootstrap_servers(platform), acks="all")
+        producer = AIOKafkaProducer(bootstrap_servers=servers, acks="all")
         await producer.start()
         try:
             for n in range(POISON_MESSAGES):
@@ -186,8 +191,18 @@ async def staging_flood(
         finally:
             await producer.stop()
 
-    await asyncio.gather(poison(), *(hammer(worker) for worker in range(6)))
+    async with httpx.AsyncClient(timeout=30) as http:
+        await asyncio.gather(poison(), *(hammer(http, worker) for worker in range(6)))
     return statuses
+
+
+def flood_in_this_process(
+    trigger_url: str, staging: Integration, servers: str, until: float
+) -> dict[int, int]:
+    """:func:`staging_flood` run in a process of its own, so the test's event loop, which
+    times production's triggers and callbacks, is not busy with the flood (time.monotonic
+    is one clock for every process on Linux)."""
+    return asyncio.run(staging_flood(trigger_url, staging, servers, until))
 
 
 def p99(latencies: list[float]) -> float:
@@ -215,11 +230,19 @@ class TestAStagingFlood:
             await asyncio.sleep(1.0)  # both rules reach the gateway's projection
 
             quiet = await steady_production(http, platform, production, receiver.url, "quiet")
-            flood_ends = time.monotonic() + PHASE_SECONDS + 1
-            flood = asyncio.create_task(staging_flood(http, platform, staging, flood_ends))
-            await asyncio.sleep(0.5)  # the flood is under way
-            loaded = await steady_production(http, platform, production, receiver.url, "flood")
-            statuses = await flood
+            flood_ends = time.monotonic() + FLOOD_LEAD_SECONDS + PHASE_SECONDS + 0.5
+            with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
+                flood = asyncio.get_running_loop().run_in_executor(
+                    pool,
+                    flood_in_this_process,
+                    platform.urls["trigger"],
+                    staging,
+                    bootstrap_servers(platform),
+                    flood_ends,
+                )
+                await asyncio.sleep(FLOOD_LEAD_SECONDS)  # the flood's process is up and flooding
+                loaded = await steady_production(http, platform, production, receiver.url, "flood")
+                statuses = await flood
 
             async def all_called_back() -> bool:
                 return all(

@@ -410,6 +410,15 @@ class TestCallbackDelivery:
 
         assert (queued, claimed, deliveries) == (False, 0, 0)
 
+    async def test_workers_woken_in_the_instant_they_are_stopped_still_stop(
+        self, database_url: str
+    ) -> None:
+        async with running_callbacks(notifier_settings(database_url)) as notifier:
+            await asyncio.sleep(0.3)  # every worker is asleep, waiting to be woken
+            notifier.dispatcher.wake()
+            async with asyncio.timeout(5):  # it never returned before
+                await notifier.dispatcher.stop()
+
 
 class TestClientProjection:
     async def test_callbacks_are_signed_with_the_newest_salt_whatever_the_event_order(
