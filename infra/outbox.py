@@ -32,7 +32,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, ClassVar, Protocol
@@ -149,12 +149,25 @@ def outbox_headers(event_type: str, correlation_id: str) -> str:
     return pydantic_core.to_json({"type": event_type, "correlation_id": correlation_id}).decode()
 
 
-async def newest(connection: asyncpg.Connection) -> int | None:
-    """The newest outbox row the connection sees. Read at the start and at the end of a
-    transaction, it tells whether the transaction staged events (the end differs), and
-    that they are all at or before the end."""
-    row_id: int | None = await connection.fetchval(NEWEST)
-    return row_id
+@dataclass
+class Staged:
+    """The newest outbox row a transaction staged (everything it staged is at or before
+    it); None while it staged nothing."""
+
+    row_id: int | None = None
+
+
+@contextlib.asynccontextmanager
+async def staging(connection: asyncpg.Connection, *, watch: bool = True) -> AsyncIterator[Staged]:
+    """Around a transaction's work, inside the transaction: once the block is done,
+    ``staged.row_id`` says whether the work staged events and which row to wait for
+    after the commit (nothing is read when ``watch`` is False)."""
+    staged = Staged()
+    before: int | None = await connection.fetchval(NEWEST) if watch else None
+    yield staged
+    if watch:
+        after: int | None = await connection.fetchval(NEWEST)
+        staged.row_id = after if after != before else None
 
 
 async def wait_until_published(

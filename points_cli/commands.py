@@ -75,12 +75,13 @@ async def rules_transaction() -> AsyncIterator[tuple[asyncpg.Connection, RulesSe
     rule or client returns once the trigger gateway has the change (or after
     ``RULES_PROPAGATION_TIMEOUT_SECONDS``, with a warning)."""
     settings = RulesSettings()
-    async with schema_transaction("rules", settings) as connection:
-        before = await outbox.newest(connection)
+    async with (
+        schema_transaction("rules", settings) as connection,
+        outbox.staging(connection) as staged,
+    ):
         yield connection, settings
-        after = await outbox.newest(connection)
-    if after is not None and after != before:
-        await reach_gateway(settings, after)
+    if staged.row_id is not None:
+        await reach_gateway(settings, staged.row_id)
 
 
 async def reach_gateway(settings: RulesSettings, outbox_id: int) -> None:

@@ -21,7 +21,7 @@ from datetime import datetime, timedelta
 
 import asyncpg
 
-from services.rules import repository
+from services.rules import sign_in_repository
 
 COOKIE_NAME = "points_console_session"
 CSRF_HEADER = "X-CSRF-Token"
@@ -80,8 +80,10 @@ async def open_session(
     session_id = secrets.token_urlsafe(32)
     id_hash = hash_session_id(session_id)
     csrf_secret = secrets.token_bytes(32)
-    await repository.delete_expired_console_sessions(connection, user["id"])
-    await repository.insert_console_session(connection, id_hash, user["id"], csrf_secret, lifetime)
+    await sign_in_repository.delete_expired_console_sessions(connection, user["id"])
+    await sign_in_repository.insert_console_session(
+        connection, id_hash, user["id"], csrf_secret, lifetime
+    )
     session = await find_session(connection, session_id)
     assert session is not None, "a session just opened is live"
     return session_id, session
@@ -90,7 +92,7 @@ async def open_session(
 async def find_session(connection: asyncpg.Connection, session_id: str) -> ConsoleSession | None:
     """The live session ``session_id`` names (marking it seen), or None."""
     id_hash = hash_session_id(session_id)
-    row = await repository.touch_console_session(connection, id_hash)
+    row = await sign_in_repository.touch_console_session(connection, id_hash)
     if row is None:
         return None
     return ConsoleSession(
@@ -105,4 +107,4 @@ async def find_session(connection: asyncpg.Connection, session_id: str) -> Conso
 
 
 async def close_session(connection: asyncpg.Connection, session: ConsoleSession) -> None:
-    await repository.delete_console_session(connection, session.id_hash)
+    await sign_in_repository.delete_console_session(connection, session.id_hash)

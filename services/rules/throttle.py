@@ -23,7 +23,7 @@ from dataclasses import dataclass
 
 import asyncpg
 
-from services.rules import repository
+from services.rules import sign_in_repository
 
 #: How many idle keys a new key's first attempt clears away, keeping the table small.
 PURGED_PER_NEW_KEY = 100
@@ -105,11 +105,13 @@ async def take_attempt(
         counts: list[int] = []
         waits: list[float] = []
         for key in keys:
-            if await repository.add_sign_in_key(connection, key.scope, key.key):
-                await repository.purge_idle_sign_in_keys(
+            if await sign_in_repository.add_sign_in_key(connection, key.scope, key.key):
+                await sign_in_repository.purge_idle_sign_in_keys(
                     connection, key.throttle.longest_wait_seconds
                 )
-            counter = await repository.sign_in_key_for_update(connection, key.scope, key.key)
+            counter = await sign_in_repository.sign_in_key_for_update(
+                connection, key.scope, key.key
+            )
             idle = counter.idle_seconds
             attempts = 0 if idle >= key.throttle.longest_wait_seconds else counter.attempts
             waits.append(key.throttle.wait_after(attempts) - idle)
@@ -122,7 +124,7 @@ async def take_attempt(
                         waiting.note(key, key_wait)
             return max(1, math.ceil(wait))
         for key, count in zip(keys, counts, strict=True):
-            await repository.count_sign_in_attempt(connection, key.scope, key.key, count)
+            await sign_in_repository.count_sign_in_attempt(connection, key.scope, key.key, count)
     return None
 
 
@@ -130,9 +132,9 @@ async def succeeded(connection: asyncpg.Connection, keys: list[Key]) -> None:
     """After a successful sign-in: the tried account's key starts afresh, and the
     address alone gets its attempt back (colleagues behind one address share it)."""
     personal, *address = keys
-    await repository.forget_sign_in_key(connection, personal.scope, personal.key)
+    await sign_in_repository.forget_sign_in_key(connection, personal.scope, personal.key)
     for key in address:
-        await repository.give_back_sign_in_attempt(connection, key.scope, key.key)
+        await sign_in_repository.give_back_sign_in_attempt(connection, key.scope, key.key)
 
 
 def keys_for(

@@ -51,12 +51,14 @@ async def transaction(request: Request, ctx: Context) -> AsyncIterator[asyncpg.C
     trigger the caller sends next is judged on it.
     """
     changing = request.method in sessions.STATE_CHANGING_METHODS
-    async with ctx.pool.acquire() as connection, connection.transaction():
-        before = await outbox.newest(connection) if changing else None
+    async with (
+        ctx.pool.acquire() as connection,
+        connection.transaction(),
+        outbox.staging(connection, watch=changing) as staged,
+    ):
         yield connection
-        after = await outbox.newest(connection) if changing else None
-    if after is not None and after != before:
-        await ctx.propagation.reach_gateway(after)
+    if staged.row_id is not None:
+        await ctx.propagation.reach_gateway(staged.row_id)
 
 
 # scope="function": the transaction commits before the response is sent. With
