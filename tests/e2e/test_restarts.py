@@ -10,6 +10,7 @@ balances.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import signal
@@ -47,9 +48,17 @@ class Platforms:
             NOTIFIER_RETRY_SCHEDULE_SECONDS="[0.2]",
         )
 
-    def start_again(self) -> RunningPlatform:
-        self.current = self.current.start_again()
-        self.current.wait_ready()
+    async def start_again(self) -> RunningPlatform:
+        """The platform started again on its state, and ready. In a thread: the test's
+        callback receiver shares its event loop and must keep answering meanwhile, or
+        the notifier, getting no answer, rightly calls back again."""
+
+        def start() -> RunningPlatform:
+            platform = self.current.start_again()
+            platform.wait_ready()
+            return platform
+
+        self.current = await asyncio.to_thread(start)
         return self.current
 
 
@@ -196,8 +205,8 @@ class TestStoppedWithCtrlC:
         async with httpx.AsyncClient(timeout=30) as http:
             developer = await a_business_in_use(platforms.current, http, receiver)
 
-            assert platforms.current.interrupt() == 0
-            platform = platforms.start_again()
+            assert await asyncio.to_thread(platforms.current.interrupt) == 0
+            platform = await platforms.start_again()
 
             await everything_is_still_there(platform, developer)
             await new_points_add_to_the_old_balance(platform, developer, 650)
@@ -231,7 +240,7 @@ class TestKilledWithARequestInFlight:
             finally:
                 platforms.current.kill()
 
-            platform = platforms.start_again()
+            platform = await platforms.start_again()
 
             await everything_is_still_there(platform, developer)
             assert await developer.settled(platform, "order-in-flight") == "succeeded"
