@@ -6,8 +6,9 @@ while staging is flooded: its client sends as fast as it can (far past its
 rate limit) and a broken staging producer pours poison onto the points
 topics (bytes that are not JSON, and requests the ledger's database refuses).
 The flood runs in a process of its own, so the clock that times production is
-not held up by it. Production's time from trigger to callback must stay within twice its quiet
-value (give or take the notifier's poll interval, the resolution of that time).
+not held up by it. Production's time from trigger to callback must stay within
+twice its quiet value (give or take the notifier's poll interval, the
+resolution of that time).
 """
 
 from __future__ import annotations
