@@ -14,6 +14,11 @@ from contracts.clients_lifecycle import (
     ClientStatus,
 )
 from contracts.envelope import ContractModel, Environment, EventEnvelope
+from contracts.members_lifecycle import (
+    MemberLifecycleEvent,
+    MemberLifecycleType,
+    MemberStanding,
+)
 from contracts.notifications_requested import (
     EmailAddress,
     ShareEmailRequested,
@@ -43,7 +48,9 @@ from contracts.topics import (
     ALL_TOPICS,
     CLIENTS_LIFECYCLE,
     DEAD_LETTER_TOPICS,
+    GATEWAY_PROJECTED_TOPICS,
     GATEWAY_PROJECTION_GROUP,
+    MEMBERS_LIFECYCLE,
     NOTIFICATIONS_REQUESTED,
     POINTS_REQUESTED,
     POINTS_RESULTS,
@@ -59,6 +66,7 @@ EVENT_TYPES: dict[str, type[EventEnvelope[Any]]] = {
     for event in (
         RuleLifecycleEvent,
         ClientLifecycleEvent,
+        MemberLifecycleEvent,
         PointsRequestedEvent,
         PointsResultEvent,
         ShareEmailRequestedEvent,
@@ -70,7 +78,9 @@ __all__ = [
     "CLIENTS_LIFECYCLE",
     "DEAD_LETTER_TOPICS",
     "EVENT_TYPES",
+    "GATEWAY_PROJECTED_TOPICS",
     "GATEWAY_PROJECTION_GROUP",
+    "MEMBERS_LIFECYCLE",
     "NOTIFICATIONS_REQUESTED",
     "POINTS_REQUESTED",
     "POINTS_RESULTS",
@@ -84,6 +94,9 @@ __all__ = [
     "EmailAddress",
     "Environment",
     "EventEnvelope",
+    "MemberLifecycleEvent",
+    "MemberLifecycleType",
+    "MemberStanding",
     "PointsRequested",
     "PointsRequestedEvent",
     "PointsRequestedType",

@@ -14,6 +14,7 @@ ClientLifecycleType = Literal[
     "client.revoked",
     "client.secret_rotated",
     "client.request_signing_key_changed",
+    "client.expiry_callback_changed",
 ]
 
 
@@ -62,11 +63,20 @@ class ClientSnapshot(ContractModel):
             " does not sign them. Public by nature."
         ),
     )
+    expiry_callback_url: Text | None = Field(
+        default=None,
+        max_length=2048,
+        description=(
+            "Where the notifier posts a signed `points.expired` callback when points this"
+            " client's requests earned expire; null when the client has not opted in."
+        ),
+    )
 
 
 class ClientLifecycleEvent(EventEnvelope[ClientSnapshot]):
-    """Sent when an API client is registered, revoked, has its secret rotated, or has its
-    request-signing public key registered, replaced or removed."""
+    """Sent when an API client is registered, revoked, has its secret rotated, has its
+    request-signing public key registered, replaced or removed, or has its `points.expired`
+    callback URL set or cleared."""
 
     TOPIC: ClassVar[str] = CLIENTS_LIFECYCLE
     VERSION: ClassVar[int] = 1

@@ -28,3 +28,6 @@ MAX_POINTS: Final = 2**53 - 1
 MAX_MEMBER_BALANCE: Final = 2**53 - 1
 #: The largest magnitude of a rule's pool balance, either way.
 MAX_POOL_BALANCE: Final = 2**62
+#: The longest expiry policy a rule may set: points expire at most this many days after
+#: they are awarded (a hundred years; any instant it gives fits every date type).
+MAX_EXPIRY_DAYS: Final = 36_500

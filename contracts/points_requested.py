@@ -1,9 +1,9 @@
 """Topic `points.requested.v1`: earn and redeem requests accepted by the gateway."""
 
-from typing import ClassVar, Literal, get_args
+from typing import ClassVar, Literal, Self, get_args
 from uuid import UUID
 
-from pydantic import AwareDatetime, Field
+from pydantic import AwareDatetime, Field, model_validator
 
 from contracts.envelope import ContractModel, EventEnvelope
 from contracts.limits import MAX_POINTS
@@ -39,6 +39,17 @@ class PointsRequested(ContractModel):
         default=None, description="Where the outcome is posted; null for no callback."
     )
     requested_at: AwareDatetime = Field(description="When the gateway accepted the request.")
+    expires_at: AwareDatetime | None = Field(
+        default=None,
+        description="When the points of this earn expire, from the expiry policy of the rule"
+        " version it was checked against; null when they never do. Always null on a redeem.",
+    )
+
+    @model_validator(mode="after")
+    def _only_earned_points_expire(self) -> Self:
+        if self.type != "earn" and self.expires_at is not None:
+            raise ValueError("only an earn's points can expire: expires_at must be null")
+        return self
 
 
 class PointsRequestedEvent(EventEnvelope[PointsRequested]):

@@ -1,9 +1,11 @@
 """Topic `points.results.v1`: what the ledger did with each points request.
 
 `points.applied` and `points.rejected` settle a request; `points.reversed`
-(added later, additive) says that an operator reversed an applied request.
-It travels on the member's key, so it always follows the `points.applied` it
-undoes. Every consumer must handle or explicitly ignore each type.
+(added later, additive) says that an operator reversed an applied request,
+and `points.expired` (additive too) that what was left of an earn's points
+reached the expiry its rule gave them. Both travel on the member's key, so they
+always follow the `points.applied` they concern. Every consumer must handle or
+explicitly ignore each type.
 """
 
 from typing import ClassVar, Literal, Self, get_args
@@ -18,8 +20,11 @@ from contracts.rules_lifecycle import RuleType
 from contracts.text import Text
 from contracts.topics import POINTS_RESULTS
 
-PointsResultStatus = Literal["applied", "rejected", "reversed"]
-PointsResultType = Literal["points.applied", "points.rejected", "points.reversed"]
+PointsResultStatus = Literal["applied", "rejected", "reversed", "expired"]
+PointsResultType = Literal["points.applied", "points.rejected", "points.reversed", "points.expired"]
+#: The fields only a `reversed` result carries, and those only an `expired` one does.
+_REVERSAL_FIELDS = ("reversal_id", "reversed_amount", "uncovered_amount")
+_EXPIRY_FIELDS = ("expiry_id", "expired_amount", "expires_at")
 
 
 class PointsResult(ContractModel):
@@ -44,14 +49,16 @@ class PointsResult(ContractModel):
     )
     status: PointsResultStatus = Field(
         description="`applied` when the points moved; `rejected` when nothing changed; "
-        "`reversed` when an operator later reversed the applied request."
+        "`reversed` when an operator later reversed the applied request; `expired` when "
+        "what the member had left of an earn's points reached their expiry."
     )
     reason: Text | None = Field(
         default=None,
         description="Machine code of why a request was rejected: `INSUFFICIENT_BALANCE`, "
         "`BALANCE_LIMIT_EXCEEDED` (it would take an account past a documented limit), "
         "`REQUEST_ID_REUSED` (the client used the request id before, for another "
-        "transaction), `PROCESSING_FAILED`; readers accept codes they do not know.",
+        "transaction), `MEMBER_BLOCKED` (the business blocked the member), "
+        "`PROCESSING_FAILED`; readers accept codes they do not know.",
     )
     balance: int | None = Field(
         default=None, ge=0, description="The member's balance after the request; null if unknown."
@@ -75,8 +82,24 @@ class PointsResult(ContractModel):
     uncovered_amount: int | None = Field(
         default=None,
         ge=0,
-        description="Points of a reversed earn the member had already spent, so kept "
-        "(`amount - reversed_amount`); only on `reversed`.",
+        description="Points the reversal could not move back (`amount - reversed_amount`): "
+        "of an earn, those the member had already spent; of a redeem, those whose expiry "
+        "passed meanwhile. Only on `reversed`.",
+    )
+    expiry_id: UUID | None = Field(
+        default=None,
+        description="Id of the ledger transaction that took the expired points; only on `expired`.",
+    )
+    expired_amount: int | None = Field(
+        default=None,
+        gt=0,
+        le=MAX_POINTS,
+        description="Points that expired: what the member had left of the earn's `amount`; "
+        "only on `expired`.",
+    )
+    expires_at: AwareDatetime | None = Field(
+        default=None,
+        description="When the earn's points were due to expire; only on `expired`.",
     )
 
     @model_validator(mode="after")
@@ -85,12 +108,24 @@ class PointsResult(ContractModel):
             raise ValueError("a rejected result carries a reason")
         if self.status != "rejected" and self.balance is None:
             raise ValueError(f"{self.status} result: it carries the balance after it")
+        for status, fields in (("reversed", _REVERSAL_FIELDS), ("expired", _EXPIRY_FIELDS)):
+            present = [getattr(self, name) is not None for name in fields]
+            if self.status == status and not all(present):
+                raise ValueError(f"{status} result: it carries {', '.join(fields)}")
+            if self.status != status and any(present):
+                raise ValueError(f"{self.status} result: it carries no {', '.join(fields)}")
+        if self.status == "expired":
+            if self.reason is not None:
+                raise ValueError("expired result: it carries no reason")
+            if self.type != "earn":
+                raise ValueError("expired result: only an earn's points expire")
+            if self.expired_amount is not None and self.expired_amount > self.amount:
+                raise ValueError("expired result: expired_amount is at most amount")
+            return self
         reversed_amount, uncovered_amount = self.reversed_amount, self.uncovered_amount
         if self.status != "reversed":
-            if (self.reversal_id, reversed_amount, uncovered_amount) != (None, None, None):
-                raise ValueError(f"{self.status} result: it carries no reversal fields")
             return self
-        if self.reversal_id is None or reversed_amount is None or uncovered_amount is None:
+        if reversed_amount is None or uncovered_amount is None:
             raise ValueError(
                 "reversed result: it carries reversal_id, reversed_amount and uncovered_amount"
             )
@@ -102,15 +137,16 @@ class PointsResult(ContractModel):
 
 
 class PointsResultEvent(EventEnvelope[PointsResult]):
-    """Sent when the ledger has applied or rejected a points request, or reversed an applied one."""
+    """Sent when the ledger has applied or rejected a points request, reversed an applied
+    one, or expired what was left of an earn's points."""
 
     TOPIC: ClassVar[str] = POINTS_RESULTS
     VERSION: ClassVar[int] = 1
     TYPES: ClassVar[tuple[str, ...]] = get_args(PointsResultType)
 
     type: PointsResultType = Field(
-        description="`points.applied`, `points.rejected` or `points.reversed`, "
-        "matching `data.status`."
+        description="`points.applied`, `points.rejected`, `points.reversed` or "
+        "`points.expired`, matching `data.status`."
     )
 
     @classmethod

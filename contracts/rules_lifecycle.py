@@ -1,10 +1,12 @@
 """Topic `rules.lifecycle.v1`: a full rule snapshot on every change of a rule."""
 
+from datetime import datetime, timedelta
 from typing import ClassVar, Literal, Self, get_args
 
 from pydantic import AwareDatetime, Field, model_validator
 
 from contracts.envelope import ContractModel, Environment, EventEnvelope
+from contracts.limits import MAX_EXPIRY_DAYS
 from contracts.text import MultilineText, Text
 from contracts.topics import RULES_LIFECYCLE
 
@@ -56,6 +58,18 @@ class RuleSnapshot(ContractModel):
     ends_at: AwareDatetime | None = Field(
         default=None, description="When the rule stops accepting triggers; null for no end."
     )
+    points_expire_after_days: int | None = Field(
+        default=None,
+        ge=1,
+        le=MAX_EXPIRY_DAYS,
+        description="An earn rule's points expire this many days after they are awarded;"
+        " null when they do not (or when `points_expire_at` is set).",
+    )
+    points_expire_at: AwareDatetime | None = Field(
+        default=None,
+        description="An earn rule's points all expire at this instant; null when they do not"
+        " (or when `points_expire_after_days` is set).",
+    )
     version: int = Field(
         ge=1, description="Version of the rule, raised on every change (optimistic concurrency)."
     )
@@ -67,6 +81,25 @@ class RuleSnapshot(ContractModel):
         if starts_at is not None and ends_at is not None and ends_at <= starts_at:
             raise ValueError("ends_at must be later than starts_at")
         return self
+
+    @model_validator(mode="after")
+    def _one_expiry_policy_on_an_earn_rule(self) -> Self:
+        if self.points_expire_after_days is not None and self.points_expire_at is not None:
+            raise ValueError("a rule's points expire after some days or at an instant, not both")
+        if self.type != "earn" and self.expires:
+            raise ValueError("only an earn rule's points can expire")
+        return self
+
+    @property
+    def expires(self) -> bool:
+        """Whether the points this rule awards expire."""
+        return self.points_expire_after_days is not None or self.points_expire_at is not None
+
+    def expiry_of_points_awarded_at(self, awarded_at: datetime) -> datetime | None:
+        """When points this rule awards at ``awarded_at`` expire; None when they never do."""
+        if self.points_expire_after_days is not None:
+            return awarded_at + timedelta(days=self.points_expire_after_days)
+        return self.points_expire_at
 
 
 class RuleLifecycleEvent(EventEnvelope[RuleSnapshot]):

@@ -4,6 +4,7 @@ from dataclasses import dataclass
 
 RULES_LIFECYCLE = "rules.lifecycle.v1"
 CLIENTS_LIFECYCLE = "clients.lifecycle.v1"
+MEMBERS_LIFECYCLE = "members.lifecycle.v1"
 POINTS_REQUESTED = "points.requested.v1"
 POINTS_RESULTS = "points.results.v1"
 NOTIFICATIONS_REQUESTED = "notifications.requested.v1"
@@ -14,6 +15,8 @@ DEAD_LETTER_SUFFIX = ".dlq"
 #: answers a change once this group has consumed it, so a trigger sent next is judged
 #: on it (read your writes); that makes the name part of the contract between them.
 GATEWAY_PROJECTION_GROUP = "trigger.projection"
+#: The topics that group projects: a change on any of them is answered once it has them.
+GATEWAY_PROJECTED_TOPICS = (RULES_LIFECYCLE, CLIENTS_LIFECYCLE, MEMBERS_LIFECYCLE)
 
 
 def dead_letter_topic(topic: str) -> str:
@@ -66,6 +69,16 @@ ALL_TOPICS: tuple[TopicSpec, ...] = (
         ),
     ),
     TopicSpec(
+        name=MEMBERS_LIFECYCLE,
+        key="environment:org id:user id",
+        partitions=3,
+        compacted=True,
+        description=(
+            "A member blocked or unblocked by a business user; the trigger gateway refuses"
+            " a blocked member's triggers and the ledger rejects their pending requests."
+        ),
+    ),
+    TopicSpec(
         name=POINTS_REQUESTED,
         key="environment:org id:user id",
         partitions=12,
@@ -82,8 +95,9 @@ ALL_TOPICS: tuple[TopicSpec, ...] = (
         compacted=False,
         description=(
             "Outcome of a points request: applied with the balance after, or rejected with"
-            " a reason; later, reversed by an operator. The gateway releases cap reservations"
-            " on rejection and reversal; the notifier sends callbacks for applied and rejected."
+            " a reason; later, reversed by an operator, or expired. The gateway releases cap"
+            " reservations on rejection and reversal; the notifier sends callbacks for"
+            " applied and rejected, and for expired to clients that opted in."
         ),
     ),
     TopicSpec(

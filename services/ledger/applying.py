@@ -336,6 +336,9 @@ def result_row(outcome: Outcome, processed_at: datetime) -> outbox.OutboxRow:
                 "reversal_id": None,
                 "reversed_amount": None,
                 "uncovered_amount": None,
+                "expiry_id": None,
+                "expired_amount": None,
+                "expires_at": None,
             },
         }
     )

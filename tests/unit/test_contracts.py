@@ -15,6 +15,7 @@ from contracts import (
     ALL_TOPICS,
     CLIENTS_LIFECYCLE,
     EVENT_TYPES,
+    MEMBERS_LIFECYCLE,
     NOTIFICATIONS_REQUESTED,
     POINTS_REQUESTED,
     POINTS_RESULTS,
@@ -22,12 +23,15 @@ from contracts import (
     ClientLifecycleEvent,
     ClientSnapshot,
     EventEnvelope,
+    MemberLifecycleEvent,
+    PointsRequested,
     PointsRequestedEvent,
     PointsResult,
     PointsResultEvent,
     RuleLifecycleEvent,
     RuleSnapshot,
     ShareEmailRequested,
+    member_key,
 )
 from contracts.export import SCHEMAS_DIRECTORY, export_schemas, find_drift, main
 from infra.consumers import read_event
@@ -477,8 +481,88 @@ class TestPointsResult:
     def test_only_a_reversal_carries_reversal_fields(self, index: int) -> None:
         result = example_event(POINTS_RESULTS, index).data
 
-        with pytest.raises(ValidationError, match="no reversal fields"):
+        with pytest.raises(ValidationError, match="carries no reversal_id"):
             PointsResult.model_validate({**result.model_dump(), "reversed_amount": 0})
+
+    @pytest.mark.parametrize("missing", ["expiry_id", "expired_amount", "expires_at"])
+    def test_an_expiry_says_what_expired_and_when(self, missing: str) -> None:
+        result = example_event(POINTS_RESULTS, 3).data
+
+        with pytest.raises(ValidationError, match="expiry_id, expired_amount, expires_at"):
+            PointsResult.model_validate({**result.model_dump(), missing: None})
+
+    @pytest.mark.parametrize("index", [0, 1, 2])
+    def test_only_an_expiry_carries_expiry_fields(self, index: int) -> None:
+        result = example_event(POINTS_RESULTS, index).data
+
+        with pytest.raises(ValidationError, match="carries no expiry_id"):
+            PointsResult.model_validate({**result.model_dump(), "expired_amount": 1})
+
+    def test_no_more_expires_than_the_earn_awarded(self) -> None:
+        result = example_event(POINTS_RESULTS, 3).data
+
+        with pytest.raises(ValidationError, match="at most amount"):
+            PointsResult.model_validate({**result.model_dump(), "expired_amount": 101})
+
+    def test_a_redeem_has_nothing_to_expire(self) -> None:
+        result = example_event(POINTS_RESULTS, 3).data
+
+        with pytest.raises(ValidationError, match="only an earn"):
+            PointsResult.model_validate({**result.model_dump(), "type": "redeem"})
+
+
+class TestExpiryPolicy:
+    def test_an_earn_rule_expires_its_points_some_days_after_the_award(self) -> None:
+        rule = example_event(RULES_LIFECYCLE).data
+        awarded = datetime(2026, 12, 2, 10, 0, tzinfo=UTC)
+
+        assert rule.points_expire_after_days == 365
+        assert rule.expiry_of_points_awarded_at(awarded) == datetime(2027, 12, 2, 10, 0, tzinfo=UTC)
+
+    def test_a_rule_with_a_fixed_instant_expires_every_award_then(self) -> None:
+        instant = datetime(2027, 1, 31, 23, 59, tzinfo=UTC)
+        rule = example_event(RULES_LIFECYCLE).data.model_copy(
+            update={"points_expire_after_days": None, "points_expire_at": instant}
+        )
+
+        assert rule.expiry_of_points_awarded_at(datetime(2026, 12, 2, tzinfo=UTC)) == instant
+
+    def test_a_rule_sets_one_policy_not_both(self) -> None:
+        data = example_event(RULES_LIFECYCLE).data.model_dump()
+
+        with pytest.raises(ValidationError, match="not both"):
+            RuleSnapshot.model_validate({**data, "points_expire_at": "2027-01-01T00:00:00Z"})
+
+    def test_a_redeem_rule_has_no_expiry(self) -> None:
+        data = example_event(RULES_LIFECYCLE).data.model_dump()
+
+        with pytest.raises(ValidationError, match="only an earn rule"):
+            RuleSnapshot.model_validate({**data, "type": "redeem"})
+
+    def test_a_redeem_request_carries_no_expiry(self) -> None:
+        data = example_event(POINTS_REQUESTED).data.model_dump()
+
+        with pytest.raises(ValidationError, match="only an earn"):
+            PointsRequested.model_validate({**data, "type": "redeem"})
+
+
+class TestMemberLifecycle:
+    def test_the_event_name_follows_the_standing(self) -> None:
+        blocked, unblocked = (example_event(MEMBERS_LIFECYCLE, index) for index in (0, 1))
+
+        assert (blocked.type, blocked.data.blocked) == ("member.blocked", True)
+        assert (unblocked.type, unblocked.data.blocked) == ("member.unblocked", False)
+
+    def test_a_block_travels_on_the_members_key_like_their_points(self) -> None:
+        blocked = example_event(MEMBERS_LIFECYCLE)
+
+        assert blocked.key() == member_key("production", "org_acme", "member-42")
+
+    def test_a_blocked_event_cannot_carry_an_unblocked_member(self) -> None:
+        message = changed(examples_of(MEMBERS_LIFECYCLE)[0], type="member.unblocked")
+
+        with pytest.raises(ValidationError, match="blocked=True"):
+            MemberLifecycleEvent.model_validate(message)
 
 
 class TestShareEmailRequested:
