@@ -37,10 +37,10 @@ import asyncpg
 
 from infra import outbox
 from infra.batching import Coalescer
+from infra.callback_urls import check_callback_url
 from infra.logging import get_logger
 from infra.problems import Problem, is_unavailable
 from services.trigger import repository
-from services.trigger.callback_urls import check_callback_url
 from services.trigger.checks import (
     Caller,
     CheckedTrigger,

@@ -8,8 +8,8 @@ import ipaddress
 import pytest
 
 from infra.addresses import non_public_reason, refusal_reason
+from infra.callback_urls import InvalidCallbackUrl, check_callback_url
 from services.notifier.callbacks import RefusedTarget, vet_callback_url
-from services.trigger.callback_urls import InvalidCallbackUrl, check_callback_url
 from tests.unit.test_notifier_service import system_resolve
 
 NOT_PUBLIC = [

@@ -1,4 +1,5 @@
-"""Checking a trigger's ``callbackUrl`` before it is accepted (SSRF).
+"""Checking a URL the platform will post callbacks to before it is accepted (SSRF):
+a trigger's ``callbackUrl``, or the URL a client registers for ``points.expired``.
 
 A callback is a POST the platform makes from inside its network to an address
 a third party chose, so the gateway refuses, at once and with the reason,
@@ -55,8 +56,10 @@ async def check_callback_url(
     development: bool,
     timeout: float,
     resolve: Resolver = resolve_with_system,
+    field: str = "callbackUrl",
 ) -> None:
-    """Raise :class:`InvalidCallbackUrl` naming why ``url`` may not receive callbacks.
+    """Raise :class:`InvalidCallbackUrl` naming why ``url`` (the request's ``field``) may not
+    receive callbacks.
 
     In development, http and loopback targets (``localhost``, ``127.0.0.1``)
     are allowed so callbacks reach a receiver on the same machine.
@@ -66,48 +69,48 @@ async def check_callback_url(
         host = parts.hostname
         parts.port  # noqa: B018 - parsing the port is what validates it
     except ValueError as error:
-        raise InvalidCallbackUrl(f"callbackUrl is not a valid URL: {error}") from error
+        raise InvalidCallbackUrl(f"{field} is not a valid URL: {error}") from error
     if parts.scheme not in allowed_schemes(development=development):
-        raise InvalidCallbackUrl("callbackUrl must use https")
+        raise InvalidCallbackUrl(f"{field} must use https")
     if not host:
-        raise InvalidCallbackUrl("callbackUrl has no host")
+        raise InvalidCallbackUrl(f"{field} has no host")
     literal = _literal(host)
     if literal is not None:
         addresses = [literal]
     else:
-        _check_host_name(host)
-        addresses = await _resolved(host, timeout, resolve)
+        _check_host_name(host, field)
+        addresses = await _resolved(host, timeout, resolve, field)
     for address in addresses:
         reason = refusal_reason(address, development=development)
         if reason is None:
             continue
         named = f"{host} is" if literal is not None else f"{host} resolves to {address}, which is"
-        raise InvalidCallbackUrl(f"callbackUrl host {named} {described(reason)}")
+        raise InvalidCallbackUrl(f"{field} host {named} {described(reason)}")
 
 
-def _check_host_name(host: str) -> None:
+def _check_host_name(host: str, field: str) -> None:
     """Refuse a name DNS cannot carry: one IDNA refuses (an empty label, a zero-width
     space), which the resolver would otherwise raise on as a ``UnicodeError``."""
     try:
         host.encode("idna")
     except UnicodeError as error:
         raise InvalidCallbackUrl(
-            f"callbackUrl host {host!r} is not a valid host name ({error})"
+            f"{field} host {host!r} is not a valid host name ({error})"
         ) from error
 
 
-async def _resolved(host: str, timeout: float, resolve: Resolver) -> list[Address]:
+async def _resolved(host: str, timeout: float, resolve: Resolver, field: str) -> list[Address]:
     try:
         async with asyncio.timeout(timeout):
             found = await resolve(host)
     except TimeoutError as error:
         raise CallbackHostUnresolved(
-            f"callbackUrl host {host} could not be resolved within {timeout:g} s; retry later",
+            f"{field} host {host} could not be resolved within {timeout:g} s; retry later",
             headers={"Retry-After": "5"},
         ) from error
     except OSError as error:
-        raise InvalidCallbackUrl(f"callbackUrl host {host} does not resolve") from error
+        raise InvalidCallbackUrl(f"{field} host {host} does not resolve") from error
     addresses = [address for address in map(_literal, found) if address is not None]
     if not addresses:
-        raise InvalidCallbackUrl(f"callbackUrl host {host} does not resolve")
+        raise InvalidCallbackUrl(f"{field} host {host} does not resolve")
     return addresses

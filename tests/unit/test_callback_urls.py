@@ -10,7 +10,7 @@ import asyncio
 
 import pytest
 
-from services.trigger.callback_urls import (
+from infra.callback_urls import (
     CallbackHostUnresolved,
     InvalidCallbackUrl,
     Resolver,
