@@ -64,6 +64,9 @@ RETURNING *
 SET_REQUEST_SIGNING_KEY = """
 UPDATE api_clients SET request_signing_key = $2 WHERE id = $1 RETURNING *
 """
+SET_EXPIRY_CALLBACK_URL = """
+UPDATE api_clients SET expiry_callback_url = $2 WHERE id = $1 RETURNING *
+"""
 CLIENT_STATUSES = """
 SELECT id, status FROM api_clients
 WHERE org_id = $1 AND environment = $2 AND id = ANY($3::text[])
@@ -305,6 +308,12 @@ async def set_request_signing_key(
     connection: asyncpg.Connection, client_id: str, request_signing_key: str | None
 ) -> asyncpg.Record:
     return await connection.fetchrow(SET_REQUEST_SIGNING_KEY, client_id, request_signing_key)
+
+
+async def set_expiry_callback_url(
+    connection: asyncpg.Connection, client_id: str, url: str | None
+) -> asyncpg.Record:
+    return await connection.fetchrow(SET_EXPIRY_CALLBACK_URL, client_id, url)
 
 
 # The token issuer's signing keys.

@@ -13,6 +13,7 @@ from contracts.limits import MAX_EXPIRY_DAYS, MAX_POINTS
 from contracts.notifications_requested import EmailAddress
 from contracts.text import MultilineText, Text
 from infra.storable import StorableDatetime
+from services.rules.members import Standing
 from services.rules.rules import display_status
 from services.rules.sharing import ShareDetails
 
@@ -168,6 +169,16 @@ _EXPIRY_POLICIES = (
 )
 
 
+class ExpiryCallbackChange(CamelModel):
+    """Where a client's signed `points.expired` callbacks go; null opts the client out."""
+
+    model_config = ConfigDict(
+        json_schema_extra={"examples": [{"url": "https://partner.example.com/points/expired"}]}
+    )
+
+    url: Text | None = Field(max_length=2048)
+
+
 class StatusChange(CamelModel):
     """Optional: the version the caller read, so a change made meanwhile is not overridden."""
 
@@ -281,3 +292,54 @@ class ShareEmailRequest(CamelModel):
 
 class ShareEmailAccepted(CamelModel):
     notification_id: str
+
+
+#: A member's id as the trigger gateway accepts ``userId`` (so a member the gateway can
+#: see is one the console can block, and nothing else): a letter or digit, then up to 127
+#: letters, digits and ``._:@+-``.
+MEMBER_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:@+-]{0,127}$"
+MEMBER_ID_MAX_LENGTH = 128
+
+
+class MemberBlock(CamelModel):
+    """Block a member in one environment; the reason is kept and shown to business users."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [{"environment": "production", "reason": "Account reported as abused"}]
+        }
+    )
+
+    environment: Literal["staging", "production"]
+    reason: Text | None = Field(default=None, max_length=500)
+
+
+class MemberUnblock(CamelModel):
+    """Unblock a member in one environment."""
+
+    model_config = ConfigDict(json_schema_extra={"examples": [{"environment": "production"}]})
+
+    environment: Literal["staging", "production"]
+
+
+class MemberStandingView(CamelModel):
+    """Whether a member is blocked in an environment; ``changedBy`` (a business user's id)
+    and ``changedAt`` are null for a member nobody ever blocked."""
+
+    user_id: str
+    environment: str
+    blocked: bool
+    reason: str | None
+    changed_by: str | None
+    changed_at: datetime | None
+
+    @classmethod
+    def of(cls, standing: Standing) -> MemberStandingView:
+        return cls(
+            user_id=standing.user_id,
+            environment=standing.environment,
+            blocked=standing.blocked,
+            reason=standing.reason,
+            changed_by=standing.changed_by,
+            changed_at=standing.changed_at,
+        )

@@ -31,6 +31,6 @@ CREATE TABLE member_standing (
     changed_at  timestamptz NOT NULL DEFAULT now(),
     PRIMARY KEY (environment, org_id, user_id)
 );
--- The console lists an organisation's blocked members, most recently blocked first.
+-- The console lists an organisation's blocked members, a page at a time by user id.
 CREATE INDEX member_standing_blocked
-    ON member_standing (org_id, environment, changed_at DESC, user_id) WHERE blocked;
+    ON member_standing (org_id, environment, user_id) WHERE blocked;
