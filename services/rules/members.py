@@ -19,7 +19,7 @@ from datetime import datetime
 
 import asyncpg
 
-from contracts import MemberLifecycleEvent, MemberStanding
+from contracts import Environment, MemberLifecycleEvent, MemberStanding
 from infra import outbox
 from infra.logging import get_logger
 from services.rules import members_repository
@@ -62,7 +62,7 @@ async def standing(
 async def change_standing(
     connection: asyncpg.Connection,
     org_id: str,
-    environment: str,
+    environment: Environment,
     user_id: str,
     *,
     blocked: bool,
