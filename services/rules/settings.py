@@ -48,6 +48,11 @@ class RulesSettings(ServiceSettings):
         description="Where the console's same-origin proxy reads members' balances and rules' "
         "transactions from the ledger.",
     )
+    ledger_guide_url: str | None = Field(
+        default=None,
+        description="The ledger's URL as developers reach it, shown in the integration guide "
+        "for balance reads; unset, `RULES_LEDGER_URL`.",
+    )
     propagation_timeout_seconds: float = Field(
         default=2.0,
         ge=0,
@@ -175,6 +180,11 @@ class RulesSettings(ServiceSettings):
             timeout=self.callback_dns_timeout_seconds,
             field="url",
         )
+
+    @property
+    def ledger_public_url(self) -> str:
+        """Where developers read balances (the integration guide names it)."""
+        return self.ledger_guide_url or self.ledger_url
 
     def trigger_url(self, environment: str) -> str:
         return (
