@@ -672,6 +672,7 @@ class TestMembers:
         await sign_in(page, tenant.editor)
         await look_up_member(page, "member-keeps")
 
+        await expect(page.locator("#member-expiring-empty")).to_be_visible()
         await expect(page.locator("#member-expiring-empty")).to_have_text(
             "No points due to expire."
         )
@@ -685,10 +686,10 @@ class TestMembers:
         await expect(page.locator("#member-standing")).to_contain_text("Not blocked in Staging")
 
         await page.get_by_label("Reason for blocking").fill("Reported by the shop")
-        await page.get_by_role("button", name="Block member").click()
+        await page.get_by_role("button", name="Block member", exact=True).click()
         dialog = page.get_by_role("dialog", name=f"Block {member} in Staging?")
         await expect(dialog).to_contain_text("MEMBER_BLOCKED")
-        await dialog.get_by_role("button", name="Block member").click()
+        await dialog.get_by_role("button", name="Block member", exact=True).click()
 
         await expect(page.locator("#member-standing")).to_contain_text("Blocked in Staging since")
         await expect(page.locator("#member-standing")).to_contain_text("Reported by the shop")
@@ -716,4 +717,4 @@ class TestMembers:
         await look_up_member(page, "member-viewed")
 
         await expect(page.locator("#member-standing")).to_contain_text("Not blocked")
-        await expect(page.get_by_role("button", name="Block member")).to_have_count(0)
+        await expect(page.get_by_role("button", name="Block member", exact=True)).to_have_count(0)
