@@ -85,6 +85,32 @@ async def _publish_client(
     await outbox.enqueue(connection, event)
 
 
+@dataclass(frozen=True)
+class FieldChange:
+    """One field of a client changed, as its audit line names it."""
+
+    field: str
+    before: str | None
+    after: str | None
+
+
+async def _record_change(
+    connection: asyncpg.Connection,
+    client: asyncpg.Record,
+    actor: str,
+    event_type: str,
+    change: FieldChange,
+) -> None:
+    """Audit and publish a change of one field of ``client`` (as changed)."""
+    details = {
+        "fields": [change.field],
+        "before": {change.field: change.before},
+        "after": {change.field: change.after},
+    }
+    await audit(connection, client["org_id"], actor, event_type, client["id"], details)
+    await _publish_client(connection, client, event_type, client["id"])
+
+
 async def create_client(
     connection: asyncpg.Connection,
     *,
@@ -160,20 +186,10 @@ async def set_request_signing_key(
         client = await repository.set_request_signing_key(
             connection, client_id, None if key is None else public_pem(key)
         )
-        changes = {
-            "fields": ["requestSigningKey"],
-            "before": {"requestSigningKey": before},
-            "after": {"requestSigningKey": after},
-        }
-        await audit(
-            connection,
-            client["org_id"],
-            actor,
-            "client.request_signing_key_changed",
-            client_id,
-            changes,
+        change = FieldChange("requestSigningKey", before, after)
+        await _record_change(
+            connection, client, actor, "client.request_signing_key_changed", change
         )
-        await _publish_client(connection, client, "client.request_signing_key_changed", client_id)
     return {"clientId": client_id, "requestSigningKeyFingerprint": after}
 
 
@@ -208,20 +224,8 @@ async def set_expiry_callback_url(
     before = client["expiry_callback_url"]
     if before != url:
         client = await repository.set_expiry_callback_url(connection, client_id, url)
-        changes = {
-            "fields": ["expiryCallbackUrl"],
-            "before": {"expiryCallbackUrl": before},
-            "after": {"expiryCallbackUrl": url},
-        }
-        await audit(
-            connection,
-            client["org_id"],
-            actor,
-            "client.expiry_callback_changed",
-            client_id,
-            changes,
-        )
-        await _publish_client(connection, client, "client.expiry_callback_changed", client_id)
+        change = FieldChange("expiryCallbackUrl", before, url)
+        await _record_change(connection, client, actor, "client.expiry_callback_changed", change)
     return {"clientId": client_id, "expiryCallbackUrl": url}
 
 

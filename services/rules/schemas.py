@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
 from datetime import datetime
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import asyncpg
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -16,6 +17,20 @@ from infra.storable import StorableDatetime
 from services.rules.members import Standing
 from services.rules.rules import display_status
 from services.rules.sharing import ShareDetails
+
+#: An earn rule's expiry policy, one or the other (see ``rules._check_expiry_policy``).
+ExpiryDays = Annotated[
+    int,
+    Field(
+        ge=1,
+        le=MAX_EXPIRY_DAYS,
+        description="An earn rule's points expire this many days after they are awarded.",
+    ),
+]
+ExpiryInstant = Annotated[
+    StorableDatetime,
+    Field(description="An earn rule's points all expire at this instant (after its endsAt)."),
+]
 
 
 class CamelModel(BaseModel):
@@ -93,16 +108,8 @@ class RuleCreate(CamelModel):
     max_amount_per_request: int | None = Field(default=None, ge=1, le=MAX_POINTS)
     starts_at: StorableDatetime | None = None
     ends_at: StorableDatetime | None = None
-    points_expire_after_days: int | None = Field(
-        default=None,
-        ge=1,
-        le=MAX_EXPIRY_DAYS,
-        description="An earn rule's points expire this many days after they are awarded.",
-    )
-    points_expire_at: StorableDatetime | None = Field(
-        default=None,
-        description="An earn rule's points all expire at this instant (after its endsAt).",
-    )
+    points_expire_after_days: ExpiryDays | None = None
+    points_expire_at: ExpiryInstant | None = None
 
 
 class RuleUpdate(CamelModel):
@@ -125,16 +132,8 @@ class RuleUpdate(CamelModel):
     max_amount_per_request: int | None = Field(default=None, ge=1, le=MAX_POINTS)
     starts_at: StorableDatetime | None = None
     ends_at: StorableDatetime | None = None
-    points_expire_after_days: int | None = Field(
-        default=None,
-        ge=1,
-        le=MAX_EXPIRY_DAYS,
-        description="An earn rule's points expire this many days after they are awarded.",
-    )
-    points_expire_at: StorableDatetime | None = Field(
-        default=None,
-        description="An earn rule's points all expire at this instant (after its endsAt).",
-    )
+    points_expire_after_days: ExpiryDays | None = None
+    points_expire_at: ExpiryInstant | None = None
 
     @model_validator(mode="after")
     def _required_fields_are_not_cleared(self) -> RuleUpdate:
@@ -335,11 +334,4 @@ class MemberStandingView(CamelModel):
 
     @classmethod
     def of(cls, standing: Standing) -> MemberStandingView:
-        return cls(
-            user_id=standing.user_id,
-            environment=standing.environment,
-            blocked=standing.blocked,
-            reason=standing.reason,
-            changed_by=standing.changed_by,
-            changed_at=standing.changed_at,
-        )
+        return cls(**dataclasses.asdict(standing))

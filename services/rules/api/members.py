@@ -5,11 +5,13 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
+import asyncpg
 from fastapi import APIRouter, Path, Query
 
+from contracts import Environment
 from contracts.text import Text
 from services.rules import members
-from services.rules.api import CorrelationId, Tx, User
+from services.rules.api import BusinessUser, CorrelationId, Tx, User
 from services.rules.schemas import (
     MEMBER_ID_MAX_LENGTH,
     MEMBER_ID_PATTERN,
@@ -41,18 +43,7 @@ async def block_member(
     """Block a member in an environment: the gateway refuses its triggers with
     ``MEMBER_BLOCKED`` and requests not yet applied settle as rejected. Blocking a
     blocked member changes nothing."""
-    user.require_editor()
-    standing = await members.change_standing(
-        tx,
-        user.org_id,
-        body.environment,
-        user_id,
-        blocked=True,
-        reason=body.reason,
-        actor=user.id,
-        correlation_id=cid,
-    )
-    return MemberStandingView.of(standing)
+    return await _change_standing(user_id, body.environment, body.reason, user, tx, cid)
 
 
 @router.post("/v1/members/{userId}/unblock", response_model=MemberStandingView, tags=["members"])
@@ -61,14 +52,27 @@ async def unblock_member(
 ) -> MemberStandingView:
     """Unblock a member in an environment; unblocking a member in good standing changes
     nothing."""
+    return await _change_standing(user_id, body.environment, None, user, tx, cid, blocked=False)
+
+
+async def _change_standing(
+    user_id: str,
+    environment: Environment,
+    reason: str | None,
+    user: BusinessUser,
+    tx: asyncpg.Connection,
+    cid: str,
+    *,
+    blocked: bool = True,
+) -> MemberStandingView:
     user.require_editor()
     standing = await members.change_standing(
         tx,
         user.org_id,
-        body.environment,
+        environment,
         user_id,
-        blocked=False,
-        reason=None,
+        blocked=blocked,
+        reason=reason,
         actor=user.id,
         correlation_id=cid,
     )
