@@ -295,6 +295,45 @@ class TestTheIntegrationGuidesExamples:
         assert status["transactionId"] == accepted["transactionId"]
         assert status["status"] in {"pending", "succeeded"}
 
+    async def test_the_expiry_examples_register_the_callback_and_read_the_balance(
+        self, platform: Platform, tmp_path: Path
+    ) -> None:
+        async with httpx.AsyncClient(timeout=10) as http:
+            business = await business_with_an_active_rule(
+                platform, http, "Tea House", "Oolong points"
+            )
+            examples = await guide_examples(platform, http)
+        script = tmp_path / "expiry.sh"
+        script.write_text(
+            "set -eu\n"
+            + example_opening_with(examples, "TOKEN=$(curl")
+            + "\n"
+            + examples["expiry-callback-curl"]
+            + "\necho\n"
+            + examples["balance-curl"]
+            + "\n"
+        )
+        process = await asyncio.create_subprocess_exec(
+            "bash",
+            str(script),
+            env={
+                **os.environ,
+                "CLIENT_ID": business.client["clientId"],
+                "CLIENT_SECRET": business.client["clientSecret"],
+                "ADMIN_EMAIL": "owner@tea-house.example",
+                "ADMIN_PASSWORD": "tea-house-password-42",
+            },
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.STDOUT,
+        )
+        output = (await process.communicate())[0].decode()
+
+        assert process.returncode == 0, output
+        registered, balance = (json.loads(line) for line in output.strip().splitlines()[-2:])
+        assert registered["clientId"] == business.client["clientId"]
+        assert registered["expiryCallbackUrl"].startswith("http://127.0.0.1:")
+        assert (balance["userId"], balance["balance"]) == ("member-42", 0)
+
     async def test_the_python_client_and_callback_receiver_see_the_points_arrive(
         self, platform: Platform, tmp_path: Path
     ) -> None:
