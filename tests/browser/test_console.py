@@ -680,6 +680,7 @@ class TestMembers:
 
         await expect(page.locator("#member-standing")).to_contain_text("Blocked in Staging since")
         await expect(page.locator("#member-standing")).to_contain_text("Reported by the shop")
+        await expect(page.locator("#blocked-members")).to_contain_text(member)
         await screenshot(page, "members-blocked")
         standing = await editor_api.get(f"/v1/members/{member}/standing?environment=staging")
         assert (standing.json()["blocked"], standing.json()["reason"]) == (
@@ -694,6 +695,7 @@ class TestMembers:
         )
 
         await expect(page.locator("#member-standing")).to_contain_text("Not blocked in Staging")
+        await expect(page.locator("#blocked-members")).not_to_contain_text(member)
         standing = await editor_api.get(f"/v1/members/{member}/standing?environment=staging")
         assert standing.json()["blocked"] is False
 

@@ -83,10 +83,42 @@ async function changeStanding(action) {
       const body = blocking ? { environment, reason: reason || null } : { environment };
       const standing = await post(`${memberPath(userId)}/${action}`, body);
       renderStanding(standing);
+      showBlocked();
       announce(`${userId} is ${standing.blocked ? "blocked" : "unblocked"} in ${where}.`);
     },
   });
 }
+
+// The environment's blocked members, a page at a time; each opens its lookup.
+async function showBlocked(after = null) {
+  const environment = form.environment.value;
+  const query = new URLSearchParams({ environment });
+  if (after) query.set("after", after);
+  const list = document.getElementById("blocked-members");
+  const more = document.getElementById("blocked-more");
+  try {
+    const found = await get(`/v1/members/blocked?${query}`);
+    const items = found.items.map((standing) => {
+      const open = el("button", { type: "button", class: "link-button", text: standing.userId });
+      open.addEventListener("click", () => {
+        form.userId.value = standing.userId;
+        form.requestSubmit();
+      });
+      return el("li", {}, open, standing.reason ? ` · ${standing.reason}` : "");
+    });
+    if (after) list.append(...items);
+    else list.replaceChildren(...items);
+    document.getElementById("blocked-environment").textContent = ENVIRONMENT_LABELS[environment];
+    document.getElementById("blocked-empty").hidden = list.children.length > 0;
+    more.hidden = !found.nextAfter;
+    more.onclick = () => showBlocked(found.nextAfter);
+  } catch (failure) {
+    showError(error, failure.message);
+  }
+}
+
+form.environment.addEventListener("change", () => showBlocked());
+showBlocked();
 
 blockButton?.addEventListener("click", () => changeStanding("block"));
 unblockButton?.addEventListener("click", () => changeStanding("unblock"));
