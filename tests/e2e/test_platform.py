@@ -239,6 +239,12 @@ def example_opening_with(examples: dict[str, str], opening: str) -> str:
     return next(text for first_line, text in examples.items() if first_line.startswith(opening))
 
 
+def shell_script(path: Path, *lines: str) -> Path:
+    """A bash script at ``path`` that runs ``lines`` in order and stops at the first failure."""
+    path.write_text("set -eu\n" + "\n".join(lines) + "\n")
+    return path
+
+
 async def run_until_accepted(*command: str, env: dict[str, str], timeout: float = 30.0) -> str:
     """Run a developer's example until the gateway has learnt of the rule and accepts it.
 
@@ -269,15 +275,12 @@ class TestTheIntegrationGuidesExamples:
                 platform, http, "Book Nook", "Chapter points"
             )
             examples = await guide_examples(platform, http)
-        script = tmp_path / "developer.sh"
-        script.write_text(
-            "set -eu\n"
-            + example_opening_with(examples, "TOKEN=$(curl")
-            + "\n"
-            + example_opening_with(examples, "REQUEST_ID=$(python3")
-            + "\necho\n"
-            + example_opening_with(examples, "curl -s '" + platform.urls["trigger"])
-            + "\n"
+        script = shell_script(
+            tmp_path / "developer.sh",
+            example_opening_with(examples, "TOKEN=$(curl"),
+            example_opening_with(examples, "REQUEST_ID=$(python3"),
+            "echo",
+            example_opening_with(examples, "curl -s '" + platform.urls["trigger"]),
         )
         env = {
             **os.environ,
@@ -303,15 +306,12 @@ class TestTheIntegrationGuidesExamples:
                 platform, http, "Tea House", "Oolong points"
             )
             examples = await guide_examples(platform, http)
-        script = tmp_path / "expiry.sh"
-        script.write_text(
-            "set -eu\n"
-            + example_opening_with(examples, "TOKEN=$(curl")
-            + "\n"
-            + examples["expiry-callback-curl"]
-            + "\necho\n"
-            + examples["balance-curl"]
-            + "\n"
+        script = shell_script(
+            tmp_path / "expiry.sh",
+            example_opening_with(examples, "TOKEN=$(curl"),
+            examples["expiry-callback-curl"],
+            "echo",
+            examples["balance-curl"],
         )
         process = await asyncio.create_subprocess_exec(
             "bash",
