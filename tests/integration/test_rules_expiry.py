@@ -58,6 +58,20 @@ class TestExpiryPolicyIsChecked:
         assert response.json()["code"] == "EXPIRY_ON_REDEEM_RULE"
         assert "earn rule" in response.json()["detail"]
 
+    async def test_a_draft_with_a_policy_cannot_become_a_redeem_rule(
+        self, http: httpx.AsyncClient, tenant: Tenant
+    ) -> None:
+        rule = await created(http, tenant, pointsExpireAfterDays=30)
+
+        response = await http.patch(
+            f"/v1/rules/{rule['id']}",
+            json={"version": rule["version"], "type": "redeem"},
+            headers=tenant.headers,
+        )
+
+        assert response.status_code == 400
+        assert response.json()["code"] == "EXPIRY_ON_REDEEM_RULE"
+
     async def test_days_out_of_range_are_refused(
         self, http: httpx.AsyncClient, tenant: Tenant
     ) -> None:
