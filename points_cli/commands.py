@@ -16,6 +16,7 @@ from uuid import UUID
 
 import asyncpg
 
+from contracts.text import refusal
 from infra import db, outbox, quarantine
 from infra.catchup import GroupProgress
 from infra.problems import Problem
@@ -164,6 +165,26 @@ async def client_set_rate_limit(args: argparse.Namespace) -> int:
             connection, args.client_id, per_second=args.per_second, burst=args.burst
         )
     print(f"client {args.client_id}: {args.per_second:g} triggers a second, bursts of {args.burst}")
+    return 0
+
+
+def refuse_unstorable_text(value: str, field: str, max_length: int = 2048) -> str:
+    """``value``, or a problem naming ``field`` when storage would refuse it."""
+    reason = refusal(value)
+    if reason is None and len(value) > max_length:
+        reason = f"is longer than {max_length} characters"
+    if reason is not None:
+        raise Problem(f"{field} {reason}", code="INVALID_TEXT")
+    return value
+
+
+async def client_set_expiry_callback(args: argparse.Namespace) -> int:
+    url = None if args.clear else refuse_unstorable_text(args.url, "url")
+    async with rules_transaction() as (connection, settings):
+        changed = await clients.set_expiry_callback_url(
+            connection, args.client_id, url, check=settings.check_callback_url
+        )
+    emit(changed, args.json)
     return 0
 
 

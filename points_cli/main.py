@@ -132,6 +132,19 @@ def build_parser() -> argparse.ArgumentParser:
     )
     rate_limit.add_argument("--burst", type=burst, required=True, help="triggers accepted at once")
     rate_limit.set_defaults(run=commands.client_set_rate_limit)
+    expiry_callback = client.add_parser(
+        "set-expiry-callback",
+        help="send the client signed points.expired callbacks at URL (https, a public host "
+        "outside development), or --clear to stop them",
+    )
+    expiry_callback.add_argument("client_id")
+    expiry_target = expiry_callback.add_mutually_exclusive_group(required=True)
+    expiry_target.add_argument("url", nargs="?", help="where points.expired callbacks go")
+    expiry_target.add_argument(
+        "--clear", action="store_true", help="the client no longer receives them"
+    )
+    expiry_callback.add_argument("--json", action="store_true")
+    expiry_callback.set_defaults(run=commands.client_set_expiry_callback)
     rotate = client.add_parser("rotate-secret", help="issue a new secret; the old one overlaps")
     rotate.add_argument("client_id")
     rotate.add_argument("--json", action="store_true")

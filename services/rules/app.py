@@ -8,9 +8,11 @@ from fastapi import FastAPI
 
 from contracts import (
     CLIENTS_LIFECYCLE,
+    MEMBERS_LIFECYCLE,
     NOTIFICATIONS_REQUESTED,
     RULES_LIFECYCLE,
     ClientLifecycleEvent,
+    MemberLifecycleEvent,
     RuleLifecycleEvent,
     ShareEmailRequestedEvent,
 )
@@ -20,7 +22,7 @@ from infra.http import create_http_app
 from infra.runtime import ServiceRuntime
 from infra.serving import app_only
 from services.rules import console
-from services.rules.api import RulesContext, accounts, guide, oauth, rules
+from services.rules.api import RulesContext, accounts, guide, members, oauth, rules
 from services.rules.propagation import Propagation
 from services.rules.settings import RulesSettings
 from services.rules.subscribers import register_subscribers
@@ -32,6 +34,7 @@ MIGRATIONS = Path(__file__).parent / "migrations"
 PUBLISHES = (
     (RULES_LIFECYCLE, RuleLifecycleEvent, "Full rule snapshot on every change of a rule."),
     (CLIENTS_LIFECYCLE, ClientLifecycleEvent, "API client registered, revoked or rotated."),
+    (MEMBERS_LIFECYCLE, MemberLifecycleEvent, "A business user blocked or unblocked a member."),
     (
         NOTIFICATIONS_REQUESTED,
         ShareEmailRequestedEvent,
@@ -68,7 +71,7 @@ def create_app(settings: RulesSettings | None = None) -> tuple[FastAPI, ServiceR
     app.state.rules = RulesContext(
         settings=settings, runtime=runtime, issuer=issuer, propagation=propagation
     )
-    for area in (oauth, accounts, rules, guide):
+    for area in (oauth, accounts, rules, members, guide):
         app.include_router(area.router)
     ledger = console.LedgerReader(settings, issuer)
     runtime.on_stop(ledger.aclose)

@@ -5,6 +5,7 @@ topic."""
 from __future__ import annotations
 
 import secrets
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
@@ -67,6 +68,7 @@ def _client_snapshot(client: asyncpg.Record) -> ClientSnapshot:
         previous_salt_valid_until=client["previous_valid_until"],
         rotated_at=client["rotated_at"],
         request_signing_key=client["request_signing_key"],
+        expiry_callback_url=client["expiry_callback_url"],
     )
 
 
@@ -81,6 +83,32 @@ async def _publish_client(
         type=event_type,
     )
     await outbox.enqueue(connection, event)
+
+
+@dataclass(frozen=True)
+class FieldChange:
+    """One field of a client changed, as its audit line names it."""
+
+    field: str
+    before: str | None
+    after: str | None
+
+
+async def _record_change(
+    connection: asyncpg.Connection,
+    client: asyncpg.Record,
+    actor: str,
+    event_type: str,
+    change: FieldChange,
+) -> None:
+    """Audit and publish a change of one field of ``client`` (as changed)."""
+    details = {
+        "fields": [change.field],
+        "before": {change.field: change.before},
+        "after": {change.field: change.after},
+    }
+    await audit(connection, client["org_id"], actor, event_type, client["id"], details)
+    await _publish_client(connection, client, event_type, client["id"])
 
 
 async def create_client(
@@ -158,29 +186,47 @@ async def set_request_signing_key(
         client = await repository.set_request_signing_key(
             connection, client_id, None if key is None else public_pem(key)
         )
-        changes = {
-            "fields": ["requestSigningKey"],
-            "before": {"requestSigningKey": before},
-            "after": {"requestSigningKey": after},
-        }
-        await audit(
-            connection,
-            client["org_id"],
-            actor,
-            "client.request_signing_key_changed",
-            client_id,
-            changes,
+        change = FieldChange("requestSigningKey", before, after)
+        await _record_change(
+            connection, client, actor, "client.request_signing_key_changed", change
         )
-        await _publish_client(connection, client, "client.request_signing_key_changed", client_id)
     return {"clientId": client_id, "requestSigningKeyFingerprint": after}
 
 
-async def client_for_update(connection: asyncpg.Connection, client_id: str) -> asyncpg.Record:
-    """The client, locked until the transaction ends; NotFound when there is none."""
+async def client_for_update(
+    connection: asyncpg.Connection, client_id: str, org_id: str | None = None
+) -> asyncpg.Record:
+    """The client, locked until the transaction ends; NotFound when there is none (or,
+    given ``org_id``, when it belongs to another organisation: no hint that it exists)."""
     client = await repository.get_client_for_update(connection, client_id)
-    if client is None:
+    if client is None or (org_id is not None and client["org_id"] != org_id):
         raise NotFound(f"client {client_id} does not exist", code="CLIENT_NOT_FOUND")
     return client
+
+
+async def set_expiry_callback_url(
+    connection: asyncpg.Connection,
+    client_id: str,
+    url: str | None,
+    *,
+    check: Callable[[str], Awaitable[None]],
+    org_id: str | None = None,
+    actor: str = "operator",
+) -> dict[str, str | None]:
+    """Opt a client in to signed ``points.expired`` callbacks at ``url`` (checked by
+    ``check``, which raises a problem naming why a URL may not receive callbacks), or out
+    of them (``None``). Setting the URL it already has changes and publishes nothing."""
+    client = await client_for_update(connection, client_id, org_id)
+    if client["status"] != "active":
+        raise Conflict(f"client {client_id} is revoked", code="CLIENT_REVOKED")
+    if url is not None:
+        await check(url)
+    before = client["expiry_callback_url"]
+    if before != url:
+        client = await repository.set_expiry_callback_url(connection, client_id, url)
+        change = FieldChange("expiryCallbackUrl", before, url)
+        await _record_change(connection, client, actor, "client.expiry_callback_changed", change)
+    return {"clientId": client_id, "expiryCallbackUrl": url}
 
 
 async def revoke_client(
@@ -284,6 +330,7 @@ async def list_clients(
             "rotatedAt": row["rotated_at"],
             "requestSigningKey": row["request_signing_key"],
             "requestSigningKeyFingerprint": signing_key_fingerprint(row["request_signing_key"]),
+            "expiryCallbackUrl": row["expiry_callback_url"],
         }
         for row in rows
     ]

@@ -15,7 +15,7 @@ from pathlib import Path
 import jinja2
 from markupsafe import Markup, escape
 
-from contracts.limits import MAX_MEMBER_BALANCE, MAX_POINTS, MAX_POOL_BALANCE
+from contracts.limits import MAX_EXPIRY_DAYS, MAX_MEMBER_BALANCE, MAX_POINTS, MAX_POOL_BALANCE
 from infra import request_signing
 from infra.signing import DEFAULT_TOLERANCE_SECONDS, EVENT_ID_HEADER, SIGNATURE_HEADER
 from services.rules.settings import RulesSettings
@@ -46,6 +46,8 @@ _templates.filters["code_spans"] = code_spans
 #: gateway accepts loopback callback URLs only in development mode.
 LOCAL_CALLBACK_URL = "http://127.0.0.1:9000/points-callback"
 PUBLIC_CALLBACK_URL = "https://partner.example.com/points-callback"
+LOCAL_EXPIRY_CALLBACK_URL = "http://127.0.0.1:9000/points-expired"
+PUBLIC_EXPIRY_CALLBACK_URL = "https://partner.example.com/points-expired"
 
 
 @dataclass(frozen=True)
@@ -205,6 +207,14 @@ GATEWAY_RESPONSES = (
     ),
     GatewayResponse(
         400,
+        "MEMBER_BLOCKED",
+        "The business has blocked this member in this environment. Nothing was recorded; "
+        "requests for the member it had already accepted fail with the same reason.",
+        "Do not retry: tell the member to contact the business. Triggers are accepted again "
+        "once the business unblocks the member.",
+    ),
+    GatewayResponse(
+        400,
         "INVALID_AMOUNT",
         "`amount` is not a whole number from 1 to 9007199254740991 (a decimal, a string, a "
         "boolean, zero or a negative number).",
@@ -258,6 +268,10 @@ def render_integration_guide(settings: RulesSettings, environment: str) -> str:
         trigger_url=settings.trigger_url(environment).rstrip("/"),
         token_lifetime=settings.client_token_lifetime_seconds,
         callback_url=LOCAL_CALLBACK_URL if local else PUBLIC_CALLBACK_URL,
+        expiry_callback_url=LOCAL_EXPIRY_CALLBACK_URL if local else PUBLIC_EXPIRY_CALLBACK_URL,
+        rules_url=settings.public_url.rstrip("/"),
+        ledger_url=settings.ledger_public_url.rstrip("/"),
+        max_expiry_days=MAX_EXPIRY_DAYS,
         development=local,
         responses=GATEWAY_RESPONSES,
         polling_responses=POLLING_RESPONSES,

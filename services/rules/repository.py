@@ -64,6 +64,9 @@ RETURNING *
 SET_REQUEST_SIGNING_KEY = """
 UPDATE api_clients SET request_signing_key = $2 WHERE id = $1 RETURNING *
 """
+SET_EXPIRY_CALLBACK_URL = """
+UPDATE api_clients SET expiry_callback_url = $2 WHERE id = $1 RETURNING *
+"""
 CLIENT_STATUSES = """
 SELECT id, status FROM api_clients
 WHERE org_id = $1 AND environment = $2 AND id = ANY($3::text[])
@@ -97,8 +100,9 @@ LOCK_SIGNING_KEYS = "SELECT pg_advisory_xact_lock(hashtext('rules.signing_keys')
 INSERT_RULE = """
 INSERT INTO rules (
     id, org_id, environment, name, description, type, api_trigger, authorized_client_ids,
-    cap_max, cap_per_member, max_amount_per_request, starts_at, ends_at, promoted_from
-) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)
+    cap_max, cap_per_member, max_amount_per_request, starts_at, ends_at, promoted_from,
+    points_expire_after_days, points_expire_at
+) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16)
 RETURNING rules.*,
     coalesce((SELECT used FROM rule_usage WHERE rule_usage.rule_id = rules.id), 0) AS cap_used
 """
@@ -124,6 +128,7 @@ UPDATE rules SET
     name = $3, description = $4, api_trigger = $5, authorized_client_ids = $6,
     cap_max = $7, cap_per_member = $8, max_amount_per_request = $9,
     starts_at = $10, ends_at = $11, type = $12,
+    points_expire_after_days = $13, points_expire_at = $14,
     version = version + 1, updated_at = now()
 WHERE id = $1 AND org_id = $2
 RETURNING rules.*,
@@ -305,6 +310,12 @@ async def set_request_signing_key(
     return await connection.fetchrow(SET_REQUEST_SIGNING_KEY, client_id, request_signing_key)
 
 
+async def set_expiry_callback_url(
+    connection: asyncpg.Connection, client_id: str, url: str | None
+) -> asyncpg.Record:
+    return await connection.fetchrow(SET_EXPIRY_CALLBACK_URL, client_id, url)
+
+
 # The token issuer's signing keys.
 
 
@@ -363,6 +374,8 @@ class RuleColumns:
     max_amount_per_request: int | None
     starts_at: datetime | None
     ends_at: datetime | None
+    points_expire_after_days: int | None = None
+    points_expire_at: datetime | None = None
 
 
 async def insert_rule(
@@ -390,6 +403,8 @@ async def insert_rule(
         columns.starts_at,
         columns.ends_at,
         promoted_from,
+        columns.points_expire_after_days,
+        columns.points_expire_at,
     )
 
 
@@ -429,6 +444,8 @@ async def update_rule(
         columns.starts_at,
         columns.ends_at,
         columns.type,
+        columns.points_expire_after_days,
+        columns.points_expire_at,
     )
 
 

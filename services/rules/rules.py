@@ -48,6 +48,8 @@ class RuleDraft:
     max_amount_per_request: int | None = None
     starts_at: datetime | None = None
     ends_at: datetime | None = None
+    points_expire_after_days: int | None = None
+    points_expire_at: datetime | None = None
 
     def columns(self) -> repository.RuleColumns:
         """The draft as stored: each authorised client once, in the order given."""
@@ -62,6 +64,8 @@ class RuleDraft:
             max_amount_per_request=self.max_amount_per_request,
             starts_at=self.starts_at,
             ends_at=self.ends_at,
+            points_expire_after_days=self.points_expire_after_days,
+            points_expire_at=self.points_expire_at,
         )
 
 
@@ -81,6 +85,8 @@ def rule_snapshot(rule: asyncpg.Record) -> RuleSnapshot:
         max_amount_per_request=rule["max_amount_per_request"],
         starts_at=rule["starts_at"],
         ends_at=rule["ends_at"],
+        points_expire_after_days=rule["points_expire_after_days"],
+        points_expire_at=rule["points_expire_at"],
         version=rule["version"],
         updated_at=rule["updated_at"],
     )
@@ -115,11 +121,17 @@ async def _check_draft(connection: asyncpg.Connection, org_id: str, draft: RuleD
         raise Problem("environment must be staging or production", code="INVALID_ENVIRONMENT")
     if draft.type not in ("earn", "redeem"):
         raise Problem("type must be earn or redeem", code="INVALID_RULE_TYPE")
-    for field, value in (("startsAt", draft.starts_at), ("endsAt", draft.ends_at)):
+    dates = (
+        ("startsAt", draft.starts_at),
+        ("endsAt", draft.ends_at),
+        ("pointsExpireAt", draft.points_expire_at),
+    )
+    for field, value in dates:
         if value is not None and value.tzinfo is None:
             raise Problem(f"{field} must carry a timezone offset", code="INVALID_DATE")
     if draft.starts_at and draft.ends_at and draft.ends_at <= draft.starts_at:
         raise Problem("endsAt must be after startsAt", code="INVALID_PERIOD")
+    _check_expiry_policy(draft)
     wanted = sorted(set(draft.authorized_client_ids))
     found = await repository.active_client_ids(connection, org_id, draft.environment, wanted)
     unknown = [client_id for client_id in wanted if client_id not in found]
@@ -128,6 +140,35 @@ async def _check_draft(connection: asyncpg.Connection, org_id: str, draft: RuleD
             f"not active {draft.environment} clients of this organisation: {', '.join(unknown)}",
             code="INVALID_AUTHORIZED_CLIENTS",
         )
+
+
+def _check_expiry_policy(draft: RuleDraft) -> None:
+    """At most one expiry policy, on an earn rule, and a fixed instant after the rule's
+    period: points awarded at the end of the period must not be born expired."""
+    after_days, at = draft.points_expire_after_days, draft.points_expire_at
+    if after_days is not None and at is not None:
+        raise Problem(
+            "set pointsExpireAfterDays or pointsExpireAt, not both",
+            code="EXPIRY_POLICY_CONFLICT",
+            field="pointsExpireAt",
+        )
+    if draft.type != "earn" and (after_days is not None or at is not None):
+        field = "pointsExpireAt" if at is not None else "pointsExpireAfterDays"
+        raise Problem(
+            "only an earn rule's points can expire; a redeem rule has no expiry policy",
+            code="EXPIRY_ON_REDEEM_RULE",
+            field=field,
+        )
+    if at is None:
+        return
+    for name, limit in (("endsAt", draft.ends_at), ("startsAt", draft.starts_at)):
+        if limit is not None and at <= limit:
+            raise Problem(
+                f"pointsExpireAt must be after the rule's {name}, or points it awards "
+                "would expire as they are awarded",
+                code="EXPIRY_BEFORE_RULE_ENDS",
+                field="pointsExpireAt",
+            )
 
 
 async def create_rule(
@@ -201,6 +242,8 @@ async def update_rule(
             "max_amount_per_request",
             "starts_at",
             "ends_at",
+            "points_expire_after_days",
+            "points_expire_at",
         )
     }
     current["authorized_client_ids"] = tuple(rule["authorized_client_ids"])
@@ -213,6 +256,8 @@ async def update_rule(
     elif merged.environment != rule["environment"]:
         raise Conflict("a rule's environment cannot change; promote it", code="RULE_IMMUTABLE")
     await _check_draft(connection, org_id, merged)
+    if rule["status"] == "active" and merged.points_expire_at != rule["points_expire_at"]:
+        _refuse_past_expiry(merged.points_expire_at)
     if changes.get("cap_max") is not None:
         await _check_cap_covers_usage(connection, rule_id, merged.cap_max)
     updated = await repository.update_rule(connection, org_id, rule_id, merged.columns())
@@ -221,6 +266,16 @@ async def update_rule(
     )
     await _publish_rule(connection, updated, "rule.updated", correlation_id)
     return updated
+
+
+def _refuse_past_expiry(points_expire_at: datetime | None) -> None:
+    """A rule that can be triggered must not award points that are already expired."""
+    if points_expire_at is not None and points_expire_at <= now():
+        raise Problem(
+            "pointsExpireAt has passed; choose a later instant",
+            code="EXPIRY_IN_PAST",
+            field="pointsExpireAt",
+        )
 
 
 async def _check_cap_covers_usage(
@@ -323,6 +378,14 @@ def activation_problems(
         problems.append(
             {"field": "endsAt", "code": "END_IN_PAST", "detail": "the rule's end date has passed"}
         )
+    if rule["points_expire_at"] and rule["points_expire_at"] <= (at or now()):
+        problems.append(
+            {
+                "field": "pointsExpireAt",
+                "code": "EXPIRY_IN_PAST",
+                "detail": "the instant the rule's points expire has passed",
+            }
+        )
     return problems
 
 
@@ -382,7 +445,8 @@ async def promote_rule(
     """Copy a staging rule into a production draft that remembers its source.
 
     Clients are per environment, so the copy has none: production clients must be
-    chosen before it can be activated.
+    chosen before it can be activated. Everything else, the expiry policy included,
+    is copied.
     """
     source = await _rule_for_change(connection, org_id, rule_id, None)
     if source["environment"] == "production":
@@ -398,6 +462,8 @@ async def promote_rule(
         max_amount_per_request=source["max_amount_per_request"],
         starts_at=source["starts_at"],
         ends_at=source["ends_at"],
+        points_expire_after_days=source["points_expire_after_days"],
+        points_expire_at=source["points_expire_at"],
     )
     rule = await repository.insert_rule(
         connection,

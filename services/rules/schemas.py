@@ -2,19 +2,35 @@
 
 from __future__ import annotations
 
+import dataclasses
 from datetime import datetime
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import asyncpg
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from pydantic.alias_generators import to_camel
 
-from contracts.limits import MAX_POINTS
+from contracts.limits import MAX_EXPIRY_DAYS, MAX_POINTS
 from contracts.notifications_requested import EmailAddress
 from contracts.text import MultilineText, Text
 from infra.storable import StorableDatetime
+from services.rules.members import Standing
 from services.rules.rules import display_status
 from services.rules.sharing import ShareDetails
+
+#: An earn rule's expiry policy, one or the other (see ``rules._check_expiry_policy``).
+ExpiryDays = Annotated[
+    int,
+    Field(
+        ge=1,
+        le=MAX_EXPIRY_DAYS,
+        description="An earn rule's points expire this many days after they are awarded.",
+    ),
+]
+ExpiryInstant = Annotated[
+    StorableDatetime,
+    Field(description="An earn rule's points all expire at this instant (after its endsAt)."),
+]
 
 
 class CamelModel(BaseModel):
@@ -75,6 +91,7 @@ class RuleCreate(CamelModel):
                     "maxAmountPerRequest": 100,
                     "startsAt": "2026-12-01T00:00:00+00:00",
                     "endsAt": "2026-12-31T23:59:59+00:00",
+                    "pointsExpireAfterDays": 365,
                 }
             ]
         }
@@ -91,6 +108,8 @@ class RuleCreate(CamelModel):
     max_amount_per_request: int | None = Field(default=None, ge=1, le=MAX_POINTS)
     starts_at: StorableDatetime | None = None
     ends_at: StorableDatetime | None = None
+    points_expire_after_days: ExpiryDays | None = None
+    points_expire_at: ExpiryInstant | None = None
 
 
 class RuleUpdate(CamelModel):
@@ -113,6 +132,8 @@ class RuleUpdate(CamelModel):
     max_amount_per_request: int | None = Field(default=None, ge=1, le=MAX_POINTS)
     starts_at: StorableDatetime | None = None
     ends_at: StorableDatetime | None = None
+    points_expire_after_days: ExpiryDays | None = None
+    points_expire_at: ExpiryInstant | None = None
 
     @model_validator(mode="after")
     def _required_fields_are_not_cleared(self) -> RuleUpdate:
@@ -127,11 +148,34 @@ class RuleUpdate(CamelModel):
         return self
 
     def changes(self) -> dict[str, Any]:
-        """The fields the caller sent (an explicit null clears an optional field)."""
+        """The fields the caller sent (an explicit null clears an optional field).
+
+        A rule has one expiry policy: setting one clears the other, so switching
+        from "after N days" to "at an instant" is one field, not two.
+        """
         changed = self.model_dump(exclude_unset=True, exclude={"version"})
+        for chosen, other in _EXPIRY_POLICIES:
+            if changed.get(chosen) is not None and other not in changed:
+                changed[other] = None
         if "authorized_client_ids" in changed:
             changed["authorized_client_ids"] = tuple(changed["authorized_client_ids"] or ())
         return changed
+
+
+_EXPIRY_POLICIES = (
+    ("points_expire_after_days", "points_expire_at"),
+    ("points_expire_at", "points_expire_after_days"),
+)
+
+
+class ExpiryCallbackChange(CamelModel):
+    """Where a client's signed `points.expired` callbacks go; null opts the client out."""
+
+    model_config = ConfigDict(
+        json_schema_extra={"examples": [{"url": "https://partner.example.com/points/expired"}]}
+    )
+
+    url: Text | None = Field(max_length=2048)
 
 
 class StatusChange(CamelModel):
@@ -160,6 +204,12 @@ class RuleView(CamelModel):
     max_amount_per_request: int | None
     starts_at: datetime | None
     ends_at: datetime | None
+    points_expire_after_days: int | None = Field(
+        description="Points the rule awards expire this many days later; null when not."
+    )
+    points_expire_at: datetime | None = Field(
+        description="Points the rule awards all expire at this instant; null when not."
+    )
     version: int
     promoted_from: str | None = Field(
         description="Id of the staging rule this production rule was promoted from."
@@ -185,6 +235,8 @@ class RuleView(CamelModel):
             max_amount_per_request=rule["max_amount_per_request"],
             starts_at=rule["starts_at"],
             ends_at=rule["ends_at"],
+            points_expire_after_days=rule["points_expire_after_days"],
+            points_expire_at=rule["points_expire_at"],
             version=rule["version"],
             promoted_from=rule["promoted_from"],
             created_at=rule["created_at"],
@@ -199,6 +251,12 @@ class ShareInfo(CamelModel):
     environment: Literal["Staging", "Production"]
     url_endpoint: str
     integration_guide_url: str
+    points_expire_after_days: int | None = Field(
+        description="Points the rule awards expire this many days later; null when not."
+    )
+    points_expire_at: datetime | None = Field(
+        description="Points the rule awards all expire at this instant; null when not."
+    )
 
     @classmethod
     def of(cls, details: ShareDetails) -> ShareInfo:
@@ -209,6 +267,8 @@ class ShareInfo(CamelModel):
             environment="Production" if details.environment == "production" else "Staging",
             url_endpoint=details.url_endpoint,
             integration_guide_url=details.integration_guide_url,
+            points_expire_after_days=details.points_expire_after_days,
+            points_expire_at=details.points_expire_at,
         )
 
 
@@ -231,3 +291,47 @@ class ShareEmailRequest(CamelModel):
 
 class ShareEmailAccepted(CamelModel):
     notification_id: str
+
+
+#: A member's id as the trigger gateway accepts ``userId`` (so a member the gateway can
+#: see is one the console can block, and nothing else): a letter or digit, then up to 127
+#: letters, digits and ``._:@+-``.
+MEMBER_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:@+-]{0,127}$"
+MEMBER_ID_MAX_LENGTH = 128
+
+
+class MemberBlock(CamelModel):
+    """Block a member in one environment; the reason is kept and shown to business users."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [{"environment": "production", "reason": "Account reported as abused"}]
+        }
+    )
+
+    environment: Literal["staging", "production"]
+    reason: Text | None = Field(default=None, max_length=500)
+
+
+class MemberUnblock(CamelModel):
+    """Unblock a member in one environment."""
+
+    model_config = ConfigDict(json_schema_extra={"examples": [{"environment": "production"}]})
+
+    environment: Literal["staging", "production"]
+
+
+class MemberStandingView(CamelModel):
+    """Whether a member is blocked in an environment; ``changedBy`` (a business user's id)
+    and ``changedAt`` are null for a member nobody ever blocked."""
+
+    user_id: str
+    environment: str
+    blocked: bool
+    reason: str | None
+    changed_by: str | None
+    changed_at: datetime | None
+
+    @classmethod
+    def of(cls, standing: Standing) -> MemberStandingView:
+        return cls(**dataclasses.asdict(standing))

@@ -10,6 +10,7 @@ from urllib.parse import urlencode
 from pydantic import AliasChoices, Field, model_validator
 from pydantic_settings import SettingsConfigDict
 
+from infra.callback_urls import check_callback_url
 from infra.settings import ServiceSettings, refuse_weak_secrets, var_dir
 from infra.signing import DEVELOPMENT_SIGNING_KEY as DEV_CALLBACK_SIGNING_KEY
 from infra.tokens import TOKEN_PATH
@@ -46,6 +47,11 @@ class RulesSettings(ServiceSettings):
         default="http://127.0.0.1:8003",
         description="Where the console's same-origin proxy reads members' balances and rules' "
         "transactions from the ledger.",
+    )
+    ledger_guide_url: str | None = Field(
+        default=None,
+        description="The ledger's URL as developers reach it, shown in the integration guide "
+        "for balance reads; unset, `RULES_LEDGER_URL`.",
     )
     propagation_timeout_seconds: float = Field(
         default=2.0,
@@ -107,6 +113,12 @@ class RulesSettings(ServiceSettings):
         description="Token requests one address may make, for any client ids, before it is "
         "slowed down the same way; each success gives its attempt back.",
     )
+    callback_dns_timeout_seconds: float = Field(
+        default=2.0,
+        gt=0,
+        description="How long checking the host of a client's `points.expired` callback URL "
+        "may take.",
+    )
     share_email_recipients_per_day: int = Field(
         default=200,
         ge=1,
@@ -158,6 +170,21 @@ class RulesSettings(ServiceSettings):
     def mail_dir(self) -> Path:
         """The directory of the local SMTP sink's messages."""
         return self.dev_mail_dir or var_dir() / "mail"
+
+    async def check_callback_url(self, url: str) -> None:
+        """Refuse, naming the field ``url``, a URL callbacks may not be posted to (SSRF):
+        outside development, anything but https to a public address."""
+        await check_callback_url(
+            url,
+            development=self.is_development,
+            timeout=self.callback_dns_timeout_seconds,
+            field="url",
+        )
+
+    @property
+    def ledger_public_url(self) -> str:
+        """Where developers read balances (the integration guide names it)."""
+        return self.ledger_guide_url or self.ledger_url
 
     def trigger_url(self, environment: str) -> str:
         return (

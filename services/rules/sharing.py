@@ -6,7 +6,7 @@ from __future__ import annotations
 import math
 import uuid
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 import asyncpg
 
@@ -30,6 +30,8 @@ class ShareDetails:
     environment: Environment
     url_endpoint: str
     integration_guide_url: str
+    points_expire_after_days: int | None = None
+    points_expire_at: datetime | None = None
 
 
 async def share_details(
@@ -49,6 +51,8 @@ async def share_details(
         environment=rule["environment"],
         url_endpoint=settings.trigger_url(rule["environment"]).rstrip("/") + "/v1/points/requests",
         integration_guide_url=settings.integration_guide_for(rule["environment"]),
+        points_expire_after_days=rule["points_expire_after_days"],
+        points_expire_at=rule["points_expire_at"],
     )
 
 

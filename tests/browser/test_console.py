@@ -165,6 +165,50 @@ async def create_rule(
     return activated.json()
 
 
+async def earn(
+    platform: RunningPlatform, tenant: Tenant, rule_id: str, user_id: str, amount: int
+) -> None:
+    """Trigger ``rule_id`` for ``user_id`` as the staging client does, until it is applied."""
+    request_id = uuid.uuid4().hex
+    async with httpx.AsyncClient(timeout=10) as http:
+        token = await http.post(
+            platform.urls["rules"] + TOKEN_PATH,
+            data={
+                "grant_type": "client_credentials",
+                "client_id": tenant.staging_client["clientId"],
+                "client_secret": tenant.staging_client["clientSecret"],
+            },
+        )
+        gateway = platform.urls["trigger"] + "/v1/points/requests"
+        trigger = bearer(token.json()["access_token"])
+
+        async def accepted() -> bool:
+            # The rule reaches the gateway through Kafka a moment after activation;
+            # until then the gateway truthfully answers that it does not exist.
+            response = await http.post(
+                gateway,
+                headers=trigger,
+                json={"userId": user_id, "ruleId": rule_id, "amount": amount,
+                      "requestId": request_id},
+            )  # fmt: skip
+            return response.status_code == 202
+
+        await eventually(accepted, timeout=30, what="the gateway to accept the trigger")
+
+        async def settled() -> bool:
+            status = await http.get(f"{gateway}/{request_id}", headers=trigger)
+            return status.json()["status"] == "succeeded"
+
+        await eventually(settled, timeout=30, what="the trigger to be applied")
+
+
+async def look_up_member(page: Page, user_id: str) -> None:
+    await page.get_by_role("link", name="Members").click()
+    await page.get_by_label("Member ID").fill(user_id)
+    await page.get_by_label("Environment").select_option("staging")
+    await page.get_by_role("button", name="Look up").click()
+
+
 def berlin(days: int, hour: int) -> datetime:
     """A wall-clock time in the organisation's timezone, ``days`` from today."""
     today = datetime.now(ZoneInfo(TIMEZONE)).replace(minute=0, second=0, microsecond=0)
@@ -260,6 +304,30 @@ class TestCreatingARule:
         )
         assert datetime.fromisoformat(saved["startsAt"]) == starts.astimezone(UTC)
         assert datetime.fromisoformat(saved["endsAt"]) == ends.astimezone(UTC)
+
+    async def test_the_expiry_field_sets_points_to_expire_after_30_days(
+        self, page: Page, tenant: Tenant, editor_api: httpx.AsyncClient
+    ) -> None:
+        await sign_in(page, tenant.editor)
+        await page.get_by_role("link", name="New rule").click()
+        await page.get_by_label("Name", exact=True).fill("Expiring croissants")
+        await page.get_by_label("Redeem Points").check()
+        await expect(page.get_by_role("group", name="Points expire")).to_be_hidden()
+        await page.get_by_label("Earn Points").check()
+        await page.get_by_label("After a number of days").check()
+        await page.get_by_label("Days after they are awarded").fill("30")
+        await screenshot(page, "rule-form-expiry")
+        await page.get_by_role("button", name="Save").click()
+
+        await page.wait_for_url(re.compile(r"/console/rules/rul_[0-9a-f]+\?saved=1$"))
+        await expect(page.locator("#rule-facts")).to_contain_text(
+            "Points expire 30 days after they are awarded"
+        )
+        rule_id = page.url.split("/")[-1].split("?")[0]
+        saved = (await editor_api.get(f"/v1/rules/{rule_id}")).json()
+        assert (saved["pointsExpireAfterDays"], saved["pointsExpireAt"]) == (30, None)
+        await page.goto(f"/console/rules/{rule_id}/edit")
+        await expect(page.get_by_label("Days after they are awarded")).to_have_value("30")
 
     async def test_validation_messages_appear_next_to_their_fields(
         self, page: Page, tenant: Tenant
@@ -555,46 +623,87 @@ class TestMembers:
         editor_api: httpx.AsyncClient,
     ) -> None:
         rule = await create_rule(editor_api, tenant, activate=True, name="Member points")
-        request_id = uuid.uuid4().hex
-        async with httpx.AsyncClient(timeout=10) as http:
-            token = await http.post(
-                platform.urls["rules"] + TOKEN_PATH,
-                data={
-                    "grant_type": "client_credentials",
-                    "client_id": tenant.staging_client["clientId"],
-                    "client_secret": tenant.staging_client["clientSecret"],
-                },
-            )
-            gateway = platform.urls["trigger"] + "/v1/points/requests"
-            trigger = bearer(token.json()["access_token"])
-
-            async def accepted() -> bool:
-                # The rule reaches the gateway through Kafka a moment after activation;
-                # until then the gateway truthfully answers that it does not exist.
-                response = await http.post(
-                    gateway,
-                    headers=trigger,
-                    json={"userId": "member-42", "ruleId": rule["id"], "amount": 25,
-                          "requestId": request_id},
-                )  # fmt: skip
-                return response.status_code == 202
-
-            await eventually(accepted, timeout=30, what="the gateway to accept the trigger")
-
-            async def settled() -> bool:
-                status = await http.get(f"{gateway}/{request_id}", headers=trigger)
-                return status.json()["status"] == "succeeded"
-
-            await eventually(settled, timeout=30, what="the trigger to be applied")
+        await earn(platform, tenant, rule["id"], "member-42", 25)
 
         await sign_in(page, tenant.editor)
-        await page.get_by_role("link", name="Members").click()
-        await page.get_by_label("Member ID").fill("member-42")
-        await page.get_by_label("Environment").select_option("staging")
-        await page.get_by_role("button", name="Look up").click()
+        await look_up_member(page, "member-42")
 
         await expect(page.locator("#member-balance")).to_have_text("25")
         await expect(page.locator("#member-transactions")).to_contain_text(rule["id"])
         await screenshot(page, "members")
         await page.goto(f"/console/rules/{rule['id']}")
         await expect(page.locator("#transactions")).to_contain_text("member-42")
+
+    async def test_the_members_page_shows_points_due_to_expire_or_that_none_are(
+        self,
+        page: Page,
+        platform: RunningPlatform,
+        tenant: Tenant,
+        editor_api: httpx.AsyncClient,
+    ) -> None:
+        # Needs the ledger's `expiring` list on the balance read (issue 19, ledger side).
+        rule = await create_rule(
+            editor_api, tenant, activate=True, name="Expiring points", pointsExpireAfterDays=30
+        )
+        lasting = await create_rule(editor_api, tenant, activate=True, name="Lasting points")
+        await earn(platform, tenant, rule["id"], "member-expiring", 40)
+        await earn(platform, tenant, lasting["id"], "member-keeps", 5)
+        due = datetime.now(ZoneInfo(TIMEZONE)) + timedelta(days=30)
+
+        await sign_in(page, tenant.editor)
+        await look_up_member(page, "member-expiring")
+
+        await expect(page.locator("#member-expiring li")).to_have_count(1)
+        await expect(page.locator("#member-expiring")).to_contain_text("40 points on")
+        await expect(page.locator("#member-expiring")).to_contain_text(due.strftime("%Y"))
+        await expect(page.locator("#member-expiring-empty")).to_be_hidden()
+        await screenshot(page, "members-expiring")
+        await look_up_member(page, "member-keeps")
+        await expect(page.locator("#member-expiring-empty")).to_be_visible()
+        await expect(page.locator("#member-expiring-empty")).to_have_text(
+            "No points due to expire."
+        )
+
+    async def test_an_editor_blocks_and_unblocks_a_member(
+        self, page: Page, tenant: Tenant, editor_api: httpx.AsyncClient
+    ) -> None:
+        member = f"member-{uuid.uuid4().hex[:8]}"
+        await sign_in(page, tenant.editor)
+        await look_up_member(page, member)
+        await expect(page.locator("#member-standing")).to_contain_text("Not blocked in Staging")
+
+        await page.get_by_label("Reason for blocking").fill("Reported by the shop")
+        await page.get_by_role("button", name="Block member", exact=True).click()
+        dialog = page.get_by_role("dialog", name=f"Block {member} in Staging?")
+        await expect(dialog).to_contain_text("MEMBER_BLOCKED")
+        await dialog.get_by_role("button", name="Block member", exact=True).click()
+
+        await expect(page.locator("#member-standing")).to_contain_text("Blocked in Staging since")
+        await expect(page.locator("#member-standing")).to_contain_text("Reported by the shop")
+        await expect(page.locator("#blocked-members")).to_contain_text(member)
+        await screenshot(page, "members-blocked")
+        standing = await editor_api.get(f"/v1/members/{member}/standing?environment=staging")
+        assert (standing.json()["blocked"], standing.json()["reason"]) == (
+            True,
+            "Reported by the shop",
+        )
+        await page.get_by_role("button", name="Unblock member").click()
+        await (
+            page.get_by_role("dialog", name=f"Unblock {member} in Staging?")
+            .get_by_role("button", name="Unblock member")
+            .click()
+        )
+
+        await expect(page.locator("#member-standing")).to_contain_text("Not blocked in Staging")
+        await expect(page.locator("#blocked-members")).not_to_contain_text(member)
+        standing = await editor_api.get(f"/v1/members/{member}/standing?environment=staging")
+        assert standing.json()["blocked"] is False
+
+    async def test_a_viewer_sees_the_standing_but_no_block_button(
+        self, page: Page, tenant: Tenant
+    ) -> None:
+        await sign_in(page, tenant.viewer)
+        await look_up_member(page, "member-viewed")
+
+        await expect(page.locator("#member-standing")).to_contain_text("Not blocked")
+        await expect(page.get_by_role("button", name="Block member", exact=True)).to_have_count(0)

@@ -239,6 +239,12 @@ def example_opening_with(examples: dict[str, str], opening: str) -> str:
     return next(text for first_line, text in examples.items() if first_line.startswith(opening))
 
 
+def shell_script(path: Path, *lines: str) -> Path:
+    """A bash script at ``path`` that runs ``lines`` in order and stops at the first failure."""
+    path.write_text("set -eu\n" + "\n".join(lines) + "\n")
+    return path
+
+
 async def run_until_accepted(*command: str, env: dict[str, str], timeout: float = 30.0) -> str:
     """Run a developer's example until the gateway has learnt of the rule and accepts it.
 
@@ -269,15 +275,12 @@ class TestTheIntegrationGuidesExamples:
                 platform, http, "Book Nook", "Chapter points"
             )
             examples = await guide_examples(platform, http)
-        script = tmp_path / "developer.sh"
-        script.write_text(
-            "set -eu\n"
-            + example_opening_with(examples, "TOKEN=$(curl")
-            + "\n"
-            + example_opening_with(examples, "REQUEST_ID=$(python3")
-            + "\necho\n"
-            + example_opening_with(examples, "curl -s '" + platform.urls["trigger"])
-            + "\n"
+        script = shell_script(
+            tmp_path / "developer.sh",
+            example_opening_with(examples, "TOKEN=$(curl"),
+            example_opening_with(examples, "REQUEST_ID=$(python3"),
+            "echo",
+            example_opening_with(examples, "curl -s '" + platform.urls["trigger"]),
         )
         env = {
             **os.environ,
@@ -294,6 +297,42 @@ class TestTheIntegrationGuidesExamples:
         assert status["requestId"] == accepted["requestId"]
         assert status["transactionId"] == accepted["transactionId"]
         assert status["status"] in {"pending", "succeeded"}
+
+    async def test_the_expiry_examples_register_the_callback_and_read_the_balance(
+        self, platform: Platform, tmp_path: Path
+    ) -> None:
+        async with httpx.AsyncClient(timeout=10) as http:
+            business = await business_with_an_active_rule(
+                platform, http, "Tea House", "Oolong points"
+            )
+            examples = await guide_examples(platform, http)
+        script = shell_script(
+            tmp_path / "expiry.sh",
+            example_opening_with(examples, "TOKEN=$(curl"),
+            examples["expiry-callback-curl"],
+            "echo",
+            examples["balance-curl"],
+        )
+        process = await asyncio.create_subprocess_exec(
+            "bash",
+            str(script),
+            env={
+                **os.environ,
+                "CLIENT_ID": business.client["clientId"],
+                "CLIENT_SECRET": business.client["clientSecret"],
+                "ADMIN_EMAIL": "owner@tea-house.example",
+                "ADMIN_PASSWORD": "tea-house-password-42",
+            },
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.STDOUT,
+        )
+        output = (await process.communicate())[0].decode()
+
+        assert process.returncode == 0, output
+        registered, balance = (json.loads(line) for line in output.strip().splitlines()[-2:])
+        assert registered["clientId"] == business.client["clientId"]
+        assert registered["expiryCallbackUrl"].startswith("http://127.0.0.1:")
+        assert (balance["userId"], balance["balance"]) == ("member-42", 0)
 
     async def test_the_python_client_and_callback_receiver_see_the_points_arrive(
         self, platform: Platform, tmp_path: Path

@@ -72,6 +72,25 @@ class TestOperatorCommands:
         assert await points("client", "create", *args, "--json") == 1
         assert "organisation org_missing does not exist" in capsys.readouterr().err
 
+    async def test_an_operator_sets_and_clears_a_clients_expiry_callback(
+        self, database_url: str, capsys: pytest.CaptureFixture[str]
+    ) -> None:
+        assert await points("org", "create", "Expiring", "--json") == 0
+        org = last_json(capsys)
+        client_args = ["--org", org["id"], "--environment", "staging", "--name", "App"]
+        assert await points("client", "create", *client_args, "--json") == 0
+        client_id = last_json(capsys)["clientId"]
+        url = "http://127.0.0.1:9000/points-expired"
+
+        assert await points("client", "set-expiry-callback", client_id, url, "--json") == 0
+        assert last_json(capsys) == {"clientId": client_id, "expiryCallbackUrl": url}
+        assert await stored_expiry_callback(database_url, client_id) == url
+        assert await points("client", "set-expiry-callback", client_id, "--clear", "--json") == 0
+        assert await stored_expiry_callback(database_url, client_id) is None
+        refused = await points("client", "set-expiry-callback", client_id, "ftp://x\x7f/")
+        assert refused == 1
+        assert "url must not contain a control character" in capsys.readouterr().err
+
     async def test_rotating_the_signing_key_adds_a_key_that_signs_from_now_on(
         self, database_url: str, capsys: pytest.CaptureFixture[str]
     ) -> None:
@@ -111,6 +130,17 @@ class TestOperatorCommands:
             assert "rules" not in await schemas_in(gateway_database)
         assert await schemas_in(database_url) >= {"rules", "ledger", "notifier"}
         assert "trigger" not in await schemas_in(database_url)
+
+
+async def stored_expiry_callback(url: str, client_id: str) -> str | None:
+    connection = await db.connect(url, "rules")
+    try:
+        stored: str | None = await connection.fetchval(
+            "SELECT expiry_callback_url FROM api_clients WHERE id = $1", client_id
+        )
+    finally:
+        await connection.close()
+    return stored
 
 
 async def schemas_in(url: str) -> set[str]:

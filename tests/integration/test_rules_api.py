@@ -439,7 +439,7 @@ class TestRuleLifecycle:
 
 
 class TestShareInfo:
-    async def test_share_info_has_exactly_the_six_fields_a_developer_needs(
+    async def test_share_info_has_exactly_the_fields_a_developer_needs(
         self, http: httpx.AsyncClient, tenant: Tenant
     ) -> None:
         rule = await create_rule(http, tenant, name="Coffee stamps")
@@ -455,6 +455,9 @@ class TestShareInfo:
             "environment": "Staging",
             "urlEndpoint": "https://trigger-staging.example.com/v1/points/requests",
             "integrationGuideUrl": f"{RULES_URL}/docs/integration-guide?environment=staging",
+            # The rule's expiry policy (issue 19): this rule's points never expire.
+            "pointsExpireAfterDays": None,
+            "pointsExpireAt": None,
         }
 
     async def test_a_production_rule_links_the_production_guide_which_names_its_url(

@@ -6,6 +6,7 @@ import pytest
 
 from contracts import (
     CLIENTS_LIFECYCLE,
+    MEMBERS_LIFECYCLE,
     NOTIFICATIONS_REQUESTED,
     POINTS_REQUESTED,
     POINTS_RESULTS,
@@ -16,7 +17,7 @@ from points_cli import configuration
 from points_cli.docs import _document
 
 PUBLISHED = {
-    "rules": {RULES_LIFECYCLE, CLIENTS_LIFECYCLE, NOTIFICATIONS_REQUESTED},
+    "rules": {RULES_LIFECYCLE, CLIENTS_LIFECYCLE, MEMBERS_LIFECYCLE, NOTIFICATIONS_REQUESTED},
     "trigger": {POINTS_REQUESTED},
     "ledger": {POINTS_RESULTS},
     "notifier": set(),

@@ -235,6 +235,37 @@ def spoken_duration(seconds: float) -> str:
     raise ValueError(seconds)
 
 
+class TestExpiryAndBlockedMembers:
+    async def test_the_guide_shows_the_balance_read_with_its_expiring_list(
+        self, http: httpx.AsyncClient
+    ) -> None:
+        page = await guide(http, "production")
+
+        balance = code_block(page, "balance-curl")
+        ledger_url = default(RulesSettings, "ledger_url")
+        assert balance.startswith(f"curl -s '{ledger_url}/v1/members/member-42/balance")
+        assert "environment=production" in balance
+        assert '"expiring": [{"amount": 100, "expiresAt":' in html.unescape(page)
+
+    async def test_the_guide_registers_the_expiry_callback_at_the_rules_api(
+        self, http: httpx.AsyncClient
+    ) -> None:
+        page = await guide(http, "staging")
+
+        register = code_block(page, "expiry-callback-curl")
+        assert f"{PUBLIC_URL}/v1/auth/login" in register
+        assert f"-X PUT '{PUBLIC_URL}/v1/clients/'\"$CLIENT_ID\"'/expiry-callback'" in register
+        assert "points client set-expiry-callback" in readable(page)
+
+    async def test_member_blocked_is_both_an_answer_and_a_failure_reason(
+        self, http: httpx.AsyncClient
+    ) -> None:
+        page = await guide(http, "staging")
+
+        assert 'id="code-MEMBER_BLOCKED"' in page
+        assert 'id="reason-MEMBER_BLOCKED"' in page
+
+
 class TestTheGuideStatesThePlatformsOwnDefaults:
     """The guide is served by the rules service, which cannot read the gateway's or the
     notifier's settings; these tests keep the numbers it states in step with theirs."""

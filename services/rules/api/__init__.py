@@ -77,6 +77,10 @@ class BusinessUser:
         if self.role == "viewer":
             raise Forbidden("viewers cannot change anything", code="READ_ONLY_ROLE")
 
+    def require_admin(self) -> None:
+        if self.role != "admin":
+            raise Forbidden("only an admin can change API clients", code="ADMIN_ROLE_REQUIRED")
+
 
 async def current_user(request: Request, ctx: Context) -> BusinessUser:
     """The business user of a bearer token or, without one, of the console's cookie session.

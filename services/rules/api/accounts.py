@@ -15,6 +15,7 @@ from services.rules.api import Context, Tx, User, console_session, require_csrf_
 from services.rules.schemas import (
     ConsoleSessionOpened,
     ConsoleSessionView,
+    ExpiryCallbackChange,
     LoginRequest,
     TokenResponse,
 )
@@ -114,3 +115,22 @@ async def close_console_session(request: Request, ctx: Context) -> Response:
 async def list_clients(user: User, tx: Tx, environment: Text | None = None) -> dict[str, Any]:
     """The organisation's API clients, without secrets."""
     return {"items": await clients.list_clients(tx, user.org_id, environment)}
+
+
+@router.put("/v1/clients/{client_id}/expiry-callback", tags=["clients"])
+async def set_expiry_callback(
+    client_id: Text, body: ExpiryCallbackChange, user: User, tx: Tx, ctx: Context
+) -> dict[str, str | None]:
+    """Opt an API client in to signed ``points.expired`` callbacks at ``url`` (https, a
+    public host), or out with ``null``; admins only."""
+    user.require_admin()
+    changed = await clients.set_expiry_callback_url(
+        tx,
+        client_id,
+        body.url,
+        check=ctx.settings.check_callback_url,
+        org_id=user.org_id,
+        actor=user.id,
+    )
+    log.info("client.expiry_callback_changed", client_id=client_id, opted_in=body.url is not None)
+    return changed

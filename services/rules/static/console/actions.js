@@ -1,6 +1,6 @@
 // What can be done to a rule, from the rules list's kebab menu or the rule's page.
 import { ApiError, get, post } from "./api.js";
-import { formatPeriod } from "./time.js";
+import { formatExpiry, formatPeriod } from "./time.js";
 import {
   ENVIRONMENT_LABELS,
   TYPE_LABELS,
@@ -94,14 +94,16 @@ export async function activate(rule, changed) {
     get(`/console/api/rules/${encodeURIComponent(rule.id)}/activation-problems`),
   ]);
   const clients = rule.authorizedClientIds.map((id) => names[id] || id);
-  definitionList(dialog.querySelector("[data-slot=summary]"), [
+  const summary = [
     ["Environment", ENVIRONMENT_LABELS[rule.environment]],
     ["Type", TYPE_LABELS[rule.type]],
     ["API trigger", rule.apiTrigger ? "On" : "Off"],
     ["Authorised clients", clients.length ? clients.join(", ") : "none"],
     ["Cap", capSummary(rule)],
     ["Period", `${formatPeriod(rule, page.timeZone)} (${page.timeZone})`],
-  ]);
+  ];
+  if (rule.type === "earn") summary.push(["Expiry", formatExpiry(rule, page.timeZone)]);
+  definitionList(dialog.querySelector("[data-slot=summary]"), summary);
   showProblems(problemsBox, problems, names);
   confirm.disabled = problems.length > 0;
   confirm.onclick = async () => {
@@ -192,7 +194,7 @@ async function pause(rule, changed) {
   }
 }
 
-function confirmAction({ title, text, action, run }) {
+export function confirmAction({ title, text, action, run }) {
   const dialog = document.getElementById("confirm-dialog");
   const confirm = dialog.querySelector("[data-action=confirm]");
   const error = dialog.querySelector("[data-slot=error]");

@@ -2,7 +2,7 @@
 import "./shell.js";
 import { ruleActions, shareList } from "./actions.js";
 import { ApiError, get } from "./api.js";
-import { formatDate, formatPeriod } from "./time.js";
+import { formatDate, formatExpiry, formatPeriod } from "./time.js";
 import {
   ENVIRONMENT_LABELS,
   TYPE_LABELS,
@@ -30,8 +30,11 @@ function renderHeader(rule) {
     TYPE_LABELS[rule.type],
     rule.apiTrigger ? "API trigger on" : "API trigger off",
     `${formatPeriod(rule, page.timeZone)} (${page.timeZone})`,
+    formatExpiry(rule, page.timeZone),
     `version ${rule.version}`,
-  ].join(" · ");
+  ]
+    .filter(Boolean)
+    .join(" · ");
   const actions = ruleActions(rule, render).map(({ text, run }) => {
     const button = el("button", { type: "button", text });
     button.addEventListener("click", () => run(button));
@@ -50,7 +53,13 @@ async function renderShare(rule) {
     return;
   }
   note.hidden = true;
-  shareList(target, await get(`/v1/rules/${path}/share`));
+  const share = await get(`/v1/rules/${path}/share`);
+  shareList(target, share);
+  // The expiry policy is shown with the share information (not in the e-mail's fixed list).
+  if (rule.type === "earn") {
+    const expiry = formatExpiry({ ...share, type: rule.type }, page.timeZone);
+    target.append(el("dt", { text: "Points Expiry" }), el("dd", { id: "share-expiry" }, expiry));
+  }
 }
 
 async function renderUsage(rule) {

@@ -17,6 +17,8 @@ const FIELDS = [
   "maxAmountPerRequest",
   "startsAt",
   "endsAt",
+  "pointsExpireAfterDays",
+  "pointsExpireAt",
 ];
 // Problems the API reports by code alone, and the field each concerns.
 const FIELD_OF_CODE = {
@@ -53,6 +55,24 @@ async function loadClients(environment, chosen) {
   }
 }
 
+// The expiry policy belongs to earn rules; its inputs follow the chosen policy.
+function showExpiryPolicy() {
+  const earn = form.type.value === "earn";
+  const policy = form.expiryPolicy.value;
+  document.getElementById("expiry").hidden = !earn;
+  document.getElementById("expiry-after").hidden = policy !== "after";
+  document.getElementById("expiry-at").hidden = policy !== "at";
+}
+
+function expiryPolicy() {
+  const policy = form.type.value === "earn" ? form.expiryPolicy.value : "none";
+  return {
+    pointsExpireAfterDays: policy === "after" ? numberOrNull(form.pointsExpireAfterDays) : null,
+    pointsExpireAt:
+      policy === "at" ? fromLocalInput(form.pointsExpireAt.value, page.timeZone) : null,
+  };
+}
+
 function fill(current) {
   form.name.value = current.name;
   form.description.value = current.description;
@@ -63,6 +83,11 @@ function fill(current) {
   }
   form.startsAt.value = toLocalInput(current.startsAt, page.timeZone);
   form.endsAt.value = toLocalInput(current.endsAt, page.timeZone);
+  form.pointsExpireAfterDays.value = current.pointsExpireAfterDays ?? "";
+  form.pointsExpireAt.value = toLocalInput(current.pointsExpireAt, page.timeZone);
+  form.expiryPolicy.value =
+    current.pointsExpireAfterDays != null ? "after" : current.pointsExpireAt ? "at" : "none";
+  showExpiryPolicy();
   // Type and environment are fixed once a rule has been activated.
   const fixed = current.status !== "draft";
   form.querySelectorAll("input[name=type]").forEach((input) => (input.disabled = fixed));
@@ -82,6 +107,7 @@ function values() {
     maxAmountPerRequest: numberOrNull(form.maxAmountPerRequest),
     startsAt: fromLocalInput(form.startsAt.value, page.timeZone),
     endsAt: fromLocalInput(form.endsAt.value, page.timeZone),
+    ...expiryPolicy(),
   };
 }
 
@@ -146,8 +172,13 @@ form.addEventListener("submit", async (event) => {
   }
 });
 
+form?.addEventListener("change", (event) => {
+  if (["type", "expiryPolicy"].includes(event.target.name)) showExpiryPolicy();
+});
+
 async function start() {
   const ruleId = form.dataset.ruleId;
+  showExpiryPolicy();
   if (ruleId) {
     rule = await get(`/v1/rules/${encodeURIComponent(ruleId)}`);
     form.dataset.environment = rule.environment;

@@ -57,3 +57,13 @@ export function formatPeriod(rule, timeZone) {
   const end = rule.endsAt ? formatDate(rule.endsAt, timeZone) : "no end";
   return `${start} – ${end}`;
 }
+
+// A rule's expiry policy in words (a redeem rule's points are never its own to expire).
+export function formatExpiry(rule, timeZone) {
+  if (rule.pointsExpireAfterDays != null) {
+    const days = rule.pointsExpireAfterDays;
+    return `Points expire ${days} ${days === 1 ? "day" : "days"} after they are awarded`;
+  }
+  if (rule.pointsExpireAt) return `Points expire on ${formatDate(rule.pointsExpireAt, timeZone)}`;
+  return rule.type === "earn" ? "Points never expire" : "";
+}
