@@ -116,8 +116,9 @@ LEFT JOIN (
     SELECT account_id, sum(remaining) AS total FROM lots
     WHERE expired_by IS NULL GROUP BY account_id
 ) AS open ON open.account_id = account.id
-WHERE coalesce(open.total, 0) > account.balance
-   OR coalesce(open.total, 0) <> account.lots_remaining
+WHERE account.kind = 'member'
+  AND (coalesce(open.total, 0) > account.balance
+       OR coalesce(open.total, 0) <> account.lots_remaining)
 ORDER BY account.id LIMIT $1
 """
 

@@ -21,6 +21,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 
 from contracts import (
     CLIENTS_LIFECYCLE,
+    MEMBERS_LIFECYCLE,
     POINTS_REQUESTED,
     POINTS_RESULTS,
     TOPICS_TO_CREATE,
@@ -133,7 +134,9 @@ async def ledger(
         [
             topic
             for topic in TOPICS_TO_CREATE
-            if topic.name.startswith((POINTS_REQUESTED, POINTS_RESULTS, CLIENTS_LIFECYCLE))
+            if topic.name.startswith(
+                (POINTS_REQUESTED, POINTS_RESULTS, CLIENTS_LIFECYCLE, MEMBERS_LIFECYCLE)
+            )
         ],
     )
     settings = LedgerSettings(
@@ -252,7 +255,12 @@ class TestThroughTheBroker:
                 params={"environment": "staging"},
                 headers=bearer(issuer.token()),
             )
-        assert response.json() == {"userId": "member-1", "environment": "staging", "balance": 120}
+        assert response.json() == {
+            "userId": "member-1",
+            "environment": "staging",
+            "balance": 120,
+            "expiring": [],
+        }
 
 
 class TestARevokedClient:
@@ -362,7 +370,12 @@ class TestBalanceReads:
         )
 
         assert response.status_code == 200
-        assert response.json() == {"userId": "member-1", "environment": "staging", "balance": 30}
+        assert response.json() == {
+            "userId": "member-1",
+            "environment": "staging",
+            "balance": 30,
+            "expiring": [],
+        }
 
     async def test_an_unknown_member_has_a_zero_balance(
         self, http: httpx.AsyncClient, issuer: TestIssuer
@@ -677,6 +690,7 @@ class TestRuleTotalsEndpoint:
             "reversedEarned": 0,
             "reversedRedeemed": 0,
             "uncovered": 0,
+            "expired": 0,
             "net": 30,
             "transactions": 2,
             "rejected": 0,

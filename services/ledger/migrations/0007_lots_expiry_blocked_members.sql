@@ -34,9 +34,10 @@ ALTER TABLE accounts
     ADD CONSTRAINT lots_within_balance
         CHECK (lots_remaining >= 0 AND (kind <> 'member' OR lots_remaining <= balance));
 
+-- A lot's account needs no foreign key: accounts are never removed (0004).
 CREATE TABLE lots (
     id         uuid        PRIMARY KEY REFERENCES transactions (id),
-    account_id bigint      NOT NULL REFERENCES accounts (id),
+    account_id bigint      NOT NULL,
     rule_id    text        NOT NULL,
     expires_at timestamptz NOT NULL,
     amount     bigint      NOT NULL CHECK (amount > 0),
@@ -52,6 +53,10 @@ CREATE INDEX lots_open_of_account ON lots (account_id, expires_at, id)
 -- The lots the expiry process has to take, soonest first.
 CREATE INDEX lots_open_due ON lots (expires_at, id)
     WHERE expired_by IS NULL AND remaining > 0;
+
+-- A lot changes (what is left of it) but stays, like the earn it records.
+CREATE TRIGGER lots_kept BEFORE DELETE ON lots
+    FOR EACH ROW EXECUTE FUNCTION refuse_ledger_rewrite();
 
 CREATE TABLE lot_uses (
     transaction_id uuid   NOT NULL REFERENCES transactions (id),
