@@ -53,7 +53,11 @@ def create_app(
     )
     if consume:
         register_subscribers(runtime, settings)
-        expiry = ExpiryProcess(lambda: runtime.pool, interval=settings.expiry_interval_seconds)
+        expiry = ExpiryProcess(
+            lambda: runtime.pool,
+            interval=settings.expiry_interval_seconds,
+            chunk=settings.expiry_chunk,
+        )
         runtime.on_start(expiry.start)
         runtime.on_stop(expiry.stop)
     else:

@@ -170,9 +170,12 @@ class ExpiryProcess:
     """Runs :func:`expire_due_lots` at start and then every ``interval`` seconds until
     stopped. Every replica runs one: a lot another replica took is skipped."""
 
-    def __init__(self, pool_of: Callable[[], asyncpg.Pool], *, interval: float) -> None:
+    def __init__(
+        self, pool_of: Callable[[], asyncpg.Pool], *, interval: float, chunk: int = CHUNK
+    ) -> None:
         self._pool_of = pool_of
         self._interval = interval
+        self._chunk = chunk
         self._stopping = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
 
@@ -191,7 +194,7 @@ class ExpiryProcess:
     async def _run(self) -> None:
         while not self._stopping.is_set():
             try:
-                await expire_due_lots(self._pool_of())
+                await expire_due_lots(self._pool_of(), chunk=self._chunk)
             except Exception as error:  # the next pass tries again: no lot is half expired
                 report = log.warning if is_transient(error) else log.error
                 report("points.expiry.failed", error=str(error) or type(error).__name__)

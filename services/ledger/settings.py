@@ -60,3 +60,10 @@ class LedgerSettings(ServiceSettings):
         "(a pass also runs at start). A member cannot spend due points meanwhile, and the "
         "balance's `expiring` lists them until the pass takes them.",
     )
+    expiry_chunk: int = Field(
+        default=1_000,
+        ge=1,
+        le=1_000,
+        description="Most lots one expiry transaction takes: it locks their members, as a "
+        "batch of requests does, for as long as it runs.",
+    )
