@@ -96,7 +96,7 @@ async def expire_chunk(
         transactions.append(_expiry_row(lot, expiry, now))
         entries += [(expiry, member, -left), (expiry, pool, left)]
         expired.append((lot["id"], expiry))
-        events.append(_expired_row(lot, expiry, balances[member], now))
+        events.append(expired_row(lot, expiry, balances[member], now))
     await repository.insert_transactions(connection, transactions)
     await repository.insert_entries(connection, entries)
     await lots_repository.expire_lots(connection, expired)
@@ -124,9 +124,7 @@ def _expiry_row(lot: asyncpg.Record, expiry: UUID, now: datetime) -> Transaction
     )
 
 
-def _expired_row(
-    lot: asyncpg.Record, expiry: UUID, balance: int, now: datetime
-) -> outbox.OutboxRow:
+def expired_row(lot: asyncpg.Record, expiry: UUID, balance: int, now: datetime) -> outbox.OutboxRow:
     """The ``points.expired`` result of one lot, serialised directly like
     :func:`services.ledger.applying.result_row` (a unit test checks it validates)."""
     correlation_id = f"expiry-{lot['id']}"
