@@ -66,7 +66,9 @@ async def expire_due_lots(
                 expired, moved = await expire_chunk(connection, candidates, now)
         lots += expired
         points += moved
-        if len(candidates) < chunk:
+        # A full chunk none of which was still open was taken by another replica,
+        # which goes on with the rest.
+        if len(candidates) < chunk or not expired:
             break
     log.info("points.expiry.pass", lots=lots, points=points, due_by=now.isoformat())
     return PassReport(lots=lots, points=points)

@@ -14,6 +14,7 @@ import json
 import os
 import signal
 import sys
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -54,6 +55,24 @@ async def start_ledger(database_url: str, bootstrap: str, log: Path) -> asyncio.
         )
 
 
+async def run_ledger_until(
+    database_url: str,
+    bootstrap: str,
+    log: Path,
+    probe: Callable[[], Awaitable[bool]],
+    what: str,
+    stop: signal.Signals = signal.SIGTERM,
+) -> None:
+    """Run a ledger process until ``probe`` holds, then send it ``stop``."""
+    ledger = await start_ledger(database_url, bootstrap, log)
+    try:
+        with log_tail_on_failure(log):
+            await eventually(probe, timeout=120, what=what)
+    finally:
+        ledger.send_signal(stop)
+        await ledger.wait()
+
+
 async def seed_due_lots(pool: asyncpg.Pool) -> None:
     due = datetime.now(UTC) - timedelta(hours=1)
     events = [
@@ -85,13 +104,8 @@ class TestLedgerKilledMidExpiry:
         async def some_expired() -> bool:
             return await expiries(pool) > 0
 
-        ledger = await start_ledger(database_url, kafka_bootstrap_servers, log)
-        try:
-            with log_tail_on_failure(log):
-                await eventually(some_expired, timeout=60, what="some lots expired")
-        finally:
-            ledger.send_signal(signal.SIGKILL)
-            await ledger.wait()
+        servers = (database_url, kafka_bootstrap_servers, log)
+        await run_ledger_until(*servers, some_expired, "some lots expired", signal.SIGKILL)
         expired_before_kill = await expiries(pool)
 
         async def all_expired() -> bool:
@@ -99,13 +113,7 @@ class TestLedgerKilledMidExpiry:
                 "SELECT count(*) FROM outbox WHERE published_at IS NULL"
             )
 
-        ledger = await start_ledger(database_url, kafka_bootstrap_servers, log)
-        try:
-            with log_tail_on_failure(log):
-                await eventually(all_expired, timeout=120, what="every lot expired and published")
-        finally:
-            ledger.send_signal(signal.SIGTERM)
-            await ledger.wait()
+        await run_ledger_until(*servers, all_expired, "every lot expired and published")
 
         assert 0 < expired_before_kill < LOTS, "the kill did not land mid-pass"
         assert await expiries(pool) == LOTS
