@@ -171,7 +171,9 @@ class RuleTotalsView(CamelModel):
     )
     expired: int = Field(description="Points of the rule's earns that expired unspent.")
     net: int = Field(description="Points the rule put in members' hands, net of all the above.")
-    transactions: int = Field(description="Transactions recorded: applied, rejected, reversals.")
+    transactions: int = Field(
+        description="Transactions recorded: applied, rejected, reversals and expiries."
+    )
     rejected: int = Field(description="Requests the ledger rejected.")
 
 

@@ -159,7 +159,7 @@ class RuleTotals:
     net: int
     """Points this rule put in members' hands and they still hold."""
     transactions: int
-    """Every transaction recorded for the rule: applied, rejected and reversals."""
+    """Every transaction recorded for the rule: applied, rejected, reversals and expiries."""
     rejected: int
 
     @property
