@@ -4,7 +4,10 @@ On this machine, in one run:
 
 1. starts an embedded PostgreSQL (or uses ``--server-dsn``) and a fresh Tansu
    broker, and pre-produces 100,000 ``points.requested.v1`` events for 10,000
-   members, keyed as the gateway keys them (a tenth are redeems, some refused);
+   members, keyed as the gateway keys them (a tenth are redeems, some refused;
+   ``--expiring-share`` of the earns, a tenth by default, carry an expiry: a
+   fifth of those already past, so the ledger's expiry pass, run every
+   ``--expiry-interval`` seconds, has work during the run, the rest within a year);
 2. starts the ledger as its real process (``python -m services.ledger``)
    under the development stack's supervisor, and measures the apply rate from
    its first committed batch until the last result has been relayed to
@@ -29,7 +32,7 @@ import sys
 import tempfile
 import time
 import uuid
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import asyncpg
@@ -46,12 +49,18 @@ from services.ledger.settings import LedgerSettings
 ORG = "org_bench"
 
 
-def point_requests(count: int, members: int, seed: int = 1) -> list[PointsRequestedEvent]:
+def point_requests(
+    count: int, members: int, expiring_share: float = 0.0, seed: int = 1
+) -> list[PointsRequestedEvent]:
     rng = random.Random(seed)
     requested_at = datetime.now(UTC)
     events = []
     for n in range(count):
         redeem = rng.random() < 0.1
+        expires_at = None
+        if not redeem and rng.random() < expiring_share:
+            days = -1 if rng.random() < 0.2 else rng.randint(1, 365)
+            expires_at = requested_at + timedelta(days=days, seconds=rng.randrange(86_400))
         events.append(
             PointsRequestedEvent.new_event(
                 data=PointsRequested(
@@ -65,6 +74,7 @@ def point_requests(count: int, members: int, seed: int = 1) -> list[PointsReques
                     amount=rng.randint(1, 100),
                     callback_url=None,
                     requested_at=requested_at,
+                    expires_at=expires_at,
                 ),
                 environment="staging",
                 org_id=ORG,
@@ -96,11 +106,14 @@ async def pre_produce(bootstrap: str, events: list[PointsRequestedEvent]) -> flo
 
 
 async def counts(connection: asyncpg.Connection) -> tuple[int, int]:
-    """Transactions recorded, and results the outbox has relayed, so far."""
+    """Requests recorded, and their results the outbox has relayed, so far (expiries and
+    their results not counted)."""
     try:
         row = await connection.fetchrow(
-            "SELECT (SELECT count(*) FROM ledger.transactions) AS applied,"
-            " (SELECT count(*) FROM ledger.outbox WHERE published_at IS NOT NULL) AS relayed"
+            "SELECT (SELECT count(*) FROM ledger.transactions"
+            "        WHERE type IN ('earn', 'redeem')) AS applied,"
+            " (SELECT count(*) FROM ledger.outbox WHERE published_at IS NOT NULL"
+            "        AND headers->>'type' IN ('points.applied', 'points.rejected')) AS relayed"
         )
     except asyncpg.UndefinedTableError:
         return 0, 0  # not migrated yet
@@ -116,6 +129,7 @@ async def measure_ledger(
     batch_parts: int,
     timeout: float,
     replicas: int = 1,
+    expiry_interval: float = 1.0,
 ) -> dict[str, float]:
     """Run ``replicas`` ledger processes (one consumer group; partitions split between
     them) until every result is relayed."""
@@ -127,6 +141,7 @@ async def measure_ledger(
         "KAFKA_BOOTSTRAP_SERVERS": bootstrap,
         "LEDGER_BATCH_MAX_RECORDS": str(batch_max_records),
         "LEDGER_BATCH_PARTS": str(batch_parts),
+        "LEDGER_EXPIRY_INTERVAL_SECONDS": str(expiry_interval),
         "TOKEN_ISSUER_URL": "http://127.0.0.1:9",
         "LOG_LEVEL": "WARNING",
     }
@@ -152,6 +167,9 @@ async def measure_ledger(
         rejected = await connection.fetchval(
             "SELECT count(*) FROM ledger.transactions WHERE status = 'rejected'"
         )
+        expired = await connection.fetchval(
+            "SELECT count(*) FROM ledger.transactions WHERE type = 'expiry'"
+        )
     finally:
         await supervisor.stop()
         await connection.close()
@@ -160,6 +178,7 @@ async def measure_ledger(
         "applied": applied,
         "relayed": relayed,
         "rejected": rejected,
+        "expired": expired,
         "seconds": seconds,
         "rate": relayed / seconds,
         "wall": wall,
@@ -197,6 +216,18 @@ def main() -> None:
         default=defaults.batch_parts,
         help="parts a batch is applied as, side by side (LEDGER_BATCH_PARTS)",
     )
+    parser.add_argument(
+        "--expiring-share",
+        type=float,
+        default=0.1,
+        help="share of the earns whose points expire (a fifth of those already due)",
+    )
+    parser.add_argument(
+        "--expiry-interval",
+        type=float,
+        default=1.0,
+        help="seconds between the ledger's expiry passes (LEDGER_EXPIRY_INTERVAL_SECONDS)",
+    )
     parser.add_argument("--pgbench-seconds", type=int, default=20)
     parser.add_argument("--pgbench-clients", type=int, default=8)
     parser.add_argument(
@@ -219,7 +250,7 @@ def main() -> None:
     try:
         database_url = asyncio.run(ensure_database(server_dsn, f"bench_{uuid.uuid4().hex[:8]}"))
         asyncio.run(create_topics(broker.bootstrap_servers, ALL_TOPICS))
-        events = point_requests(options.events, options.members)
+        events = point_requests(options.events, options.members, options.expiring_share)
         produced = asyncio.run(pre_produce(broker.bootstrap_servers, events))
         print(f"pre-produced {len(events):,} events in {produced:.1f} s; starting the ledger …")
         ledger = asyncio.run(
@@ -231,6 +262,7 @@ def main() -> None:
                 options.batch_parts,
                 timeout=600,
                 replicas=options.replicas,
+                expiry_interval=options.expiry_interval,
             )
         )
         print(f"measuring pgbench -N for {options.pgbench_seconds} s …", flush=True)
@@ -241,6 +273,7 @@ def main() -> None:
         print(
             f"  ledger, end to end:  {ledger['rate']:,.0f} events/s  "
             f"({ledger['relayed']:,.0f} results relayed, {ledger['rejected']:,.0f} refused, "
+            f"{ledger['expired']:,.0f} lots expired, "
             f"in {ledger['seconds']:.1f} s from the first batch to the last result relayed; "
             f"{ledger['wall']:.1f} s with start-up)"
         )

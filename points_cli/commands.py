@@ -228,6 +228,22 @@ async def ledger_verify(args: argparse.Namespace) -> int:
     return 0
 
 
+async def ledger_expire(args: argparse.Namespace) -> int:
+    """One expiry pass now, as every ledger replica runs one each
+    ``LEDGER_EXPIRY_INTERVAL_SECONDS``: what is left of each due lot expires once."""
+    from services.ledger.expiry import expire_due_lots
+
+    settings = database_settings("ledger")
+    await (await schema_connection("ledger", settings)).close()  # migrated first
+    pool = await db.create_pool(settings.database_url, "ledger", min_size=1, max_size=1)
+    try:
+        report = await expire_due_lots(pool)
+    finally:
+        await pool.close()
+    emit({"lots": report.lots, "points": report.points}, args.json)
+    return 0
+
+
 async def deliveries_list(args: argparse.Namespace) -> int:
     from services.notifier import operator_actions
 

@@ -165,6 +165,11 @@ def build_parser() -> argparse.ArgumentParser:
     verify = ledger.add_parser("verify", help="check the ledger's invariants")
     verify.add_argument("--json", action="store_true", help='{"violations": [...]}')
     verify.set_defaults(run=commands.ledger_verify)
+    expire = ledger.add_parser(
+        "expire", help="expire now what is left of every lot whose expiry passed"
+    )
+    expire.add_argument("--json", action="store_true", help='{"lots": n, "points": n}')
+    expire.set_defaults(run=commands.ledger_expire)
 
     deliveries = topics.add_parser(
         "deliveries", help="the notifier's callbacks and e-mails"

@@ -50,10 +50,19 @@ class CamelModel(BaseModel):
     model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True)
 
 
+class Expiring(CamelModel):
+    amount: int = Field(description="Points that expire at `expiresAt`.")
+    expires_at: datetime = Field(description="When they expire.")
+
+
 class Balance(CamelModel):
     user_id: str
     environment: str
     balance: int
+    expiring: list[Expiring] = Field(
+        description="The member's points that expire, by instant, the next 5, soonest first; "
+        "an instant already past lists points the ledger is about to take."
+    )
 
 
 class TransactionView(CamelModel):
@@ -91,11 +100,21 @@ members_router = APIRouter(prefix="/v1/members", tags=["members"])
 async def get_balance(
     user_id: Text, environment: EnvironmentQuery, principal: PrincipalDep, ctx: Context
 ) -> Balance:
-    """The member's points balance in one environment (0 for a member never seen)."""
+    """The member's points balance in one environment (0 for a member never seen), and the
+    points of it that expire soonest."""
     scope = access.read_scope(principal, environment)
-    async with ctx.pool.acquire() as connection:
+    async with (
+        ctx.pool.acquire() as connection,
+        connection.transaction(isolation="repeatable_read"),
+    ):
         balance = await reads.member_balance(connection, scope, user_id)
-    return Balance(user_id=user_id, environment=scope.environment, balance=balance)
+        expiring = await reads.member_expiring(connection, scope, user_id)
+    return Balance(
+        user_id=user_id,
+        environment=scope.environment,
+        balance=balance,
+        expiring=[Expiring(amount=amount, expires_at=at) for at, amount in expiring],
+    )
 
 
 LimitQuery = Annotated[int, Query(ge=1, le=200)]
@@ -146,9 +165,15 @@ class RuleTotalsView(CamelModel):
     reversed: int = Field(description="Points moved back by reversals, either way.")
     reversed_earned: int = Field(description="Points taken back from members by reversals.")
     reversed_redeemed: int = Field(description="Points given back to members by reversals.")
-    uncovered: int = Field(description="Points of reversed earns members had already spent.")
+    uncovered: int = Field(
+        description="Points reversals did not move back: of earns, those members had already "
+        "spent; of redeems, those taken from lots that expired since."
+    )
+    expired: int = Field(description="Points of the rule's earns that expired unspent.")
     net: int = Field(description="Points the rule put in members' hands, net of all the above.")
-    transactions: int = Field(description="Transactions recorded: applied, rejected, reversals.")
+    transactions: int = Field(
+        description="Transactions recorded: applied, rejected, reversals and expiries."
+    )
     rejected: int = Field(description="Requests the ledger rejected.")
 
 

@@ -14,6 +14,7 @@ from infra.serving import app_only
 from infra.tokens import JwksVerifier
 from services.ledger import api
 from services.ledger.api import LedgerContext
+from services.ledger.expiry import ExpiryProcess
 from services.ledger.settings import LedgerSettings
 from services.ledger.subscribers import register_subscribers
 
@@ -24,7 +25,8 @@ PUBLISHES = (
     (
         POINTS_RESULTS,
         PointsResultEvent,
-        "Applied (with the balance after) or rejected requests, and reversals of applied ones.",
+        "Applied (with the balance after) or rejected requests, reversals of applied ones, "
+        "and what was left of earns' points when their expiry passed.",
     ),
 )
 
@@ -51,6 +53,13 @@ def create_app(
     )
     if consume:
         register_subscribers(runtime, settings)
+        expiry = ExpiryProcess(
+            lambda: runtime.pool,
+            interval=settings.expiry_interval_seconds,
+            chunk=settings.expiry_chunk,
+        )
+        runtime.on_start(expiry.start)
+        runtime.on_stop(expiry.stop)
     else:
         del runtime.readiness_checks["broker"]
     verifier = verifier or JwksVerifier(settings.token_issuer_url)

@@ -26,12 +26,15 @@ from contracts.limits import MAX_MEMBER_BALANCE, MAX_POOL_BALANCE
 from infra import inbox, outbox
 from infra.errors import is_transient
 from infra.logging import get_logger
-from services.ledger import repository
+from services.ledger import lots_repository, repository
+from services.ledger.lots import Lot, MemberLots, changed_lots
 from services.ledger.repository import Account, AccountKey, Recorded, TransactionRow
 
 log = get_logger(__name__)
 
 INSUFFICIENT_BALANCE = "INSUFFICIENT_BALANCE"
+#: The reason of every request for a member the business blocked (members.lifecycle.v1).
+MEMBER_BLOCKED = "MEMBER_BLOCKED"
 #: The reason of a request that would take an account past its limit (contracts.limits).
 BALANCE_LIMIT_EXCEEDED = "BALANCE_LIMIT_EXCEEDED"
 #: The reason of a request the ledger could not process and quarantined.
@@ -63,30 +66,62 @@ class Outcome:
     member_balance: int
     """The member's balance after this request (unchanged when rejected)."""
     entries: tuple[tuple[AccountKey, int], ...]
+    lot_uses: tuple[tuple[UUID, int], ...] = ()
+    """What an applied redeem took from which of the member's lots."""
 
 
 def decide(
-    events: Sequence[PointsRequestedEvent], balances: dict[AccountKey, int]
+    events: Sequence[PointsRequestedEvent],
+    balances: dict[AccountKey, int],
+    *,
+    held: dict[AccountKey, MemberLots] | None = None,
+    blocked: frozenset[AccountKey] = frozenset(),
+    now: datetime | None = None,
 ) -> list[Outcome]:
-    """Apply ``events`` in order to ``balances`` (updated in place), deciding each.
+    """Apply ``events`` in order to ``balances`` and the members' lots ``held`` (both
+    updated in place), deciding each.
 
-    Earn moves points from the rule's pool to the member; redeem moves them
-    back, and is rejected when the member's balance cannot cover it. Either is
-    rejected when it would take the member or the pool past its limit.
+    Earn moves points from the rule's pool to the member, into a new lot when they
+    expire; redeem moves them back, from the lots that expire soonest first, then from
+    points without expiry, and is rejected when the member's balance, less the points
+    whose expiry passed by ``now``, cannot cover it. Either is rejected when it would
+    take the member or the pool past its limit, and every request of a ``blocked``
+    member is rejected. ``held`` must hold the open lots of every member with lots
+    who redeems.
     """
+    held = {} if held is None else held
+    now = now or datetime.now(UTC)
     outcomes = []
     for event in events:
         member, pool = member_account(event), pool_account(event)
-        amount = event.data.amount
-        signed = amount if event.data.type == "earn" else -amount
-        reason = refusal(balances[member] + signed, balances[pool] - signed)
+        if member in blocked:
+            outcomes.append(Outcome(event, "rejected", MEMBER_BLOCKED, balances[member], ()))
+            continue
+        data = event.data
+        lots = held.get(member)
+        signed = data.amount if data.type == "earn" else -data.amount
+        due = 0 if lots is None or data.type == "earn" else lots.due(now)
+        reason = refusal(balances[member] + signed - due, balances[pool] - signed)
         if reason is not None:
             outcomes.append(Outcome(event, "rejected", reason, balances[member], entries=()))
             continue
         balances[member] += signed
         balances[pool] -= signed
+        uses: list[tuple[UUID, int]] = []
+        if data.expires_at is not None:
+            lot = Lot(data.transaction_id, data.expires_at, data.amount, data.amount, new=True)
+            held.setdefault(member, MemberLots()).add(lot)
+        elif lots is not None and data.type == "redeem":
+            uses = lots.take(data.amount, now=now)
         outcomes.append(
-            Outcome(event, "applied", None, balances[member], ((pool, -signed), (member, signed)))
+            Outcome(
+                event,
+                "applied",
+                None,
+                balances[member],
+                ((pool, -signed), (member, signed)),
+                tuple(uses),
+            )
         )
     return outcomes
 
@@ -143,8 +178,18 @@ async def apply_batch(
     await repository.create_missing_accounts(connection, keys)
     accounts = await repository.lock_accounts(connection, keys)
     fresh, settled = await _set_apart_settled(connection, fresh)
-    outcomes = decide(fresh, {key: account.balance for key, account in accounts.items()})
-    await _record(connection, outcomes, accounts)
+    now = datetime.now(UTC)
+    held = await _lots_of_redeeming_members(connection, fresh, accounts)
+    before = {lot.id: lot.remaining for member in held.values() for lot in member.lots}
+    blocked = frozenset(key for key, account in accounts.items() if account.blocked)
+    outcomes = decide(
+        fresh,
+        {key: account.balance for key, account in accounts.items()},
+        held=held,
+        blocked=blocked,
+        now=now,
+    )
+    await _record(connection, outcomes, accounts, changed_lots(held.values(), before))
     again = [
         Outcome(
             event, recorded.status, recorded.reason, accounts[member_account(event)].balance, ()
@@ -152,7 +197,6 @@ async def apply_batch(
         for event, recorded in settled
     ]
     if again:
-        now = datetime.now(UTC)
         await outbox.enqueue_rows(connection, [result_row(outcome, now) for outcome in again])
     log.info(
         "points.batch.applied",
@@ -257,10 +301,30 @@ async def _set_apart_settled(
     return fresh, settled
 
 
+async def _lots_of_redeeming_members(
+    connection: asyncpg.Connection,
+    events: Sequence[PointsRequestedEvent],
+    accounts: dict[AccountKey, Account],
+) -> dict[AccountKey, MemberLots]:
+    """The open lots of the members who redeem in this batch and hold lots: a batch
+    without any reads nothing (the account lock says how many points are in lots)."""
+    wanted = {
+        member_account(event)
+        for event in events
+        if event.data.type == "redeem" and accounts[member_account(event)].lots_remaining
+    }
+    if not wanted:
+        return {}
+    by_id = {accounts[key].id: key for key in wanted}
+    held = await lots_repository.open_lots(connection, list(by_id))
+    return {key: held[account_id] for account_id, key in by_id.items()}
+
+
 async def _record(
     connection: asyncpg.Connection,
     outcomes: list[Outcome],
     accounts: dict[AccountKey, Account],
+    lots: tuple[list[Lot], list[tuple[UUID, int]]] = ([], []),
 ) -> None:
     now = datetime.now(UTC)
     entries = [
@@ -275,9 +339,48 @@ async def _record(
         connection, [_transaction_row(outcome, now) for outcome in outcomes]
     )
     await repository.insert_entries(connection, entries)
+    in_lots = await _record_lots(connection, outcomes, accounts, *lots)
     if outcomes:
         await outbox.enqueue_rows(connection, [result_row(outcome, now) for outcome in outcomes])
-    await repository.add_to_balances(connection, changes)  # last: it locks the pools
+    # last: it locks the pools
+    await repository.add_to_balances(connection, changes, in_lots)
+
+
+async def _record_lots(
+    connection: asyncpg.Connection,
+    outcomes: list[Outcome],
+    accounts: dict[AccountKey, Account],
+    new: list[Lot],
+    changed: list[tuple[UUID, int]],
+) -> dict[int, int]:
+    """Write the batch's new lots, what its redeems took from lots and the lots' new
+    remaining, one statement each; the change of each member's points in lots."""
+    in_lots: dict[int, int] = {}
+    if not new and not changed:
+        return in_lots
+    uses = []
+    for outcome in outcomes:
+        data = outcome.event.data
+        account_id = accounts[member_account(outcome.event)].id
+        if outcome.status == "applied" and data.expires_at is not None:
+            in_lots[account_id] = in_lots.get(account_id, 0) + data.amount
+        for lot_id, taken in outcome.lot_uses:
+            uses.append((data.transaction_id, lot_id, taken))
+            in_lots[account_id] = in_lots.get(account_id, 0) - taken
+    awards = {outcome.event.data.transaction_id: outcome.event for outcome in outcomes}
+    if new:
+        await lots_repository.insert_lots(
+            connection,
+            [
+                (lot, accounts[member_account(awards[lot.id])].id, awards[lot.id].data.rule_id)
+                for lot in new
+            ],
+        )
+    if changed:
+        await lots_repository.set_remaining(connection, changed)
+    if uses:
+        await lots_repository.insert_uses(connection, uses)
+    return in_lots
 
 
 def _transaction_row(outcome: Outcome, created_at: datetime) -> TransactionRow:

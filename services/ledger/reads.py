@@ -12,7 +12,7 @@ import asyncpg
 
 from infra.problems import Problem
 from infra.storable import BIGINT_MAX
-from services.ledger import repository
+from services.ledger import lots_repository, repository
 from services.ledger.access import ReadScope
 
 
@@ -26,6 +26,21 @@ async def member_balance(connection: asyncpg.Connection, scope: ReadScope, user_
     """The member's balance; 0 for a member the ledger has never seen."""
     balance = await repository.member_balance(connection, scope.environment, scope.org_id, user_id)
     return balance or 0
+
+
+#: How many expiry instants a balance lists.
+EXPIRING_LISTED = 5
+
+
+async def member_expiring(
+    connection: asyncpg.Connection, scope: ReadScope, user_id: str
+) -> list[tuple[datetime, int]]:
+    """The member's points in open lots by expiry instant, the next
+    :data:`EXPIRING_LISTED`, soonest first; lots already due that the expiry process
+    has not taken yet come first."""
+    return await lots_repository.member_expiring(
+        connection, scope.environment, scope.org_id, user_id, EXPIRING_LISTED
+    )
 
 
 @dataclass(frozen=True)
@@ -137,11 +152,14 @@ class RuleTotals:
     reversed_redeemed: int
     """Points given back to members by reversals of this rule's redeems."""
     uncovered: int
-    """Points of reversed earns the members had already spent."""
+    """Points reversals did not move back: of earns, those the members had already spent;
+    of redeems, those taken from lots whose expiry passed since."""
+    expired: int
+    """Points of the rule's earns that expired before their members spent them."""
     net: int
     """Points this rule put in members' hands and they still hold."""
     transactions: int
-    """Every transaction recorded for the rule: applied, rejected and reversals."""
+    """Every transaction recorded for the rule: applied, rejected, reversals and expiries."""
     rejected: int
 
     @property
@@ -162,7 +180,8 @@ async def rule_totals(connection: asyncpg.Connection, scope: ReadScope, rule_id:
         reversed_earned=reversed_earned,
         reversed_redeemed=reversed_redeemed,
         uncovered=int(row["uncovered"]),
-        net=earned - redeemed - reversed_earned + reversed_redeemed,
+        expired=int(row["expired"]),
+        net=earned - redeemed - reversed_earned + reversed_redeemed - int(row["expired"]),
         transactions=int(row["applied"]) + int(row["rejected"]),
         rejected=int(row["rejected"]),
     )

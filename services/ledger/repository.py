@@ -38,6 +38,10 @@ class Account:
     id: int
     key: AccountKey
     balance: int
+    blocked: bool = False
+    """Whether the member is blocked (members.lifecycle.v1); never for a pool."""
+    lots_remaining: int = 0
+    """The member's points held in open lots (they expire); the rest never do."""
 
 
 class TransactionRow(NamedTuple):
@@ -94,7 +98,7 @@ WITH wanted AS (
         AS wanted (environment, org_id, kind, owner_id)
 ), members AS (
     SELECT account.id, account.environment, account.org_id, account.kind,
-           account.owner_id, account.balance
+           account.owner_id, account.balance, account.blocked, account.lots_remaining
     FROM accounts AS account
     JOIN wanted USING (environment, org_id, kind, owner_id)
     WHERE wanted.kind = 'member'
@@ -104,7 +108,7 @@ WITH wanted AS (
 SELECT * FROM members
 UNION ALL
 SELECT account.id, account.environment, account.org_id, account.kind,
-       account.owner_id, account.balance
+       account.owner_id, account.balance, account.blocked, account.lots_remaining
 FROM accounts AS account
 JOIN wanted USING (environment, org_id, kind, owner_id)
 WHERE wanted.kind = 'pool'
@@ -114,7 +118,10 @@ LOCK_POOLS = """
 SELECT id FROM accounts WHERE id = ANY($1::bigint[]) AND kind = 'pool' ORDER BY id FOR UPDATE
 """
 
-# Two lookups rather than one OR, which the planner answers with a full scan.
+# Two lookups rather than one OR, which the planner answers with a full scan. The
+# second carries the predicate of transactions_request_unique (migration 0007), so
+# the planner uses that index, and an expiry, which shares its earn's request id,
+# never makes a request look recorded.
 RECORDED_TRANSACTIONS = """
 SELECT id, client_id, request_id, status, reason FROM transactions WHERE id = ANY($1::uuid[])
 UNION
@@ -122,12 +129,28 @@ SELECT txn.id, txn.client_id, txn.request_id, txn.status, txn.reason
 FROM transactions AS txn
 JOIN unnest($2::text[], $3::text[]) AS wanted (client_id, request_id)
     USING (client_id, request_id)
+WHERE txn.type <> 'expiry'
 """
 
 ADD_TO_BALANCES = """
 UPDATE accounts SET balance = accounts.balance + change.amount
 FROM unnest($1::bigint[], $2::bigint[]) AS change (account_id, amount)
 WHERE accounts.id = change.account_id
+"""
+
+# The same, for members whose open lots change too (a separate statement, so a
+# batch without lots runs the one above unchanged).
+ADD_TO_BALANCES_AND_LOTS = """
+UPDATE accounts SET balance = accounts.balance + change.amount,
+                    lots_remaining = accounts.lots_remaining + change.lots
+FROM unnest($1::bigint[], $2::bigint[], $3::bigint[]) AS change (account_id, amount, lots)
+WHERE accounts.id = change.account_id
+"""
+
+# The latest change wins, so a replayed older event changes nothing.
+SET_STANDING = """
+UPDATE accounts SET blocked = $2, standing_changed_at = $3
+WHERE id = $1 AND (standing_changed_at IS NULL OR standing_changed_at < $3)
 """
 
 MEMBER_BALANCE = """
@@ -238,7 +261,8 @@ VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, 'reversal', $10, 'applied', $11,
         $12, $13, $14, $15, $16)
 """
 
-# Points a rule moved, by kind; a reversal counts what it actually moved back.
+# Points a rule moved, by kind; a reversal counts what it actually moved back, an
+# expiry what was left of its earn.
 RULE_TOTALS = """
 SELECT
     coalesce(sum(txn.amount) FILTER (WHERE txn.type = 'earn' AND txn.status = 'applied'), 0)
@@ -249,6 +273,7 @@ SELECT
         AS reversed_earned,
     coalesce(sum(txn.amount) FILTER (WHERE original.type = 'redeem'), 0) AS reversed_redeemed,
     coalesce(sum(txn.uncovered), 0) AS uncovered,
+    coalesce(sum(txn.amount) FILTER (WHERE txn.type = 'expiry'), 0) AS expired,
     count(*) FILTER (WHERE txn.status = 'applied') AS applied,
     count(*) FILTER (WHERE txn.status = 'rejected') AS rejected
 FROM transactions AS txn
@@ -272,7 +297,13 @@ async def lock_accounts(
     accounts = {}
     for row in rows:
         key = AccountKey(row["environment"], row["org_id"], row["kind"], row["owner_id"])
-        accounts[key] = Account(id=row["id"], key=key, balance=row["balance"])
+        accounts[key] = Account(
+            id=row["id"],
+            key=key,
+            balance=row["balance"],
+            blocked=row["blocked"],
+            lots_remaining=row["lots_remaining"],
+        )
     return accounts
 
 
@@ -324,8 +355,13 @@ async def insert_entries(
     )
 
 
-async def add_to_balances(connection: asyncpg.Connection, changes: dict[int, int]) -> None:
-    """Add each signed amount to its account's balance (account id -> amount).
+async def add_to_balances(
+    connection: asyncpg.Connection,
+    changes: dict[int, int],
+    lots: dict[int, int] | None = None,
+) -> None:
+    """Add each signed amount to its account's balance (account id -> amount), and each
+    of ``lots`` to its account's points in open lots.
 
     The members must be locked already (:func:`lock_accounts`); the pools are
     locked here, in id order. Call it as late as possible before the commit, so a
@@ -338,13 +374,30 @@ async def add_to_balances(connection: asyncpg.Connection, changes: dict[int, int
     """
     await connection.execute(LOCK_POOLS, list(changes))
     try:
-        await connection.execute(ADD_TO_BALANCES, list(changes), list(changes.values()))
+        if lots:
+            ids = list(changes.keys() | lots.keys())
+            await connection.execute(
+                ADD_TO_BALANCES_AND_LOTS,
+                ids,
+                [changes.get(account_id, 0) for account_id in ids],
+                [lots.get(account_id, 0) for account_id in ids],
+            )
+        else:
+            await connection.execute(ADD_TO_BALANCES, list(changes), list(changes.values()))
     except asyncpg.CheckViolationError as error:
         if error.constraint_name != POOL_LIMIT_CONSTRAINT:
             raise
         raise ConcurrentUpdateConflict(
             "a concurrent transaction moved a pool this one adds to near its limit"
         ) from error
+
+
+async def set_standing(
+    connection: asyncpg.Connection, account_id: int, *, blocked: bool, changed_at: datetime
+) -> None:
+    """Record whether the member of (locked) ``account_id`` is blocked, unless a later
+    change is recorded already."""
+    await connection.execute(SET_STANDING, account_id, blocked, changed_at)
 
 
 async def member_balance(

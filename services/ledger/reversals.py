@@ -6,7 +6,7 @@ Like applying, a reversal runs in the caller's transaction: the HTTP handler
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import cast
 from uuid import UUID
@@ -18,10 +18,10 @@ from infra import outbox
 from infra.logging import get_logger
 from infra.problems import Problem
 from infra.tokens import Principal
-from services.ledger import repository
+from services.ledger import lots_repository, repository
 from services.ledger.access import require_editor
 from services.ledger.applying import BALANCE_LIMIT_EXCEEDED, refusal
-from services.ledger.repository import AccountKey
+from services.ledger.repository import Account, AccountKey
 
 log = get_logger(__name__)
 
@@ -67,7 +67,8 @@ class ReversalOutcome:
     reversed: int
     """Points moved back: all of ``amount``, or for an earn what the member could cover."""
     uncovered: int
-    """Points of an earn the member no longer had, so stayed with them (``amount - reversed``)."""
+    """Points not moved back (``amount - reversed``): of an earn, those the member no longer
+    had, so stayed with them; of a redeem, those it took from lots whose expiry passed since."""
     balance: int
     """The member's balance once the reversal was applied."""
     reason: str
@@ -93,15 +94,18 @@ async def reverse_transaction(
 ) -> ReversalOutcome:
     """Reverse an applied earn or redeem with compensating entries, in the caller's transaction.
 
-    Reversing a redeem gives the member the points back. Reversing an earn
-    takes back what the member's balance can cover, never below zero, and
-    reports the rest as ``uncovered``; what is taken back returns to the
-    rule's pool. An original is reversed at most once: any later call, with
-    this or another ``reversal_id``, returns the first outcome and changes
-    nothing. Raises :class:`TransactionNotFound`, :class:`NotReversible`
-    (rejected transactions and reversals), :class:`ReversalIdInUse` or
-    :class:`ReversalPastLimit` (the member's or the pool's balance would pass its
-    limit, see :mod:`contracts.limits`).
+    Reversing a redeem gives the member the points back, into the lots it took
+    them from; points it took from lots whose expiry has passed since are not
+    given back and are reported as ``uncovered``. Reversing an earn takes back
+    what the member's balance can cover, never below zero, from its own lot
+    first, then the member's other lots soonest first, and reports the rest as
+    ``uncovered``; what is taken back returns to the rule's pool. An original
+    is reversed at most once: any later call, with this or another
+    ``reversal_id``, returns the first outcome and changes nothing. Raises
+    :class:`TransactionNotFound`, :class:`NotReversible` (rejected transactions,
+    reversals and expiries), :class:`ReversalIdInUse` or :class:`ReversalPastLimit`
+    (the member's or the pool's balance would pass its limit, see
+    :mod:`contracts.limits`).
     """
     assert connection.is_in_transaction(), (
         "reverse_transaction must run in the caller's transaction"
@@ -114,6 +118,11 @@ async def reverse_transaction(
     if original["type"] == "reversal":
         raise NotReversible(
             f"transaction {transaction_id} is itself a reversal", code="REVERSAL_NOT_REVERSIBLE"
+        )
+    if original["type"] == "expiry":
+        raise NotReversible(
+            f"transaction {transaction_id} is the expiry of an earn's points",
+            code="EXPIRY_NOT_REVERSIBLE",
         )
     if original["status"] != "applied":
         raise NotReversible(
@@ -132,8 +141,15 @@ async def reverse_transaction(
         raise ReversalIdInUse(f"{reversal_id} already names another transaction")
     amount = int(original["amount"])
     balance = accounts[member].balance
-    # To the member: back what a redeem took; back from an earn what is left of it.
-    to_member = amount if original["type"] == "redeem" else -min(amount, balance)
+    now = datetime.now(UTC)
+    # To the member: back what a redeem took, less what it took from lots now expired;
+    # back from an earn what is left of it.
+    if original["type"] == "redeem":
+        moves = await _redeem_given_back(connection, transaction_id, now)
+        to_member = amount - moves.uncovered
+    else:
+        to_member = -min(amount, balance)
+        moves = await _earn_taken_back(connection, accounts[member], transaction_id, -to_member)
     if refusal(balance + to_member, accounts[pool].balance - to_member) is not None:
         raise ReversalPastLimit(
             f"reversing transaction {transaction_id} would take the member's or the rule's "
@@ -150,7 +166,7 @@ async def reverse_transaction(
         rule_version=original["rule_version"],
         correlation_id=correlation_id or str(reversal_id),
         amount=amount,
-        created_at=datetime.now(UTC),
+        created_at=now,
         reverses=transaction_id,
         reversal_reason=reason,
         reversed_by=actor,
@@ -163,7 +179,8 @@ async def reverse_transaction(
         await repository.insert_entries(
             connection, [(reversal_id, account, moved) for account, moved in entries.items()]
         )
-        await repository.add_to_balances(connection, entries)
+        await _record_lot_moves(connection, reversal_id, moves)
+        await repository.add_to_balances(connection, entries, {accounts[member].id: moves.in_lots})
     # The gateway and the rules service release the rule's cap usage from this event.
     await outbox.enqueue(connection, _reversal_event(row, original))
     log.info(
@@ -177,6 +194,64 @@ async def reverse_transaction(
     recorded = await repository.reversal_of(connection, transaction_id)
     assert recorded is not None
     return _reversal_outcome(recorded, original)
+
+
+@dataclass
+class LotMoves:
+    """What a reversal does to the member's lots."""
+
+    uses: list[tuple[UUID, int]] = field(default_factory=list)
+    """``(lot id, signed amount)``: taken from (positive) or given back to (negative)."""
+    remaining: list[tuple[UUID, int]] = field(default_factory=list)
+    """``(lot id, remaining)`` of each lot changed."""
+    in_lots: int = 0
+    """The change of the member's points in open lots."""
+    uncovered: int = 0
+    """Of a redeem: points it took from lots whose expiry has passed, not given back."""
+
+
+async def _redeem_given_back(
+    connection: asyncpg.Connection, redeem_id: UUID, now: datetime
+) -> LotMoves:
+    """Give back into each lot the redeem took from what it took, unless the lot's expiry
+    has passed: those points would have expired, so stay uncovered."""
+    moves = LotMoves()
+    for row in await lots_repository.uses_of(connection, redeem_id):
+        used = int(row["amount"])
+        if row["expired_by"] is not None or row["expires_at"] <= now:
+            moves.uncovered += used
+            continue
+        moves.uses.append((row["lot_id"], -used))
+        moves.remaining.append((row["lot_id"], int(row["remaining"]) + used))
+        moves.in_lots += used
+    return moves
+
+
+async def _earn_taken_back(
+    connection: asyncpg.Connection, member: Account, earn_id: UUID, amount: int
+) -> LotMoves:
+    """Take ``amount`` back from the earn's own lot first, then the member's other lots
+    soonest first; the rest comes from points without expiry."""
+    if not member.lots_remaining or not amount:
+        return LotMoves()
+    held = (await lots_repository.open_lots(connection, [member.id]))[member.id]
+    taken = held.take(amount, first=earn_id)
+    left = {lot.id: lot.remaining for lot in held.lots}
+    return LotMoves(
+        uses=taken,
+        remaining=[(lot_id, left[lot_id]) for lot_id, _ in taken],
+        in_lots=-sum(share for _, share in taken),
+    )
+
+
+async def _record_lot_moves(
+    connection: asyncpg.Connection, reversal_id: UUID, moves: LotMoves
+) -> None:
+    if moves.uses:
+        await lots_repository.set_remaining(connection, moves.remaining)
+        await lots_repository.insert_uses(
+            connection, [(reversal_id, lot_id, amount) for lot_id, amount in moves.uses]
+        )
 
 
 def _reversal_event(

@@ -52,3 +52,18 @@ class LedgerSettings(ServiceSettings):
         description="How often the ledger's consumer tells the broker it is alive; keep it "
         "at most a third of the session timeout.",
     )
+    expiry_interval_seconds: float = Field(
+        default=60,
+        gt=0,
+        le=86_400,
+        description="How often the ledger expires what is left of lots whose expiry passed "
+        "(a pass also runs at start). A member cannot spend due points meanwhile, and the "
+        "balance's `expiring` lists them until the pass takes them.",
+    )
+    expiry_chunk: int = Field(
+        default=1_000,
+        ge=1,
+        le=1_000,
+        description="Most lots one expiry transaction takes: it locks their members, as a "
+        "batch of requests does, for as long as it runs.",
+    )

@@ -6,18 +6,22 @@ import asyncio
 
 from contracts import (
     CLIENTS_LIFECYCLE,
+    MEMBERS_LIFECYCLE,
     POINTS_REQUESTED,
     ClientLifecycleEvent,
+    MemberLifecycleEvent,
     PointsRequestedEvent,
 )
 from infra.consumers import environment_from_member_key
 from infra.runtime import ServiceRuntime
 from services.ledger.applying import apply_batch, fail_quarantined_request, members_apart
 from services.ledger.clients import project_clients
+from services.ledger.members import project_members
 from services.ledger.settings import LedgerSettings
 
 GROUP = "ledger"
 CLIENTS_GROUP = "ledger.clients"
+MEMBERS_GROUP = "ledger.members"
 
 
 def register_subscribers(runtime: ServiceRuntime, settings: LedgerSettings) -> None:
@@ -62,4 +66,13 @@ def register_subscribers(runtime: ServiceRuntime, settings: LedgerSettings) -> N
         by_environment=False,
         description="Keeps which API clients are revoked, so the read API refuses a revoked "
         "client's token at once rather than when it expires.",
+    )
+
+    runtime.consume(
+        {MEMBERS_LIFECYCLE: MemberLifecycleEvent},
+        group_id=MEMBERS_GROUP,
+        handler=runtime.transactional(project_members),
+        environment_of=environment_from_member_key,
+        description="Keeps which members their business blocked, on the members' accounts, so "
+        "every request for a blocked member applied from then on is rejected (`MEMBER_BLOCKED`).",
     )

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncpg
 
-from services.ledger import repository
+from services.ledger import lots_repository, repository
 
 #: How many offending rows each invariant check reports at most.
 VIOLATIONS_REPORTED_PER_CHECK = 100
@@ -17,7 +17,10 @@ async def verify_ledger(connection: asyncpg.Connection) -> list[str]:
     account's balance equals the sum of its entries, no member balance is
     negative, every applied transaction has entries and no rejected one has
     (a reversal that recovered nothing has none), and every reversal moves
-    back its original's entries, scaled to what it recovered.
+    back its original's entries, scaled to what it recovered; every lot's
+    spent points are its uses and its expiry, an expired lot's expiry exists,
+    each expiry expired exactly one lot, and a member's open lots add up to
+    what their account says and never to more than their balance.
     ``connection`` must see the ledger schema (``search_path``).
     """
     limit = VIOLATIONS_REPORTED_PER_CHECK
@@ -57,4 +60,30 @@ async def verify_ledger(connection: asyncpg.Connection) -> list[str]:
         violations.append(
             f"Reversal {row['id']} does not move back the entries of transaction {row['reverses']}."
         )
+    for row in await repository.fetch_violations(
+        connection, lots_repository.LOTS_NOT_ADDING_UP, limit
+    ):
+        violations.append(
+            f"Lot {row['id']} of {row['amount']} points has {row['remaining']} left, but its "
+            f"uses took {row['used']} and its expiry {row['expired']}."
+        )
+    for row in await repository.fetch_violations(
+        connection, lots_repository.EXPIRED_LOTS_WITHOUT_EXPIRY, limit
+    ):
+        violations.append(
+            f"Lot {row['id']} is marked expired by {row['expired_by']}, which is no expiry "
+            "of its member and rule."
+        )
+    for row in await repository.fetch_violations(
+        connection, lots_repository.MEMBERS_LOTS_OVER_BALANCE, limit
+    ):
+        violations.append(
+            f"Member {row['owner_id']!r} ({row['environment']}, org {row['org_id']}) has "
+            f"{row['open']} points in open lots, their account says {row['lots_remaining']}, "
+            f"with a balance of {row['balance']}."
+        )
+    for row in await repository.fetch_violations(
+        connection, lots_repository.EXPIRIES_NOT_ONE_LOT, limit
+    ):
+        violations.append(f"Expiry {row['id']} expired {row['lots']} lots, not one.")
     return violations

@@ -166,6 +166,7 @@ class TestAnEarnTriggerTravelsThroughThePlatform:
                 "userId": "member-7",
                 "environment": "staging",
                 "balance": 250,
+                "expiring": [],
             }
 
         async def called_back() -> bool:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import sys
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +14,7 @@ import pytest
 
 from infra import db
 from tests.helpers import fresh_database, points
+from tests.integration.test_ledger_service import apply, balance, points_requested
 
 
 def last_json(capsys: pytest.CaptureFixture[str]) -> Any:
@@ -112,6 +114,22 @@ class TestOperatorCommands:
     ) -> None:
         assert await points("ledger", "verify") == 0
         assert "every invariant holds" in capsys.readouterr().out
+
+    async def test_ledger_expire_expires_the_due_lots_now(
+        self, database_url: str, capsys: pytest.CaptureFixture[str]
+    ) -> None:
+        assert await points("ledger", "expire", "--json") == 0  # migrates the schema
+        pool = await db.create_pool(database_url, "ledger", min_size=1, max_size=2)
+        try:
+            await apply(pool, points_requested(amount=30, expires_at=datetime.now(UTC)))
+            capsys.readouterr()
+
+            assert await points("ledger", "expire", "--json") == 0
+
+            assert last_json(capsys) == {"lots": 1, "points": 30}
+            assert await balance(pool) == 0
+        finally:
+            await pool.close()
 
     async def test_migrate_puts_each_schema_where_that_services_database_url_points(
         self,

@@ -21,6 +21,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 
 from contracts import (
     CLIENTS_LIFECYCLE,
+    MEMBERS_LIFECYCLE,
     POINTS_REQUESTED,
     POINTS_RESULTS,
     TOPICS_TO_CREATE,
@@ -29,6 +30,7 @@ from contracts import (
     PointsResultEvent,
 )
 from contracts.clients_lifecycle import ClientLifecycleEvent, ClientSnapshot
+from contracts.members_lifecycle import MemberLifecycleEvent, MemberStanding
 from infra import quarantine
 from infra.kafka_admin import create_topics
 from infra.tokens import API_AUDIENCE, JWKS_PATH, REALM_PATH, JwksVerifier
@@ -99,6 +101,7 @@ def points_requested(
     environment: str = "staging",
     user_id: str = "member-1",
     rule_id: str = "rule-1",
+    expires_at: datetime | None = None,
 ) -> PointsRequestedEvent:
     return PointsRequestedEvent.new_event(
         data=PointsRequested(
@@ -112,6 +115,7 @@ def points_requested(
             amount=amount,
             callback_url=None,
             requested_at=datetime.now(UTC),
+            expires_at=expires_at,
         ),
         environment=environment,  # type: ignore[arg-type]
         org_id="org-1",
@@ -133,7 +137,9 @@ async def ledger(
         [
             topic
             for topic in TOPICS_TO_CREATE
-            if topic.name.startswith((POINTS_REQUESTED, POINTS_RESULTS, CLIENTS_LIFECYCLE))
+            if topic.name.startswith(
+                (POINTS_REQUESTED, POINTS_RESULTS, CLIENTS_LIFECYCLE, MEMBERS_LIFECYCLE)
+            )
         ],
     )
     settings = LedgerSettings(
@@ -252,7 +258,47 @@ class TestThroughTheBroker:
                 params={"environment": "staging"},
                 headers=bearer(issuer.token()),
             )
-        assert response.json() == {"userId": "member-1", "environment": "staging", "balance": 120}
+        assert response.json() == {
+            "userId": "member-1",
+            "environment": "staging",
+            "balance": 120,
+            "expiring": [],
+        }
+
+
+class TestABlockedMember:
+    async def test_requests_applied_once_the_block_arrives_are_rejected(
+        self, ledger: Service
+    ) -> None:
+        servers = ledger.runtime.settings.kafka_bootstrap_servers
+        block = MemberLifecycleEvent.new_event(
+            data=MemberStanding(
+                org_id="org-1",
+                environment="staging",
+                user_id="member-1",
+                blocked=True,
+                reason="abuse",
+                changed_by="user-1",
+                changed_at=datetime.now(UTC),
+            ),
+            environment="staging",
+            org_id="org-1",
+            correlation_id="corr-block",
+        )
+        await produce(servers, MEMBERS_LIFECYCLE, [block])
+
+        async def blocked() -> bool:
+            return bool(
+                await ledger.runtime.pool.fetchval(
+                    "SELECT blocked FROM accounts WHERE kind = 'member' AND owner_id = 'member-1'"
+                )
+            )
+
+        await eventually(blocked, timeout=30, what="the block reaching the ledger")
+        await produce(servers, POINTS_REQUESTED, [points_requested(10)])
+        result = await first_result(servers, timeout=30)
+
+        assert (result.data.status, result.data.reason) == ("rejected", "MEMBER_BLOCKED")
 
 
 class TestARevokedClient:
@@ -362,7 +408,37 @@ class TestBalanceReads:
         )
 
         assert response.status_code == 200
-        assert response.json() == {"userId": "member-1", "environment": "staging", "balance": 30}
+        assert response.json() == {
+            "userId": "member-1",
+            "environment": "staging",
+            "balance": 30,
+            "expiring": [],
+        }
+
+    async def test_the_balance_lists_the_points_that_expire_soonest_first(
+        self, reader: Service, http: httpx.AsyncClient, issuer: TestIssuer
+    ) -> None:
+        sooner, later = datetime(2031, 1, 1, tzinfo=UTC), datetime(2031, 6, 1, tzinfo=UTC)
+        await seed(
+            reader,
+            points_requested(40, expires_at=later),
+            points_requested(25, expires_at=sooner),
+            points_requested(10),
+            points_requested(30, type="redeem"),
+        )
+
+        response = await http.get(
+            "/v1/members/member-1/balance",
+            params={"environment": "staging"},
+            headers=bearer(issuer.token()),
+        )
+
+        assert response.json() == {
+            "userId": "member-1",
+            "environment": "staging",
+            "balance": 45,
+            "expiring": [{"amount": 35, "expiresAt": "2031-06-01T00:00:00Z"}],
+        }
 
     async def test_an_unknown_member_has_a_zero_balance(
         self, http: httpx.AsyncClient, issuer: TestIssuer
@@ -677,6 +753,7 @@ class TestRuleTotalsEndpoint:
             "reversedEarned": 0,
             "reversedRedeemed": 0,
             "uncovered": 0,
+            "expired": 0,
             "net": 30,
             "transactions": 2,
             "rejected": 0,

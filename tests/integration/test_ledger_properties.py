@@ -1,11 +1,15 @@
 """A stateful property test of the ledger against a real PostgreSQL.
 
-Hypothesis drives random earns, redeems, batches, exact duplicates (same
-event id), re-sent requests (same client and request id, new event id) and
-reversals through ``apply_batch`` and ``reverse_transaction``, each in its own
-transaction, while a small in-memory model says what every balance must be.
-After every step the ledger must agree with the model, ``verify_ledger`` must
-find nothing, and no member may be negative.
+Hypothesis drives random earns (without expiry, with an expiry already past,
+or one a few days after a base instant a year ahead), redeems, batches, exact
+duplicates (same event id), re-sent requests (same client and request id, new
+event id), reversals and expiry passes at a clock the test advances from that
+base, through ``apply_batch``, ``reverse_transaction`` and ``expire_due_lots``,
+each in its own transaction, while a small in-memory model says what every
+balance and every lot must be. After every step the ledger must agree with the
+model (each member's balance is their unexpired lots plus their points without
+expiry), ``verify_ledger`` must find nothing, no member may be negative, and
+no lot is used or expired twice.
 
 Hypothesis's state machines are synchronous, and asyncpg needs an event loop:
 the machine hands its coroutines to a loop running in a background thread.
@@ -22,7 +26,7 @@ import time
 import uuid
 from collections.abc import Coroutine
 from dataclasses import dataclass, replace
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any, ClassVar, Literal, TypeVar
 from uuid import UUID
 
@@ -45,6 +49,7 @@ from infra.runtime import INFRA_MIGRATIONS
 from services.ledger.access import ReadScope
 from services.ledger.app import MIGRATIONS
 from services.ledger.applying import apply_batch
+from services.ledger.expiry import expire_due_lots, expiry_id
 from services.ledger.reads import rule_totals
 from services.ledger.reversals import NotReversible, ReversalOutcome, reverse_transaction
 from services.ledger.verification import verify_ledger
@@ -59,7 +64,13 @@ SCOPE = ReadScope(org_id=ORG, environment="staging")
 
 amounts = st.integers(min_value=1, max_value=120)
 members = st.sampled_from(MEMBERS)
-requests = st.tuples(st.sampled_from(("earn", "redeem")), members, amounts)
+#: None: never expires; "past": due already; n: n days after BASE.
+expiries = st.sampled_from((None, None, "past", 1, 2, 3, 5))
+requests = st.tuples(st.sampled_from(("earn", "redeem")), members, amounts, expiries)
+#: The instant the test's clock starts at: far enough ahead that no lot expiring after
+#: it is due by the real clock the ledger decides redemptions on while the test runs.
+BASE = datetime.now(UTC).replace(microsecond=0) + timedelta(days=365)
+PAST = datetime.now(UTC).replace(microsecond=0) - timedelta(days=1)
 
 
 class LoopThread:
@@ -83,14 +94,36 @@ class LoopThread:
 class Recorded:
     """What the model knows of one recorded transaction."""
 
-    type: Literal["earn", "redeem", "reversal"]
+    type: Literal["earn", "redeem", "reversal", "expiry"]
     user_id: str
     rule_id: str
     amount: int
     applied: bool
 
 
-def request(type: str, user_id: str, amount: int) -> PointsRequestedEvent:
+@dataclass
+class ModelLot:
+    id: UUID
+    user_id: str
+    rule_id: str
+    expires_at: datetime
+    remaining: int
+    expired: bool = False
+
+    def due(self) -> bool:
+        """Due by the real clock the ledger decides on: only lots already past are."""
+        return self.expires_at <= datetime.now(UTC)
+
+
+def expiry_instant(expiry: str | int | None) -> datetime | None:
+    if expiry is None:
+        return None
+    return PAST if expiry == "past" else BASE + timedelta(days=int(expiry))
+
+
+def request(
+    type: str, user_id: str, amount: int, expiry: str | int | None = None
+) -> PointsRequestedEvent:
     rule_id = EARN_RULES[amount % 2] if type == "earn" else REDEEM_RULE
     return PointsRequestedEvent.new_event(
         data=PointsRequested(
@@ -103,6 +136,7 @@ def request(type: str, user_id: str, amount: int) -> PointsRequestedEvent:
             type=type,  # type: ignore[arg-type]
             amount=amount,
             requested_at=datetime.now(UTC),
+            expires_at=expiry_instant(expiry) if type == "earn" else None,
         ),
         environment="staging",
         org_id=ORG,
@@ -125,6 +159,12 @@ class LedgerMachine(RuleBasedStateMachine):
         self.sent: list[PointsRequestedEvent] = []
         self.recorded: dict[UUID, Recorded] = {}
         self.reversals: dict[UUID, ReversalOutcome] = {}
+        self.free = dict.fromkeys(MEMBERS, 0)
+        """Each member's points without expiry."""
+        self.lots: dict[UUID, ModelLot] = {}
+        self.uses: dict[UUID, list[tuple[UUID, int]]] = {}
+        """What each redeem took from which lot."""
+        self.clock = BASE
 
     @initialize()
     def empty_ledger(self) -> None:
@@ -173,13 +213,44 @@ class LedgerMachine(RuleBasedStateMachine):
 
         return self.loop.run(reverse())
 
+    def _open_lots(self, user_id: str) -> list[ModelLot]:
+        held = [
+            lot
+            for lot in self.lots.values()
+            if lot.user_id == user_id and not lot.expired and lot.remaining > 0
+        ]
+        return sorted(held, key=lambda lot: (lot.expires_at, lot.id))
+
+    def _take(self, lots: list[ModelLot], amount: int) -> list[tuple[UUID, int]]:
+        taken = []
+        for lot in lots:
+            share = min(amount, lot.remaining)
+            if share:
+                lot.remaining -= share
+                amount -= share
+                taken.append((lot.id, share))
+        return taken
+
     def _model_apply(self, event: PointsRequestedEvent) -> str:
         data = event.data
-        applied = data.type == "earn" or self.balances[data.user_id] >= data.amount
+        user = data.user_id
+        due = sum(lot.remaining for lot in self._open_lots(user) if lot.due())
+        applied = data.type == "earn" or self.balances[user] - due >= data.amount
         if applied:
             signed = data.amount if data.type == "earn" else -data.amount
-            self.balances[data.user_id] += signed
+            self.balances[user] += signed
             self.pools[data.rule_id] -= signed
+            if data.expires_at is not None:
+                self.lots[data.transaction_id] = ModelLot(
+                    data.transaction_id, user, data.rule_id, data.expires_at, data.amount
+                )
+            elif data.type == "earn":
+                self.free[user] += data.amount
+            else:
+                spendable = [lot for lot in self._open_lots(user) if not lot.due()]
+                taken = self._take(spendable, data.amount)
+                self.uses[data.transaction_id] = taken
+                self.free[user] -= data.amount - sum(share for _, share in taken)
         self.sent.append(event)
         self.recorded[data.transaction_id] = Recorded(
             data.type, data.user_id, data.rule_id, data.amount, applied
@@ -188,10 +259,34 @@ class LedgerMachine(RuleBasedStateMachine):
 
     # -- rules -------------------------------------------------------------------
 
-    @rule(user_id=members, amount=amounts)
-    def earn(self, user_id: str, amount: int) -> None:
-        event = request("earn", user_id, amount)
+    @rule(user_id=members, amount=amounts, expiry=expiries)
+    def earn(self, user_id: str, amount: int, expiry: str | int | None) -> None:
+        event = request("earn", user_id, amount, expiry)
         assert self._apply(event) == [self._model_apply(event)]
+
+    @rule(days=st.integers(min_value=0, max_value=3))
+    def expire(self, days: int) -> None:
+        """The clock moves on and an expiry pass runs at it."""
+        self.clock += timedelta(days=days)
+
+        async def expire() -> int:
+            assert self.pool is not None
+            return (await expire_due_lots(self.pool, now=self.clock, chunk=2)).lots
+
+        expired = self.loop.run(expire())
+        due = [
+            lot
+            for lot in self.lots.values()
+            if not lot.expired and lot.remaining > 0 and lot.expires_at <= self.clock
+        ]
+        for lot in due:
+            self.balances[lot.user_id] -= lot.remaining
+            self.pools[lot.rule_id] += lot.remaining
+            lot.remaining, lot.expired = 0, True
+            self.recorded[expiry_id(lot.id)] = Recorded(
+                "expiry", lot.user_id, lot.rule_id, 1, applied=True
+            )
+        assert expired == len(due)
 
     @rule(user_id=members, amount=amounts)
     def redeem(self, user_id: str, amount: int) -> None:
@@ -239,7 +334,7 @@ class LedgerMachine(RuleBasedStateMachine):
         original = self.recorded[transaction_id]
         earlier = self.reversals.get(transaction_id)
         reversal_id = earlier.reversal_id if earlier and reuse_reversal_id else uuid.uuid4()
-        if original.type == "reversal" or not original.applied:
+        if original.type in ("reversal", "expiry") or not original.applied:
             with pytest.raises(NotReversible):
                 self._reverse(transaction_id, reversal_id)
             return
@@ -247,9 +342,26 @@ class LedgerMachine(RuleBasedStateMachine):
         if earlier is not None:
             assert outcome == replace(earlier, replayed=True)
             return
-        balance = self.balances[original.user_id]
-        to_member = original.amount if original.type == "redeem" else -min(original.amount, balance)
-        self.balances[original.user_id] += to_member
+        user = original.user_id
+        balance = self.balances[user]
+        if original.type == "redeem":
+            uncovered = 0
+            for lot_id, used in self.uses.get(transaction_id, []):
+                lot = self.lots[lot_id]
+                if lot.expired or lot.due():
+                    uncovered += used
+                else:
+                    lot.remaining += used
+            to_member = original.amount - uncovered
+            given_to_lots = sum(used for _, used in self.uses.get(transaction_id, [])) - uncovered
+            self.free[user] += to_member - given_to_lots
+        else:
+            to_member = -min(original.amount, balance)
+            own = [lot for lot in self._open_lots(user) if lot.id == transaction_id]
+            others = [lot for lot in self._open_lots(user) if lot.id != transaction_id]
+            taken = self._take(own + others, -to_member)
+            self.free[user] -= -to_member - sum(share for _, share in taken)
+        self.balances[user] += to_member
         self.pools[original.rule_id] -= to_member
         assert (outcome.reversed, outcome.uncovered, outcome.balance) == (
             abs(to_member),
@@ -268,11 +380,28 @@ class LedgerMachine(RuleBasedStateMachine):
         if self.pool is None:
             return
         balances, pools, violations, nets = self.loop.run(self._observe())
+        lots, expiries = self.loop.run(self._observe_lots())
         assert {member: balances.get(member, 0) for member in MEMBERS} == self.balances
+        for member in MEMBERS:
+            held = sum(lot.remaining for lot in self.lots.values() if lot.user_id == member)
+            assert self.balances[member] == held + self.free[member]
+            assert self.free[member] >= 0
+        assert lots == {lot.id: (lot.remaining, lot.expired) for lot in self.lots.values()}
+        assert expiries == sum(lot.expired for lot in self.lots.values())
         assert {rule: pools.get(rule, 0) for rule in self.pools} == self.pools
         assert all(balance >= 0 for balance in balances.values())
         assert violations == []
         assert nets == {rule: -self.pools[rule] for rule in EARN_RULES}
+
+    async def _observe_lots(self) -> tuple[dict[UUID, tuple[int, bool]], int]:
+        assert self.pool is not None
+        async with self.pool.acquire() as connection:
+            rows = await connection.fetch("SELECT id, remaining, expired_by FROM lots")
+            expiries = await connection.fetchval(
+                "SELECT count(*) FROM transactions WHERE type = 'expiry'"
+            )
+        lots = {row["id"]: (row["remaining"], row["expired_by"] is not None) for row in rows}
+        return lots, expiries
 
     async def _observe(
         self,

@@ -32,6 +32,7 @@ def points_requested(
     environment: Literal["staging", "production"] = "staging",
     callback_url: str | None = "https://partner.example.com/hooks/points",
     request_id: str | None = None,
+    expires_at: datetime | None = None,
 ) -> PointsRequestedEvent:
     return PointsRequestedEvent.new_event(
         data=PointsRequested(
@@ -45,6 +46,7 @@ def points_requested(
             amount=amount,
             callback_url=callback_url,
             requested_at=datetime.now(UTC),
+            expires_at=expires_at,
         ),
         environment=environment,
         org_id=org_id,

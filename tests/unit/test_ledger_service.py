@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import json
 from collections import defaultdict
-from datetime import UTC, datetime
-from typing import Literal
+from datetime import UTC, datetime, timedelta
+from typing import Any, Literal, cast
 from uuid import UUID, uuid4
 
 import pytest
@@ -17,6 +17,7 @@ from services.ledger.access import EnvironmentForbidden, UnknownEnvironment, rea
 from services.ledger.applying import (
     INSUFFICIENT_BALANCE,
     LEAST_PART,
+    MEMBER_BLOCKED,
     Outcome,
     decide,
     member_account,
@@ -24,6 +25,8 @@ from services.ledger.applying import (
     pool_account,
     result_row,
 )
+from services.ledger.expiry import expired_row, expiry_id
+from services.ledger.lots import Lot, MemberLots
 from services.ledger.reads import InvalidCursor, decode_cursor, encode_cursor
 
 
@@ -131,6 +134,44 @@ class TestDecide:
 
         assert statuses == ["rejected", "applied", "applied"]
 
+    def test_every_request_of_a_blocked_member_is_rejected_and_moves_nothing(self) -> None:
+        events = [request("earn", 5), request("redeem", 5)]
+        balances = {member_account(events[0]): 10, pool_account(events[0]): -10}
+
+        outcomes = decide(events, balances, blocked=frozenset({member_account(events[0])}))
+
+        assert [(o.status, o.reason, o.entries) for o in outcomes] == [
+            ("rejected", MEMBER_BLOCKED, ()),
+            ("rejected", MEMBER_BLOCKED, ()),
+        ]
+        assert balances == {member_account(events[0]): 10, pool_account(events[0]): -10}
+
+    def test_a_redeem_takes_the_soonest_expiring_lot_first_then_points_without_expiry(
+        self,
+    ) -> None:
+        now = datetime.now(UTC)
+        sooner, later = (Lot(uuid4(), now + timedelta(days=d), 10, 10) for d in (1, 2))
+        redeem = request("redeem", 15)
+        member = member_account(redeem)
+        held = {member: MemberLots([sooner, later])}
+        balances = {member: 40, pool_account(redeem): 0}
+
+        [outcome] = decide([redeem], balances, held=held, now=now)
+
+        assert outcome.lot_uses == ((sooner.id, 10), (later.id, 5))
+        assert (sooner.remaining, later.remaining) == (0, 5)
+
+    def test_points_whose_expiry_passed_cannot_be_redeemed(self) -> None:
+        now = datetime.now(UTC)
+        due = Lot(uuid4(), now - timedelta(seconds=1), 10, 10)
+        redeem = request("redeem", 11)
+        member = member_account(redeem)
+        balances = {member: 20, pool_account(redeem): 0}
+
+        [outcome] = decide([redeem], balances, held={member: MemberLots([due])}, now=now)
+
+        assert (outcome.status, outcome.reason) == ("rejected", INSUFFICIENT_BALANCE)
+
 
 def validated_result(outcome: Outcome, event_id: UUID, processed_at: datetime) -> PointsResultEvent:
     """The result event of ``outcome`` built through the contract's models, validated."""
@@ -210,6 +251,35 @@ class TestResultRow:
             PointsResultEvent.model_validate_json(payload).event_id for payload in payloads
         }
         assert len(event_ids) == 2
+
+
+class TestExpiredRow:
+    def test_writes_a_points_expired_result_the_contract_accepts(self) -> None:
+        lot_id, now = uuid4(), datetime(2026, 12, 7, 12, 0, tzinfo=UTC)
+        lot: dict[str, Any] = {
+            "id": lot_id,
+            "environment": "staging",
+            "org_id": "org-1",
+            "user_id": "member-1",
+            "request_id": "request-1",
+            "client_id": "client-1",
+            "rule_id": "rule-1",
+            "earn_amount": 30,
+            "remaining": 12,
+            "expires_at": now - timedelta(days=1),
+        }
+
+        topic, key, payload, _ = expired_row(cast("Any", lot), expiry_id(lot_id), 8, now)
+
+        sent = PointsResultEvent.model_validate_json(payload)
+        assert (topic, key) == (PointsResultEvent.TOPIC, "staging:org-1:member-1")
+        assert (sent.type, sent.data.transaction_id, sent.data.expiry_id) == (
+            "points.expired",
+            lot_id,
+            expiry_id(lot_id),
+        )
+        assert (sent.data.amount, sent.data.expired_amount, sent.data.balance) == (30, 12, 8)
+        assert payload == sent.model_dump_json().encode()
 
 
 class TestReadScope:
