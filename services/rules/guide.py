@@ -218,6 +218,12 @@ GATEWAY_RESPONSES = (
     ),
     GatewayResponse(
         400,
+        "MEMBER_BLOCKED",
+        "The business has blocked this member (`userId`): none of their triggers are accepted.",
+        "Nothing to retry; the business can unblock the member.",
+    ),
+    GatewayResponse(
+        400,
         "CAP_EXCEEDED",
         "The rule's total cap would be exceeded by this amount.",
         "The rule has run out of points; ask the business to raise its cap.",

@@ -14,7 +14,7 @@ from typing import Any
 
 import asyncpg
 
-from contracts import PointsRequested, PointsRequestedEvent
+from contracts import PointsRequested, PointsRequestedEvent, RuleSnapshot
 from contracts.limits import MAX_POINTS
 from infra.problems import Problem
 
@@ -76,12 +76,14 @@ def now() -> datetime:
 
 @dataclass(frozen=True)
 class Lookup:
-    """What accepting a trigger reads first: the rule it names and any earlier
-    request of the caller's with the same requestId."""
+    """What accepting a trigger reads first: the rule it names, any earlier request of
+    the caller's with the same requestId, and whether the business that owns the
+    rule blocked the member."""
 
     rule: asyncpg.Record | None
     earlier_transaction_id: uuid.UUID | None
     earlier_body_hash: str | None
+    member_blocked: bool = False
 
 
 def replay_answer(trigger: Trigger, transaction_id: uuid.UUID, body_hash: str) -> dict[str, Any]:
@@ -154,6 +156,28 @@ def check_member_and_amount(rule: asyncpg.Record, trigger: Trigger) -> tuple[str
     return user_id, amount
 
 
+def valid_user_id(user_id: Any) -> str | None:
+    """``user_id`` when it is a valid member id (so it may be looked up), else None."""
+    return user_id if isinstance(user_id, str) and USER_ID.fullmatch(user_id) else None
+
+
+def check_member_standing(lookup: Lookup, user_id: str) -> None:
+    if lookup.member_blocked:
+        raise Refused(f"the business has blocked member {user_id}", code="MEMBER_BLOCKED")
+
+
+def expiry_of(rule: asyncpg.Record, requested_at: datetime) -> datetime | None:
+    """When the points an earn under this rule version, accepted at ``requested_at``,
+    expire (:meth:`contracts.RuleSnapshot.expiry_of_points_awarded_at`); None when
+    they never do, and always for a redeem."""
+    after_days, at = rule["points_expire_after_days"], rule["points_expire_at"]
+    if rule["type"] != "earn" or (after_days is None and at is None):
+        return None
+    # Only the policy is needed; the projection already holds a validated version.
+    policy = RuleSnapshot.model_construct(points_expire_after_days=after_days, points_expire_at=at)
+    return policy.expiry_of_points_awarded_at(requested_at)
+
+
 @dataclass(frozen=True)
 class CheckedTrigger:
     """A trigger that passed every check, ready to be recorded with its event."""
@@ -167,10 +191,11 @@ def check_trigger(
     caller: Caller, trigger: Trigger, lookup: Lookup, correlation_id: str
 ) -> CheckedTrigger:
     """Check a trigger against its rule, in the documented order; what to record."""
-    rule = lookup.rule
-    check_rule(rule, caller, trigger.rule_id, now())
+    rule, requested_at = lookup.rule, now()
+    check_rule(rule, caller, trigger.rule_id, requested_at)
     assert rule is not None
     user_id, amount = check_member_and_amount(rule, trigger)
+    check_member_standing(lookup, user_id)
     event = PointsRequestedEvent.new_event(
         data=PointsRequested(
             request_id=trigger.request_id,
@@ -182,7 +207,8 @@ def check_trigger(
             type=rule["type"],
             amount=amount,
             callback_url=trigger.callback_url,
-            requested_at=now(),
+            requested_at=requested_at,
+            expires_at=expiry_of(rule, requested_at),
         ),
         environment=caller.environment,  # type: ignore[arg-type]
         org_id=caller.org_id,

@@ -15,6 +15,7 @@ from services.trigger.checks import (
     Trigger,
     check_member_and_amount,
     check_rule,
+    expiry_of,
 )
 
 NOW = datetime(2026, 11, 15, 12, 0, tzinfo=UTC)
@@ -37,6 +38,8 @@ def rule(**overrides: Any) -> dict[str, Any]:
         "starts_at": NOW - timedelta(days=1),
         "ends_at": NOW + timedelta(days=1),
         "version": 1,
+        "points_expire_after_days": None,
+        "points_expire_at": None,
         **overrides,
     }
 
@@ -171,3 +174,22 @@ class TestCheckMemberAndAmount:
         refusal = refusal_of_trigger(trigger(amount=0), max_amount_per_request=50)
 
         assert refusal == "INVALID_AMOUNT"
+
+
+class TestExpiryOfAnEarn:
+    """When an accepted earn's points expire: as the rule's contract says
+    (:meth:`contracts.RuleSnapshot.expiry_of_points_awarded_at`)."""
+
+    def test_points_of_a_rule_without_an_expiry_policy_never_expire(self) -> None:
+        assert expiry_of(rule(), NOW) is None
+
+    def test_points_expire_the_given_number_of_days_after_the_earn(self) -> None:
+        assert expiry_of(rule(points_expire_after_days=30), NOW) == NOW + timedelta(days=30)
+
+    def test_points_of_a_rule_with_a_fixed_instant_expire_at_that_instant(self) -> None:
+        instant = datetime(2027, 12, 31, 23, 59, tzinfo=UTC)
+
+        assert expiry_of(rule(points_expire_at=instant), NOW) == instant
+
+    def test_a_redeem_expires_nothing(self) -> None:
+        assert expiry_of(rule(type="redeem", points_expire_after_days=30), NOW) is None
