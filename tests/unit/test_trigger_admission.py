@@ -187,7 +187,6 @@ class TestAcceptingATrigger:
         assert (refused.status, refused.code) == (503, "CLIENT_NOT_READY")
         assert refused.headers == {"Retry-After": "1"}
 
-
     async def test_a_member_the_business_blocked_is_refused_and_nothing_is_recorded(
         self, statements: FakeStatements
     ) -> None:
