@@ -27,6 +27,8 @@ from contracts import (
     MemberLifecycleEvent,
     MemberStanding,
     PointsRequestedEvent,
+    PointsResult,
+    PointsResultEvent,
     RuleLifecycleEvent,
     RuleSnapshot,
 )
@@ -37,6 +39,7 @@ from infra.runtime import ServiceRuntime
 from infra.tokens import JwksVerifier
 from services.rules.app import create_app as create_rules_app
 from services.rules.propagation import Propagation
+from services.trigger import settlement
 from services.trigger.app import create_app as create_trigger_app
 from services.trigger.housekeeping import redrive_pending_requests
 from tests.helpers import (
@@ -57,6 +60,7 @@ from tests.integration.test_trigger_gateway import (
     REQUESTS_PATH,
     assert_refused,
     gateway_settings,
+    publish_result,
     published_request,
     published_requests,
 )
@@ -354,3 +358,94 @@ class TestBlockedMembers:
         response = await stack.trigger(rule_id, "member-now", replica=1)
 
         assert_refused(response, 400, "MEMBER_BLOCKED")
+
+
+def ledger_result(
+    stack: Stack, rule_id: str, accepted: dict[str, Any], status: str
+) -> PointsResultEvent:
+    """What the ledger publishes about an accepted 10-point earn of member-1: applied,
+    or (later) expired, 4 of its points being left."""
+    result = PointsResult(
+        request_id=accepted["requestId"],
+        transaction_id=uuid.UUID(accepted["transactionId"]),
+        client_id=stack.client_id,
+        rule_id=rule_id,
+        user_id="member-1",
+        type="earn",
+        amount=10,
+        status=status,  # type: ignore[arg-type]
+        balance=10,
+        processed_at=datetime.now(UTC),
+        **(
+            {"expiry_id": uuid.uuid4(), "expired_amount": 4, "expires_at": datetime.now(UTC)}
+            if status == "expired"
+            else {}
+        ),
+    )
+    return PointsResultEvent.new_event(
+        data=result, environment="staging", org_id=stack.org_id, correlation_id="ledger-test"
+    )
+
+
+class TestSettlingExpiries:
+    """An expiry settles nothing and frees no cap: the earn it concerns succeeded."""
+
+    async def request(self, stack: Stack, rule_id: str) -> dict[str, Any]:
+        response = await stack.trigger(rule_id)
+        assert response.status_code == 202, response.text
+        accepted: dict[str, Any] = response.json()
+        return accepted
+
+    async def status(self, stack: Stack, accepted: dict[str, Any]) -> str:
+        return str(
+            await stack.runtime.pool.fetchval(
+                "SELECT status FROM requests WHERE request_id = $1", accepted["requestId"]
+            )
+        )
+
+    async def cap_used(self, stack: Stack, rule_id: str) -> int:
+        return int(
+            await stack.runtime.pool.fetchval(
+                "SELECT used FROM cap_usage WHERE rule_id = $1", rule_id
+            )
+        )
+
+    async def test_an_expiry_ahead_of_its_earns_outcome_in_a_batch_changes_nothing(
+        self, stack: Stack
+    ) -> None:
+        rule_id = await stack.rule(points_expire_after_days=1, cap_max=100)
+        accepted = await self.request(stack, rule_id)
+        batch = [
+            ledger_result(stack, rule_id, accepted, "expired"),
+            ledger_result(stack, rule_id, accepted, "applied"),
+        ]
+
+        async with stack.runtime.pool.acquire() as connection, connection.transaction():
+            await settlement.settle_results(connection, batch)
+
+        assert await self.status(stack, accepted) == "succeeded"
+        assert await self.cap_used(stack, rule_id) == 10
+
+    async def test_an_expiry_on_kafka_is_consumed_without_quarantine_or_effect(
+        self, stack: Stack
+    ) -> None:
+        rule_id = await stack.rule(points_expire_after_days=1, cap_max=100)
+        pending = await self.request(stack, rule_id)
+        applied = await self.request(stack, rule_id)
+
+        # On the member's partition, the expiry first, then an outcome to wait for.
+        await publish_result(
+            stack.bootstrap_servers, ledger_result(stack, rule_id, pending, "expired")
+        )
+        await publish_result(
+            stack.bootstrap_servers, ledger_result(stack, rule_id, applied, "applied")
+        )
+
+        async def settled() -> bool:
+            return await self.status(stack, applied) == "succeeded"
+
+        await eventually(settled, what="the applied result")
+        still = await self.status(stack, pending)
+        quarantined = await stack.runtime.pool.fetchval("SELECT count(*) FROM quarantine")
+        assert (still, quarantined) == ("pending", 0)
+        assert await self.cap_used(stack, rule_id) == 20
