@@ -9,12 +9,12 @@ import json
 import re
 import uuid
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import asyncpg
 
-from contracts import PointsRequested, PointsRequestedEvent, RuleSnapshot
+from contracts import PointsRequested, PointsRequestedEvent
 from contracts.limits import MAX_POINTS
 from infra.problems import Problem
 
@@ -168,14 +168,14 @@ def check_member_standing(lookup: Lookup, user_id: str) -> None:
 
 def expiry_of(rule: asyncpg.Record, requested_at: datetime) -> datetime | None:
     """When the points an earn under this rule version, accepted at ``requested_at``,
-    expire (:meth:`contracts.RuleSnapshot.expiry_of_points_awarded_at`); None when
-    they never do, and always for a redeem."""
-    after_days, at = rule["points_expire_after_days"], rule["points_expire_at"]
-    if rule["type"] != "earn" or (after_days is None and at is None):
+    expire, as :meth:`contracts.RuleSnapshot.expiry_of_points_awarded_at` says for the
+    projected rule; None when they never do, and always for a redeem."""
+    if rule["type"] != "earn":
         return None
-    # Only the policy is needed; the projection already holds a validated version.
-    policy = RuleSnapshot.model_construct(points_expire_after_days=after_days, points_expire_at=at)
-    return policy.expiry_of_points_awarded_at(requested_at)
+    if rule["points_expire_after_days"] is not None:
+        return requested_at + timedelta(days=rule["points_expire_after_days"])
+    expires_at: datetime | None = rule["points_expire_at"]
+    return expires_at
 
 
 @dataclass(frozen=True)

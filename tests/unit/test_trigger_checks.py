@@ -7,6 +7,7 @@ from typing import Any
 
 import pytest
 
+from contracts import RuleSnapshot
 from services.trigger.checks import (
     MAX_AMOUNT,
     Caller,
@@ -177,19 +178,27 @@ class TestCheckMemberAndAmount:
 
 
 class TestExpiryOfAnEarn:
-    """When an accepted earn's points expire: as the rule's contract says
-    (:meth:`contracts.RuleSnapshot.expiry_of_points_awarded_at`)."""
+    """When an accepted earn's points expire: what the rule's contract says
+    (:meth:`contracts.RuleSnapshot.expiry_of_points_awarded_at`) of the projected rule."""
 
-    def test_points_of_a_rule_without_an_expiry_policy_never_expire(self) -> None:
-        assert expiry_of(rule(), NOW) is None
+    @pytest.mark.parametrize(
+        "policy",
+        [
+            {},
+            {"points_expire_after_days": 30},
+            {"points_expire_at": datetime(2027, 12, 31, 23, 59, tzinfo=UTC)},
+        ],
+    )
+    def test_an_earn_expires_when_the_rules_contract_says(self, policy: dict[str, Any]) -> None:
+        projected = rule(**policy)
+        snapshot = RuleSnapshot(
+            name="Rule", updated_at=NOW, **{**projected, "authorized_client_ids": ("cli_1",)}
+        )
+
+        assert expiry_of(projected, NOW) == snapshot.expiry_of_points_awarded_at(NOW)
 
     def test_points_expire_the_given_number_of_days_after_the_earn(self) -> None:
         assert expiry_of(rule(points_expire_after_days=30), NOW) == NOW + timedelta(days=30)
-
-    def test_points_of_a_rule_with_a_fixed_instant_expire_at_that_instant(self) -> None:
-        instant = datetime(2027, 12, 31, 23, 59, tzinfo=UTC)
-
-        assert expiry_of(rule(points_expire_at=instant), NOW) == instant
 
     def test_a_redeem_expires_nothing(self) -> None:
         assert expiry_of(rule(type="redeem", points_expire_after_days=30), NOW) is None
