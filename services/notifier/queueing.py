@@ -43,12 +43,7 @@ EXPIRY_DELIVERIES = uuid.UUID("5b0f3c2e-8f7d-4e5a-9c1b-2d6a7e8f9a10")
 def callback_body(result: PointsResult) -> bytes:
     """The callback JSON of DESIGN §5, as the exact bytes that are signed and sent."""
     document = {
-        "requestId": result.request_id,
-        "transactionId": str(result.transaction_id),
-        "ruleId": result.rule_id,
-        "userId": result.user_id,
-        "type": result.type,
-        "amount": result.amount,
+        **_request_fields(result),
         "status": "succeeded" if result.status == "applied" else "failed",
         "reason": result.reason,
         "balance": result.balance,
@@ -63,12 +58,7 @@ def expiry_callback_body(result: PointsResult) -> bytes:
     assert result.expires_at is not None  # the contract requires it on an expiry
     document = {
         "event": "points.expired",
-        "requestId": result.request_id,
-        "transactionId": str(result.transaction_id),
-        "ruleId": result.rule_id,
-        "userId": result.user_id,
-        "type": result.type,
-        "amount": result.amount,
+        **_request_fields(result),
         "status": "expired",
         "expiredAmount": result.expired_amount,
         "expiresAt": _instant(result.expires_at),
@@ -84,6 +74,18 @@ def expiry_delivery_id(result: PointsResult) -> uuid.UUID:
     the ledger's expiry id: a result published again under another event id is still
     one callback."""
     return uuid.uuid5(EXPIRY_DELIVERIES, str(result.expiry_id))
+
+
+def _request_fields(result: PointsResult) -> dict[str, object]:
+    """What every callback says of the request it concerns, in this order."""
+    return {
+        "requestId": result.request_id,
+        "transactionId": str(result.transaction_id),
+        "ruleId": result.rule_id,
+        "userId": result.user_id,
+        "type": result.type,
+        "amount": result.amount,
+    }
 
 
 def _instant(moment: datetime) -> str:
@@ -145,7 +147,7 @@ async def queue_callbacks(
     return queued
 
 
-def _delivery(event: PointsResultEvent, expiry_urls: dict[str, str]) -> NewDelivery | None:
+def _delivery(event: PointsResultEvent, expiry_urls: dict[str, str | None]) -> NewDelivery | None:
     """The callback a result asks for; None for an expiry whose client registered no
     expiry callback URL."""
     result = event.data
@@ -153,13 +155,14 @@ def _delivery(event: PointsResultEvent, expiry_urls: dict[str, str]) -> NewDeliv
         assert result.callback_url is not None  # asking_for_callbacks kept only those
         return _new_delivery(event, event.event_id, result.callback_url, callback_body(result))
     url = expiry_urls.get(result.client_id)
+    ids = {"event_id": str(event.event_id), "request_id": result.request_id}
+    if result.client_id not in expiry_urls:
+        # Points expire long after their client registered: the client's events are
+        # late or lost, and whether it wanted this callback is not known here.
+        log.warning("callback.expiry_client_unknown", client_id=result.client_id, **ids)
+        return None
     if url is None:
-        log.debug(
-            "callback.expiry_not_requested",
-            event_id=str(event.event_id),
-            request_id=result.request_id,
-            client_id=result.client_id,
-        )
+        log.debug("callback.expiry_not_requested", client_id=result.client_id, **ids)
         return None
     return _new_delivery(event, expiry_delivery_id(result), url, expiry_callback_body(result))
 

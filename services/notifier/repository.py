@@ -40,11 +40,10 @@ SELECT signing_key_salt,
 FROM clients WHERE client_id = $1
 """
 
-# Where each of these clients wants its points.expired callbacks; a client without
-# a URL (or not projected) has no row.
+# Where each of these clients wants its points.expired callbacks (null: nowhere);
+# a client not projected yet has no row.
 EXPIRY_CALLBACK_URLS = """
-SELECT client_id, expiry_callback_url FROM clients
-WHERE client_id = ANY($1::text[]) AND expiry_callback_url IS NOT NULL
+SELECT client_id, expiry_callback_url FROM clients WHERE client_id = ANY($1::text[])
 """
 
 # Callbacks that failed only because the client was not projected yet go out
@@ -267,8 +266,9 @@ async def client_salts(
 
 async def expiry_callback_urls(
     connection: asyncpg.Connection, client_ids: list[str]
-) -> dict[str, str]:
-    """The ``points.expired`` callback URL of each of these clients that registered one."""
+) -> dict[str, str | None]:
+    """The ``points.expired`` callback URL of each of these clients the notifier knows
+    (None for one that registered none)."""
     rows = await connection.fetch(EXPIRY_CALLBACK_URLS, client_ids)
     return {row["client_id"]: row["expiry_callback_url"] for row in rows}
 

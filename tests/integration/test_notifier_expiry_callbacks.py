@@ -9,10 +9,14 @@ import uuid
 from datetime import UTC, datetime
 from typing import Any
 
+from structlog.testing import capture_logs
+
 from contracts import ClientLifecycleEvent, PointsResultEvent
+from infra.runtime import ServiceRuntime
 from infra.signing import verify
 from services.notifier.app import create_app
 from services.notifier.queueing import expiry_delivery_id
+from tests.helpers import eventually
 from tests.integration.test_notifier import (
     CallbackReceiver,
     RunningCallbacks,
@@ -117,6 +121,17 @@ class TestExpiryCallbacks:
         assert (queued, queued_rows) == (False, 0)
         assert receiver.received == []
 
+    async def test_an_expiry_of_a_client_the_notifier_does_not_know_is_sent_nowhere_and_said(
+        self, database_url: str
+    ) -> None:
+        with capture_logs() as logs:
+            async with running_callbacks(notifier_settings(database_url)) as notifier:
+                queued = await notifier.receive_result(expiry_event())
+                queued_rows = await deliveries(notifier)
+
+        assert (queued, queued_rows) == (False, 0)
+        assert any(line["event"] == "callback.expiry_client_unknown" for line in logs)
+
     async def test_an_expiry_published_again_under_another_event_id_is_called_back_once(
         self, database_url: str, receiver: CallbackReceiver
     ) -> None:
@@ -155,16 +170,22 @@ class TestExpiryCallbacksThroughKafka:
         self, database_url: str, kafka_bootstrap_servers: str, receiver: CallbackReceiver
     ) -> None:
         event = expiry_event()
-        await publish_in_order(kafka_bootstrap_servers, opted_in(receiver.url()), event)
-
+        await publish_in_order(kafka_bootstrap_servers, opted_in(receiver.url()))
         _, runtime = create_app(
             notifier_settings(database_url, kafka_bootstrap_servers=kafka_bootstrap_servers)
         )
         await runtime.start()
         try:
+            # The client registered long before its points expire.
+            await eventually(lambda: client_known(runtime), what="the client's projection")
+            await publish_in_order(kafka_bootstrap_servers, event)
             [callback] = await receiver.wait_for(1, timeout=30.0)
         finally:
             await runtime.stop()
 
         assert verify(signing_secret(), callback.body, callback.headers["x-points-signature"])
         assert json.loads(callback.body)["expiryId"] == str(EXPIRY_ID)
+
+
+async def client_known(runtime: ServiceRuntime) -> bool:
+    return bool(await runtime.pool.fetchval("SELECT count(*) FROM clients"))
