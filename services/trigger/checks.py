@@ -137,8 +137,8 @@ def check_rule(rule: asyncpg.Record | None, caller: Caller, rule_id: str, at: da
 
 
 def check_member_and_amount(rule: asyncpg.Record, trigger: Trigger) -> tuple[str, int]:
-    user_id, amount = trigger.user_id, trigger.amount
-    if not isinstance(user_id, str) or not USER_ID.fullmatch(user_id):
+    user_id, amount = valid_user_id(trigger.user_id), trigger.amount
+    if user_id is None:
         raise Refused(
             "userId must be 1-128 characters: letters, digits and . _ : @ + -",
             code="INVALID_USER_ID",
@@ -162,6 +162,7 @@ def valid_user_id(user_id: Any) -> str | None:
 
 
 def check_member_standing(lookup: Lookup, user_id: str) -> None:
+    """Refuse a member the business that owns the rule has blocked."""
     if lookup.member_blocked:
         raise Refused(f"the business has blocked member {user_id}", code="MEMBER_BLOCKED")
 
