@@ -27,7 +27,9 @@ CREATE TABLE member_standings (
 
 -- As in 0008, with one more argument: when each request's points expire, kept
 -- on its row. An overload: 0008's function stays for gateways of the previous
--- release during a rolling deploy (their requests expire nothing).
+-- release during a rolling deploy (their requests expire nothing). Its body is
+-- 0008's but for that column: a wrapper calling 0008's function and then
+-- setting expires_at would write every such request row twice.
 CREATE FUNCTION record_points_requests(
     p_client_ids text[], p_request_ids text[], p_transaction_ids uuid[], p_body_hashes text[],
     p_org_ids text[], p_environments text[], p_rule_ids text[], p_rule_versions integer[],
