@@ -205,6 +205,14 @@ GATEWAY_RESPONSES = (
     ),
     GatewayResponse(
         400,
+        "MEMBER_BLOCKED",
+        "The business has blocked this member in this environment. Nothing was recorded; "
+        "requests for the member it had already accepted fail with the same reason.",
+        "Do not retry: tell the member to contact the business. Triggers are accepted again "
+        "once the business unblocks the member.",
+    ),
+    GatewayResponse(
+        400,
         "INVALID_AMOUNT",
         "`amount` is not a whole number from 1 to 9007199254740991 (a decimal, a string, a "
         "boolean, zero or a negative number).",
@@ -215,12 +223,6 @@ GATEWAY_RESPONSES = (
         "AMOUNT_OVER_MAXIMUM",
         "`amount` is more than the rule allows in one request.",
         "Send a smaller amount.",
-    ),
-    GatewayResponse(
-        400,
-        "MEMBER_BLOCKED",
-        "The business has blocked this member (`userId`): none of their triggers are accepted.",
-        "Nothing to retry; the business can unblock the member.",
     ),
     GatewayResponse(
         400,

@@ -136,13 +136,18 @@ def check_rule(rule: asyncpg.Record | None, caller: Caller, rule_id: str, at: da
         )
 
 
-def check_member_and_amount(rule: asyncpg.Record, trigger: Trigger) -> tuple[str, int]:
+def check_member_and_amount(
+    rule: asyncpg.Record, trigger: Trigger, *, member_blocked: bool = False
+) -> tuple[str, int]:
+    """The member (a valid userId the business has not blocked), then the amount."""
     user_id, amount = valid_user_id(trigger.user_id), trigger.amount
     if user_id is None:
         raise Refused(
             "userId must be 1-128 characters: letters, digits and . _ : @ + -",
             code="INVALID_USER_ID",
         )
+    if member_blocked:
+        raise Refused(f"the business has blocked member {user_id}", code="MEMBER_BLOCKED")
     if isinstance(amount, bool) or not isinstance(amount, int) or not 0 < amount <= MAX_AMOUNT:
         raise Refused(
             f"amount must be a positive integer of at most {MAX_AMOUNT}", code="INVALID_AMOUNT"
@@ -159,12 +164,6 @@ def check_member_and_amount(rule: asyncpg.Record, trigger: Trigger) -> tuple[str
 def valid_user_id(user_id: Any) -> str | None:
     """``user_id`` when it is a valid member id (so it may be looked up), else None."""
     return user_id if isinstance(user_id, str) and USER_ID.fullmatch(user_id) else None
-
-
-def check_member_standing(lookup: Lookup, user_id: str) -> None:
-    """Refuse a member the business that owns the rule has blocked."""
-    if lookup.member_blocked:
-        raise Refused(f"the business has blocked member {user_id}", code="MEMBER_BLOCKED")
 
 
 def expiry_of(rule: asyncpg.Record, requested_at: datetime) -> datetime | None:
@@ -195,8 +194,7 @@ def check_trigger(
     rule, requested_at = lookup.rule, now()
     check_rule(rule, caller, trigger.rule_id, requested_at)
     assert rule is not None
-    user_id, amount = check_member_and_amount(rule, trigger)
-    check_member_standing(lookup, user_id)
+    user_id, amount = check_member_and_amount(rule, trigger, member_blocked=lookup.member_blocked)
     event = PointsRequestedEvent.new_event(
         data=PointsRequested(
             request_id=trigger.request_id,

@@ -171,6 +171,15 @@ class TestCheckMemberAndAmount:
     def test_an_amount_at_the_per_request_maximum_is_accepted(self) -> None:
         assert refusal_of_trigger(trigger(amount=50), max_amount_per_request=50) is None
 
+    def test_a_blocked_member_is_refused_after_the_user_id_and_before_the_amount(self) -> None:
+        def refusal(sent: Trigger) -> str:
+            with pytest.raises(Refused) as refused:
+                check_member_and_amount(rule(), sent, member_blocked=True)
+            return refused.value.code
+
+        assert refusal(trigger(user_id="bad id")) == "INVALID_USER_ID"
+        assert refusal(trigger(amount=0)) == "MEMBER_BLOCKED"
+
     def test_an_invalid_amount_is_refused_before_the_maximum_is_compared(self) -> None:
         refusal = refusal_of_trigger(trigger(amount=0), max_amount_per_request=50)
 
