@@ -1,6 +1,7 @@
 """Queueing deliveries, in the transaction of the consumer that received the event.
 
-A points result that names a callback URL, and a share-email request, each
+A points result that names a callback URL, an expiry of points earned by a
+client that registered an expiry callback URL, and a share-email request, each
 become a ``deliveries`` row (``kind`` callback or email) in the same
 transaction that records the event in the inbox, so a redelivered event
 queues nothing twice. The workers of :mod:`services.notifier.dispatch` send
@@ -11,8 +12,9 @@ here too: a client's arrival makes the callbacks that waited for it due.
 from __future__ import annotations
 
 import json
+import uuid
 from collections.abc import Sequence
-from datetime import UTC
+from datetime import UTC, datetime
 from urllib.parse import urlsplit
 
 import asyncpg
@@ -33,21 +35,64 @@ from services.notifier.settings import NotifierSettings
 
 log = get_logger(__name__)
 
+#: Namespace of the delivery ids of ``points.expired`` callbacks (see :func:`expiry_delivery_id`);
+#: never to change, or a callback sent before the change could be sent again after it.
+EXPIRY_DELIVERIES = uuid.UUID("5b0f3c2e-8f7d-4e5a-9c1b-2d6a7e8f9a10")
+
 
 def callback_body(result: PointsResult) -> bytes:
     """The callback JSON of DESIGN §5, as the exact bytes that are signed and sent."""
     document = {
+        **_request_fields(result),
+        "status": "succeeded" if result.status == "applied" else "failed",
+        "reason": result.reason,
+        "balance": result.balance,
+        "processedAt": _instant(result.processed_at),
+    }
+    return _json(document)
+
+
+def expiry_callback_body(result: PointsResult) -> bytes:
+    """The body of a ``points.expired`` callback: the earn it concerns, in the fields
+    and style of the outcome callback, and what expired; signed and sent as is."""
+    assert result.expires_at is not None  # the contract requires it on an expiry
+    document = {
+        "event": "points.expired",
+        **_request_fields(result),
+        "status": "expired",
+        "expiredAmount": result.expired_amount,
+        "expiresAt": _instant(result.expires_at),
+        "expiryId": str(result.expiry_id),
+        "balance": result.balance,
+        "processedAt": _instant(result.processed_at),
+    }
+    return _json(document)
+
+
+def expiry_delivery_id(result: PointsResult) -> uuid.UUID:
+    """The delivery id (and ``X-Points-Event-Id``) of an expiry's callback, derived from
+    the ledger's expiry id: a result published again under another event id is still
+    one callback."""
+    return uuid.uuid5(EXPIRY_DELIVERIES, str(result.expiry_id))
+
+
+def _request_fields(result: PointsResult) -> dict[str, object]:
+    """What every callback says of the request it concerns, in this order."""
+    return {
         "requestId": result.request_id,
         "transactionId": str(result.transaction_id),
         "ruleId": result.rule_id,
         "userId": result.user_id,
         "type": result.type,
         "amount": result.amount,
-        "status": "succeeded" if result.status == "applied" else "failed",
-        "reason": result.reason,
-        "balance": result.balance,
-        "processedAt": result.processed_at.astimezone(UTC).isoformat().replace("+00:00", "Z"),
     }
+
+
+def _instant(moment: datetime) -> str:
+    return moment.astimezone(UTC).isoformat().replace("+00:00", "Z")
+
+
+def _json(document: dict[str, object]) -> bytes:
     return json.dumps(document, separators=(",", ":")).encode()
 
 
@@ -68,14 +113,20 @@ async def queue_callback(connection: asyncpg.Connection, event: PointsResultEven
 
 
 def asking_for_callbacks(events: Sequence[PointsResultEvent]) -> list[PointsResultEvent]:
-    """The results that ask for a callback: those with a callback URL, reversals
-    excepted (callbacks report a request's outcome, and the request still succeeded).
-    The others need nothing of the notifier, not even an inbox row."""
-    return [
-        event
-        for event in events
-        if event.data.callback_url is not None and event.data.status != "reversed"
-    ]
+    """The results that may ask for a callback: an outcome (``applied`` or ``rejected``)
+    with a callback URL, and every expiry (its client may have registered an expiry
+    callback URL). A reversal asks for none: callbacks report a request's outcome,
+    and the request still succeeded. The others need nothing of the notifier, not
+    even an inbox row."""
+    return [event for event in events if _may_ask_for_callback(event.data)]
+
+
+def _may_ask_for_callback(result: PointsResult) -> bool:
+    if result.status == "expired":
+        return True
+    if result.status == "reversed":
+        return False
+    return result.callback_url is not None
 
 
 async def queue_callbacks(
@@ -84,36 +135,63 @@ async def queue_callbacks(
     """Queue the callbacks a batch of results asks for, each event once; how many were
     queued."""
     queued = 0
-    asking = asking_for_callbacks(events)
-    for event in await inbox.claim_new(connection, asking, POINTS_RESULTS):
-        if await _queue_callback(connection, event):
+    asking = await inbox.claim_new(connection, asking_for_callbacks(events), POINTS_RESULTS)
+    expiring = {event.data.client_id for event in asking if event.data.status == "expired"}
+    expiry_urls = (
+        await repository.expiry_callback_urls(connection, sorted(expiring)) if expiring else {}
+    )
+    for event in asking:
+        delivery = _delivery(event, expiry_urls)
+        if delivery is not None and await _queue_callback(connection, delivery):
             queued += 1
     return queued
 
 
-async def _queue_callback(connection: asyncpg.Connection, event: PointsResultEvent) -> bool:
+def _delivery(event: PointsResultEvent, expiry_urls: dict[str, str | None]) -> NewDelivery | None:
+    """The callback a result asks for; None for an expiry whose client registered no
+    expiry callback URL."""
     result = event.data
-    assert result.callback_url is not None
-    queued = await repository.insert_delivery(
-        connection,
-        NewDelivery(
-            event_id=event.event_id,
-            client_id=result.client_id,
-            org_id=event.org_id,
-            environment=event.environment,
-            request_id=result.request_id,
-            transaction_id=result.transaction_id,
-            url=result.callback_url,
-            host=callback_host(result.callback_url),
-            body=callback_body(result),
-        ),
+    if result.status != "expired":
+        assert result.callback_url is not None  # asking_for_callbacks kept only those
+        return _new_delivery(event, event.event_id, result.callback_url, callback_body(result))
+    url = expiry_urls.get(result.client_id)
+    ids = {"event_id": str(event.event_id), "request_id": result.request_id}
+    if result.client_id not in expiry_urls:
+        # Points expire long after their client registered: the client's events are
+        # late or lost, and whether it wanted this callback is not known here.
+        log.warning("callback.expiry_client_unknown", client_id=result.client_id, **ids)
+        return None
+    if url is None:
+        log.debug("callback.expiry_not_requested", client_id=result.client_id, **ids)
+        return None
+    return _new_delivery(event, expiry_delivery_id(result), url, expiry_callback_body(result))
+
+
+def _new_delivery(
+    event: PointsResultEvent, delivery_id: uuid.UUID, url: str, body: bytes
+) -> NewDelivery:
+    result = event.data
+    return NewDelivery(
+        event_id=delivery_id,
+        client_id=result.client_id,
+        org_id=event.org_id,
+        environment=event.environment,
+        request_id=result.request_id,
+        transaction_id=result.transaction_id,
+        url=url,
+        host=callback_host(url),
+        body=body,
     )
+
+
+async def _queue_callback(connection: asyncpg.Connection, delivery: NewDelivery) -> bool:
+    queued = await repository.insert_delivery(connection, delivery)
     if queued:
         log.info(
             "callback.queued",
-            event_id=str(event.event_id),
-            request_id=result.request_id,
-            client_id=result.client_id,
+            event_id=str(delivery.event_id),
+            request_id=delivery.request_id,
+            client_id=delivery.client_id,
         )
     return queued
 
@@ -198,6 +276,7 @@ async def project_client(connection: asyncpg.Connection, event: ClientLifecycleE
         signing_key_salt=client.signing_key_salt,
         previous_signing_key_salt=client.previous_signing_key_salt,
         previous_salt_valid_until=client.previous_salt_valid_until,
+        expiry_callback_url=client.expiry_callback_url,
         occurred_at=event.occurred_at,
     )
     if not stored:

@@ -15,9 +15,9 @@ UNKNOWN_CLIENT_ERROR = "unknown client: no clients.lifecycle.v1 event seen for i
 UPSERT_CLIENT = """
 INSERT INTO clients (
     client_id, org_id, environment, status, signing_key_salt,
-    previous_signing_key_salt, previous_salt_valid_until, occurred_at
+    previous_signing_key_salt, previous_salt_valid_until, expiry_callback_url, occurred_at
 )
-VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
 ON CONFLICT (client_id) DO UPDATE SET
     org_id = EXCLUDED.org_id,
     environment = EXCLUDED.environment,
@@ -25,6 +25,7 @@ ON CONFLICT (client_id) DO UPDATE SET
     signing_key_salt = EXCLUDED.signing_key_salt,
     previous_signing_key_salt = EXCLUDED.previous_signing_key_salt,
     previous_salt_valid_until = EXCLUDED.previous_salt_valid_until,
+    expiry_callback_url = EXCLUDED.expiry_callback_url,
     occurred_at = EXCLUDED.occurred_at
 WHERE clients.occurred_at < EXCLUDED.occurred_at
 RETURNING client_id
@@ -37,6 +38,12 @@ SELECT signing_key_salt,
        CASE WHEN previous_salt_valid_until > now() THEN previous_signing_key_salt END
            AS previous_signing_key_salt
 FROM clients WHERE client_id = $1
+"""
+
+# Where each of these clients wants its points.expired callbacks (null: nowhere);
+# a client not projected yet has no row.
+EXPIRY_CALLBACK_URLS = """
+SELECT client_id, expiry_callback_url FROM clients WHERE client_id = ANY($1::text[])
 """
 
 # Callbacks that failed only because the client was not projected yet go out
@@ -227,6 +234,7 @@ async def upsert_client(
     signing_key_salt: str,
     previous_signing_key_salt: str | None = None,
     previous_salt_valid_until: datetime | None = None,
+    expiry_callback_url: str | None = None,
     occurred_at: datetime,
 ) -> bool:
     """Store the client unless a newer event already did; True when stored."""
@@ -239,6 +247,7 @@ async def upsert_client(
         signing_key_salt,
         previous_signing_key_salt,
         previous_salt_valid_until,
+        expiry_callback_url,
         occurred_at,
     )
     return row is not None
@@ -253,6 +262,15 @@ async def client_salts(
     if row is None:
         return None
     return [salt for salt in row if salt is not None]
+
+
+async def expiry_callback_urls(
+    connection: asyncpg.Connection, client_ids: list[str]
+) -> dict[str, str | None]:
+    """The ``points.expired`` callback URL of each of these clients the notifier knows
+    (None for one that registered none)."""
+    rows = await connection.fetch(EXPIRY_CALLBACK_URLS, client_ids)
+    return {row["client_id"]: row["expiry_callback_url"] for row in rows}
 
 
 async def retry_awaiting_client(connection: asyncpg.Connection, client_id: str) -> int:

@@ -37,7 +37,8 @@ def register_subscribers(
         group_id=CLIENTS_GROUP,
         handler=project_clients,
         by_environment=False,
-        description="Projects each API client's signing salt, to sign its callbacks.",
+        description="Projects each API client's signing salt, to sign its callbacks, and "
+        "its expiry callback URL.",
     )
 
     async def queue_callbacks(events: list[PointsResultEvent]) -> None:
@@ -54,8 +55,10 @@ def register_subscribers(
         handler=queue_callbacks,
         environment_of=environment_from_member_key,
         description="Queues the signed callback each points result asks for, one transaction "
-        "per batch. A reversal (`points.reversed`) is ignored: callbacks report a request's "
-        "outcome, `succeeded` or `failed`, and the request still succeeded.",
+        "per batch. An expiry (`points.expired`) is called back to its client's expiry "
+        "callback URL, when it registered one. A reversal (`points.reversed`) is ignored: "
+        "callbacks report a request's outcome, `succeeded` or `failed`, and the request "
+        "still succeeded.",
     )
 
     async def queue_share_emails(events: list[ShareEmailRequestedEvent]) -> None:

@@ -4,8 +4,9 @@ A partner's integration test activates a rule and triggers it at once; a busines
 user revokes a leaked client and expects the next trigger refused. The change
 reaches the gateway as an event: committed with its outbox row, published by the
 relay, consumed by the gateway's projection. So a change's answer waits, bounded,
-until the gateway's projection group has committed the lifecycle topics up to
-where they end once the change is published. Triggers pay nothing for it, and a
+until the gateway's projection group has committed the topics it projects
+(``contracts.GATEWAY_PROJECTED_TOPICS``: rules, clients and member standings)
+up to where they end once the change is published. Triggers pay nothing for it, and a
 refusal never waits: by the time a caller hears that a change is made, the
 gateway has it.
 
@@ -24,7 +25,7 @@ import asyncpg
 from aiokafka import TopicPartition
 from aiokafka.errors import KafkaError
 
-from contracts import CLIENTS_LIFECYCLE, GATEWAY_PROJECTION_GROUP, RULES_LIFECYCLE
+from contracts import GATEWAY_PROJECTED_TOPICS, GATEWAY_PROJECTION_GROUP
 from infra import outbox
 from infra.logging import get_logger
 
@@ -71,8 +72,9 @@ class Propagation:
                     return True
                 await outbox.wait_until_published(self._pool(), outbox_id)
                 partitions = [
-                    *await self._progress.partitions(RULES_LIFECYCLE),
-                    *await self._progress.partitions(CLIENTS_LIFECYCLE),
+                    partition
+                    for topic in GATEWAY_PROJECTED_TOPICS
+                    for partition in await self._progress.partitions(topic)
                 ]
             if await self._progress.consumed(
                 GATEWAY_PROJECTION_GROUP, partitions, timeout=max(deadline - loop.time(), 0.001)

@@ -1,22 +1,24 @@
 """Admitting triggers: the one way from a developer's trigger to its 202 or refusal.
 
 :meth:`Gateway.accept` runs a trigger through the client's standing and
-signature, its rate-limit token, the rule, member and amount checks, its caps
-and its idempotency record, in the documented order; the HTTP layer only
-translates the request in and the answer out.
+signature, its rate-limit token, the rule, member and amount checks, the
+member's standing (a member the business blocked is refused), its caps and its
+idempotency record, in the documented order; the HTTP layer only translates
+the request in and the answer out.
 
 A trigger costs two statements, each shared with the other triggers waiting
 at the same moment (coalesced, see :mod:`infra.batching`). The first
 (:func:`admit_triggers`) takes tokens from the clients' rate-limit buckets and
-reads each client's standing, rule and any earlier request with the same
-requestId. The second (:func:`record_triggers`, after the checks) writes each
-trigger's idempotency record, cap reservations and outbox row of
-``points.requested.v1``, which commit before the 202 is sent: an accepted
-request is never lost and a refused one reserves nothing. Every trigger is
-checked against what the first statement read, so a rule or client changed a
-moment ago counts at once. (A path that checked triggers against the clients
-and rules a replica remembered, and recorded them in one statement, was
-removed: back to back, it gained no throughput beyond the machine's noise.)
+reads each client's standing, rule, member's standing and any earlier request
+with the same requestId. The second (:func:`record_triggers`, after the
+checks) writes each trigger's idempotency record, cap reservations and outbox
+row of ``points.requested.v1``, which commit before the 202 is sent: an
+accepted request is never lost and a refused one reserves nothing. Every
+trigger is checked against what the first statement read, so a rule, client or
+member changed a moment ago counts at once. (A path that checked triggers
+against the clients and rules a replica remembered, and recorded them in one
+statement, was removed: back to back, it gained no throughput beyond the
+machine's noise.)
 
 Rate-limit buckets live in PostgreSQL, so a client's limit holds however many
 gateway replicas serve it (N replicas do not grant N times the limit) and a
@@ -52,6 +54,7 @@ from services.trigger.checks import (
     check_trigger,
     replay_answer,
     replay_of,
+    valid_user_id,
 )
 from services.trigger.rate_limits import RateLimit, RateLimited, rate_limit_headers
 from services.trigger.settings import TriggerSettings
@@ -254,7 +257,12 @@ async def admit_triggers(
     rows = await repository.admit_triggers(
         pool,
         [
-            (arrival.caller.client_id, arrival.trigger.request_id, arrival.trigger.rule_id)
+            (
+                arrival.caller.client_id,
+                arrival.trigger.request_id,
+                arrival.trigger.rule_id,
+                valid_user_id(arrival.trigger.user_id),
+            )
             for arrival in batch
         ],
         default_per_second=default_per_second,
@@ -272,6 +280,7 @@ async def admit_triggers(
                 rule=row if row["rule_id"] is not None else None,
                 earlier_transaction_id=row["earlier_transaction_id"],
                 earlier_body_hash=row["earlier_body_hash"],
+                member_blocked=row["member_blocked"],
             ),
         )
         for row in rows
@@ -334,6 +343,7 @@ def _request_row(checked: CheckedTrigger) -> tuple[Any, ...]:
         *outbox.outbox_row(event),
         requested.callback_url,
         event.correlation_id,
+        requested.expires_at,
     )
 
 

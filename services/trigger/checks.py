@@ -9,7 +9,7 @@ import json
 import re
 import uuid
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import asyncpg
@@ -76,12 +76,14 @@ def now() -> datetime:
 
 @dataclass(frozen=True)
 class Lookup:
-    """What accepting a trigger reads first: the rule it names and any earlier
-    request of the caller's with the same requestId."""
+    """What accepting a trigger reads first: the rule it names, any earlier request of
+    the caller's with the same requestId, and whether the business that owns the
+    rule blocked the member."""
 
     rule: asyncpg.Record | None
     earlier_transaction_id: uuid.UUID | None
     earlier_body_hash: str | None
+    member_blocked: bool = False
 
 
 def replay_answer(trigger: Trigger, transaction_id: uuid.UUID, body_hash: str) -> dict[str, Any]:
@@ -134,13 +136,18 @@ def check_rule(rule: asyncpg.Record | None, caller: Caller, rule_id: str, at: da
         )
 
 
-def check_member_and_amount(rule: asyncpg.Record, trigger: Trigger) -> tuple[str, int]:
-    user_id, amount = trigger.user_id, trigger.amount
-    if not isinstance(user_id, str) or not USER_ID.fullmatch(user_id):
+def check_member_and_amount(
+    rule: asyncpg.Record, trigger: Trigger, *, member_blocked: bool = False
+) -> tuple[str, int]:
+    """The member (a valid userId the business has not blocked), then the amount."""
+    user_id, amount = valid_user_id(trigger.user_id), trigger.amount
+    if user_id is None:
         raise Refused(
             "userId must be 1-128 characters: letters, digits and . _ : @ + -",
             code="INVALID_USER_ID",
         )
+    if member_blocked:
+        raise Refused(f"the business has blocked member {user_id}", code="MEMBER_BLOCKED")
     if isinstance(amount, bool) or not isinstance(amount, int) or not 0 < amount <= MAX_AMOUNT:
         raise Refused(
             f"amount must be a positive integer of at most {MAX_AMOUNT}", code="INVALID_AMOUNT"
@@ -152,6 +159,23 @@ def check_member_and_amount(rule: asyncpg.Record, trigger: Trigger) -> tuple[str
             code="AMOUNT_OVER_MAXIMUM",
         )
     return user_id, amount
+
+
+def valid_user_id(user_id: Any) -> str | None:
+    """``user_id`` when it is a valid member id (so it may be looked up), else None."""
+    return user_id if isinstance(user_id, str) and USER_ID.fullmatch(user_id) else None
+
+
+def expiry_of(rule: asyncpg.Record, requested_at: datetime) -> datetime | None:
+    """When the points an earn under this rule version, accepted at ``requested_at``,
+    expire, as :meth:`contracts.RuleSnapshot.expiry_of_points_awarded_at` says for the
+    projected rule; None when they never do, and always for a redeem."""
+    if rule["type"] != "earn":
+        return None
+    if rule["points_expire_after_days"] is not None:
+        return requested_at + timedelta(days=rule["points_expire_after_days"])
+    expires_at: datetime | None = rule["points_expire_at"]
+    return expires_at
 
 
 @dataclass(frozen=True)
@@ -167,10 +191,10 @@ def check_trigger(
     caller: Caller, trigger: Trigger, lookup: Lookup, correlation_id: str
 ) -> CheckedTrigger:
     """Check a trigger against its rule, in the documented order; what to record."""
-    rule = lookup.rule
-    check_rule(rule, caller, trigger.rule_id, now())
+    rule, requested_at = lookup.rule, now()
+    check_rule(rule, caller, trigger.rule_id, requested_at)
     assert rule is not None
-    user_id, amount = check_member_and_amount(rule, trigger)
+    user_id, amount = check_member_and_amount(rule, trigger, member_blocked=lookup.member_blocked)
     event = PointsRequestedEvent.new_event(
         data=PointsRequested(
             request_id=trigger.request_id,
@@ -182,7 +206,8 @@ def check_trigger(
             type=rule["type"],
             amount=amount,
             callback_url=trigger.callback_url,
-            requested_at=now(),
+            requested_at=requested_at,
+            expires_at=expiry_of(rule, requested_at),
         ),
         environment=caller.environment,  # type: ignore[arg-type]
         org_id=caller.org_id,

@@ -187,6 +187,7 @@ def _requested_again(request: asyncpg.Record) -> PointsRequestedEvent:
             amount=request["amount"],
             callback_url=request["callback_url"],
             requested_at=request["created_at"],
+            expires_at=request["expires_at"],
         ),
         environment=request["environment"],
         org_id=request["org_id"],

@@ -14,21 +14,23 @@ from uuid import UUID
 
 import asyncpg
 
-from contracts import ClientSnapshot, RuleSnapshot
+from contracts import ClientSnapshot, MemberStanding, RuleSnapshot
 from infra.db import array_columns
 
 UPSERT_RULE = """
 INSERT INTO rules (
     rule_id, org_id, environment, name, type, status, api_trigger, authorized_client_ids,
-    cap_max, cap_per_member, max_amount_per_request, starts_at, ends_at, version
-) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)
+    cap_max, cap_per_member, max_amount_per_request, starts_at, ends_at, version,
+    points_expire_after_days, points_expire_at
+) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16)
 ON CONFLICT (rule_id) DO UPDATE SET
     name = EXCLUDED.name, type = EXCLUDED.type, status = EXCLUDED.status,
     api_trigger = EXCLUDED.api_trigger, authorized_client_ids = EXCLUDED.authorized_client_ids,
     cap_max = EXCLUDED.cap_max, cap_per_member = EXCLUDED.cap_per_member,
     max_amount_per_request = EXCLUDED.max_amount_per_request,
     starts_at = EXCLUDED.starts_at, ends_at = EXCLUDED.ends_at,
-    version = EXCLUDED.version, projected_at = now()
+    version = EXCLUDED.version, points_expire_after_days = EXCLUDED.points_expire_after_days,
+    points_expire_at = EXCLUDED.points_expire_at, projected_at = now()
 WHERE rules.version < EXCLUDED.version
 """
 UPSERT_CLIENT = """
@@ -41,13 +43,22 @@ ON CONFLICT (client_id) DO UPDATE SET
 WHERE clients.occurred_at <= EXCLUDED.occurred_at
 """
 CLIENT_ACCESS = "SELECT status, request_signing_key FROM clients WHERE client_id = $1"
+# A member's standing; a change older than the one projected changes nothing.
+UPSERT_MEMBER_STANDING = """
+INSERT INTO member_standings (environment, org_id, user_id, blocked, changed_at)
+VALUES ($1, $2, $3, $4, $5)
+ON CONFLICT (environment, org_id, user_id) DO UPDATE SET
+    blocked = EXCLUDED.blocked, changed_at = EXCLUDED.changed_at
+WHERE member_standings.changed_at <= EXCLUDED.changed_at
+"""
 
 GET_REQUEST = "SELECT * FROM requests WHERE client_id = $1 AND request_id = $2"
-# See migrations/0005_batched_triggers.sql; one row per trigger of the batch.
+# See migrations/0005_batched_triggers.sql (and 0008, 0009 for the arguments it
+# gained); one row per trigger of the batch.
 RECORD_REQUESTS = """
 SELECT request_position, outcome, transaction_id, body_hash
 FROM record_points_requests($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13,
-                            $14, $15, $16, $17, $18, $19)
+                            $14, $15, $16, $17, $18, $19, $20)
 """
 # Settles a batch of requests in one statement, so the results consumer's
 # transaction stays milliseconds long even while the gateway is busy serving:
@@ -168,23 +179,26 @@ bucket AS (
 
 # Everything admitting a batch of triggers reads, in one statement, one row a
 # trigger in the order given: its rate-limit token, its client's standing, the
-# rule it names (its columns null when there is none) and an earlier request of
-# the client with the same requestId. $1-$3 are parallel arrays (client,
-# requestId, rule) and $4/$5 the settings' rate-limit defaults.
+# rule it names (its columns null when there is none), whether the business
+# that owns the rule blocked the member, and an earlier request of the client
+# with the same requestId. $1-$4 are parallel arrays (client, requestId, rule,
+# member: null when the userId is not a valid one, so nothing is looked up) and
+# $5/$6 the settings' rate-limit defaults.
 ADMIT_TRIGGERS = f"""
 WITH requested AS (
-    SELECT client_id, request_id, rule_id, position,
+    SELECT client_id, request_id, rule_id, user_id, position,
            row_number() OVER (PARTITION BY client_id ORDER BY position) AS rank
-    FROM unnest($1::text[], $2::text[], $3::text[]) WITH ORDINALITY
-        AS r (client_id, request_id, rule_id, position)
+    FROM unnest($1::text[], $2::text[], $3::text[], $4::text[]) WITH ORDINALITY
+        AS r (client_id, request_id, rule_id, user_id, position)
 ), wanted AS (
     SELECT client_id, count(*) AS n FROM requested GROUP BY client_id
-), {_taking_tokens("$4", "$5")}
+), {_taking_tokens("$5", "$6")}
 SELECT requested.rank <= bucket.taken AS granted,
        bucket.tokens + greatest(bucket.taken - requested.rank, 0) AS tokens,
        bucket.per_second, bucket.burst,
        client.status AS client_status, client.request_signing_key,
        rule.*,
+       coalesce(standing.blocked, false) AS member_blocked,
        earlier.transaction_id AS earlier_transaction_id, earlier.body_hash AS earlier_body_hash
 FROM requested
 JOIN bucket ON bucket.client_id = requested.client_id
@@ -195,6 +209,13 @@ LEFT JOIN LATERAL (
 LEFT JOIN LATERAL (
     SELECT * FROM rules WHERE rules.rule_id = requested.rule_id LIMIT 1
 ) AS rule ON true
+LEFT JOIN LATERAL (
+    SELECT blocked FROM member_standings
+    WHERE member_standings.environment = rule.environment
+        AND member_standings.org_id = rule.org_id
+        AND member_standings.user_id = requested.user_id
+    LIMIT 1
+) AS standing ON true
 LEFT JOIN LATERAL (
     SELECT transaction_id, body_hash FROM requests
     WHERE requests.client_id = requested.client_id AND requests.request_id = requested.request_id
@@ -228,6 +249,8 @@ async def upsert_rule(connection: asyncpg.Connection, rule: RuleSnapshot) -> Non
         rule.starts_at,
         rule.ends_at,
         rule.version,
+        rule.points_expire_after_days,
+        rule.points_expire_at,
     )
 
 
@@ -246,6 +269,18 @@ async def upsert_client(
     )
 
 
+async def upsert_member_standing(connection: asyncpg.Connection, standing: MemberStanding) -> None:
+    """Project a member's standing; a change older than the one projected changes nothing."""
+    await connection.execute(
+        UPSERT_MEMBER_STANDING,
+        standing.environment,
+        standing.org_id,
+        standing.user_id,
+        standing.blocked,
+        standing.changed_at,
+    )
+
+
 async def client_access(
     connection: asyncpg.Connection | asyncpg.Pool, client_id: str
 ) -> asyncpg.Record | None:
@@ -255,16 +290,17 @@ async def client_access(
 
 async def admit_triggers(
     pool: asyncpg.Pool,
-    keys: Sequence[tuple[str, str, str]],
+    keys: Sequence[tuple[str, str, str, str | None]],
     *,
     default_per_second: float,
     default_burst: int,
 ) -> list[asyncpg.Record]:
-    """One row per ``(client id, request id, rule id)``, in order: the client, its
-    rate-limit verdict, the rule and any earlier request under the same id."""
+    """One row per ``(client id, request id, rule id, user id)``, in order: the client,
+    its rate-limit verdict, the rule, whether the member is blocked and any earlier
+    request under the same id."""
     return list(
         await pool.fetch(
-            ADMIT_TRIGGERS, *array_columns(keys, width=3), default_per_second, default_burst
+            ADMIT_TRIGGERS, *array_columns(keys, width=4), default_per_second, default_burst
         )
     )
 
@@ -272,8 +308,8 @@ async def admit_triggers(
 async def record_requests(
     pool: asyncpg.Pool, rows: Sequence[tuple[Any, ...]]
 ) -> list[asyncpg.Record]:
-    """Run ``record_points_requests`` on a batch: its 19 arguments a row each."""
-    return list(await pool.fetch(RECORD_REQUESTS, *array_columns(rows, width=19)))
+    """Run ``record_points_requests`` on a batch: its 20 arguments a row each."""
+    return list(await pool.fetch(RECORD_REQUESTS, *array_columns(rows, width=20)))
 
 
 async def get_request(

@@ -48,7 +48,7 @@ async def settle_results(
     connection: asyncpg.Connection, events: Sequence[PointsResultEvent]
 ) -> None:
     """Settle requests with the ledger's outcomes, in the caller's transaction; a
-    rejection frees its reservations.
+    rejection frees its reservations. An expiry settles nothing and frees nothing.
 
     Outcomes are written in one statement, then any reversals. A reversal
     leaves its request ``succeeded``, records what it moved back and frees that
@@ -67,6 +67,10 @@ async def settle_results(
         result = event.data
         if result.status == "reversed":
             reversals.append(result)
+        elif result.status == "expired":
+            # Points of an applied earn reached their expiry: the request stays
+            # succeeded, and what it reserved stays spent against the rule's caps.
+            continue
         else:
             # A request's first outcome settles it; a later copy would find it settled.
             outcomes.setdefault((result.client_id, result.request_id), result)

@@ -22,7 +22,7 @@ from services.trigger import repository
 from services.trigger.app import MIGRATIONS
 
 #: Tables that grow with traffic or with the number of clients and rules.
-INDEXED_TABLES = {"requests", "rules", "clients", "client_rate_limits"}
+INDEXED_TABLES = {"requests", "rules", "clients", "client_rate_limits", "member_standings"}
 
 
 @pytest.fixture
@@ -67,7 +67,8 @@ async def test_admitting_triggers_reads_every_growing_table_by_index_on_empty_ta
     found = await generic_plan_scans(
         connection,
         repository.ADMIT_TRIGGERS,
-        "ARRAY['cli_a', 'cli_b'], ARRAY['r-1', 'r-2'], ARRAY['rul_a', 'rul_a'], 50, 100",
+        "ARRAY['cli_a', 'cli_b'], ARRAY['r-1', 'r-2'], ARRAY['rul_a', 'rul_a'],"
+        " ARRAY['member-1', NULL], 50, 100",
     )
 
     read = {table for _, table in found}

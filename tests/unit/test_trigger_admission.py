@@ -52,6 +52,7 @@ class FakeStatements:
         self.access = ClientAccess(revoked=False, request_signing_key=None)
         self.rate_limit = GRANTED
         self.earlier: dict[str, tuple[uuid.UUID, str]] = {}  # requestId: transaction, body hash
+        self.member_blocked = False
         self.admitted: list[list[Arrival]] = []
         self.recorded: list[list[CheckedTrigger]] = []
         self.failure: BaseException | None = None  # raised by a batch admitting "bad"
@@ -68,7 +69,7 @@ class FakeStatements:
 
     def admission(self, trigger: Trigger) -> Admission:
         transaction_id, body_hash = self.earlier.get(trigger.request_id, (None, None))
-        lookup = Lookup(self.rule, transaction_id, body_hash)
+        lookup = Lookup(self.rule, transaction_id, body_hash, self.member_blocked)
         return Admission(self.access, self.rate_limit, lookup)
 
     async def record(self, batch: list[CheckedTrigger]) -> list[dict[str, Any]]:
@@ -185,6 +186,36 @@ class TestAcceptingATrigger:
 
         assert (refused.status, refused.code) == (503, "CLIENT_NOT_READY")
         assert refused.headers == {"Retry-After": "1"}
+
+    async def test_a_member_the_business_blocked_is_refused_and_nothing_is_recorded(
+        self, statements: FakeStatements
+    ) -> None:
+        statements.member_blocked = True
+
+        refused = await refusal(statements.gateway())
+
+        assert (refused.status, refused.code) == (400, "MEMBER_BLOCKED")
+        assert "member-1" in refused.detail
+        assert statements.recorded == []
+
+    async def test_a_blocked_member_on_an_unknown_rule_hears_that_the_rule_is_not_found(
+        self, statements: FakeStatements
+    ) -> None:
+        statements.rule, statements.member_blocked = None, True
+
+        refused = await refusal(statements.gateway())
+
+        assert refused.code == "RULE_NOT_FOUND"
+
+    async def test_an_earn_on_a_rule_whose_points_expire_carries_when_they_expire(
+        self, statements: FakeStatements
+    ) -> None:
+        statements.rule = rule(points_expire_after_days=7)
+
+        await accept(statements.gateway())
+
+        requested = statements.recorded[0][0].event.data
+        assert requested.expires_at == requested.requested_at + timedelta(days=7)
 
 
 class TestBatches:

@@ -7,6 +7,7 @@ from typing import Any
 
 import pytest
 
+from contracts import RuleSnapshot
 from services.trigger.checks import (
     MAX_AMOUNT,
     Caller,
@@ -15,6 +16,7 @@ from services.trigger.checks import (
     Trigger,
     check_member_and_amount,
     check_rule,
+    expiry_of,
 )
 
 NOW = datetime(2026, 11, 15, 12, 0, tzinfo=UTC)
@@ -37,6 +39,8 @@ def rule(**overrides: Any) -> dict[str, Any]:
         "starts_at": NOW - timedelta(days=1),
         "ends_at": NOW + timedelta(days=1),
         "version": 1,
+        "points_expire_after_days": None,
+        "points_expire_at": None,
         **overrides,
     }
 
@@ -167,7 +171,43 @@ class TestCheckMemberAndAmount:
     def test_an_amount_at_the_per_request_maximum_is_accepted(self) -> None:
         assert refusal_of_trigger(trigger(amount=50), max_amount_per_request=50) is None
 
+    def test_a_blocked_member_is_refused_after_the_user_id_and_before_the_amount(self) -> None:
+        def refusal(sent: Trigger) -> str:
+            with pytest.raises(Refused) as refused:
+                check_member_and_amount(rule(), sent, member_blocked=True)
+            return refused.value.code
+
+        assert refusal(trigger(user_id="bad id")) == "INVALID_USER_ID"
+        assert refusal(trigger(amount=0)) == "MEMBER_BLOCKED"
+
     def test_an_invalid_amount_is_refused_before_the_maximum_is_compared(self) -> None:
         refusal = refusal_of_trigger(trigger(amount=0), max_amount_per_request=50)
 
         assert refusal == "INVALID_AMOUNT"
+
+
+class TestExpiryOfAnEarn:
+    """When an accepted earn's points expire: what the rule's contract says
+    (:meth:`contracts.RuleSnapshot.expiry_of_points_awarded_at`) of the projected rule."""
+
+    @pytest.mark.parametrize(
+        "policy",
+        [
+            {},
+            {"points_expire_after_days": 30},
+            {"points_expire_at": datetime(2027, 12, 31, 23, 59, tzinfo=UTC)},
+        ],
+    )
+    def test_an_earn_expires_when_the_rules_contract_says(self, policy: dict[str, Any]) -> None:
+        projected = rule(**policy)
+        snapshot = RuleSnapshot(
+            name="Rule", updated_at=NOW, **{**projected, "authorized_client_ids": ("cli_1",)}
+        )
+
+        assert expiry_of(projected, NOW) == snapshot.expiry_of_points_awarded_at(NOW)
+
+    def test_points_expire_the_given_number_of_days_after_the_earn(self) -> None:
+        assert expiry_of(rule(points_expire_after_days=30), NOW) == NOW + timedelta(days=30)
+
+    def test_a_redeem_expires_nothing(self) -> None:
+        assert expiry_of(rule(type="redeem", points_expire_after_days=30), NOW) is None
