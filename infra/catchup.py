@@ -183,6 +183,12 @@ class ConsumerLag:
 PROGRESS_POLL_SECONDS = 0.005
 
 
+#: The states of a consumer group between two stable ones (KIP-848's are named alike).
+REBALANCING_STATES = frozenset(
+    {"PreparingRebalance", "CompletingRebalance", "Reconciling", "Assigning"}
+)
+
+
 class GroupProgress:
     """Waits until a consumer group has consumed what was produced before a moment.
 
@@ -232,7 +238,12 @@ class GroupProgress:
         return TopicPartition(topic, _PARTITIONER(key.encode(), numbers, numbers))
 
     async def is_consuming(self, group_id: str) -> bool:
-        """Whether the group has members now (a group nobody runs is never waited for)."""
+        """Whether the group has members now (a group nobody runs is never waited for).
+
+        A group that is rebalancing (a replica joining or leaving, or its consumer
+        starting again) still runs: it goes on consuming once the rebalance is over, so
+        it is waited for. Only an empty or dead group is not.
+        """
         async with self._start_lock:
             if self._admin is None:
                 admin = AIOKafkaAdminClient(**_admin_options(self._options))
@@ -240,7 +251,11 @@ class GroupProgress:
                 self._admin = admin
         (response,) = await self._admin.describe_consumer_groups([group_id])
         group = response.to_object()["groups"][0]
-        return bool(group["error_code"] == 0 and group["state"] == "Stable" and group["members"])
+        if group["error_code"] != 0:
+            return False
+        if group["state"] in REBALANCING_STATES:
+            return True
+        return bool(group["state"] == "Stable" and group["members"])
 
     async def consumed(
         self, group_id: str, partitions: Sequence[TopicPartition], *, timeout: float

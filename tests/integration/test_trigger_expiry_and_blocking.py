@@ -342,8 +342,8 @@ class TestBlockedMembers:
     ) -> None:
         rule_id = await stack.rule()
         block = stack.standing("member-now", blocked=True, changed_at=datetime.now(UTC))
-        # The rules service skips the wait while the group rebalances (GroupProgress.
-        # is_consuming cannot tell that from a group nobody runs): a gap of its own.
+        # The rules service waits only for a group that runs; this stack's gateway has
+        # just started, so its consumer may not have joined the group yet.
         await stack.projection_group_settled()
         # As the rules service answers a change: commit its event with the outbox row,
         # then wait until the gateway has it (services/rules/propagation.py).
