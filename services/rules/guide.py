@@ -189,7 +189,7 @@ GATEWAY_RESPONSES = (
     GatewayResponse(
         400,
         "RULE_ENDED",
-        "The rule's end date has passed.",
+        "The rule's end date has passed, or the instant its points expire (pointsExpireAt).",
         "Ask the business for a current rule.",
     ),
     GatewayResponse(

@@ -129,6 +129,13 @@ def check_rule(rule: asyncpg.Record | None, caller: Caller, rule_id: str, at: da
         )
     if rule["ends_at"] and at >= rule["ends_at"]:
         raise Refused(f"rule {rule_id} ended at {rule['ends_at'].isoformat()}", code="RULE_ENDED")
+    if rule["points_expire_at"] and at >= rule["points_expire_at"]:
+        # Points it awarded now would be expired as they are awarded.
+        raise Refused(
+            f"rule {rule_id} ended at {rule['points_expire_at'].isoformat()}, when its points"
+            " expire",
+            code="RULE_ENDED",
+        )
     if caller.client_id not in rule["authorized_client_ids"]:
         raise NotAuthorised(
             f"this client is not authorised to trigger rule {rule_id}",

@@ -109,6 +109,11 @@ class TestCheckRule:
     def test_a_rule_has_ended_at_the_moment_it_ends(self) -> None:
         assert refusal_of_rule(rule(ends_at=NOW)) == (400, "RULE_ENDED")
 
+    def test_a_rule_has_ended_when_the_points_it_awards_expire(self) -> None:
+        # Points awarded from then on would be expired as they are awarded.
+        assert refusal_of_rule(rule(points_expire_at=NOW)) == (400, "RULE_ENDED")
+        assert refusal_of_rule(rule(points_expire_at=NOW + timedelta(seconds=1))) is None
+
     def test_dates_are_checked_before_the_client_is(self) -> None:
         ended = rule(ends_at=NOW - timedelta(hours=1), authorized_client_ids=["cli_2"])
 
