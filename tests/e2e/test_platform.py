@@ -47,6 +47,7 @@ class Business:
     client: dict[str, str]  # as `points client create --json` printed it
     rule_id: str
     console: dict[str, str]  # the owner's Authorization header
+    owner: dict[str, str]  # the owner's e-mail and password, as the console's login takes them
 
 
 async def business_with_an_active_rule(
@@ -68,7 +69,7 @@ async def business_with_an_active_rule(
     rule_id = await active_rule(
         platform, http, console, client["clientId"], rule_name, capMax=10_000
     )
-    return Business(org["id"], client, rule_id, console)
+    return Business(org["id"], client, rule_id, console, {"email": email, "password": password})
 
 
 async def active_rule(
@@ -304,7 +305,7 @@ class TestTheIntegrationGuidesExamples:
     ) -> None:
         async with httpx.AsyncClient(timeout=10) as http:
             business = await business_with_an_active_rule(
-                platform, http, "Tea House", "Oolong points"
+                platform, http, "Oolong House", "Oolong points"
             )
             examples = await guide_examples(platform, http)
         script = shell_script(
@@ -321,8 +322,8 @@ class TestTheIntegrationGuidesExamples:
                 **os.environ,
                 "CLIENT_ID": business.client["clientId"],
                 "CLIENT_SECRET": business.client["clientSecret"],
-                "ADMIN_EMAIL": "owner@tea-house.example",
-                "ADMIN_PASSWORD": "tea-house-password-42",
+                "ADMIN_EMAIL": business.owner["email"],
+                "ADMIN_PASSWORD": business.owner["password"],
             },
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.STDOUT,
