@@ -50,6 +50,7 @@ from contracts.topics import (
     DEAD_LETTER_TOPICS,
     GATEWAY_PROJECTED_TOPICS,
     GATEWAY_PROJECTION_GROUP,
+    LEDGER_MEMBERS_GROUP,
     MEMBERS_LIFECYCLE,
     NOTIFICATIONS_REQUESTED,
     POINTS_REQUESTED,
@@ -58,6 +59,7 @@ from contracts.topics import (
     TOPICS_TO_CREATE,
     TopicSpec,
     dead_letter_topic,
+    environment_group,
 )
 
 # Topic name -> the one event class its messages parse into.
@@ -80,6 +82,7 @@ __all__ = [
     "EVENT_TYPES",
     "GATEWAY_PROJECTED_TOPICS",
     "GATEWAY_PROJECTION_GROUP",
+    "LEDGER_MEMBERS_GROUP",
     "MEMBERS_LIFECYCLE",
     "NOTIFICATIONS_REQUESTED",
     "POINTS_REQUESTED",
@@ -114,5 +117,6 @@ __all__ = [
     "ShareEmailRequestedType",
     "TopicSpec",
     "dead_letter_topic",
+    "environment_group",
     "member_key",
 ]

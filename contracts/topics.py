@@ -17,6 +17,17 @@ DEAD_LETTER_SUFFIX = ".dlq"
 GATEWAY_PROJECTION_GROUP = "trigger.projection"
 #: The topics that group projects: a change on any of them is answered once it has them.
 GATEWAY_PROJECTED_TOPICS = (RULES_LIFECYCLE, CLIENTS_LIFECYCLE, MEMBERS_LIFECYCLE)
+#: The ledger's consumer group for ``members.lifecycle.v1``, one per environment
+#: (``ledger.members.<environment>``). The ledger rejects a blocked member's requests on
+#: what it consumed, so the rules service answers a block or an unblock once this group
+#: has it too: a trigger accepted right after an unblock is not then failed by the ledger.
+LEDGER_MEMBERS_GROUP = "ledger.members"
+
+
+def environment_group(group_id: str, environment: str | None) -> str:
+    """The consumer group that consumes ``environment``'s messages for ``group_id``
+    (``<group_id>.<environment>``); ``group_id`` itself for every environment (None)."""
+    return group_id if environment is None else f"{group_id}.{environment}"
 
 
 def dead_letter_topic(topic: str) -> str:

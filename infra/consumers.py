@@ -49,7 +49,7 @@ from faststream.kafka import KafkaBroker
 from faststream.kafka.annotations import KafkaMessage
 from pydantic import BaseModel, ValidationError
 
-from contracts import Environment
+from contracts import Environment, environment_group
 from infra import quarantine
 from infra.errors import is_transient
 from infra.logging import get_logger
@@ -360,7 +360,7 @@ def consume_in_batches(
     """
     consumers = [
         Consumer(
-            group_id=group_id if environment is None else f"{group_id}.{environment}",
+            group_id=environment_group(group_id, environment),
             models=models,
             handler=handler,
             pool=pool,

@@ -152,9 +152,12 @@ def outbox_headers(event_type: str, correlation_id: str) -> str:
 @dataclass
 class Staged:
     """The newest outbox row a transaction staged (everything it staged is at or before
-    it); None while it staged nothing."""
+    it); None while it staged nothing. Every row it staged is after ``after_row_id``,
+    the newest row before it (rows other transactions committed meanwhile may be
+    between the two)."""
 
     row_id: int | None = None
+    after_row_id: int = 0
 
 
 @contextlib.asynccontextmanager
@@ -164,6 +167,7 @@ async def staging(connection: asyncpg.Connection, *, watch: bool = True) -> Asyn
     after the commit (nothing is read when ``watch`` is False)."""
     staged = Staged()
     before: int | None = await connection.fetchval(NEWEST) if watch else None
+    staged.after_row_id = before or 0
     yield staged
     if watch:
         after: int | None = await connection.fetchval(NEWEST)

@@ -82,17 +82,17 @@ async def rules_transaction() -> AsyncIterator[tuple[asyncpg.Connection, RulesSe
     ):
         yield connection, settings
     if staged.row_id is not None:
-        await reach_gateway(settings, staged.row_id)
+        await reach_readers(settings, staged)
 
 
-async def reach_gateway(settings: RulesSettings, outbox_id: int) -> None:
+async def reach_readers(settings: RulesSettings, staged: outbox.Staged) -> None:
     progress = GroupProgress(settings)
     connection = await db.connect(settings.database_url, "rules")
     try:
         propagation = Propagation(
             lambda: connection, progress, timeout=settings.propagation_timeout_seconds
         )
-        await propagation.reach_gateway(outbox_id)
+        await propagation.reach_readers(staged)
     finally:
         await connection.close()
         await progress.stop()

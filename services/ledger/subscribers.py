@@ -6,6 +6,7 @@ import asyncio
 
 from contracts import (
     CLIENTS_LIFECYCLE,
+    LEDGER_MEMBERS_GROUP,
     MEMBERS_LIFECYCLE,
     POINTS_REQUESTED,
     ClientLifecycleEvent,
@@ -21,7 +22,7 @@ from services.ledger.settings import LedgerSettings
 
 GROUP = "ledger"
 CLIENTS_GROUP = "ledger.clients"
-MEMBERS_GROUP = "ledger.members"
+MEMBERS_GROUP = LEDGER_MEMBERS_GROUP
 
 
 def register_subscribers(runtime: ServiceRuntime, settings: LedgerSettings) -> None:

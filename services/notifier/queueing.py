@@ -133,34 +133,64 @@ async def queue_callbacks(
     connection: asyncpg.Connection, events: Sequence[PointsResultEvent]
 ) -> int:
     """Queue the callbacks a batch of results asks for, each event once; how many were
-    queued."""
+    queued.
+
+    An expiry of a client not projected yet (its event is late: the topics are consumed
+    apart) is held until the client arrives, as an outcome callback waits for its
+    client's salt (``RETRY_AWAITING_CLIENT``): only the client's event says whether,
+    and where, it wants the callback (:func:`project_client` then queues it).
+    """
     queued = 0
     asking = await inbox.claim_new(connection, asking_for_callbacks(events), POINTS_RESULTS)
-    expiring = {event.data.client_id for event in asking if event.data.status == "expired"}
-    expiry_urls = (
-        await repository.expiry_callback_urls(connection, sorted(expiring)) if expiring else {}
-    )
+    expiry_urls = await _expiry_urls(connection, asking)
     for event in asking:
+        if event.data.status == "expired" and event.data.client_id not in expiry_urls:
+            await _hold_for_client(connection, event)
+            continue
         delivery = _delivery(event, expiry_urls)
         if delivery is not None and await _queue_callback(connection, delivery):
             queued += 1
     return queued
 
 
+async def _expiry_urls(
+    connection: asyncpg.Connection, events: Sequence[PointsResultEvent]
+) -> dict[str, str | None]:
+    """The expiry callback URL of each client of these expiries that is projected."""
+    expiring = {event.data.client_id for event in events if event.data.status == "expired"}
+    if not expiring:
+        return {}
+    urls = await repository.expiry_callback_urls(connection, sorted(expiring))
+    unknown = expiring - urls.keys()
+    if unknown:
+        # Their projection may commit meanwhile: under its lock, read them again.
+        await repository.lock_clients(connection, unknown)
+        urls |= await repository.expiry_callback_urls(connection, sorted(unknown))
+    return urls
+
+
+async def _hold_for_client(connection: asyncpg.Connection, event: PointsResultEvent) -> None:
+    result = event.data
+    # Its url and host are the client's, set when it arrives.
+    delivery = _new_delivery(event, expiry_delivery_id(result), "", expiry_callback_body(result))
+    if await repository.hold_for_client(connection, delivery):
+        log.info(
+            "callback.expiry_awaiting_client",
+            client_id=result.client_id,
+            event_id=str(event.event_id),
+            request_id=result.request_id,
+        )
+
+
 def _delivery(event: PointsResultEvent, expiry_urls: dict[str, str | None]) -> NewDelivery | None:
     """The callback a result asks for; None for an expiry whose client registered no
-    expiry callback URL."""
+    expiry callback URL (its client is projected: see :func:`queue_callbacks`)."""
     result = event.data
     if result.status != "expired":
         assert result.callback_url is not None  # asking_for_callbacks kept only those
         return _new_delivery(event, event.event_id, result.callback_url, callback_body(result))
     url = expiry_urls.get(result.client_id)
     ids = {"event_id": str(event.event_id), "request_id": result.request_id}
-    if result.client_id not in expiry_urls:
-        # Points expire long after their client registered: the client's events are
-        # late or lost, and whether it wanted this callback is not known here.
-        log.warning("callback.expiry_client_unknown", client_id=result.client_id, **ids)
-        return None
     if url is None:
         log.debug("callback.expiry_not_requested", client_id=result.client_id, **ids)
         return None
@@ -255,6 +285,7 @@ async def project_clients(
 
     Returns True when callbacks that were waiting for one of these clients are due now.
     """
+    await repository.lock_clients(connection, (event.data.client_id for event in events))
     due = False
     for event in events:
         due |= await project_client(connection, event)
@@ -264,9 +295,12 @@ async def project_clients(
 async def project_client(connection: asyncpg.Connection, event: ClientLifecycleEvent) -> bool:
     """Keep the newest known state of the event's client.
 
-    Returns True when callbacks that were waiting for this client are due now.
+    Returns True when callbacks that were waiting for this client are due now: outcome
+    callbacks that could not be signed, and expiries held until it arrived (queued to
+    its expiry callback URL, or dropped when it registered none).
     """
     client = event.data
+    await repository.lock_clients(connection, [client.client_id])
     stored = await repository.upsert_client(
         connection,
         client_id=client.client_id,
@@ -281,4 +315,10 @@ async def project_client(connection: asyncpg.Connection, event: ClientLifecycleE
     )
     if not stored:
         return False
-    return await repository.retry_awaiting_client(connection, client.client_id) > 0
+    url = client.expiry_callback_url
+    held = await repository.take_held_for_client(
+        connection, client.client_id, url, callback_host(url or "")
+    )
+    queued = [await _queue_callback(connection, delivery) for delivery in held]
+    retried = await repository.retry_awaiting_client(connection, client.client_id)
+    return any(queued) or retried > 0

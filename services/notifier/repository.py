@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, TypeAlias
@@ -58,6 +59,25 @@ SET status = 'pending',
     updated_at = now()
 WHERE client_id = $1 AND status IN ('pending', 'parked') AND last_error = $2
 RETURNING id
+"""
+
+# Serialises a client's projection with the holding of its expiries while it is not
+# projected, so an expiry never waits for a client whose event committed meanwhile.
+# (Advisory: there is no row to lock before the client's first event.)
+LOCK_CLIENT = "SELECT pg_advisory_xact_lock(hashtextextended('notifier.client:' || $1, 0))"
+
+# A points.expired callback whose client is not projected yet (migration 0006).
+HOLD_FOR_CLIENT = """
+INSERT INTO expiries_awaiting_client (
+    delivery_id, client_id, org_id, environment, request_id, transaction_id, body
+) VALUES ($1, $2, $3, $4, $5, $6, $7)
+ON CONFLICT (delivery_id) DO NOTHING
+RETURNING delivery_id
+"""
+
+TAKE_HELD_FOR_CLIENT = """
+DELETE FROM expiries_awaiting_client WHERE client_id = $1
+RETURNING delivery_id, client_id, org_id, environment, request_id, transaction_id, body
 """
 
 INSERT_DELIVERY = """
@@ -290,6 +310,53 @@ class NewDelivery:
     url: str
     host: str
     body: bytes
+
+
+async def lock_clients(connection: asyncpg.Connection, client_ids: Iterable[str]) -> None:
+    """Hold these clients' advisory locks until the transaction ends (sorted: two
+    transactions taking several queue rather than deadlock)."""
+    for client_id in sorted(set(client_ids)):
+        await connection.execute(LOCK_CLIENT, client_id)
+
+
+async def hold_for_client(connection: asyncpg.Connection, delivery: NewDelivery) -> bool:
+    """Keep an expiry's callback until its client is projected (its ``url`` and ``host``
+    are not known yet, and not kept); False when it is held already."""
+    row = await connection.fetchval(
+        HOLD_FOR_CLIENT,
+        delivery.event_id,
+        delivery.client_id,
+        delivery.org_id,
+        delivery.environment,
+        delivery.request_id,
+        delivery.transaction_id,
+        delivery.body,
+    )
+    return row is not None
+
+
+async def take_held_for_client(
+    connection: asyncpg.Connection, client_id: str, url: str | None, host: str
+) -> list[NewDelivery]:
+    """Remove the expiries held for the client: as deliveries to ``url``, or none when
+    the client registered no expiry callback URL (``None``)."""
+    rows = await connection.fetch(TAKE_HELD_FOR_CLIENT, client_id)
+    if url is None:
+        return []
+    return [
+        NewDelivery(
+            event_id=row["delivery_id"],
+            client_id=row["client_id"],
+            org_id=row["org_id"],
+            environment=row["environment"],
+            request_id=row["request_id"],
+            transaction_id=row["transaction_id"],
+            url=url,
+            host=host,
+            body=row["body"],
+        )
+        for row in rows
+    ]
 
 
 async def insert_delivery(connection: asyncpg.Connection, delivery: NewDelivery) -> bool:

@@ -215,12 +215,15 @@ async def set_expiry_callback_url(
 ) -> dict[str, str | None]:
     """Opt a client in to signed ``points.expired`` callbacks at ``url`` (checked by
     ``check``, which raises a problem naming why a URL may not receive callbacks), or out
-    of them (``None``). Setting the URL it already has changes and publishes nothing."""
+    of them (``None``). Setting the URL it already has changes and publishes nothing.
+
+    The URL is checked before the client's row is locked: the check resolves its host,
+    and a slow name server must not hold up the client's rotation or revocation."""
+    if url is not None:
+        await check(url)
     client = await client_for_update(connection, client_id, org_id)
     if client["status"] != "active":
         raise Conflict(f"client {client_id} is revoked", code="CLIENT_REVOKED")
-    if url is not None:
-        await check(url)
     before = client["expiry_callback_url"]
     if before != url:
         client = await repository.set_expiry_callback_url(connection, client_id, url)

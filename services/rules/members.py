@@ -70,13 +70,13 @@ async def change_standing(
     actor: str,
     correlation_id: str,
 ) -> Standing:
-    """Block (``blocked``) or unblock the member; a no-op when it already stands so."""
-    current = await members_repository.get_standing_for_update(
-        connection, org_id, environment, user_id
-    )
-    if (current["blocked"] if current is not None else False) == blocked:
-        return await standing(connection, org_id, environment, user_id)
-    row = await members_repository.set_standing(
+    """Block (``blocked``) or unblock the member; a no-op when it already stands so.
+
+    The statement decides (see ``members_repository.CHANGE_STANDING``), so of concurrent
+    changes of one member each judges the standing the one before it left: two blocks
+    publish one event, and a block and an unblock publish theirs in the order of their
+    ``changedAt``."""
+    row = await members_repository.change_standing(
         connection,
         org_id,
         environment,
@@ -85,6 +85,8 @@ async def change_standing(
         reason=reason if blocked else None,
         changed_by=actor,
     )
+    if row is None:
+        return await standing(connection, org_id, environment, user_id)
     action = "member.blocked" if blocked else "member.unblocked"
     details = {"environment": environment, "userId": user_id, "reason": row["reason"]}
     await audit(connection, org_id, actor, action, user_id, details)

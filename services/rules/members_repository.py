@@ -10,14 +10,24 @@ import asyncpg
 GET_STANDING = """
 SELECT * FROM member_standing WHERE org_id = $1 AND environment = $2 AND user_id = $3
 """
-# Locks the member's row, when there is one, so two changes of one member are serialised.
-GET_STANDING_FOR_UPDATE = GET_STANDING + " FOR UPDATE"
-SET_STANDING = """
-INSERT INTO member_standing AS s (environment, org_id, user_id, blocked, reason, changed_by)
-VALUES ($2, $1, $3, $4, $5, $6)
+# Blocks ($4) or unblocks the member, and returns the row only when that changed its
+# standing: blocking a blocked member, or unblocking one nobody blocked (no row, so none
+# is inserted) or in good standing, returns nothing. The conflicting row is locked
+# before the WHERE and SET are evaluated, so a change waits for one in flight and then
+# judges the standing it left; and the time is clock_timestamp(), read then, not the
+# transaction's start: of two changes of one member the later has the later
+# changed_at, as its outbox row (staged under the same lock) is the later too.
+CHANGE_STANDING = """
+INSERT INTO member_standing AS s
+    (environment, org_id, user_id, blocked, reason, changed_by, changed_at)
+SELECT $2, $1, $3, $4, $5, $6, clock_timestamp()
+WHERE $4 OR EXISTS (
+    SELECT FROM member_standing WHERE environment = $2 AND org_id = $1 AND user_id = $3
+)
 ON CONFLICT (environment, org_id, user_id) DO UPDATE
 SET blocked = excluded.blocked, reason = excluded.reason, changed_by = excluded.changed_by,
-    changed_at = now()
+    changed_at = clock_timestamp()
+WHERE s.blocked <> excluded.blocked
 RETURNING *
 """
 LIST_BLOCKED = """
@@ -33,13 +43,7 @@ async def get_standing(
     return await connection.fetchrow(GET_STANDING, org_id, environment, user_id)
 
 
-async def get_standing_for_update(
-    connection: asyncpg.Connection, org_id: str, environment: str, user_id: str
-) -> asyncpg.Record | None:
-    return await connection.fetchrow(GET_STANDING_FOR_UPDATE, org_id, environment, user_id)
-
-
-async def set_standing(
+async def change_standing(
     connection: asyncpg.Connection,
     org_id: str,
     environment: str,
@@ -48,9 +52,10 @@ async def set_standing(
     blocked: bool,
     reason: str | None,
     changed_by: str,
-) -> asyncpg.Record:
+) -> asyncpg.Record | None:
+    """The member's new standing; None when it already stood so (nothing changed)."""
     return await connection.fetchrow(
-        SET_STANDING, org_id, environment, user_id, blocked, reason, changed_by
+        CHANGE_STANDING, org_id, environment, user_id, blocked, reason, changed_by
     )
 
 

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import dataclasses
+import re
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
 import asyncpg
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, Strict, model_validator
 from pydantic.alias_generators import to_camel
 
 from contracts.limits import MAX_EXPIRY_DAYS, MAX_POINTS
@@ -18,9 +19,23 @@ from services.rules.members import Standing
 from services.rules.rules import display_status
 from services.rules.sharing import ShareDetails
 
+
+def _date_time_text(value: object) -> object:
+    """Let only a JSON string reach the date-time parser: pydantic would otherwise read
+    a number, or a string of digits, as seconds since 1970, so a mistyped policy would
+    make points expire at an instant nobody chose."""
+    if not isinstance(value, str) or not _DATE_TIME_TEXT.match(value):
+        raise ValueError("must be an ISO 8601 date-time string, such as 2027-12-31T23:00:00Z")
+    return value
+
+
+_DATE_TIME_TEXT = re.compile(r"\d{4}-\d{2}-\d{2}")
+
 #: An earn rule's expiry policy, one or the other (see ``rules._check_expiry_policy``).
+#: Strict: ``true`` or ``"30"`` is refused, not read as 1 or 30 days.
 ExpiryDays = Annotated[
     int,
+    Strict(),
     Field(
         ge=1,
         le=MAX_EXPIRY_DAYS,
@@ -29,6 +44,7 @@ ExpiryDays = Annotated[
 ]
 ExpiryInstant = Annotated[
     StorableDatetime,
+    BeforeValidator(_date_time_text),
     Field(description="An earn rule's points all expire at this instant (after its endsAt)."),
 ]
 

@@ -57,7 +57,8 @@ class RulesSettings(ServiceSettings):
         default=2.0,
         ge=0,
         description="A change (a rule activated, a client revoked, ...) is answered once the "
-        "trigger gateway has it, so a trigger sent next is judged on it; the answer waits at "
+        "trigger gateway (and, for a member blocked or unblocked, the ledger) has it, so a "
+        "trigger sent next is judged on it; the answer waits at "
         "most this long (then a `rules.change_not_yet_at_gateway` warning is logged). 0 "
         "answers at once.",
     )

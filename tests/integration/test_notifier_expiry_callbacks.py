@@ -121,16 +121,42 @@ class TestExpiryCallbacks:
         assert (queued, queued_rows) == (False, 0)
         assert receiver.received == []
 
-    async def test_an_expiry_of_a_client_the_notifier_does_not_know_is_sent_nowhere_and_said(
-        self, database_url: str
+    async def test_an_expiry_ahead_of_its_clients_event_is_called_back_once_the_client_arrives(
+        self, database_url: str, receiver: CallbackReceiver
     ) -> None:
         with capture_logs() as logs:
             async with running_callbacks(notifier_settings(database_url)) as notifier:
-                queued = await notifier.receive_result(expiry_event())
-                queued_rows = await deliveries(notifier)
+                event = expiry_event()
+                queued = await notifier.receive_result(event)
+                again = await notifier.receive_result(event)
+                before_the_client = await deliveries(notifier)
+                await notifier.receive_client(opted_in(receiver.url("/hooks/expired")))
+                [callback] = await receiver.wait_for(1)
+                await asyncio.sleep(0.3)
 
-        assert (queued, queued_rows) == (False, 0)
-        assert any(line["event"] == "callback.expiry_client_unknown" for line in logs)
+        assert (queued, again, before_the_client) == (False, False, 0)
+        assert any(line["event"] == "callback.expiry_awaiting_client" for line in logs)
+        assert callback.path == "/hooks/expired"
+        assert callback.headers["x-points-event-id"] == str(expiry_delivery_id(event.data))
+        assert verify(signing_secret(), callback.body, callback.headers["x-points-signature"])
+        assert json.loads(callback.body)["expiryId"] == str(EXPIRY_ID)
+        assert len(receiver.received) == 1
+
+    async def test_an_expiry_held_for_a_client_that_wants_none_is_dropped_when_it_arrives(
+        self, database_url: str, receiver: CallbackReceiver
+    ) -> None:
+        async with running_callbacks(notifier_settings(database_url)) as notifier:
+            await notifier.receive_result(expiry_event())
+            await notifier.receive_client(opted_in(None))
+            await notifier.receive_client(opted_in(receiver.url()))  # opted in later
+            await asyncio.sleep(0.5)
+            queued_rows = await deliveries(notifier)
+            held = await notifier.runtime.pool.fetchval(
+                "SELECT count(*) FROM expiries_awaiting_client"
+            )
+
+        assert (queued_rows, held) == (0, 0)
+        assert receiver.received == []
 
     async def test_an_expiry_published_again_under_another_event_id_is_called_back_once(
         self, database_url: str, receiver: CallbackReceiver

@@ -8,6 +8,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import httpx
+import pytest
 
 from contracts import RULES_LIFECYCLE, RuleLifecycleEvent
 from tests.helpers import RulesStack, Tenant, rule_body
@@ -80,6 +81,38 @@ class TestExpiryPolicyIsChecked:
 
             assert response.status_code == 400, days
             assert "pointsExpireAfterDays" in response.text
+
+    @pytest.mark.parametrize("days", [True, "30", 30.0, "thirty"])
+    async def test_days_that_are_not_a_json_integer_are_refused_not_read_as_one(
+        self, http: httpx.AsyncClient, tenant: Tenant, days: object
+    ) -> None:
+        on_create = await post_rule(http, tenant, pointsExpireAfterDays=days)
+        rule = await created(http, tenant)
+        updated = await http.patch(
+            f"/v1/rules/{rule['id']}",
+            json={"version": rule["version"], "pointsExpireAfterDays": days},
+            headers=tenant.headers,
+        )
+
+        for response in (on_create, updated):
+            assert response.status_code == 400, response.text
+            assert response.json()["code"] == "INVALID_REQUEST"
+            [error] = response.json()["errors"]
+            assert error["field"] == "pointsExpireAfterDays"
+        unchanged = await http.get(f"/v1/rules/{rule['id']}", headers=tenant.headers)
+        assert unchanged.json()["pointsExpireAfterDays"] is None
+
+    @pytest.mark.parametrize("instant", [4102444800, "4102444800", 4102444800.0, True])
+    async def test_an_instant_that_is_not_an_iso_8601_string_is_refused_not_read_as_seconds(
+        self, http: httpx.AsyncClient, tenant: Tenant, instant: object
+    ) -> None:
+        response = await post_rule(http, tenant, pointsExpireAt=instant)
+
+        assert response.status_code == 400, response.text
+        assert response.json()["code"] == "INVALID_REQUEST"
+        [error] = response.json()["errors"]
+        assert error["field"] == "pointsExpireAt"
+        assert "ISO 8601" in error["message"]
 
     async def test_an_instant_before_the_rule_ends_is_refused(
         self, http: httpx.AsyncClient, tenant: Tenant

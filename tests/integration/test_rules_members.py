@@ -3,21 +3,31 @@ users blocking and unblocking members, each audited and published through the ou
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
+import itertools
 import uuid
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
 from typing import Any
 
+import asyncpg
 import httpx
 import pytest
 
 from contracts import (
     CLIENTS_LIFECYCLE,
+    LEDGER_MEMBERS_GROUP,
     MEMBERS_LIFECYCLE,
     ClientLifecycleEvent,
     MemberLifecycleEvent,
 )
-from tests.helpers import RulesStack, Tenant, bearer, login, new_tenant
+from infra.catchup import GroupProgress
+from services.ledger.app import create_app as create_ledger_app
+from services.ledger.settings import LedgerSettings
+from services.rules import clients
+from tests.helpers import RulesStack, Service, Tenant, bearer, eventually, login, new_tenant
+from tests.integration.test_ledger_app import TestIssuer
 
 
 async def published(stack: RulesStack, topic: str, key: str) -> list[bytes]:
@@ -40,6 +50,53 @@ async def audit_actions(http: httpx.AsyncClient, tenant: Tenant) -> list[dict[st
 
 def a_member() -> str:
     return f"member-{uuid.uuid4().hex[:12]}"
+
+
+async def standing_events(
+    stack: RulesStack, tenant: Tenant, member: str
+) -> list[MemberLifecycleEvent]:
+    key = f"staging:{tenant.org_id}:{member}"
+    return [
+        MemberLifecycleEvent.model_validate_json(payload)
+        for payload in await published(stack, MEMBERS_LIFECYCLE, key)
+    ]
+
+
+def change(http: httpx.AsyncClient, tenant: Tenant, member: str, action: str) -> Any:
+    return http.post(
+        f"/v1/members/{member}/{action}", json={"environment": "staging"}, headers=tenant.headers
+    )
+
+
+@asynccontextmanager
+async def running_ledger(database_url: str, stack: RulesStack) -> AsyncIterator[Service]:
+    """The ledger on the rules service's broker, once its staging members group runs."""
+    settings = LedgerSettings(
+        database_url=database_url,
+        kafka_bootstrap_servers=stack.bootstrap_servers,
+        startup_timeout_seconds=15,
+    )
+    ledger = Service(*create_ledger_app(settings, verifier=TestIssuer().verifier()))
+    await ledger.runtime.start()
+    progress = GroupProgress(stack.settings)
+    try:
+
+        async def members_group_runs() -> bool:
+            return await progress.is_consuming(f"{LEDGER_MEMBERS_GROUP}.staging")
+
+        await eventually(members_group_runs, what="the ledger's members group to run")
+        yield ledger
+    finally:
+        await progress.stop()
+        await ledger.runtime.stop()
+
+
+async def blocked_at_the_ledger(ledger: Service, member: str) -> bool:
+    return bool(
+        await ledger.runtime.pool.fetchval(
+            "SELECT blocked FROM accounts WHERE kind = 'member' AND owner_id = $1", member
+        )
+    )
 
 
 @pytest.fixture
@@ -128,6 +185,30 @@ class TestExpiryCallbackUrl:
         assert response.json()["detail"].startswith("url ")
         assert reason in response.json()["detail"]
         assert len(await published(stack, CLIENTS_LIFECYCLE, tenant.client.client_id)) == 1
+
+    async def test_the_url_is_checked_before_the_client_is_locked(
+        self, stack: RulesStack, tenant: Tenant
+    ) -> None:
+        client_id = tenant.client.client_id
+        lockable_while_checked: list[bool] = []
+
+        async def check(_: str) -> None:
+            # A slow name server must not hold up the client's rotation or revocation.
+            async with stack.runtime.pool.acquire() as other, other.transaction():
+                try:
+                    await other.execute(
+                        "SELECT FROM api_clients WHERE id = $1 FOR UPDATE NOWAIT", client_id
+                    )
+                    lockable_while_checked.append(True)
+                except asyncpg.LockNotAvailableError:
+                    lockable_while_checked.append(False)
+
+        async with stack.runtime.pool.acquire() as connection, connection.transaction():
+            await clients.set_expiry_callback_url(
+                connection, client_id, "http://127.0.0.1:9999/x", check=check, org_id=tenant.org_id
+            )
+
+        assert lockable_while_checked == [True]
 
     async def test_an_editor_cannot_set_it(
         self, http: httpx.AsyncClient, stack: RulesStack, tenant: Tenant
@@ -330,3 +411,58 @@ class TestBlockingMembers:
 
         assert response.status_code == 400
         assert "reason" in response.text
+
+
+class TestConcurrentChanges:
+    async def test_concurrent_blocks_of_a_member_publish_and_audit_one_block(
+        self, http: httpx.AsyncClient, stack: RulesStack, tenant: Tenant
+    ) -> None:
+        member = a_member()
+
+        responses = await asyncio.gather(*(change(http, tenant, member, "block") for _ in range(6)))
+
+        assert [response.status_code for response in responses] == [200] * 6
+        assert all(response.json()["blocked"] for response in responses)
+        assert [event.type for event in await standing_events(stack, tenant, member)] == [
+            "member.blocked"
+        ]
+        lines = [line for line in await audit_actions(http, tenant) if line["subjectId"] == member]
+        assert [line["action"] for line in lines] == ["member.blocked"]
+
+    async def test_racing_blocks_and_unblocks_publish_changes_in_the_order_of_their_time(
+        self, http: httpx.AsyncClient, stack: RulesStack, tenant: Tenant
+    ) -> None:
+        member = a_member()
+
+        for _ in range(5):
+            await asyncio.gather(
+                *(change(http, tenant, member, action) for action in ["block", "unblock"] * 3)
+            )
+
+        events = await standing_events(stack, tenant, member)
+        times = [event.data.changed_at for event in events]
+        assert times == sorted(times)
+        assert len(set(times)) == len(times)
+        assert all(
+            earlier.data.blocked != later.data.blocked
+            for earlier, later in itertools.pairwise(events)
+        )
+        final = await http.get(
+            f"/v1/members/{member}/standing?environment=staging", headers=tenant.headers
+        )
+        assert final.json()["blocked"] == events[-1].data.blocked
+
+
+class TestAnsweredOnceTheLedgerHasIt:
+    async def test_a_block_and_an_unblock_are_answered_once_the_ledger_applies_them(
+        self, http: httpx.AsyncClient, stack: RulesStack, tenant: Tenant, database_url: str
+    ) -> None:
+        member = a_member()
+        async with running_ledger(database_url, stack) as ledger:
+            blocked = await change(http, tenant, member, "block")
+            at_the_ledger_once_blocked = await blocked_at_the_ledger(ledger, member)
+            unblocked = await change(http, tenant, member, "unblock")
+            at_the_ledger_once_unblocked = await blocked_at_the_ledger(ledger, member)
+
+        assert (blocked.status_code, unblocked.status_code) == (200, 200)
+        assert (at_the_ledger_once_blocked, at_the_ledger_once_unblocked) == (True, False)

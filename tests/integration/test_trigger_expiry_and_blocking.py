@@ -354,7 +354,7 @@ class TestBlockedMembers:
             await outbox.enqueue(connection, block)
         assert staged.row_id is not None
 
-        assert await stack.propagation.reach_gateway(staged.row_id)
+        assert await stack.propagation.reach_readers(staged)
         response = await stack.trigger(rule_id, "member-now", replica=1)
 
         assert_refused(response, 400, "MEMBER_BLOCKED")

@@ -8,8 +8,11 @@ must accept what the platform signs and refuse what it should not.
 from __future__ import annotations
 
 import html
+import json
 import re
+import uuid
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -20,15 +23,18 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 import infra.http_problems
 import infra.problems
 import services.trigger
+from contracts import PointsResult
 from contracts.limits import MAX_MEMBER_BALANCE, MAX_POINTS, MAX_POOL_BALANCE
 from infra.http import Unauthorized
 from infra.request_signing import SIGNATURE_HEADER as REQUEST_SIGNATURE_HEADER
 from infra.request_signing import TIMESTAMP_HEADER, public_pem
 from infra.signing import SIGNATURE_HEADER, sign, verify
 from infra.tokens import TOKEN_PATH
+from services.notifier.queueing import expiry_callback_body
 from services.notifier.settings import NotifierSettings
 from services.rules.app import create_app
 from services.rules.settings import RulesSettings
+from services.trigger.checks import Refused
 from services.trigger.settings import TriggerSettings
 from services.trigger.signatures import SignatureInvalid, SignedRequest, check_request_signature
 
@@ -95,6 +101,25 @@ def code_block(page: str, block_id: str) -> str:
     found = re.search(rf'<code[^>]*\bid="{block_id}"[^>]*>(.*?)</code>', page, re.DOTALL)
     assert found is not None, f"the guide has no code block {block_id}"
     return html.unescape(found.group(1))
+
+
+def an_expiry() -> PointsResult:
+    """An expiry as the ledger publishes it."""
+    return PointsResult(
+        request_id="order-1001",
+        transaction_id=uuid.uuid4(),
+        client_id="cli_1",
+        rule_id="rul_1",
+        user_id="member-42",
+        type="earn",
+        amount=100,
+        status="expired",
+        balance=250,
+        processed_at=datetime.now(UTC),
+        expiry_id=uuid.uuid4(),
+        expired_amount=60,
+        expires_at=datetime.now(UTC),
+    )
 
 
 def signer(page: str) -> Any:
@@ -264,6 +289,27 @@ class TestExpiryAndBlockedMembers:
 
         assert 'id="code-MEMBER_BLOCKED"' in page
         assert 'id="reason-MEMBER_BLOCKED"' in page
+
+    async def test_the_member_blocked_problem_is_the_one_the_gateway_answers(
+        self, http: httpx.AsyncClient
+    ) -> None:
+        page = await guide(http, "staging")
+
+        documented = json.loads(code_block(page, "member-blocked-problem"))
+        answered = Refused("…", code="MEMBER_BLOCKED").body()
+
+        assert documented == answered
+
+    async def test_the_expiry_callback_body_has_the_fields_the_notifier_sends_in_order(
+        self, http: httpx.AsyncClient
+    ) -> None:
+        page = await guide(http, "staging")
+
+        documented = json.loads(code_block(page, "expiry-callback-body"))
+        sent = json.loads(expiry_callback_body(an_expiry()))
+
+        assert list(documented) == list(sent)
+        assert (documented["event"], documented["status"]) == ("points.expired", "expired")
 
 
 class TestTheGuideStatesThePlatformsOwnDefaults:

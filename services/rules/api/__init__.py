@@ -47,8 +47,9 @@ Context = Annotated[RulesContext, Depends(context)]
 async def transaction(request: Request, ctx: Context) -> AsyncIterator[asyncpg.Connection]:
     """The request's transaction: committed when the route returns, rolled back on error.
 
-    A change is answered once the trigger gateway has it (:mod:`propagation`), so a
-    trigger the caller sends next is judged on it.
+    A change is answered once the trigger gateway (and, for a member's standing, the
+    ledger) has it (:mod:`propagation`), so a trigger the caller sends next is judged
+    on it.
     """
     changing = request.method in sessions.STATE_CHANGING_METHODS
     async with (
@@ -58,7 +59,7 @@ async def transaction(request: Request, ctx: Context) -> AsyncIterator[asyncpg.C
     ):
         yield connection
     if staged.row_id is not None:
-        await ctx.propagation.reach_gateway(staged.row_id)
+        await ctx.propagation.reach_readers(staged)
 
 
 # scope="function": the transaction commits before the response is sent. With
