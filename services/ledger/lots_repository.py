@@ -38,6 +38,12 @@ WHERE lot_use.transaction_id = $1
 ORDER BY lot.expires_at, lot.id
 """
 
+# What the expiry of an earn's lot took; no row while the lot is open (or for no lot).
+EXPIRED_OF_LOT = """
+SELECT expiry.amount FROM lots AS lot JOIN transactions AS expiry ON expiry.id = lot.expired_by
+WHERE lot.id = $1
+"""
+
 # Candidates only, read without locks: the pass locks their members, then reads again.
 DUE_LOTS = """
 SELECT id, account_id FROM lots
@@ -175,6 +181,11 @@ async def insert_uses(
 
 async def uses_of(connection: asyncpg.Connection, transaction_id: UUID) -> list[asyncpg.Record]:
     return list(await connection.fetch(LOT_USES_OF, transaction_id))
+
+
+async def expired_of_lot(connection: asyncpg.Connection, lot_id: UUID) -> int:
+    """The points the expiry process took from lot ``lot_id``; 0 if it has not."""
+    return int(await connection.fetchval(EXPIRED_OF_LOT, lot_id) or 0)
 
 
 async def due_lots(

@@ -10,7 +10,7 @@ import asyncpg
 
 from contracts import MemberLifecycleEvent, MemberStanding, PointsResultEvent
 from services.ledger.applying import INSUFFICIENT_BALANCE, MEMBER_BLOCKED
-from services.ledger.expiry import expire_due_lots, expiry_id
+from services.ledger.expiry import expire_due_lots
 from services.ledger.members import project_members
 from services.ledger.reads import member_expiring, member_history, rule_totals
 from tests.integration.test_ledger_reversals import reverse, verified
@@ -52,6 +52,10 @@ async def redeem(pool: asyncpg.Pool, amount: int, user_id: str = "member-1") -> 
 
 async def remaining(pool: asyncpg.Pool, lot: UUID) -> int:
     return int(await pool.fetchval("SELECT remaining FROM lots WHERE id = $1", lot))
+
+
+async def expired_by(pool: asyncpg.Pool, lot: UUID) -> UUID | None:
+    return await pool.fetchval("SELECT expired_by FROM lots WHERE id = $1", lot)
 
 
 async def expiring(pool: asyncpg.Pool, user_id: str = "member-1") -> list[tuple[datetime, int]]:
@@ -128,6 +132,73 @@ class TestReversals:
         assert (await remaining(pool, soon), await remaining(pool, later)) == (0, 20)
         assert await verified(pool) == []
 
+    async def test_of_an_earn_whose_lot_expired_counts_the_expired_points_uncovered(
+        self, pool: asyncpg.Pool
+    ) -> None:
+        lot = await earn(pool, 40, days(2))
+        await earn(pool, 100)
+        await expire_due_lots(pool, now=days(3))
+
+        outcome = await reverse(pool, lot)
+
+        assert (outcome.reversed, outcome.uncovered, outcome.balance) == (0, 40, 100)
+        assert await balance(pool) == 100
+        assert await verified(pool) == []
+
+    async def test_of_an_earn_partly_spent_before_its_lot_expired_takes_back_only_the_spent_part(
+        self, pool: asyncpg.Pool
+    ) -> None:
+        lot = await earn(pool, 100, days(2))
+        await earn(pool, 50)
+        await redeem(pool, 30)  # from the lot, which then expires with 70 left
+        await expire_due_lots(pool, now=days(3))
+
+        outcome = await reverse(pool, lot)
+
+        assert (outcome.reversed, outcome.uncovered, outcome.balance) == (30, 70, 20)
+        assert await balance(pool) == 20
+        assert await pool_balance(pool, "rule-earn") == -50
+        async with pool.acquire() as connection:
+            totals = await rule_totals(connection, STAGING, "rule-earn")
+        assert (totals.earned, totals.expired, totals.reversed_earned, totals.net) == (
+            150,
+            70,
+            30,
+            50,
+        )
+        assert await verified(pool) == []
+
+    async def test_of_an_earn_takes_from_lots_already_due_only_after_points_without_expiry(
+        self, pool: asyncpg.Pool
+    ) -> None:
+        due = await earn(pool, 30, days(-1))
+        await earn(pool, 20)
+        own = await earn(pool, 40, days(10))
+        await redeem(pool, 30)  # from its own lot: the due one cannot be spent
+
+        outcome = await reverse(pool, own)
+
+        assert (outcome.reversed, outcome.balance) == (40, 20)
+        assert (await remaining(pool, own), await remaining(pool, due)) == (0, 20)
+        assert await verified(pool) == []
+
+    async def test_of_a_redeem_counts_in_the_rules_totals_only_what_it_gave_back(
+        self, pool: asyncpg.Pool
+    ) -> None:
+        await earn(pool, 30, datetime.now(UTC) + timedelta(seconds=1))
+        await earn(pool, 20)
+        spent = points_requested(type="redeem", amount=40, rule_id="rule-shop")
+        await apply(pool, spent)
+        await asyncio.sleep(1.2)  # the lot's expiry passes
+
+        outcome = await reverse(pool, spent.data.transaction_id)
+
+        async with pool.acquire() as connection:
+            totals = await rule_totals(connection, STAGING, "rule-shop")
+        assert (outcome.reversed, outcome.uncovered) == (10, 30)
+        assert (totals.redeemed, totals.reversed_redeemed, totals.uncovered) == (40, 10, 30)
+        assert totals.net == -await pool_balance(pool, "rule-shop") == -30
+
 
 class TestTheExpiryProcess:
     async def test_moves_what_is_left_of_a_due_lot_back_to_the_rules_pool(
@@ -150,7 +221,7 @@ class TestTheExpiryProcess:
             20,
             5,
         )
-        assert result.data.expiry_id == expiry_id(lot)
+        assert result.data.expiry_id == await expired_by(pool, lot)
         assert (result.data.amount, result.data.callback_url) == (30, None)
         assert await verified(pool) == []
 
