@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import asyncio
 from datetime import UTC, datetime, timedelta
-from uuid import UUID
+from uuid import UUID, uuid5
 
 import asyncpg
+from structlog.testing import capture_logs
 
 from contracts import MemberLifecycleEvent, MemberStanding, PointsResultEvent
 from services.ledger.applying import INSUFFICIENT_BALANCE, MEMBER_BLOCKED
@@ -24,6 +25,9 @@ from tests.integration.test_ledger_service import (
 )
 
 NOW = datetime.now(UTC)
+#: The namespace expiry ids were once derived from (uuid5 of the lot id), which let
+#: anyone who could choose a transaction id take an expiry's id before it was written.
+PREDICTABLE_EXPIRY_IDS = UUID("0c7a2f6e-58d1-4b57-8f0e-6a3c2d9e4b17")
 
 
 def days(n: float) -> datetime:
@@ -56,6 +60,26 @@ async def remaining(pool: asyncpg.Pool, lot: UUID) -> int:
 
 async def expired_by(pool: asyncpg.Pool, lot: UUID) -> UUID | None:
     return await pool.fetchval("SELECT expired_by FROM lots WHERE id = $1", lot)
+
+
+async def refuse_to_expire(pool: asyncpg.Pool, lot: UUID) -> None:
+    """Make the database refuse to mark ``lot`` expired, as a fault only it has would."""
+    await pool.execute(
+        """
+        CREATE FUNCTION refuse_expiry() RETURNS trigger LANGUAGE plpgsql AS $$
+        BEGIN
+            RAISE EXCEPTION 'lot % refused by the test', OLD.id;
+        END;
+        $$
+        """
+    )
+    await pool.execute(
+        f"""
+        CREATE TRIGGER refuse_expiry BEFORE UPDATE ON lots FOR EACH ROW
+        WHEN (OLD.id = '{lot}' AND NEW.expired_by IS NOT NULL)
+        EXECUTE FUNCTION refuse_expiry()
+        """
+    )
 
 
 async def expiring(pool: asyncpg.Pool, user_id: str = "member-1") -> list[tuple[datetime, int]]:
@@ -265,6 +289,41 @@ class TestTheExpiryProcess:
         assert await count(pool, "transactions WHERE type = 'expiry'") == 300
         assert len(await expired_results(pool)) == 300
         assert await pool_balance(pool, "rule-earn") == 0
+        assert await verified(pool) == []
+
+    async def test_an_id_chosen_elsewhere_beforehand_cannot_stop_a_lot_expiring(
+        self, pool: asyncpg.Pool
+    ) -> None:
+        lot = await earn(pool, 30, days(-1))
+        other = await earn(pool, 5, user_id="member-2")
+        # The id the ledger used to derive from the lot, taken by a reversal's chosen id.
+        await reverse(pool, other, reversal_id=uuid5(PREDICTABLE_EXPIRY_IDS, str(lot)))
+
+        report = await expire_due_lots(pool)
+
+        assert (report.lots, report.failed) == (1, 0)
+        assert await balance(pool) == 0
+        assert await verified(pool) == []
+
+    async def test_a_lot_that_cannot_expire_is_reported_and_every_other_lot_expires(
+        self, pool: asyncpg.Pool
+    ) -> None:
+        bad = await earn(pool, 7, days(-2), user_id="member-0")
+        for n in range(1, 6):
+            await earn(pool, 10, days(-1 - n / 100), user_id=f"member-{n}")
+        await refuse_to_expire(pool, bad)
+
+        with capture_logs() as logs:
+            first = await expire_due_lots(pool, chunk=2)
+            again = await expire_due_lots(pool, chunk=2)
+
+        assert (first.lots, first.points, first.failed) == (5, 50, 1)
+        assert (again.lots, again.failed) == (0, 1)
+        assert [await balance(pool, f"member-{n}") for n in range(6)] == [7, 0, 0, 0, 0, 0]
+        assert await remaining(pool, bad) == 7
+        failed = [log for log in logs if log["event"] == "points.expiry.lot_failed"]
+        assert [log["lot_id"] for log in failed] == [str(bad), str(bad)]
+        assert len(await expired_results(pool)) == 5
         assert await verified(pool) == []
 
     async def test_an_expiry_does_not_make_the_earns_request_look_reused(
