@@ -5,7 +5,8 @@ expire. A redemption may spend neither points whose expiry has passed (the
 expiry process takes those) nor more than the rest; it takes from the lots
 that expire soonest first, then from points without expiry. An earn's reversal
 takes back from its own lot first, then from the other lots soonest first, then
-from points without expiry, and from lots whose expiry has passed only last.
+from points without expiry, and from other lots whose expiry has passed only last;
+its own lot, once due, is left to the expiry process whether or not it has run.
 """
 
 from __future__ import annotations
@@ -56,11 +57,12 @@ class MemberLots:
         """Take up to ``amount`` points from the lots not due by ``now``, ``first`` (an
         earn's own lot) before the others soonest first. Lots due by ``now`` are no longer
         the member's to spend, so a redemption skips them; an earn's reversal, which
-        passes the member's points ``without_expiry``, takes them last: only what the
-        lots not due and those points cannot cover. Returns what was taken from
-        which lot; the rest of ``amount`` comes from points without expiry."""
+        passes the member's points ``without_expiry``, takes them last (all but
+        ``first``): only what the lots not due and those points cannot cover. Returns
+        what was taken from which lot; the rest of ``amount`` comes from points without expiry."""
         order = sorted(self.lots, key=lambda lot: lot.id != first)  # stable: soonest next
-        due = [lot for lot in order if lot.expires_at <= now]
+        # An earn's own lot, once due, is the expiry process's to take, never the reversal's.
+        due = [lot for lot in order if lot.expires_at <= now and lot.id != first]
         taken = _take_from([lot for lot in order if lot.expires_at > now], amount)
         if without_expiry is not None:
             left = amount - sum(share for _, share in taken) - without_expiry

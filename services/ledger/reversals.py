@@ -100,11 +100,13 @@ async def reverse_transaction(
     given back and are reported as ``uncovered``. Reversing an earn takes back
     what the member's balance can cover of what did not expire of it, never below
     zero: from its own lot first, then the member's other lots soonest first, then
-    points without expiry, then lots whose expiry has passed but that the expiry
-    process has not taken yet. It reports the rest, with what expired, as
-    ``uncovered``; what is taken back returns to the rule's pool. An original
-    is reversed at most once: any later call, with this or another
-    ``reversal_id``, returns the first outcome and changes nothing. Raises
+    points without expiry, then other lots whose expiry has passed but that the
+    expiry process has not taken yet. Its own lot, once due, is the process's to take
+    whether or not it has run yet, so the result does not depend on when it runs. It
+    reports the rest, with what expired or is due of its lot, as ``uncovered``;
+    what is taken back returns to the rule's pool. An original is reversed at most
+    once: any later call, with this or another ``reversal_id``, returns the first
+    outcome and changes nothing. Raises
     :class:`TransactionNotFound`, :class:`NotReversible` (rejected transactions,
     reversals and expiries), :class:`ReversalIdInUse` or :class:`ReversalPastLimit`
     (the member's or the pool's balance would pass its limit, see
@@ -152,8 +154,10 @@ async def reverse_transaction(
         moves = await _redeem_given_back(connection, transaction_id, now)
         to_member = amount - moves.uncovered
     else:
-        expired = await lots_repository.expired_of_lot(connection, transaction_id)
-        to_member = -min(amount - expired, balance)
+        # Whether or not the expiry process has run yet, an own lot that is due is gone
+        # from the member: the reversal leaves it to the process, so it expires once.
+        expired, due = await lots_repository.gone_of_lot(connection, transaction_id, now)
+        to_member = -min(amount - expired - due, balance - due)
         moves = await _earn_taken_back(
             connection, accounts[member], transaction_id, -to_member, now
         )

@@ -192,6 +192,26 @@ class TestReversals:
         )
         assert await verified(pool) == []
 
+    async def test_of_an_earn_whose_lot_is_due_ends_as_if_the_expiry_process_had_run_first(
+        self, pool: asyncpg.Pool
+    ) -> None:
+        lot = await earn(pool, 100, datetime.now(UTC) + timedelta(seconds=1))
+        await earn(pool, 50)
+        await redeem(pool, 30)  # from the lot, which is then due with 70 left
+        await asyncio.sleep(1.2)
+
+        outcome = await reverse(pool, lot)
+        await expire_due_lots(pool, now=datetime.now(UTC))
+
+        # The same as when the process ran before the reversal: the 70 expire once.
+        assert (outcome.reversed, outcome.uncovered) == (30, 70)
+        assert await balance(pool) == 20
+        assert await pool_balance(pool, "rule-earn") == -50
+        async with pool.acquire() as connection:
+            totals = await rule_totals(connection, STAGING, "rule-earn")
+        assert (totals.expired, totals.reversed_earned, totals.net) == (70, 30, 50)
+        assert await verified(pool) == []
+
     async def test_of_an_earn_takes_from_lots_already_due_only_after_points_without_expiry(
         self, pool: asyncpg.Pool
     ) -> None:

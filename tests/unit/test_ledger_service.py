@@ -266,6 +266,16 @@ class TestTakingBackAnEarnFromLots:
         assert taken == [(own.id, 10), (sooner.id, 10), (due.id, 2)]
         assert due.remaining == 8
 
+    def test_leaves_its_own_lot_once_due_to_the_expiry_process(self) -> None:
+        now = datetime(2026, 12, 7, 12, 0, tzinfo=UTC)
+        own = Lot(uuid4(), now - timedelta(seconds=1), 10, 10)
+        other = Lot(uuid4(), now - timedelta(seconds=2), 10, 10)
+
+        taken = MemberLots([own, other]).take(15, now=now, first=own.id, without_expiry=0)
+
+        assert taken == [(other.id, 10)]
+        assert own.remaining == 10
+
     def test_takes_nothing_from_due_lots_when_other_points_cover_it(self) -> None:
         now = datetime(2026, 12, 7, 12, 0, tzinfo=UTC)
         own = Lot(uuid4(), now - timedelta(seconds=1), 10, 10)
