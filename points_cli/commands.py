@@ -230,7 +230,8 @@ async def ledger_verify(args: argparse.Namespace) -> int:
 
 async def ledger_expire(args: argparse.Namespace) -> int:
     """One expiry pass now, as every ledger replica runs one each
-    ``LEDGER_EXPIRY_INTERVAL_SECONDS``: what is left of each due lot expires once."""
+    ``LEDGER_EXPIRY_INTERVAL_SECONDS``: what is left of each due lot expires once. Exits 1
+    when some lot could not expire (``failed``; each is logged with its id)."""
     from services.ledger.expiry import expire_due_lots
 
     settings = database_settings("ledger")
@@ -240,8 +241,8 @@ async def ledger_expire(args: argparse.Namespace) -> int:
         report = await expire_due_lots(pool)
     finally:
         await pool.close()
-    emit({"lots": report.lots, "points": report.points}, args.json)
-    return 0
+    emit({"lots": report.lots, "points": report.points, "failed": report.failed}, args.json)
+    return 1 if report.failed else 0
 
 
 async def deliveries_list(args: argparse.Namespace) -> int:

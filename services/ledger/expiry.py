@@ -1,12 +1,19 @@
 """Expiring points: what is left of each due lot leaves the member for its rule's pool.
 
-Each lot expires in an ``expiry`` transaction of its own, whose id is derived
-from the lot's, so whatever replica or retry writes it, a lot expires once (the
-primary key makes sure). A pass works through the due lots a chunk at a time,
-each chunk in one transaction of its own: it locks the chunk's members in id
-order, as every batch does, reads again which lots are still open (another
-replica, or a redemption, may have taken them), and writes the expiries, their
-entries, the lots, the balances and a ``points.expired`` result per lot.
+Each lot expires in an ``expiry`` transaction of its own, with a random id, so no
+id anyone chose elsewhere (a reversal's, a request's) can stand in its way. A lot
+expires once because of its own row: the pass locks it and reads again that it is
+still open before it writes, so whatever replica or retry comes second finds it
+expired and leaves it.
+
+A pass walks the due lots in ``(expires_at, id)`` order, a chunk at a time, each
+chunk in one transaction of its own: it locks the chunk's members in id order, as
+every batch does, then the chunk's lots still open (another replica, or a
+redemption, may have taken them), and writes the expiries, their entries, the
+lots, the balances and a ``points.expired`` result per lot. A chunk that fails is
+tried again lot by lot, so a lot that cannot expire is logged and skipped while
+every other lot still expires; the walk goes on after it, and the next pass tries
+it again.
 """
 
 from __future__ import annotations
@@ -16,7 +23,7 @@ import contextlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from uuid import UUID, uuid5
+from uuid import UUID, uuid4, uuid5
 
 import asyncpg
 import pydantic_core
@@ -32,14 +39,23 @@ from services.ledger.repository import TransactionRow
 
 log = get_logger(__name__)
 
-#: An expiry's transaction id is uuid5(EXPIRY_IDS, str(lot id)).
-EXPIRY_IDS = UUID("0c7a2f6e-58d1-4b57-8f0e-6a3c2d9e4b17")
 #: Most lots expired in one transaction.
 CHUNK = 1_000
 
+#: Failures that say the database is out of reach rather than anything about a lot:
+#: no other lot would fare better, so they end the pass instead of skipping lots.
+DATABASE_AWAY: tuple[type[BaseException], ...] = (
+    OSError,
+    TimeoutError,
+    asyncpg.PostgresConnectionError,
+    asyncpg.InterfaceError,
+    asyncpg.OperatorInterventionError,
+)
 
-def expiry_id(lot_id: UUID) -> UUID:
-    return uuid5(EXPIRY_IDS, str(lot_id))
+
+class LotExpiredMeanwhile(RuntimeError):
+    """A lot the pass had locked open was expired by someone else: never expected, so the
+    chunk is rolled back rather than expiring the lot twice."""
 
 
 @dataclass(frozen=True)
@@ -48,29 +64,84 @@ class PassReport:
 
     lots: int
     points: int
+    failed: int = 0
+    """Lots whose expiry failed, each logged with its id; the next pass tries them again."""
+
+    def __add__(self, other: PassReport) -> PassReport:
+        return PassReport(
+            self.lots + other.lots, self.points + other.points, self.failed + other.failed
+        )
 
 
 async def expire_due_lots(
     pool: asyncpg.Pool, *, now: datetime | None = None, chunk: int = CHUNK
 ) -> PassReport:
     """Expire every lot due by ``now`` (default: the moment the pass starts), a chunk per
-    transaction; return how many lots and points expired."""
+    transaction; return how many lots and points expired, and how many lots failed to."""
     now = now or datetime.now(UTC)
-    lots = points = 0
+    report = PassReport(lots=0, points=0)
+    after: tuple[datetime, UUID] | None = None
     while True:
         async with pool.acquire() as connection:
-            candidates = await lots_repository.due_lots(connection, now, chunk)
-            if not candidates:
-                break
-            async with connection.transaction():
-                expired, moved = await expire_chunk(connection, candidates, now)
-        lots += expired
-        points += moved
-        # A full chunk none of which was still open was taken by another replica,
-        # which goes on with the rest.
-        if len(candidates) < chunk or not expired:
+            candidates = await lots_repository.due_lots(connection, now, chunk, after)
+        if not candidates:
             break
-    log.info("points.expiry.pass", lots=lots, points=points, due_by=now.isoformat())
+        report += await _expire_isolating_failures(pool, candidates, now)
+        after = (candidates[-1]["expires_at"], candidates[-1]["id"])
+        if len(candidates) < chunk:
+            break
+    log.info(
+        "points.expiry.pass",
+        lots=report.lots,
+        points=report.points,
+        failed=report.failed,
+        due_by=now.isoformat(),
+    )
+    return report
+
+
+async def _expire_isolating_failures(
+    pool: asyncpg.Pool, candidates: list[asyncpg.Record], now: datetime
+) -> PassReport:
+    """Expire ``candidates`` in one transaction; should that fail, each in one of its own."""
+    if len(candidates) == 1:
+        return await _expire_lot(pool, candidates[0], now)
+    try:
+        return await _expire_in_transaction(pool, candidates, now)
+    except DATABASE_AWAY:
+        raise
+    except Exception as error:  # a lot of the chunk cannot expire: find which, expire the rest
+        log.warning(
+            "points.expiry.chunk_failed",
+            lots=len(candidates),
+            first_lot_id=str(candidates[0]["id"]),
+            error=str(error) or type(error).__name__,
+        )
+    report = PassReport(lots=0, points=0)
+    for candidate in candidates:
+        report += await _expire_lot(pool, candidate, now)
+    return report
+
+
+async def _expire_lot(pool: asyncpg.Pool, candidate: asyncpg.Record, now: datetime) -> PassReport:
+    try:
+        return await _expire_in_transaction(pool, [candidate], now)
+    except DATABASE_AWAY:
+        raise
+    except Exception as error:  # logged and skipped: the other lots must still expire
+        log.error(
+            "points.expiry.lot_failed",
+            lot_id=str(candidate["id"]),
+            error=str(error) or type(error).__name__,
+        )
+        return PassReport(lots=0, points=0, failed=1)
+
+
+async def _expire_in_transaction(
+    pool: asyncpg.Pool, candidates: list[asyncpg.Record], now: datetime
+) -> PassReport:
+    async with pool.acquire() as connection, connection.transaction():
+        lots, points = await expire_chunk(connection, candidates, now)
     return PassReport(lots=lots, points=points)
 
 
@@ -90,7 +161,7 @@ async def expire_chunk(
     in_lots: dict[int, int] = {}
     for lot in due:
         member, pool, left = lot["account_id"], lot["pool_id"], int(lot["remaining"])
-        expiry = expiry_id(lot["id"])
+        expiry = uuid4()
         balances[member] -= left
         changes[member] = changes.get(member, 0) - left
         changes[pool] = changes.get(pool, 0) + left
@@ -101,7 +172,8 @@ async def expire_chunk(
         events.append(expired_row(lot, expiry, balances[member], now))
     await repository.insert_transactions(connection, transactions)
     await repository.insert_entries(connection, entries)
-    await lots_repository.expire_lots(connection, expired)
+    if await lots_repository.expire_lots(connection, expired) != len(expired):
+        raise LotExpiredMeanwhile("a lot this pass had locked open was expired meanwhile")
     await outbox.enqueue_rows(connection, events)
     await repository.add_to_balances(connection, changes, in_lots)  # last: it locks the pools
     return len(due), sum(int(lot["remaining"]) for lot in due)

@@ -4,7 +4,9 @@ A member's balance is the points of their open lots plus points that never
 expire. A redemption may spend neither points whose expiry has passed (the
 expiry process takes those) nor more than the rest; it takes from the lots
 that expire soonest first, then from points without expiry. An earn's reversal
-takes back from its own lot first, then from the other lots soonest first.
+takes back from its own lot first, then from the other lots soonest first, then
+from points without expiry, and from other lots whose expiry has passed only last;
+its own lot, once due, is left to the expiry process whether or not it has run.
 """
 
 from __future__ import annotations
@@ -45,23 +47,38 @@ class MemberLots:
         return sum(lot.remaining for lot in self.lots)
 
     def take(
-        self, amount: int, *, now: datetime | None = None, first: UUID | None = None
+        self,
+        amount: int,
+        *,
+        now: datetime,
+        first: UUID | None = None,
+        without_expiry: int | None = None,
     ) -> list[tuple[UUID, int]]:
-        """Take up to ``amount`` points from the lots, ``first`` (an earn's own lot) before
-        the others soonest first; with ``now``, only from lots not yet due. Returns what
-        was taken from which lot; the rest of ``amount`` comes from points without expiry."""
+        """Take up to ``amount`` points from the lots not due by ``now``, ``first`` (an
+        earn's own lot) before the others soonest first. Lots due by ``now`` are no longer
+        the member's to spend, so a redemption skips them; an earn's reversal, which
+        passes the member's points ``without_expiry``, takes them last (all but
+        ``first``): only what the lots not due and those points cannot cover. Returns
+        what was taken from which lot; the rest of ``amount`` comes from points without expiry."""
         order = sorted(self.lots, key=lambda lot: lot.id != first)  # stable: soonest next
-        taken = []
-        for lot in order:
-            if amount == 0:
-                break
-            if lot.remaining == 0 or (now is not None and lot.expires_at <= now):
-                continue
-            share = min(amount, lot.remaining)
+        # An earn's own lot, once due, is the expiry process's to take, never the reversal's.
+        due = [lot for lot in order if lot.expires_at <= now and lot.id != first]
+        taken = _take_from([lot for lot in order if lot.expires_at > now], amount)
+        if without_expiry is not None:
+            left = amount - sum(share for _, share in taken) - without_expiry
+            taken += _take_from(due, max(left, 0))
+        return taken
+
+
+def _take_from(lots: Iterable[Lot], amount: int) -> list[tuple[UUID, int]]:
+    taken = []
+    for lot in lots:
+        share = min(amount, lot.remaining)
+        if share:
             lot.remaining -= share
             amount -= share
             taken.append((lot.id, share))
-        return taken
+    return taken
 
 
 def changed_lots(

@@ -38,10 +38,30 @@ WHERE lot_use.transaction_id = $1
 ORDER BY lot.expires_at, lot.id
 """
 
+# What the expiry of an earn's lot took; no row while the lot is open (or for no lot).
+# Of a lot: what the expiry process took, and what is left of it when it is due but the
+# process has not taken it yet.
+GONE_OF_LOT = """
+SELECT coalesce(expiry.amount, 0),
+       CASE WHEN lot.expired_by IS NULL AND lot.expires_at <= $2 THEN lot.remaining ELSE 0 END
+FROM lots AS lot LEFT JOIN transactions AS expiry ON expiry.id = lot.expired_by
+WHERE lot.id = $1
+"""
+
 # Candidates only, read without locks: the pass locks their members, then reads again.
+# A pass walks them in (expires_at, id) order, each chunk after the last one's end, so a
+# lot it could not expire stays behind it.
 DUE_LOTS = """
-SELECT id, account_id FROM lots
+SELECT id, account_id, expires_at FROM lots
 WHERE expired_by IS NULL AND remaining > 0 AND expires_at <= $1
+ORDER BY expires_at, id
+LIMIT $2
+"""
+
+DUE_LOTS_AFTER = """
+SELECT id, account_id, expires_at FROM lots
+WHERE expired_by IS NULL AND remaining > 0 AND expires_at <= $1
+  AND (expires_at, id) > ($3, $4)
 ORDER BY expires_at, id
 LIMIT $2
 """
@@ -51,7 +71,9 @@ LOCK_MEMBERS = """
 SELECT id, balance FROM accounts WHERE id = ANY($1::bigint[]) ORDER BY id FOR UPDATE
 """
 
-# The candidates still open once their members are locked, with their earn and pool.
+# The candidates still open once their members are locked, with their earn and pool,
+# locked too: a lot another transaction expired meanwhile is read again and left out,
+# so a lot expires once whatever its expiry's id.
 OPEN_DUE_LOTS = """
 SELECT lot.id, lot.account_id, lot.expires_at, lot.remaining,
        earn.environment, earn.org_id, earn.user_id, earn.request_id, earn.client_id,
@@ -65,12 +87,13 @@ JOIN accounts AS pool
 WHERE lot.id = ANY($1::uuid[]) AND lot.expired_by IS NULL AND lot.remaining > 0
   AND lot.expires_at <= $2
 ORDER BY lot.account_id, lot.expires_at, lot.id
+FOR UPDATE OF lot
 """
 
 EXPIRE_LOTS = """
 UPDATE lots SET remaining = 0, expired_by = expired.expiry_id
 FROM unnest($1::uuid[], $2::uuid[]) AS expired (id, expiry_id)
-WHERE lots.id = expired.id
+WHERE lots.id = expired.id AND lots.expired_by IS NULL
 """
 
 # A member's open lots by expiry instant, soonest first (the balance's `expiring`).
@@ -177,10 +200,27 @@ async def uses_of(connection: asyncpg.Connection, transaction_id: UUID) -> list[
     return list(await connection.fetch(LOT_USES_OF, transaction_id))
 
 
+async def gone_of_lot(
+    connection: asyncpg.Connection, lot_id: UUID, now: datetime
+) -> tuple[int, int]:
+    """Of lot ``lot_id``, the points no longer the member's: ``(expired, due)``, what the
+    expiry process took from it, and what is left of it when it is due by ``now`` and the
+    process has not run yet (the process takes that). ``(0, 0)`` for no such lot."""
+    row = await connection.fetchrow(GONE_OF_LOT, lot_id, now)
+    return (0, 0) if row is None else (int(row[0]), int(row[1]))
+
+
 async def due_lots(
-    connection: asyncpg.Connection, now: datetime, limit: int
+    connection: asyncpg.Connection,
+    now: datetime,
+    limit: int,
+    after: tuple[datetime, UUID] | None = None,
 ) -> list[asyncpg.Record]:
-    return list(await connection.fetch(DUE_LOTS, now, limit))
+    """Up to ``limit`` lots due by ``now`` and still open, soonest first, those after the
+    ``(expires_at, id)`` of ``after`` only."""
+    if after is None:
+        return list(await connection.fetch(DUE_LOTS, now, limit))
+    return list(await connection.fetch(DUE_LOTS_AFTER, now, limit, *after))
 
 
 async def lock_members(
@@ -197,11 +237,13 @@ async def open_due_lots(
     return list(await connection.fetch(OPEN_DUE_LOTS, list(lot_ids), now))
 
 
-async def expire_lots(connection: asyncpg.Connection, expired: Sequence[tuple[UUID, UUID]]) -> None:
-    """Mark ``(lot id, expiry transaction id)`` lots expired: nothing left in them."""
-    await connection.execute(
+async def expire_lots(connection: asyncpg.Connection, expired: Sequence[tuple[UUID, UUID]]) -> int:
+    """Mark ``(lot id, expiry transaction id)`` lots expired: nothing left in them. How many
+    were still open to mark."""
+    status = await connection.execute(
         EXPIRE_LOTS, [lot_id for lot_id, _ in expired], [expiry for _, expiry in expired]
     )
+    return int(status.split()[-1])
 
 
 async def member_expiring(

@@ -152,8 +152,9 @@ class RuleTotals:
     reversed_redeemed: int
     """Points given back to members by reversals of this rule's redeems."""
     uncovered: int
-    """Points reversals did not move back: of earns, those the members had already spent;
-    of redeems, those taken from lots whose expiry passed since."""
+    """Points reversals did not move back: of earns, those that had expired (counted in
+    ``expired`` too) or the members had already spent; of redeems, those taken from lots
+    whose expiry passed since."""
     expired: int
     """Points of the rule's earns that expired before their members spent them."""
     net: int

@@ -271,7 +271,8 @@ SELECT
         AS redeemed,
     coalesce(sum(txn.amount - txn.uncovered) FILTER (WHERE original.type = 'earn'), 0)
         AS reversed_earned,
-    coalesce(sum(txn.amount) FILTER (WHERE original.type = 'redeem'), 0) AS reversed_redeemed,
+    coalesce(sum(txn.amount - txn.uncovered) FILTER (WHERE original.type = 'redeem'), 0)
+        AS reversed_redeemed,
     coalesce(sum(txn.uncovered), 0) AS uncovered,
     coalesce(sum(txn.amount) FILTER (WHERE txn.type = 'expiry'), 0) AS expired,
     count(*) FILTER (WHERE txn.status = 'applied') AS applied,

@@ -67,8 +67,9 @@ class ReversalOutcome:
     reversed: int
     """Points moved back: all of ``amount``, or for an earn what the member could cover."""
     uncovered: int
-    """Points not moved back (``amount - reversed``): of an earn, those the member no longer
-    had, so stayed with them; of a redeem, those it took from lots whose expiry passed since."""
+    """Points not moved back (``amount - reversed``): of an earn, those that expired from its
+    lot (the expiry moved them back already) and those the member no longer had, so stayed
+    with them; of a redeem, those it took from lots whose expiry passed since."""
     balance: int
     """The member's balance once the reversal was applied."""
     reason: str
@@ -97,11 +98,15 @@ async def reverse_transaction(
     Reversing a redeem gives the member the points back, into the lots it took
     them from; points it took from lots whose expiry has passed since are not
     given back and are reported as ``uncovered``. Reversing an earn takes back
-    what the member's balance can cover, never below zero, from its own lot
-    first, then the member's other lots soonest first, and reports the rest as
-    ``uncovered``; what is taken back returns to the rule's pool. An original
-    is reversed at most once: any later call, with this or another
-    ``reversal_id``, returns the first outcome and changes nothing. Raises
+    what the member's balance can cover of what did not expire of it, never below
+    zero: from its own lot first, then the member's other lots soonest first, then
+    points without expiry, then other lots whose expiry has passed but that the
+    expiry process has not taken yet. Its own lot, once due, is the process's to take
+    whether or not it has run yet, so the result does not depend on when it runs. It
+    reports the rest, with what expired or is due of its lot, as ``uncovered``;
+    what is taken back returns to the rule's pool. An original is reversed at most
+    once: any later call, with this or another ``reversal_id``, returns the first
+    outcome and changes nothing. Raises
     :class:`TransactionNotFound`, :class:`NotReversible` (rejected transactions,
     reversals and expiries), :class:`ReversalIdInUse` or :class:`ReversalPastLimit`
     (the member's or the pool's balance would pass its limit, see
@@ -143,13 +148,19 @@ async def reverse_transaction(
     balance = accounts[member].balance
     now = datetime.now(UTC)
     # To the member: back what a redeem took, less what it took from lots now expired;
-    # back from an earn what is left of it.
+    # back from an earn what the member can cover of it, less what of it expired: the
+    # expiry moved that back to the pool already.
     if original["type"] == "redeem":
         moves = await _redeem_given_back(connection, transaction_id, now)
         to_member = amount - moves.uncovered
     else:
-        to_member = -min(amount, balance)
-        moves = await _earn_taken_back(connection, accounts[member], transaction_id, -to_member)
+        # Whether or not the expiry process has run yet, an own lot that is due is gone
+        # from the member: the reversal leaves it to the process, so it expires once.
+        expired, due = await lots_repository.gone_of_lot(connection, transaction_id, now)
+        to_member = -min(amount - expired - due, balance - due)
+        moves = await _earn_taken_back(
+            connection, accounts[member], transaction_id, -to_member, now
+        )
     if refusal(balance + to_member, accounts[pool].balance - to_member) is not None:
         raise ReversalPastLimit(
             f"reversing transaction {transaction_id} would take the member's or the rule's "
@@ -228,14 +239,16 @@ async def _redeem_given_back(
 
 
 async def _earn_taken_back(
-    connection: asyncpg.Connection, member: Account, earn_id: UUID, amount: int
+    connection: asyncpg.Connection, member: Account, earn_id: UUID, amount: int, now: datetime
 ) -> LotMoves:
     """Take ``amount`` back from the earn's own lot first, then the member's other lots
-    soonest first; the rest comes from points without expiry."""
+    soonest first, then points without expiry, and only then lots due by ``now``: those
+    are no longer the member's to spend, and the expiry process takes what is left."""
     if not member.lots_remaining or not amount:
         return LotMoves()
     held = (await lots_repository.open_lots(connection, [member.id]))[member.id]
-    taken = held.take(amount, first=earn_id)
+    without_expiry = member.balance - member.lots_remaining
+    taken = held.take(amount, now=now, first=earn_id, without_expiry=without_expiry)
     left = {lot.id: lot.remaining for lot in held.lots}
     return LotMoves(
         uses=taken,

@@ -126,7 +126,7 @@ class TestOperatorCommands:
 
             assert await points("ledger", "expire", "--json") == 0
 
-            assert last_json(capsys) == {"lots": 1, "points": 30}
+            assert last_json(capsys) == {"lots": 1, "points": 30, "failed": 0}
             assert await balance(pool) == 0
         finally:
             await pool.close()

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import asyncio
 from datetime import UTC, datetime, timedelta
-from uuid import UUID
+from uuid import UUID, uuid5
 
 import asyncpg
+from structlog.testing import capture_logs
 
 from contracts import MemberLifecycleEvent, MemberStanding, PointsResultEvent
 from services.ledger.applying import INSUFFICIENT_BALANCE, MEMBER_BLOCKED
-from services.ledger.expiry import expire_due_lots, expiry_id
+from services.ledger.expiry import expire_due_lots
 from services.ledger.members import project_members
 from services.ledger.reads import member_expiring, member_history, rule_totals
 from tests.integration.test_ledger_reversals import reverse, verified
@@ -24,6 +25,9 @@ from tests.integration.test_ledger_service import (
 )
 
 NOW = datetime.now(UTC)
+#: The namespace expiry ids were once derived from (uuid5 of the lot id), which let
+#: anyone who could choose a transaction id take an expiry's id before it was written.
+PREDICTABLE_EXPIRY_IDS = UUID("0c7a2f6e-58d1-4b57-8f0e-6a3c2d9e4b17")
 
 
 def days(n: float) -> datetime:
@@ -52,6 +56,30 @@ async def redeem(pool: asyncpg.Pool, amount: int, user_id: str = "member-1") -> 
 
 async def remaining(pool: asyncpg.Pool, lot: UUID) -> int:
     return int(await pool.fetchval("SELECT remaining FROM lots WHERE id = $1", lot))
+
+
+async def expired_by(pool: asyncpg.Pool, lot: UUID) -> UUID | None:
+    return await pool.fetchval("SELECT expired_by FROM lots WHERE id = $1", lot)
+
+
+async def refuse_to_expire(pool: asyncpg.Pool, lot: UUID) -> None:
+    """Make the database refuse to mark ``lot`` expired, as a fault only it has would."""
+    await pool.execute(
+        """
+        CREATE FUNCTION refuse_expiry() RETURNS trigger LANGUAGE plpgsql AS $$
+        BEGIN
+            RAISE EXCEPTION 'lot % refused by the test', OLD.id;
+        END;
+        $$
+        """
+    )
+    await pool.execute(
+        f"""
+        CREATE TRIGGER refuse_expiry BEFORE UPDATE ON lots FOR EACH ROW
+        WHEN (OLD.id = '{lot}' AND NEW.expired_by IS NOT NULL)
+        EXECUTE FUNCTION refuse_expiry()
+        """
+    )
 
 
 async def expiring(pool: asyncpg.Pool, user_id: str = "member-1") -> list[tuple[datetime, int]]:
@@ -128,6 +156,93 @@ class TestReversals:
         assert (await remaining(pool, soon), await remaining(pool, later)) == (0, 20)
         assert await verified(pool) == []
 
+    async def test_of_an_earn_whose_lot_expired_counts_the_expired_points_uncovered(
+        self, pool: asyncpg.Pool
+    ) -> None:
+        lot = await earn(pool, 40, days(2))
+        await earn(pool, 100)
+        await expire_due_lots(pool, now=days(3))
+
+        outcome = await reverse(pool, lot)
+
+        assert (outcome.reversed, outcome.uncovered, outcome.balance) == (0, 40, 100)
+        assert await balance(pool) == 100
+        assert await verified(pool) == []
+
+    async def test_of_an_earn_partly_spent_before_its_lot_expired_takes_back_only_the_spent_part(
+        self, pool: asyncpg.Pool
+    ) -> None:
+        lot = await earn(pool, 100, days(2))
+        await earn(pool, 50)
+        await redeem(pool, 30)  # from the lot, which then expires with 70 left
+        await expire_due_lots(pool, now=days(3))
+
+        outcome = await reverse(pool, lot)
+
+        assert (outcome.reversed, outcome.uncovered, outcome.balance) == (30, 70, 20)
+        assert await balance(pool) == 20
+        assert await pool_balance(pool, "rule-earn") == -50
+        async with pool.acquire() as connection:
+            totals = await rule_totals(connection, STAGING, "rule-earn")
+        assert (totals.earned, totals.expired, totals.reversed_earned, totals.net) == (
+            150,
+            70,
+            30,
+            50,
+        )
+        assert await verified(pool) == []
+
+    async def test_of_an_earn_whose_lot_is_due_ends_as_if_the_expiry_process_had_run_first(
+        self, pool: asyncpg.Pool
+    ) -> None:
+        lot = await earn(pool, 100, datetime.now(UTC) + timedelta(seconds=1))
+        await earn(pool, 50)
+        await redeem(pool, 30)  # from the lot, which is then due with 70 left
+        await asyncio.sleep(1.2)
+
+        outcome = await reverse(pool, lot)
+        await expire_due_lots(pool, now=datetime.now(UTC))
+
+        # The same as when the process ran before the reversal: the 70 expire once.
+        assert (outcome.reversed, outcome.uncovered) == (30, 70)
+        assert await balance(pool) == 20
+        assert await pool_balance(pool, "rule-earn") == -50
+        async with pool.acquire() as connection:
+            totals = await rule_totals(connection, STAGING, "rule-earn")
+        assert (totals.expired, totals.reversed_earned, totals.net) == (70, 30, 50)
+        assert await verified(pool) == []
+
+    async def test_of_an_earn_takes_from_lots_already_due_only_after_points_without_expiry(
+        self, pool: asyncpg.Pool
+    ) -> None:
+        due = await earn(pool, 30, days(-1))
+        await earn(pool, 20)
+        own = await earn(pool, 40, days(10))
+        await redeem(pool, 30)  # from its own lot: the due one cannot be spent
+
+        outcome = await reverse(pool, own)
+
+        assert (outcome.reversed, outcome.balance) == (40, 20)
+        assert (await remaining(pool, own), await remaining(pool, due)) == (0, 20)
+        assert await verified(pool) == []
+
+    async def test_of_a_redeem_counts_in_the_rules_totals_only_what_it_gave_back(
+        self, pool: asyncpg.Pool
+    ) -> None:
+        await earn(pool, 30, datetime.now(UTC) + timedelta(seconds=1))
+        await earn(pool, 20)
+        spent = points_requested(type="redeem", amount=40, rule_id="rule-shop")
+        await apply(pool, spent)
+        await asyncio.sleep(1.2)  # the lot's expiry passes
+
+        outcome = await reverse(pool, spent.data.transaction_id)
+
+        async with pool.acquire() as connection:
+            totals = await rule_totals(connection, STAGING, "rule-shop")
+        assert (outcome.reversed, outcome.uncovered) == (10, 30)
+        assert (totals.redeemed, totals.reversed_redeemed, totals.uncovered) == (40, 10, 30)
+        assert totals.net == -await pool_balance(pool, "rule-shop") == -30
+
 
 class TestTheExpiryProcess:
     async def test_moves_what_is_left_of_a_due_lot_back_to_the_rules_pool(
@@ -150,7 +265,7 @@ class TestTheExpiryProcess:
             20,
             5,
         )
-        assert result.data.expiry_id == expiry_id(lot)
+        assert result.data.expiry_id == await expired_by(pool, lot)
         assert (result.data.amount, result.data.callback_url) == (30, None)
         assert await verified(pool) == []
 
@@ -194,6 +309,41 @@ class TestTheExpiryProcess:
         assert await count(pool, "transactions WHERE type = 'expiry'") == 300
         assert len(await expired_results(pool)) == 300
         assert await pool_balance(pool, "rule-earn") == 0
+        assert await verified(pool) == []
+
+    async def test_an_id_chosen_elsewhere_beforehand_cannot_stop_a_lot_expiring(
+        self, pool: asyncpg.Pool
+    ) -> None:
+        lot = await earn(pool, 30, days(-1))
+        other = await earn(pool, 5, user_id="member-2")
+        # The id the ledger used to derive from the lot, taken by a reversal's chosen id.
+        await reverse(pool, other, reversal_id=uuid5(PREDICTABLE_EXPIRY_IDS, str(lot)))
+
+        report = await expire_due_lots(pool)
+
+        assert (report.lots, report.failed) == (1, 0)
+        assert await balance(pool) == 0
+        assert await verified(pool) == []
+
+    async def test_a_lot_that_cannot_expire_is_reported_and_every_other_lot_expires(
+        self, pool: asyncpg.Pool
+    ) -> None:
+        bad = await earn(pool, 7, days(-2), user_id="member-0")
+        for n in range(1, 6):
+            await earn(pool, 10, days(-1 - n / 100), user_id=f"member-{n}")
+        await refuse_to_expire(pool, bad)
+
+        with capture_logs() as logs:
+            first = await expire_due_lots(pool, chunk=2)
+            again = await expire_due_lots(pool, chunk=2)
+
+        assert (first.lots, first.points, first.failed) == (5, 50, 1)
+        assert (again.lots, again.failed) == (0, 1)
+        assert [await balance(pool, f"member-{n}") for n in range(6)] == [7, 0, 0, 0, 0, 0]
+        assert await remaining(pool, bad) == 7
+        failed = [log for log in logs if log["event"] == "points.expiry.lot_failed"]
+        assert [log["lot_id"] for log in failed] == [str(bad), str(bad)]
+        assert len(await expired_results(pool)) == 5
         assert await verified(pool) == []
 
     async def test_an_expiry_does_not_make_the_earns_request_look_reused(

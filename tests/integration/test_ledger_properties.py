@@ -49,7 +49,7 @@ from infra.runtime import INFRA_MIGRATIONS
 from services.ledger.access import ReadScope
 from services.ledger.app import MIGRATIONS
 from services.ledger.applying import apply_batch
-from services.ledger.expiry import expire_due_lots, expiry_id
+from services.ledger.expiry import expire_due_lots
 from services.ledger.reads import rule_totals
 from services.ledger.reversals import NotReversible, ReversalOutcome, reverse_transaction
 from services.ledger.verification import verify_ledger
@@ -108,7 +108,8 @@ class ModelLot:
     rule_id: str
     expires_at: datetime
     remaining: int
-    expired: bool = False
+    expired: int | None = None
+    """Points its expiry took, once it expired."""
 
     def due(self) -> bool:
         """Due by the real clock the ledger decides on: only lots already past are."""
@@ -217,7 +218,7 @@ class LedgerMachine(RuleBasedStateMachine):
         held = [
             lot
             for lot in self.lots.values()
-            if lot.user_id == user_id and not lot.expired and lot.remaining > 0
+            if lot.user_id == user_id and lot.expired is None and lot.remaining > 0
         ]
         return sorted(held, key=lambda lot: (lot.expires_at, lot.id))
 
@@ -269,21 +270,23 @@ class LedgerMachine(RuleBasedStateMachine):
         """The clock moves on and an expiry pass runs at it."""
         self.clock += timedelta(days=days)
 
-        async def expire() -> int:
+        async def expire() -> tuple[int, dict[UUID, UUID]]:
             assert self.pool is not None
-            return (await expire_due_lots(self.pool, now=self.clock, chunk=2)).lots
+            report = await expire_due_lots(self.pool, now=self.clock, chunk=2)
+            rows = await self.pool.fetch("SELECT id, expired_by FROM lots")
+            return report.lots, {row["id"]: row["expired_by"] for row in rows}
 
-        expired = self.loop.run(expire())
+        expired, expiries = self.loop.run(expire())
         due = [
             lot
             for lot in self.lots.values()
-            if not lot.expired and lot.remaining > 0 and lot.expires_at <= self.clock
+            if lot.expired is None and lot.remaining > 0 and lot.expires_at <= self.clock
         ]
         for lot in due:
             self.balances[lot.user_id] -= lot.remaining
             self.pools[lot.rule_id] += lot.remaining
-            lot.remaining, lot.expired = 0, True
-            self.recorded[expiry_id(lot.id)] = Recorded(
+            lot.remaining, lot.expired = 0, lot.remaining
+            self.recorded[expiries[lot.id]] = Recorded(
                 "expiry", lot.user_id, lot.rule_id, 1, applied=True
             )
         assert expired == len(due)
@@ -348,7 +351,7 @@ class LedgerMachine(RuleBasedStateMachine):
             uncovered = 0
             for lot_id, used in self.uses.get(transaction_id, []):
                 lot = self.lots[lot_id]
-                if lot.expired or lot.due():
+                if lot.expired is not None or lot.due():
                     uncovered += used
                 else:
                     lot.remaining += used
@@ -356,11 +359,25 @@ class LedgerMachine(RuleBasedStateMachine):
             given_to_lots = sum(used for _, used in self.uses.get(transaction_id, [])) - uncovered
             self.free[user] += to_member - given_to_lots
         else:
-            to_member = -min(original.amount, balance)
-            own = [lot for lot in self._open_lots(user) if lot.id == transaction_id]
-            others = [lot for lot in self._open_lots(user) if lot.id != transaction_id]
-            taken = self._take(own + others, -to_member)
-            self.free[user] -= -to_member - sum(share for _, share in taken)
+            # What expired of the earn went back already, and what is left of its lot
+            # once due is the expiry pass's to take; of the rest, what the member covers
+            # comes from their lots not due (its own first), points without expiry, then
+            # the other lots due.
+            own_lot = self.lots.get(transaction_id)
+            expired = (own_lot.expired or 0) if own_lot is not None else 0
+            due = (
+                own_lot.remaining
+                if own_lot is not None and own_lot.expired is None and own_lot.due()
+                else 0
+            )
+            to_member = -min(original.amount - expired - due, balance - due)
+            held = sorted(self._open_lots(user), key=lambda lot: lot.id != transaction_id)
+            taken = self._take([lot for lot in held if not lot.due()], -to_member)
+            from_lots = sum(share for _, share in taken)
+            from_free = min(-to_member - from_lots, self.free[user])
+            others_due = [lot for lot in held if lot.due() and lot.id != transaction_id]
+            self._take(others_due, -to_member - from_lots - from_free)
+            self.free[user] -= from_free
         self.balances[user] += to_member
         self.pools[original.rule_id] -= to_member
         assert (outcome.reversed, outcome.uncovered, outcome.balance) == (
@@ -386,12 +403,14 @@ class LedgerMachine(RuleBasedStateMachine):
             held = sum(lot.remaining for lot in self.lots.values() if lot.user_id == member)
             assert self.balances[member] == held + self.free[member]
             assert self.free[member] >= 0
-        assert lots == {lot.id: (lot.remaining, lot.expired) for lot in self.lots.values()}
-        assert expiries == sum(lot.expired for lot in self.lots.values())
+        assert lots == {
+            lot.id: (lot.remaining, lot.expired is not None) for lot in self.lots.values()
+        }
+        assert expiries == sum(lot.expired is not None for lot in self.lots.values())
         assert {rule: pools.get(rule, 0) for rule in self.pools} == self.pools
         assert all(balance >= 0 for balance in balances.values())
         assert violations == []
-        assert nets == {rule: -self.pools[rule] for rule in EARN_RULES}
+        assert nets == {rule: -self.pools[rule] for rule in self.pools}
 
     async def _observe_lots(self) -> tuple[dict[UUID, tuple[int, bool]], int]:
         assert self.pool is not None
@@ -412,7 +431,7 @@ class LedgerMachine(RuleBasedStateMachine):
             violations = await verify_ledger(connection)
             nets = {
                 rule_id: (await rule_totals(connection, SCOPE, rule_id)).net
-                for rule_id in EARN_RULES
+                for rule_id in (*EARN_RULES, REDEEM_RULE)
             }
         by_kind: dict[str, dict[str, int]] = {"member": {}, "pool": {}}
         for row in rows:

@@ -25,7 +25,7 @@ from services.ledger.applying import (
     pool_account,
     result_row,
 )
-from services.ledger.expiry import expired_row, expiry_id
+from services.ledger.expiry import expired_row
 from services.ledger.lots import Lot, MemberLots
 from services.ledger.reads import InvalidCursor, decode_cursor, encode_cursor
 
@@ -253,9 +253,50 @@ class TestResultRow:
         assert len(event_ids) == 2
 
 
+class TestTakingBackAnEarnFromLots:
+    def test_takes_its_own_lot_then_the_others_then_points_without_expiry_then_due_lots(
+        self,
+    ) -> None:
+        now = datetime(2026, 12, 7, 12, 0, tzinfo=UTC)
+        due, sooner, own = (Lot(uuid4(), now + timedelta(days=d), 10, 10) for d in (-1, 1, 2))
+        held = MemberLots([due, sooner, own])
+
+        taken = held.take(27, now=now, first=own.id, without_expiry=5)
+
+        assert taken == [(own.id, 10), (sooner.id, 10), (due.id, 2)]
+        assert due.remaining == 8
+
+    def test_leaves_its_own_lot_once_due_to_the_expiry_process(self) -> None:
+        now = datetime(2026, 12, 7, 12, 0, tzinfo=UTC)
+        own = Lot(uuid4(), now - timedelta(seconds=1), 10, 10)
+        other = Lot(uuid4(), now - timedelta(seconds=2), 10, 10)
+
+        taken = MemberLots([own, other]).take(15, now=now, first=own.id, without_expiry=0)
+
+        assert taken == [(other.id, 10)]
+        assert own.remaining == 10
+
+    def test_takes_nothing_from_due_lots_when_other_points_cover_it(self) -> None:
+        now = datetime(2026, 12, 7, 12, 0, tzinfo=UTC)
+        own = Lot(uuid4(), now - timedelta(seconds=1), 10, 10)
+
+        taken = MemberLots([own]).take(10, now=now, first=own.id, without_expiry=10)
+
+        assert (taken, own.remaining) == ([], 10)
+
+    def test_a_lot_is_due_from_the_instant_given_not_the_clock(self) -> None:
+        expires_at = datetime(2026, 12, 7, 12, 0, tzinfo=UTC)
+        before, at = Lot(uuid4(), expires_at, 10, 10), Lot(uuid4(), expires_at, 10, 10)
+
+        early = MemberLots([before]).take(4, now=expires_at - timedelta(microseconds=1))
+        due = MemberLots([at]).take(4, now=expires_at)
+
+        assert (early, due) == ([(before.id, 4)], [])
+
+
 class TestExpiredRow:
     def test_writes_a_points_expired_result_the_contract_accepts(self) -> None:
-        lot_id, now = uuid4(), datetime(2026, 12, 7, 12, 0, tzinfo=UTC)
+        lot_id, expiry_id, now = uuid4(), uuid4(), datetime(2026, 12, 7, 12, 0, tzinfo=UTC)
         lot: dict[str, Any] = {
             "id": lot_id,
             "environment": "staging",
@@ -269,14 +310,14 @@ class TestExpiredRow:
             "expires_at": now - timedelta(days=1),
         }
 
-        topic, key, payload, _ = expired_row(cast("Any", lot), expiry_id(lot_id), 8, now)
+        topic, key, payload, _ = expired_row(cast("Any", lot), expiry_id, 8, now)
 
         sent = PointsResultEvent.model_validate_json(payload)
         assert (topic, key) == (PointsResultEvent.TOPIC, "staging:org-1:member-1")
         assert (sent.type, sent.data.transaction_id, sent.data.expiry_id) == (
             "points.expired",
             lot_id,
-            expiry_id(lot_id),
+            expiry_id,
         )
         assert (sent.data.amount, sent.data.expired_amount, sent.data.balance) == (30, 12, 8)
         assert payload == sent.model_dump_json().encode()
