@@ -15,6 +15,7 @@ Two rules hold for every service:
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -111,3 +112,19 @@ async def start_producer(settings: ServiceSettings) -> AIOKafkaProducer:
             "Check KAFKA_* settings."
         ) from error
     return producer
+
+
+async def start_broker(broker: KafkaBroker) -> None:
+    """Start ``broker`` with its subscribers joining their consumer groups side by side.
+
+    A consumer subscribed to topics waits, as it starts, until its group assigns it
+    partitions: a join takes seconds (about five on the embedded broker). FastStream's
+    ``broker.start()`` starts subscribers one after another, so a process consuming in
+    five groups (the ledger: requests per environment, member standings per environment,
+    clients) took five joins before its last group ran. Started together, it takes one.
+    """
+    await broker.connect()
+    await asyncio.gather(*(subscriber.start() for subscriber in broker.subscribers))
+    for publisher in broker.publishers:
+        await publisher.start()
+    broker.running = True

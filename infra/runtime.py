@@ -28,7 +28,7 @@ from faststream.kafka import KafkaBroker
 from pydantic import BaseModel
 
 from infra import db
-from infra.broker import start_producer, wait_for_broker
+from infra.broker import start_broker, start_producer, wait_for_broker
 from infra.catchup import ConsumerLag
 from infra.consumers import Consumer, EnvironmentOf, Handler, OnQuarantine, consume_in_batches
 from infra.kafka_admin import ClusterIdentity, create_topics
@@ -247,7 +247,7 @@ class ServiceRuntime:
 
     async def _start_broker(self, broker: KafkaBroker) -> None:
         try:
-            await broker.start()
+            await start_broker(broker)
         except Exception as error:
             log.error("broker.start_failed", error=str(error) or type(error).__name__)
             raise
