@@ -33,7 +33,7 @@ class PointsResult(ContractModel):
     A `reversed` result names the original request (its request and
     transaction ids, rule, type and amount) and adds what the reversal did:
     `reversal_id`, `reversed_amount` (points moved back) and `uncovered_amount`
-    (points of an earn the member had already spent, so kept).
+    (points not moved back: spent or expired).
     """
 
     request_id: Text = Field(
@@ -83,8 +83,8 @@ class PointsResult(ContractModel):
         default=None,
         ge=0,
         description="Points the reversal could not move back (`amount - reversed_amount`): "
-        "of an earn, those the member had already spent; of a redeem, those whose expiry "
-        "passed meanwhile. Only on `reversed`.",
+        "of an earn, those the member had already spent or that expired (or were due to); "
+        "of a redeem, those whose expiry passed meanwhile. Only on `reversed`.",
     )
     expiry_id: UUID | None = Field(
         default=None,

@@ -124,7 +124,17 @@ async def start_broker(broker: KafkaBroker) -> None:
     clients) took five joins before its last group ran. Started together, it takes one.
     """
     await broker.connect()
-    await asyncio.gather(*(subscriber.start() for subscriber in broker.subscribers))
+    # Every start is waited for, failed or not, so none is left joining a group after
+    # the broker is stopped because another failed.
+    outcomes = await asyncio.gather(
+        *(subscriber.start() for subscriber in broker.subscribers), return_exceptions=True
+    )
+    failures = [outcome for outcome in outcomes if isinstance(outcome, BaseException)]
+    if failures:
+        for failure in failures[1:]:
+            log.error("broker.subscriber_start_failed", error=str(failure) or repr(failure))
+        await broker.stop()
+        raise failures[0]
     for publisher in broker.publishers:
         await publisher.start()
     broker.running = True

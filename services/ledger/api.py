@@ -167,7 +167,8 @@ class RuleTotalsView(CamelModel):
     reversed_redeemed: int = Field(description="Points given back to members by reversals.")
     uncovered: int = Field(
         description="Points reversals did not move back: of earns, those members had already "
-        "spent; of redeems, those taken from lots that expired since."
+        "spent or that expired (or were due to); of redeems, those taken from lots that "
+        "expired since."
     )
     expired: int = Field(description="Points of the rule's earns that expired unspent.")
     net: int = Field(description="Points the rule put in members' hands, net of all the above.")
@@ -229,7 +230,9 @@ class ReversalView(CamelModel):
     amount: int = Field(description="Amount of the transaction reversed.")
     reversed: int = Field(description="Points moved back.")
     uncovered: int = Field(
-        description="Points of a reversed earn the member had already spent, so kept."
+        description="Points not moved back: of an earn, those the member had already spent "
+        "or that expired (or were due to); of a redeem, those taken from lots that expired "
+        "since."
     )
     balance: int = Field(description="The member's balance once the reversal was applied.")
     reason: str

@@ -5,8 +5,8 @@ expire. A redemption may spend neither points whose expiry has passed (the
 expiry process takes those) nor more than the rest; it takes from the lots
 that expire soonest first, then from points without expiry. An earn's reversal
 takes back from its own lot first, then from the other lots soonest first, then
-from points without expiry, and from other lots whose expiry has passed only last;
-its own lot, once due, is left to the expiry process whether or not it has run.
+from points without expiry. Neither takes points whose expiry has passed: they are
+the expiry process's, whether or not it has run yet.
 """
 
 from __future__ import annotations
@@ -47,27 +47,15 @@ class MemberLots:
         return sum(lot.remaining for lot in self.lots)
 
     def take(
-        self,
-        amount: int,
-        *,
-        now: datetime,
-        first: UUID | None = None,
-        without_expiry: int | None = None,
+        self, amount: int, *, now: datetime, first: UUID | None = None
     ) -> list[tuple[UUID, int]]:
         """Take up to ``amount`` points from the lots not due by ``now``, ``first`` (an
         earn's own lot) before the others soonest first. Lots due by ``now`` are no longer
-        the member's to spend, so a redemption skips them; an earn's reversal, which
-        passes the member's points ``without_expiry``, takes them last (all but
-        ``first``): only what the lots not due and those points cannot cover. Returns
-        what was taken from which lot; the rest of ``amount`` comes from points without expiry."""
+        the member's: neither a redemption nor a reversal takes them; the expiry process
+        does. Returns what was taken from which lot; the rest of ``amount`` comes from
+        points without expiry."""
         order = sorted(self.lots, key=lambda lot: lot.id != first)  # stable: soonest next
-        # An earn's own lot, once due, is the expiry process's to take, never the reversal's.
-        due = [lot for lot in order if lot.expires_at <= now and lot.id != first]
-        taken = _take_from([lot for lot in order if lot.expires_at > now], amount)
-        if without_expiry is not None:
-            left = amount - sum(share for _, share in taken) - without_expiry
-            taken += _take_from(due, max(left, 0))
-        return taken
+        return _take_from([lot for lot in order if lot.expires_at > now], amount)
 
 
 def _take_from(lots: Iterable[Lot], amount: int) -> list[tuple[UUID, int]]:

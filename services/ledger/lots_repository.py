@@ -39,12 +39,8 @@ ORDER BY lot.expires_at, lot.id
 """
 
 # What the expiry of an earn's lot took; no row while the lot is open (or for no lot).
-# Of a lot: what the expiry process took, and what is left of it when it is due but the
-# process has not taken it yet.
-GONE_OF_LOT = """
-SELECT coalesce(expiry.amount, 0),
-       CASE WHEN lot.expired_by IS NULL AND lot.expires_at <= $2 THEN lot.remaining ELSE 0 END
-FROM lots AS lot LEFT JOIN transactions AS expiry ON expiry.id = lot.expired_by
+EXPIRED_OF_LOT = """
+SELECT expiry.amount FROM lots AS lot JOIN transactions AS expiry ON expiry.id = lot.expired_by
 WHERE lot.id = $1
 """
 
@@ -200,14 +196,9 @@ async def uses_of(connection: asyncpg.Connection, transaction_id: UUID) -> list[
     return list(await connection.fetch(LOT_USES_OF, transaction_id))
 
 
-async def gone_of_lot(
-    connection: asyncpg.Connection, lot_id: UUID, now: datetime
-) -> tuple[int, int]:
-    """Of lot ``lot_id``, the points no longer the member's: ``(expired, due)``, what the
-    expiry process took from it, and what is left of it when it is due by ``now`` and the
-    process has not run yet (the process takes that). ``(0, 0)`` for no such lot."""
-    row = await connection.fetchrow(GONE_OF_LOT, lot_id, now)
-    return (0, 0) if row is None else (int(row[0]), int(row[1]))
+async def expired_of_lot(connection: asyncpg.Connection, lot_id: UUID) -> int:
+    """The points the expiry process took from lot ``lot_id``; 0 if it has not."""
+    return int(await connection.fetchval(EXPIRED_OF_LOT, lot_id) or 0)
 
 
 async def due_lots(

@@ -21,6 +21,7 @@ from infra.tokens import Principal
 from services.ledger import lots_repository, repository
 from services.ledger.access import require_editor
 from services.ledger.applying import BALANCE_LIMIT_EXCEEDED, refusal
+from services.ledger.lots import MemberLots
 from services.ledger.repository import Account, AccountKey
 
 log = get_logger(__name__)
@@ -100,10 +101,10 @@ async def reverse_transaction(
     given back and are reported as ``uncovered``. Reversing an earn takes back
     what the member's balance can cover of what did not expire of it, never below
     zero: from its own lot first, then the member's other lots soonest first, then
-    points without expiry, then other lots whose expiry has passed but that the
-    expiry process has not taken yet. Its own lot, once due, is the process's to take
-    whether or not it has run yet, so the result does not depend on when it runs. It
-    reports the rest, with what expired or is due of its lot, as ``uncovered``;
+    points without expiry. Points of lots due by now, its own or others, are never
+    taken: they are the expiry process's, whether or not it has run yet, so the result
+    does not depend on when it runs. It reports the rest, with what expired or is
+    due of its own lot, as ``uncovered``;
     what is taken back returns to the rule's pool. An original is reversed at most
     once: any later call, with this or another ``reversal_id``, returns the first
     outcome and changes nothing. Raises
@@ -154,13 +155,17 @@ async def reverse_transaction(
         moves = await _redeem_given_back(connection, transaction_id, now)
         to_member = amount - moves.uncovered
     else:
-        # Whether or not the expiry process has run yet, an own lot that is due is gone
-        # from the member: the reversal leaves it to the process, so it expires once.
-        expired, due = await lots_repository.gone_of_lot(connection, transaction_id, now)
-        to_member = -min(amount - expired - due, balance - due)
-        moves = await _earn_taken_back(
-            connection, accounts[member], transaction_id, -to_member, now
+        # Points of lots due by now are no longer the member's, whether or not the
+        # expiry process has run yet: the reversal leaves them all to the process, so
+        # each expires once, to its own rule. What of the earn's own lot is due is
+        # uncovered, like what of it expired.
+        held = await _open_lots(connection, accounts[member])
+        own_due = sum(
+            lot.remaining for lot in held.lots if lot.id == transaction_id and lot.expires_at <= now
         )
+        expired = await lots_repository.expired_of_lot(connection, transaction_id)
+        to_member = -min(amount - expired - own_due, balance - held.due(now))
+        moves = _earn_taken_back(held, transaction_id, -to_member, now)
     if refusal(balance + to_member, accounts[pool].balance - to_member) is not None:
         raise ReversalPastLimit(
             f"reversing transaction {transaction_id} would take the member's or the rule's "
@@ -238,17 +243,18 @@ async def _redeem_given_back(
     return moves
 
 
-async def _earn_taken_back(
-    connection: asyncpg.Connection, member: Account, earn_id: UUID, amount: int, now: datetime
-) -> LotMoves:
+async def _open_lots(connection: asyncpg.Connection, member: Account) -> MemberLots:
+    """The (locked) member's open lots; none read when they hold no points in lots."""
+    if not member.lots_remaining:
+        return MemberLots()
+    return (await lots_repository.open_lots(connection, [member.id]))[member.id]
+
+
+def _earn_taken_back(held: MemberLots, earn_id: UUID, amount: int, now: datetime) -> LotMoves:
     """Take ``amount`` back from the earn's own lot first, then the member's other lots
-    soonest first, then points without expiry, and only then lots due by ``now``: those
-    are no longer the member's to spend, and the expiry process takes what is left."""
-    if not member.lots_remaining or not amount:
-        return LotMoves()
-    held = (await lots_repository.open_lots(connection, [member.id]))[member.id]
-    without_expiry = member.balance - member.lots_remaining
-    taken = held.take(amount, now=now, first=earn_id, without_expiry=without_expiry)
+    soonest first (never from lots due by ``now``); what they do not cover comes from
+    points without expiry."""
+    taken = held.take(amount, now=now, first=earn_id)
     left = {lot.id: lot.remaining for lot in held.lots}
     return LotMoves(
         uses=taken,

@@ -212,18 +212,24 @@ class TestReversals:
         assert (totals.expired, totals.reversed_earned, totals.net) == (70, 30, 50)
         assert await verified(pool) == []
 
-    async def test_of_an_earn_takes_from_lots_already_due_only_after_points_without_expiry(
+    async def test_of_an_earn_never_takes_another_rules_points_that_are_due(
         self, pool: asyncpg.Pool
     ) -> None:
-        due = await earn(pool, 30, days(-1))
-        await earn(pool, 20)
-        own = await earn(pool, 40, days(10))
-        await redeem(pool, 30)  # from its own lot: the due one cannot be spent
+        due = await earn(pool, 50, days(-1), rule_id="rule-other")
+        own = await earn(pool, 100, days(10))
+        await redeem(pool, 90)  # from its own lot: the due one cannot be spent
 
         outcome = await reverse(pool, own)
+        await expire_due_lots(pool, now=datetime.now(UTC))
 
-        assert (outcome.reversed, outcome.balance) == (40, 20)
-        assert (await remaining(pool, own), await remaining(pool, due)) == (0, 20)
+        # The member covers only the 10 left of the earn; the due 50 expire to their rule.
+        assert (outcome.reversed, outcome.uncovered) == (10, 90)
+        assert (await remaining(pool, due), await expired_by(pool, due) is not None) == (0, True)
+        assert await balance(pool) == 0
+        assert await pool_balance(pool, "rule-other") == 0
+        async with pool.acquire() as connection:
+            other = await rule_totals(connection, STAGING, "rule-other")
+        assert (other.earned, other.expired, other.net) == (50, 50, 0)
         assert await verified(pool) == []
 
     async def test_of_a_redeem_counts_in_the_rules_totals_only_what_it_gave_back(

@@ -359,24 +359,18 @@ class LedgerMachine(RuleBasedStateMachine):
             given_to_lots = sum(used for _, used in self.uses.get(transaction_id, [])) - uncovered
             self.free[user] += to_member - given_to_lots
         else:
-            # What expired of the earn went back already, and what is left of its lot
-            # once due is the expiry pass's to take; of the rest, what the member covers
-            # comes from their lots not due (its own first), points without expiry, then
-            # the other lots due.
+            # What expired of the earn went back already; points of lots due (its own or
+            # others) are the expiry pass's. Of the rest, what the member covers comes from
+            # their lots not due (its own first), then points without expiry.
             own_lot = self.lots.get(transaction_id)
             expired = (own_lot.expired or 0) if own_lot is not None else 0
-            due = (
-                own_lot.remaining
-                if own_lot is not None and own_lot.expired is None and own_lot.due()
-                else 0
-            )
-            to_member = -min(original.amount - expired - due, balance - due)
             held = sorted(self._open_lots(user), key=lambda lot: lot.id != transaction_id)
+            own_due = sum(lot.remaining for lot in held if lot.due() and lot.id == transaction_id)
+            all_due = sum(lot.remaining for lot in held if lot.due())
+            to_member = -min(original.amount - expired - own_due, balance - all_due)
             taken = self._take([lot for lot in held if not lot.due()], -to_member)
             from_lots = sum(share for _, share in taken)
-            from_free = min(-to_member - from_lots, self.free[user])
-            others_due = [lot for lot in held if lot.due() and lot.id != transaction_id]
-            self._take(others_due, -to_member - from_lots - from_free)
+            from_free = -to_member - from_lots
             self.free[user] -= from_free
         self.balances[user] += to_member
         self.pools[original.rule_id] -= to_member

@@ -254,35 +254,26 @@ class TestResultRow:
 
 
 class TestTakingBackAnEarnFromLots:
-    def test_takes_its_own_lot_then_the_others_then_points_without_expiry_then_due_lots(
-        self,
-    ) -> None:
+    def test_takes_its_own_lot_then_the_others_soonest_first(self) -> None:
         now = datetime(2026, 12, 7, 12, 0, tzinfo=UTC)
-        due, sooner, own = (Lot(uuid4(), now + timedelta(days=d), 10, 10) for d in (-1, 1, 2))
-        held = MemberLots([due, sooner, own])
+        sooner, later, own = (Lot(uuid4(), now + timedelta(days=d), 10, 10) for d in (1, 3, 2))
+        held = MemberLots([sooner, later, own])
 
-        taken = held.take(27, now=now, first=own.id, without_expiry=5)
+        taken = held.take(25, now=now, first=own.id)
 
-        assert taken == [(own.id, 10), (sooner.id, 10), (due.id, 2)]
-        assert due.remaining == 8
+        assert taken == [(own.id, 10), (sooner.id, 10), (later.id, 5)]
+        assert later.remaining == 5
 
-    def test_leaves_its_own_lot_once_due_to_the_expiry_process(self) -> None:
+    def test_takes_nothing_from_lots_due_its_own_or_others(self) -> None:
         now = datetime(2026, 12, 7, 12, 0, tzinfo=UTC)
         own = Lot(uuid4(), now - timedelta(seconds=1), 10, 10)
         other = Lot(uuid4(), now - timedelta(seconds=2), 10, 10)
+        open_one = Lot(uuid4(), now + timedelta(days=1), 10, 10)
 
-        taken = MemberLots([own, other]).take(15, now=now, first=own.id, without_expiry=0)
+        taken = MemberLots([own, other, open_one]).take(25, now=now, first=own.id)
 
-        assert taken == [(other.id, 10)]
-        assert own.remaining == 10
-
-    def test_takes_nothing_from_due_lots_when_other_points_cover_it(self) -> None:
-        now = datetime(2026, 12, 7, 12, 0, tzinfo=UTC)
-        own = Lot(uuid4(), now - timedelta(seconds=1), 10, 10)
-
-        taken = MemberLots([own]).take(10, now=now, first=own.id, without_expiry=10)
-
-        assert (taken, own.remaining) == ([], 10)
+        assert taken == [(open_one.id, 10)]
+        assert (own.remaining, other.remaining) == (10, 10)
 
     def test_a_lot_is_due_from_the_instant_given_not_the_clock(self) -> None:
         expires_at = datetime(2026, 12, 7, 12, 0, tzinfo=UTC)
