@@ -198,7 +198,10 @@ async def client_for_update(
 ) -> asyncpg.Record:
     """The client, locked until the transaction ends; NotFound when there is none (or,
     given ``org_id``, when it belongs to another organisation: no hint that it exists)."""
-    client = await repository.get_client_for_update(connection, client_id)
+    return _owned(await repository.get_client_for_update(connection, client_id), client_id, org_id)
+
+
+def _owned(client: asyncpg.Record | None, client_id: str, org_id: str | None) -> asyncpg.Record:
     if client is None or (org_id is not None and client["org_id"] != org_id):
         raise NotFound(f"client {client_id} does not exist", code="CLIENT_NOT_FOUND")
     return client
@@ -218,8 +221,11 @@ async def set_expiry_callback_url(
     of them (``None``). Setting the URL it already has changes and publishes nothing.
 
     The URL is checked before the client's row is locked: the check resolves its host,
-    and a slow name server must not hold up the client's rotation or revocation."""
+    and a slow name server must not hold up the client's rotation or revocation. It is
+    checked only for a client of the caller's organisation, so nobody has the service
+    look up hosts through another organisation's client, or one that does not exist."""
     if url is not None:
+        _owned(await repository.get_client(connection, client_id), client_id, org_id)
         await check(url)
     client = await client_for_update(connection, client_id, org_id)
     if client["status"] != "active":

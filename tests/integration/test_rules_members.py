@@ -26,6 +26,7 @@ from infra.catchup import GroupProgress
 from services.ledger.app import create_app as create_ledger_app
 from services.ledger.settings import LedgerSettings
 from services.rules import clients
+from services.rules.records import NotFound
 from tests.helpers import RulesStack, Service, Tenant, bearer, eventually, login, new_tenant
 from tests.integration.test_ledger_app import TestIssuer
 
@@ -209,6 +210,27 @@ class TestExpiryCallbackUrl:
             )
 
         assert lockable_while_checked == [True]
+
+    async def test_no_host_is_looked_up_for_another_organisations_client(
+        self, http: httpx.AsyncClient, stack: RulesStack, tenant: Tenant
+    ) -> None:
+        other = await new_tenant(http, stack.seeder)
+        looked_up: list[str] = []
+
+        async def check(url: str) -> None:
+            looked_up.append(url)
+
+        async with stack.runtime.pool.acquire() as connection, connection.transaction():
+            with pytest.raises(NotFound):
+                await clients.set_expiry_callback_url(
+                    connection,
+                    tenant.client.client_id,
+                    "https://internal-host.example/x",
+                    check=check,
+                    org_id=other.org_id,
+                )
+
+        assert looked_up == []
 
     async def test_an_editor_cannot_set_it(
         self, http: httpx.AsyncClient, stack: RulesStack, tenant: Tenant
