@@ -164,7 +164,11 @@ async def client_set_rate_limit(args: argparse.Namespace) -> int:
         await set_client_rate_limit(
             connection, args.client_id, per_second=args.per_second, burst=args.burst
         )
-    print(f"client {args.client_id}: {args.per_second:g} triggers a second, bursts of {args.burst}")
+    if args.json:
+        emit({"clientId": args.client_id, "perSecond": args.per_second, "burst": args.burst}, True)
+    else:
+        limit = f"{args.per_second:g} triggers a second, bursts of {args.burst}"
+        print(f"client {args.client_id}: {limit}")
     return 0
 
 

@@ -131,6 +131,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--per-second", type=rate, required=True, help="triggers a second, sustained"
     )
     rate_limit.add_argument("--burst", type=burst, required=True, help="triggers accepted at once")
+    rate_limit.add_argument("--json", action="store_true")
     rate_limit.set_defaults(run=commands.client_set_rate_limit)
     expiry_callback = client.add_parser(
         "set-expiry-callback",
