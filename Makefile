@@ -6,7 +6,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: run test lint fmt docs venv clean bench-gateway bench-ledger bench-propagation bench-token-flood bench-restart up down test-tools
+.PHONY: run test lint fmt docs venv clean bench-gateway bench-ledger bench-propagation bench-token-flood bench-restart bench-e2e up down test-tools
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -49,6 +49,9 @@ bench-ledger: $(STAMP)  ## ledger apply rate end to end against pgbench -N on th
 
 bench-propagation: $(STAMP)  ## how long a rule change takes to reach the gateway (p50/p95/max)
 	$(BIN)/python bench/propagation.py $(BENCH_ARGS)
+
+bench-e2e: $(STAMP)  ## trigger -> 202, points applied, callback and status, per hop, at 10, 100 and 500 req/s; the share e-mail
+	$(BIN)/python bench/e2e.py $(BENCH_ARGS)
 
 bench-token-flood: $(STAMP)  ## the JWKS's latency while 40 callers send wrong client secrets
 	$(BIN)/python bench/token_flood.py $(BENCH_ARGS)

@@ -247,6 +247,31 @@ def seed(platform: RunningPlatform) -> tuple[str, str]:
     client = platform.points(
         "client", "create", "--org", org["id"], "--environment", "staging", "--name", "Bench client"
     )
+    rule_id, _ = active_earn_rule(platform, [client["clientId"]])
+    token = client_token(platform, client)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:  # until the gateway's projection has the rule
+        probe = httpx.post(
+            f"{platform.urls['trigger']}/v1/points/requests",
+            headers={"Authorization": f"Bearer {token}"},
+            json={
+                "userId": "warm",
+                "ruleId": rule_id,
+                "amount": 1,
+                "requestId": f"probe-{uuid.uuid4().hex}",
+            },
+        )
+        if probe.status_code == 202:
+            break
+        time.sleep(0.5)
+    return rule_id, token
+
+
+def active_earn_rule(
+    platform: RunningPlatform, client_ids: list[str]
+) -> tuple[str, dict[str, str]]:
+    """An active staging earn rule authorising ``client_ids``, made by the bench user
+    through the rules API; its id and the user's console headers."""
     rules = platform.urls["rules"]
     login = httpx.post(
         f"{rules}/v1/auth/login", json={"email": "bench@example.com", "password": "bench-password"}
@@ -260,34 +285,25 @@ def seed(platform: RunningPlatform) -> tuple[str, str]:
             "type": "earn",
             "environment": "staging",
             "apiTrigger": True,
-            "authorizedClientIds": [client["clientId"]],
+            "authorizedClientIds": client_ids,
         },
     ).json()
     httpx.post(f"{rules}/v1/rules/{rule['id']}/activate", headers=console).raise_for_status()
-    token = httpx.post(
-        f"{rules}/realms/partner/protocol/openid-connect/token",
-        data={
-            "grant_type": "client_credentials",
-            "client_id": client["clientId"],
-            "client_secret": client["clientSecret"],
-        },
-    ).json()["access_token"]
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:  # until the gateway's projection has the rule
-        probe = httpx.post(
-            f"{platform.urls['trigger']}/v1/points/requests",
-            headers={"Authorization": f"Bearer {token}"},
-            json={
-                "userId": "warm",
-                "ruleId": rule["id"],
-                "amount": 1,
-                "requestId": f"probe-{uuid.uuid4().hex}",
+    return rule["id"], console
+
+
+def client_token(platform: RunningPlatform, client: dict[str, str]) -> str:
+    """An access token for ``client`` (as `points client create` printed it)."""
+    return str(
+        httpx.post(
+            f"{platform.urls['rules']}/realms/partner/protocol/openid-connect/token",
+            data={
+                "grant_type": "client_credentials",
+                "client_id": client["clientId"],
+                "client_secret": client["clientSecret"],
             },
-        )
-        if probe.status_code == 202:
-            break
-        time.sleep(0.5)
-    return rule["id"], token
+        ).json()["access_token"]
+    )
 
 
 async def ledger_drain_seconds(dsn: str, timeout: float = 300) -> tuple[float, int, int]:

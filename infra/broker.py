@@ -81,11 +81,15 @@ RELAY_RECORD_BATCH_BYTES = 256 * 1024
 
 def create_producer(settings: ServiceSettings) -> AIOKafkaProducer:
     """A plain aiokafka producer with the same settings, for the outbox relay."""
+    options = producer_options(settings)
+    # The relay hands the producer whole record batches and waits for them: a linger
+    # would only delay each batch (5 ms a hop), never fill it further.
+    options["linger_ms"] = 0
     return AIOKafkaProducer(
         bootstrap_servers=settings.kafka_bootstrap_servers.split(","),
         client_id=f"{settings.service_name}-outbox",
         max_batch_size=RELAY_RECORD_BATCH_BYTES,
-        **producer_options(settings),
+        **options,
         **kafka_client_options(settings),
     )
 

@@ -39,6 +39,7 @@ operator can run a process for one environment only.
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar, get_args
@@ -62,6 +63,11 @@ E = TypeVar("E", bound=BaseModel)
 
 #: Most messages a consumer takes in one batch, unless it says otherwise.
 BATCH_MAX_RECORDS = 500
+#: How long a batch consumer's poll waits for records before it gives up. FastStream
+#: then sleeps as long again before its next poll, and a record that arrives in that
+#: sleep waits for it: its 200 ms default cost ~100 ms a hop at low rates. An empty
+#: poll reads the client's buffer, not the network, so a short one is cheap.
+BATCH_TIMEOUT_MS = 20
 #: How often a message that fails alone is tried before it is quarantined.
 ATTEMPTS = 3
 #: Pauses between those attempts, and before a transient failure's redelivery.
@@ -86,6 +92,67 @@ class Backoff:
     async def wait(self) -> None:
         await asyncio.sleep(self._next)
         self._next = min(self._next * 2, self._most)
+
+
+#: A consumer's fetch wait once its records stopped: aiokafka's and Kafka's default.
+IDLE_FETCH_WAIT_MS = 500
+#: How long after its last batch a consumer still counts as busy.
+ACTIVE_SECONDS = 2.0
+
+
+class FetchWait:
+    """How long a consumer's fetches wait at the broker for records: ``active_ms`` while
+    its records flow, :data:`IDLE_FETCH_WAIT_MS` once none came for :data:`ACTIVE_SECONDS`.
+
+    On a broker that answers a waiting fetch only as slices of the wait end (the
+    embedded Tansu, see :mod:`infra.dev.kafka`), the wait bounds how late a record
+    reaches its consumer, and a short one costs an idle consumer a fetch every few
+    milliseconds; so the short wait is kept for consumers with traffic. aiokafka reads
+    the wait from its fetcher as it builds each fetch request and has no public setter:
+    this sets the fetcher's attribute (aiokafka is pinned, and a test checks it holds).
+    """
+
+    def __init__(
+        self,
+        active_ms: int,
+        *,
+        idle_ms: int = IDLE_FETCH_WAIT_MS,
+        active_seconds: float = ACTIVE_SECONDS,
+    ) -> None:
+        self.active_ms = active_ms
+        self.idle_ms = idle_ms
+        self._active_seconds = active_seconds
+        self._last_batch = 0.0
+        self._fetcher: Any = None
+        self._cooling: asyncio.TimerHandle | None = None
+
+    @property
+    def current_ms(self) -> int | None:
+        """The wait the consumer's next fetch asks for; None before its first batch."""
+        return None if self._fetcher is None else int(self._fetcher._fetch_max_wait_ms)
+
+    def records_arrived(self, consumer: Any) -> None:
+        """A batch came: fetch with the short wait until records stop coming."""
+        self._last_batch = time.monotonic()
+        if self.active_ms >= self.idle_ms:
+            return
+        fetcher = getattr(consumer, "_fetcher", None)
+        if fetcher is None or not hasattr(fetcher, "_fetch_max_wait_ms"):
+            return
+        self._fetcher = fetcher
+        fetcher._fetch_max_wait_ms = self.active_ms
+        if self._cooling is None:
+            self._cooling = asyncio.get_running_loop().call_later(self._active_seconds, self._cool)
+
+    def _cool(self) -> None:
+        quiet_for = time.monotonic() - self._last_batch
+        if quiet_for < self._active_seconds:
+            self._cooling = asyncio.get_running_loop().call_later(
+                self._active_seconds - quiet_for, self._cool
+            )
+            return
+        self._cooling = None
+        self._fetcher._fetch_max_wait_ms = self.idle_ms
 
 
 Handler = Callable[[list[E]], Awaitable[None]]
@@ -141,8 +208,10 @@ class Consumer(Generic[E]):
         attempts: int = ATTEMPTS,
         retry_first_seconds: float = RETRY_FIRST_SECONDS,
         backoff: Backoff | None = None,
+        active_fetch_wait_ms: int = IDLE_FETCH_WAIT_MS,
     ) -> None:
         self.group_id = group_id
+        self.fetch_wait = FetchWait(active_fetch_wait_ms)
         self._models = models
         self._handler = handler
         self._pool = pool
@@ -348,6 +417,7 @@ def consume_in_batches(
     on_quarantine: OnQuarantine[E] | None = None,
     on_quarantined: Callable[[str], None] | None = None,
     max_records: int = BATCH_MAX_RECORDS,
+    active_fetch_wait_ms: int = IDLE_FETCH_WAIT_MS,
     **options: Any,
 ) -> list[Consumer[E]]:
     """Subscribe ``handler(events)`` to batches of ``models``' topics, failures isolated.
@@ -368,6 +438,7 @@ def consume_in_batches(
             environment_of=environment_of,
             on_quarantine=on_quarantine,
             on_quarantined=on_quarantined,
+            active_fetch_wait_ms=active_fetch_wait_ms,
         )
         for environment in (environments or (None,))
     ]
@@ -389,11 +460,14 @@ def _subscribe(
         group_id=consumer.group_id,
         batch=True,
         max_records=max_records,
+        batch_timeout_ms=BATCH_TIMEOUT_MS,
         decoder=raw_records,
         auto_offset_reset="earliest",
+        fetch_max_wait_ms=IDLE_FETCH_WAIT_MS,
         title=consumer.group_id,
         description=description,
         **options,
     )
     async def consume(_: list[Any], message: KafkaMessage) -> None:
+        consumer.fetch_wait.records_arrived(message.consumer)
         await consumer.process(message.raw_message)

@@ -169,6 +169,7 @@ class ServiceRuntime:
             environment_of=environment_of,
             on_quarantine=on_quarantine,
             on_quarantined=self.metrics.count_quarantined,
+            active_fetch_wait_ms=self.settings.kafka_active_fetch_wait_ms,
             **options,
         )
         for topic in models:

@@ -89,6 +89,7 @@ SHARED_NAMES = frozenset(
         "database_url",
         "kafka_bootstrap_servers",
         "kafka_idempotent_producer",
+        "kafka_active_fetch_wait_ms",
         "kafka_security_protocol",
         "kafka_sasl_mechanism",
         "kafka_sasl_username",
@@ -163,6 +164,16 @@ class ServiceSettings(BaseSettings):
         default=False,
         description="Idempotent producer with acks=all: turn on with Apache Kafka. "
         "The embedded Tansu broker refuses idempotent producers.",
+    )
+    kafka_active_fetch_wait_ms: int = Field(
+        default=500,
+        ge=1,
+        le=30_000,
+        description="Longest a consumer's fetch waits at the broker while its records flow "
+        "(an idle consumer waits 500 ms, Kafka's default). Apache Kafka answers a waiting "
+        "fetch as soon as a record arrives, so the default costs no latency there; the "
+        "embedded Tansu broker answers only as slices of the wait end, so `points dev` sets "
+        "50 for it.",
     )
     kafka_security_protocol: KafkaSecurityProtocol = Field(
         default="PLAINTEXT",

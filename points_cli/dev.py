@@ -32,7 +32,7 @@ from pydantic_settings import SettingsConfigDict
 
 from contracts import TOPICS_TO_CREATE
 from infra import db
-from infra.dev.kafka import start_tansu
+from infra.dev.kafka import EMBEDDED_ACTIVE_FETCH_WAIT_MS, start_tansu
 from infra.dev.postgres import ensure_database, start_embedded_postgres
 from infra.dev.smtp_sink import start_smtp_sink
 from infra.dev.supervisor import Supervisor, run_until_signal
@@ -110,6 +110,10 @@ class Stack:
         server = start_embedded_postgres(data_dir)
         stack.callback(server.stop)
         return await ensure_database(server.dsn, "points")
+
+    @property
+    def embedded_broker(self) -> bool:
+        return "kafka" in self.pids
 
     async def start_broker(self, stack: AsyncExitStack) -> str:
         if self.settings.model_fields_set & {"kafka_bootstrap_servers"}:
@@ -259,6 +263,10 @@ async def run_stack(*, reset: bool = False) -> int:
             "TOKEN_ISSUER_URL": f"http://127.0.0.1:{ports['rules']}",
             **_public_urls(ports),
         }
+        if infra.embedded_broker:
+            # Tansu answers a waiting fetch only as slices of its wait end (Kafka answers
+            # when a record arrives): a short wait keeps each consumer hop to milliseconds.
+            env.setdefault("KAFKA_ACTIVE_FETCH_WAIT_MS", str(EMBEDDED_ACTIVE_FETCH_WAIT_MS))
         # The supervisor files the JSON whole and shows the lines that matter.
         env["LOG_JSON"] = "true"
         stack_env = state / "dev.env"

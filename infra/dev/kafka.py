@@ -15,7 +15,15 @@ within milliseconds of being started. Facts checked against it:
   which remembers the cluster it last published to, publishes again what the
   old one held (see :mod:`infra.outbox`), while the database keeps the state;
 * asked for the metadata of a topic it does not have, it creates that topic
-  with four partitions: create the platform's topics before clients ask.
+  with four partitions: create the platform's topics before clients ask;
+* a fetch that finds no records is answered when a slice of its
+  ``max_wait_ms`` ends, not when a record arrives as Kafka does. Measured with
+  one aiokafka consumer and ten idle ones: at aiokafka's 500 ms a record
+  waited 131 ms at the median and 250 ms at worst before the consumer had it;
+  at 100 ms, 23 and 53 ms; at 50 ms, 8.5 and 14 ms, the broker then taking
+  11 % of a core; at 10 ms, 3 and 7 ms for 29 %. So consumers of the embedded
+  stack fetch with :data:`EMBEDDED_ACTIVE_FETCH_WAIT_MS` while their records
+  flow, and with the default once idle (:class:`infra.consumers.FetchWait`).
 """
 
 from __future__ import annotations
@@ -39,6 +47,9 @@ from infra.errors import StartupError
 from infra.kafka_admin import wait_for_kafka
 
 T = TypeVar("T")
+
+#: A busy consumer's fetch wait on the embedded broker (``KAFKA_ACTIVE_FETCH_WAIT_MS``).
+EMBEDDED_ACTIVE_FETCH_WAIT_MS = 50
 
 _POLL_SECONDS = 0.02
 _RETRY_SECONDS = 0.1

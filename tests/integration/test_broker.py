@@ -11,7 +11,7 @@ from faststream.kafka import KafkaBroker
 from contracts import CLIENTS_LIFECYCLE, ClientLifecycleEvent
 from infra import db
 from infra.broker import create_broker
-from infra.consumers import consume_in_batches
+from infra.consumers import IDLE_FETCH_WAIT_MS, FetchWait, consume_in_batches
 from infra.runtime import INFRA_MIGRATIONS
 from infra.settings import ServiceSettings
 from tests.unit.test_contracts import example_event
@@ -117,3 +117,45 @@ class TestPoisonMessages:
         assert [tuple(row.values()) for row in kept] == [
             ("poison.test", 0, b'{"type": "client.registered"}')
         ]
+
+
+class TestFetchWait:
+    async def test_a_consumer_asks_for_the_short_wait_while_records_flow_and_the_long_once_idle(
+        self, kafka_bootstrap_servers: str, database_url: str
+    ) -> None:
+        # On the embedded broker the fetch wait is how late a record reaches its
+        # consumer; this checks the wait really reaches aiokafka's fetch requests.
+        await db.migrate(database_url, "fetch_wait_test", [INFRA_MIGRATIONS])
+        pool = await db.create_pool(database_url, "fetch_wait_test")
+        broker = create_broker(ServiceSettings(kafka_bootstrap_servers=kafka_bootstrap_servers))
+        handled = asyncio.Event()
+
+        async def project(events: list[ClientLifecycleEvent]) -> None:
+            handled.set()
+
+        [consumer] = consume_in_batches(
+            broker,
+            {"fetch-wait.test": ClientLifecycleEvent},
+            group_id="fetch-wait-test",
+            description="the test's consumer",
+            handler=project,
+            pool=lambda: pool,
+            active_fetch_wait_ms=20,
+        )
+        consumer.fetch_wait = FetchWait(20, active_seconds=0.5)
+        await produce(
+            kafka_bootstrap_servers,
+            "fetch-wait.test",
+            example_event(CLIENTS_LIFECYCLE).model_dump_json().encode(),
+        )
+        await broker.start()
+        try:
+            await asyncio.wait_for(handled.wait(), 30)
+            busy = consumer.fetch_wait.current_ms
+            await asyncio.sleep(1.0)
+            idle = consumer.fetch_wait.current_ms
+        finally:
+            await broker.stop()
+            await pool.close()
+
+        assert (busy, idle) == (20, IDLE_FETCH_WAIT_MS)
