@@ -9,12 +9,15 @@ then publishes pending rows in id order and marks them published.
   advisory lock elects it), and it publishes a batch in id order, waiting
   for the broker's acknowledgement before marking rows. Events with the same
   key therefore reach their partition in commit order.
-* **No busy polling, and no NOTIFY under load.** While rows keep coming the
-  relay polls every 10 ms; after 200 ms without any it says so in
-  ``outbox_relay`` and sleeps on ``LISTEN <schema>_outbox``, with a
-  one-second safety poll (for a row committed just as it fell asleep). Only
-  then does the insert trigger send ``NOTIFY``: NOTIFY makes committing
-  transactions take turns, one WAL flush at a time, which capped the gateway.
+* **Woken by commits, no busy polling, and no NOTIFY under load.** A writer
+  in the relay's own process wakes it after its commit (:meth:`OutboxRelay.wake`,
+  an in-process event), so what this process writes is published at once.
+  For rows from other processes, while rows keep coming the relay polls every
+  10 ms; after 200 ms without any it says so in ``outbox_relay`` and sleeps on
+  ``LISTEN <schema>_outbox``, with a one-second safety poll (for a row
+  committed just as it fell asleep). Only then does the insert trigger send
+  ``NOTIFY``: NOTIFY makes committing transactions take turns, one WAL flush
+  at a time, which capped the gateway.
 * **Crash safety.** A row is marked only after Kafka acknowledged it, so a
   crash re-publishes at most the last batch; consumers de-duplicate by
   ``event_id`` (see :mod:`infra.inbox`).
@@ -339,7 +342,9 @@ class OutboxRelay:
         writer notifies (or the safety poll). Writers notify only while the relay says it
         is asleep, so under steady traffic they never do."""
         for _ in range(LINGER_POLLS):
-            await asyncio.sleep(LINGER_POLL_SECONDS)
+            # A commit in this process (:meth:`wake`) ends the wait at once.
+            await wait_at_most(self._wake, LINGER_POLL_SECONDS)
+            self._wake.clear()
             if await self.publish_pending(connection):
                 return
         await connection.execute(SET_WAITING, True)
@@ -357,8 +362,13 @@ class OutboxRelay:
         ):
             await asyncio.sleep(self._safety_poll)
 
-    def _on_notify(self, *_: object) -> None:
+    def wake(self) -> None:
+        """Rows were committed: publish them now rather than at the next poll. Writers in
+        this process call it after their commit; writers elsewhere NOTIFY."""
         self._wake.set()
+
+    def _on_notify(self, *_: object) -> None:
+        self.wake()
 
     async def follow_cluster(self, connection: asyncpg.Connection) -> None:
         """Ask the cluster its id; when it is not the one this schema's relay last published

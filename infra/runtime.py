@@ -98,9 +98,18 @@ class ServiceRuntime:
         **kwargs: P.kwargs,
     ) -> R:
         """``work(connection, *args, **kwargs)`` in one transaction on a pooled connection:
-        committed when it returns, rolled back when it raises."""
+        committed when it returns (then the relay is woken), rolled back when it raises."""
         async with self.pool.acquire() as connection, connection.transaction():
-            return await work(connection, *args, **kwargs)
+            result = await work(connection, *args, **kwargs)
+        self.outbox_committed()
+        return result
+
+    def outbox_committed(self) -> None:
+        """A transaction of this process that may have written outbox rows committed: the
+        relay publishes them now rather than at its next poll (a wake with nothing to
+        publish costs it one query)."""
+        if self.relay is not None:
+            self.relay.wake()
 
     def transactional(
         self, work: Callable[[asyncpg.Connection, list[E]], Awaitable[object]]

@@ -1,5 +1,6 @@
 """The notifier's Kafka handlers: each one transaction around a service call, then a
-wake-up of the delivery workers when it queued something."""
+wake-up of the delivery workers when it queued something (callbacks just queued are
+offered to them by id, so they need not be looked for)."""
 
 from __future__ import annotations
 
@@ -46,8 +47,9 @@ def register_subscribers(
         asking = queueing.asking_for_callbacks(events)
         if not asking:
             return  # nothing to queue, not even an inbox row
-        if await runtime.in_transaction(queueing.queue_callbacks, asking):
-            dispatcher.wake()
+        queued = await runtime.in_transaction(queueing.queue_callbacks, asking)
+        if queued:
+            dispatcher.offer(queued)
 
     runtime.consume(
         {POINTS_RESULTS: PointsResultEvent},

@@ -115,8 +115,16 @@ class Gateway:
         self.recordings = batched(record, settings)
 
     @classmethod
-    def on_database(cls, pool_of: Callable[[], asyncpg.Pool], settings: TriggerSettings) -> Gateway:
-        """A gateway whose batches are the statements below, on the pool ``pool_of`` gives."""
+    def on_database(
+        cls,
+        pool_of: Callable[[], asyncpg.Pool],
+        settings: TriggerSettings,
+        *,
+        committed: Callable[[], None] = lambda: None,
+    ) -> Gateway:
+        """A gateway whose batches are the statements below, on the pool ``pool_of`` gives;
+        ``committed`` is called after each batch of requests is recorded (their outbox
+        rows committed: the relay wakes)."""
 
         async def admit(batch: list[Arrival]) -> list[Admission]:
             return await admit_triggers(
@@ -127,7 +135,9 @@ class Gateway:
             )
 
         async def record(batch: list[CheckedTrigger]) -> list[dict[str, Any] | Problem]:
-            return await record_triggers(pool_of(), batch)
+            outcomes = await record_triggers(pool_of(), batch)
+            committed()
+            return outcomes
 
         return cls(settings, admit=admit, record=record)
 

@@ -77,7 +77,9 @@ def create_app(
         runtime=runtime,
         settings=settings,
         verifier=verifier,
-        gateway=Gateway.on_database(lambda: runtime.pool, settings),
+        gateway=Gateway.on_database(
+            lambda: runtime.pool, settings, committed=runtime.outbox_committed
+        ),
         results_consumed=ResultsConsumed(
             progress, subscribers.RESULTS_GROUP, timeout=settings.status_catch_up_seconds
         ),
