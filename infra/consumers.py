@@ -94,22 +94,31 @@ class Backoff:
         self._next = min(self._next * 2, self._most)
 
 
-#: A consumer's fetch wait once its records stopped: aiokafka's and Kafka's default.
+#: A consumer's fetch wait once its records stopped, or while they flood in: aiokafka's
+#: and Kafka's default.
 IDLE_FETCH_WAIT_MS = 500
 #: How long after its last batch a consumer still counts as busy.
 ACTIVE_SECONDS = 2.0
+#: A batch this big means records flood in: fetch with the long wait, so batches grow
+#: and each transaction carries more; below TRICKLE_BATCH, the short wait again.
+FLOOD_BATCH = 64
+TRICKLE_BATCH = 16
 
 
 class FetchWait:
     """How long a consumer's fetches wait at the broker for records: ``active_ms`` while
-    its records flow, :data:`IDLE_FETCH_WAIT_MS` once none came for :data:`ACTIVE_SECONDS`.
+    its records trickle in, :data:`IDLE_FETCH_WAIT_MS` while they flood in (batches of
+    :data:`FLOOD_BATCH` or more, until one is under :data:`TRICKLE_BATCH`) and once none
+    came for :data:`ACTIVE_SECONDS`.
 
     On a broker that answers a waiting fetch only as slices of the wait end (the
     embedded Tansu, see :mod:`infra.dev.kafka`), the wait bounds how late a record
-    reaches its consumer, and a short one costs an idle consumer a fetch every few
-    milliseconds; so the short wait is kept for consumers with traffic. aiokafka reads
-    the wait from its fetcher as it builds each fetch request and has no public setter:
-    this sets the fetcher's attribute (aiokafka is pinned, and a test checks it holds).
+    reaches its consumer: a short one costs an idle consumer a fetch every few
+    milliseconds, and a flooded one many small batches, a transaction each, which took
+    throughput from the gateway beside it. So the short wait is kept for consumers with
+    light traffic, where it is what a record waits. aiokafka reads the wait from its
+    fetcher as it builds each fetch request and has no public setter: this sets the
+    fetcher's attribute (aiokafka is pinned, and a test checks it holds).
     """
 
     def __init__(
@@ -123,6 +132,7 @@ class FetchWait:
         self.idle_ms = idle_ms
         self._active_seconds = active_seconds
         self._last_batch = 0.0
+        self._flooded = False
         self._fetcher: Any = None
         self._cooling: asyncio.TimerHandle | None = None
 
@@ -131,8 +141,8 @@ class FetchWait:
         """The wait the consumer's next fetch asks for; None before its first batch."""
         return None if self._fetcher is None else int(self._fetcher._fetch_max_wait_ms)
 
-    def records_arrived(self, consumer: Any) -> None:
-        """A batch came: fetch with the short wait until records stop coming."""
+    def records_arrived(self, consumer: Any, count: int) -> None:
+        """A batch of ``count`` records came: set the wait its traffic calls for."""
         self._last_batch = time.monotonic()
         if self.active_ms >= self.idle_ms:
             return
@@ -140,7 +150,11 @@ class FetchWait:
         if fetcher is None or not hasattr(fetcher, "_fetch_max_wait_ms"):
             return
         self._fetcher = fetcher
-        fetcher._fetch_max_wait_ms = self.active_ms
+        if count >= FLOOD_BATCH:
+            self._flooded = True
+        elif count < TRICKLE_BATCH:
+            self._flooded = False
+        fetcher._fetch_max_wait_ms = self.idle_ms if self._flooded else self.active_ms
         if self._cooling is None:
             self._cooling = asyncio.get_running_loop().call_later(self._active_seconds, self._cool)
 
@@ -152,6 +166,7 @@ class FetchWait:
             )
             return
         self._cooling = None
+        self._flooded = False
         self._fetcher._fetch_max_wait_ms = self.idle_ms
 
 
@@ -469,5 +484,5 @@ def _subscribe(
         **options,
     )
     async def consume(_: list[Any], message: KafkaMessage) -> None:
-        consumer.fetch_wait.records_arrived(message.consumer)
+        consumer.fetch_wait.records_arrived(message.consumer, len(message.raw_message))
         await consumer.process(message.raw_message)

@@ -100,6 +100,9 @@ RETENTION = timedelta(hours=24)
 #: traffic, in exchange for writers that never NOTIFY while traffic flows.
 LINGER_POLL_SECONDS = 0.01
 LINGER_POLLS = 20
+#: Least time between two publishes while rows keep coming: woken by every commit, the
+#: relay would otherwise send a batch per commit under load.
+GATHER_SECONDS = 0.005
 _PARTITIONER = DefaultPartitioner()
 
 
@@ -269,6 +272,7 @@ class OutboxRelay:
         self._cluster = cluster
         self._on_new_cluster = on_new_cluster
         self._cluster_checked = -float("inf")
+        self._published_at = -float("inf")
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._leading = False
@@ -345,6 +349,11 @@ class OutboxRelay:
             # A commit in this process (:meth:`wake`) ends the wait at once.
             await wait_at_most(self._wake, LINGER_POLL_SECONDS)
             self._wake.clear()
+            # Under load, commits come faster than batches are worth sending: publish at
+            # most every GATHER_SECONDS, so batches stay big (quiet, this waits nothing).
+            gathering = self._published_at + GATHER_SECONDS - time.monotonic()
+            if gathering > 0:
+                await asyncio.sleep(gathering)
             if await self.publish_pending(connection):
                 return
         await connection.execute(SET_WAITING, True)
@@ -411,6 +420,7 @@ class OutboxRelay:
             return 0
         await asyncio.gather(*await self._send_in_partition_batches(rows))
         await connection.execute(MARK_PUBLISHED, [row["id"] for row in rows])
+        self._published_at = time.monotonic()
         self.published += len(rows)
         if self._on_published is not None:
             self._on_published(len(rows))

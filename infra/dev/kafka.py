@@ -23,7 +23,7 @@ within milliseconds of being started. Facts checked against it:
   at 100 ms, 23 and 53 ms; at 50 ms, 8.5 and 14 ms, the broker then taking
   11 % of a core; at 10 ms, 3 and 7 ms for 29 %. So consumers of the embedded
   stack fetch with :data:`EMBEDDED_ACTIVE_FETCH_WAIT_MS` while their records
-  flow, and with the default once idle (:class:`infra.consumers.FetchWait`).
+  trickle in, and with the default once idle or flooded (:class:`infra.consumers.FetchWait`).
 """
 
 from __future__ import annotations
