@@ -101,8 +101,8 @@ IDLE_FETCH_WAIT_MS = 500
 ACTIVE_SECONDS = 2.0
 #: A batch this big means records flood in: fetch with the long wait, so batches grow
 #: and each transaction carries more; below TRICKLE_BATCH, the short wait again.
-FLOOD_BATCH = 64
-TRICKLE_BATCH = 16
+FLOOD_BATCH = 16
+TRICKLE_BATCH = 4
 
 
 class FetchWait:
