@@ -1,12 +1,7 @@
 """Delivery workers: lease due deliveries fairly and send them, with retries.
 
 Delivery workers, one pool per kind, lease due rows fairly across
-organisations and send them outside any transaction. A callback this process
-has just queued is offered to the workers (:meth:`DeliveryDispatcher.offer`),
-who lease it by id, as soon as its organisation and host have a free slot,
-before they search the queue: so a callback leaves within milliseconds of its
-result arriving, and the search's cost stays with retries and with what other
-replicas queued. Once leased, a callback goes out as
+organisations and send them outside any transaction: a callback goes out as
 :mod:`services.notifier.callbacks` says, an e-mail to the SMTP server as
 stored (:mod:`services.notifier.emails`). Success ends the delivery; a
 temporary failure schedules the next attempt from ``retry_schedule_seconds``
@@ -20,7 +15,7 @@ import asyncio
 import functools
 import socket
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from typing import Any
 
 import aiosmtplib
@@ -39,14 +34,13 @@ from services.notifier.callbacks import (
     post_callback,
     vet_callback_url,
 )
-from services.notifier.fairness import Offer, WorkerPool
+from services.notifier.fairness import WorkerPool
 from services.notifier.metrics import AttemptOutcomeLabel, DeliveryMetrics
 from services.notifier.repository import (
     UNKNOWN_CLIENT_ERROR,
     ClaimedCallback,
     ClaimedDelivery,
     ClaimedEmail,
-    NewDelivery,
 )
 from services.notifier.resolver import BoundedResolver, GetAddrInfo, UnreachableTarget
 from services.notifier.settings import NotifierSettings
@@ -117,12 +111,6 @@ class DeliveryDispatcher:
         self._callbacks.wake.set()
         self._emails.wake.set()
 
-    def offer(self, queued: Sequence[NewDelivery]) -> None:
-        """Callbacks this process just queued (committed): idle workers take them by id
-        rather than search the queue for them. An offer is only a hint: whoever leases a
-        delivery first sends it, and one nobody takes here is found by the fair claim."""
-        self._callbacks.offer([Offer(item.event_id, item.org_id, item.host) for item in queued])
-
     async def start(self, pool: asyncpg.Pool) -> None:
         settings = self._settings
         self._pool = pool
@@ -170,16 +158,14 @@ class DeliveryDispatcher:
         pool.wake.clear()
         # One claim at a time per process, so the slot counts the claim sees are exact.
         async with pool.claiming:
-            delivery = await self._claim_offered(pool)
-            if delivery is None:
-                delivery = await repository.claim_due(
-                    database,
-                    kind=pool.kind,
-                    lease_seconds=self._lease_seconds(pool),
-                    in_flight=pool.organisations.in_flight(),
-                    full_organisations=pool.organisations.full(),
-                    full_hosts=pool.full_hosts(),
-                )
+            delivery = await repository.claim_due(
+                database,
+                kind=pool.kind,
+                lease_seconds=self._lease_seconds(pool),
+                in_flight=pool.organisations.in_flight(),
+                full_organisations=pool.organisations.full(),
+                full_hosts=pool.full_hosts(),
+            )
             if delivery is not None:
                 pool.take(delivery.org_id, _host_of(delivery))
                 return delivery
@@ -188,20 +174,6 @@ class DeliveryDispatcher:
         # Due but unclaimed means its organisation or host is full: a freed slot wakes us.
         timeout = poll if seconds is None or seconds <= 0 else min(poll, seconds)
         await wait_at_most(pool.wake, timeout)
-        return None
-
-    async def _claim_offered(self, pool: WorkerPool) -> ClaimedCallback | ClaimedEmail | None:
-        """Lease the oldest offer whose organisation and host have a free slot, by id: one
-        indexed row, where the fair claim looks through every organisation's queue."""
-        while (offer := pool.next_offer()) is not None:
-            delivery = await repository.claim_offered(
-                self._require_pool(),
-                kind=pool.kind,
-                event_id=offer.event_id,
-                lease_seconds=self._lease_seconds(pool),
-            )
-            if delivery is not None:
-                return delivery
         return None
 
     async def _attempt(self, delivery: ClaimedCallback | ClaimedEmail) -> None:

@@ -10,11 +10,9 @@ go ahead of its queue rather than behind it.
 from __future__ import annotations
 
 import asyncio
-from collections import deque
 from collections.abc import Callable, Hashable
 from dataclasses import dataclass, field
 from typing import Generic, TypeVar
-from uuid import UUID
 
 Key = TypeVar("Key", bound=Hashable)
 
@@ -51,21 +49,6 @@ class SlotCounter(Generic[Key]):
             self._on_slot_freed()
 
 
-#: Most offers a pool remembers; past it the oldest are forgotten (their deliveries are
-#: still in the database, where the fair claim finds them).
-MOST_OFFERS = 1_000
-
-
-@dataclass(frozen=True)
-class Offer:
-    """A delivery this process just queued: who it is for, so a worker can take it by id
-    when its organisation and host have a free slot."""
-
-    event_id: UUID
-    org_id: str
-    host: str | None
-
-
 def organisation_limit(per_organisation: int, workers: int) -> int:
     """An organisation's share of ``workers``: never all of them while there are two."""
     return max(1, min(per_organisation, workers - 1))
@@ -87,7 +70,6 @@ class WorkerPool:
     claiming: asyncio.Lock = field(default_factory=asyncio.Lock)
     organisations: SlotCounter[str] = field(init=False)
     hosts: SlotCounter[tuple[str, str]] | None = field(init=False)
-    offers: deque[Offer] = field(default_factory=lambda: deque(maxlen=MOST_OFFERS))
 
     def __post_init__(self) -> None:
         limit = organisation_limit(self.per_organisation, self.workers)
@@ -98,23 +80,6 @@ class WorkerPool:
 
     def full_hosts(self) -> list[tuple[str, str]]:
         return [] if self.hosts is None else self.hosts.full()
-
-    def offer(self, offers: list[Offer]) -> None:
-        """Deliveries just queued: the workers take them first, by id, then wake."""
-        self.offers.extend(offers)
-        self.wake.set()
-
-    def next_offer(self) -> Offer | None:
-        """The oldest offer whose organisation and host have a free slot, taken from the
-        offers; None when there is none (offers of full ones wait for a free slot)."""
-        full = set(self.organisations.full())
-        full_hosts = set(self.full_hosts())
-        for offer in self.offers:
-            if offer.org_id in full or (offer.org_id, offer.host) in full_hosts:
-                continue
-            self.offers.remove(offer)
-            return offer
-        return None
 
     def take(self, org_id: str, host: str | None) -> None:
         """Count a claimed delivery against its organisation (and receiving host)."""

@@ -104,6 +104,14 @@ def callback_host(url: str) -> str:
         return ""
 
 
+async def queue_callback(connection: asyncpg.Connection, event: PointsResultEvent) -> bool:
+    """Queue the callback ``event`` asks for, once however often it arrives.
+
+    Returns True when a new delivery was queued.
+    """
+    return await queue_callbacks(connection, [event]) > 0
+
+
 def asking_for_callbacks(events: Sequence[PointsResultEvent]) -> list[PointsResultEvent]:
     """The results that may ask for a callback: an outcome (``applied`` or ``rejected``)
     with a callback URL, and every expiry (its client may have registered an expiry
@@ -123,16 +131,16 @@ def _may_ask_for_callback(result: PointsResult) -> bool:
 
 async def queue_callbacks(
     connection: asyncpg.Connection, events: Sequence[PointsResultEvent]
-) -> list[NewDelivery]:
-    """Queue the callbacks a batch of results asks for, each event once; those queued
-    (the dispatcher is offered them once the transaction commits).
+) -> int:
+    """Queue the callbacks a batch of results asks for, each event once; how many were
+    queued.
 
     An expiry of a client not projected yet (its event is late: the topics are consumed
     apart) is held until the client arrives, as an outcome callback waits for its
     client's salt (``RETRY_AWAITING_CLIENT``): only the client's event says whether,
     and where, it wants the callback (:func:`project_client` then queues it).
     """
-    queued = []
+    queued = 0
     asking = await inbox.claim_new(connection, asking_for_callbacks(events), POINTS_RESULTS)
     expiry_urls = await _expiry_urls(connection, asking)
     for event in asking:
@@ -141,7 +149,7 @@ async def queue_callbacks(
             continue
         delivery = _delivery(event, expiry_urls)
         if delivery is not None and await _queue_callback(connection, delivery):
-            queued.append(delivery)
+            queued += 1
     return queued
 
 

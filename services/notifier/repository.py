@@ -141,18 +141,6 @@ RETURNING d.id, d.kind, d.event_id, d.org_id, d.client_id, d.request_id, d.url, 
           d.body, d.attempts, d.notification_id, d.recipients
 """
 
-#: Lease one delivery this process just queued, by its event id: the fair claim's
-#: search is for what nobody offered. A delivery another worker or replica took first
-#: (its lease), or that is no longer pending, is left alone.
-CLAIM_OFFERED = """
-UPDATE deliveries AS d
-SET locked_until = now() + $1::interval, attempts = d.attempts + 1, updated_at = now()
-WHERE d.event_id = $2 AND d.kind = $3 AND d.status = 'pending' AND d.next_attempt_at <= now()
-  AND (d.locked_until IS NULL OR d.locked_until <= now())
-RETURNING d.id, d.kind, d.event_id, d.org_id, d.client_id, d.request_id, d.url, d.host,
-          d.body, d.attempts, d.notification_id, d.recipients
-"""
-
 SECONDS_UNTIL_DUE = """
 SELECT EXTRACT(EPOCH FROM min(greatest(next_attempt_at, coalesce(locked_until, next_attempt_at)))
        - now())::float8
@@ -436,18 +424,8 @@ async def claim_due(
         [org_id for org_id, _ in full_hosts],
         [host for _, host in full_hosts],
     )
-    return None if row is None else _claimed(row)
-
-
-async def claim_offered(
-    executor: Executor, *, kind: str, event_id: UUID, lease_seconds: float
-) -> ClaimedCallback | ClaimedEmail | None:
-    """Lease the delivery of ``event_id`` if it is still pending, due and unleased."""
-    row = await executor.fetchrow(CLAIM_OFFERED, _interval(lease_seconds), event_id, kind)
-    return None if row is None else _claimed(row)
-
-
-def _claimed(row: asyncpg.Record) -> ClaimedCallback | ClaimedEmail:
+    if row is None:
+        return None
     if row["kind"] == "email":
         return ClaimedEmail(
             id=row["id"],

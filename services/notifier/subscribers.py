@@ -1,6 +1,5 @@
 """The notifier's Kafka handlers: each one transaction around a service call, then a
-wake-up of the delivery workers when it queued something (callbacks just queued are
-offered to them by id, so they need not be looked for)."""
+wake-up of the delivery workers when it queued something."""
 
 from __future__ import annotations
 
@@ -47,9 +46,8 @@ def register_subscribers(
         asking = queueing.asking_for_callbacks(events)
         if not asking:
             return  # nothing to queue, not even an inbox row
-        queued = await runtime.in_transaction(queueing.queue_callbacks, asking)
-        if queued:
-            dispatcher.offer(queued)
+        if await runtime.in_transaction(queueing.queue_callbacks, asking):
+            dispatcher.wake()
 
     runtime.consume(
         {POINTS_RESULTS: PointsResultEvent},

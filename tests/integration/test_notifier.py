@@ -43,7 +43,6 @@ from services.notifier.api import router as operator_router
 from services.notifier.app import MIGRATIONS, create_app
 from services.notifier.dispatch import DeliveryDispatcher
 from services.notifier.metrics import DeliveryMetrics
-from services.notifier.repository import NewDelivery
 from services.notifier.resolver import GetAddrInfo
 from services.notifier.settings import NotifierSettings
 
@@ -156,14 +155,10 @@ class RunningCallbacks:
             self.dispatcher.wake()
 
     async def receive_result(self, event: PointsResultEvent) -> bool:
-        """Queue ``event``'s callback and offer it to the workers, as the subscriber does."""
-        return bool(await self.receive_results([event]))
-
-    async def receive_results(self, events: list[PointsResultEvent]) -> list[NewDelivery]:
         async with self.runtime.pool.acquire() as connection, connection.transaction():
-            queued = await queueing.queue_callbacks(connection, events)
+            queued = await queueing.queue_callback(connection, event)
         if queued:
-            self.dispatcher.offer(queued)
+            self.dispatcher.wake()
         return queued
 
     async def delivery(self, event: PointsResultEvent) -> dict[str, Any]:
@@ -400,25 +395,6 @@ class TestCallbackDelivery:
         assert (first, again) == (True, False)
         assert rows == 1
         assert len(receiver.received) == 1
-
-    async def test_callbacks_offered_to_two_replicas_are_each_sent_once(
-        self, database_url: str, receiver: CallbackReceiver
-    ) -> None:
-        # Each replica's workers take the deliveries they are offered by id; only the
-        # one that leases a delivery first sends it.
-        settings = notifier_settings(database_url, poll_interval_seconds=5.0)
-        async with running_callbacks(settings) as one, running_callbacks(settings) as two:
-            await one.receive_client(client_event())
-            events = [result_event(receiver.url()) for _ in range(30)]
-            queued = await one.receive_results(events)
-            two.dispatcher.offer(queued)
-            await receiver.wait_for(30)
-            await asyncio.sleep(0.5)
-            deliveries = await one.runtime.pool.fetch("SELECT status, attempts FROM deliveries")
-
-        sent = sorted(callback.headers["x-points-event-id"] for callback in receiver.received)
-        assert sent == sorted(str(event.event_id) for event in events)
-        assert [tuple(row.values()) for row in deliveries] == [("delivered", 1)] * 30
 
     async def test_a_result_without_a_callback_url_sends_nothing_and_costs_no_inbox_row(
         self, database_url: str
