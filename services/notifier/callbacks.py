@@ -87,6 +87,8 @@ def open_http_client(
     return httpx.AsyncClient(
         timeout=httpx.Timeout(settings.total_timeout, connect=settings.connect_timeout),
         follow_redirects=False,
+        # A connection kept for every worker: the workers bound how many are open.
+        limits=httpx.Limits(max_connections=None, max_keepalive_connections=settings.workers),
         # Proxies from the environment would connect to the name again
         # and bypass the address the SSRF check pinned.
         trust_env=False,

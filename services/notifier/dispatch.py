@@ -60,11 +60,12 @@ LOG_EVENTS: dict[AttemptOutcomeLabel, str] = {
 class DeliveryDispatcher:
     """Delivers queued callbacks (``settings.workers``) and e-mails (``settings.email_workers``).
 
-    Workers lease one due delivery at a time with ``FOR UPDATE SKIP LOCKED``,
-    so any number of notifier replicas can run them side by side. Each kind has
-    its own workers, and within a kind an organisation has at most
-    ``per_organisation_concurrency`` deliveries in flight, the organisation with
-    the fewest going first (see :mod:`services.notifier.fairness`).
+    Each kind's claimer leases as many due deliveries as its workers have room
+    for, in one statement with ``FOR UPDATE SKIP LOCKED`` (so any number of
+    notifier replicas claim side by side), and sends each in a task of its own.
+    Within a kind an organisation has at most ``per_organisation_concurrency``
+    deliveries in flight, the organisation with the fewest going first (see
+    :mod:`services.notifier.fairness`).
     """
 
     def __init__(
@@ -95,7 +96,8 @@ class DeliveryDispatcher:
         )
         self._pool: asyncpg.Pool | None = None
         self._http: httpx.AsyncClient | None = None
-        self._workers: list[asyncio.Task[None]] = []
+        self._claimers: list[asyncio.Task[None]] = []
+        self._attempts: set[asyncio.Task[None]] = set()
 
     def _lease_seconds(self, pool: WorkerPool) -> float:
         # Longer than any attempt can take, so a live sender never loses its lease.
@@ -107,7 +109,7 @@ class DeliveryDispatcher:
         return longest + settings.lease_grace_seconds
 
     def wake(self) -> None:
-        """Tell idle workers that a delivery may be due now."""
+        """Tell the claimers that a delivery may be due now."""
         self._callbacks.wake.set()
         self._emails.wake.set()
 
@@ -115,10 +117,9 @@ class DeliveryDispatcher:
         settings = self._settings
         self._pool = pool
         self._http = open_http_client(settings, self._transport)
-        self._workers = [
-            asyncio.create_task(self._work(pool), name=f"notifier-{pool.kind}-worker-{number}")
+        self._claimers = [
+            asyncio.create_task(self._claim(pool), name=f"notifier-{pool.kind}-claimer")
             for pool in (self._callbacks, self._emails)
-            for number in range(pool.workers)
         ]
         log.info(
             "delivery.workers.started",
@@ -128,53 +129,72 @@ class DeliveryDispatcher:
         )
 
     async def stop(self) -> None:
-        """Stop the workers; a delivery cut off mid-send is retried when its lease ends."""
-        for worker in self._workers:
-            worker.cancel()
-        await asyncio.gather(*self._workers, return_exceptions=True)
-        self._workers = []
+        """Stop claiming and sending; a delivery cut off mid-send is retried when its
+        lease ends."""
+        tasks = [*self._claimers, *self._attempts]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        self._claimers = []
         self._resolver.close()
         if self._http is not None:
             await self._http.aclose()
             self._http = None
 
-    async def _work(self, pool: WorkerPool) -> None:
+    async def _claim(self, pool: WorkerPool) -> None:
+        """Lease what is due while the pool has room, and attempt each delivery in a task
+        of its own; sleep when a claim found less than there was room for."""
         while True:
             try:
-                delivery = await self._next_due(pool)
-                if delivery is not None:
-                    try:
-                        await self._attempt(delivery)
-                    finally:
-                        pool.give_back(delivery.org_id, _host_of(delivery))
-            except Exception as error:  # a worker outlives a database hiccup
+                pool.wake.clear()
+                room = pool.room()
+                claimed = await self._claim_due(pool, room) if room else []
+                for delivery in claimed:
+                    pool.take(delivery.org_id, _host_of(delivery))
+                    attempt = asyncio.create_task(self._attempt_and_give_back(pool, delivery))
+                    self._attempts.add(attempt)
+                    attempt.add_done_callback(self._attempts.discard)
+                if len(claimed) < room or not room:
+                    await self._sleep(pool, full=not room)
+            except Exception as error:  # a claimer outlives a database hiccup
                 log.warning("delivery.worker.error", error=str(error) or type(error).__name__)
                 await asyncio.sleep(self._settings.poll_interval_seconds)
 
-    async def _next_due(self, pool: WorkerPool) -> ClaimedCallback | ClaimedEmail | None:
-        """Lease the fairest due delivery and take its organisation's slot, or sleep until
-        one may be due and return None."""
-        database = self._require_pool()
-        pool.wake.clear()
-        # One claim at a time per process, so the slot counts the claim sees are exact.
-        async with pool.claiming:
-            delivery = await repository.claim_due(
-                database,
-                kind=pool.kind,
-                lease_seconds=self._lease_seconds(pool),
-                in_flight=pool.organisations.in_flight(),
-                full_organisations=pool.organisations.full(),
-                full_hosts=pool.full_hosts(),
-            )
-            if delivery is not None:
-                pool.take(delivery.org_id, _host_of(delivery))
-                return delivery
-        seconds = await repository.seconds_until_due(database, pool.kind)
-        poll = self._settings.poll_interval_seconds
-        # Due but unclaimed means its organisation or host is full: a freed slot wakes us.
-        timeout = poll if seconds is None or seconds <= 0 else min(poll, seconds)
+    async def _claim_due(self, pool: WorkerPool, room: int) -> list[ClaimedCallback | ClaimedEmail]:
+        return await repository.claim_due(
+            self._require_pool(),
+            kind=pool.kind,
+            lease_seconds=self._lease_seconds(pool),
+            limit=room,
+            in_flight=pool.organisations.in_flight(),
+            organisation_limit=pool.organisations.limit,
+            hosts_in_flight=pool.hosts_in_flight(),
+            host_limit=pool.host_limit(),
+        )
+
+    async def _sleep(self, pool: WorkerPool, *, full: bool) -> None:
+        """Until woken (a delivery queued, or room freed), a retry falls due, or the poll
+        interval ends (a lease that ran out, or another replica's queue)."""
+        timeout = self._settings.poll_interval_seconds
+        if not full:
+            seconds = await repository.seconds_until_next_due(self._require_pool(), pool.kind)
+            if seconds is not None:
+                timeout = min(timeout, max(seconds, 0.0))
         await wait_at_most(pool.wake, timeout)
-        return None
+
+    async def _attempt_and_give_back(
+        self, pool: WorkerPool, delivery: ClaimedCallback | ClaimedEmail
+    ) -> None:
+        try:
+            await self._attempt(delivery)
+        except Exception as error:  # its lease runs out, and the attempt is made again
+            log.warning(
+                "delivery.worker.error",
+                **_ids(delivery),
+                error=str(error) or type(error).__name__,
+            )
+        finally:
+            pool.give_back(delivery.org_id, _host_of(delivery))
 
     async def _attempt(self, delivery: ClaimedCallback | ClaimedEmail) -> None:
         if isinstance(delivery, ClaimedEmail):
@@ -226,13 +246,12 @@ class DeliveryDispatcher:
         except UnreachableTarget as unreachable:
             await self._record(delivery, AttemptOutcome(None, str(unreachable)))
             return
-        salts = await repository.client_salts(pool, delivery.client_id)
-        if salts is None:
+        if not delivery.salts:
             await self._record(delivery, AttemptOutcome(None, UNKNOWN_CLIENT_ERROR))
             return
         secrets = [
             derive_signing_secret(self._settings.callback_signing_key, delivery.client_id, salt)
-            for salt in salts
+            for salt in delivery.salts
         ]
         started = time.perf_counter()
         http = self._http

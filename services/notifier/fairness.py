@@ -1,10 +1,10 @@
 """Fair shares of the delivery workers: how many deliveries each organisation has in flight.
 
-A worker asks the database for the next due delivery of an organisation that
-is not at its limit, preferring the organisation with the fewest deliveries in
-flight in this process (oldest first among equals). So an organisation whose
-receivers hang holds at most its limit of workers, and the others' deliveries
-go ahead of its queue rather than behind it.
+A pool's claimer asks the database for as many due deliveries as the pool has
+room for, none of an organisation (or a host) past its limit, the organisation
+with the fewest deliveries in flight in this process first (oldest first among
+equals). So an organisation whose receivers hang holds at most its limit of
+workers, and the others' deliveries go ahead of its queue rather than behind it.
 """
 
 from __future__ import annotations
@@ -21,9 +21,9 @@ class SlotCounter(Generic[Key]):
     """Deliveries in flight per key (an organisation, or an organisation's receiving
     host), at most ``limit`` each.
 
-    Workers claim under one lock and take the slot before releasing it, so the
-    limit holds exactly within a process; ``on_slot_freed`` wakes the workers
-    that found every due delivery's key full.
+    One claimer per pool claims and takes the slots before it claims again, so
+    the limit holds exactly within a process; ``on_slot_freed`` wakes the
+    claimer when a key that was full has room again.
     """
 
     def __init__(self, limit: int, on_slot_freed: Callable[[], None]) -> None:
@@ -33,9 +33,6 @@ class SlotCounter(Generic[Key]):
 
     def in_flight(self) -> dict[Key, int]:
         return dict(self._in_flight)
-
-    def full(self) -> list[Key]:
-        return [key for key, count in self._in_flight.items() if count >= self.limit]
 
     def take(self, key: Key) -> None:
         self._in_flight[key] = self._in_flight.get(key, 0) + 1
@@ -60,6 +57,8 @@ class WorkerPool:
 
     Callbacks and e-mails each have a pool, so a hanging callback receiver never
     delays a share e-mail and a slow SMTP conversation never delays a callback.
+    ``wake`` tells the pool's claimer that a claim may find more than its last:
+    a delivery was queued, or a full pool, organisation or host has room again.
     """
 
     kind: str
@@ -67,9 +66,9 @@ class WorkerPool:
     per_organisation: int
     per_host: int | None = None
     wake: asyncio.Event = field(default_factory=asyncio.Event)
-    claiming: asyncio.Lock = field(default_factory=asyncio.Lock)
     organisations: SlotCounter[str] = field(init=False)
     hosts: SlotCounter[tuple[str, str]] | None = field(init=False)
+    running: int = field(default=0, init=False)
 
     def __post_init__(self) -> None:
         limit = organisation_limit(self.per_organisation, self.workers)
@@ -78,11 +77,21 @@ class WorkerPool:
         # receiving host must not hold back another's.
         self.hosts = None if self.per_host is None else SlotCounter(self.per_host, self.wake.set)
 
-    def full_hosts(self) -> list[tuple[str, str]]:
-        return [] if self.hosts is None else self.hosts.full()
+    def room(self) -> int:
+        """How many more deliveries the pool's workers can take on now."""
+        return self.workers - self.running
+
+    def hosts_in_flight(self) -> dict[tuple[str, str], int]:
+        return {} if self.hosts is None else self.hosts.in_flight()
+
+    def host_limit(self) -> int:
+        """Most deliveries to one (organisation, host); an organisation's limit when hosts
+        are not counted."""
+        return self.organisations.limit if self.hosts is None else self.hosts.limit
 
     def take(self, org_id: str, host: str | None) -> None:
-        """Count a claimed delivery against its organisation (and receiving host)."""
+        """Count a claimed delivery against the workers and its organisation (and host)."""
+        self.running += 1
         self.organisations.take(org_id)
         if self.hosts is not None and host is not None:
             self.hosts.take((org_id, host))
@@ -92,3 +101,6 @@ class WorkerPool:
         if self.hosts is not None and host is not None:
             self.hosts.give_back((org_id, host))
         self.organisations.give_back(org_id)
+        self.running -= 1
+        if self.running == self.workers - 1:
+            self.wake.set()

@@ -140,17 +140,17 @@ async def queue_callbacks(
     client's salt (``RETRY_AWAITING_CLIENT``): only the client's event says whether,
     and where, it wants the callback (:func:`project_client` then queues it).
     """
-    queued = 0
     asking = await inbox.claim_new(connection, asking_for_callbacks(events), POINTS_RESULTS)
     expiry_urls = await _expiry_urls(connection, asking)
+    deliveries: list[NewDelivery] = []
     for event in asking:
         if event.data.status == "expired" and event.data.client_id not in expiry_urls:
             await _hold_for_client(connection, event)
             continue
         delivery = _delivery(event, expiry_urls)
-        if delivery is not None and await _queue_callback(connection, delivery):
-            queued += 1
-    return queued
+        if delivery is not None:
+            deliveries.append(delivery)
+    return len(await _queue(connection, deliveries))
 
 
 async def _expiry_urls(
@@ -214,9 +214,12 @@ def _new_delivery(
     )
 
 
-async def _queue_callback(connection: asyncpg.Connection, delivery: NewDelivery) -> bool:
-    queued = await repository.insert_delivery(connection, delivery)
-    if queued:
+async def _queue(
+    connection: asyncpg.Connection, deliveries: Sequence[NewDelivery]
+) -> list[NewDelivery]:
+    """Queue these callbacks in one statement; the ones that were new."""
+    queued = await repository.insert_deliveries(connection, deliveries)
+    for delivery in queued:
         log.info(
             "callback.queued",
             event_id=str(delivery.event_id),
@@ -319,6 +322,6 @@ async def project_client(connection: asyncpg.Connection, event: ClientLifecycleE
     held = await repository.take_held_for_client(
         connection, client.client_id, url, callback_host(url or "")
     )
-    queued = [await _queue_callback(connection, delivery) for delivery in held]
+    queued = await _queue(connection, held)
     retried = await repository.retry_awaiting_client(connection, client.client_id)
-    return any(queued) or retried > 0
+    return bool(queued) or retried > 0

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, TypeAlias
@@ -30,15 +30,6 @@ ON CONFLICT (client_id) DO UPDATE SET
     occurred_at = EXCLUDED.occurred_at
 WHERE clients.occurred_at < EXCLUDED.occurred_at
 RETURNING client_id
-"""
-
-# The salts a client's callbacks are signed with now: the previous one too while
-# its rotation overlap lasts.
-CLIENT_SALTS = """
-SELECT signing_key_salt,
-       CASE WHEN previous_salt_valid_until > now() THEN previous_signing_key_salt END
-           AS previous_signing_key_salt
-FROM clients WHERE client_id = $1
 """
 
 # Where each of these clients wants its points.expired callbacks (null: nowhere);
@@ -80,12 +71,18 @@ DELETE FROM expiries_awaiting_client WHERE client_id = $1
 RETURNING delivery_id, client_id, org_id, environment, request_id, transaction_id, body
 """
 
-INSERT_DELIVERY = """
+# A batch of callbacks in one statement; one whose event was queued already stays
+# as it is and is not returned.
+INSERT_DELIVERIES = """
 INSERT INTO deliveries (
     event_id, client_id, org_id, environment, request_id, transaction_id, url, host, body
-) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
+)
+SELECT * FROM unnest(
+    $1::uuid[], $2::text[], $3::text[], $4::text[], $5::text[], $6::uuid[], $7::text[],
+    $8::text[], $9::bytea[]
+)
 ON CONFLICT (event_id) DO NOTHING
-RETURNING id
+RETURNING event_id
 """
 
 # Conflicts on event_id (a redelivered event) or on notification_id (the same
@@ -98,53 +95,96 @@ ON CONFLICT DO NOTHING
 RETURNING id
 """
 
-# Fair claiming. Each organisation's oldest due delivery of the kind is a
-# candidate (organisations at their limit in this process, and hosts at theirs,
-# are left out); the one whose organisation has the fewest deliveries in flight
-# here goes first, the oldest among equals. SKIP LOCKED lets workers (in this
-# and other replicas) claim different rows without waiting on each other, and
-# the lease conditions are repeated beside FOR UPDATE so a row another replica
-# claimed since this statement's snapshot is re-checked and passed over. The
-# lease keeps the row theirs while they send outside any transaction, and
-# counting the attempt now means a callback that crashes its sender still runs
-# out of attempts.
+# Fair claiming, a batch at a time. The organisations with pending deliveries
+# of the kind are found by skipping along the deliveries_due_by_organisation
+# index (one probe each, however long their queues), and each organisation
+# that has room here offers its oldest due deliveries, as many as its room, from
+# the same index; rows leased by senders, and rows to hosts that are full here,
+# are passed over. Of those, a delivery's place is its organisation's deliveries
+# in flight here plus its rank in the organisation's offer: the organisation
+# with the fewest in flight goes first, the others take turns, and the oldest
+# goes first among equals. A host takes at most its room too. SKIP LOCKED lets
+# replicas claim side by side, and the lease conditions are repeated beside
+# FOR UPDATE so a row another replica claimed since this statement's snapshot
+# is passed over. The lease keeps each row its sender's while it sends outside
+# any transaction, and counting the attempt now means a callback that crashes
+# its sender still runs out of attempts. The client's salts come along, so a
+# callback is signed with what they are at its claim.
 CLAIM_DUE = """
-WITH candidates AS (
-    SELECT DISTINCT ON (d.org_id) d.id, d.org_id, d.next_attempt_at
-    FROM deliveries AS d
-    WHERE d.status = 'pending'
-      AND d.kind = $2
-      AND d.next_attempt_at <= now()
-      AND (d.locked_until IS NULL OR d.locked_until <= now())
-      AND d.org_id <> ALL($5::text[])
-      AND NOT EXISTS (
-          SELECT 1 FROM unnest($6::text[], $7::text[]) AS full_host(org_id, host)
-          WHERE full_host.org_id = d.org_id AND full_host.host = d.host
-      )
-    ORDER BY d.org_id, d.next_attempt_at
+WITH RECURSIVE organisations AS (
+    (SELECT org_id FROM deliveries
+     WHERE status = 'pending' AND kind = $2
+     ORDER BY org_id LIMIT 1)
+    UNION ALL
+    SELECT (SELECT d.org_id FROM deliveries AS d
+            WHERE d.status = 'pending' AND d.kind = $2 AND d.org_id > o.org_id
+            ORDER BY d.org_id LIMIT 1)
+    FROM organisations AS o
+    WHERE o.org_id IS NOT NULL
+),
+with_room AS (
+    SELECT o.org_id, coalesce(busy.in_flight, 0) AS in_flight
+    FROM organisations AS o
+    LEFT JOIN unnest($4::text[], $5::int[]) AS busy(org_id, in_flight) USING (org_id)
+    WHERE o.org_id IS NOT NULL AND coalesce(busy.in_flight, 0) < $6
+),
+hosts AS (
+    SELECT * FROM unnest($7::text[], $8::text[], $9::int[]) AS h(org_id, host, in_flight)
+),
+offered AS (
+    SELECT c.id, c.host, c.next_attempt_at, r.org_id, r.in_flight,
+           row_number() OVER (PARTITION BY r.org_id ORDER BY c.next_attempt_at, c.id)
+               AS org_rank,
+           row_number() OVER (PARTITION BY r.org_id, c.host ORDER BY c.next_attempt_at, c.id)
+               AS host_rank
+    FROM with_room AS r
+    CROSS JOIN LATERAL (
+        SELECT d.id, d.host, d.next_attempt_at
+        FROM deliveries AS d
+        WHERE d.status = 'pending' AND d.kind = $2 AND d.org_id = r.org_id
+          AND d.next_attempt_at <= now()
+          AND (d.locked_until IS NULL OR d.locked_until <= now())
+          AND NOT EXISTS (
+              SELECT 1 FROM hosts
+              WHERE hosts.org_id = d.org_id AND hosts.host = d.host AND hosts.in_flight >= $10
+          )
+        ORDER BY d.next_attempt_at
+        LIMIT $6 - r.in_flight
+    ) AS c
+),
+picked AS (
+    SELECT offered.id
+    FROM offered
+    LEFT JOIN hosts ON hosts.org_id = offered.org_id AND hosts.host = offered.host
+    WHERE offered.host_rank <= $10 - coalesce(hosts.in_flight, 0)
+    ORDER BY offered.in_flight + offered.org_rank, offered.next_attempt_at
+    LIMIT $3
 ),
 due AS (
-    SELECT d.id
+    SELECT d.id, d.client_id
     FROM deliveries AS d
-    JOIN candidates AS c ON c.id = d.id
-    LEFT JOIN unnest($3::text[], $4::int[]) AS busy(org_id, in_flight)
-           ON busy.org_id = c.org_id
+    JOIN picked USING (id)
     WHERE d.status = 'pending' AND (d.locked_until IS NULL OR d.locked_until <= now())
-    ORDER BY coalesce(busy.in_flight, 0), c.next_attempt_at
-    LIMIT 1
     FOR UPDATE OF d SKIP LOCKED
 )
 UPDATE deliveries AS d
 SET locked_until = now() + $1::interval, attempts = d.attempts + 1, updated_at = now()
-FROM due WHERE d.id = due.id
+FROM due
+LEFT JOIN clients AS c ON c.client_id = due.client_id
+WHERE d.id = due.id
 RETURNING d.id, d.kind, d.event_id, d.org_id, d.client_id, d.request_id, d.url, d.host,
-          d.body, d.attempts, d.notification_id, d.recipients
+          d.body, d.attempts, d.notification_id, d.recipients, c.signing_key_salt,
+          CASE WHEN c.previous_salt_valid_until > now() THEN c.previous_signing_key_salt END
+              AS previous_signing_key_salt
 """
 
-SECONDS_UNTIL_DUE = """
-SELECT EXTRACT(EPOCH FROM min(greatest(next_attempt_at, coalesce(locked_until, next_attempt_at)))
-       - now())::float8
-FROM deliveries WHERE status = 'pending' AND kind = $1
+# When the next delivery of the kind that is not due yet falls due (a retry); the
+# deliveries_due index hands it over without looking at the due ones. Leases that
+# run out (a sender that died) are found by the workers' poll.
+SECONDS_UNTIL_NEXT_DUE = """
+SELECT EXTRACT(EPOCH FROM min(next_attempt_at) - now())::float8
+FROM deliveries
+WHERE status = 'pending' AND kind = $1 AND next_attempt_at > now()
 """
 
 # Each statement below names the attempt it records, so a worker whose lease
@@ -234,6 +274,9 @@ class ClaimedCallback(ClaimedDelivery):
     request_id: str
     url: str
     host: str
+    #: What the callback is signed with: the client's salt, and the previous one too
+    #: during a rotation's overlap; empty while the client is not projected yet.
+    salts: tuple[str, ...]
 
 
 @dataclass(frozen=True)
@@ -271,17 +314,6 @@ async def upsert_client(
         occurred_at,
     )
     return row is not None
-
-
-async def client_salts(
-    connection: asyncpg.Connection | asyncpg.Pool, client_id: str
-) -> list[str] | None:
-    """The salts the client's callbacks are signed with now, the current one first
-    (and the previous one during a rotation's overlap); None for an unknown client."""
-    row = await connection.fetchrow(CLIENT_SALTS, client_id)
-    if row is None:
-        return None
-    return [salt for salt in row if salt is not None]
 
 
 async def expiry_callback_urls(
@@ -359,10 +391,25 @@ async def take_held_for_client(
     ]
 
 
-async def insert_delivery(connection: asyncpg.Connection, delivery: NewDelivery) -> bool:
-    """Queue a callback; False when one for the same event exists already."""
-    row = await connection.fetchval(
-        INSERT_DELIVERY,
+async def insert_deliveries(
+    connection: asyncpg.Connection, deliveries: Sequence[NewDelivery]
+) -> list[NewDelivery]:
+    """Queue these callbacks; those whose event was queued already are left out of the
+    answer (and stay as they are)."""
+    if not deliveries:
+        return []
+    columns = zip(*(_columns(delivery) for delivery in deliveries), strict=True)
+    rows = await connection.fetch(INSERT_DELIVERIES, *(list(column) for column in columns))
+    queued = {row["event_id"] for row in rows}
+    # Two results of one expiry in a batch are one delivery: the first stands for it.
+    first: dict[UUID, NewDelivery] = {}
+    for delivery in deliveries:
+        first.setdefault(delivery.event_id, delivery)
+    return [delivery for event_id, delivery in first.items() if event_id in queued]
+
+
+def _columns(delivery: NewDelivery) -> tuple[Any, ...]:
+    return (
         delivery.event_id,
         delivery.client_id,
         delivery.org_id,
@@ -373,7 +420,6 @@ async def insert_delivery(connection: asyncpg.Connection, delivery: NewDelivery)
         delivery.host,
         delivery.body,
     )
-    return row is not None
 
 
 @dataclass(frozen=True)
@@ -407,25 +453,33 @@ async def claim_due(
     *,
     kind: str,
     lease_seconds: float,
+    limit: int,
     in_flight: dict[str, int],
-    full_organisations: list[str],
-    full_hosts: list[tuple[str, str]],
-) -> ClaimedCallback | ClaimedEmail | None:
-    """Lease the fairest due delivery of ``kind``: from the organisation with the fewest
-    deliveries ``in_flight``, never one of ``full_organisations`` or ``full_hosts``
-    (organisation, host). One statement, so on a pool it commits on its own."""
-    row = await executor.fetchrow(
+    organisation_limit: int,
+    hosts_in_flight: dict[tuple[str, str], int],
+    host_limit: int,
+) -> list[ClaimedCallback | ClaimedEmail]:
+    """Lease up to ``limit`` due deliveries of ``kind``, fairly: the organisation with the
+    fewest ``in_flight`` first, none past ``organisation_limit`` with what it has in
+    flight, and no (organisation, host) past ``host_limit`` with ``hosts_in_flight``.
+    One statement, so on a pool it commits on its own."""
+    rows = await executor.fetch(
         CLAIM_DUE,
         _interval(lease_seconds),
         kind,
+        limit,
         list(in_flight),
         list(in_flight.values()),
-        full_organisations,
-        [org_id for org_id, _ in full_hosts],
-        [host for _, host in full_hosts],
+        organisation_limit,
+        [org_id for org_id, _ in hosts_in_flight],
+        [host for _, host in hosts_in_flight],
+        list(hosts_in_flight.values()),
+        host_limit,
     )
-    if row is None:
-        return None
+    return [_claimed(row) for row in rows]
+
+
+def _claimed(row: asyncpg.Record) -> ClaimedCallback | ClaimedEmail:
     if row["kind"] == "email":
         return ClaimedEmail(
             id=row["id"],
@@ -436,6 +490,7 @@ async def claim_due(
             notification_id=row["notification_id"],
             recipients=tuple(row["recipients"]),
         )
+    salts = (row["signing_key_salt"], row["previous_signing_key_salt"])
     return ClaimedCallback(
         id=row["id"],
         event_id=row["event_id"],
@@ -446,11 +501,13 @@ async def claim_due(
         request_id=row["request_id"],
         url=row["url"],
         host=row["host"],
+        salts=tuple(salt for salt in salts if salt is not None),
     )
 
 
-async def seconds_until_due(pool: asyncpg.Pool, kind: str) -> float | None:
-    seconds: float | None = await pool.fetchval(SECONDS_UNTIL_DUE, kind)
+async def seconds_until_next_due(pool: asyncpg.Pool, kind: str) -> float | None:
+    """Seconds until a delivery of ``kind`` that is not due yet falls due; None for none."""
+    seconds: float | None = await pool.fetchval(SECONDS_UNTIL_NEXT_DUE, kind)
     return seconds
 
 

@@ -44,6 +44,11 @@ class BoundedResolver:
         """The addresses of ``host``; raises :class:`UnreachableTarget` when it has none
         or no answer comes in time. When the lookup is abandoned, ``on_orphaned()`` is
         called and the function it returns is called once the lookup's thread is done."""
+        if "%" not in host:
+            try:
+                return [ipaddress.ip_address(host)]  # an address needs no lookup
+            except ValueError:
+                pass  # a name
         loop = asyncio.get_running_loop()
         lookup = loop.run_in_executor(
             self._threads,
