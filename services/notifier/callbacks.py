@@ -24,6 +24,8 @@ from services.notifier.resolver import IPAddress
 from services.notifier.settings import NotifierSettings
 
 USER_AGENT = "points-notifier/1"
+#: Answers up to this long are read to their end, so that their connection is kept.
+SHORT_BODY_BYTES = 16_384
 
 
 class RefusedTarget(Exception):
@@ -112,11 +114,10 @@ async def post_callback(
         EVENT_ID_HEADER: str(delivery.event_id),
         SIGNATURE_HEADER: signature,
     }
+    code: int | None = None
     try:
         async with (
             asyncio.timeout(total_timeout),
-            # Streamed and never read: a receiver's answer is its status code,
-            # and a huge response body should cost nothing.
             http.stream(
                 "POST",
                 target.url,
@@ -126,8 +127,23 @@ async def post_callback(
             ) as response,
         ):
             code = response.status_code
+            await _read_a_short_body(response)
     except TimeoutError:
-        return AttemptOutcome(None, f"no answer within {total_timeout:g} s")
+        if code is None:
+            return AttemptOutcome(None, f"no answer within {total_timeout:g} s")
     except httpx.HTTPError as error:
-        return AttemptOutcome(None, f"{type(error).__name__}: {error}".rstrip(": "))
+        if code is None:
+            return AttemptOutcome(None, f"{type(error).__name__}: {error}".rstrip(": "))
+    # The status line is the receiver's answer: a body cut short changes nothing.
     return AttemptOutcome(code, None if 200 <= code < 300 else f"HTTP {code}")
+
+
+async def _read_a_short_body(response: httpx.Response) -> None:
+    """Read the answer's body to its end when it is short, so that its connection can
+    carry the next callback; a longer one is left unread and its connection closed, so
+    a huge body costs nothing."""
+    read = 0
+    async for chunk in response.aiter_raw():
+        read += len(chunk)
+        if read > SHORT_BODY_BYTES:
+            return

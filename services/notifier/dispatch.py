@@ -161,16 +161,20 @@ class DeliveryDispatcher:
                 await asyncio.sleep(self._settings.poll_interval_seconds)
 
     async def _claim_due(self, pool: WorkerPool, room: int) -> list[ClaimedCallback | ClaimedEmail]:
-        return await repository.claim_due(
-            self._require_pool(),
-            kind=pool.kind,
-            lease_seconds=self._lease_seconds(pool),
-            limit=room,
-            in_flight=pool.organisations.in_flight(),
-            organisation_limit=pool.organisations.limit,
-            hosts_in_flight=pool.hosts_in_flight(),
-            host_limit=pool.host_limit(),
-        )
+        pool.claiming = True
+        try:
+            return await repository.claim_due(
+                self._require_pool(),
+                kind=pool.kind,
+                lease_seconds=self._lease_seconds(pool),
+                limit=room,
+                in_flight=pool.organisations.in_flight(),
+                organisation_limit=pool.organisations.limit,
+                hosts_in_flight=pool.hosts_in_flight(),
+                host_limit=pool.host_limit(),
+            )
+        finally:
+            pool.claiming = False
 
     async def _sleep(self, pool: WorkerPool, *, full: bool) -> None:
         """Until woken (a delivery queued, or room freed), a retry falls due, or the poll

@@ -69,6 +69,9 @@ class WorkerPool:
     organisations: SlotCounter[str] = field(init=False)
     hosts: SlotCounter[tuple[str, str]] | None = field(init=False)
     running: int = field(default=0, init=False)
+    #: A claim is on its way to the database with the counts as they were; a slot
+    #: freed meanwhile may let the next claim take more.
+    claiming: bool = field(default=False, init=False)
 
     def __post_init__(self) -> None:
         limit = organisation_limit(self.per_organisation, self.workers)
@@ -102,5 +105,5 @@ class WorkerPool:
             self.hosts.give_back((org_id, host))
         self.organisations.give_back(org_id)
         self.running -= 1
-        if self.running == self.workers - 1:
+        if self.running == self.workers - 1 or self.claiming:
             self.wake.set()
