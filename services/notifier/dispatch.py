@@ -98,6 +98,9 @@ class DeliveryDispatcher:
         self._http: httpx.AsyncClient | None = None
         self._claimers: list[asyncio.Task[None]] = []
         self._attempts: set[asyncio.Task[None]] = set()
+        self._delivered: list[tuple[ClaimedCallback | ClaimedEmail, int]] = []
+        self._delivered_waiting = asyncio.Event()
+        self._marker: asyncio.Task[None] | None = None
 
     def _lease_seconds(self, pool: WorkerPool) -> float:
         # Longer than any attempt can take, so a live sender never loses its lease.
@@ -121,6 +124,7 @@ class DeliveryDispatcher:
             asyncio.create_task(self._claim(pool), name=f"notifier-{pool.kind}-claimer")
             for pool in (self._callbacks, self._emails)
         ]
+        self._marker = asyncio.create_task(self._mark_delivered(), name="notifier-marker")
         log.info(
             "delivery.workers.started",
             workers=settings.workers,
@@ -136,6 +140,16 @@ class DeliveryDispatcher:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
         self._claimers = []
+        if self._marker is not None:
+            # What was delivered is marked so, rather than sent again when its lease ends.
+            self._marker.cancel()
+            await asyncio.gather(self._marker, return_exceptions=True)
+            self._marker = None
+            if self._delivered:
+                try:
+                    await self._mark_waiting_deliveries()
+                except Exception as error:  # their leases run out, and they are sent again
+                    log.warning("delivery.worker.error", error=str(error) or type(error).__name__)
         self._resolver.close()
         if self._http is not None:
             await self._http.aclose()
@@ -185,6 +199,28 @@ class DeliveryDispatcher:
             if seconds is not None:
                 timeout = min(timeout, max(seconds, 0.0))
         await wait_at_most(pool.wake, timeout)
+
+    async def _mark_delivered(self) -> None:
+        """Mark what was delivered, all that waits in one statement at a time."""
+        while True:
+            await self._delivered_waiting.wait()
+            self._delivered_waiting.clear()
+            try:
+                await self._mark_waiting_deliveries()
+            except Exception as error:  # kept, and tried again after the poll interval
+                log.warning("delivery.worker.error", error=str(error) or type(error).__name__)
+                await asyncio.sleep(self._settings.poll_interval_seconds)
+                self._delivered_waiting.set()
+
+    async def _mark_waiting_deliveries(self) -> None:
+        marking, self._delivered = self._delivered, []
+        try:
+            await repository.mark_delivered(self._require_pool(), marking)
+        except BaseException:
+            self._delivered[:0] = marking
+            raise
+        for delivery, status_code in marking:
+            self._finished("delivered", delivery, status_code=status_code)
 
     async def _attempt_and_give_back(
         self, pool: WorkerPool, delivery: ClaimedCallback | ClaimedEmail
@@ -276,8 +312,10 @@ class DeliveryDispatcher:
         pool = self._require_pool()
         if outcome.delivered:
             assert outcome.status_code is not None
-            await repository.mark_delivered(pool, delivery, outcome.status_code)
-            self._finished("delivered", delivery, status_code=outcome.status_code)
+            # Marked with others in one statement, after the sender's slots are free:
+            # the lease keeps the row from being claimed again meanwhile.
+            self._delivered.append((delivery, outcome.status_code))
+            self._delivered_waiting.set()
             return
         error = outcome.error or "failed"
         if outcome.permanent:

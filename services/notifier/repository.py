@@ -192,10 +192,11 @@ WHERE status = 'pending' AND kind = $1 AND next_attempt_at > now()
 # Each statement below names the attempt it records, so a worker whose lease
 # expired (and whose delivery another worker took over) changes nothing.
 MARK_DELIVERED = """
-UPDATE deliveries
+UPDATE deliveries AS d
 SET status = 'delivered', delivered_at = now(), locked_until = NULL,
-    last_status_code = $3, last_error = NULL, updated_at = now()
-WHERE id = $1 AND attempts = $2 AND status = 'pending'
+    last_status_code = marked.status_code, last_error = NULL, updated_at = now()
+FROM unnest($1::bigint[], $2::int[], $3::int[]) AS marked(id, attempt, status_code)
+WHERE d.id = marked.id AND d.attempts = marked.attempt AND d.status = 'pending'
 """
 
 SCHEDULE_RETRY = """
@@ -513,8 +514,16 @@ async def seconds_until_next_due(pool: asyncpg.Pool, kind: str) -> float | None:
     return seconds
 
 
-async def mark_delivered(pool: asyncpg.Pool, delivery: ClaimedDelivery, status_code: int) -> None:
-    await pool.execute(MARK_DELIVERED, delivery.id, delivery.attempt, status_code)
+async def mark_delivered(
+    pool: asyncpg.Pool, delivered: Sequence[tuple[ClaimedDelivery, int]]
+) -> None:
+    """Mark these attempts delivered, each with the status code it was answered with."""
+    await pool.execute(
+        MARK_DELIVERED,
+        [delivery.id for delivery, _ in delivered],
+        [delivery.attempt for delivery, _ in delivered],
+        [status_code for _, status_code in delivered],
+    )
 
 
 async def schedule_retry(
