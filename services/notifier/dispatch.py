@@ -169,7 +169,10 @@ class DeliveryDispatcher:
                     self._attempts.add(attempt)
                     attempt.add_done_callback(self._attempts.discard)
                 if len(claimed) < room or not room:
-                    await self._sleep(pool, full=not room)
+                    # A claim that found nothing asks when the next retry falls due. One
+                    # that found some found what the shares allow: a slot freed wakes it,
+                    # and a retry falling due meanwhile waits at most the poll interval.
+                    await self._sleep(pool, until_next_due=room > 0 and not claimed)
             except Exception as error:  # a claimer outlives a database hiccup
                 log.warning("delivery.worker.error", error=str(error) or type(error).__name__)
                 await asyncio.sleep(self._settings.poll_interval_seconds)
@@ -190,11 +193,11 @@ class DeliveryDispatcher:
         finally:
             pool.claiming = False
 
-    async def _sleep(self, pool: WorkerPool, *, full: bool) -> None:
-        """Until woken (a delivery queued, or room freed), a retry falls due, or the poll
-        interval ends (a lease that ran out, or another replica's queue)."""
+    async def _sleep(self, pool: WorkerPool, *, until_next_due: bool) -> None:
+        """Until woken (a delivery queued, or room freed), the next retry falls due (when
+        asked), or the poll interval ends (a lease that ran out, another replica's queue)."""
         timeout = self._settings.poll_interval_seconds
-        if not full:
+        if until_next_due:
             seconds = await repository.seconds_until_next_due(self._require_pool(), pool.kind)
             if seconds is not None:
                 timeout = min(timeout, max(seconds, 0.0))
