@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections import deque
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar, get_args
@@ -99,17 +100,24 @@ class Backoff:
 IDLE_FETCH_WAIT_MS = 500
 #: How long after its last batch a consumer still counts as busy.
 ACTIVE_SECONDS = 2.0
-#: A batch this big means records flood in: fetch with the long wait, so batches grow
-#: and each transaction carries more; below TRICKLE_BATCH, the short wait again.
+#: Records flood in from this many a second (or a batch this big): fetch with the long
+#: wait, so batches grow and each transaction carries more. Below TRICKLE_RATE a second
+#: (and TRICKLE_BATCH a batch), the short wait again. At 100 a second the short wait
+#: cost more CPU than the waits it saved (docs/performance.md).
+FLOOD_RATE = 40.0
+TRICKLE_RATE = 20.0
 FLOOD_BATCH = 16
 TRICKLE_BATCH = 4
+#: The rate is counted over the batches of this last stretch of time.
+RATE_WINDOW_SECONDS = 1.0
 
 
 class FetchWait:
     """How long a consumer's fetches wait at the broker for records: ``active_ms`` while
-    its records trickle in, :data:`IDLE_FETCH_WAIT_MS` while they flood in (batches of
-    :data:`FLOOD_BATCH` or more, until one is under :data:`TRICKLE_BATCH`) and once none
-    came for :data:`ACTIVE_SECONDS`.
+    its records trickle in, :data:`IDLE_FETCH_WAIT_MS` while they flood in
+    (:data:`FLOOD_RATE` a second or :data:`FLOOD_BATCH` a batch, until both are under
+    :data:`TRICKLE_RATE` and :data:`TRICKLE_BATCH`) and once none came for
+    :data:`ACTIVE_SECONDS`.
 
     On a broker that answers a waiting fetch only as slices of the wait end (the
     embedded Tansu, see :mod:`infra.dev.kafka`), the wait bounds how late a record
@@ -132,6 +140,7 @@ class FetchWait:
         self.idle_ms = idle_ms
         self._active_seconds = active_seconds
         self._last_batch = 0.0
+        self._recent: deque[tuple[float, int]] = deque()  # (when, records) of each batch
         self._flooded = False
         self._fetcher: Any = None
         self._cooling: asyncio.TimerHandle | None = None
@@ -143,20 +152,28 @@ class FetchWait:
 
     def records_arrived(self, consumer: Any, count: int) -> None:
         """A batch of ``count`` records came: set the wait its traffic calls for."""
-        self._last_batch = time.monotonic()
+        now = self._last_batch = time.monotonic()
         if self.active_ms >= self.idle_ms:
             return
         fetcher = getattr(consumer, "_fetcher", None)
         if fetcher is None or not hasattr(fetcher, "_fetch_max_wait_ms"):
             return
         self._fetcher = fetcher
-        if count >= FLOOD_BATCH:
+        rate = self._rate(now, count)
+        if count >= FLOOD_BATCH or rate >= FLOOD_RATE:
             self._flooded = True
-        elif count < TRICKLE_BATCH:
+        elif count < TRICKLE_BATCH and rate < TRICKLE_RATE:
             self._flooded = False
         fetcher._fetch_max_wait_ms = self.idle_ms if self._flooded else self.active_ms
         if self._cooling is None:
             self._cooling = asyncio.get_running_loop().call_later(self._active_seconds, self._cool)
+
+    def _rate(self, now: float, count: int) -> float:
+        """Records a second over the last :data:`RATE_WINDOW_SECONDS`, this batch's too."""
+        self._recent.append((now, count))
+        while self._recent[0][0] <= now - RATE_WINDOW_SECONDS:
+            self._recent.popleft()
+        return sum(records for _, records in self._recent) / RATE_WINDOW_SECONDS
 
     def _cool(self) -> None:
         quiet_for = time.monotonic() - self._last_batch
