@@ -30,7 +30,7 @@ from fastapi import FastAPI
 from infra import db
 from infra.dev.launcher import RunningPlatform, free_port, start_platform
 from infra.dev.postgres import with_database
-from infra.runtime import ServiceRuntime
+from infra.runtime import INFRA_MIGRATIONS, ServiceRuntime
 from infra.tokens import TOKEN_PATH
 from points_cli.main import run as run_points
 from services.rules import accounts, clients
@@ -50,6 +50,20 @@ class Service:
 
     app: FastAPI
     runtime: ServiceRuntime
+
+
+@asynccontextmanager
+async def migrated_pool(
+    database_url: str, schema: str, migrations: Path, *, max_size: int = 8
+) -> AsyncIterator[asyncpg.Pool]:
+    """A pool on ``database_url`` whose ``schema`` holds the outbox and inbox and the
+    tables of ``migrations``, as the service that owns it would have it."""
+    await db.migrate(database_url, schema, [INFRA_MIGRATIONS, migrations])
+    pool = await db.create_pool(database_url, schema, min_size=1, max_size=max_size)
+    try:
+        yield pool
+    finally:
+        await pool.close()
 
 
 @asynccontextmanager

@@ -11,10 +11,8 @@ import httpx
 import pytest
 import pytest_asyncio
 
-from infra import db
-from infra.runtime import INFRA_MIGRATIONS
 from services.ledger.app import MIGRATIONS as LEDGER_MIGRATIONS
-from tests.helpers import RulesStack, Tenant, new_tenant, rules_stack
+from tests.helpers import RulesStack, Tenant, migrated_pool, new_tenant, rules_stack
 
 
 @pytest_asyncio.fixture(scope="module", loop_scope="session")
@@ -39,9 +37,5 @@ async def tenant(stack: RulesStack) -> Tenant:
 @pytest.fixture
 async def pool(database_url: str) -> AsyncIterator[asyncpg.Pool]:
     """A pool on the test's database, migrated to the ledger's schema."""
-    await db.migrate(database_url, "ledger", [INFRA_MIGRATIONS, LEDGER_MIGRATIONS])
-    pool = await db.create_pool(database_url, "ledger", min_size=1, max_size=8)
-    try:
+    async with migrated_pool(database_url, "ledger", LEDGER_MIGRATIONS) as pool:
         yield pool
-    finally:
-        await pool.close()

@@ -17,23 +17,18 @@ from datetime import timedelta
 import asyncpg
 import pytest
 
-from infra import db
-from infra.runtime import INFRA_MIGRATIONS
 from services.notifier import repository
 from services.notifier.app import MIGRATIONS
 from services.notifier.repository import NewDelivery
+from tests.helpers import migrated_pool
 
 LEASE_SECONDS = 60.0
 
 
 @pytest.fixture
 async def notifier_pool(database_url: str) -> AsyncIterator[asyncpg.Pool]:
-    await db.migrate(database_url, "notifier", [INFRA_MIGRATIONS, MIGRATIONS])
-    pool = await db.create_pool(database_url, "notifier", min_size=1, max_size=4)
-    try:
+    async with migrated_pool(database_url, "notifier", MIGRATIONS, max_size=4) as pool:
         yield pool
-    finally:
-        await pool.close()
 
 
 async def queue(
