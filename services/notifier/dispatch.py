@@ -168,6 +168,10 @@ class DeliveryDispatcher:
                     attempt = asyncio.create_task(self._attempt_and_give_back(pool, delivery))
                     self._attempts.add(attempt)
                     attempt.add_done_callback(self._attempts.discard)
+                if any(pool.has_room(d.org_id, _host_of(d)) for d in claimed) and room:
+                    # Less than its share for an organisation that had some: rows may have
+                    # been passed over (another replica leasing them), so look again.
+                    continue
                 if len(claimed) < room or not room:
                     # A claim that found nothing asks when the next retry falls due. One
                     # that found some found what the shares allow: a slot freed wakes it,

@@ -34,6 +34,9 @@ class SlotCounter(Generic[Key]):
     def in_flight(self) -> dict[Key, int]:
         return dict(self._in_flight)
 
+    def has_room(self, key: Key) -> bool:
+        return self._in_flight.get(key, 0) < self.limit
+
     def take(self, key: Key) -> None:
         self._in_flight[key] = self._in_flight.get(key, 0) + 1
 
@@ -91,6 +94,12 @@ class WorkerPool:
         """Most deliveries to one (organisation, host); an organisation's limit when hosts
         are not counted."""
         return self.organisations.limit if self.hosts is None else self.hosts.limit
+
+    def has_room(self, org_id: str, host: str | None) -> bool:
+        """Whether the organisation (and its host) could take another delivery now."""
+        if self.hosts is not None and host is not None and not self.hosts.has_room((org_id, host)):
+            return False
+        return self.organisations.has_room(org_id)
 
     def take(self, org_id: str, host: str | None) -> None:
         """Count a claimed delivery against the workers and its organisation (and host)."""

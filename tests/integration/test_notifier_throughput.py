@@ -154,3 +154,28 @@ class TestAReceiverThatAnswersAtLength:
         assert delivery["attempts"] == 1
         assert delivery["last_status_code"] == 200
         assert elapsed < 3.0
+
+
+class TestTwoReplicasClaimingSideBySide:
+    async def test_send_each_callback_once(self, database_url: str) -> None:
+        # Both claim batches from the same queue at once; a row one leased is the other's
+        # to skip, and each is marked delivered after a single attempt.
+        settings = notifier_settings(database_url, poll_interval_seconds=30.0)
+        async with (
+            keep_alive_receiver(CALLBACKS) as receiver,
+            running_callbacks(settings) as one,
+            running_callbacks(settings) as two,
+        ):
+            await one.receive_client(client_event())
+            events = [result_event(receiver.url()) for _ in range(CALLBACKS)]
+            async with one.runtime.pool.acquire() as connection, connection.transaction():
+                await queueing.queue_callbacks(connection, events)
+            one.dispatcher.wake()
+            two.dispatcher.wake()
+            async with asyncio.timeout(20):
+                await receiver.all_arrived.wait()
+            await asyncio.sleep(0.5)  # a second sending would have arrived by now
+            deliveries = await one.runtime.pool.fetch("SELECT status, attempts FROM deliveries")
+
+        assert sorted(receiver.request_ids) == sorted(event.data.request_id for event in events)
+        assert [tuple(row.values()) for row in deliveries] == [("delivered", 1)] * CALLBACKS
