@@ -348,6 +348,8 @@ class OutboxRelay:
         for _ in range(LINGER_POLLS):
             # A commit in this process (:meth:`wake`) ends the wait at once.
             await wait_at_most(self._wake, LINGER_POLL_SECONDS)
+            if self._drain_requested:
+                return  # a stop waits: publish what is left, and say so, at once
             self._wake.clear()
             # Under load, commits come faster than batches are worth sending: publish at
             # most every GATHER_SECONDS, so batches stay big (quiet, this waits nothing).

@@ -137,6 +137,42 @@ class TestOutboxRelay:
             await relay.stop()
             await producer.stop()
 
+    async def test_a_stop_just_after_traffic_drains_at_once(
+        self, database_url: str, kafka_bootstrap_servers: str
+    ) -> None:
+        await db.migrate(database_url, SCHEMA, [INFRA_MIGRATIONS])
+        await create_topics(kafka_bootstrap_servers, ALL_TOPICS)
+        settings = ServiceSettings(kafka_bootstrap_servers=kafka_bootstrap_servers)
+        producer = await start_producer(settings)
+        published = asyncio.Event()
+        relay = OutboxRelay(
+            database_url,
+            SCHEMA,
+            producer,
+            safety_poll_seconds=600,
+            on_published=lambda _: published.set(),
+        )
+        relay.start()
+        try:
+            event = RuleLifecycleEvent.model_validate(json.loads(EXAMPLE.read_text())[0])
+            connection = await db.connect(database_url, SCHEMA)
+            try:
+                async with connection.transaction():
+                    await enqueue(connection, event)
+            finally:
+                await connection.close()
+            relay.wake()
+            await asyncio.wait_for(published.wait(), timeout=10)
+            # The relay now looks for more rows a few times before it sleeps on LISTEN:
+            # a stop that comes then must not wait for the sleep (600 s here).
+            await asyncio.sleep(0.05)
+            stopping = time.monotonic()
+            await relay.stop(drain_seconds=30)
+            assert time.monotonic() - stopping < 5
+        finally:
+            await relay.stop()
+            await producer.stop()
+
     async def test_only_one_relay_per_schema_publishes_at_a_time(
         self, database_url: str, kafka_bootstrap_servers: str
     ) -> None:
