@@ -27,7 +27,6 @@ Resolver = Callable[[str], Awaitable[list[str]]]
 
 class InvalidCallbackUrl(Problem):
     code = "INVALID_CALLBACK_URL"
-    title = "Invalid callback URL"
 
 
 class CallbackHostUnresolved(Problem):
@@ -35,7 +34,6 @@ class CallbackHostUnresolved(Problem):
 
     status = 503
     code = "CALLBACK_HOST_UNRESOLVED"
-    title = "Service unavailable"
 
 
 async def resolve_with_system(host: str) -> list[str]:

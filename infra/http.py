@@ -22,7 +22,7 @@ from infra.http_problems import install_problem_handlers, problem_response
 from infra.metrics import UNMATCHED_ROUTE, ServiceMetrics
 from infra.problems import Problem
 from infra.runtime import ServiceRuntime
-from infra.settings import DEFAULT_MAX_BODY_BYTES
+from infra.settings import DEFAULT_MAX_BODY_BYTES, ServiceSettings
 from infra.tokens import InvalidToken, JwksVerifier, Principal
 
 REQUEST_ID_HEADER = "X-Request-Id"
@@ -36,7 +36,6 @@ _CORRELATION_ID_KEY = CORRELATION_ID_HEADER.lower().encode()
 class Unauthorized(Problem):
     status = 401
     code = "UNAUTHORIZED"
-    title = "Unauthorized"
 
     def __init__(self, detail: str) -> None:
         super().__init__(detail, headers={"WWW-Authenticate": 'Bearer realm="partner"'})
@@ -45,7 +44,6 @@ class Unauthorized(Problem):
 class Forbidden(Problem):
     status = 403
     code = "FORBIDDEN"
-    title = "Forbidden"
 
 
 @dataclass(frozen=True)
@@ -66,6 +64,7 @@ def create_http_app(
     *,
     runtime: ServiceRuntime | None = None,
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
+    problem_types_url: str | None = None,
     **fastapi_options: Any,
 ) -> FastAPI:
     """A FastAPI app with problem+json errors and request/correlation ids on every log line,
@@ -74,14 +73,17 @@ def create_http_app(
     With ``metrics``, every request but ``/metrics`` itself is counted and timed
     under its route template. A service passes its ``runtime`` instead: its
     metrics are used, the app answers for it on ``/healthz``, ``/readyz`` and
-    ``/metrics``, and the app's lifespan starts and stops it.
+    ``/metrics``, and the app's lifespan starts and stops it. Errors' ``type`` is their
+    page under ``problem_types_url`` (the runtime's setting unless given).
     """
     if runtime is not None:
         metrics = runtime.metrics
         fastapi_options["lifespan"] = runtime.lifespan
+        problem_types_url = problem_types_url or runtime.settings.problem_types_url
+    types_url = problem_types_url or ServiceSettings.model_fields["problem_types_url"].default
     app = FastAPI(**fastapi_options)
-    install_problem_handlers(app)
-    app.add_middleware(BodyLimitMiddleware, max_body_bytes=max_body_bytes)
+    install_problem_handlers(app, types_url)
+    app.add_middleware(BodyLimitMiddleware, max_body_bytes=max_body_bytes, types_url=types_url)
     app.add_middleware(RequestContextMiddleware, metrics=metrics)
     if runtime is not None:
         app.include_router(health_router(runtime))
@@ -105,9 +107,10 @@ class BodyLimitMiddleware:
     so, and, for a chunked body or one whose Content-Length understates it, as soon as
     more arrives than the limit, before the rest is read."""
 
-    def __init__(self, app: ASGIApp, max_body_bytes: int) -> None:
+    def __init__(self, app: ASGIApp, max_body_bytes: int, types_url: str) -> None:
         self.app = app
         self.max_body_bytes = max_body_bytes
+        self.types_url = types_url
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -115,7 +118,7 @@ class BodyLimitMiddleware:
             return
         refusal = self._refusal(dict(scope["headers"]).get(b"content-length"))
         if refusal is not None:
-            await problem_response(refusal)(scope, receive, send)
+            await problem_response(refusal, self.types_url)(scope, receive, send)
             return
         received = 0
 

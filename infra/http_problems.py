@@ -25,9 +25,12 @@ HTTP_CODES = {
 }
 
 
-def problem_response(problem: Problem) -> JSONResponse:
+def problem_response(problem: Problem, types_url: str) -> JSONResponse:
     return JSONResponse(
-        problem.body(), status_code=problem.status, headers=problem.headers, media_type=PROBLEM_JSON
+        problem.body(types_url),
+        status_code=problem.status,
+        headers=problem.headers,
+        media_type=PROBLEM_JSON,
     )
 
 
@@ -49,15 +52,17 @@ def _validation_detail(error: RequestValidationError) -> tuple[str, list[dict[st
     return summary, errors
 
 
-def install_problem_handlers(app: FastAPI) -> None:
+def install_problem_handlers(app: FastAPI, types_url: str) -> None:
+    """Answer every error as a problem whose ``type`` is its page under ``types_url``."""
+
     @app.exception_handler(Problem)
     async def _problem(_: Request, problem: Problem) -> JSONResponse:
-        return problem_response(problem)
+        return problem_response(problem, types_url)
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(_: Request, error: RequestValidationError) -> JSONResponse:
         summary, errors = _validation_detail(error)
-        return problem_response(Problem(summary, code="INVALID_REQUEST", errors=errors))
+        return problem_response(Problem(summary, code="INVALID_REQUEST", errors=errors), types_url)
 
     async def _unavailable(_: Request, error: Exception) -> JSONResponse:
         # The database is down or unreachable, or this request lost a race another
@@ -68,7 +73,8 @@ def install_problem_handlers(app: FastAPI) -> None:
                 status=503,
                 code="SERVICE_UNAVAILABLE",
                 headers={"Retry-After": "5"},
-            )
+            ),
+            types_url,
         )
 
     for unavailable in (*UNAVAILABLE_ERRORS, ConcurrentUpdateConflict):
@@ -79,10 +85,18 @@ def install_problem_handlers(app: FastAPI) -> None:
         # A value every check let through and the database still refuses (a number out
         # of its range, a character it cannot store): the request's fault, not ours.
         return problem_response(
-            Problem(f"a value of the request cannot be stored: {error}", code="INVALID_VALUE")
+            Problem(f"a value of the request cannot be stored: {error}", code="INVALID_VALUE"),
+            types_url,
         )
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(_: Request, error: StarletteHTTPException) -> JSONResponse:
         code = getattr(error, "code", None) or HTTP_CODES.get(error.status_code, "HTTP_ERROR")
-        return problem_response(Problem(str(error.detail), status=error.status_code, code=code))
+        # Starlette's own headers stay: a 405 lists the methods the path takes in `Allow`.
+        problem = Problem(
+            str(error.detail),
+            status=error.status_code,
+            code=code,
+            headers=dict(error.headers or {}),
+        )
+        return problem_response(problem, types_url)

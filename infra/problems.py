@@ -9,9 +9,12 @@ logic can raise one without depending on FastAPI.
 
 from __future__ import annotations
 
+from http import HTTPStatus
 from typing import Any
 
 import asyncpg
+
+from infra.problem_types import PROBLEM_TYPES
 
 PROBLEM_JSON = "application/problem+json"
 
@@ -31,7 +34,6 @@ class Problem(Exception):
 
     status: int = 400
     code: str = "BAD_REQUEST"
-    title: str = "Bad request"
 
     def __init__(
         self,
@@ -49,10 +51,15 @@ class Problem(Exception):
         self.headers = headers or {}
         self.extra = extra
 
-    def body(self) -> dict[str, Any]:
+    def body(self, types_url: str) -> dict[str, Any]:
+        """The problem as JSON; its ``type`` is the page under ``types_url`` that explains
+        it (RFC 9457), and its title the one every problem of that type carries."""
+        kind = PROBLEM_TYPES.get(self.code)
         return {
-            "type": f"about:blank#{self.code}",
-            "title": self.title,
+            # A code missing from the catalogue (a test keeps that from happening) says
+            # no more than its status, which RFC 9457 spells about:blank.
+            "type": f"{types_url.rstrip('/')}/{kind.slug}" if kind else "about:blank",
+            "title": kind.title if kind else HTTPStatus(self.status).phrase,
             "status": self.status,
             "code": self.code,
             "detail": self.detail,

@@ -24,6 +24,7 @@ from pydantic_settings import (
 )
 
 from contracts import Environment
+from infra.problem_types import PROBLEM_TYPES_PATH
 
 RunMode = Literal["development", "production"]
 KafkaSecurityProtocol = Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"]
@@ -102,6 +103,7 @@ SHARED_NAMES = frozenset(
         "log_level",
         "log_json",
         "max_body_bytes",
+        "problem_types_url",
         "token_issuer_url",
         "shutdown_grace_seconds",
     }
@@ -154,6 +156,12 @@ class ServiceSettings(BaseSettings):
         ge=1024,
         description="Largest HTTP request body accepted, in bytes; a larger one is refused "
         "with 413 `BODY_TOO_LARGE`, whether it declares its length or is sent chunked.",
+    )
+    problem_types_url: str = Field(
+        default="http://127.0.0.1:8001/problems",
+        description="Where the rules service explains each problem type: `<RULES_PUBLIC_URL>"
+        "/problems`. An error's `type` is `<this>/<type>`, such as `…/problems/rule-not-found` "
+        "(PROBLEM_TYPES_URL).",
     )
     db_pool_min: int = Field(default=1, description="Connections the database pool keeps open.")
     db_pool_max: int = Field(default=10, description="Most connections the database pool opens.")
@@ -263,6 +271,19 @@ class ServiceSettings(BaseSettings):
         if self.kafka_ssl_keyfile is not None and self.kafka_ssl_certfile is None:
             raise ValueError("KAFKA_SSL_KEYFILE needs KAFKA_SSL_CERTFILE, its certificate")
         return self
+
+    @model_validator(mode="after")
+    def _problem_types_where_the_rules_service_is(self) -> ServiceSettings:
+        """Unset, the problem types are explained by the rules service at the URL this
+        service already knows it by, so an operator sets that URL once."""
+        rules_url = self.rules_service_url()
+        if "problem_types_url" not in self.model_fields_set and rules_url:
+            self.problem_types_url = rules_url.rstrip("/") + PROBLEM_TYPES_PATH
+        return self
+
+    def rules_service_url(self) -> str | None:
+        """The rules service's base URL, where this service knows it."""
+        return None
 
     @model_validator(mode="after")
     def _no_placeholder_secrets_outside_development(self) -> ServiceSettings:

@@ -38,6 +38,7 @@ from infra.dev.smtp_sink import start_smtp_sink
 from infra.dev.supervisor import Supervisor, run_until_signal
 from infra.errors import StartupError
 from infra.kafka_admin import create_topics, wait_for_kafka
+from infra.problem_types import PROBLEM_TYPES_PATH
 from infra.settings import SERVICES, ServiceSettings, environment_overrides, var_dir
 from infra.signing import DEVELOPMENT_SIGNING_KEY
 from points_cli.commands import migrations_of
@@ -88,7 +89,12 @@ def _public_urls(ports: dict[str, int]) -> dict[str, str]:
         "RULES_LEDGER_URL": f"http://127.0.0.1:{ports['ledger']}",
     }
     current = environment_overrides()
-    return {name: current.get(name) or value for name, value in urls.items()}
+    chosen = {name: current.get(name) or value for name, value in urls.items()}
+    # Every service's errors link to their explanation, which the rules service serves.
+    chosen["PROBLEM_TYPES_URL"] = current.get("PROBLEM_TYPES_URL") or (
+        chosen["RULES_PUBLIC_URL"].rstrip("/") + PROBLEM_TYPES_PATH
+    )
+    return chosen
 
 
 class Stack:

@@ -15,19 +15,16 @@ ENVIRONMENTS: tuple[str, ...] = get_args(Environment)
 class UnknownEnvironment(Problem):
     status = 400
     code = "UNKNOWN_ENVIRONMENT"
-    title = "Unknown environment"
 
 
 class EnvironmentForbidden(Problem):
     status = 403
     code = "ENVIRONMENT_FORBIDDEN"
-    title = "Forbidden"
 
 
 class RoleForbidden(Problem):
     status = 403
     code = "FORBIDDEN"
-    title = "Forbidden"
 
 
 @dataclass(frozen=True)

@@ -19,7 +19,6 @@ from services.ledger.access import ReadScope
 class InvalidCursor(Problem):
     status = 400
     code = "INVALID_CURSOR"
-    title = "Invalid cursor"
 
 
 async def member_balance(connection: asyncpg.Connection, scope: ReadScope, user_id: str) -> int:

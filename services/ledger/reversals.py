@@ -30,25 +30,21 @@ log = get_logger(__name__)
 class TransactionNotFound(Problem):
     status = 404
     code = "TRANSACTION_NOT_FOUND"
-    title = "Transaction not found"
 
 
 class NotReversible(Problem):
     status = 409
     code = "NOT_REVERSIBLE"
-    title = "Transaction cannot be reversed"
 
 
 class ReversalIdInUse(Problem):
     status = 409
     code = "REVERSAL_ID_IN_USE"
-    title = "Reversal id already used"
 
 
 class ReversalPastLimit(Problem):
     status = 409
     code = BALANCE_LIMIT_EXCEEDED
-    title = "Reversal would pass a balance limit"
 
 
 @dataclass(frozen=True)

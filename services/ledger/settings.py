@@ -67,3 +67,6 @@ class LedgerSettings(ServiceSettings):
         description="Most lots one expiry transaction takes: it locks their members, as a "
         "batch of requests does, for as long as it runs.",
     )
+
+    def rules_service_url(self) -> str | None:
+        return self.token_issuer_url

@@ -26,7 +26,6 @@ DeliveryKind = Literal["callback", "email"]
 class DeliveryNotParked(Problem):
     status = 404
     code = "DELIVERY_NOT_PARKED"
-    title = "No such parked or failed delivery"
 
 
 class Delivery(BaseModel):

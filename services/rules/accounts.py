@@ -21,9 +21,14 @@ ROLES = ("admin", "editor", "viewer")
 
 
 class InvalidCredentials(Problem):
+    """A failed sign-in. A 401 names how to authenticate (RFC 9110 §15.5.2): the console
+    API takes the bearer token that a sign-in gives."""
+
     status = 401
     code = "INVALID_CREDENTIALS"
-    title = "Invalid credentials"
+
+    def __init__(self, detail: str) -> None:
+        super().__init__(detail, headers={"WWW-Authenticate": 'Bearer realm="console"'})
 
 
 async def create_organisation(

@@ -27,7 +27,6 @@ hasher = PasswordHasher()  # argon2id with the library's current recommended cos
 class TooManySignInAttempts(Problem):
     status = 429
     code = "TOO_MANY_LOGIN_ATTEMPTS"
-    title = "Too many login attempts"
 
     def __init__(self, retry_after: int, what: str) -> None:
         super().__init__(

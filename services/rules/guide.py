@@ -4,6 +4,8 @@ One page per environment, rendered from ``templates/integration_guide.html`` wit
 this deployment's own URLs, so every curl and Python example on it runs as shown.
 The gateway's response codes are listed here rather than imported: services do not
 import each other, and a test fails when the gateway gains a code this list lacks.
+What each code means is the problem types' catalogue (:mod:`infra.problem_types`),
+whose pages :func:`render_problem_types` draws.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from markupsafe import Markup, escape
 
 from contracts.limits import MAX_EXPIRY_DAYS, MAX_MEMBER_BALANCE, MAX_POINTS, MAX_POOL_BALANCE
 from infra import request_signing
+from infra.problem_types import PROBLEM_TYPES, ProblemType
 from infra.signing import DEFAULT_TOLERANCE_SECONDS, EVENT_ID_HEADER, SIGNATURE_HEADER
 from services.rules.settings import RulesSettings
 
@@ -55,207 +58,58 @@ class GatewayResponse:
     """One answer the trigger gateway can give, as a developer should read it."""
 
     status: int
-    code: str
-    meaning: str
-    action: str
+    kind: ProblemType
+
+    @property
+    def code(self) -> str:
+        return self.kind.code
+
+    @property
+    def meaning(self) -> str:
+        return self.kind.meaning
+
+    @property
+    def action(self) -> str:
+        return self.kind.action
+
+
+def _answers(*answers: tuple[int, str]) -> tuple[GatewayResponse, ...]:
+    return tuple(GatewayResponse(status, PROBLEM_TYPES[code]) for status, code in answers)
 
 
 #: Every machine ``code`` the gateway answers with, in the order its checks run.
-GATEWAY_RESPONSES = (
-    GatewayResponse(
-        401,
-        "UNAUTHORIZED",
-        "No `Authorization: Bearer` header, or the token is expired, tampered with, not "
-        "issued by this platform, lacks the `points:trigger` scope, or its client was revoked.",
-        "Get a new token and retry; if that fails too, ask the business for new credentials.",
-    ),
-    GatewayResponse(
-        400,
-        "INVALID_REQUEST",
-        "The body is not JSON, a field is missing, has the wrong type or is too long, "
-        "an unknown field was sent, or a text field holds a control character (NUL, "
-        "anything below U+0020, U+007F to U+009F) or an unpaired surrogate. The `errors` "
-        "list names each field and what is wrong.",
-        "Fix the request; sending it again unchanged gets the same answer.",
-    ),
-    GatewayResponse(
-        413,
-        "BODY_TOO_LARGE",
-        "The request body is larger than the gateway accepts (64 KiB unless the operator "
-        "changed `MAX_BODY_BYTES`), whether its `Content-Length` says so or it was sent "
-        "chunked. Nothing was read further or recorded.",
-        "Send the trigger's fields only: a trigger is a few hundred bytes.",
-    ),
-    GatewayResponse(
-        400,
-        "BAD_REQUEST",
-        "The request itself is malformed: a `Content-Length` that is not a number, or a body "
-        "that cannot be read as the content type says.",
-        "Fix the request; your HTTP library normally sets these headers for you.",
-    ),
-    GatewayResponse(
-        400,
-        "INVALID_VALUE",
-        "A value passed every check but cannot be stored (a number out of range).",
-        "Fix the value; sending it again unchanged gets the same answer.",
-    ),
-    GatewayResponse(
-        401,
-        "SIGNATURE_REQUIRED",
-        "Your client has a registered public key, so every request must be signed, and "
-        "`X-Points-Timestamp` or `X-Points-Request-Signature` is missing.",
-        "Sign the request: see Signing requests.",
-    ),
-    GatewayResponse(
-        401,
-        "SIGNATURE_EXPIRED",
-        "`X-Points-Timestamp` is further from the gateway's clock than the signature window "
-        "allows, in either direction.",
-        "Check your server's clock (use NTP) and sign each request when you send it.",
-    ),
-    GatewayResponse(
-        401,
-        "SIGNATURE_INVALID",
-        "The signature does not match the request's method, path and query, timestamp and "
-        "body under your registered key, is not base64, or the timestamp is not whole seconds.",
-        "Sign exactly the bytes you send, with the private key whose public key the operator "
-        "registered last.",
-    ),
-    GatewayResponse(
-        429,
-        "RATE_LIMITED",
-        "The client sent more requests than its rate limit allows. Nothing was recorded.",
-        "Wait the number of seconds in `Retry-After`, then send the same request again.",
-    ),
-    GatewayResponse(
-        409,
-        "REQUEST_ID_REUSED",
-        "This `requestId` was used before by this client with a different body.",
-        "Use a new `requestId` for a new request; resend the original body to get the "
-        "original answer.",
-    ),
-    GatewayResponse(
-        400,
-        "INVALID_CALLBACK_URL",
-        "The `callbackUrl` is not an http(s) URL, its host name is not valid (IDNA refuses "
-        "it), or its host is a private, loopback, "
-        "link-local or otherwise non-public address.",
-        "Use a publicly reachable URL (loopback is allowed only on a development stack).",
-    ),
-    GatewayResponse(
-        503,
-        "CLIENT_NOT_READY",
-        "The client was created a moment ago and the gateway has not received it yet "
-        "(it takes milliseconds). Nothing was recorded.",
-        "Retry after `Retry-After` seconds with the same `requestId`.",
-    ),
-    GatewayResponse(
-        503,
-        "CALLBACK_HOST_UNRESOLVED",
-        "The host of the `callbackUrl` could not be looked up in time. Nothing was recorded.",
-        "Retry later with the same `requestId`; check that the host name exists.",
-    ),
-    GatewayResponse(
-        400,
-        "RULE_NOT_FOUND",
-        "No rule with this `ruleId` exists for your client's organisation.",
-        "Check the Rule ID the business shared with you.",
-    ),
-    GatewayResponse(
-        403,
-        "ENVIRONMENT_MISMATCH",
-        "The rule belongs to a different environment from your client's: a staging client "
-        "cannot trigger a production rule, nor the other way round.",
-        "Use the client credentials and URLs of the rule's environment.",
-    ),
-    GatewayResponse(
-        400,
-        "RULE_NOT_API_TRIGGERABLE",
-        "The rule does not have the API-trigger option turned on.",
-        "Ask the business to turn on API triggering for the rule.",
-    ),
-    GatewayResponse(
-        400,
-        "RULE_INACTIVE",
-        "The rule is a draft, paused or archived.",
-        "Ask the business to activate the rule.",
-    ),
-    GatewayResponse(
-        400,
-        "RULE_NOT_STARTED",
-        "The rule's start date is still ahead.",
-        "Trigger it once it has started.",
-    ),
-    GatewayResponse(
-        400,
-        "RULE_ENDED",
-        "The rule's end date has passed, or the instant its points expire (pointsExpireAt).",
-        "Ask the business for a current rule.",
-    ),
-    GatewayResponse(
-        403,
-        "CLIENT_NOT_AUTHORIZED",
-        "Your client is not among the rule's authorised API clients.",
-        "Ask the business to authorise your client on the rule.",
-    ),
-    GatewayResponse(
-        400,
-        "INVALID_USER_ID",
-        "`userId` is not a string of 1 to 128 characters made of letters, digits and "
-        "`. _ : @ + -`, starting with a letter or digit.",
-        "Send the member's id in that form.",
-    ),
-    GatewayResponse(
-        400,
-        "MEMBER_BLOCKED",
-        "The business has blocked this member in this environment. Nothing was recorded; "
-        "requests for the member it had already accepted fail with the same reason.",
-        "Do not retry: tell the member to contact the business. Triggers are accepted again "
-        "once the business unblocks the member.",
-    ),
-    GatewayResponse(
-        400,
-        "INVALID_AMOUNT",
-        "`amount` is not a whole number from 1 to 9007199254740991 (a decimal, a string, a "
-        "boolean, zero or a negative number).",
-        "Send a positive integer.",
-    ),
-    GatewayResponse(
-        400,
-        "AMOUNT_OVER_MAXIMUM",
-        "`amount` is more than the rule allows in one request.",
-        "Send a smaller amount.",
-    ),
-    GatewayResponse(
-        400,
-        "CAP_EXCEEDED",
-        "The rule's total cap would be exceeded by this amount.",
-        "The rule has run out of points; ask the business to raise its cap.",
-    ),
-    GatewayResponse(
-        400,
-        "MEMBER_CAP_EXCEEDED",
-        "This member's cap on the rule would be exceeded by this amount.",
-        "The member has had all the points this rule gives one member.",
-    ),
-    GatewayResponse(
-        503,
-        "SERVICE_UNAVAILABLE",
-        "The gateway cannot record requests right now. Nothing was recorded: a request is "
-        "never answered 202 and then lost.",
-        "Retry after `Retry-After` seconds with the same `requestId`.",
-    ),
+GATEWAY_RESPONSES = _answers(
+    (401, "UNAUTHORIZED"),
+    (400, "INVALID_REQUEST"),
+    (413, "BODY_TOO_LARGE"),
+    (400, "BAD_REQUEST"),
+    (400, "INVALID_VALUE"),
+    (401, "SIGNATURE_REQUIRED"),
+    (401, "SIGNATURE_EXPIRED"),
+    (401, "SIGNATURE_INVALID"),
+    (429, "RATE_LIMITED"),
+    (409, "REQUEST_ID_REUSED"),
+    (400, "INVALID_CALLBACK_URL"),
+    (503, "CLIENT_NOT_READY"),
+    (503, "CALLBACK_HOST_UNRESOLVED"),
+    (400, "RULE_NOT_FOUND"),
+    (403, "ENVIRONMENT_MISMATCH"),
+    (400, "RULE_NOT_API_TRIGGERABLE"),
+    (400, "RULE_INACTIVE"),
+    (400, "RULE_NOT_STARTED"),
+    (400, "RULE_ENDED"),
+    (403, "CLIENT_NOT_AUTHORIZED"),
+    (400, "INVALID_USER_ID"),
+    (400, "MEMBER_BLOCKED"),
+    (400, "INVALID_AMOUNT"),
+    (400, "AMOUNT_OVER_MAXIMUM"),
+    (400, "CAP_EXCEEDED"),
+    (400, "MEMBER_CAP_EXCEEDED"),
+    (503, "SERVICE_UNAVAILABLE"),
 )
 
 #: Answers of ``GET /v1/points/requests/{requestId}`` beyond those of the trigger.
-POLLING_RESPONSES = (
-    GatewayResponse(
-        404,
-        "REQUEST_NOT_FOUND",
-        "Your client never sent this `requestId`, or it was forgotten after the retention period.",
-        "Check the `requestId`; each client sees only its own requests.",
-    ),
-)
+POLLING_RESPONSES = _answers((404, "REQUEST_NOT_FOUND"))
 
 
 def render_integration_guide(settings: RulesSettings, environment: str) -> str:
@@ -274,6 +128,8 @@ def render_integration_guide(settings: RulesSettings, environment: str) -> str:
         max_expiry_days=MAX_EXPIRY_DAYS,
         development=local,
         responses=GATEWAY_RESPONSES,
+        problem_types_url=settings.problem_types_url.rstrip("/"),
+        problem_title=lambda code: PROBLEM_TYPES[code].title,
         polling_responses=POLLING_RESPONSES,
         signature_header=SIGNATURE_HEADER,
         event_id_header=EVENT_ID_HEADER,
@@ -286,4 +142,14 @@ def render_integration_guide(settings: RulesSettings, environment: str) -> str:
         max_points=MAX_POINTS,
         max_member_balance=MAX_MEMBER_BALANCE,
         max_pool_balance=MAX_POOL_BALANCE,
+    )
+
+
+def render_problem_types(settings: RulesSettings, kind: ProblemType | None = None) -> str:
+    """The page of one problem type, or with ``kind`` None the list of them all."""
+    return _templates.get_template("problem_types.html").render(
+        kind=kind,
+        kinds=sorted(PROBLEM_TYPES.values(), key=lambda each: each.code),
+        types_url=settings.problem_types_url.rstrip("/"),
+        guide_url=settings.integration_guide_for("staging"),
     )

@@ -22,13 +22,11 @@ ENVIRONMENTS = ("staging", "production")
 class NotFound(Problem):
     status = 404
     code = "NOT_FOUND"
-    title = "Not found"
 
 
 class Conflict(Problem):
     status = 409
     code = "CONFLICT"
-    title = "Conflict"
 
 
 def new_id(prefix: str) -> str:

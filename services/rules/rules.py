@@ -27,7 +27,6 @@ log = get_logger(__name__)
 class ActivationBlocked(Problem):
     status = 422
     code = "ACTIVATION_BLOCKED"
-    title = "Rule cannot be activated"
 
     def __init__(self, problems: list[dict[str, str]]) -> None:
         super().__init__("; ".join(problem["detail"] for problem in problems), problems=problems)

@@ -160,6 +160,9 @@ class RulesSettings(ServiceSettings):
         refuse_weak_secrets({name: value}, generated=True)
         return value
 
+    def rules_service_url(self) -> str | None:
+        return self.public_url
+
     @property
     def longest_token_lifetime(self) -> timedelta:
         """How long a token signed now may be presented: retired keys must verify that long."""

@@ -73,7 +73,6 @@ Batch = Callable[[list[T]], Awaitable[Sequence[R | BaseException]]]
 class ClientNotReady(Problem):
     status = 503
     code = "CLIENT_NOT_READY"
-    title = "Service unavailable"
 
 
 class ClientRevoked(Problem):
@@ -82,7 +81,6 @@ class ClientRevoked(Problem):
 
     status = 401
     code = "UNAUTHORIZED"
-    title = "Unauthorized"
 
     def __init__(self) -> None:
         super().__init__(

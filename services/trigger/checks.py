@@ -26,18 +26,14 @@ MAX_AMOUNT = MAX_POINTS
 class Refused(Problem):
     """A trigger the gateway will not accept (400 unless the subclass says otherwise)."""
 
-    title = "Request refused"
-
 
 class NotAuthorised(Refused):
     status = 403
-    title = "Forbidden"
 
 
 class Replayed(Problem):
     status = 409
     code = "REQUEST_ID_REUSED"
-    title = "Conflict"
 
 
 @dataclass(frozen=True)

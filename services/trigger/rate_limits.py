@@ -15,7 +15,6 @@ from services.trigger import repository
 class RateLimited(Problem):
     status = 429
     code = "RATE_LIMITED"
-    title = "Too many requests"
 
 
 @dataclass(frozen=True)

@@ -80,3 +80,6 @@ class TriggerSettings(ServiceSettings):
     callback_dns_timeout_seconds: float = Field(
         default=2.0, gt=0, description="How long checking a callbackUrl's host may take."
     )
+
+    def rules_service_url(self) -> str | None:
+        return self.token_issuer_url

@@ -18,7 +18,6 @@ from infra.request_signing import (
 
 class SignatureRefused(Problem):
     status = 401
-    title = "Unauthorized"
 
 
 class SignatureRequired(SignatureRefused):

@@ -296,7 +296,7 @@ class TestExpiryAndBlockedMembers:
         page = await guide(http, "staging")
 
         documented = json.loads(code_block(page, "member-blocked-problem"))
-        answered = Refused("…", code="MEMBER_BLOCKED").body()
+        answered = Refused("…", code="MEMBER_BLOCKED").body(f"{PUBLIC_URL}/problems")
 
         assert documented == answered
 
