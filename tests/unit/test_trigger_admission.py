@@ -155,6 +155,8 @@ class TestAcceptingATrigger:
 
         assert (refused.status, refused.code) == (429, "RATE_LIMITED")
         assert refused.headers["Retry-After"] == "2"
+        assert refused.headers["RateLimit"] == '"burst";r=0;t=2'
+        assert refused.headers["RateLimit-Policy"] == '"burst";q=10;w=20'
         assert refused.headers["RateLimit-Limit"] == "10"
         assert statements.recorded == []
 
