@@ -1129,6 +1129,36 @@ class TestRateLimits:
                 connection, throttled, per_second=1000, burst=1000
             )
 
+    async def test_a_trigger_refused_after_it_took_its_token_says_what_is_left(
+        self, gateway: Gateway
+    ) -> None:
+        throttled = gateway.clients["throttled"].client_id
+        async with gateway.runtime.pool.acquire() as connection:
+            await rate_limits.set_client_rate_limit(connection, throttled, per_second=0.01, burst=3)
+            await connection.execute(
+                "DELETE FROM rate_limit_buckets WHERE client_id = $1", throttled
+            )
+
+        unknown_rule = await gateway.trigger(
+            "throttled", client="throttled", rule_id="rul_does_not_exist"
+        )
+        paused_rule = await gateway.trigger("paused", client="throttled")
+        accepted = await gateway.trigger("throttled", client="throttled")
+
+        assert_refused(unknown_rule, 400, "RULE_NOT_FOUND")
+        assert_refused(paused_rule, 400, "RULE_INACTIVE")
+        assert accepted.status_code == 202, accepted.text
+        # Three in 300 s: the 0.01 a second it refills. Each answer took a token, and the
+        # next whole one is 100 s away (a little less after the first).
+        fields = [rate_limit_fields(answer) for answer in (unknown_rule, paused_rule, accepted)]
+        assert [quota for quota, _ in fields] == [{"q": 3, "w": 300}] * 3
+        assert [state["r"] for _, state in fields] == [2, 1, 0]
+        assert all(99 <= state["t"] <= 100 for _, state in fields)
+        async with gateway.runtime.pool.acquire() as connection:
+            await rate_limits.set_client_rate_limit(
+                connection, throttled, per_second=1000, burst=1000
+            )
+
 
 class TestCallbackUrls:
     @pytest.mark.parametrize(
