@@ -31,7 +31,8 @@ bucket still took ~10,700 tokens/s, so the shared bucket does not dominate.
 from __future__ import annotations
 
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -148,9 +149,22 @@ class Gateway:
         One round trip reads the client's standing, takes its rate-limit token and
         finds the rule and any earlier request with this requestId; a second
         records the request. Each is shared with the triggers waiting at the same
-        moment.
+        moment. From the first on, the receipt and any refusal carry the client's
+        rate-limit fields.
         """
         admission = await self.admissions.submit(Arrival(caller, trigger))
+        with telling_the_rate_limit(admission.rate_limit):
+            return await self.judge(caller, trigger, signed, correlation_id, admission)
+
+    async def judge(
+        self,
+        caller: Caller,
+        trigger: Trigger,
+        signed: SignedRequest,
+        correlation_id: str,
+        admission: Admission,
+    ) -> Receipt:
+        """A trigger after its first round trip: checked, and recorded unless refused."""
         self.check_access(admission.access, signed)
         refuse_when_rate_limited(admission.rate_limit, caller.client_id)
         replay = replay_of(admission.lookup, trigger)
@@ -199,6 +213,18 @@ def batched(run_batch: Batch[T, R], settings: TriggerSettings) -> Coalescer[T, R
     )
 
 
+@contextmanager
+def telling_the_rate_limit(limit: RateLimit) -> Iterator[None]:
+    """Every refusal raised inside carries the rate-limit fields of the bucket its trigger
+    was admitted by: a refused trigger took its token too (or, refused for its rate,
+    found none), and its sender should hear what is left as a 202's would."""
+    try:
+        yield
+    except Problem as refusal:
+        refusal.headers = {**rate_limit_headers(limit), **refusal.headers}
+        raise
+
+
 def refuse_when_rate_limited(limit: RateLimit, client_id: str) -> None:
     if limit.granted:
         return
@@ -206,7 +232,7 @@ def refuse_when_rate_limited(limit: RateLimit, client_id: str) -> None:
     raise RateLimited(
         f"this client may send {limit.per_second:g} requests per second "
         f"(bursts of {limit.burst}); retry after {limit.retry_after_seconds} s",
-        headers={"Retry-After": str(limit.retry_after_seconds), **rate_limit_headers(limit)},
+        headers={"Retry-After": str(limit.retry_after_seconds)},
     )
 
 

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import http_sf
 import httpx
 import jwt
 import pytest
@@ -397,6 +398,19 @@ def outcomes(responses: list[httpx.Response]) -> dict[str, int]:
         for response in responses
     ]
     return {code: codes.count(code) for code in set(codes)}
+
+
+def rate_limit_fields(response: httpx.Response) -> tuple[dict[str, int], dict[str, int]]:
+    """The answer's quota policy and the state of its rate limit, as a Structured Fields
+    parser reads ``RateLimit-Policy`` and ``RateLimit``; the deprecated headers of the
+    early drafts must say the same."""
+    [(policy, quota)] = http_sf.parse(response.headers["RateLimit-Policy"].encode(), tltype="list")
+    [(name, state)] = http_sf.parse(response.headers["RateLimit"].encode(), tltype="list")
+    assert policy == name == "burst"
+    assert response.headers["RateLimit-Limit"] == str(quota["q"])
+    assert response.headers["RateLimit-Remaining"] == str(state["r"])
+    assert int(response.headers["RateLimit-Reset"]) >= state["t"]
+    return quota, state
 
 
 async def recorded_total(gateway: Gateway, rule: str) -> tuple[int, int]:
@@ -1042,14 +1056,14 @@ class TestRateLimits:
         other_client = await gateway.trigger("open")
 
         assert [response.status_code for response in burst] == [202] * 5
-        assert [response.headers["RateLimit-Remaining"] for response in burst] == list("43210")
-        assert burst[0].headers["RateLimit-Limit"] == "5"
+        # Five a second in bursts of five: five requests per second's window.
+        assert [rate_limit_fields(response) for response in burst] == [
+            ({"q": 5, "w": 1}, {"r": left, "t": 1}) for left in (4, 3, 2, 1, 0)
+        ]
         assert_refused(refused, 429, "RATE_LIMITED")
         retry_after = int(refused.headers["Retry-After"])
         assert retry_after >= 1
-        assert refused.headers["RateLimit-Limit"] == "5"
-        assert refused.headers["RateLimit-Remaining"] == "0"
-        assert int(refused.headers["RateLimit-Reset"]) >= 1
+        assert rate_limit_fields(refused) == ({"q": 5, "w": 1}, {"r": 0, "t": retry_after})
         assert other_client.status_code == 202
         assert await recorded_total(gateway, "throttled") == (5, 50)
 
@@ -1110,6 +1124,36 @@ class TestRateLimits:
         response = await gateway.trigger("paused", client="throttled")
 
         assert_refused(response, 429, "RATE_LIMITED")
+        async with gateway.runtime.pool.acquire() as connection:
+            await rate_limits.set_client_rate_limit(
+                connection, throttled, per_second=1000, burst=1000
+            )
+
+    async def test_a_trigger_refused_after_it_took_its_token_says_what_is_left(
+        self, gateway: Gateway
+    ) -> None:
+        throttled = gateway.clients["throttled"].client_id
+        async with gateway.runtime.pool.acquire() as connection:
+            await rate_limits.set_client_rate_limit(connection, throttled, per_second=0.01, burst=3)
+            await connection.execute(
+                "DELETE FROM rate_limit_buckets WHERE client_id = $1", throttled
+            )
+
+        unknown_rule = await gateway.trigger(
+            "throttled", client="throttled", rule_id="rul_does_not_exist"
+        )
+        paused_rule = await gateway.trigger("paused", client="throttled")
+        accepted = await gateway.trigger("throttled", client="throttled")
+
+        assert_refused(unknown_rule, 400, "RULE_NOT_FOUND")
+        assert_refused(paused_rule, 400, "RULE_INACTIVE")
+        assert accepted.status_code == 202, accepted.text
+        # Three in 300 s: the 0.01 a second it refills. Each answer took a token, and the
+        # next whole one is 100 s away (a little less after the first).
+        fields = [rate_limit_fields(answer) for answer in (unknown_rule, paused_rule, accepted)]
+        assert [quota for quota, _ in fields] == [{"q": 3, "w": 300}] * 3
+        assert [state["r"] for _, state in fields] == [2, 1, 0]
+        assert all(99 <= state["t"] <= 100 for _, state in fields)
         async with gateway.runtime.pool.acquire() as connection:
             await rate_limits.set_client_rate_limit(
                 connection, throttled, per_second=1000, burst=1000

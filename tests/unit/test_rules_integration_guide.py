@@ -190,9 +190,12 @@ class TestTheGuidePage:
             "same transactionId",
             "at least 7 days",
             "Retry-After",
+            'RateLimit-Policy: "burst";q=100;w=2',
+            'RateLimit: "burst";r=99;t=1',
             "RateLimit-Limit",
             "RateLimit-Remaining",
             "RateLimit-Reset",
+            "removed in release 0.2.0",
             "/v1/points/requests/{requestId}",
         ):
             assert phrase in page

@@ -155,8 +155,31 @@ class TestAcceptingATrigger:
 
         assert (refused.status, refused.code) == (429, "RATE_LIMITED")
         assert refused.headers["Retry-After"] == "2"
+        assert refused.headers["RateLimit"] == '"burst";r=0;t=2'
+        assert refused.headers["RateLimit-Policy"] == '"burst";q=10;w=20'
         assert refused.headers["RateLimit-Limit"] == "10"
         assert statements.recorded == []
+
+    @pytest.mark.parametrize(
+        ("earlier_body_hash", "rule_", "code"),
+        [(None, None, "RULE_NOT_FOUND"), ("another body", rule(), "REQUEST_ID_REUSED")],
+    )
+    async def test_a_trigger_refused_after_it_took_its_token_is_told_what_is_left(
+        self,
+        statements: FakeStatements,
+        earlier_body_hash: str | None,
+        rule_: dict[str, Any] | None,
+        code: str,
+    ) -> None:
+        statements.rule = rule_
+        if earlier_body_hash is not None:
+            statements.earlier["req-1"] = (uuid.uuid4(), earlier_body_hash)
+
+        refused = await refusal(statements.gateway(), trigger("req-1"))
+
+        assert refused.code == code
+        assert refused.headers["RateLimit"] == '"burst";r=99;t=1'
+        assert refused.headers["RateLimit-Policy"] == '"burst";q=100;w=1'
 
     async def test_a_repeated_request_id_gets_the_original_answer_and_is_not_recorded_again(
         self, statements: FakeStatements
@@ -175,7 +198,8 @@ class TestAcceptingATrigger:
         refused = await refusal(statements.gateway())
 
         assert (refused.status, refused.code) == (401, "UNAUTHORIZED")
-        assert refused.headers == {"WWW-Authenticate": 'Bearer realm="partner"'}
+        assert refused.headers["WWW-Authenticate"] == 'Bearer realm="partner"'
+        assert refused.headers["RateLimit"] == '"burst";r=99;t=1'
 
     async def test_a_client_the_gateway_has_not_seen_yet_is_asked_to_retry_in_a_second(
         self, statements: FakeStatements
@@ -185,7 +209,8 @@ class TestAcceptingATrigger:
         refused = await refusal(statements.gateway())
 
         assert (refused.status, refused.code) == (503, "CLIENT_NOT_READY")
-        assert refused.headers == {"Retry-After": "1"}
+        assert refused.headers["Retry-After"] == "1"
+        assert refused.headers["RateLimit"] == '"burst";r=99;t=1'
 
     async def test_a_member_the_business_blocked_is_refused_and_nothing_is_recorded(
         self, statements: FakeStatements
