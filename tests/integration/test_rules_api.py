@@ -10,10 +10,12 @@ from __future__ import annotations
 import base64
 from datetime import UTC, datetime, timedelta
 from typing import Any
+from urllib.parse import urlencode
 
 import httpx
 import jwt
 import pytest
+from structlog.testing import capture_logs
 
 from contracts import RULES_LIFECYCLE, RuleLifecycleEvent
 from infra.tokens import API_AUDIENCE, JWKS_PATH, REALM_PATH, TOKEN_PATH
@@ -56,6 +58,22 @@ def assert_bearer_token_response(response: httpx.Response) -> None:
     assert body["access_token"].count(".") == 2
     assert body["expires_in"] > 0
     assert "points:trigger" in body["scope"].split()
+
+
+async def post_form(
+    http: httpx.AsyncClient, fields: list[tuple[str, str]], headers: dict[str, str] | None = None
+) -> httpx.Response:
+    """A token request with ``fields`` in this order, a name as often as it is listed."""
+    return await http.post(
+        TOKEN_PATH,
+        content=urlencode(fields),
+        headers={"Content-Type": "application/x-www-form-urlencoded", **(headers or {})},
+    )
+
+
+def issued_tokens(logs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The token endpoint's log lines of tokens it issued (it stores none)."""
+    return [line for line in logs if line["event"] == "token.issued"]
 
 
 class TestTokenEndpoint:
@@ -180,6 +198,71 @@ class TestTokenEndpoint:
         assert discovery["token_endpoint"] == RULES_URL + TOKEN_PATH
         assert discovery["jwks_uri"] == RULES_URL + JWKS_PATH
         assert "client_credentials" in discovery["grant_types_supported"]
+
+    @pytest.mark.parametrize(
+        ("name", "again"),
+        [
+            ("grant_type", "password"),
+            ("client_id", "same"),
+            ("client_secret", "not-the-secret"),
+            ("scope", "points:read"),
+        ],
+    )
+    async def test_a_parameter_sent_twice_is_an_invalid_request_and_gets_no_token(
+        self, http: httpx.AsyncClient, tenant: Tenant, name: str, again: str
+    ) -> None:
+        # The first of each pair would get a token: only the repetition is wrong.
+        first = {
+            "grant_type": "client_credentials",
+            "client_id": tenant.client.client_id,
+            "client_secret": tenant.client.client_secret,
+            "scope": "points:trigger",
+        }
+        second = first[name] if again == "same" else again
+        fields = [*first.items(), (name, second)]
+
+        with capture_logs() as logs:
+            refused = await post_form(http, fields)
+            # The same client asking properly shows the capture hears the issuer.
+            accepted = await request_token(http, tenant.client)
+
+        assert refused.status_code == 400
+        body = refused.json()
+        assert body["error"] == "invalid_request"
+        assert name in body["error_description"]
+        assert "access_token" not in body
+        assert refused.headers["Cache-Control"] == "no-store"
+        assert_bearer_token_response(accepted)
+        assert len(issued_tokens(logs)) == 1
+
+    async def test_a_repeated_grant_type_is_refused_with_http_basic_authentication_too(
+        self, http: httpx.AsyncClient, tenant: Tenant
+    ) -> None:
+        response = await post_form(
+            http,
+            [("grant_type", "client_credentials"), ("grant_type", "client_credentials")],
+            headers=basic_auth(tenant.client.client_id, tenant.client.client_secret),
+        )
+
+        assert response.status_code == 400
+        assert response.json()["error"] == "invalid_request"
+        assert "grant_type" in response.json()["error_description"]
+
+    async def test_an_empty_duplicate_counts_as_not_sent(
+        self, http: httpx.AsyncClient, tenant: Tenant
+    ) -> None:
+        # RFC 6749 section 3.1: a parameter without a value is treated as omitted.
+        response = await post_form(
+            http,
+            [
+                ("grant_type", "client_credentials"),
+                ("client_id", tenant.client.client_id),
+                ("client_secret", tenant.client.client_secret),
+                ("grant_type", ""),
+            ],
+        )
+
+        assert_bearer_token_response(response)
 
 
 class TestLogin:

@@ -95,7 +95,11 @@ TOKEN_REQUEST_DOCS: dict[str, Any] = {
                 }
             },
         },
-        "400": {"description": "`invalid_request` or `unsupported_grant_type` (RFC 6749)."},
+        "400": {
+            "description": "`invalid_request` (not a form, no `grant_type`, a parameter sent "
+            "more than once, or two client authentication methods) or `unsupported_grant_type` "
+            "(RFC 6749)."
+        },
         "401": {"description": "`invalid_client`: unknown, revoked or wrong credentials."},
         "429": {
             "description": "`slow_down`: too many failed requests for this client id (or any) "
@@ -116,9 +120,17 @@ async def issue_token(request: Request, ctx: Context) -> JSONResponse:
     if not request.headers.get("content-type", "").startswith("application/x-www-form-urlencoded"):
         return oauth_error(400, "invalid_request", "send application/x-www-form-urlencoded")
     try:
-        form = {key: values[0] for key, values in parse_qs((await request.body()).decode()).items()}
+        fields = parse_qs((await request.body()).decode())
     except UnicodeDecodeError:
         return oauth_error(400, "invalid_request", "the form is not UTF-8")
+    # RFC 6749 section 3.2: a request parameter must not be sent more than once. Taking the
+    # first of two grant types or two secrets would guess at what the client meant. An empty
+    # value counts as not sent (section 3.1), as parse_qs leaves it out.
+    repeated = [name for name, values in fields.items() if len(values) > 1]
+    if repeated:
+        names = ", ".join(repeated)
+        return oauth_error(400, "invalid_request", f"repeated parameter: {names}; send each once")
+    form = {name: values[0] for name, values in fields.items()}
     basic = _basic_credentials(request)
     grant_type = form.get("grant_type")
     if not grant_type:
