@@ -1,5 +1,6 @@
 """The OAuth2 token issuer's routes, on Keycloak-compatible paths: the client-credentials
-grant, the realm's signing keys and its OpenID Connect discovery."""
+grant, the realm's signing keys and its metadata (RFC 8414, also where OpenID Connect
+discovery looks)."""
 
 from __future__ import annotations
 
@@ -12,7 +13,12 @@ from fastapi.responses import JSONResponse
 
 from contracts.text import refusal
 from infra.logging import get_logger
-from infra.tokens import ALGORITHM, JWKS_PATH, REALM_PATH, TOKEN_PATH
+from infra.tokens import (
+    AUTHORIZATION_SERVER_METADATA_PATH,
+    JWKS_PATH,
+    OIDC_DISCOVERY_PATH,
+    TOKEN_PATH,
+)
 from services.rules import clients, credentials, tokens
 from services.rules.api import Context
 
@@ -188,23 +194,23 @@ async def jwks(ctx: Context) -> dict[str, Any]:
 
 
 @router.get(
-    f"{REALM_PATH}/.well-known/openid-configuration",
+    AUTHORIZATION_SERVER_METADATA_PATH,
     tags=["oauth2"],
-    summary="OpenID Connect discovery",
+    summary="Authorization server metadata (RFC 8414)",
+)
+async def oauth_authorization_server(ctx: Context) -> dict[str, Any]:
+    """The partner realm's OAuth 2.0 authorization server metadata, where RFC 8414 looks."""
+    return ctx.issuer.metadata()
+
+
+@router.get(
+    OIDC_DISCOVERY_PATH,
+    tags=["oauth2"],
+    summary="Authorization server metadata (OpenID Connect discovery path)",
 )
 async def openid_configuration(ctx: Context) -> dict[str, Any]:
-    """OpenID Connect discovery for the partner realm."""
-    base = ctx.settings.public_url.rstrip("/")
-    return {
-        "issuer": ctx.issuer.issuer,
-        "token_endpoint": base + TOKEN_PATH,
-        "jwks_uri": base + JWKS_PATH,
-        "grant_types_supported": ["client_credentials"],
-        "token_endpoint_auth_methods_supported": ["client_secret_post", "client_secret_basic"],
-        "id_token_signing_alg_values_supported": [ALGORITHM],
-        "response_types_supported": ["token"],
-        "subject_types_supported": ["public"],
-    }
+    """The same authorization server metadata, where OpenID Connect clients look for it."""
+    return ctx.issuer.metadata()
 
 
 def slow_down(throttled: credentials.TooManySignInAttempts) -> JSONResponse:
