@@ -27,6 +27,11 @@ log = get_logger(__name__)
 REALM_PATH = "/realms/partner"
 JWKS_PATH = f"{REALM_PATH}/protocol/openid-connect/certs"
 TOKEN_PATH = f"{REALM_PATH}/protocol/openid-connect/token"
+#: The realm's metadata where OpenID Connect Discovery looks: appended to the issuer's path.
+OIDC_DISCOVERY_PATH = f"{REALM_PATH}/.well-known/openid-configuration"
+#: The same metadata where RFC 8414 (section 3) looks: the well-known segment goes between
+#: the host and the issuer's path.
+AUTHORIZATION_SERVER_METADATA_PATH = f"/.well-known/oauth-authorization-server{REALM_PATH}"
 ALGORITHM = "ES256"
 #: Audience of tokens meant for the developer-facing APIs (gateway, ledger reads).
 API_AUDIENCE = "points-api"

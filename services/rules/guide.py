@@ -21,7 +21,14 @@ from contracts.limits import MAX_EXPIRY_DAYS, MAX_MEMBER_BALANCE, MAX_POINTS, MA
 from infra import request_signing
 from infra.problem_types import PROBLEM_TYPES, ProblemType
 from infra.signing import DEFAULT_TOLERANCE_SECONDS, EVENT_ID_HEADER, SIGNATURE_HEADER
+from infra.tokens import (
+    API_AUDIENCE,
+    AUTHORIZATION_SERVER_METADATA_PATH,
+    OIDC_DISCOVERY_PATH,
+    REALM_PATH,
+)
 from services.rules.settings import RulesSettings
+from services.rules.tokens import AUDIENCE_METADATA
 
 TEMPLATES = Path(__file__).parent / "templates"
 
@@ -124,6 +131,11 @@ def render_integration_guide(settings: RulesSettings, environment: str) -> str:
         callback_url=LOCAL_CALLBACK_URL if local else PUBLIC_CALLBACK_URL,
         expiry_callback_url=LOCAL_EXPIRY_CALLBACK_URL if local else PUBLIC_EXPIRY_CALLBACK_URL,
         rules_url=settings.public_url.rstrip("/"),
+        metadata_url=settings.public_url.rstrip("/") + AUTHORIZATION_SERVER_METADATA_PATH,
+        oidc_discovery_url=settings.public_url.rstrip("/") + OIDC_DISCOVERY_PATH,
+        issuer=settings.public_url.rstrip("/") + REALM_PATH,
+        audience_metadata=AUDIENCE_METADATA,
+        audience=API_AUDIENCE,
         ledger_url=settings.ledger_public_url.rstrip("/"),
         max_expiry_days=MAX_EXPIRY_DAYS,
         development=local,

@@ -13,7 +13,7 @@ import jwt
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from infra.logging import get_logger
-from infra.tokens import ALGORITHM, API_AUDIENCE, REALM_PATH
+from infra.tokens import ALGORITHM, API_AUDIENCE, JWKS_PATH, REALM_PATH, TOKEN_PATH
 from services.rules import repository
 from services.rules.key_vault import KeyVault, is_plain_pem
 from services.rules.records import now
@@ -23,6 +23,10 @@ log = get_logger(__name__)
 
 CONSOLE_AUDIENCE = "points-console"
 CLIENT_SCOPE = "points:trigger points:read"
+#: The ``aud`` of every access token the realm issues to a client, advertised in the realm's
+#: metadata under a name of this platform's own: no registered metadata name says which
+#: audience a server's tokens carry, and RFC 8414 section 2 lets a server add its own.
+AUDIENCE_METADATA = "points_access_token_audience"
 
 
 class TokenIssuer:
@@ -32,7 +36,8 @@ class TokenIssuer:
     """
 
     def __init__(self, public_url: str, vault: KeyVault) -> None:
-        self.issuer = public_url.rstrip("/") + REALM_PATH
+        self._public_url = public_url.rstrip("/")
+        self.issuer = self._public_url + REALM_PATH
         self._vault = vault
         self._opened: dict[str, ec.EllipticCurvePrivateKey] = {}
 
@@ -66,6 +71,42 @@ class TokenIssuer:
         sealed = self._vault.seal(kid, private_key)
         await repository.insert_signing_key(connection, kid, sealed, public_jwk)
         return kid
+
+    def metadata(self) -> dict[str, Any]:
+        """The realm's RFC 8414 metadata: an authorization server that serves the
+        client-credentials grant only, at its token endpoint.
+
+        What such a server leaves out, and why:
+
+        - ``authorization_endpoint``: RFC 8414 section 2 requires it only when a supported
+          grant type uses the authorization endpoint, and client credentials does not.
+        - ``response_types_supported``: response types are what an authorization endpoint
+          answers, so this server has none. Section 2 as published calls the member REQUIRED
+          without that condition, but section 3.2 says a member with zero elements MUST be
+          left out; RFC 8414's erratum 7793 (reported in 2024) settles the clash as required
+          unless no grant type uses the authorization endpoint, like ``authorization_endpoint``,
+          and OpenID for Verifiable Credential Issuance 1.0 reads it the same way. Naming a
+          response type anyway would tell clients of a flow nobody serves (``token``, which
+          this document used to name, is the implicit flow).
+        - What OpenID Connect Discovery requires beyond that (``authorization_endpoint``
+          unconditionally, ``response_types_supported``, ``subject_types_supported``,
+          ``id_token_signing_alg_values_supported``): it describes an OpenID Provider, which
+          signs users in and issues ID tokens; this realm does neither, so it cannot honestly
+          be one. Its ``openid-configuration`` path serves this same OAuth document, as
+          RFC 8414 section 5 allows (there the name stands for a general OAuth feature).
+
+        ``grant_types_supported`` must be present: left out, it would mean authorization
+        code and implicit.
+        """
+        return {
+            "issuer": self.issuer,
+            "token_endpoint": self._public_url + TOKEN_PATH,
+            "jwks_uri": self._public_url + JWKS_PATH,
+            "grant_types_supported": ["client_credentials"],
+            "token_endpoint_auth_methods_supported": ["client_secret_basic", "client_secret_post"],
+            "scopes_supported": CLIENT_SCOPE.split(),
+            AUDIENCE_METADATA: API_AUDIENCE,
+        }
 
     async def jwks(self, connection: asyncpg.Connection) -> dict[str, Any]:
         return {"keys": await repository.published_signing_keys(connection)}

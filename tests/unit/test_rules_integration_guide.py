@@ -29,11 +29,18 @@ from infra.http import Unauthorized
 from infra.request_signing import SIGNATURE_HEADER as REQUEST_SIGNATURE_HEADER
 from infra.request_signing import TIMESTAMP_HEADER, public_pem
 from infra.signing import SIGNATURE_HEADER, sign, verify
-from infra.tokens import TOKEN_PATH
+from infra.tokens import (
+    API_AUDIENCE,
+    AUTHORIZATION_SERVER_METADATA_PATH,
+    OIDC_DISCOVERY_PATH,
+    REALM_PATH,
+    TOKEN_PATH,
+)
 from services.notifier.queueing import expiry_callback_body
 from services.notifier.settings import NotifierSettings
 from services.rules.app import create_app
 from services.rules.settings import RulesSettings
+from services.rules.tokens import AUDIENCE_METADATA
 from services.trigger.checks import Refused
 from services.trigger.settings import TriggerSettings
 from services.trigger.signatures import SignatureInvalid, SignedRequest, check_request_signature
@@ -248,6 +255,28 @@ class TestTheGuidePage:
             "signed-call-python",
         ):
             compile(code_block(page, block_id), block_id, "exec")
+
+
+class TestTheGuidesDiscoverySection:
+    async def test_the_addresses_it_gives_serve_the_realms_metadata(
+        self, http: httpx.AsyncClient
+    ) -> None:
+        page = await guide(http, "staging")
+
+        for block in ("metadata-url", "oidc-discovery-url"):
+            response = await http.get(code_block(page, block))
+            assert response.status_code == 200, block
+            assert response.json()["issuer"] == PUBLIC_URL + REALM_PATH
+        assert code_block(page, "metadata-url") == PUBLIC_URL + AUTHORIZATION_SERVER_METADATA_PATH
+        assert code_block(page, "oidc-discovery-url") == PUBLIC_URL + OIDC_DISCOVERY_PATH
+
+    async def test_it_explains_every_member_of_the_metadata(self, http: httpx.AsyncClient) -> None:
+        page = readable(await guide(http, "staging"))
+        metadata = (await http.get(AUTHORIZATION_SERVER_METADATA_PATH)).json()
+
+        assert [member for member in metadata if member not in page] == []
+        assert AUDIENCE_METADATA in metadata
+        assert f"the aud of every client token, {API_AUDIENCE}" in page
 
 
 def default(settings_class: Any, name: str) -> Any:

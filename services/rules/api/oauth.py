@@ -1,5 +1,6 @@
 """The OAuth2 token issuer's routes, on Keycloak-compatible paths: the client-credentials
-grant, the realm's signing keys and its OpenID Connect discovery."""
+grant, the realm's signing keys and its metadata (RFC 8414, also where OpenID Connect
+discovery looks)."""
 
 from __future__ import annotations
 
@@ -12,7 +13,12 @@ from fastapi.responses import JSONResponse
 
 from contracts.text import refusal
 from infra.logging import get_logger
-from infra.tokens import ALGORITHM, JWKS_PATH, REALM_PATH, TOKEN_PATH
+from infra.tokens import (
+    AUTHORIZATION_SERVER_METADATA_PATH,
+    JWKS_PATH,
+    OIDC_DISCOVERY_PATH,
+    TOKEN_PATH,
+)
 from services.rules import clients, credentials, tokens
 from services.rules.api import Context
 
@@ -95,7 +101,11 @@ TOKEN_REQUEST_DOCS: dict[str, Any] = {
                 }
             },
         },
-        "400": {"description": "`invalid_request` or `unsupported_grant_type` (RFC 6749)."},
+        "400": {
+            "description": "`invalid_request` (not a form, no `grant_type`, a parameter sent "
+            "more than once, or two client authentication methods) or `unsupported_grant_type` "
+            "(RFC 6749)."
+        },
         "401": {"description": "`invalid_client`: unknown, revoked or wrong credentials."},
         "429": {
             "description": "`slow_down`: too many failed requests for this client id (or any) "
@@ -116,9 +126,17 @@ async def issue_token(request: Request, ctx: Context) -> JSONResponse:
     if not request.headers.get("content-type", "").startswith("application/x-www-form-urlencoded"):
         return oauth_error(400, "invalid_request", "send application/x-www-form-urlencoded")
     try:
-        form = {key: values[0] for key, values in parse_qs((await request.body()).decode()).items()}
+        fields = parse_qs((await request.body()).decode())
     except UnicodeDecodeError:
         return oauth_error(400, "invalid_request", "the form is not UTF-8")
+    # RFC 6749 section 3.2: a request parameter must not be sent more than once. Taking the
+    # first of two grant types or two secrets would guess at what the client meant. An empty
+    # value counts as not sent (section 3.1), as parse_qs leaves it out.
+    repeated = [name for name, values in fields.items() if len(values) > 1]
+    if repeated:
+        names = ", ".join(repeated)
+        return oauth_error(400, "invalid_request", f"repeated parameter: {names}; send each once")
+    form = {name: values[0] for name, values in fields.items()}
     basic = _basic_credentials(request)
     grant_type = form.get("grant_type")
     if not grant_type:
@@ -176,23 +194,23 @@ async def jwks(ctx: Context) -> dict[str, Any]:
 
 
 @router.get(
-    f"{REALM_PATH}/.well-known/openid-configuration",
+    AUTHORIZATION_SERVER_METADATA_PATH,
     tags=["oauth2"],
-    summary="OpenID Connect discovery",
+    summary="Authorization server metadata (RFC 8414)",
+)
+async def oauth_authorization_server(ctx: Context) -> dict[str, Any]:
+    """The partner realm's OAuth 2.0 authorization server metadata, where RFC 8414 looks."""
+    return ctx.issuer.metadata()
+
+
+@router.get(
+    OIDC_DISCOVERY_PATH,
+    tags=["oauth2"],
+    summary="Authorization server metadata (OpenID Connect discovery path)",
 )
 async def openid_configuration(ctx: Context) -> dict[str, Any]:
-    """OpenID Connect discovery for the partner realm."""
-    base = ctx.settings.public_url.rstrip("/")
-    return {
-        "issuer": ctx.issuer.issuer,
-        "token_endpoint": base + TOKEN_PATH,
-        "jwks_uri": base + JWKS_PATH,
-        "grant_types_supported": ["client_credentials"],
-        "token_endpoint_auth_methods_supported": ["client_secret_post", "client_secret_basic"],
-        "id_token_signing_alg_values_supported": [ALGORITHM],
-        "response_types_supported": ["token"],
-        "subject_types_supported": ["public"],
-    }
+    """The same authorization server metadata, where OpenID Connect clients look for it."""
+    return ctx.issuer.metadata()
 
 
 def slow_down(throttled: credentials.TooManySignInAttempts) -> JSONResponse:
