@@ -20,6 +20,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from infra.health import health_router
 from infra.http_problems import install_problem_handlers, problem_response
 from infra.metrics import UNMATCHED_ROUTE, ServiceMetrics
+from infra.openapi import Security, describe_answers
 from infra.problems import Problem
 from infra.runtime import ServiceRuntime
 from infra.settings import DEFAULT_MAX_BODY_BYTES, ServiceSettings
@@ -65,6 +66,7 @@ def create_http_app(
     runtime: ServiceRuntime | None = None,
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
     problem_types_url: str | None = None,
+    security: Security | None = None,
     **fastapi_options: Any,
 ) -> FastAPI:
     """A FastAPI app with problem+json errors and request/correlation ids on every log line,
@@ -74,15 +76,24 @@ def create_http_app(
     under its route template. A service passes its ``runtime`` instead: its
     metrics are used, the app answers for it on ``/healthz``, ``/readyz`` and
     ``/metrics``, and the app's lifespan starts and stops it. Errors' ``type`` is their
-    page under ``problem_types_url`` (the runtime's setting unless given).
+    page under ``problem_types_url`` (the runtime's setting unless given). The OpenAPI
+    document describes every answer (:mod:`infra.openapi`), with ``security`` as the
+    credentials its operations take.
     """
     if runtime is not None:
         metrics = runtime.metrics
         fastapi_options["lifespan"] = runtime.lifespan
         problem_types_url = problem_types_url or runtime.settings.problem_types_url
     types_url = problem_types_url or ServiceSettings.model_fields["problem_types_url"].default
+    # An operation's id is its route's name (`trigger_points`), which a generated client
+    # names its function after, rather than FastAPI's name, path and method run together.
+    fastapi_options.setdefault("generate_unique_id_function", lambda route: route.name)
+    # A path with a slash too many is a 404 problem, as any path no route takes, rather
+    # than a redirect no operation documents.
+    fastapi_options.setdefault("redirect_slashes", False)
     app = FastAPI(**fastapi_options)
     install_problem_handlers(app, types_url)
+    describe_answers(app, security)
     app.add_middleware(BodyLimitMiddleware, max_body_bytes=max_body_bytes, types_url=types_url)
     app.add_middleware(RequestContextMiddleware, metrics=metrics)
     if runtime is not None:

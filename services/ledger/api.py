@@ -15,6 +15,7 @@ from pydantic.alias_generators import to_camel
 
 from contracts.text import MultilineText, Text
 from infra.http import ServiceContext, Unauthorized, authenticate
+from infra.openapi import problems
 from infra.tokens import JwksVerifier, Principal
 from services.ledger import access, clients, reads, reversals
 from services.ledger.settings import LedgerSettings
@@ -93,10 +94,16 @@ async def _principal(request: Request, ctx: Context) -> Principal:
 PrincipalDep = Annotated[Principal, Depends(_principal)]
 EnvironmentQuery = Annotated[Text, Query(description="`staging` or `production`.")]
 
+#: What reading a member or a rule in an environment may answer besides the token check.
+READ_PROBLEMS = {400: ["UNKNOWN_ENVIRONMENT"], 403: ["ENVIRONMENT_FORBIDDEN"]}
+PAGE_PROBLEMS = {400: ["UNKNOWN_ENVIRONMENT", "INVALID_CURSOR"], 403: ["ENVIRONMENT_FORBIDDEN"]}
+#: Rule totals and history are for business users only.
+RULE_READ_PROBLEMS = {400: ["UNKNOWN_ENVIRONMENT"], 403: ["FORBIDDEN"]}
+
 members_router = APIRouter(prefix="/v1/members", tags=["members"])
 
 
-@members_router.get("/{user_id}/balance")
+@members_router.get("/{user_id}/balance", responses=problems(READ_PROBLEMS))
 async def get_balance(
     user_id: Text, environment: EnvironmentQuery, principal: PrincipalDep, ctx: Context
 ) -> Balance:
@@ -141,7 +148,7 @@ def _transaction_page(page: reads.HistoryPage) -> TransactionPage:
     )
 
 
-@members_router.get("/{user_id}/transactions")
+@members_router.get("/{user_id}/transactions", responses=problems(PAGE_PROBLEMS))
 async def list_transactions(
     user_id: Text,
     environment: EnvironmentQuery,
@@ -181,7 +188,7 @@ class RuleTotalsView(CamelModel):
 rules_router = APIRouter(prefix="/v1/rules", tags=["rules"])
 
 
-@rules_router.get("/{rule_id}/totals")
+@rules_router.get("/{rule_id}/totals", responses=problems(RULE_READ_PROBLEMS))
 async def get_rule_totals(
     rule_id: Text, environment: EnvironmentQuery, principal: PrincipalDep, ctx: Context
 ) -> RuleTotalsView:
@@ -192,7 +199,10 @@ async def get_rule_totals(
     return RuleTotalsView.model_validate(totals, from_attributes=True)
 
 
-@rules_router.get("/{rule_id}/transactions")
+@rules_router.get(
+    "/{rule_id}/transactions",
+    responses=problems({**RULE_READ_PROBLEMS, 400: ["UNKNOWN_ENVIRONMENT", "INVALID_CURSOR"]}),
+)
 async def list_rule_transactions(
     rule_id: Text,
     environment: EnvironmentQuery,
@@ -246,7 +256,26 @@ transactions_router = APIRouter(prefix="/v1/transactions", tags=["transactions"]
 @transactions_router.post(
     "/{transaction_id}/reversal",
     status_code=201,
-    responses={200: {"description": "Already reversed: the first reversal's outcome."}},
+    responses={
+        200: {
+            "model": ReversalView,
+            "description": "Already reversed: the first reversal's outcome.",
+        },
+        **problems(
+            {
+                400: ["REVERSAL_REASON_REQUIRED"],
+                403: ["FORBIDDEN", "READ_ONLY_ROLE"],
+                404: ["TRANSACTION_NOT_FOUND"],
+                409: [
+                    "REVERSAL_NOT_REVERSIBLE",
+                    "EXPIRY_NOT_REVERSIBLE",
+                    "REJECTED_NOT_REVERSIBLE",
+                    "REVERSAL_ID_IN_USE",
+                    "BALANCE_LIMIT_EXCEEDED",
+                ],
+            }
+        ),
+    },
 )
 async def reverse_transaction(
     transaction_id: UUID,

@@ -9,9 +9,10 @@ from fastapi import FastAPI
 from contracts import POINTS_RESULTS, PointsResultEvent
 from infra.broker import create_broker
 from infra.http import create_http_app
+from infra.openapi import CONSOLE_BEARER, Security, partner_oauth
 from infra.runtime import ServiceRuntime
 from infra.serving import app_only
-from infra.tokens import JwksVerifier
+from infra.tokens import TOKEN_PATH, JwksVerifier
 from services.ledger import api
 from services.ledger.api import LedgerContext
 from services.ledger.expiry import ExpiryProcess
@@ -70,6 +71,13 @@ def create_app(
         title="Points ledger",
         description="Double-entry points ledger: member balances and transaction history, "
         "per-rule totals and operator reversals.",
+        security=Security(
+            schemes={
+                "partnerOAuth": partner_oauth(settings.token_issuer_url.rstrip("/") + TOKEN_PATH),
+                "consoleBearer": CONSOLE_BEARER,
+            },
+            requirement=[{"partnerOAuth": ["points:read"]}, {"consoleBearer": []}],
+        ),
     )
     app.state.ledger = LedgerContext(settings=settings, runtime=runtime, verifier=verifier)
     app.include_router(api.router)

@@ -13,6 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from pydantic.alias_generators import to_camel
 
 from infra.http import Forbidden, ServiceContext, bearer_token
+from infra.openapi import problems
 from infra.problems import Problem
 from infra.storable import BIGINT_MAX
 from services.notifier import operator_actions
@@ -105,7 +106,17 @@ async def list_deliveries(
     return {"items": rows}
 
 
-@router.post("/{delivery_id}/replay", status_code=202)
+class ReplayAccepted(BaseModel):
+    id: int
+    status: Literal["pending"] = Field(description="Queued again, with a fresh retry schedule.")
+
+
+@router.post(
+    "/{delivery_id}/replay",
+    status_code=202,
+    response_model=ReplayAccepted,
+    responses=problems({404: ["DELIVERY_NOT_PARKED"]}),
+)
 async def replay_delivery(
     delivery_id: Annotated[int, Path(ge=1, le=BIGINT_MAX)], ctx: Context
 ) -> dict[str, Any]:

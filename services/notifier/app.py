@@ -8,6 +8,7 @@ from fastapi import FastAPI
 
 from infra.broker import create_broker
 from infra.http import create_http_app
+from infra.openapi import Security
 from infra.runtime import ServiceRuntime
 from infra.serving import app_only
 from services.notifier import api
@@ -47,6 +48,17 @@ def create_app(settings: NotifierSettings | None = None) -> tuple[FastAPI, Servi
         max_body_bytes=settings.max_body_bytes,
         title="Points notifier",
         description="Signed HTTP callbacks for points results and share e-mails, with retries.",
+        security=Security(
+            schemes={
+                "operatorBearer": {
+                    "type": "http",
+                    "scheme": "bearer",
+                    "description": "The operator token (NOTIFIER_OPERATOR_TOKEN).",
+                }
+            },
+            requirement=[{"operatorBearer": []}],
+            refusals=lambda _: {403: ["FORBIDDEN"]},
+        ),
     )
     app.state.notifier = NotifierContext(settings=settings, runtime=runtime, dispatcher=dispatcher)
     app.include_router(api.router)

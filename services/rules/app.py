@@ -19,9 +19,10 @@ from contracts import (
 from infra.broker import create_broker
 from infra.catchup import GroupProgress
 from infra.http import create_http_app
+from infra.openapi import CONSOLE_BEARER, Security
 from infra.runtime import ServiceRuntime
 from infra.serving import app_only
-from services.rules import console
+from services.rules import console, sessions
 from services.rules.api import RulesContext, accounts, guide, members, oauth, rules
 from services.rules.propagation import Propagation
 from services.rules.settings import RulesSettings
@@ -62,6 +63,22 @@ def create_app(settings: RulesSettings | None = None) -> tuple[FastAPI, ServiceR
         title="Points platform — rules service",
         description="Business console API, API clients and the OAuth2 token issuer.",
         version="1",
+        security=Security(
+            schemes={
+                "consoleBearer": CONSOLE_BEARER,
+                "consoleSession": {
+                    "type": "apiKey",
+                    "in": "cookie",
+                    "name": sessions.COOKIE_NAME,
+                    "description": "The console's session cookie; a change made with it "
+                    f"also needs the session's `{sessions.CSRF_HEADER}` header.",
+                },
+            },
+            requirement=[{"consoleBearer": []}, {"consoleSession": []}],
+            needs=lambda _, path: path.startswith("/v1/") and not path.startswith("/v1/auth/"),
+            # A change made with the cookie needs the session's CSRF token.
+            refusals=lambda method: {} if method == "GET" else {403: ["CSRF_TOKEN_INVALID"]},
+        ),
     )
     progress = GroupProgress(settings)
     runtime.on_stop(progress.stop)

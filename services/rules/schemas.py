@@ -351,3 +351,80 @@ class MemberStandingView(CamelModel):
     @classmethod
     def of(cls, standing: Standing) -> MemberStandingView:
         return cls(**dataclasses.asdict(standing))
+
+
+class RuleList(CamelModel):
+    items: list[RuleView]
+
+
+class ClientView(CamelModel):
+    """An API client, without its secrets."""
+
+    client_id: str
+    name: str
+    environment: str
+    status: str = Field(description="`active` or `revoked`.")
+    created_at: datetime
+    rotated_at: datetime | None
+    request_signing_key: str | None = Field(
+        description="The PEM public key requests are signed with."
+    )
+    request_signing_key_fingerprint: str | None
+    expiry_callback_url: str | None
+
+
+class ClientList(CamelModel):
+    items: list[ClientView]
+
+
+class ExpiryCallbackView(CamelModel):
+    client_id: str
+    expiry_callback_url: str | None
+
+
+class AuditEntry(CamelModel):
+    id: int
+    actor: str | None = Field(description="The business user's id; null for the platform.")
+    actor_email: str | None
+    action: str
+    subject_id: str | None
+    details: dict[str, Any]
+    at: datetime
+
+
+class AuditPage(CamelModel):
+    items: list[AuditEntry]
+    next_before: int | None = Field(description="Pass as `before` for the next page.")
+
+
+class BlockedMembersPage(CamelModel):
+    items: list[MemberStandingView]
+    next_after: str | None = Field(description="Pass as `after` for the next page.")
+
+
+class PublicJwk(BaseModel):
+    """One of the realm's public signing keys (RFC 7517)."""
+
+    model_config = ConfigDict(extra="allow")
+
+    kty: str
+    kid: str
+    use: str | None = None
+    alg: str | None = None
+
+
+class JwkSet(BaseModel):
+    keys: list[PublicJwk]
+
+
+class AuthorizationServerMetadata(BaseModel):
+    """The realm's RFC 8414 metadata (see ``TokenIssuer.metadata``)."""
+
+    model_config = ConfigDict(extra="allow")
+
+    issuer: str
+    token_endpoint: str
+    jwks_uri: str
+    grant_types_supported: list[str]
+    token_endpoint_auth_methods_supported: list[str]
+    scopes_supported: list[str]

@@ -10,9 +10,10 @@ from contracts import POINTS_REQUESTED, PointsRequestedEvent
 from infra.broker import create_broker
 from infra.catchup import CatchUp, GroupProgress
 from infra.http import create_http_app, serve_directly
+from infra.openapi import Security, partner_oauth
 from infra.runtime import ServiceRuntime
 from infra.serving import app_only
-from infra.tokens import JwksVerifier
+from infra.tokens import TOKEN_PATH, JwksVerifier
 from services.trigger import subscribers
 from services.trigger.admission import Gateway
 from services.trigger.api import TRIGGER_PATH, TriggerContext, router, serve_trigger
@@ -72,6 +73,12 @@ def create_app(
         title="Points platform — trigger gateway",
         description="The developer-facing API: trigger earning and redemption, poll outcomes.",
         version="1",
+        security=Security(
+            schemes={
+                "partnerOAuth": partner_oauth(settings.token_issuer_url.rstrip("/") + TOKEN_PATH)
+            },
+            requirement=[{"partnerOAuth": ["points:trigger"]}],
+        ),
     )
     app.state.trigger = TriggerContext(
         runtime=runtime,

@@ -172,6 +172,24 @@ class TestTheGuidePage:
         documented = set(re.findall(r'id="code-([A-Z0-9_]+)"', page))
         assert gateway_codes() - documented == set()
 
+    async def test_the_table_of_answers_is_what_the_gateways_openapi_document_says(
+        self,
+    ) -> None:
+        from services.rules.guide import GATEWAY_RESPONSES
+        from services.trigger.app import create_app as create_gateway
+
+        gateway, _ = create_gateway(TriggerSettings(mode="development"))
+        trigger = gateway.openapi()["paths"]["/v1/points/requests"]["post"]
+        documented = {
+            (int(status), code)
+            for status, answer in trigger["responses"].items()
+            for media in answer.get("content", {}).values()
+            if "allOf" in media["schema"]
+            for code in media["schema"]["allOf"][1]["properties"]["code"]["enum"]
+        }
+
+        assert {(answer.status, answer.code) for answer in GATEWAY_RESPONSES} == documented
+
     async def test_the_code_list_the_test_checks_against_is_not_empty(self) -> None:
         # Guards the check above against a regex that silently stops matching.
         assert {"RULE_NOT_FOUND", "RATE_LIMITED", "UNAUTHORIZED", "INVALID_REQUEST"} <= (

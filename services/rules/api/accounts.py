@@ -10,12 +10,15 @@ from fastapi import APIRouter, Request, Response
 
 from contracts.text import Text
 from infra.logging import get_logger
+from infra.openapi import problems
 from services.rules import accounts, clients, sessions
 from services.rules.api import Context, Tx, User, console_session, require_csrf_token
 from services.rules.schemas import (
+    ClientList,
     ConsoleSessionOpened,
     ConsoleSessionView,
     ExpiryCallbackChange,
+    ExpiryCallbackView,
     LoginRequest,
     TokenResponse,
 )
@@ -25,8 +28,18 @@ log = get_logger(__name__)
 
 router = APIRouter()
 
+#: What a sign-in refuses: wrong credentials, and too many failed attempts.
+SIGN_IN_PROBLEMS = problems({401: ["INVALID_CREDENTIALS"]}) | problems(
+    {429: ["TOO_MANY_LOGIN_ATTEMPTS"]}, Retry_After="Seconds until the next attempt."
+)
 
-@router.post("/v1/auth/login", response_model=TokenResponse, tags=["auth"])
+
+@router.post(
+    "/v1/auth/login",
+    response_model=TokenResponse,
+    tags=["auth"],
+    responses=SIGN_IN_PROBLEMS,
+)
 async def login(body: LoginRequest, request: Request, ctx: Context) -> TokenResponse:
     """Exchange a business user's e-mail and password for a bearer token (429 after repeated
     failures)."""
@@ -51,7 +64,12 @@ def _session_cookie_options(settings: RulesSettings) -> dict[str, Any]:
     }
 
 
-@router.post("/v1/auth/session", response_model=ConsoleSessionOpened, tags=["auth"])
+@router.post(
+    "/v1/auth/session",
+    response_model=ConsoleSessionOpened,
+    tags=["auth"],
+    responses=SIGN_IN_PROBLEMS,
+)
 async def open_console_session(
     body: LoginRequest, request: Request, response: Response, ctx: Context
 ) -> ConsoleSessionOpened:
@@ -77,7 +95,12 @@ async def open_console_session(
     return ConsoleSessionOpened(csrf_token=session.csrf_token())
 
 
-@router.get("/v1/auth/session", response_model=ConsoleSessionView, tags=["auth"])
+@router.get(
+    "/v1/auth/session",
+    response_model=ConsoleSessionView,
+    tags=["auth"],
+    responses=problems({401: ["UNAUTHORIZED"]}),
+)
 async def read_console_session(
     request: Request, response: Response, ctx: Context
 ) -> ConsoleSessionView:
@@ -95,7 +118,12 @@ async def read_console_session(
     )
 
 
-@router.delete("/v1/auth/session", status_code=204, tags=["auth"])
+@router.delete(
+    "/v1/auth/session",
+    status_code=204,
+    tags=["auth"],
+    responses=problems({403: ["CSRF_TOKEN_INVALID"]}),
+)
 async def close_console_session(request: Request, ctx: Context) -> Response:
     """Sign the console out: ends the session (with its CSRF token) and clears the cookie."""
     session_id = request.cookies.get(sessions.COOKIE_NAME)
@@ -111,13 +139,26 @@ async def close_console_session(request: Request, ctx: Context) -> Response:
     return response
 
 
-@router.get("/v1/clients", tags=["clients"])
+@router.get("/v1/clients", response_model=ClientList, tags=["clients"])
 async def list_clients(user: User, tx: Tx, environment: Text | None = None) -> dict[str, Any]:
     """The organisation's API clients, without secrets."""
     return {"items": await clients.list_clients(tx, user.org_id, environment)}
 
 
-@router.put("/v1/clients/{client_id}/expiry-callback", tags=["clients"])
+@router.put(
+    "/v1/clients/{client_id}/expiry-callback",
+    response_model=ExpiryCallbackView,
+    tags=["clients"],
+    responses=problems(
+        {
+            400: ["INVALID_CALLBACK_URL"],
+            403: ["ADMIN_ROLE_REQUIRED"],
+            404: ["CLIENT_NOT_FOUND"],
+            409: ["CLIENT_REVOKED"],
+            503: ["CALLBACK_HOST_UNRESOLVED"],
+        }
+    ),
+)
 async def set_expiry_callback(
     client_id: Text, body: ExpiryCallbackChange, user: User, tx: Tx, ctx: Context
 ) -> dict[str, str | None]:

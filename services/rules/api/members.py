@@ -10,11 +10,13 @@ from fastapi import APIRouter, Path, Query
 
 from contracts import Environment
 from contracts.text import Text
+from infra.openapi import problems
 from services.rules import members
 from services.rules.api import BusinessUser, CorrelationId, Tx, User
 from services.rules.schemas import (
     MEMBER_ID_MAX_LENGTH,
     MEMBER_ID_PATTERN,
+    BlockedMembersPage,
     MemberBlock,
     MemberStandingView,
     MemberUnblock,
@@ -36,7 +38,12 @@ EnvironmentQuery = Annotated[
 ]
 
 
-@router.post("/v1/members/{userId}/block", response_model=MemberStandingView, tags=["members"])
+@router.post(
+    "/v1/members/{userId}/block",
+    response_model=MemberStandingView,
+    tags=["members"],
+    responses=problems({403: ["READ_ONLY_ROLE"]}),
+)
 async def block_member(
     user_id: MemberId, body: MemberBlock, user: User, tx: Tx, cid: CorrelationId
 ) -> MemberStandingView:
@@ -46,7 +53,12 @@ async def block_member(
     return await _change_standing(user_id, body.environment, body.reason, user, tx, cid)
 
 
-@router.post("/v1/members/{userId}/unblock", response_model=MemberStandingView, tags=["members"])
+@router.post(
+    "/v1/members/{userId}/unblock",
+    response_model=MemberStandingView,
+    tags=["members"],
+    responses=problems({403: ["READ_ONLY_ROLE"]}),
+)
 async def unblock_member(
     user_id: MemberId, body: MemberUnblock, user: User, tx: Tx, cid: CorrelationId
 ) -> MemberStandingView:
@@ -79,7 +91,7 @@ async def _change_standing(
     return MemberStandingView.of(standing)
 
 
-@router.get("/v1/members/blocked", tags=["members"])
+@router.get("/v1/members/blocked", response_model=BlockedMembersPage, tags=["members"])
 async def blocked_members(
     user: User,
     tx: Tx,

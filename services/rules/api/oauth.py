@@ -21,6 +21,7 @@ from infra.tokens import (
 )
 from services.rules import clients, credentials, tokens
 from services.rules.api import Context
+from services.rules.schemas import AuthorizationServerMetadata, JwkSet
 
 log = get_logger(__name__)
 
@@ -53,6 +54,19 @@ def _basic_credentials(request: Request) -> tuple[str, str] | None:
     except ValueError:  # not base64 (binascii.Error), not ASCII, or not UTF-8 inside
         return ("", "")
     return client_id, secret
+
+
+def _oauth_error_answer(description: str, *errors: str) -> dict[str, Any]:
+    """An RFC 6749 section 5.2 error answer with one of ``errors``, for the document."""
+    schema = {
+        "type": "object",
+        "required": ["error", "error_description"],
+        "properties": {
+            "error": {"type": "string", "enum": list(errors)},
+            "error_description": {"type": "string"},
+        },
+    }
+    return {"description": description, "content": {"application/json": {"schema": schema}}}
 
 
 #: The token endpoint reads its form itself (to support HTTP Basic too), so FastAPI
@@ -90,6 +104,18 @@ TOKEN_REQUEST_DOCS: dict[str, Any] = {
             "description": "An access token.",
             "content": {
                 "application/json": {
+                    "schema": {
+                        "type": "object",
+                        "required": ["access_token", "token_type", "expires_in", "scope"],
+                        "properties": {
+                            "access_token": {"type": "string"},
+                            "token_type": {"type": "string", "enum": ["Bearer"]},
+                            "expires_in": {"type": "integer"},
+                            "refresh_expires_in": {"type": "integer"},
+                            "not-before-policy": {"type": "integer"},
+                            "scope": {"type": "string"},
+                        },
+                    },
                     "example": {
                         "access_token": "eyJhbGciOiJFUzI1NiIsImtpZCI6…",
                         "token_type": "Bearer",
@@ -97,20 +123,24 @@ TOKEN_REQUEST_DOCS: dict[str, Any] = {
                         "refresh_expires_in": 0,
                         "not-before-policy": 0,
                         "scope": "points:trigger points:read",
-                    }
+                    },
                 }
             },
         },
-        "400": {
-            "description": "`invalid_request` (not a form, no `grant_type`, a parameter sent "
-            "more than once, or two client authentication methods) or `unsupported_grant_type` "
-            "(RFC 6749)."
-        },
-        "401": {"description": "`invalid_client`: unknown, revoked or wrong credentials."},
-        "429": {
-            "description": "`slow_down`: too many failed requests for this client id (or any) "
-            "from this address; `Retry-After` says when to try again."
-        },
+        "400": _oauth_error_answer(
+            "`invalid_request` (not a form, no `grant_type`, a parameter sent more than once, "
+            "or two client authentication methods) or `unsupported_grant_type` (RFC 6749).",
+            "invalid_request",
+            "unsupported_grant_type",
+        ),
+        "401": _oauth_error_answer(
+            "`invalid_client`: unknown, revoked or wrong credentials.", "invalid_client"
+        ),
+        "429": _oauth_error_answer(
+            "`slow_down`: too many failed requests for this client id (or any) from this "
+            "address; `Retry-After` says when to try again.",
+            "slow_down",
+        ),
     },
 }
 
@@ -187,7 +217,7 @@ async def issue_token(request: Request, ctx: Context) -> JSONResponse:
     )
 
 
-@router.get(JWKS_PATH, tags=["oauth2"], summary="Realm signing keys (JWKS)")
+@router.get(JWKS_PATH, response_model=JwkSet, tags=["oauth2"], summary="Realm signing keys (JWKS)")
 async def jwks(ctx: Context) -> dict[str, Any]:
     """The realm's public signing keys."""
     return await ctx.issuer.jwks(ctx.pool)
@@ -195,6 +225,7 @@ async def jwks(ctx: Context) -> dict[str, Any]:
 
 @router.get(
     AUTHORIZATION_SERVER_METADATA_PATH,
+    response_model=AuthorizationServerMetadata,
     tags=["oauth2"],
     summary="Authorization server metadata (RFC 8414)",
 )
@@ -205,6 +236,7 @@ async def oauth_authorization_server(ctx: Context) -> dict[str, Any]:
 
 @router.get(
     OIDC_DISCOVERY_PATH,
+    response_model=AuthorizationServerMetadata,
     tags=["oauth2"],
     summary="Authorization server metadata (OpenID Connect discovery path)",
 )

@@ -9,11 +9,14 @@ from fastapi import APIRouter, Query
 
 from contracts.text import Text
 from infra.logging import get_logger
+from infra.openapi import problems
 from infra.storable import BIGINT_MAX, StorableDatetime
 from services.rules import audit, rules, sharing
 from services.rules.api import BusinessUser, Context, CorrelationId, Tx, User
 from services.rules.schemas import (
+    AuditPage,
     RuleCreate,
+    RuleList,
     RuleUpdate,
     RuleView,
     ShareEmailAccepted,
@@ -26,8 +29,32 @@ log = get_logger(__name__)
 
 router = APIRouter()
 
+#: What checking a rule's fields refuses (services.rules.rules._check_draft and the rest).
+DRAFT_PROBLEMS = [
+    "INVALID_ENVIRONMENT",
+    "INVALID_RULE_TYPE",
+    "INVALID_DATE",
+    "INVALID_PERIOD",
+    "INVALID_AUTHORIZED_CLIENTS",
+    "EXPIRY_POLICY_CONFLICT",
+    "EXPIRY_ON_REDEEM_RULE",
+    "EXPIRY_BEFORE_RULE_ENDS",
+    "EXPIRY_IN_PAST",
+]
+CHANGE_CONFLICTS = ["STALE_VERSION", "RULE_ARCHIVED"]
+READ_ONLY = {403: ["READ_ONLY_ROLE"]}
+NOT_FOUND = {404: ["RULE_NOT_FOUND"]}
+#: What changing a rule's status refuses (activating, also a rule not ready: 422).
+TRANSITION_PROBLEMS = {**READ_ONLY, **NOT_FOUND, 409: [*CHANGE_CONFLICTS, "INVALID_TRANSITION"]}
 
-@router.post("/v1/rules", status_code=201, response_model=RuleView, tags=["rules"])
+
+@router.post(
+    "/v1/rules",
+    status_code=201,
+    response_model=RuleView,
+    tags=["rules"],
+    responses=problems({400: DRAFT_PROBLEMS, **READ_ONLY}),
+)
 async def create_rule(body: RuleCreate, user: User, tx: Tx, cid: CorrelationId) -> RuleView:
     """Create a rule as a draft."""
     user.require_editor()
@@ -38,20 +65,34 @@ async def create_rule(body: RuleCreate, user: User, tx: Tx, cid: CorrelationId) 
     return RuleView.of(await rules.create_rule(tx, user.org_id, user.id, draft, cid))
 
 
-@router.get("/v1/rules", tags=["rules"])
+@router.get("/v1/rules", response_model=RuleList, tags=["rules"])
 async def list_rules(user: User, tx: Tx, environment: Text | None = None) -> dict[str, Any]:
     """The organisation's rules, newest first."""
     found = await rules.list_rules(tx, user.org_id, environment)
     return {"items": [RuleView.of(rule).model_dump(by_alias=True, mode="json") for rule in found]}
 
 
-@router.get("/v1/rules/{rule_id}", response_model=RuleView, tags=["rules"])
+@router.get(
+    "/v1/rules/{rule_id}", response_model=RuleView, tags=["rules"], responses=problems(NOT_FOUND)
+)
 async def get_rule(rule_id: Text, user: User, tx: Tx) -> RuleView:
     """One rule."""
     return RuleView.of(await rules.get_rule(tx, user.org_id, rule_id))
 
 
-@router.patch("/v1/rules/{rule_id}", response_model=RuleView, tags=["rules"])
+@router.patch(
+    "/v1/rules/{rule_id}",
+    response_model=RuleView,
+    tags=["rules"],
+    responses=problems(
+        {
+            400: DRAFT_PROBLEMS,
+            **READ_ONLY,
+            **NOT_FOUND,
+            409: [*CHANGE_CONFLICTS, "RULE_IMMUTABLE", "CAP_BELOW_USAGE"],
+        }
+    ),
+)
 async def update_rule(
     rule_id: Text, body: RuleUpdate, user: User, tx: Tx, cid: CorrelationId
 ) -> RuleView:
@@ -72,7 +113,12 @@ async def _transition(
     return RuleView.of(rule)
 
 
-@router.post("/v1/rules/{rule_id}/activate", response_model=RuleView, tags=["rules"])
+@router.post(
+    "/v1/rules/{rule_id}/activate",
+    response_model=RuleView,
+    tags=["rules"],
+    responses=problems(TRANSITION_PROBLEMS | {422: ["ACTIVATION_BLOCKED"]}),
+)
 async def activate_rule(
     rule_id: Text, user: User, tx: Tx, cid: CorrelationId, body: StatusChange | None = None
 ) -> RuleView:
@@ -80,7 +126,12 @@ async def activate_rule(
     return await _transition("activate", rule_id, body, user, tx, cid)
 
 
-@router.post("/v1/rules/{rule_id}/pause", response_model=RuleView, tags=["rules"])
+@router.post(
+    "/v1/rules/{rule_id}/pause",
+    response_model=RuleView,
+    tags=["rules"],
+    responses=problems(TRANSITION_PROBLEMS),
+)
 async def pause_rule(
     rule_id: Text, user: User, tx: Tx, cid: CorrelationId, body: StatusChange | None = None
 ) -> RuleView:
@@ -88,7 +139,12 @@ async def pause_rule(
     return await _transition("pause", rule_id, body, user, tx, cid)
 
 
-@router.post("/v1/rules/{rule_id}/archive", response_model=RuleView, tags=["rules"])
+@router.post(
+    "/v1/rules/{rule_id}/archive",
+    response_model=RuleView,
+    tags=["rules"],
+    responses=problems(TRANSITION_PROBLEMS),
+)
 async def archive_rule(
     rule_id: Text, user: User, tx: Tx, cid: CorrelationId, body: StatusChange | None = None
 ) -> RuleView:
@@ -97,7 +153,11 @@ async def archive_rule(
 
 
 @router.post(
-    "/v1/rules/{rule_id}/promote", status_code=201, response_model=RuleView, tags=["rules"]
+    "/v1/rules/{rule_id}/promote",
+    status_code=201,
+    response_model=RuleView,
+    tags=["rules"],
+    responses=problems({**READ_ONLY, **NOT_FOUND, 409: ["ALREADY_PRODUCTION", "RULE_ARCHIVED"]}),
 )
 async def promote_rule(rule_id: Text, user: User, tx: Tx, cid: CorrelationId) -> RuleView:
     """Copy a staging rule into a production draft; its production clients are chosen next."""
@@ -105,7 +165,12 @@ async def promote_rule(rule_id: Text, user: User, tx: Tx, cid: CorrelationId) ->
     return RuleView.of(await rules.promote_rule(tx, user.org_id, user.id, rule_id, cid))
 
 
-@router.get("/v1/rules/{rule_id}/share", response_model=ShareInfo, tags=["rules"])
+@router.get(
+    "/v1/rules/{rule_id}/share",
+    response_model=ShareInfo,
+    tags=["rules"],
+    responses=problems({**NOT_FOUND, 409: ["RULE_NOT_ACTIVE"]}),
+)
 async def share_rule(rule_id: Text, user: User, tx: Tx, ctx: Context) -> ShareInfo:
     """What a business user sends a third-party developer about an active rule."""
     return ShareInfo.of(await sharing.share_details(tx, user.org_id, rule_id, ctx.settings))
@@ -116,6 +181,8 @@ async def share_rule(rule_id: Text, user: User, tx: Tx, ctx: Context) -> ShareIn
     status_code=202,
     response_model=ShareEmailAccepted,
     tags=["rules"],
+    responses=problems({**READ_ONLY, **NOT_FOUND, 409: ["RULE_NOT_ACTIVE"]})
+    | problems({429: ["SHARE_EMAIL_LIMIT"]}, Retry_After="Seconds until it may send again."),
 )
 async def email_rule(
     rule_id: Text, body: ShareEmailRequest, user: User, tx: Tx, ctx: Context, cid: CorrelationId
@@ -131,7 +198,12 @@ async def email_rule(
     return ShareEmailAccepted(notification_id=str(notification_id))
 
 
-@router.get("/v1/audit", tags=["audit"])
+@router.get(
+    "/v1/audit",
+    response_model=AuditPage,
+    tags=["audit"],
+    responses=problems({400: ["INVALID_PERIOD"]}),
+)
 async def audit_log(
     user: User,
     tx: Tx,
