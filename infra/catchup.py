@@ -189,6 +189,17 @@ REBALANCING_STATES = frozenset(
 )
 
 
+async def started(consumer: AIOKafkaConsumer) -> AIOKafkaConsumer:
+    """``consumer`` started; closed again when it cannot start (the broker is away), so
+    nothing is left open behind the error."""
+    try:
+        await consumer.start()
+    except BaseException:
+        await stop_consumer(consumer)
+        raise
+    return consumer
+
+
 class GroupProgress:
     """Waits until a consumer group has consumed what was produced before a moment.
 
@@ -305,8 +316,7 @@ class GroupProgress:
     async def _ends_reader_started(self) -> AIOKafkaConsumer:
         async with self._start_lock:
             if self._ends_reader is None:
-                reader = AIOKafkaConsumer(**self._options)
-                await reader.start()
+                reader = await started(AIOKafkaConsumer(**self._options))
                 self._ends_reader = reader
             return self._ends_reader
 
@@ -314,8 +324,7 @@ class GroupProgress:
         async with self._start_lock:
             reader = self._group_readers.get(group_id)
             if reader is None:
-                reader = AIOKafkaConsumer(group_id=group_id, **self._options)
-                await reader.start()
+                reader = await started(AIOKafkaConsumer(group_id=group_id, **self._options))
                 self._group_readers[group_id] = reader
             return reader
 

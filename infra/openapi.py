@@ -73,6 +73,9 @@ _DESCRIPTIONS = {
     503: "The service cannot answer right now; retry after `Retry-After` seconds.",
 }
 
+#: The header of an answer that says when to try again.
+RETRY_AFTER = {"Retry-After": "Seconds to wait before trying again."}
+
 #: Each problem an operation may answer with: status -> codes.
 Answers = Mapping[int, Iterable[str]]
 
@@ -92,23 +95,28 @@ def problem_content(codes: Iterable[str]) -> dict[str, Any]:
     return {PROBLEM_JSON: {"schema": schema}}
 
 
-def problems(answers: Answers, **headers: str) -> dict[int | str, dict[str, Any]]:
+def problems(
+    answers: Answers, headers: Mapping[int, Mapping[str, str]] | None = None
+) -> dict[int | str, dict[str, Any]]:
     """A route's ``responses=`` for the problems it answers with beyond the ones
-    :func:`describe_answers` adds to every operation of its kind; ``headers`` names the
-    response headers they carry (``Retry_After="…"`` is ``Retry-After``)."""
-    return {
+    :func:`describe_answers` adds to every operation of its kind; ``headers`` names, per
+    status, the response headers those answers carry and what each says."""
+    described: dict[int | str, dict[str, Any]] = {
         status: {
             "description": _DESCRIPTIONS.get(status, "A problem."),
             "content": problem_content(codes),
-            **({"headers": _headers(headers)} if headers else {}),
         }
         for status, codes in answers.items()
     }
+    for status, named in (headers or {}).items():
+        described[status]["headers"] = header_docs(named)
+    return described
 
 
-def _headers(headers: Mapping[str, str]) -> dict[str, Any]:
+def header_docs(headers: Mapping[str, str]) -> dict[str, Any]:
+    """The ``headers`` of a documented answer: each name with what it says."""
     return {
-        name.replace("_", "-"): {"description": description, "schema": {"type": "string"}}
+        name: {"description": description, "schema": {"type": "string"}}
         for name, description in headers.items()
     }
 
@@ -119,29 +127,39 @@ class Security:
     operation that needs credentials, and which operations need none."""
 
     schemes: dict[str, Any]
-    requirement: list[dict[str, list[str]]]
+    #: What an operation that needs credentials requires; by ``METHOD /path`` where
+    #: operations differ (a callable), else one requirement for all.
+    requirement: list[dict[str, list[str]]] | Callable[[str, str], list[dict[str, list[str]]]]
     #: Whether ``METHOD /path`` needs credentials; by default, every ``/v1/`` path does.
     needs: Callable[[str, str], bool] = field(default=lambda method, path: path.startswith("/v1/"))
     #: What checking the credentials of a ``METHOD`` may answer beyond ``UNAUTHORIZED``.
     refusals: Callable[[str], Answers] = field(default=lambda method: {})
 
 
-#: Operations that touch no database: the process's own answers and static pages.
-_NO_DATABASE = ("/healthz", "/metrics", "/docs/", "/problems")
+#: Operations that touch no database: the process's own answers, static pages and the
+#: realm's metadata.
+_NO_DATABASE = (
+    "/healthz",
+    "/metrics",
+    "/docs/",
+    "/problems",
+    "/.well-known/",
+    "/realms/partner/.well-known/",
+)
 
 
 def describe_answers(app: FastAPI, security: Security | None = None) -> None:
     """Make ``app``'s OpenAPI document describe every answer (module docstring)."""
     build = app.openapi
 
+    described: list[dict[str, Any]] = []  # the document, once rewritten
+
     def openapi() -> dict[str, Any]:
-        if app.openapi_schema is not None and app.openapi_schema.get("x-answers-described"):
-            return app.openapi_schema
-        document = build()
-        _rewrite(document, security)
-        document["x-answers-described"] = True
-        app.openapi_schema = document
-        return document
+        if not described:
+            document = build()
+            _rewrite(document, security)
+            described.append(document)
+        return described[0]
 
     app.openapi = openapi  # type: ignore[method-assign]
 
@@ -160,7 +178,10 @@ def _rewrite(document: dict[str, Any], security: Security | None) -> None:
                 continue
             refusals: Answers | None = None
             if security is not None and security.needs(method.upper(), path):
-                operation["security"] = security.requirement
+                requirement = security.requirement
+                if callable(requirement):
+                    requirement = requirement(method.upper(), path)
+                operation["security"] = requirement
                 refusals = {401: ["UNAUTHORIZED"], **security.refusals(method.upper())}
             _describe(operation, path, refusals)
 
@@ -170,9 +191,12 @@ def _describe(operation: dict[str, Any], path: str, refusals: Answers | None) ->
     if "HTTPValidationError" in str(responses.get("422")):
         del responses["422"]  # FastAPI's; the services answer validation errors with 400
     takes_input = bool(operation.get("parameters") or operation.get("requestBody"))
+    database = not path.startswith(_NO_DATABASE) and path != "/readyz"
     shared: dict[int, set[str]] = {}
     if takes_input:
-        shared.setdefault(400, set()).update({"INVALID_REQUEST", "BAD_REQUEST", "INVALID_VALUE"})
+        shared.setdefault(400, set()).update({"INVALID_REQUEST", "BAD_REQUEST"})
+        if database:  # a value every check let through and PostgreSQL still refuses
+            shared[400].add("INVALID_VALUE")
     if operation.get("requestBody"):
         shared.setdefault(413, set()).add("BODY_TOO_LARGE")
     if any(parameter.get("in") == "path" for parameter in operation.get("parameters", [])):
@@ -180,7 +204,7 @@ def _describe(operation: dict[str, Any], path: str, refusals: Answers | None) ->
         shared.setdefault(404, set()).add("NOT_FOUND")
     for status, codes in (refusals or {}).items():
         shared.setdefault(status, set()).update(codes)
-    if not path.startswith(_NO_DATABASE) and path != "/readyz":
+    if database:
         shared.setdefault(503, set()).add("SERVICE_UNAVAILABLE")
     for status, codes in shared.items():
         _add_codes(responses, status, codes)
@@ -190,7 +214,9 @@ def _add_codes(responses: dict[str, Any], status: int, codes: Iterable[str]) -> 
     """Add ``codes`` to the problem answer with ``status``, creating it if need be."""
     answer = responses.get(str(status))
     if answer is None:
-        responses[str(status)] = problems({status: codes})[status]
+        answer = responses[str(status)] = problems({status: codes})[status]
+        if status == 503:
+            answer["headers"] = header_docs(RETRY_AFTER)
         return
     content = answer.setdefault("content", {})
     media = content.get(PROBLEM_JSON)

@@ -103,23 +103,25 @@ _TYPES = (
     ProblemType(
         "UNAUTHORIZED",
         "Unauthorized",
-        "No `Authorization: Bearer` header, or the token is expired, tampered with, not "
-        "issued by this platform, lacks the scope the operation needs, or its client was "
-        "revoked.",
-        "Get a new token and retry; if that fails too, ask the business for new credentials.",
+        "No `Authorization: Bearer` header (or console session), or the token is expired, "
+        "tampered with, not issued by this platform or lacks the scope the operation needs, "
+        "or it belongs to a revoked API client or an ended console session.",
+        "Get a new token (or sign in again) and retry; if that fails too, ask for new credentials.",
     ),
     ProblemType(
         "FORBIDDEN",
         "Forbidden",
-        "The credentials are valid but do not allow this operation.",
+        "The credentials do not allow this operation: an API client asking for what only "
+        "business users may read or do, or a token that is not the operator's.",
         "Use credentials that may do this, or ask an administrator for the access.",
     ),
     ProblemType(
         "SERVICE_UNAVAILABLE",
         "Service unavailable",
-        "The service cannot record requests right now. Nothing was recorded: a request is "
-        "never accepted and then lost.",
-        _RETRY_LATER,
+        "The service cannot reach what it needs (its database) right now. A trigger answered "
+        "so is never accepted and then lost.",
+        "Retry after `Retry-After` seconds with the same request; a trigger with the same "
+        "`requestId` is applied once, whichever attempt recorded it.",
     ),
     # --- Trigger gateway ---------------------------------------------------------
     ProblemType(
@@ -160,9 +162,10 @@ _TYPES = (
     ProblemType(
         "INVALID_CALLBACK_URL",
         "Invalid callback URL",
-        "The `callbackUrl` is not an http(s) URL, its host name is not valid (IDNA refuses "
-        "it), or its host is a private, loopback, link-local or otherwise non-public address.",
-        "Use a publicly reachable URL (loopback is allowed only on a development stack).",
+        "The callback URL is not an https URL (plain http is allowed only on a development "
+        "stack), its host name is not valid (IDNA refuses it) or does not resolve, or its "
+        "host is a private, loopback, link-local or otherwise non-public address.",
+        "Use a publicly reachable https URL.",
     ),
     ProblemType(
         "CLIENT_NOT_READY",
@@ -174,8 +177,8 @@ _TYPES = (
     ProblemType(
         "CALLBACK_HOST_UNRESOLVED",
         "Callback host not resolved",
-        "The host of the `callbackUrl` could not be looked up in time. " + _NOTHING_RECORDED,
-        "Retry later with the same `requestId`; check that the host name exists.",
+        "The host of the callback URL could not be looked up in time. " + _NOTHING_RECORDED,
+        "Retry later with the same request; check that the host name exists.",
     ),
     ProblemType(
         "RULE_NOT_FOUND",
@@ -375,8 +378,7 @@ _TYPES = (
     ProblemType(
         "INVALID_DATE",
         "Invalid date",
-        "A date is not an ISO 8601 instant with a time zone, or lies outside the range the "
-        "platform stores.",
+        "A date lacks its time zone offset.",
         "Send an instant such as `2027-01-31T23:00:00Z`.",
     ),
     ProblemType(
@@ -426,8 +428,11 @@ _TYPES = (
     ProblemType(
         "ACTIVATION_BLOCKED",
         "Activation blocked",
-        "The rule cannot be activated yet: the `errors` list says what it lacks.",
-        "Complete the rule as the errors say, then activate it.",
+        "The rule cannot be activated yet: the `problems` list says what it lacks, each with "
+        "its `field`, `code` (`NO_AUTHORIZED_CLIENT`, `CLIENT_NOT_ACTIVE`, `END_IN_PAST`, "
+        "`EXPIRY_IN_PAST`) "
+        "and `detail`.",
+        "Complete the rule as the problems say, then activate it.",
     ),
     ProblemType(
         "ALREADY_PRODUCTION",
@@ -556,9 +561,9 @@ _TYPES = (
     ProblemType(
         "DELIVERY_NOT_PARKED",
         "Delivery not parked",
-        "No parked delivery has this id: it does not exist, or it was not parked (it is "
-        "still being retried, or was delivered).",
-        "List the parked deliveries and replay one of them.",
+        "No parked or failed delivery has this id: it does not exist, is still being "
+        "retried, or was delivered.",
+        "List the parked and failed deliveries and replay one of them.",
     ),
 )
 

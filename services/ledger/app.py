@@ -76,7 +76,13 @@ def create_app(
                 "partnerOAuth": partner_oauth(settings.token_issuer_url.rstrip("/") + TOKEN_PATH),
                 "consoleBearer": CONSOLE_BEARER,
             },
-            requirement=[{"partnerOAuth": ["points:read"]}, {"consoleBearer": []}],
+            # Members' balances and history are read by API clients and business users;
+            # rule totals, rule history and reversals are for business users only.
+            requirement=lambda _, path: (
+                [{"partnerOAuth": ["points:read"]}, {"consoleBearer": []}]
+                if path.startswith("/v1/members/")
+                else [{"consoleBearer": []}]
+            ),
         ),
     )
     app.state.ledger = LedgerContext(settings=settings, runtime=runtime, verifier=verifier)

@@ -185,7 +185,14 @@ async def reverse_transaction(
         uncovered=amount - abs(to_member),
         balance_after=balance + to_member,
     )
-    await repository.insert_reversal(connection, row)
+    try:
+        await repository.insert_reversal(connection, row)
+    except asyncpg.UniqueViolationError as error:
+        # Another reversal with this id, of another transaction (whose accounts' locks
+        # are not ours), committed after the check above.
+        if error.constraint_name != "transactions_pkey":
+            raise
+        raise ReversalIdInUse(f"{reversal_id} already names another transaction") from error
     if to_member:
         entries = {accounts[member].id: to_member, accounts[pool].id: -to_member}
         await repository.insert_entries(

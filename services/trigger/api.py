@@ -15,7 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from contracts.text import Text
 from infra.http import ServiceContext, Unauthorized, authenticate
-from infra.openapi import problems
+from infra.openapi import RETRY_AFTER, header_docs, problems
 from infra.request_signing import SIGNATURE_HEADER, TIMESTAMP_HEADER
 from infra.tokens import JwksVerifier, Principal
 from services.trigger.admission import Gateway, client_access
@@ -152,16 +152,17 @@ RATE_LIMIT_HEADERS = {
     "RateLimit-Remaining": "Deprecated (early drafts): requests left.",
     "RateLimit-Reset": "Deprecated (early drafts): seconds until the bucket is full.",
 }
-RETRY_AFTER = {"Retry-After": "Seconds to wait before sending the same request again."}
-
-#: Every problem the trigger endpoint answers with, in the order its checks run (the
-#: integration guide lists the same, and a test keeps the two in step).
-TRIGGER_PROBLEMS: dict[int, list[str]] = {
+#: The client's standing and its request signature, checked for every operation (the
+#: token itself is checked for every one of them anyway).
+CLIENT_ACCESS_PROBLEMS: dict[int, list[str]] = {
     401: ["UNAUTHORIZED", "SIGNATURE_REQUIRED", "SIGNATURE_EXPIRED", "SIGNATURE_INVALID"],
+    503: ["CLIENT_NOT_READY"],
+}
+#: Every problem the trigger endpoint answers with (the integration guide lists the
+#: same, in the order the checks run, and a test keeps the two in step).
+TRIGGER_PROBLEMS: dict[int, list[str]] = {
+    **CLIENT_ACCESS_PROBLEMS,
     400: [
-        "INVALID_REQUEST",
-        "BAD_REQUEST",
-        "INVALID_VALUE",
         "INVALID_CALLBACK_URL",
         "RULE_NOT_FOUND",
         "RULE_NOT_API_TRIGGERABLE",
@@ -177,39 +178,28 @@ TRIGGER_PROBLEMS: dict[int, list[str]] = {
     ],
     403: ["ENVIRONMENT_MISMATCH", "CLIENT_NOT_AUTHORIZED"],
     409: ["REQUEST_ID_REUSED"],
-    413: ["BODY_TOO_LARGE"],
     429: ["RATE_LIMITED"],
-    503: ["CLIENT_NOT_READY", "CALLBACK_HOST_UNRESOLVED", "SERVICE_UNAVAILABLE"],
+    503: ["CLIENT_NOT_READY", "CALLBACK_HOST_UNRESOLVED"],
 }
-#: What polling a request answers with beyond a trigger's token and signature checks.
-STATUS_PROBLEMS: dict[int, list[str]] = {
-    401: ["UNAUTHORIZED", "SIGNATURE_REQUIRED", "SIGNATURE_EXPIRED", "SIGNATURE_INVALID"],
-    404: ["REQUEST_NOT_FOUND"],
-}
+#: What polling a request answers with.
+STATUS_PROBLEMS: dict[int, list[str]] = {**CLIENT_ACCESS_PROBLEMS, 404: ["REQUEST_NOT_FOUND"]}
 
-
-def _with_headers(responses: dict[int | str, dict[str, Any]], **headers: dict[str, str]) -> None:
-    for status, names in headers.items():
-        responses[int(status.removeprefix("s"))]["headers"] = {
-            name: {"description": description, "schema": {"type": "string"}}
-            for name, description in names.items()
-        }
-
-
-TRIGGER_RESPONSES = problems(TRIGGER_PROBLEMS)
+# Every answer after the client's standing was read took a rate-limit token and says so;
+# a 401 for the token itself comes before and carries none (the document cannot tell
+# the two 401s apart, so it names the fields as they may come).
+TRIGGER_RESPONSES = problems(
+    TRIGGER_PROBLEMS,
+    headers={
+        status: {**RATE_LIMIT_HEADERS, **(RETRY_AFTER if status in (429, 503) else {})}
+        for status in TRIGGER_PROBLEMS
+    },
+)
 TRIGGER_RESPONSES[202] = {
     "model": TriggerAccepted,
     "description": "Recorded; the outcome comes in the callback.",
+    "headers": header_docs(RATE_LIMIT_HEADERS),
 }
-_with_headers(
-    TRIGGER_RESPONSES,
-    s202=RATE_LIMIT_HEADERS,
-    s400=RATE_LIMIT_HEADERS,
-    s403=RATE_LIMIT_HEADERS,
-    s409=RATE_LIMIT_HEADERS,
-    s429={**RETRY_AFTER, **RATE_LIMIT_HEADERS},
-    s503=RETRY_AFTER,
-)
+STATUS_RESPONSES = problems(STATUS_PROBLEMS, headers={503: RETRY_AFTER})
 
 router = APIRouter(tags=["points"])
 
@@ -261,7 +251,7 @@ async def answer_trigger(
     "/v1/points/requests/{request_id}",
     response_model=RequestStatus,
     response_model_exclude_none=True,
-    responses=problems(STATUS_PROBLEMS),
+    responses=STATUS_RESPONSES,
 )
 async def get_points_request(request_id: Text, caller: Client, ctx: Context) -> dict[str, Any]:
     """Where a request stands: pending, succeeded or failed (with a reason); and any reversal."""

@@ -18,6 +18,7 @@ from typing import Any, Protocol
 
 import asyncpg
 from aiokafka import TopicPartition
+from aiokafka.errors import KafkaError
 
 from contracts import POINTS_RESULTS, member_key
 from infra.problems import Problem
@@ -66,7 +67,12 @@ class ResultsConsumed:
     async def __call__(self, request: asyncpg.Record) -> bool:
         environment = request["environment"]
         key = member_key(environment, request["org_id"], request["user_id"])
-        partition = await self.progress.partition_of(POINTS_RESULTS, key)
+        try:
+            partition = await self.progress.partition_of(POINTS_RESULTS, key)
+        except (KafkaError, OSError, TimeoutError):
+            # The broker is away: what the database says is the answer ("pending"), and
+            # the partner asks again; the results it holds cannot be newer meanwhile.
+            return False
         if partition is None or self.timeout == 0:
             return False
         return await self.progress.consumed(

@@ -103,3 +103,17 @@ async def test_a_group_nobody_runs_is_not_consuming(
     await producer.send_and_wait(TOPIC, b"x", key=b"k")
     assert not await progress.is_consuming("nobody.runs.this")
     assert await progress.partition_of("no.such.topic", "k") is None
+
+
+async def test_a_broker_that_cannot_be_reached_leaves_a_status_pending_not_an_error() -> None:
+    from services.trigger.reads import ResultsConsumed
+
+    # A port nothing listens on: every connection is refused at once.
+    unreachable = GroupProgress(ServiceSettings(kafka_bootstrap_servers="127.0.0.1:1"))
+    consumed = ResultsConsumed(unreachable, "trigger.results", timeout=1.0)
+    try:
+        settled = await consumed({"environment": "staging", "org_id": "org-1", "user_id": "m-1"})
+    finally:
+        await unreachable.stop()
+
+    assert settled is False  # the gateway answers from its database: "pending"

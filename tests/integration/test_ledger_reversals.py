@@ -20,6 +20,7 @@ from services.ledger.reversals import (
     reverse_transaction,
 )
 from services.ledger.verification import verify_ledger
+from tests.helpers import eventually
 from tests.integration.test_ledger_service import (
     STAGING,
     apply,
@@ -161,6 +162,48 @@ class TestReversalIdempotency:
         with pytest.raises(ReversalIdInUse):
             await reverse(pool, second, reversal_id=used)
         assert await balance(pool) == 20
+
+    async def test_one_reversal_id_for_two_transactions_at_once_is_refused_not_a_crash(
+        self, pool: asyncpg.Pool
+    ) -> None:
+        # Different members and rules: neither reversal waits for the other's account
+        # locks, so both pass the check for the id before either has committed.
+        first_event = points_requested("member-a", amount=10, rule_id="rule-a")
+        second_event = points_requested("member-b", amount=20, rule_id="rule-b")
+        await apply(pool, first_event)
+        await apply(pool, second_event)
+        shared = uuid4()
+
+        async with pool.acquire() as connection:
+            first = connection.transaction()
+            await first.start()
+            await reverse_transaction(
+                connection,
+                environment="staging",
+                org_id="org-1",
+                transaction_id=first_event.data.transaction_id,
+                reversal_id=shared,
+                reason="refunded",
+                actor="user-1",
+            )
+            second = asyncio.create_task(
+                reverse(pool, second_event.data.transaction_id, reversal_id=shared)
+            )
+
+            async def second_waits_for_the_first() -> bool:
+                waiting = await pool.fetchval(
+                    "SELECT count(*) FROM pg_stat_activity "
+                    "WHERE wait_event_type = 'Lock' AND datname = current_database()"
+                )
+                return waiting > 0
+
+            await eventually(second_waits_for_the_first, what="the second reversal to wait")
+            await first.commit()
+
+        with pytest.raises(ReversalIdInUse):
+            await second
+        assert await balance(pool, "member-b") == 20
+        assert await verified(pool) == []
 
 
 class TestReversalEvent:

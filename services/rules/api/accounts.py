@@ -10,7 +10,7 @@ from fastapi import APIRouter, Request, Response
 
 from contracts.text import Text
 from infra.logging import get_logger
-from infra.openapi import problems
+from infra.openapi import RETRY_AFTER, problems
 from services.rules import accounts, clients, sessions
 from services.rules.api import Context, Tx, User, console_session, require_csrf_token
 from services.rules.schemas import (
@@ -29,8 +29,8 @@ log = get_logger(__name__)
 router = APIRouter()
 
 #: What a sign-in refuses: wrong credentials, and too many failed attempts.
-SIGN_IN_PROBLEMS = problems({401: ["INVALID_CREDENTIALS"]}) | problems(
-    {429: ["TOO_MANY_LOGIN_ATTEMPTS"]}, Retry_After="Seconds until the next attempt."
+SIGN_IN_PROBLEMS = problems(
+    {401: ["INVALID_CREDENTIALS"], 429: ["TOO_MANY_LOGIN_ATTEMPTS"]}, headers={429: RETRY_AFTER}
 )
 
 

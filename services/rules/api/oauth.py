@@ -153,7 +153,9 @@ TOKEN_REQUEST_DOCS: dict[str, Any] = {
 )
 async def issue_token(request: Request, ctx: Context) -> JSONResponse:
     """OAuth2 client-credentials grant: form fields or HTTP Basic client authentication."""
-    if not request.headers.get("content-type", "").startswith("application/x-www-form-urlencoded"):
+    # A media type's name is case-insensitive (RFC 9110 section 8.3.1).
+    content_type = request.headers.get("content-type", "").lower()
+    if not content_type.startswith("application/x-www-form-urlencoded"):
         return oauth_error(400, "invalid_request", "send application/x-www-form-urlencoded")
     try:
         fields = parse_qs((await request.body()).decode())

@@ -9,7 +9,7 @@ from fastapi import APIRouter, Query
 
 from contracts.text import Text
 from infra.logging import get_logger
-from infra.openapi import problems
+from infra.openapi import RETRY_AFTER, problems
 from infra.storable import BIGINT_MAX, StorableDatetime
 from services.rules import audit, rules, sharing
 from services.rules.api import BusinessUser, Context, CorrelationId, Tx, User
@@ -31,21 +31,19 @@ router = APIRouter()
 
 #: What checking a rule's fields refuses (services.rules.rules._check_draft and the rest).
 DRAFT_PROBLEMS = [
-    "INVALID_ENVIRONMENT",
-    "INVALID_RULE_TYPE",
-    "INVALID_DATE",
     "INVALID_PERIOD",
     "INVALID_AUTHORIZED_CLIENTS",
     "EXPIRY_POLICY_CONFLICT",
     "EXPIRY_ON_REDEEM_RULE",
     "EXPIRY_BEFORE_RULE_ENDS",
-    "EXPIRY_IN_PAST",
 ]
 CHANGE_CONFLICTS = ["STALE_VERSION", "RULE_ARCHIVED"]
 READ_ONLY = {403: ["READ_ONLY_ROLE"]}
 NOT_FOUND = {404: ["RULE_NOT_FOUND"]}
-#: What changing a rule's status refuses (activating, also a rule not ready: 422).
-TRANSITION_PROBLEMS = {**READ_ONLY, **NOT_FOUND, 409: [*CHANGE_CONFLICTS, "INVALID_TRANSITION"]}
+#: What changing a rule's status refuses (activating, also a rule not ready: 422); an
+#: archived rule is RULE_ARCHIVED, and archiving takes any other status.
+ARCHIVE_PROBLEMS = {**READ_ONLY, **NOT_FOUND, 409: CHANGE_CONFLICTS}
+TRANSITION_PROBLEMS = {**ARCHIVE_PROBLEMS, 409: [*CHANGE_CONFLICTS, "INVALID_TRANSITION"]}
 
 
 @router.post(
@@ -86,7 +84,7 @@ async def get_rule(rule_id: Text, user: User, tx: Tx) -> RuleView:
     tags=["rules"],
     responses=problems(
         {
-            400: DRAFT_PROBLEMS,
+            400: [*DRAFT_PROBLEMS, "EXPIRY_IN_PAST"],
             **READ_ONLY,
             **NOT_FOUND,
             409: [*CHANGE_CONFLICTS, "RULE_IMMUTABLE", "CAP_BELOW_USAGE"],
@@ -143,7 +141,7 @@ async def pause_rule(
     "/v1/rules/{rule_id}/archive",
     response_model=RuleView,
     tags=["rules"],
-    responses=problems(TRANSITION_PROBLEMS),
+    responses=problems(ARCHIVE_PROBLEMS),
 )
 async def archive_rule(
     rule_id: Text, user: User, tx: Tx, cid: CorrelationId, body: StatusChange | None = None
@@ -181,8 +179,10 @@ async def share_rule(rule_id: Text, user: User, tx: Tx, ctx: Context) -> ShareIn
     status_code=202,
     response_model=ShareEmailAccepted,
     tags=["rules"],
-    responses=problems({**READ_ONLY, **NOT_FOUND, 409: ["RULE_NOT_ACTIVE"]})
-    | problems({429: ["SHARE_EMAIL_LIMIT"]}, Retry_After="Seconds until it may send again."),
+    responses=problems(
+        {**READ_ONLY, **NOT_FOUND, 409: ["RULE_NOT_ACTIVE"], 429: ["SHARE_EMAIL_LIMIT"]},
+        headers={429: RETRY_AFTER},
+    ),
 )
 async def email_rule(
     rule_id: Text, body: ShareEmailRequest, user: User, tx: Tx, ctx: Context, cid: CorrelationId
