@@ -29,6 +29,7 @@ from fastapi import FastAPI
 
 from infra.problem_types import PROBLEM_TYPES
 from infra.problems import PROBLEM_JSON
+from infra.tokens import REALM_PATH
 
 PROBLEM_REF = "#/components/schemas/Problem"
 
@@ -136,15 +137,16 @@ class Security:
     refusals: Callable[[str], Answers] = field(default=lambda method: {})
 
 
-#: Operations that touch no database: the process's own answers, static pages and the
-#: realm's metadata.
+#: Operations that touch no database, or answer its absence themselves (``/readyz``):
+#: the process's own answers, static pages and the realm's metadata.
 _NO_DATABASE = (
     "/healthz",
+    "/readyz",
     "/metrics",
     "/docs/",
     "/problems",
     "/.well-known/",
-    "/realms/partner/.well-known/",
+    f"{REALM_PATH}/.well-known/",
 )
 
 
@@ -191,7 +193,7 @@ def _describe(operation: dict[str, Any], path: str, refusals: Answers | None) ->
     if "HTTPValidationError" in str(responses.get("422")):
         del responses["422"]  # FastAPI's; the services answer validation errors with 400
     takes_input = bool(operation.get("parameters") or operation.get("requestBody"))
-    database = not path.startswith(_NO_DATABASE) and path != "/readyz"
+    database = not path.startswith(_NO_DATABASE)
     shared: dict[int, set[str]] = {}
     if takes_input:
         shared.setdefault(400, set()).update({"INVALID_REQUEST", "BAD_REQUEST"})

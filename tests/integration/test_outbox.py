@@ -8,9 +8,11 @@ import sys
 import textwrap
 import time
 import uuid
+from collections.abc import AsyncIterator
 from pathlib import Path
 
-from aiokafka import AIOKafkaConsumer
+import pytest
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
 from contracts import ALL_TOPICS, RULES_LIFECYCLE, RuleLifecycleEvent
 from infra import db
@@ -66,12 +68,22 @@ async def consume(bootstrap: str, topic: str, expected: int, timeout: float = 20
     return values
 
 
+@pytest.fixture
+async def producer(
+    database_url: str, kafka_bootstrap_servers: str
+) -> AsyncIterator[AIOKafkaProducer]:
+    """The outbox's schema migrated, the topics created, and a producer to relay with."""
+    await db.migrate(database_url, SCHEMA, [INFRA_MIGRATIONS])
+    await create_topics(kafka_bootstrap_servers, ALL_TOPICS)
+    started = await start_producer(ServiceSettings(kafka_bootstrap_servers=kafka_bootstrap_servers))
+    yield started
+    await started.stop()
+
+
 class TestOutboxRelay:
     async def test_events_committed_by_a_process_that_crashed_are_published_after_restart(
-        self, database_url: str, kafka_bootstrap_servers: str
+        self, database_url: str, kafka_bootstrap_servers: str, producer: AIOKafkaProducer
     ) -> None:
-        await db.migrate(database_url, SCHEMA, [INFRA_MIGRATIONS])
-        await create_topics(kafka_bootstrap_servers, ALL_TOPICS)
         writer = await asyncio.create_subprocess_exec(
             sys.executable,
             "-c",
@@ -84,15 +96,12 @@ class TestOutboxRelay:
         _, stderr = await writer.communicate()
         assert writer.returncode == -9, stderr.decode()
 
-        settings = ServiceSettings(kafka_bootstrap_servers=kafka_bootstrap_servers)
-        producer = await start_producer(settings)
         relay = OutboxRelay(database_url, SCHEMA, producer)
         relay.start()
         try:
             values = await consume(kafka_bootstrap_servers, RULES_LIFECYCLE, expected=50)
         finally:
             await relay.stop()
-            await producer.stop()
 
         versions = [RuleLifecycleEvent.model_validate_json(value).data.version for value in values]
         # One rule id, so one key and one partition: commit order is kept.
@@ -108,12 +117,8 @@ class TestOutboxRelay:
         assert pending == 0
 
     async def test_a_commit_wakes_the_relay_without_waiting_for_its_safety_poll(
-        self, database_url: str, kafka_bootstrap_servers: str
+        self, database_url: str, kafka_bootstrap_servers: str, producer: AIOKafkaProducer
     ) -> None:
-        await db.migrate(database_url, SCHEMA, [INFRA_MIGRATIONS])
-        await create_topics(kafka_bootstrap_servers, ALL_TOPICS)
-        settings = ServiceSettings(kafka_bootstrap_servers=kafka_bootstrap_servers)
-        producer = await start_producer(settings)
         relay = OutboxRelay(database_url, SCHEMA, producer, safety_poll_seconds=600)
         relay.start()
         try:
@@ -135,15 +140,10 @@ class TestOutboxRelay:
             assert time.monotonic() - committed < 10
         finally:
             await relay.stop()
-            await producer.stop()
 
     async def test_a_stop_just_after_traffic_drains_at_once(
-        self, database_url: str, kafka_bootstrap_servers: str
+        self, database_url: str, producer: AIOKafkaProducer
     ) -> None:
-        await db.migrate(database_url, SCHEMA, [INFRA_MIGRATIONS])
-        await create_topics(kafka_bootstrap_servers, ALL_TOPICS)
-        settings = ServiceSettings(kafka_bootstrap_servers=kafka_bootstrap_servers)
-        producer = await start_producer(settings)
         published = asyncio.Event()
         relay = OutboxRelay(
             database_url,
@@ -171,15 +171,10 @@ class TestOutboxRelay:
             assert time.monotonic() - stopping < 5
         finally:
             await relay.stop()
-            await producer.stop()
 
     async def test_only_one_relay_per_schema_publishes_at_a_time(
-        self, database_url: str, kafka_bootstrap_servers: str
+        self, database_url: str, kafka_bootstrap_servers: str, producer: AIOKafkaProducer
     ) -> None:
-        await db.migrate(database_url, SCHEMA, [INFRA_MIGRATIONS])
-        await create_topics(kafka_bootstrap_servers, ALL_TOPICS)
-        settings = ServiceSettings(kafka_bootstrap_servers=kafka_bootstrap_servers)
-        producer = await start_producer(settings)
         relays = [
             OutboxRelay(database_url, SCHEMA, producer, safety_poll_seconds=0.2) for _ in range(2)
         ]
@@ -208,7 +203,6 @@ class TestOutboxRelay:
         finally:
             for relay in relays:
                 await relay.stop()
-            await producer.stop()
         versions = [RuleLifecycleEvent.model_validate_json(value).data.version for value in values]
         assert versions == list(range(1, 201))
         assert sorted(relay.published for relay in relays) == [0, 200]
