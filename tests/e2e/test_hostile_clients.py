@@ -21,10 +21,11 @@ from urllib.parse import quote
 
 import httpx
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 from infra.dev.launcher import RunningPlatform
+from infra.problem_types import BY_SLUG, PROBLEM_TYPES_PATH
 from tests.e2e.test_platform import Business, business_with_an_active_rule
 from tests.e2e.test_poison_messages import developer_headers
 from tests.helpers import eventually, running_platform
@@ -369,6 +370,16 @@ class TestTheRulesService:
         method = "GET" if read in ("", "/share") else "POST"
 
         hostile.rules(method, f"/v1/rules/{path_part(value)}{read}")
+
+    @settings(HYPOTHESIS, max_examples=200)
+    @given(value=st.one_of(anything, st.sampled_from(sorted(BY_SLUG))))
+    def test_hostile_problem_type_names_are_never_a_5xx(self, hostile: Hostile, value: Any) -> None:
+        name = path_part(value)
+        assume(name.strip(".") != "")  # "." and ".." are resolved by the client, not sent
+
+        page = hostile.rules("GET", f"{PROBLEM_TYPES_PATH}/{name}", headers={})
+
+        assert page.status_code == (200 if isinstance(value, str) and value in BY_SLUG else 404)
 
     @settings(HYPOTHESIS, max_examples=300)
     @given(
