@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gc
+import socket
 import sys
 from collections.abc import Callable, Generator
 
@@ -94,11 +95,32 @@ async def _serve(app: FastAPI, runtime: ServiceRuntime) -> int:
     gc.freeze()
     ready = asyncio.create_task(runtime.log_when_ready(), name="log-when-ready")
     try:
-        await server.serve()
+        sockets = (
+            [_shared_socket(settings.host, settings.port)] if settings.http_reuse_port else None
+        )
+        await server.serve(sockets=sockets)
+    except OSError as error:  # the shared port is held by a process that does not share it
+        log.error("service.bind_failed", port=settings.port, reason=str(error))
+        return 2
     finally:
         ready.cancel()
         await runtime.stop()
     return 0 if server.started else 2
+
+
+def _shared_socket(host: str, port: int) -> socket.socket:
+    """A listening socket on ``host:port`` that other processes may bind too.
+
+    With SO_REUSEPORT on every replica's socket, Linux accepts each new connection on
+    one of them, spreading a service's clients over its replicas the way a load
+    balancer in front of them would.
+    """
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    shared = socket.socket(family, socket.SOCK_STREAM)
+    shared.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    shared.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    shared.bind((host, port))
+    return shared
 
 
 class _DrainingServer(uvicorn.Server):

@@ -106,6 +106,7 @@ SHARED_NAMES = frozenset(
         "problem_types_url",
         "token_issuer_url",
         "shutdown_grace_seconds",
+        "http_reuse_port",
     }
 )
 
@@ -147,6 +148,13 @@ class ServiceSettings(BaseSettings):
     )
     host: str = Field(default="127.0.0.1", description="Address the HTTP server binds.")
     port: int = Field(default=8000, description="Port the HTTP server binds.")
+    http_reuse_port: bool = Field(
+        default=False,
+        description="Bind the HTTP port with SO_REUSEPORT, so that several replicas of a "
+        "service on one machine share it and the kernel spreads connections across them; "
+        "`points dev --scale` sets it for a service with more than one replica "
+        "(HTTP_REUSE_PORT).",
+    )
     database_url: str = Field(
         default="postgresql://postgres@127.0.0.1:5432/points",
         description="PostgreSQL DSN; each service keeps its tables in its own schema.",

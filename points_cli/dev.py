@@ -63,6 +63,40 @@ class DevSettings(ServiceSettings):
     smtp_url: str | None = Field(default=None, description="External SMTP server (SMTP_URL).")
     ready_timeout_seconds: float = 60.0
     seed: bool = True
+    scale: str = Field(
+        default="",
+        description="Replicas per service, such as `trigger=2,ledger=2` (`points dev --scale`); "
+        "a service not named runs once.",
+    )
+
+
+#: The most replicas of one service ``points dev`` starts on one machine.
+MOST_REPLICAS = 8
+
+
+def replicas(scale: str | None) -> dict[str, int]:
+    """How many processes of each service ``scale`` (``trigger=2,ledger=2``) asks for.
+
+    Raises :class:`StartupError` naming what is wrong with it.
+    """
+    counts = dict.fromkeys(SERVICES, 1)
+    for part in filter(None, (item.strip() for item in (scale or "").split(","))):
+        name, equals, count = part.partition("=")
+        name = name.strip()
+        if name not in counts:
+            raise StartupError(f"--scale: unknown service {name!r} (one of {', '.join(SERVICES)})")
+        if not equals or not count.strip().isdigit() or not 1 <= int(count) <= MOST_REPLICAS:
+            raise StartupError(
+                f"--scale: {part!r} needs a number of replicas from 1 to {MOST_REPLICAS}"
+            )
+        counts[name] = int(count)
+    return counts
+
+
+def replica_names(name: str, count: int) -> list[str]:
+    """The children of one service: its name alone, or ``name.1``, ``name.2`` … when it
+    has several (each replica's log lines and log file carry it)."""
+    return [name] if count == 1 else [f"{name}.{number}" for number in range(1, count + 1)]
 
 
 def _ports() -> dict[str, int]:
@@ -192,7 +226,12 @@ async def wait_until_ready(ports: dict[str, int], timeout: float) -> list[str]:
 
 
 def banner(
-    ports: dict[str, int], seeded: dict[str, str] | None, elapsed: float, *, seeds: bool = True
+    ports: dict[str, int],
+    seeded: dict[str, str] | None,
+    elapsed: float,
+    *,
+    seeds: bool = True,
+    replicas: dict[str, int] | None = None,
 ) -> str:
     rules_url = f"http://127.0.0.1:{ports['rules']}"
     trigger_url = f"http://127.0.0.1:{ports['trigger']}"
@@ -207,6 +246,10 @@ def banner(
         f"  Mail received         {var_dir() / 'mail'}",
         f"  Full logs (JSON)      {var_dir() / 'log'}/<service>.log",
     ]
+    scaled = {name: count for name, count in (replicas or {}).items() if count > 1}
+    if scaled:
+        each = ", ".join(f"{count} {name}" for name, count in scaled.items())
+        lines.append(f"  Replicas              {each} (each service's replicas share its port)")
     if seeded:
         lines += [
             "",
@@ -240,9 +283,14 @@ def banner(
     return "\n".join(lines)
 
 
-async def run_stack(*, reset: bool = False) -> int:
+async def run_stack(*, reset: bool = False, scale: str | None = None) -> int:
     started = time.monotonic()
     settings = DevSettings(mode="development")
+    try:
+        counts = replicas(scale if scale is not None else settings.scale)
+    except StartupError as error:
+        print(f"points dev: {error}", file=sys.stderr)
+        return 2
     state = var_dir()
     state.mkdir(parents=True, exist_ok=True)
     ports = _ports()
@@ -283,9 +331,18 @@ async def run_stack(*, reset: bool = False) -> int:
             )
         )
         stack.callback(stack_env.unlink, missing_ok=True)
-        supervisor = Supervisor(log_dir=state / "log")
-        for name in SERVICES:
-            await supervisor.add(name, [sys.executable, "-m", f"services.{name}"], env)
+        children = {name: replica_names(name, counts[name]) for name in SERVICES}
+        supervisor = Supervisor(
+            log_dir=state / "log",
+            name_width=max(len(child) for names in children.values() for child in names),
+        )
+        for name, names in children.items():
+            # Replicas share their service's port: the kernel spreads connections.
+            shared = {"HTTP_REUSE_PORT": "true"} if len(names) > 1 else {}
+            for child in names:
+                await supervisor.add(
+                    child, [sys.executable, "-m", f"services.{name}"], {**env, **shared}
+                )
         # Time for each service's clean stop (HTTP, consumers, relay: a grace each).
         stop_timeout = 3 * ServiceSettings(mode="development").shutdown_grace_seconds + 5
         # Which process is which, for tools that stop or pause one of them.
@@ -304,7 +361,9 @@ async def run_stack(*, reset: bool = False) -> int:
             )
         else:
             elapsed = time.monotonic() - started
-            supervisor.announce("dev", banner(ports, seeded, elapsed, seeds=settings.seed))
+            supervisor.announce(
+                "dev", banner(ports, seeded, elapsed, seeds=settings.seed, replicas=counts)
+            )
         first_exit = await watcher
         return 1 if first_exit is not None else 0
 

@@ -258,6 +258,11 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="start from nothing: drop the embedded database and mail kept in var/",
     )
+    dev.add_argument(
+        "--scale",
+        metavar="SERVICE=N,...",
+        help="replicas per service, such as trigger=2,ledger=2 (default one each; DEV_SCALE)",
+    )
     dev.set_defaults(run=run_dev)
     return parser
 
@@ -266,7 +271,7 @@ async def run_dev(args: argparse.Namespace) -> int:
     # Imported here: the embedded servers are not installed in the container image.
     from points_cli.dev import run_stack
 
-    return await run_stack(reset=args.reset)
+    return await run_stack(reset=args.reset, scale=args.scale)
 
 
 def run(argv: list[str]) -> int:

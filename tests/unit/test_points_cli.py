@@ -1,5 +1,5 @@
-"""What `points dev` prints on a first and a later start, and how `points outbox republish`
-reads its ``--since``."""
+"""What `points dev` prints on a first and a later start, how it reads ``--scale``, and how
+`points outbox republish` reads its ``--since``."""
 
 from __future__ import annotations
 
@@ -8,7 +8,8 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from points_cli.dev import DEMO_PASSWORD, banner
+from infra.errors import StartupError
+from points_cli.dev import DEMO_PASSWORD, banner, replica_names, replicas
 from points_cli.main import since_time
 
 PORTS = {"rules": 8001, "trigger": 8002, "ledger": 8003, "notifier": 8004}
@@ -32,6 +33,38 @@ class TestTheBanner:
 
     def test_every_start_says_how_to_start_fresh(self) -> None:
         assert "ARGS=--reset" in banner(PORTS, None, 1.0, seeds=False)
+
+
+class TestScale:
+    def test_names_services_replicas_and_leaves_the_rest_at_one(self) -> None:
+        counts = replicas(" trigger=2, ledger=3 ")
+        assert counts == {"rules": 1, "trigger": 2, "ledger": 3, "notifier": 1}
+
+    def test_nothing_asked_is_one_of_each(self) -> None:
+        assert set(replicas("").values()) == {1} and set(replicas(None).values()) == {1}
+
+    @pytest.mark.parametrize(
+        ("scale", "says"),
+        [
+            ("gateway=2", "unknown service 'gateway'"),
+            ("trigger", "'trigger' needs a number of replicas"),
+            ("trigger=0", "from 1 to 8"),
+            ("trigger=9", "from 1 to 8"),
+            ("trigger=two", "needs a number"),
+            ("trigger=-1", "needs a number"),
+        ],
+    )
+    def test_a_wrong_scale_is_refused_with_what_is_wrong(self, scale: str, says: str) -> None:
+        with pytest.raises(StartupError, match=says):
+            replicas(scale)
+
+    def test_a_service_with_replicas_names_each_and_one_alone_keeps_its_name(self) -> None:
+        assert replica_names("ledger", 2) == ["ledger.1", "ledger.2"]
+        assert replica_names("ledger", 1) == ["ledger"]
+
+    def test_the_banner_lists_the_services_scaled(self) -> None:
+        text = banner(PORTS, None, 1.0, replicas={"rules": 1, "trigger": 2, "ledger": 1})
+        assert "2 trigger" in text and "rules" not in text.split("Replicas")[1].splitlines()[0]
 
 
 class TestSinceTime:
