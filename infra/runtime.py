@@ -179,7 +179,11 @@ class ServiceRuntime:
             on_quarantine=on_quarantine,
             on_quarantined=self.metrics.count_quarantined,
             active_fetch_wait_ms=self.settings.kafka_active_fetch_wait_ms,
-            **options,
+            **{
+                "session_timeout_ms": self.settings.kafka_session_timeout_ms,
+                "heartbeat_interval_ms": self.settings.kafka_heartbeat_interval_ms,
+                **options,
+            },
         )
         for topic in models:
             self.metrics.start_counting_quarantined(topic)

@@ -91,6 +91,8 @@ SHARED_NAMES = frozenset(
         "kafka_bootstrap_servers",
         "kafka_idempotent_producer",
         "kafka_active_fetch_wait_ms",
+        "kafka_session_timeout_ms",
+        "kafka_heartbeat_interval_ms",
         "kafka_security_protocol",
         "kafka_sasl_mechanism",
         "kafka_sasl_username",
@@ -191,6 +193,23 @@ class ServiceSettings(BaseSettings):
         "embedded Tansu broker answers only as slices of the wait end, so `points dev` sets "
         "50 for it.",
     )
+    kafka_session_timeout_ms: int = Field(
+        default=10_000,
+        ge=1_000,
+        le=300_000,
+        description="How long the broker waits for a silent consumer before handing its "
+        "partitions to the rest of its group: after a crash, the messages of those partitions "
+        "wait this long. The embedded Tansu broker also waits half of it for the members to "
+        "rejoin on every rebalance, so `points dev` sets 2000 for it.",
+    )
+    kafka_heartbeat_interval_ms: int = Field(
+        default=1_000,
+        ge=100,
+        description="How often a consumer tells its group it is alive, and so how soon it "
+        "hears of a rebalance: Apache Kafka finishes one once every member has rejoined, so "
+        "this bounds the pause when a replica joins or leaves. At most a third of "
+        "KAFKA_SESSION_TIMEOUT_MS.",
+    )
     kafka_security_protocol: KafkaSecurityProtocol = Field(
         default="PLAINTEXT",
         description="`SSL` or `SASL_SSL` encrypt the broker connection; the `SASL_` ones "
@@ -278,6 +297,16 @@ class ServiceSettings(BaseSettings):
             )
         if self.kafka_ssl_keyfile is not None and self.kafka_ssl_certfile is None:
             raise ValueError("KAFKA_SSL_KEYFILE needs KAFKA_SSL_CERTFILE, its certificate")
+        return self
+
+    @model_validator(mode="after")
+    def _heartbeats_fit_in_the_session(self) -> ServiceSettings:
+        if self.kafka_heartbeat_interval_ms * 3 > self.kafka_session_timeout_ms:
+            raise ValueError(
+                f"KAFKA_HEARTBEAT_INTERVAL_MS ({self.kafka_heartbeat_interval_ms}) must be at most "
+                f"a third of KAFKA_SESSION_TIMEOUT_MS ({self.kafka_session_timeout_ms}), so a "
+                "late heartbeat or two does not cost a consumer its partitions"
+            )
         return self
 
     @model_validator(mode="after")

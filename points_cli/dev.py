@@ -32,7 +32,12 @@ from pydantic_settings import SettingsConfigDict
 
 from contracts import TOPICS_TO_CREATE
 from infra import db
-from infra.dev.kafka import EMBEDDED_ACTIVE_FETCH_WAIT_MS, start_tansu
+from infra.dev.kafka import (
+    EMBEDDED_ACTIVE_FETCH_WAIT_MS,
+    EMBEDDED_HEARTBEAT_INTERVAL_MS,
+    EMBEDDED_SESSION_TIMEOUT_MS,
+    start_tansu,
+)
 from infra.dev.postgres import ensure_database, start_embedded_postgres
 from infra.dev.smtp_sink import start_smtp_sink
 from infra.dev.supervisor import Supervisor, run_until_signal
@@ -321,6 +326,11 @@ async def run_stack(*, reset: bool = False, scale: str | None = None) -> int:
             # Tansu answers a waiting fetch only as slices of its wait end (Kafka answers
             # when a record arrives): a short wait keeps each consumer hop to milliseconds.
             env.setdefault("KAFKA_ACTIVE_FETCH_WAIT_MS", str(EMBEDDED_ACTIVE_FETCH_WAIT_MS))
+            # Tansu's coordinator holds every rebalance open for half the session timeout
+            # (in steps of a second) for the members to rejoin: with Kafka's 10 s, each
+            # replica joining or leaving would stop its group for 5 s.
+            env.setdefault("KAFKA_SESSION_TIMEOUT_MS", str(EMBEDDED_SESSION_TIMEOUT_MS))
+            env.setdefault("KAFKA_HEARTBEAT_INTERVAL_MS", str(EMBEDDED_HEARTBEAT_INTERVAL_MS))
         # The supervisor files the JSON whole and shows the lines that matter.
         env["LOG_JSON"] = "true"
         stack_env = state / "dev.env"
@@ -332,22 +342,34 @@ async def run_stack(*, reset: bool = False, scale: str | None = None) -> int:
         )
         stack.callback(stack_env.unlink, missing_ok=True)
         children = {name: replica_names(name, counts[name]) for name in SERVICES}
+        # Which process is which, for tools that stop or pause one of them.
+        pids_file = state / "dev.pids"
+
+        def write_pids() -> None:
+            pids_file.write_text(json.dumps({**infra.pids, **supervisor.pids}))
+
         supervisor = Supervisor(
             log_dir=state / "log",
             name_width=max(len(child) for names in children.values() for child in names),
+            on_restart=write_pids,
         )
         for name, names in children.items():
-            # Replicas share their service's port: the kernel spreads connections.
-            shared = {"HTTP_REUSE_PORT": "true"} if len(names) > 1 else {}
+            scaled = len(names) > 1
+            # Replicas share their service's port (the kernel spreads connections), and
+            # one that exits is started again while the others serve, as an orchestrator
+            # would; a service that runs once stops the stack when it exits, so the
+            # failure is seen.
+            shared = {"HTTP_REUSE_PORT": "true"} if scaled else {}
             for child in names:
                 await supervisor.add(
-                    child, [sys.executable, "-m", f"services.{name}"], {**env, **shared}
+                    child,
+                    [sys.executable, "-m", f"services.{name}"],
+                    {**env, **shared},
+                    restart=scaled,
                 )
         # Time for each service's clean stop (HTTP, consumers, relay: a grace each).
         stop_timeout = 3 * ServiceSettings(mode="development").shutdown_grace_seconds + 5
-        # Which process is which, for tools that stop or pause one of them.
-        pids_file = state / "dev.pids"
-        pids_file.write_text(json.dumps({**infra.pids, **supervisor.pids}))
+        write_pids()
         stack.callback(pids_file.unlink, missing_ok=True)
         watcher = asyncio.create_task(run_until_signal(supervisor, stop_timeout=stop_timeout))
         not_ready = await _ready_or_exit(watcher, ports, settings.ready_timeout_seconds)

@@ -23,7 +23,14 @@ within milliseconds of being started. Facts checked against it:
   at 100 ms, 23 and 53 ms; at 50 ms, 8.5 and 14 ms, the broker then taking
   11 % of a core; at 10 ms, 3 and 7 ms for 29 %. So consumers of the embedded
   stack fetch with :data:`EMBEDDED_ACTIVE_FETCH_WAIT_MS` while their records
-  trickle in, and with the default once idle or flooded (:class:`infra.consumers.FetchWait`).
+  trickle in, and with the default once idle or flooded (:class:`infra.consumers.FetchWait`);
+* its group coordinator keeps a rebalance open for half the members' session
+  timeout, in steps of a second, for them to rejoin (Kafka closes it once every
+  member has). With aiokafka consumers of a 12-partition topic under a steady
+  load, a member joining or leaving delayed records by up to 5.0 s at a 10 s
+  session timeout, 2.1 s at 3 s and 1.2 to 1.8 s at 2 s (heartbeats every 300 ms).
+  So the embedded stack runs its consumers with
+  :data:`EMBEDDED_SESSION_TIMEOUT_MS`.
 """
 
 from __future__ import annotations
@@ -50,6 +57,10 @@ T = TypeVar("T")
 
 #: A busy consumer's fetch wait on the embedded broker (``KAFKA_ACTIVE_FETCH_WAIT_MS``).
 EMBEDDED_ACTIVE_FETCH_WAIT_MS = 50
+#: Consumers' session timeout and heartbeat interval on the embedded broker
+#: (``KAFKA_SESSION_TIMEOUT_MS``, ``KAFKA_HEARTBEAT_INTERVAL_MS``).
+EMBEDDED_SESSION_TIMEOUT_MS = 2_000
+EMBEDDED_HEARTBEAT_INTERVAL_MS = 300
 
 _POLL_SECONDS = 0.02
 _RETRY_SECONDS = 0.1

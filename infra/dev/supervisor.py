@@ -23,6 +23,7 @@ import asyncio
 import contextlib
 import signal
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from itertools import cycle
 from pathlib import Path
@@ -36,6 +37,8 @@ _READ_SIZE = 65536
 _LONGEST_LINE = 1 << 20  # longer lines are printed in pieces rather than buffered forever
 _DRAIN_SECONDS = 1.0
 _POLL_SECONDS = 0.05
+#: How long a child started with ``restart`` stays down before it is started again.
+RESTART_DELAY_SECONDS = 1.0
 
 
 @dataclass(frozen=True)
@@ -54,12 +57,23 @@ class ChildExit:
 @dataclass
 class _Child:
     name: str
-    process: asyncio.subprocess.Process
+    command: _Command
     prefix: str
-    log_file: LogFile | None
+    log_path: Path | None
+    restart: bool
+    """Started again whenever it exits, until the supervisor stops."""
+    process: asyncio.subprocess.Process = field(init=False)
+    log_file: LogFile | None = field(init=False, default=None)
     exited: asyncio.Task[ChildExit] = field(init=False)
     released: bool = False
-    """Stopped and its process group emptied: never signal that group id again."""
+    """Exited and its process group emptied: never signal that group id again."""
+
+
+@dataclass(frozen=True)
+class _Command:
+    argv: list[str]
+    env: dict[str, str]
+    cwd: Path | None
 
 
 class Supervisor:
@@ -73,7 +87,10 @@ class Supervisor:
         name_width: int = 8,
         log_dir: Path | None = None,
         view: TerminalView | None = None,
+        on_restart: Callable[[], object] | None = None,
     ) -> None:
+        """``on_restart`` is called each time a child is started again (its process id
+        changed)."""
         self._output = output if output is not None else sys.stdout
         self._colour = self._output.isatty() if colour is None else colour
         self._name_width = name_width
@@ -83,6 +100,8 @@ class Supervisor:
         self._prefixes: dict[str, str] = {}
         self._children: dict[str, _Child] = {}
         self._summaries: asyncio.Task[None] | None = None
+        self._on_restart = on_restart
+        self._stopping = False
 
     @property
     def pids(self) -> dict[str, int]:
@@ -90,31 +109,46 @@ class Supervisor:
         return {name: child.process.pid for name, child in self._children.items()}
 
     async def add(
-        self, name: str, argv: list[str], env: dict[str, str], *, cwd: Path | None = None
+        self,
+        name: str,
+        argv: list[str],
+        env: dict[str, str],
+        *,
+        cwd: Path | None = None,
+        restart: bool = False,
     ) -> None:
         """Start ``argv`` as child ``name``; ``env`` is its whole environment.
 
         ``PYTHONUNBUFFERED=1`` is added unless ``env`` sets it, so that Python
         children print each line as it happens rather than when a buffer fills.
+        With ``restart``, the child is started again whenever it exits (after
+        :data:`RESTART_DELAY_SECONDS`), as an orchestrator restarts a replica, and its
+        exits never end :meth:`wait_any`.
         """
         if name in self._children:
             raise ValueError(f"a child named {name!r} was already added")
-        process = await asyncio.create_subprocess_exec(
-            *argv,
-            stdin=asyncio.subprocess.DEVNULL,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.STDOUT,
-            env={"PYTHONUNBUFFERED": "1", **env},
-            cwd=cwd,
-            process_group=0,
-            preexec_fn=die_with_parent(),
-        )
-        log_file = LogFile(self._log_dir / f"{name}.log") if self._log_dir else None
-        child = _Child(name, process, self._prefix(name), log_file)
+        log_path = self._log_dir / f"{name}.log" if self._log_dir else None
+        child = _Child(name, _Command(argv, env, cwd), self._prefix(name), log_path, restart)
+        await self._spawn(child)
         child.exited = asyncio.create_task(self._watch(child), name=f"supervise-{name}")
         self._children[name] = child
         if self._summaries is None:
             self._summaries = asyncio.create_task(self._show_summaries(), name="summaries")
+
+    async def _spawn(self, child: _Child) -> None:
+        command = child.command
+        child.process = await asyncio.create_subprocess_exec(
+            *command.argv,
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.STDOUT,
+            env={"PYTHONUNBUFFERED": "1", **command.env},
+            cwd=command.cwd,
+            process_group=0,
+            preexec_fn=die_with_parent(),
+        )
+        child.log_file = LogFile(child.log_path) if child.log_path else None
+        child.released = False
 
     async def wait_any(self) -> ChildExit:
         """Wait until any child exits (returns at once if one already has)."""
@@ -130,6 +164,7 @@ class Supervisor:
 
         Returns how each child ended, in the order they were added.
         """
+        self._stopping = True
         self._signal_groups(signal.SIGTERM)
         await asyncio.wait([child.exited for child in self._children.values()], timeout=timeout)
         self.kill()
@@ -162,6 +197,21 @@ class Supervisor:
         return self._prefixes[name]
 
     async def _watch(self, child: _Child) -> ChildExit:
+        while True:
+            returncode = await self._run(child)
+            if not child.restart or self._stopping:
+                return ChildExit(child.name, returncode)
+            child.released = True
+            self.announce(child.name, f"{ChildExit(child.name, returncode).describe()}; restarting")
+            await asyncio.sleep(RESTART_DELAY_SECONDS)
+            if self._stopping:
+                return ChildExit(child.name, returncode)
+            await self._spawn(child)
+            if self._on_restart is not None:
+                self._on_restart()
+
+    async def _run(self, child: _Child) -> int:
+        """Show the output of ``child``'s process until it exits; its exit status."""
         pump = asyncio.create_task(self._pump(child))
         returncode = await _exit_status(child.process)
         # Print what the child wrote just before exiting, without waiting on a
@@ -169,10 +219,11 @@ class Supervisor:
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(_DRAIN_SECONDS):
                 await asyncio.shield(pump)
-        return ChildExit(child.name, returncode)
+        return returncode
 
     async def _pump(self, child: _Child) -> None:
-        stream = child.process.stdout
+        # This process's pipe and log file: a restarted child has new ones.
+        stream, log_file = child.process.stdout, child.log_file
         assert stream is not None
         pending = b""
         try:
@@ -182,19 +233,19 @@ class Supervisor:
                     lines.append(pending)
                     pending = b""
                 for line in lines:
-                    self._take(child, _decode(line))
-                if child.log_file is not None:
-                    child.log_file.flush()
+                    self._take(child, log_file, _decode(line))
+                if log_file is not None:
+                    log_file.flush()
             if pending:
-                self._take(child, _decode(pending))
+                self._take(child, log_file, _decode(pending))
         finally:
-            if child.log_file is not None:
-                child.log_file.close()
+            if log_file is not None:
+                log_file.close()
 
-    def _take(self, child: _Child, line: str) -> None:
+    def _take(self, child: _Child, log_file: LogFile | None, line: str) -> None:
         """File ``line`` in the child's log and show what the terminal view makes of it."""
-        if child.log_file is not None:
-            child.log_file.write(line)
+        if log_file is not None:
+            log_file.write(line)
         for text in self._view.lines(child.name, line):
             self._write(child.prefix, text)
 

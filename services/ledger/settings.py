@@ -40,17 +40,17 @@ class LedgerSettings(ServiceSettings):
         "committed once every part has committed. A part has at least 500 requests, so "
         "the small batches of steady traffic stay whole.",
     )
-    consumer_session_timeout_ms: int = Field(
-        default=10_000,
+    consumer_session_timeout_ms: int | None = Field(
+        default=None,
         ge=1_000,
-        description="How long the broker waits for a silent ledger consumer before handing "
-        "its partitions to another: after a crash, those members' requests wait this long.",
+        description="KAFKA_SESSION_TIMEOUT_MS for the consumer of points requests alone; "
+        "unset, that setting (kept for installations that set it before it was shared).",
     )
-    consumer_heartbeat_interval_ms: int = Field(
-        default=3_000,
+    consumer_heartbeat_interval_ms: int | None = Field(
+        default=None,
         ge=100,
-        description="How often the ledger's consumer tells the broker it is alive; keep it "
-        "at most a third of the session timeout.",
+        description="KAFKA_HEARTBEAT_INTERVAL_MS for the consumer of points requests alone; "
+        "unset, that setting.",
     )
     expiry_interval_seconds: float = Field(
         default=60,

@@ -52,8 +52,10 @@ def register_subscribers(runtime: ServiceRuntime, settings: LedgerSettings) -> N
         environment_of=environment_from_member_key,
         on_quarantine=fail_quarantined_request,
         max_records=settings.batch_max_records,
-        session_timeout_ms=settings.consumer_session_timeout_ms,
-        heartbeat_interval_ms=settings.consumer_heartbeat_interval_ms,
+        session_timeout_ms=settings.consumer_session_timeout_ms
+        or settings.kafka_session_timeout_ms,
+        heartbeat_interval_ms=settings.consumer_heartbeat_interval_ms
+        or settings.kafka_heartbeat_interval_ms,
         description="Applies accepted earn and redeem requests to the ledger, one "
         "PostgreSQL transaction per part of a batch (parts have no member in common); "
         "results go out through the outbox. A request that cannot be applied is "

@@ -1,19 +1,28 @@
 """Several replicas of every service on one machine (``points dev --scale``), as an
 operator scales them: the replicas of a service share its port, the gateway's
 replicas split the triggers, the ledger's split the partitions, and nothing is
-applied twice."""
+applied twice, also while replicas are killed at random under load (the chaos test)."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
+import os
+import random
+import signal
 import uuid
+from collections import Counter
 from collections.abc import Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
 
 from infra.dev.launcher import RunningPlatform
+from tests.e2e.conftest import CallbackReceiver
 from tests.e2e.test_platform import business_with_an_active_rule
 from tests.e2e.test_poison_messages import developer_headers
 from tests.helpers import eventually, running_platform
@@ -115,3 +124,148 @@ class TestReplicasOnOneMachine:
             for child in replicas_of("ledger")
         ]
         assert all(applied), applied
+
+
+# --- chaos -----------------------------------------------------------------------------
+
+CHAOS_SECONDS = 60.0
+TRIGGERS_PER_SECOND = 15
+KILL_EVERY_SECONDS = 4.0
+MEMBERS = [f"chaos-member-{number}" for number in range(40)]
+
+
+@dataclass
+class Offered:
+    """What the partner's app sent and the gateway accepted, and what was done to it."""
+
+    accepted: dict[str, tuple[str, int]] = field(default_factory=dict)
+    """requestId → (member, amount), for every trigger answered 202."""
+    retried: Counter[str] = field(default_factory=Counter)
+    """Why triggers were sent again (same requestId and body): no answer, or a 5xx code."""
+    killed: list[str] = field(default_factory=list)
+
+
+async def offer_triggers(
+    gateway: str, developer: dict[str, str], rule_id: str, callback_url: str, until: float,
+    offered: Offered,
+) -> None:  # fmt: skip
+    """A partner's app: triggers at a steady rate, each on a connection of its own, each
+    sent again with the same requestId until it gets an answer that is not a server error."""
+    loop = asyncio.get_running_loop()
+    sending: set[asyncio.Task[None]] = set()
+    number = 0
+    # No connection is kept: the kernel picks a gateway replica for each trigger.
+    fresh_connections = httpx.Limits(max_keepalive_connections=0)
+    async with httpx.AsyncClient(timeout=5, limits=fresh_connections) as http:
+        while loop.time() < until:
+            number += 1
+            body = {"userId": random.choice(MEMBERS), "ruleId": rule_id,
+                    "amount": number % 5 + 1, "requestId": uuid.uuid4().hex,
+                    "callbackUrl": callback_url}  # fmt: skip
+            task = asyncio.create_task(send_until_answered(http, gateway, developer, body, offered))
+            sending.add(task)
+            task.add_done_callback(sending.discard)
+            await asyncio.sleep(1 / TRIGGERS_PER_SECOND)
+        await asyncio.gather(*sending)
+
+
+async def send_until_answered(
+    http: httpx.AsyncClient,
+    gateway: str,
+    developer: dict[str, str],
+    body: dict[str, Any],
+    offered: Offered,
+) -> None:
+    for attempt in range(60):
+        if attempt:
+            await asyncio.sleep(0.5)
+        try:
+            answer = await http.post(gateway, headers=developer, json=body)
+        except httpx.HTTPError as error:  # the replica with the connection was killed
+            offered.retried[type(error).__name__] += 1
+            continue
+        if answer.status_code >= 500:
+            offered.retried[f"{answer.status_code} {answer.json().get('code')}"] += 1
+            continue
+        assert answer.status_code == 202, answer.text
+        offered.accepted[body["requestId"]] = (body["userId"], body["amount"])
+        return
+    raise AssertionError(f"trigger {body['requestId']} was never answered")
+
+
+async def kill_replicas(platform: RunningPlatform, until: float, offered: Offered) -> None:
+    """Every few seconds, SIGKILL a random replica of a random service (its whole process
+    group, as a crash would); the stack starts it again."""
+    loop = asyncio.get_running_loop()
+    chaos = random.Random()
+    while loop.time() + KILL_EVERY_SECONDS < until:
+        await asyncio.sleep(KILL_EVERY_SECONDS)
+        child = chaos.choice(replicas_of(chaos.choice(sorted(SCALE))))
+        with contextlib.suppress(ProcessLookupError):  # already down, being restarted
+            os.killpg(platform.pids[child], signal.SIGKILL)
+            offered.killed.append(child)
+
+
+class TestChaos:
+    async def test_replicas_killed_under_load_lose_nothing_and_apply_nothing_twice(
+        self, platform: RunningPlatform, receiver: CallbackReceiver
+    ) -> None:
+        async with httpx.AsyncClient(timeout=10) as http:
+            business = await business_with_an_active_rule(platform, http, "Chaos Co", "Storm")
+            developer = await developer_headers(platform, http, business)
+        gateway = f"{platform.urls['trigger']}/v1/points/requests"
+        offered = Offered()
+        until = asyncio.get_running_loop().time() + CHAOS_SECONDS
+
+        await asyncio.gather(
+            offer_triggers(gateway, developer, business.rule_id, receiver.url, until, offered),
+            kill_replicas(platform, until, offered),
+        )
+
+        assert len(offered.killed) >= CHAOS_SECONDS // KILL_EVERY_SECONDS - 2, offered.killed
+        async with httpx.AsyncClient(timeout=10, headers=developer) as http:
+            await eventually(
+                lambda: all_settled(http, gateway, offered), timeout=120,
+                what="every accepted trigger to be applied",
+            )  # fmt: skip
+            balances = {
+                member: (await http.get(
+                    f"{platform.urls['ledger']}/v1/members/{member}/balance",
+                    params={"environment": "staging"},
+                )).json()["balance"]
+                for member in MEMBERS
+            }  # fmt: skip
+        expected = dict.fromkeys(MEMBERS, 0)
+        for member, amount in offered.accepted.values():
+            expected[member] += amount
+        assert balances == expected  # every accepted trigger applied, none twice
+
+        async def callbacks_for_all() -> bool:
+            return called_back(receiver) >= set(offered.accepted)
+
+        await eventually(callbacks_for_all, timeout=120, what="a callback for every trigger")
+        assert called_back(receiver) == set(offered.accepted)
+        async with httpx.AsyncClient(timeout=10, headers=business.console) as http:
+            rule = (await http.get(f"{platform.urls['rules']}/v1/rules/{business.rule_id}")).json()
+        assert rule["capUsed"] == sum(expected.values())  # the cap counts each once
+        assert platform.points("ledger", "verify") == {"violations": []}
+        print(  # the figures of this run, for the record
+            f"\nchaos: {len(offered.accepted)} triggers accepted, sent again after "
+            f"{dict(offered.retried)}, "
+            f"{len(offered.killed)} replicas killed ({', '.join(offered.killed)}), "
+            f"{len(receiver.received)} callbacks for {len(called_back(receiver))} requests"
+        )
+
+
+async def all_settled(http: httpx.AsyncClient, gateway: str, offered: Offered) -> bool:
+    for request_id in offered.accepted:
+        status = await http.get(f"{gateway}/{request_id}")
+        if status.status_code != 200 or status.json()["status"] != "succeeded":
+            return False
+    return True
+
+
+def called_back(receiver: CallbackReceiver) -> set[str]:
+    """The requests the receiver was sent a succeeded callback for."""
+    payloads = (json.loads(body) for _, body in receiver.received)
+    return {payload["requestId"] for payload in payloads if payload["status"] == "succeeded"}

@@ -33,6 +33,7 @@ from infra.dev.smtp_sink import list_messages, start_smtp_sink, store_message
 from infra.dev.supervisor import ChildExit, Supervisor
 from infra.errors import StartupError
 from infra.kafka_admin import create_topics, wait_for_kafka
+from tests.helpers import eventually
 
 REPOSITORY = Path(__file__).resolve().parents[2]
 
@@ -348,6 +349,35 @@ class TestSupervisor:
 
         assert first == ChildExit("trigger", 3)
         assert exits == [ChildExit("ledger", -signal.SIGTERM), ChildExit("trigger", 3)]
+
+    async def test_a_replica_that_dies_is_started_again_and_its_peers_keep_running(
+        self, tmp_path: Path
+    ) -> None:
+        output = Output()
+        restarts: list[int] = []
+        supervisor = Supervisor(output, log_dir=tmp_path, on_restart=lambda: restarts.append(1))
+        prints_its_pid = "import os, time; print('up', os.getpid(), flush=True); time.sleep(60)"
+        await supervisor.add("ledger.1", python(prints_its_pid), {}, restart=True)
+        await supervisor.add("ledger.2", python(prints_its_pid), {}, restart=True)
+        await output.wait_for("ledger.1 | up", "ledger.2 | up")
+        first, peer = supervisor.pids["ledger.1"], supervisor.pids["ledger.2"]
+
+        os.kill(first, signal.SIGKILL)
+        await output.wait_for("ledger.1 was killed by SIGKILL; restarting")
+
+        async def started_again() -> bool:
+            return restarts == [1]
+
+        await eventually(started_again, timeout=10, what="the replica to start again")
+        await output.wait_for(f"up {supervisor.pids['ledger.1']}")
+        exits = await supervisor.stop()
+
+        assert supervisor.pids["ledger.1"] != first and supervisor.pids["ledger.2"] == peer
+        assert exits == [
+            ChildExit("ledger.1", -signal.SIGTERM),
+            ChildExit("ledger.2", -signal.SIGTERM),
+        ]
+        assert (tmp_path / "ledger.1.log").read_text().count("up ") == 2  # both lives filed
 
     async def test_stop_kills_a_child_that_ignores_sigterm(self) -> None:
         output = Output()
