@@ -14,6 +14,7 @@ import re
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import httpx
@@ -22,8 +23,10 @@ import pytest_asyncio
 from cryptography.hazmat.primitives.asymmetric import ec
 from structlog.testing import capture_logs
 
+from contracts import ClientRateLimit, ClientSnapshot
 from infra.request_signing import public_pem
 from services.rules import sessions
+from services.trigger import repository as trigger_repository
 from tests.helpers import (
     PASSWORD,
     Client,
@@ -581,3 +584,52 @@ async def everything_stored(stack: TriggerStack) -> str:
         return "\n".join(row["row"] for row in rows)
     finally:
         await stack.runtime.pool.release(connection)
+
+
+class TestGatewayProjection:
+    """How the gateway's projection keeps a client's rate limit from its events."""
+
+    def snapshot(self, client_id: str, rate_limit: ClientRateLimit | None) -> ClientSnapshot:
+        return ClientSnapshot(
+            client_id=client_id,
+            org_id="org_projection",
+            environment="staging",
+            name="Projected app",
+            status="active",
+            signing_key_salt="salt",
+            rate_limit=rate_limit,
+        )
+
+    async def project(self, stack: TriggerStack, snapshot: ClientSnapshot, minutes_ago: int) -> Any:
+        occurred_at = datetime.now(UTC) - timedelta(minutes=minutes_ago)
+        async with stack.runtime.pool.acquire() as connection:
+            await trigger_repository.upsert_client(connection, snapshot, occurred_at)
+            return await connection.fetchrow(
+                "SELECT per_second, burst FROM client_rate_limits WHERE client_id = $1",
+                snapshot.client_id,
+            )
+
+    async def test_an_event_without_a_limit_keeps_the_one_the_gateway_has(
+        self, stack: TriggerStack
+    ) -> None:
+        client_id = f"cli_{uuid.uuid4().hex}"
+        await self.project(
+            stack, self.snapshot(client_id, ClientRateLimit(per_second=5, burst=9)), 2
+        )
+
+        kept = await self.project(stack, self.snapshot(client_id, None), 1)
+
+        assert (kept["per_second"], kept["burst"]) == (5, 9)
+
+    async def test_an_older_event_arriving_late_does_not_bring_back_its_limit(
+        self, stack: TriggerStack
+    ) -> None:
+        client_id = f"cli_{uuid.uuid4().hex}"
+        newer = ClientRateLimit(per_second=50, burst=100)
+        await self.project(stack, self.snapshot(client_id, newer), 1)
+
+        kept = await self.project(
+            stack, self.snapshot(client_id, ClientRateLimit(per_second=1, burst=1)), 5
+        )
+
+        assert (kept["per_second"], kept["burst"]) == (50, 100)
