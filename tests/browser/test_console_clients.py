@@ -115,6 +115,29 @@ class TestApiClientsPage:
         assert refused.status_code == 401, refused.text
         assert (await token_for(platform, client_id, secret)).status_code == 401
 
+    async def test_rotating_shows_the_new_secret_once_and_the_old_one_still_works(
+        self, page: Page, platform: RunningPlatform, tenant: Tenant, admin_api: httpx.AsyncClient
+    ) -> None:
+        name = f"Rotated {uuid.uuid4().hex[:6]}"
+        created = await admin_api.post("/v1/clients", json={"name": name, "environment": "staging"})
+        assert created.status_code == 201, created.text
+        old = created.json()
+        await open_clients(page, tenant.admin)
+
+        await page.get_by_role("button", name=f"Actions for {name}").click()
+        await page.get_by_role("menuitem", name="Rotate secret").click()
+        await page.get_by_role("dialog").get_by_role("button", name="Rotate secret").click()
+
+        panel = page.locator("#issued-panel")
+        await expect(panel).to_contain_text(f"New secret for {name}")
+        await expect(panel).to_contain_text("The previous secret keeps working until")
+        await screenshot(page, "client-rotated-secret")
+        new_secret = await page.locator("#issued-client-secret").text_content()
+        assert new_secret and new_secret != old["clientSecret"]
+        for secret in (old["clientSecret"], new_secret):
+            issued = await token_for(platform, old["clientId"], secret)
+            assert issued.status_code == 200, issued.text
+
     async def test_an_admin_sets_a_clients_rate_limit(
         self, page: Page, tenant: Tenant, admin_api: httpx.AsyncClient
     ) -> None:
