@@ -10,6 +10,7 @@ from typing import Any
 from contracts.clients_lifecycle import (
     ClientLifecycleEvent,
     ClientLifecycleType,
+    ClientRateLimit,
     ClientSnapshot,
     ClientStatus,
 )
@@ -91,6 +92,7 @@ __all__ = [
     "TOPICS_TO_CREATE",
     "ClientLifecycleEvent",
     "ClientLifecycleType",
+    "ClientRateLimit",
     "ClientSnapshot",
     "ClientStatus",
     "ContractModel",

@@ -5,6 +5,7 @@ from typing import ClassVar, Literal, Self, get_args
 from pydantic import AwareDatetime, Field, model_validator
 
 from contracts.envelope import ContractModel, Environment, EventEnvelope
+from contracts.limits import MOST_TRIGGERS_PER_CLIENT
 from contracts.text import MultilineText, Text
 from contracts.topics import CLIENTS_LIFECYCLE
 
@@ -15,7 +16,21 @@ ClientLifecycleType = Literal[
     "client.secret_rotated",
     "client.request_signing_key_changed",
     "client.expiry_callback_changed",
+    "client.rate_limit_changed",
 ]
+
+
+class ClientRateLimit(ContractModel):
+    """The trigger rate an operator or admin gave one client instead of the gateway's
+    default: a token bucket refilled at ``per_second`` that holds ``burst``."""
+
+    per_second: float = Field(
+        gt=0,
+        le=MOST_TRIGGERS_PER_CLIENT,
+        allow_inf_nan=False,
+        description="Triggers a second, sustained.",
+    )
+    burst: int = Field(ge=1, le=MOST_TRIGGERS_PER_CLIENT, description="Triggers accepted at once.")
 
 
 class ClientSnapshot(ContractModel):
@@ -71,12 +86,20 @@ class ClientSnapshot(ContractModel):
             " client's requests earned expire; null when the client has not opted in."
         ),
     )
+    rate_limit: ClientRateLimit | None = Field(
+        default=None,
+        description=(
+            "The client's own trigger rate limit; null when it has none of its own, and"
+            " the gateway keeps what it had (its default, or a limit set before this"
+            " field existed)."
+        ),
+    )
 
 
 class ClientLifecycleEvent(EventEnvelope[ClientSnapshot]):
     """Sent when an API client is registered, revoked, has its secret rotated, has its
-    request-signing public key registered, replaced or removed, or has its `points.expired`
-    callback URL set or cleared."""
+    request-signing public key registered, replaced or removed, has its `points.expired`
+    callback URL set or cleared, or is given a trigger rate limit of its own."""
 
     TOPIC: ClassVar[str] = CLIENTS_LIFECYCLE
     VERSION: ClassVar[int] = 1

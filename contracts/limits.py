@@ -31,3 +31,5 @@ MAX_POOL_BALANCE: Final = 2**62
 #: The longest expiry policy a rule may set: points expire at most this many days after
 #: they are awarded (a hundred years; any instant it gives fits every date type).
 MAX_EXPIRY_DAYS: Final = 36_500
+#: The largest trigger rate one client may be given: triggers a second, and its burst.
+MOST_TRIGGERS_PER_CLIENT: Final = 1_000_000

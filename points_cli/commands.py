@@ -156,19 +156,18 @@ async def client_revoke(args: argparse.Namespace) -> int:
 
 
 async def client_set_rate_limit(args: argparse.Namespace) -> int:
-    from services.trigger.rate_limits import set_client_rate_limit
-
+    # As the console sets it: carried to the gateway on the client's lifecycle event.
     async with rules_transaction() as (connection, _):
-        await clients.client_for_update(connection, args.client_id)  # refuses an unknown client
-    async with schema_transaction("trigger") as connection:
-        await set_client_rate_limit(
+        limit = await clients.set_rate_limit(
             connection, args.client_id, per_second=args.per_second, burst=args.burst
         )
     if args.json:
-        emit({"clientId": args.client_id, "perSecond": args.per_second, "burst": args.burst}, True)
+        emit(
+            {"clientId": args.client_id, "perSecond": limit.per_second, "burst": limit.burst}, True
+        )
     else:
-        limit = f"{args.per_second:g} triggers a second, bursts of {args.burst}"
-        print(f"client {args.client_id}: {limit}")
+        rate = f"{limit.per_second:g} triggers a second, bursts of {limit.burst}"
+        print(f"client {args.client_id}: {rate}")
     return 0
 
 

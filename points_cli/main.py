@@ -15,6 +15,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+from contracts.limits import MOST_TRIGGERS_PER_CLIENT
 from infra.errors import StartupError
 from infra.logging import configure_logging
 from infra.problems import Problem
@@ -23,7 +24,7 @@ from infra.settings import SERVICES, load_stack_environment, var_dir
 Command = Callable[[argparse.Namespace], Coroutine[Any, Any, int]]
 
 #: The largest rate an operator may give one client (triggers a second, and burst).
-MOST_PER_CLIENT = 1_000_000
+MOST_PER_CLIENT = MOST_TRIGGERS_PER_CLIENT
 
 
 def rate(text: str) -> float:

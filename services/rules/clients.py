@@ -7,12 +7,12 @@ from __future__ import annotations
 import secrets
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 import asyncpg
 
-from contracts import ClientLifecycleEvent, ClientSnapshot
+from contracts import ClientLifecycleEvent, ClientRateLimit, ClientSnapshot
 from infra import outbox
 from infra.problems import Problem
 from infra.request_signing import (
@@ -56,6 +56,15 @@ class IssuedClient:
         return issued
 
 
+def rate_limit_of(client: asyncpg.Record) -> ClientRateLimit | None:
+    """The client's own trigger rate limit; None when it has none of its own."""
+    if client["rate_limit_per_second"] is None:
+        return None
+    return ClientRateLimit(
+        per_second=client["rate_limit_per_second"], burst=client["rate_limit_burst"]
+    )
+
+
 def _client_snapshot(client: asyncpg.Record) -> ClientSnapshot:
     return ClientSnapshot(
         client_id=client["id"],
@@ -69,6 +78,7 @@ def _client_snapshot(client: asyncpg.Record) -> ClientSnapshot:
         rotated_at=client["rotated_at"],
         request_signing_key=client["request_signing_key"],
         expiry_callback_url=client["expiry_callback_url"],
+        rate_limit=rate_limit_of(client),
     )
 
 
@@ -170,6 +180,7 @@ async def set_request_signing_key(
     client_id: str,
     pem: str | None,
     actor: str = "operator",
+    org_id: str | None = None,
 ) -> dict[str, str | None]:
     """Register, replace (``pem``) or remove (``None``) the key a client signs requests with.
 
@@ -177,9 +188,7 @@ async def set_request_signing_key(
     accepted; after a removal the client's requests need no signature.
     """
     key = None if pem is None else accepted_signing_key(pem)
-    client = await client_for_update(connection, client_id)
-    if client["status"] != "active":
-        raise Conflict(f"client {client_id} is revoked", code="CLIENT_REVOKED")
+    client = await active_client_for_update(connection, client_id, org_id)
     before = signing_key_fingerprint(client["request_signing_key"])
     after = None if key is None else fingerprint(key)
     if before != after:
@@ -199,6 +208,16 @@ async def client_for_update(
     """The client, locked until the transaction ends; NotFound when there is none (or,
     given ``org_id``, when it belongs to another organisation: no hint that it exists)."""
     return _owned(await repository.get_client_for_update(connection, client_id), client_id, org_id)
+
+
+async def active_client_for_update(
+    connection: asyncpg.Connection, client_id: str, org_id: str | None = None
+) -> asyncpg.Record:
+    """As :func:`client_for_update`, and a conflict when the client is revoked."""
+    client = await client_for_update(connection, client_id, org_id)
+    if client["status"] != "active":
+        raise Conflict(f"client {client_id} is revoked", code="CLIENT_REVOKED")
+    return client
 
 
 def _owned(client: asyncpg.Record | None, client_id: str, org_id: str | None) -> asyncpg.Record:
@@ -227,9 +246,7 @@ async def set_expiry_callback_url(
     if url is not None:
         _owned(await repository.get_client(connection, client_id), client_id, org_id)
         await check(url)
-    client = await client_for_update(connection, client_id, org_id)
-    if client["status"] != "active":
-        raise Conflict(f"client {client_id} is revoked", code="CLIENT_REVOKED")
+    client = await active_client_for_update(connection, client_id, org_id)
     before = client["expiry_callback_url"]
     if before != url:
         client = await repository.set_expiry_callback_url(connection, client_id, url)
@@ -239,14 +256,47 @@ async def set_expiry_callback_url(
 
 
 async def revoke_client(
-    connection: asyncpg.Connection, client_id: str, actor: str = "operator"
-) -> None:
-    client = await client_for_update(connection, client_id)
+    connection: asyncpg.Connection,
+    client_id: str,
+    actor: str = "operator",
+    org_id: str | None = None,
+) -> asyncpg.Record:
+    """Revoke the client (at once, on every gateway); a revoked one stays as it is."""
+    client = await client_for_update(connection, client_id, org_id)
     if client["status"] == "revoked":
-        return
+        return client
     client = await repository.revoke_client(connection, client_id)
     await audit(connection, client["org_id"], actor, "client.revoked", client_id, {})
     await _publish_client(connection, client, "client.revoked", client_id)
+    return client
+
+
+def _rate_limit_text(limit: ClientRateLimit | None) -> str | None:
+    return None if limit is None else f"{limit.per_second:g}/s, burst {limit.burst}"
+
+
+async def set_rate_limit(
+    connection: asyncpg.Connection,
+    client_id: str,
+    *,
+    per_second: float,
+    burst: int,
+    actor: str = "operator",
+    org_id: str | None = None,
+) -> ClientRateLimit:
+    """Give the client its own trigger rate limit instead of the gateway's default. It
+    travels to the gateway on the client's lifecycle event, so it applies to the next
+    trigger once the caller's transaction has reached the gateway's projection."""
+    limit = ClientRateLimit(per_second=per_second, burst=burst)  # refuses what is out of bounds
+    client = await active_client_for_update(connection, client_id, org_id)
+    before = rate_limit_of(client)
+    if before != limit:
+        client = await repository.set_client_rate_limit(
+            connection, client_id, limit.per_second, limit.burst
+        )
+        change = FieldChange("rateLimit", _rate_limit_text(before), _rate_limit_text(limit))
+        await _record_change(connection, client, actor, "client.rate_limit_changed", change)
+    return limit
 
 
 async def rotate_client_secret(
@@ -256,10 +306,11 @@ async def rotate_client_secret(
     platform_signing_key: str,
     overlap: timedelta,
     actor: str = "operator",
+    org_id: str | None = None,
 ) -> IssuedClient:
-    client = await client_for_update(connection, client_id)
-    if client["status"] != "active":
-        raise Conflict(f"client {client_id} is revoked", code="CLIENT_REVOKED")
+    """A new secret (and callback-signing secret) for the client; the previous secret
+    keeps working for ``overlap``, and callbacks carry both signatures meanwhile."""
+    client = await active_client_for_update(connection, client_id, org_id)
     secret = secrets.token_urlsafe(32)
     salt = new_salt()
     client = await repository.rotate_client_secret(
@@ -325,21 +376,55 @@ async def sign_in_client(
     return client
 
 
+#: How stale the console's "last token issued" may be: one write a client a minute.
+TOKEN_ISSUED_RESOLUTION = timedelta(minutes=1)
+
+
+async def note_token_issued(
+    connection: asyncpg.Connection, client: asyncpg.Record, at: datetime
+) -> None:
+    """Remember that a token was issued to ``client`` (as read when it signed in), at
+    most once a minute: most token requests write nothing."""
+    last = client["last_token_issued_at"]
+    if last is None or at - last >= TOKEN_ISSUED_RESOLUTION:
+        await repository.note_token_issued(connection, client["id"])
+
+
+def describe_client(row: asyncpg.Record) -> dict[str, Any]:
+    """A client as the API shows it: everything but its secrets and their hashes."""
+    limit = rate_limit_of(row)
+    overlap_ends = row["previous_valid_until"]
+    return {
+        "clientId": row["id"],
+        "name": row["name"],
+        "environment": row["environment"],
+        "status": row["status"],
+        "createdAt": row["created_at"],
+        "rotatedAt": row["rotated_at"],
+        "revokedAt": row["revoked_at"],
+        "previousSecretValidUntil": overlap_ends if overlap_ends and overlap_ends > now() else None,
+        "lastTokenIssuedAt": row["last_token_issued_at"],
+        "rateLimit": None
+        if limit is None
+        else {"perSecond": limit.per_second, "burst": limit.burst},
+        "requestSigningKeySet": row["request_signing_key"] is not None,
+        "requestSigningKey": row["request_signing_key"],
+        "requestSigningKeyFingerprint": signing_key_fingerprint(row["request_signing_key"]),
+        "expiryCallbackUrl": row["expiry_callback_url"],
+    }
+
+
+async def get_client(connection: asyncpg.Connection, client_id: str, org_id: str) -> dict[str, Any]:
+    """The organisation's client as the API shows it; NotFound for another's."""
+    return describe_client(
+        _owned(await repository.get_client(connection, client_id), client_id, org_id)
+    )
+
+
 async def list_clients(
     connection: asyncpg.Connection, org_id: str, environment: str | None = None
 ) -> list[dict[str, Any]]:
-    rows = await repository.list_clients(connection, org_id, environment)
     return [
-        {
-            "clientId": row["id"],
-            "name": row["name"],
-            "environment": row["environment"],
-            "status": row["status"],
-            "createdAt": row["created_at"],
-            "rotatedAt": row["rotated_at"],
-            "requestSigningKey": row["request_signing_key"],
-            "requestSigningKeyFingerprint": signing_key_fingerprint(row["request_signing_key"]),
-            "expiryCallbackUrl": row["expiry_callback_url"],
-        }
-        for row in rows
+        describe_client(row)
+        for row in await repository.list_clients(connection, org_id, environment)
     ]

@@ -96,6 +96,10 @@ class Viewer:
     def can_edit(self) -> bool:
         return self.session.role != "viewer"
 
+    @property
+    def is_admin(self) -> bool:
+        return self.session.role == "admin"
+
 
 async def _viewer(request: Request, ctx: RulesContext) -> Viewer | None:
     session_id = request.cookies.get(sessions.COOKIE_NAME)
@@ -180,6 +184,14 @@ async def edit_rule_page(request: Request, ctx: Context, rule_id: Text) -> Respo
 @router.get("/rules/{rule_id}")
 async def rule_page(request: Request, ctx: Context, rule_id: Text) -> Response:
     return await _page(request, ctx, "rule_detail.html", "rules", rule_id=rule_id)
+
+
+@router.get("/clients")
+async def clients_page(
+    request: Request, ctx: Context, environment: Environment = "staging"
+) -> Response:
+    """API clients: every role sees the list; admins create, rotate, revoke and limit them."""
+    return await _page(request, ctx, "clients.html", "clients", environment=environment)
 
 
 @router.get("/members")

@@ -67,6 +67,17 @@ UPDATE api_clients SET request_signing_key = $2 WHERE id = $1 RETURNING *
 SET_EXPIRY_CALLBACK_URL = """
 UPDATE api_clients SET expiry_callback_url = $2 WHERE id = $1 RETURNING *
 """
+SET_CLIENT_RATE_LIMIT = """
+UPDATE api_clients SET rate_limit_per_second = $2, rate_limit_burst = $3 WHERE id = $1
+RETURNING *
+"""
+# At most one write a minute a client, however many tokens it asks for: the console
+# shows when a token was last issued, to the minute.
+NOTE_TOKEN_ISSUED = """
+UPDATE api_clients SET last_token_issued_at = now()
+WHERE id = $1
+    AND (last_token_issued_at IS NULL OR last_token_issued_at <= now() - interval '1 minute')
+"""
 CLIENT_STATUSES = """
 SELECT id, status FROM api_clients
 WHERE org_id = $1 AND environment = $2 AND id = ANY($3::text[])
@@ -314,6 +325,16 @@ async def set_expiry_callback_url(
     connection: asyncpg.Connection, client_id: str, url: str | None
 ) -> asyncpg.Record:
     return await connection.fetchrow(SET_EXPIRY_CALLBACK_URL, client_id, url)
+
+
+async def set_client_rate_limit(
+    connection: asyncpg.Connection, client_id: str, per_second: float, burst: int
+) -> asyncpg.Record:
+    return await connection.fetchrow(SET_CLIENT_RATE_LIMIT, client_id, per_second, burst)
+
+
+async def note_token_issued(connection: asyncpg.Connection, client_id: str) -> None:
+    await connection.execute(NOTE_TOKEN_ISSUED, client_id)
 
 
 # The token issuer's signing keys.

@@ -11,7 +11,7 @@ import asyncpg
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, Strict, model_validator
 from pydantic.alias_generators import to_camel
 
-from contracts.limits import MAX_EXPIRY_DAYS, MAX_POINTS
+from contracts.limits import MAX_EXPIRY_DAYS, MAX_POINTS, MOST_TRIGGERS_PER_CLIENT
 from contracts.notifications_requested import EmailAddress
 from contracts.text import MultilineText, Text
 from infra.storable import StorableDatetime
@@ -357,6 +357,58 @@ class RuleList(CamelModel):
     items: list[RuleView]
 
 
+class ClientCreate(CamelModel):
+    """A new API client of the caller's organisation, for one environment."""
+
+    model_config = ConfigDict(
+        json_schema_extra={"examples": [{"name": "Partner mobile app", "environment": "staging"}]}
+    )
+
+    name: Text = Field(min_length=1, max_length=200)
+    environment: Literal["staging", "production"]
+
+
+class RateLimitView(CamelModel):
+    """A client's own trigger rate limit: a token bucket refilled at ``perSecond``
+    that holds ``burst``."""
+
+    model_config = ConfigDict(json_schema_extra={"examples": [{"perSecond": 50, "burst": 100}]})
+
+    per_second: Annotated[float, Strict()] = Field(
+        gt=0,
+        le=MOST_TRIGGERS_PER_CLIENT,
+        allow_inf_nan=False,
+        description="Triggers a second, sustained.",
+    )
+    burst: Annotated[int, Strict()] = Field(
+        ge=1, le=MOST_TRIGGERS_PER_CLIENT, description="Triggers accepted at once."
+    )
+
+
+class PublicKeyChange(CamelModel):
+    """The PEM public key (RSA of 2048 bits or more, or EC P-256) the client signs its
+    trigger requests with; null removes it, and its requests need no signature."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "publicKey": "-----BEGIN PUBLIC KEY-----\nMFkwEwYHKoZIzj0CAQYIKoZIzj0DAQcD"
+                    "QgAEbU2WE3zYSWRBdD2IxzFWiIThLS7n\nbkpfGUeVlCV8SVYeBzPlB9HkHI3q5BiGol0bQ"
+                    "CKaeroOZhAOnF3AuTemUQ==\n-----END PUBLIC KEY-----\n"
+                }
+            ]
+        }
+    )
+
+    public_key: MultilineText | None = Field(max_length=16_384)
+
+
+class PublicKeyView(CamelModel):
+    client_id: str
+    request_signing_key_fingerprint: str | None
+
+
 class ClientView(CamelModel):
     """An API client, without its secrets."""
 
@@ -366,11 +418,37 @@ class ClientView(CamelModel):
     status: str = Field(description="`active` or `revoked`.")
     created_at: datetime
     rotated_at: datetime | None
+    revoked_at: datetime | None = None
+    previous_secret_valid_until: datetime | None = Field(
+        default=None,
+        description="After a rotation, until when the previous secret still works; null when "
+        "only the current one does.",
+    )
+    last_token_issued_at: datetime | None = Field(
+        default=None,
+        description="When a token was last issued to the client, to the minute; null if never.",
+    )
+    rate_limit: RateLimitView | None = Field(
+        default=None,
+        description="The client's own trigger rate limit; null when the gateway's default applies.",
+    )
+    request_signing_key_set: bool = Field(
+        default=False, description="Whether the client must sign its trigger requests."
+    )
     request_signing_key: str | None = Field(
         description="The PEM public key requests are signed with."
     )
     request_signing_key_fingerprint: str | None
     expiry_callback_url: str | None
+
+
+class IssuedClientView(ClientView):
+    """A client as created or rotated, with its secrets: shown this once, never again."""
+
+    client_secret: str = Field(description="The OAuth2 client secret. Shown only this once.")
+    callback_signing_secret: str = Field(
+        description="The secret callbacks to this client are signed with. Shown only this once."
+    )
 
 
 class ClientList(CamelModel):

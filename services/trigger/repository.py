@@ -33,14 +33,28 @@ ON CONFLICT (rule_id) DO UPDATE SET
     points_expire_at = EXCLUDED.points_expire_at, projected_at = now()
 WHERE rules.version < EXCLUDED.version
 """
+# The client's own rate limit ($7, $8) comes with it, and applies from the next trigger
+# (the bucket takes the limit in force each time). It is written only when the client's
+# change is not older than the one projected (the CTE returns no row otherwise), so a
+# replay ends on the latest limit. A snapshot without one ($7 null: the client has none
+# of its own, or the event predates the field) leaves the limit as it is: an operator
+# may have set it here before limits travelled on the topic.
 UPSERT_CLIENT = """
-INSERT INTO clients (client_id, org_id, environment, status, request_signing_key, occurred_at)
-VALUES ($1, $2, $3, $4, $5, $6)
+WITH projected AS (
+    INSERT INTO clients (
+        client_id, org_id, environment, status, request_signing_key, occurred_at
+    ) VALUES ($1, $2, $3, $4, $5, $6)
+    ON CONFLICT (client_id) DO UPDATE SET
+        status = EXCLUDED.status,
+        request_signing_key = EXCLUDED.request_signing_key,
+        occurred_at = EXCLUDED.occurred_at
+    WHERE clients.occurred_at <= EXCLUDED.occurred_at
+    RETURNING client_id
+)
+INSERT INTO client_rate_limits (client_id, per_second, burst)
+SELECT client_id, $7, $8 FROM projected WHERE $7::double precision IS NOT NULL
 ON CONFLICT (client_id) DO UPDATE SET
-    status = EXCLUDED.status,
-    request_signing_key = EXCLUDED.request_signing_key,
-    occurred_at = EXCLUDED.occurred_at
-WHERE clients.occurred_at <= EXCLUDED.occurred_at
+    per_second = EXCLUDED.per_second, burst = EXCLUDED.burst, updated_at = now()
 """
 CLIENT_ACCESS = "SELECT status, request_signing_key FROM clients WHERE client_id = $1"
 # A member's standing; a change older than the one projected changes nothing.
@@ -266,6 +280,8 @@ async def upsert_client(
         client.status,
         client.request_signing_key,
         occurred_at,
+        None if client.rate_limit is None else client.rate_limit.per_second,
+        None if client.rate_limit is None else client.rate_limit.burst,
     )
 
 

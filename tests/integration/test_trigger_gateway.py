@@ -1042,8 +1042,9 @@ class TestRateLimits:
         self, gateway: Gateway, monkeypatch: pytest.MonkeyPatch
     ) -> None:
         throttled = gateway.clients["throttled"].client_id
-        # As an operator sets it.
+        # As an operator sets it: the command returns once the gateway has it.
         monkeypatch.setenv("DATABASE_URL", gateway.seeder.database_url)
+        monkeypatch.setenv("KAFKA_BOOTSTRAP_SERVERS", gateway.bootstrap_servers)
         monkeypatch.setenv("POINTS_MODE", "development")
         limit = ["client", "set-rate-limit", throttled, "--per-second", "5", "--burst", "5"]
         assert await points(*limit) == 0

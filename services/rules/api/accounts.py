@@ -1,5 +1,4 @@
-"""Business users' routes: signing in for a bearer token or the console's cookie session,
-and the organisation's API clients."""
+"""Business users' routes: signing in for a bearer token or the console's cookie session."""
 
 from __future__ import annotations
 
@@ -8,17 +7,13 @@ from typing import Any
 
 from fastapi import APIRouter, Request, Response
 
-from contracts.text import Text
 from infra.logging import get_logger
 from infra.openapi import RETRY_AFTER, problems
-from services.rules import accounts, clients, sessions
-from services.rules.api import Context, Tx, User, console_session, require_csrf_token
+from services.rules import accounts, sessions
+from services.rules.api import Context, console_session, require_csrf_token
 from services.rules.schemas import (
-    ClientList,
     ConsoleSessionOpened,
     ConsoleSessionView,
-    ExpiryCallbackChange,
-    ExpiryCallbackView,
     LoginRequest,
     TokenResponse,
 )
@@ -137,41 +132,3 @@ async def close_console_session(request: Request, ctx: Context) -> Response:
     response = Response(status_code=204)
     response.delete_cookie(sessions.COOKIE_NAME, **_session_cookie_options(ctx.settings))
     return response
-
-
-@router.get("/v1/clients", response_model=ClientList, tags=["clients"])
-async def list_clients(user: User, tx: Tx, environment: Text | None = None) -> dict[str, Any]:
-    """The organisation's API clients, without secrets."""
-    return {"items": await clients.list_clients(tx, user.org_id, environment)}
-
-
-@router.put(
-    "/v1/clients/{client_id}/expiry-callback",
-    response_model=ExpiryCallbackView,
-    tags=["clients"],
-    responses=problems(
-        {
-            400: ["INVALID_CALLBACK_URL"],
-            403: ["ADMIN_ROLE_REQUIRED"],
-            404: ["CLIENT_NOT_FOUND"],
-            409: ["CLIENT_REVOKED"],
-            503: ["CALLBACK_HOST_UNRESOLVED"],
-        }
-    ),
-)
-async def set_expiry_callback(
-    client_id: Text, body: ExpiryCallbackChange, user: User, tx: Tx, ctx: Context
-) -> dict[str, str | None]:
-    """Opt an API client in to signed ``points.expired`` callbacks at ``url`` (https, a
-    public host), or out with ``null``; admins only."""
-    user.require_admin()
-    changed = await clients.set_expiry_callback_url(
-        tx,
-        client_id,
-        body.url,
-        check=ctx.settings.check_callback_url,
-        org_id=user.org_id,
-        actor=user.id,
-    )
-    log.info("client.expiry_callback_changed", client_id=client_id, opted_in=body.url is not None)
-    return changed

@@ -21,6 +21,7 @@ from infra.tokens import (
 )
 from services.rules import clients, credentials, tokens
 from services.rules.api import Context
+from services.rules.records import now
 from services.rules.schemas import AuthorizationServerMetadata, JwkSet
 
 log = get_logger(__name__)
@@ -205,6 +206,7 @@ async def issue_token(request: Request, ctx: Context) -> JSONResponse:
     lifetime = ctx.settings.client_token_lifetime_seconds
     async with ctx.pool.acquire() as connection:
         token = await ctx.issuer.client_token(connection, client, lifetime)
+        await clients.note_token_issued(connection, client, now())
     log.info("token.issued", client_id=client_id)
     return JSONResponse(
         {
