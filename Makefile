@@ -6,7 +6,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: run test lint fmt docs venv clean bench-gateway bench-ledger bench-propagation bench-token-flood bench-restart bench-e2e up down test-tools
+.PHONY: run test lint fmt docs venv clean bench-gateway bench-ledger bench-propagation bench-token-flood bench-restart bench-e2e bench-scale up down test-tools
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -52,6 +52,9 @@ bench-propagation: $(STAMP)  ## how long a rule change takes to reach the gatewa
 
 bench-e2e: $(STAMP)  ## trigger -> 202, points applied, callback and status, per hop, at 10, 100 and 500 req/s; the share e-mail
 	$(BIN)/python bench/e2e.py $(BENCH_ARGS)
+
+bench-scale: $(STAMP)  ## throughput and latency with one and two replicas of every service, and the pause a replica leaving or joining causes
+	$(BIN)/python bench/scale.py $(BENCH_ARGS)
 
 bench-token-flood: $(STAMP)  ## the JWKS's latency while 40 callers send wrong client secrets
 	$(BIN)/python bench/token_flood.py $(BENCH_ARGS)
