@@ -414,7 +414,6 @@ async def outbox_republish(args: argparse.Namespace) -> int:
 
 
 async def topics_create(args: argparse.Namespace) -> int:
-    from contracts.topics import TOPICS_TO_CREATE
     from infra.broker import wait_for_broker
     from infra.kafka_admin import create_topics
     from infra.kafka_security import kafka_client_options
@@ -427,7 +426,7 @@ async def topics_create(args: argparse.Namespace) -> int:
     try:
         created = await create_topics(
             settings.kafka_bootstrap_servers,
-            TOPICS_TO_CREATE,
+            settings.topics(),
             replication_factor=args.replication_factor,
             configs=configs,
             **kafka_client_options(settings),
@@ -435,7 +434,7 @@ async def topics_create(args: argparse.Namespace) -> int:
     except RuntimeError as error:
         print(f"points: {error}", file=sys.stderr)
         return 1
-    for topic in TOPICS_TO_CREATE:
+    for topic in settings.topics():
         state = "created" if topic.name in created else "already exists"
         policy = "compact" if topic.compacted else "delete"
         print(f"{topic.name}: {state} ({topic.partitions} partitions, cleanup.policy={policy})")
