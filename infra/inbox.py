@@ -35,7 +35,8 @@ RETURNING event_id
 CLAIM_ALL = """
 INSERT INTO inbox (event_id, topic, kafka_partition, kafka_offset)
 SELECT event_id, $2, kafka_partition, kafka_offset
-FROM unnest($1::uuid[], $3::int[], $4::bigint[]) AS claimed (event_id, kafka_partition, kafka_offset)
+FROM unnest($1::uuid[], $3::int[], $4::bigint[])
+    AS claimed (event_id, kafka_partition, kafka_offset)
 ORDER BY event_id
 ON CONFLICT (event_id) DO NOTHING
 RETURNING event_id

@@ -32,12 +32,13 @@ from infra import db
 from infra.broker import start_broker, start_producer, wait_for_broker
 from infra.catchup import ConsumerLag
 from infra.consumers import Consumer, EnvironmentOf, Handler, OnQuarantine, consume_in_batches
+from infra.inbox_retention import InboxRetention
 from infra.kafka_admin import ClusterIdentity, create_topics
 from infra.kafka_security import kafka_client_options
 from infra.logging import get_logger
 from infra.metrics import ServiceMetrics
 from infra.outbox import OutboxRelay, backlog
-from infra.retention import InboxRetention, Retention, TableSizes, outbox_purge
+from infra.retention import Retention, TableSizes, outbox_purge
 from infra.settings import ServiceSettings
 
 log = get_logger(__name__)

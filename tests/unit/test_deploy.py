@@ -423,7 +423,9 @@ class TestStrimziTopics:
             for topic in topics
         }
         # Retentions too: the inboxes keep their rows as long as the topics keep events.
-        assert declared == {topic.name: (topic.partitions, topic.config()) for topic in TOPICS_TO_CREATE}
+        assert declared == {
+            topic.name: (topic.partitions, topic.config()) for topic in TOPICS_TO_CREATE
+        }
         assert all(topic["spec"]["replicas"] >= 3 for topic in topics)
 
 
