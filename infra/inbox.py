@@ -60,14 +60,15 @@ def delivered_from(positions: Mapping[UUID, Position]) -> Iterator[None]:
         _positions.reset(token)
 
 
-def _position(event_id: UUID) -> tuple[int | None, int | None]:
+def position_of(event_id: UUID) -> tuple[int | None, int | None]:
+    """Where the consumer read ``event_id`` (partition, offset), or (None, None)."""
     return _positions.get().get(event_id, (None, None))
 
 
 async def claim(connection: asyncpg.Connection, event_id: UUID, topic: str) -> bool:
     """Record ``event_id`` as processed; False when it already was."""
     assert connection.is_in_transaction(), "claim must run in the effect's transaction"
-    return await connection.fetchval(CLAIM, event_id, topic, *_position(event_id)) is not None
+    return await connection.fetchval(CLAIM, event_id, topic, *position_of(event_id)) is not None
 
 
 async def claim_all(
@@ -78,7 +79,7 @@ async def claim_all(
     ids = sorted(set(event_ids))
     if not ids:
         return set()
-    positions = [_position(event_id) for event_id in ids]
+    positions = [position_of(event_id) for event_id in ids]
     partitions = [partition for partition, _ in positions]
     offsets = [offset for _, offset in positions]
     rows = await connection.fetch(CLAIM_ALL, ids, topic, partitions, offsets)
