@@ -20,16 +20,14 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import multiprocessing
 import time
 import uuid
 from dataclasses import dataclass, field
 
 import asyncpg
-import uvloop
-from e2e import LeanHttp, Seeded, Sent, seed, serve_receiver, trigger, warm_up
+from e2e import LeanHttp, Seeded, Sent, on_seeded_platform, start_receiver, trigger, warm_up
 
-from infra.dev.launcher import RunningPlatform, free_port, start_platform
+from infra.dev.launcher import RunningPlatform
 from infra.settings import SERVICES
 
 TABLES = """
@@ -108,13 +106,7 @@ async def load(
 
 
 async def run(platform: RunningPlatform, seeded: Seeded, options: argparse.Namespace) -> None:
-    port = free_port()
-    log = platform.state / "callbacks.log"
-    receiver = multiprocessing.get_context("spawn").Process(
-        target=serve_receiver, args=(port, str(log)), daemon=True
-    )
-    receiver.start()
-    receiver_url = f"http://127.0.0.1:{port}/points-callback"
+    receiver, receiver_url, log = start_receiver(platform)
     gateway = LeanHttp(platform.urls["trigger"])
     connection = await asyncpg.connect(platform.stack_setting("DATABASE_URL"))
     samples = Samples()
@@ -176,20 +168,16 @@ def main() -> None:
         **shortened(options.retention_seconds, options.purge_seconds),
     }
 
-    platform = start_platform(prefix="bench-soak-", **settings)
-    try:
-        platform.wait_ready()
-        seeded = seed(platform, options.clients, per_second=options.rate * 2)
-        print(
-            f"platform up; {options.rate} triggers/s for {options.minutes:g} min; every "
-            f"retention {options.retention_seconds:g} s (inbox: three of them), purged every "
-            f"{options.purge_seconds:g} s",
-            flush=True,
-        )
-        uvloop.run(run(platform, seeded, options))
-    finally:
-        platform.stop()
-        platform.remove_state()
+    on_seeded_platform(
+        "bench-soak-",
+        settings,
+        options.clients,
+        options.rate * 2,
+        f"platform up; {options.rate} triggers/s for {options.minutes:g} min; every "
+        f"retention {options.retention_seconds:g} s (inbox: three of them), purged every "
+        f"{options.purge_seconds:g} s",
+        lambda platform, seeded: run(platform, seeded, options),
+    )
 
 
 if __name__ == "__main__":
