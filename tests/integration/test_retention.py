@@ -12,7 +12,7 @@ import asyncpg
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
-from contracts import POINTS_REQUESTED, TOPICS_TO_CREATE
+from contracts import MEMBERS_LIFECYCLE, POINTS_REQUESTED, TOPICS_TO_CREATE
 from infra import inbox
 from infra.health import health_router
 from infra.http import create_http_app
@@ -23,15 +23,16 @@ from infra.retention import Purge, Retention, outbox_purge, purge_in_batches
 from infra.runtime import ServiceRuntime
 from infra.settings import ServiceSettings
 from services.ledger.app import MIGRATIONS as LEDGER_MIGRATIONS
+from services.ledger.app import create_app as create_ledger_app
 from services.ledger.settings import LedgerSettings
 from services.notifier import repository as notifier_repository
 from services.notifier.app import MIGRATIONS as NOTIFIER_MIGRATIONS
 from services.rules import sign_in_repository
 from services.rules.app import MIGRATIONS as RULES_MIGRATIONS
-from tests.helpers import migrated_pool
+from tests.helpers import Service, eventually, migrated_pool
 from tests.integration.test_ledger_expiry import project, standing
 from tests.integration.test_ledger_service import apply, balance, points_requested
-from tests.integration.test_metrics import rule_events, sample, scrape
+from tests.integration.test_metrics import rule_events, running, sample, scrape
 
 TOPIC = POINTS_REQUESTED
 GROUP = "retention-test"
@@ -225,6 +226,36 @@ class TestTheOutboxPurge:
         assert purged == 3
         left = [row["id"] for row in await pool.fetch("SELECT id FROM outbox ORDER BY id")]
         assert left == [*recent, pending]
+
+
+class TestAServicesRuntime:
+    async def test_purges_its_outbox_and_inbox_in_the_background_and_keeps_compacted_rows(
+        self, database_url: str, kafka_bootstrap_servers: str
+    ) -> None:
+        await create_topics(kafka_bootstrap_servers, TOPICS_TO_CREATE)
+        settings = LedgerSettings(
+            database_url=database_url,
+            kafka_bootstrap_servers=kafka_bootstrap_servers,
+            startup_timeout_seconds=15,
+            retention_interval_seconds=0.2,
+        )
+        async with running(Service(*create_ledger_app(settings))) as ledger:
+            pool = ledger.runtime.pool
+            async with pool.acquire() as connection, connection.transaction():
+                await enqueue(connection, *rule_events(1))
+
+            async def published() -> bool:
+                return await count(pool, "outbox", "published_at IS NOT NULL") == 1
+
+            await eventually(published, timeout=20, what="the relay to publish")
+            await pool.execute("UPDATE outbox SET published_at = now() - interval '2 days'")
+            await claim(pool, days_ago=30)
+            kept = await claim(pool, days_ago=30, topic=MEMBERS_LIFECYCLE)
+
+            async def purged() -> bool:
+                return await count(pool, "outbox") == 0 and await inbox_ids(pool) == {kept}
+
+            await eventually(purged, timeout=20, what="the outbox and inbox to be purged")
 
 
 class TestPurgersAtOnce:
