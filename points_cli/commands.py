@@ -370,6 +370,7 @@ async def outbox_republish(args: argparse.Namespace) -> int:
     running relay publishes it again in id order. All services or none: a window one
     outbox no longer holds refuses the whole command."""
     chosen = args.service or list(SERVICES)
+    retention = timedelta(hours=ServiceSettings().outbox_retention_hours)
     marked: dict[str, outbox.Republished] = {}
     connections = [await schema_connection(service) for service in chosen]
     try:
@@ -378,7 +379,7 @@ async def outbox_republish(args: argparse.Namespace) -> int:
             await transaction.start()
         try:
             for service, connection in zip(chosen, connections, strict=True):
-                marked[service] = await outbox.republish(connection, args.since)
+                marked[service] = await outbox.republish(connection, args.since, retention)
         except outbox.TooFarBack as error:
             for transaction in transactions:
                 await transaction.rollback()
