@@ -6,7 +6,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: run test lint fmt docs venv clean bench-gateway bench-ledger bench-propagation bench-token-flood bench-restart bench-e2e bench-scale up down test-tools
+.PHONY: run test lint fmt docs venv clean bench-gateway bench-ledger bench-propagation bench-token-flood bench-restart bench-e2e bench-scale bench-soak up down test-tools
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -58,6 +58,9 @@ bench-scale: $(STAMP)  ## throughput and latency with one and two replicas of ev
 
 bench-token-flood: $(STAMP)  ## the JWKS's latency while 40 callers send wrong client secrets
 	$(BIN)/python bench/token_flood.py $(BENCH_ARGS)
+
+bench-soak: $(STAMP)  ## 10 minutes of steady load with retentions shortened: every table's rows and size, flat after the first retention
+	$(BIN)/python bench/soak.py $(BENCH_ARGS)
 
 bench-restart: $(STAMP)  ## how long make run takes to start on a kept state of 10,000 members, against a fresh start
 	$(BIN)/python bench/restart.py $(BENCH_ARGS)

@@ -35,8 +35,9 @@ import multiprocessing
 import os
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass, field
+from multiprocessing.process import BaseProcess
 from pathlib import Path
 from typing import Any
 
@@ -414,14 +415,19 @@ async def share_emails(platform: RunningPlatform, seeded: Seeded, count: int) ->
     return spans
 
 
-async def run(platform: RunningPlatform, seeded: Seeded, options: argparse.Namespace) -> None:
+def start_receiver(platform: RunningPlatform) -> tuple[BaseProcess, str, Path]:
+    """A callback receiver in a process of its own: the process, its URL and its log."""
     port = free_port()
     log = platform.state / "callbacks.log"
     receiver = multiprocessing.get_context("spawn").Process(
         target=serve_receiver, args=(port, str(log)), daemon=True
     )
     receiver.start()
-    receiver_url = f"http://127.0.0.1:{port}/points-callback"
+    return receiver, f"http://127.0.0.1:{port}/points-callback", log
+
+
+async def run(platform: RunningPlatform, seeded: Seeded, options: argparse.Namespace) -> None:
+    receiver, receiver_url, log = start_receiver(platform)
     dsn = platform.stack_setting("DATABASE_URL")
     gateway = LeanHttp(platform.urls["trigger"])
     try:
@@ -483,16 +489,33 @@ def main() -> None:
     options = parser.parse_args()
     settings = {"LOG_LEVEL": "WARNING", **dict(s.split("=", 1) for s in options.setting)}
 
-    platform = start_platform(prefix="bench-e2e-", **settings)
+    on_seeded_platform(
+        "bench-e2e-",
+        settings,
+        options.clients,
+        max(options.rates) * 2,
+        f"platform up; {options.clients} clients, one earn rule; "
+        f"{options.seconds:g} s at each of {options.rates} req/s",
+        lambda platform, seeded: run(platform, seeded, options),
+    )
+
+
+def on_seeded_platform(
+    prefix: str,
+    settings: dict[str, str],
+    clients: int,
+    per_second: int,
+    announce: str,
+    bench: Callable[[RunningPlatform, Seeded], Coroutine[Any, Any, None]],
+) -> None:
+    """Start the platform with ``settings``, seed it (:func:`seed`), say ``announce`` and
+    run ``bench`` on it; then stop it and remove its state."""
+    platform = start_platform(prefix=prefix, **settings)
     try:
         platform.wait_ready()
-        seeded = seed(platform, options.clients, per_second=max(options.rates) * 2)
-        print(
-            f"platform up; {options.clients} clients, one earn rule; "
-            f"{options.seconds:g} s at each of {options.rates} req/s",
-            flush=True,
-        )
-        uvloop.run(run(platform, seeded, options))
+        seeded = seed(platform, clients, per_second=per_second)
+        print(announce, flush=True)
+        uvloop.run(bench(platform, seeded))
     finally:
         platform.stop()
         platform.remove_state()

@@ -48,13 +48,28 @@ class TopicSpec:
     description: str
     retention_ms: int | None = None
     """How long messages are kept; None for the broker's default."""
+    segment_ms: int | None = None
+    """How long a log segment stays open; None for the broker's default (7 days). Kafka
+    deletes whole segments, so a message can outlive ``retention_ms`` by this much: the
+    consumers' inboxes keep their rows as long (see ``infra/retention.py``)."""
 
     def config(self) -> dict[str, str]:
         """Topic-level Kafka configuration to create the topic with."""
         config = {"cleanup.policy": "compact" if self.compacted else "delete"}
         if self.retention_ms is not None:
             config["retention.ms"] = str(self.retention_ms)
+        if self.segment_ms is not None:
+            config["segment.ms"] = str(self.segment_ms)
         return config
+
+
+#: How long the event topics (those not compacted) keep a message: seven days, Kafka's
+#: own default, said explicitly so that no broker default decides how long the
+#: consumers' inboxes must remember an event (decision 0021).
+EVENT_RETENTION_MS = 7 * 24 * 3600 * 1000
+#: How long their log segments stay open: a message is deleted at most this long after
+#: its retention passed, rather than Kafka's default of seven days more.
+EVENT_SEGMENT_MS = 24 * 3600 * 1000
 
 
 #: The topics events are published on, each with its event schema.
@@ -94,6 +109,8 @@ ALL_TOPICS: tuple[TopicSpec, ...] = (
         key="environment:org id:user id",
         partitions=12,
         compacted=False,
+        retention_ms=EVENT_RETENTION_MS,
+        segment_ms=EVENT_SEGMENT_MS,
         description=(
             "Earn or redeem request accepted by the trigger gateway, for the ledger to apply;"
             " keyed by member so one member's requests stay in order."
@@ -104,6 +121,8 @@ ALL_TOPICS: tuple[TopicSpec, ...] = (
         key="environment:org id:user id",
         partitions=12,
         compacted=False,
+        retention_ms=EVENT_RETENTION_MS,
+        segment_ms=EVENT_SEGMENT_MS,
         description=(
             "Outcome of a points request: applied with the balance after, or rejected with"
             " a reason; later, reversed by an operator, or expired. The gateway releases cap"
@@ -116,6 +135,8 @@ ALL_TOPICS: tuple[TopicSpec, ...] = (
         key="rule id",
         partitions=3,
         compacted=False,
+        retention_ms=EVENT_RETENTION_MS,
+        segment_ms=EVENT_SEGMENT_MS,
         description="Request to email a rule's integration details to third-party developers.",
     ),
 )
@@ -132,6 +153,7 @@ def _dead_letters(source: TopicSpec) -> TopicSpec:
         partitions=1,
         compacted=False,
         retention_ms=DEAD_LETTER_RETENTION_MS,
+        segment_ms=EVENT_SEGMENT_MS,
         description=(
             f"Copies of the {source.name} messages a consumer quarantined, each with its"
             " original key, bytes and headers and an `x-quarantine` header (consumer,"

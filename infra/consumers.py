@@ -44,6 +44,7 @@ from collections import deque
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar, get_args
+from uuid import UUID
 
 import asyncpg
 from aiokafka import ConsumerRecord
@@ -52,7 +53,7 @@ from faststream.kafka.annotations import KafkaMessage
 from pydantic import BaseModel, ValidationError
 
 from contracts import Environment, environment_group
-from infra import quarantine
+from infra import inbox, quarantine
 from infra.errors import is_transient
 from infra.logging import get_logger
 
@@ -315,7 +316,8 @@ class Consumer(Generic[E]):
         if not delivered:
             return
         try:
-            await self._handler([item.event for item in delivered])
+            with inbox.delivered_from(_positions(delivered)):
+                await self._handler([item.event for item in delivered])
             return
         except Exception as error:
             if is_transient(error):
@@ -339,7 +341,8 @@ class Consumer(Generic[E]):
             await asyncio.sleep(pause)
             pause *= 2
             try:
-                await self._handler([item.event])
+                with inbox.delivered_from(_positions([item])):
+                    await self._handler([item.event])
                 return
             except Exception as again:
                 if is_transient(again):
@@ -406,6 +409,16 @@ class Consumer(Generic[E]):
         if resolution is not None:
             await quarantine.resolve(connection, quarantine_id, resolution)
         return resolution
+
+
+def _positions(delivered: Sequence[Delivered[Any]]) -> dict[UUID, inbox.Position]:
+    """Where each delivered event was read, for its inbox row (:func:`inbox.delivered_from`)."""
+    positions = {}
+    for item in delivered:
+        event_id = getattr(item.event, "event_id", None)
+        if isinstance(event_id, UUID):
+            positions[event_id] = (item.record.partition, item.record.offset)
+    return positions
 
 
 def read_event(model: type[E], value: bytes | None) -> E:

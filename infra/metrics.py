@@ -68,6 +68,26 @@ class ServiceMetrics:
             ["service", "topic"],
             registry=self.registry,
         )
+        self._table_rows = Gauge(
+            "points_table_rows",
+            "Estimated rows of each table of the service's schema (pg_class.reltuples, as of "
+            "the last ANALYZE; read at most every few seconds).",
+            ["service", "table"],
+            registry=self.registry,
+        )
+        self._table_bytes = Gauge(
+            "points_table_bytes",
+            "On-disk size of each table of the service's schema, with its indexes and TOAST "
+            "(pg_total_relation_size; read at most every few seconds).",
+            ["service", "table"],
+            registry=self.registry,
+        )
+        self._purged = Counter(
+            "points_purged_rows",
+            "Rows this process's retention purges deleted, by purge (infra/retention.py).",
+            ["service", "purge"],
+            registry=self.registry,
+        )
         self._scrape_hooks: list[ScrapeHook] = []
 
     def before_scrape(self, hook: ScrapeHook) -> None:
@@ -114,3 +134,15 @@ class ServiceMetrics:
         self._consumer_lag.clear()
         for (group, topic), records in (lag or {}).items():
             self._consumer_lag.labels(self.service, group, topic).set(records)
+
+    def count_purged(self, purge: str, rows: int) -> None:
+        self._purged.labels(self.service, purge).inc(rows)
+
+    def set_table_sizes(self, sizes: dict[str, tuple[int, int]] | None) -> None:
+        """Record each table's (estimated rows, bytes), or leave them out when the database
+        did not answer."""
+        self._table_rows.clear()
+        self._table_bytes.clear()
+        for table, (rows, size) in (sizes or {}).items():
+            self._table_rows.labels(self.service, table).set(rows)
+            self._table_bytes.labels(self.service, table).set(size)

@@ -27,7 +27,8 @@ then publishes pending rows in id order and marks them published.
   Finding another cluster (the embedded broker started again, a cluster that
   lost its log), it marks what it published within the retention as pending
   again (:func:`republish`), so it is published again in id order; consumers
-  de-duplicate. Published rows are kept for :data:`RETENTION` for that.
+  de-duplicate. Published rows are kept for :data:`RETENTION` for that
+  (``OUTBOX_RETENTION_HOURS``), and purged in batches by :mod:`infra.retention`.
 """
 
 from __future__ import annotations
@@ -67,7 +68,6 @@ SELECT id, topic, key, payload, headers FROM outbox
 WHERE published_at IS NULL ORDER BY id LIMIT $1
 """
 MARK_PUBLISHED = "UPDATE outbox SET published_at = now() WHERE id = ANY($1::bigint[])"
-PURGE_PUBLISHED = "DELETE FROM outbox WHERE published_at < now() - $1::interval"
 BACKLOG = "SELECT count(*) FROM outbox WHERE published_at IS NULL"
 NEWEST = "SELECT max(id) FROM outbox"
 PUBLISHED_UP_TO = """
@@ -328,7 +328,6 @@ class OutboxRelay:
             self._leading = True
             await connection.add_listener(self.channel, self._on_notify)
             log.info("outbox.relay.started", schema=self._schema)
-            await connection.execute(PURGE_PUBLISHED, self._retention)
             while True:
                 self._wake.clear()
                 published = await self.publish_pending(connection)

@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from datetime import timedelta
 from pathlib import Path
 from typing import Any, Concatenate, ParamSpec, TypeVar
 
@@ -31,11 +32,13 @@ from infra import db
 from infra.broker import start_broker, start_producer, wait_for_broker
 from infra.catchup import ConsumerLag
 from infra.consumers import Consumer, EnvironmentOf, Handler, OnQuarantine, consume_in_batches
+from infra.inbox_retention import InboxRetention
 from infra.kafka_admin import ClusterIdentity, create_topics
 from infra.kafka_security import kafka_client_options
 from infra.logging import get_logger
 from infra.metrics import ServiceMetrics
 from infra.outbox import OutboxRelay, backlog
+from infra.retention import Retention, TableSizes, outbox_purge
 from infra.settings import ServiceSettings
 
 log = get_logger(__name__)
@@ -84,6 +87,16 @@ class ServiceRuntime:
         if relay:
             self.metrics.start_counting_published()
             self.metrics.before_scrape(self._read_outbox_backlog)
+        #: The service's purges (infra/retention.py): the outbox's and the inbox's are
+        #: added at start; a service adds its own tables' with ``retention.add``.
+        self.retention = Retention(
+            lambda: self.pool,
+            interval=settings.retention_interval_seconds,
+            batch_size=settings.retention_batch_size,
+            metrics=self.metrics,
+        )
+        self._inbox_retention = InboxRetention(settings)
+        self.metrics.before_scrape(TableSizes(lambda: self.pool, self.metrics).read)
 
     @property
     def pool(self) -> asyncpg.Pool:
@@ -189,6 +202,7 @@ class ServiceRuntime:
             self.metrics.start_counting_quarantined(topic)
         for consumer in consumers:
             self.watch_lag(consumer.group_id, list(models))
+            self._inbox_retention.consumed(consumer.group_id, models)
         return consumers
 
     async def start(self) -> None:
@@ -223,6 +237,7 @@ class ServiceRuntime:
                     settings.kafka_bootstrap_servers, **kafka_client_options(settings)
                 ),
                 on_new_cluster=self._prepare_new_cluster,
+                retention=timedelta(hours=settings.outbox_retention_hours),
             )
             self.relay.start()
         if self.broker is not None:
@@ -231,7 +246,17 @@ class ServiceRuntime:
             self._broker_task = asyncio.create_task(self._start_broker(self.broker))
         for hook in self._on_start:
             await hook()
+        await self._start_retention()
         log.info("service.started", port=settings.port)
+
+    async def _start_retention(self) -> None:
+        outbox = timedelta(hours=self.settings.outbox_retention_hours)
+        self.retention.infrastructure = [
+            *([outbox_purge(outbox)] if self._with_relay else []),
+            *await self._inbox_retention.purges(),
+        ]
+        if self.retention.infrastructure or self.retention.purges:
+            await self.retention.start()
 
     async def readiness(self) -> dict[str, bool]:
         """Each readiness check's answer (what ``/readyz`` reports); a check that fails or
@@ -272,11 +297,9 @@ class ServiceRuntime:
         topics are an operator's (``points topics create``), with their replication."""
         if self.settings.mode != "development":
             return
-        from contracts import TOPICS_TO_CREATE
-
         await create_topics(
             self.settings.kafka_bootstrap_servers,
-            TOPICS_TO_CREATE,
+            self.settings.topics(),
             **kafka_client_options(self.settings),
         )
 
@@ -284,6 +307,7 @@ class ServiceRuntime:
         """Stop in the order that loses nothing: the consumers finish the batch they hold
         (FastStream waits ``shutdown_grace_seconds`` for it), then the relay publishes what
         is pending, for as long again, then the connections close."""
+        await self.retention.stop()
         for hook in reversed(self._on_stop):
             await hook()
         if self._broker_task is not None:

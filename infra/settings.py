@@ -10,6 +10,7 @@ server while a prefixed one still overrides it for a single service.
 from __future__ import annotations
 
 import os
+from dataclasses import replace
 from pathlib import Path
 from typing import Annotated, Any, ClassVar, Literal, get_args
 from urllib.parse import urlsplit
@@ -23,7 +24,8 @@ from pydantic_settings import (
     SettingsConfigDict,
 )
 
-from contracts import Environment
+from contracts import Environment, TopicSpec
+from contracts.topics import ALL_TOPICS, EVENT_RETENTION_MS, EVENT_SEGMENT_MS, TOPICS_TO_CREATE
 from infra.problem_types import PROBLEM_TYPES_PATH
 
 RunMode = Literal["development", "production"]
@@ -109,6 +111,12 @@ SHARED_NAMES = frozenset(
         "token_issuer_url",
         "shutdown_grace_seconds",
         "http_reuse_port",
+        "kafka_topic_retention_hours",
+        "kafka_topic_segment_hours",
+        "outbox_retention_hours",
+        "inbox_retention_margin_hours",
+        "retention_interval_seconds",
+        "retention_batch_size",
     }
 )
 
@@ -254,6 +262,47 @@ class ServiceSettings(BaseSettings):
         "requests in progress, then the batch each consumer has in hand, then the outbox "
         "relay publishing what is still pending.",
     )
+    kafka_topic_retention_hours: float = Field(
+        default=EVENT_RETENTION_MS / 3_600_000,
+        gt=0,
+        description="How long the event topics (`points.requested.v1`, `points.results.v1`, "
+        "`notifications.requested.v1`) keep a message, given to them when the platform creates "
+        "them (`points topics create`, the embedded stack). Each consumer's inbox remembers an "
+        "event at least this long plus the segment time, the outbox retention and the margin; "
+        "it reads a topic's real retention from the broker at start-up where it can.",
+    )
+    kafka_topic_segment_hours: float = Field(
+        default=EVENT_SEGMENT_MS / 3_600_000,
+        gt=0,
+        description="How long an event topic's log segment stays open (`segment.ms`): Kafka "
+        "deletes whole segments, so a message can outlive the topic's retention by this much.",
+    )
+    outbox_retention_hours: float = Field(
+        default=24.0,
+        gt=0,
+        description="How long published outbox rows are kept: how far back the outbox can "
+        "publish again after a Kafka cluster lost its log. Give every service the same value "
+        "(the inboxes count on the producers' retention).",
+    )
+    inbox_retention_margin_hours: float = Field(
+        default=24.0,
+        ge=0,
+        description="Added to how long a redelivery of an event stays possible (topic "
+        "retention + segment time + outbox retention) before its inbox row may be purged.",
+    )
+    retention_interval_seconds: float = Field(
+        default=300.0,
+        gt=0,
+        description="How often each process purges the rows past their retention (outbox, "
+        "inbox and the service's own tables), a batch at a time, until a batch is short.",
+    )
+    retention_batch_size: int = Field(
+        default=1000,
+        ge=1,
+        le=100_000,
+        description="Most rows one purge statement deletes: each batch is a short "
+        "transaction of its own, and replicas purging at once skip each other's rows.",
+    )
     environments: Annotated[tuple[Environment, ...], NoDecode] = Field(
         default=get_args(Environment),
         min_length=1,
@@ -261,6 +310,20 @@ class ServiceSettings(BaseSettings):
         "(`production`, `staging`): each has consumer groups of its own, so one environment's "
         "load or failures never hold up the other's, and each can run in processes of its own.",
     )
+
+    def topics(self) -> tuple[TopicSpec, ...]:
+        """Every topic the platform needs created, the event topics with the retention and
+        segment time of these settings."""
+        return tuple(
+            topic
+            if topic.compacted or topic not in ALL_TOPICS
+            else replace(
+                topic,
+                retention_ms=round(self.kafka_topic_retention_hours * 3_600_000),
+                segment_ms=round(self.kafka_topic_segment_hours * 3_600_000),
+            )
+            for topic in TOPICS_TO_CREATE
+        )
 
     @field_validator("environments", mode="before")
     @classmethod

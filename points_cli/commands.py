@@ -369,6 +369,7 @@ async def outbox_republish(args: argparse.Namespace) -> int:
     running relay publishes it again in id order. All services or none: a window one
     outbox no longer holds refuses the whole command."""
     chosen = args.service or list(SERVICES)
+    retention = timedelta(hours=ServiceSettings().outbox_retention_hours)
     marked: dict[str, outbox.Republished] = {}
     connections = [await schema_connection(service) for service in chosen]
     try:
@@ -377,7 +378,7 @@ async def outbox_republish(args: argparse.Namespace) -> int:
             await transaction.start()
         try:
             for service, connection in zip(chosen, connections, strict=True):
-                marked[service] = await outbox.republish(connection, args.since)
+                marked[service] = await outbox.republish(connection, args.since, retention)
         except outbox.TooFarBack as error:
             for transaction in transactions:
                 await transaction.rollback()
@@ -413,7 +414,6 @@ async def outbox_republish(args: argparse.Namespace) -> int:
 
 
 async def topics_create(args: argparse.Namespace) -> int:
-    from contracts.topics import TOPICS_TO_CREATE
     from infra.broker import wait_for_broker
     from infra.kafka_admin import create_topics
     from infra.kafka_security import kafka_client_options
@@ -426,7 +426,7 @@ async def topics_create(args: argparse.Namespace) -> int:
     try:
         created = await create_topics(
             settings.kafka_bootstrap_servers,
-            TOPICS_TO_CREATE,
+            settings.topics(),
             replication_factor=args.replication_factor,
             configs=configs,
             **kafka_client_options(settings),
@@ -434,7 +434,7 @@ async def topics_create(args: argparse.Namespace) -> int:
     except RuntimeError as error:
         print(f"points: {error}", file=sys.stderr)
         return 1
-    for topic in TOPICS_TO_CREATE:
+    for topic in settings.topics():
         state = "created" if topic.name in created else "already exists"
         policy = "compact" if topic.compacted else "delete"
         print(f"{topic.name}: {state} ({topic.partitions} partitions, cleanup.policy={policy})")

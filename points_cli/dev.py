@@ -30,7 +30,6 @@ import httpx
 from pydantic import Field
 from pydantic_settings import SettingsConfigDict
 
-from contracts import TOPICS_TO_CREATE
 from infra import db
 from infra.dev.kafka import (
     EMBEDDED_ACTIVE_FETCH_WAIT_MS,
@@ -304,7 +303,7 @@ async def run_stack(*, reset: bool = False, scale: str | None = None) -> int:
         try:
             database_url = await infra.start_database(stack)
             bootstrap = await infra.start_broker(stack)
-            await create_topics(bootstrap, TOPICS_TO_CREATE)
+            await create_topics(bootstrap, settings.topics())
             smtp_url = infra.start_mail(stack)
             for schema in SERVICES:
                 await db.migrate(database_url, schema, migrations_of(schema))

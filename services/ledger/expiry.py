@@ -18,8 +18,6 @@ it again.
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -30,9 +28,8 @@ import pydantic_core
 
 from contracts import PointsResultEvent, member_key
 from infra import outbox
-from infra.errors import is_transient
 from infra.logging import get_logger
-from infra.waiting import wait_at_most
+from infra.periodic import Periodic
 from services.ledger import lots_repository, repository
 from services.ledger.applying import RESULT_EVENT_IDS
 from services.ledger.repository import TransactionRow
@@ -238,36 +235,20 @@ def expired_row(lot: asyncpg.Record, expiry: UUID, balance: int, now: datetime) 
     return PointsResultEvent.TOPIC, key, payload, headers
 
 
-class ExpiryProcess:
+class ExpiryProcess(Periodic):
     """Runs :func:`expire_due_lots` at start and then every ``interval`` seconds until
-    stopped. Every replica runs one: a lot another replica took is skipped."""
+    stopped. Every replica runs one: a lot another replica took is skipped; a pass that
+    fails leaves no lot half expired, and the next pass tries again."""
+
+    name = "points.expiry"
 
     def __init__(
         self, pool_of: Callable[[], asyncpg.Pool], *, interval: float, chunk: int = CHUNK
     ) -> None:
+        super().__init__(interval=interval)
         self._pool_of = pool_of
-        self._interval = interval
         self._chunk = chunk
-        self._stopping = asyncio.Event()
-        self._task: asyncio.Task[None] | None = None
 
-    async def start(self) -> None:
-        self._stopping.clear()
-        self._task = asyncio.create_task(self._run(), name="ledger-expiry")
-
-    async def stop(self) -> None:
-        self._stopping.set()
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
-
-    async def _run(self) -> None:
-        while not self._stopping.is_set():
-            try:
-                await expire_due_lots(self._pool_of(), chunk=self._chunk)
-            except Exception as error:  # the next pass tries again: no lot is half expired
-                report = log.warning if is_transient(error) else log.error
-                report("points.expiry.failed", error=str(error) or type(error).__name__)
-            await wait_at_most(self._stopping, self._interval)
+    async def once(self) -> int:
+        report = await expire_due_lots(self._pool_of(), chunk=self._chunk)
+        return report.lots

@@ -9,9 +9,10 @@ from fastapi import FastAPI
 from infra.broker import create_broker
 from infra.http import create_http_app
 from infra.openapi import Security
+from infra.retention import Purge
 from infra.runtime import ServiceRuntime
 from infra.serving import app_only
-from services.notifier import api
+from services.notifier import api, repository
 from services.notifier.api import NotifierContext
 from services.notifier.dispatch import DeliveryDispatcher
 from services.notifier.metrics import DeliveryMetrics
@@ -32,6 +33,9 @@ def create_app(settings: NotifierSettings | None = None) -> tuple[FastAPI, Servi
     metrics = DeliveryMetrics(runtime.metrics.registry)
     dispatcher = DeliveryDispatcher(settings, metrics=metrics)
     register_subscribers(runtime, dispatcher, settings)
+    runtime.retention.add(
+        Purge("deliveries", repository.PURGE_DELIVERED, (settings.delivered_retention_days,))
+    )
 
     async def read_delivery_state() -> None:
         await metrics.refresh(runtime.pool)

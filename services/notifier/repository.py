@@ -592,3 +592,16 @@ async def delivery_state(pool: asyncpg.Pool) -> tuple[dict[tuple[str, str], int]
 
 def _interval(seconds: float) -> timedelta:
     return timedelta(seconds=seconds)
+
+
+# Delivered callbacks and e-mails past their retention ($2 days), a batch of at most $1
+# (infra/retention.py); pending, parked and failed ones stay for their sender or an
+# operator. The (status, updated_at) index finds them; delivered rows are not updated again.
+PURGE_DELIVERED = """
+DELETE FROM deliveries WHERE id = ANY (ARRAY(
+    SELECT id FROM deliveries
+    WHERE status = 'delivered' AND updated_at < now() - $2::float8 * interval '1 day'
+    LIMIT $1
+    FOR UPDATE SKIP LOCKED
+))
+"""

@@ -115,6 +115,14 @@ class NotifierSettings(ServiceSettings):
     mail_reply_to: str | None = Field(
         default=None, description="Reply-To address of share e-mails, if any."
     )
+    delivered_retention_days: float = Field(
+        default=30.0,
+        gt=0,
+        description="How long delivered callbacks and sent share e-mails stay in the delivery "
+        "log businesses and operators read; then they are purged. Pending, parked and failed "
+        "deliveries are kept until delivered or replayed. Keep it longer than the inbox "
+        "retention: a delivery row also stops a redelivered result from calling back twice.",
+    )
 
     @field_validator("smtp_url")
     @classmethod

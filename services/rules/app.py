@@ -20,9 +20,10 @@ from infra.broker import create_broker
 from infra.catchup import GroupProgress
 from infra.http import create_http_app
 from infra.openapi import CONSOLE_BEARER, Security
+from infra.retention import Purge
 from infra.runtime import ServiceRuntime
 from infra.serving import app_only
-from services.rules import console, sessions
+from services.rules import console, sessions, sign_in_repository
 from services.rules.api import RulesContext, accounts, clients, guide, members, oauth, rules
 from services.rules.propagation import Propagation
 from services.rules.settings import RulesSettings
@@ -51,6 +52,14 @@ def create_app(settings: RulesSettings | None = None) -> tuple[FastAPI, ServiceR
         settings, schema="rules", migrations=MIGRATIONS, broker=create_broker(settings)
     )
     register_subscribers(runtime)
+    runtime.retention.add(
+        Purge("console_sessions", sign_in_repository.PURGE_EXPIRED_CONSOLE_SESSIONS),
+        Purge(
+            "sign_in_attempts",
+            sign_in_repository.PURGE_IDLE_SIGN_IN_ATTEMPTS,
+            (float(settings.login_throttle_window_seconds),),
+        ),
+    )
     issuer = TokenIssuer.for_settings(settings)
 
     async def ensure_signing_key() -> None:

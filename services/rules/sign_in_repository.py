@@ -53,6 +53,23 @@ DELETE_EXPIRED_CONSOLE_SESSIONS = """
 DELETE FROM console_sessions WHERE user_id = $1 AND expires_at <= now()
 """
 
+# Retention (infra/retention.py), a batch of at most $1 each: expired sessions, and
+# throttle keys idle longer than the throttle's window ($2 seconds), whose counts a
+# next attempt would reset anyway.
+PURGE_EXPIRED_CONSOLE_SESSIONS = """
+DELETE FROM console_sessions WHERE id_hash = ANY (ARRAY(
+    SELECT id_hash FROM console_sessions WHERE expires_at <= now()
+    LIMIT $1 FOR UPDATE SKIP LOCKED
+))
+"""
+PURGE_IDLE_SIGN_IN_ATTEMPTS = """
+DELETE FROM sign_in_attempts WHERE ctid = ANY (ARRAY(
+    SELECT ctid FROM sign_in_attempts
+    WHERE last_attempt_at < now() - make_interval(secs => $2)
+    LIMIT $1 FOR UPDATE SKIP LOCKED
+))
+"""
+
 
 # Sign-in throttling: one counter a (scope, key).
 

@@ -17,7 +17,7 @@ from infra.tokens import TOKEN_PATH, JwksVerifier
 from services.trigger import subscribers
 from services.trigger.admission import Gateway
 from services.trigger.api import TRIGGER_PATH, TriggerContext, router, serve_trigger
-from services.trigger.housekeeping import PendingReconciler, RequestPurger
+from services.trigger.housekeeping import PendingReconciler, requests_purge
 from services.trigger.reads import ResultsConsumed
 from services.trigger.settings import TriggerSettings
 from services.trigger.subscribers import register_subscribers
@@ -46,11 +46,7 @@ def create_app(
     register_subscribers(runtime)
     verifier = verifier or JwksVerifier(settings.token_issuer_url)
     projection = CatchUp(settings, subscribers.PROJECTION_GROUP, list(subscribers.PROJECTED_TOPICS))
-    purger = RequestPurger(
-        lambda: runtime.pool,
-        retention_days=settings.idempotency_retention_days,
-        interval=settings.purge_interval_seconds,
-    )
+    runtime.retention.add(requests_purge(settings.idempotency_retention_days))
     reconciler = PendingReconciler(
         lambda: runtime.pool,
         redrive_after=settings.pending_redrive_after_seconds,
@@ -59,9 +55,8 @@ def create_app(
         registry=runtime.metrics.registry,
     )
     runtime.on_start(projection.mark)
-    for periodic in (purger, reconciler):
-        runtime.on_start(periodic.start)
-        runtime.on_stop(periodic.stop)
+    runtime.on_start(reconciler.start)
+    runtime.on_stop(reconciler.stop)
     runtime.on_stop(verifier.aclose)
     progress = GroupProgress(settings)
     runtime.on_stop(progress.stop)

@@ -1,10 +1,8 @@
-"""Background work of the gateway: forgetting requestIds past their retention, and
-making sure no request stays pending without bound."""
+"""Background work of the gateway: forgetting requestIds past their retention (a purge
+of :mod:`infra.retention`), and making sure no request stays pending without bound."""
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -15,64 +13,11 @@ from prometheus_client import CollectorRegistry, Gauge
 from contracts import PointsRequested, PointsRequestedEvent
 from infra import outbox
 from infra.logging import get_logger
+from infra.periodic import Periodic
+from infra.retention import Purge, purge_in_batches
 from services.trigger import repository
 
 log = get_logger(__name__)
-
-
-class Periodic:
-    """Runs :meth:`once` at start and then every ``interval`` seconds until stopped.
-
-    Every replica runs one of each; the statements skip rows another replica
-    holds, so running them on several at once costs nothing but a few empty
-    queries. A round that fails on the database is logged and retried next time.
-    """
-
-    name = "periodic"
-
-    def __init__(self, pool_of: Callable[[], asyncpg.Pool], *, interval: float) -> None:
-        self._pool_of = pool_of
-        self._interval = interval
-        self._task: asyncio.Task[None] | None = None
-
-    async def once(self) -> int:
-        raise NotImplementedError
-
-    async def start(self) -> None:
-        self._task = asyncio.create_task(self._run(), name=f"trigger-{self.name}")
-
-    async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
-
-    async def _run(self) -> None:
-        while True:
-            try:
-                await self.once()
-            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as error:
-                log.warning(f"{self.name}_failed", error=str(error) or type(error).__name__)
-            await asyncio.sleep(self._interval)
-
-
-class RequestPurger(Periodic):
-    """Purges expired idempotency records; expired rows only cost disk until it runs."""
-
-    name = "requests.purge"
-
-    def __init__(
-        self, pool_of: Callable[[], asyncpg.Pool], *, retention_days: int, interval: float
-    ) -> None:
-        super().__init__(pool_of, interval=interval)
-        self._retention_days = retention_days
-
-    async def once(self) -> int:
-        purged = await purge_expired_requests(self._pool_of(), retention_days=self._retention_days)
-        if purged:
-            log.info("requests.purged", purged=purged, retention_days=self._retention_days)
-        return purged
 
 
 class PendingReconciler(Periodic):
@@ -93,7 +38,8 @@ class PendingReconciler(Periodic):
         interval: float,
         registry: CollectorRegistry,
     ) -> None:
-        super().__init__(pool_of, interval=interval)
+        super().__init__(interval=interval)
+        self._pool_of = pool_of
         self._redrive_after = redrive_after
         self._report_after = report_after
         self._overdue = Gauge(
@@ -134,20 +80,18 @@ class PendingReconciler(Periodic):
         return overdue
 
 
-async def purge_expired_requests(
-    pool: asyncpg.Pool, *, retention_days: int, batch_size: int = 1000
-) -> int:
-    """Forget settled requests older than the retention; how many were purged.
+def requests_purge(retention_days: float) -> Purge:
+    """Forget settled requests older than the retention (pending ones stay)."""
+    return Purge("requests", repository.PURGE_REQUESTS, (retention_days,))
 
-    Each batch commits on its own, so a large backlog never becomes one long
-    transaction holding thousands of row locks.
-    """
-    purged = 0
-    while True:
-        deleted = await repository.purge_requests(pool, retention_days, batch_size)
-        purged += deleted
-        if deleted < batch_size:
-            return purged
+
+async def purge_expired_requests(
+    pool: asyncpg.Pool, *, retention_days: float, batch_size: int = 1000
+) -> int:
+    """Run :func:`requests_purge` to the end now; how many requests were purged."""
+    return await purge_in_batches(
+        pool, repository.PURGE_REQUESTS, retention_days, batch_size=batch_size
+    )
 
 
 async def redrive_pending_requests(

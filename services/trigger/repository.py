@@ -95,15 +95,16 @@ UPDATE requests SET reversal_id = $3, reversed_amount = $4, uncovered_amount = $
 WHERE client_id = $1 AND request_id = $2 AND status = 'succeeded' AND reversed_at IS NULL
 RETURNING rule_id, user_id, cap_reserved, member_cap_reserved
 """
-# Settled requests past their retention, a batch at a time so no purge holds
-# many row locks or a long transaction; SKIP LOCKED lets replicas purge together.
-# Pending ones stay: purging them would lose the cap reservation a rejection frees.
+# Settled requests past their retention ($2 days), a batch of at most $1 so no purge
+# holds many row locks or a long transaction (infra/retention.py); SKIP LOCKED lets
+# replicas purge together. Pending ones stay: purging them would lose the cap
+# reservation a rejection frees.
 PURGE_REQUESTS = """
 DELETE FROM requests WHERE (client_id, request_id) IN (
     SELECT client_id, request_id FROM requests
-    WHERE created_at < now() - make_interval(days => $1) AND status <> 'pending'
+    WHERE created_at < now() - $2::float8 * interval '1 day' AND status <> 'pending'
     ORDER BY created_at
-    LIMIT $2
+    LIMIT $1
     FOR UPDATE SKIP LOCKED
 )
 """
@@ -373,12 +374,6 @@ async def release_member_cap(
     connection: asyncpg.Connection, rule_id: str, user_id: str, amount: int
 ) -> None:
     await connection.execute(RELEASE_MEMBER_CAP, rule_id, user_id, amount)
-
-
-async def purge_requests(pool: asyncpg.Pool, retention_days: int, batch_size: int) -> int:
-    """Delete one batch of settled requests past their retention; how many."""
-    status = await pool.execute(PURGE_REQUESTS, retention_days, batch_size)
-    return int(status.split()[-1])
 
 
 async def redrive_pending(

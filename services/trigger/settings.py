@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import ClassVar
 
-from pydantic import Field
+from pydantic import Field, model_validator
 from pydantic_settings import SettingsConfigDict
 
 from infra.request_signing import DEFAULT_WINDOW_SECONDS
@@ -22,11 +22,11 @@ class TriggerSettings(ServiceSettings):
         description="Base URL of the rules service, whose realm issues the tokens "
         "(TOKEN_ISSUER_URL).",
     )
-    idempotency_retention_days: int = Field(
-        default=7, ge=7, description="How long a requestId is remembered."
-    )
-    purge_interval_seconds: float = Field(
-        default=3600.0, gt=0, description="How often expired requestIds are purged."
+    idempotency_retention_days: float = Field(
+        default=7,
+        gt=0,
+        description="How long a requestId is remembered (settled requests are then purged; "
+        "pending ones stay). At least 7 outside development.",
     )
     pending_redrive_after_seconds: float = Field(
         default=300.0,
@@ -80,6 +80,14 @@ class TriggerSettings(ServiceSettings):
     callback_dns_timeout_seconds: float = Field(
         default=2.0, gt=0, description="How long checking a callbackUrl's host may take."
     )
+
+    @model_validator(mode="after")
+    def _requests_remembered_a_week(self) -> TriggerSettings:
+        # A partner retries a requestId for days; only development (the soak bench)
+        # forgets sooner.
+        if self.mode != "development" and self.idempotency_retention_days < 7:
+            raise ValueError("TRIGGER_IDEMPOTENCY_RETENTION_DAYS must be at least 7")
+        return self
 
     def rules_service_url(self) -> str | None:
         return self.token_issuer_url
