@@ -33,7 +33,8 @@ async def receiver() -> AsyncIterator[CallbackReceiver]:
         yield server
 
 
-async def parked_callback(
+@pytest.fixture
+async def parked(
     platform: RunningPlatform,
     tenant: Tenant,
     editor_api: httpx.AsyncClient,
@@ -75,14 +76,9 @@ async def open_callbacks(page: Page, tenant: Tenant) -> None:
 
 class TestTheCallbackLog:
     async def test_an_editor_replays_a_parked_callback_and_sees_it_delivered_signed(
-        self,
-        page: Page,
-        platform: RunningPlatform,
-        tenant: Tenant,
-        editor_api: httpx.AsyncClient,
-        receiver: CallbackReceiver,
+        self, page: Page, tenant: Tenant, receiver: CallbackReceiver, parked: str
     ) -> None:
-        request_id = await parked_callback(platform, tenant, editor_api, receiver)
+        request_id = parked
         refused = len(receiver.received)
         receiver.then = 200  # the partner fixes the receiver
 
@@ -104,18 +100,11 @@ class TestTheCallbackLog:
         assert refused == 3  # the first attempt and the schedule's two retries
 
     async def test_a_viewer_sees_a_parked_callback_without_a_replay_button(
-        self,
-        page: Page,
-        platform: RunningPlatform,
-        tenant: Tenant,
-        editor_api: httpx.AsyncClient,
-        receiver: CallbackReceiver,
+        self, page: Page, tenant: Tenant, parked: str
     ) -> None:
-        request_id = await parked_callback(platform, tenant, editor_api, receiver)
-
         await sign_in(page, tenant.viewer)
         await open_callbacks(page, tenant)
-        row = callback_row(page, request_id)
+        row = callback_row(page, parked)
 
         await expect(row).to_contain_text("Parked")
         await expect(page.get_by_role("button", name=re.compile("^Replay"))).to_have_count(0)
