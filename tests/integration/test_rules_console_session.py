@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import uuid
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -18,7 +19,7 @@ import httpx
 import jwt
 import pytest
 
-from services.rules.console import LedgerReader, NotifierClient
+from services.rules.console import LedgerReader, NotifierClient, UpstreamClient
 from tests.helpers import (
     PASSWORD,
     RULES_URL,
@@ -106,19 +107,28 @@ class FakeLedger:
         ]
 
 
+@asynccontextmanager
+async def upstream_in_place(
+    stack: RulesStack, name: str, upstream: UpstreamClient
+) -> AsyncIterator[None]:
+    """The console reaches ``upstream`` instead of its own ``app.state.<name>`` meanwhile."""
+    real = getattr(stack.app.state, name)
+    setattr(stack.app.state, name, upstream)
+    try:
+        yield
+    finally:
+        setattr(stack.app.state, name, real)
+        await upstream.aclose()
+
+
 @pytest.fixture
 async def ledger(stack: RulesStack) -> AsyncIterator[FakeLedger]:
     """The module's console reads from a fake ledger for the test."""
     fake = FakeLedger()
     http = httpx.AsyncClient(transport=httpx.MockTransport(fake))
     reader = LedgerReader(stack.settings, stack.app.state.rules.issuer, http=http, clock=fake.clock)
-    real = stack.app.state.console_ledger
-    stack.app.state.console_ledger = reader
-    try:
+    async with upstream_in_place(stack, "console_ledger", reader):
         yield fake
-    finally:
-        stack.app.state.console_ledger = real
-        await reader.aclose()
 
 
 async def read_balance(console: Console) -> httpx.Response:
@@ -441,13 +451,8 @@ async def notifier(stack: RulesStack) -> AsyncIterator[FakeNotifier]:
     fake = FakeNotifier()
     http = httpx.AsyncClient(transport=httpx.MockTransport(fake))
     client = NotifierClient(stack.settings, stack.app.state.rules.issuer, http=http)
-    real = stack.app.state.console_notifier
-    stack.app.state.console_notifier = client
-    try:
+    async with upstream_in_place(stack, "console_notifier", client):
         yield fake
-    finally:
-        stack.app.state.console_notifier = real
-        await client.aclose()
 
 
 class TestCallbackLogThroughTheConsole:
