@@ -250,8 +250,9 @@ RETURNING id
 
 LIST_DELIVERIES = """
 SELECT id, kind, event_id, client_id, org_id, environment, request_id, transaction_id, url,
-       host, notification_id, recipients, status, attempts, next_attempt_at,
-       last_status_code, last_error, last_attempt_at, created_at, updated_at, delivered_at
+       NULLIF(host, '') AS host, notification_id, recipients, status, attempts,
+       next_attempt_at, last_status_code, last_error, last_attempt_at, created_at, updated_at,
+       delivered_at
 FROM deliveries
 WHERE ($1::text IS NULL OR status = $1) AND ($2::text IS NULL OR kind = $2)
   AND ($4::text IS NULL OR client_id = $4)
