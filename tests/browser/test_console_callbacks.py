@@ -75,6 +75,19 @@ async def open_callbacks(page: Page, tenant: Tenant) -> None:
 
 
 class TestTheCallbackLog:
+    async def test_a_clients_callbacks_link_opens_the_log_of_that_client(
+        self, page: Page, tenant: Tenant, parked: str
+    ) -> None:
+        await sign_in(page, tenant.viewer)
+        await page.get_by_role("link", name="API clients").click()
+        await page.get_by_role("link", name="Callbacks of Bakery app", exact=True).click()
+
+        await expect(page.get_by_role("heading", name="Callbacks")).to_be_visible()
+        await expect(page.get_by_label("API client")).to_have_value(
+            tenant.staging_client["clientId"]
+        )
+        await expect(callback_row(page, parked)).to_contain_text("Parked")
+
     async def test_an_editor_replays_a_parked_callback_and_sees_it_delivered_signed(
         self, page: Page, tenant: Tenant, receiver: CallbackReceiver, parked: str
     ) -> None:
