@@ -148,11 +148,9 @@ async def list_deliveries(
             ctx.pool, status=status, kind=kind, client_id=client_id, limit=limit
         )
         return {"items": rows}
-    page = callback_log.CallbackPage(items=[], next_before=None)
-    if kind in (None, "callback"):  # a business user's log holds callbacks only
-        page = await callback_log.list_callbacks(
-            ctx.pool, who, client_id=client_id, status=status, before=cursor, limit=limit
-        )
+    page = await callback_log.list_callbacks(
+        ctx.pool, who, kind=kind, client_id=client_id, status=status, before=cursor, limit=limit
+    )
     next_cursor = None if page.next_before is None else str(page.next_before)
     return {"items": page.items, "next_cursor": next_cursor}
 

@@ -53,14 +53,18 @@ async def list_callbacks(
     executor: repository.Executor,
     principal: Principal,
     *,
+    kind: str | None = None,
     client_id: str | None,
     status: str | None,
     before: int | None,
     limit: int,
 ) -> CallbackPage:
     """The principal's organisation's callbacks (``client_id``'s only, when given; another
-    organisation's client has none here), newest first, ``limit`` at a time."""
+    organisation's client has none here), newest first, ``limit`` at a time. The log
+    holds callbacks only: asked for another ``kind``, it is empty."""
     require_business_user(principal)
+    if kind not in (None, "callback"):
+        return CallbackPage(items=[], next_before=None)
     rows = await repository.callback_log(
         executor,
         principal.org_id,

@@ -124,6 +124,15 @@ class TestReadingTheLog:
 
         assert items == []
 
+    async def test_the_log_holds_callbacks_only_so_asking_for_e_mails_finds_none(
+        self, callback_log: CallbackLog, receiver: CallbackReceiver
+    ) -> None:
+        await callback_log.callback(receiver.url(), status="delivered")
+
+        items = await callback_log.listed(callback_log.user(), kind="email")
+
+        assert items == []
+
     async def test_the_log_is_filtered_by_client_and_by_status(
         self, callback_log: CallbackLog, receiver: CallbackReceiver, failing: CallbackReceiver
     ) -> None:
