@@ -484,6 +484,12 @@ _TYPES = (
         _RETRY_LATER,
     ),
     ProblemType(
+        "NOTIFIER_UNAVAILABLE",
+        "Notifier unavailable",
+        "The console could not reach the notifier to read the callback log or replay a callback.",
+        _RETRY_LATER,
+    ),
+    ProblemType(
         "CONFLICT",
         "Conflict",
         "The change conflicts with the resource's current state.",

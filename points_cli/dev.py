@@ -118,13 +118,14 @@ def _ports() -> dict[str, int]:
 
 
 def _public_urls(ports: dict[str, int]) -> dict[str, str]:
-    """Where the rules service tells developers to go and reads the ledger from, unless the
-    operator said otherwise."""
+    """Where the rules service tells developers to go and reads the ledger and the notifier
+    from, unless the operator said otherwise."""
     urls = {
         "RULES_PUBLIC_URL": f"http://127.0.0.1:{ports['rules']}",
         "RULES_STAGING_TRIGGER_URL": f"http://127.0.0.1:{ports['trigger']}",
         "RULES_PRODUCTION_TRIGGER_URL": f"http://127.0.0.1:{ports['trigger']}",
         "RULES_LEDGER_URL": f"http://127.0.0.1:{ports['ledger']}",
+        "RULES_NOTIFIER_URL": f"http://127.0.0.1:{ports['notifier']}",
     }
     current = environment_overrides()
     chosen = {name: current.get(name) or value for name, value in urls.items()}

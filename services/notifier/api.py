@@ -1,4 +1,6 @@
-"""The notifier's operator endpoints: see deliveries that gave up, and replay them."""
+"""The notifier's endpoints: deliveries and where they stand, and replaying those that
+gave up. Operators (the operator token) see every organisation's deliveries; a business
+user (a token from the rules service) sees its own organisation's callbacks."""
 
 from __future__ import annotations
 
@@ -12,11 +14,13 @@ from fastapi import APIRouter, Depends, Path, Query, Request
 from pydantic import BaseModel, ConfigDict, Field
 from pydantic.alias_generators import to_camel
 
-from infra.http import Forbidden, ServiceContext, bearer_token
+from contracts.text import Text
+from infra.http import ServiceContext, authenticate, bearer_token
 from infra.openapi import problems
 from infra.problems import Problem
 from infra.storable import BIGINT_MAX
-from services.notifier import operator_actions
+from infra.tokens import JwksVerifier, Principal
+from services.notifier import callback_log, operator_actions
 from services.notifier.dispatch import DeliveryDispatcher
 from services.notifier.settings import NotifierSettings
 
@@ -42,7 +46,11 @@ class Delivery(BaseModel):
     client_id: str | None = Field(description="Callbacks: the API client it reports to.")
     request_id: str | None = Field(description="Callbacks: the developer's request id.")
     transaction_id: UUID | None = Field(description="Callbacks: the ledger transaction.")
-    url: str | None = Field(description="Callbacks: where it is posted.")
+    url: str | None = Field(
+        description="Callbacks: where it is posted; shown to operators only (its query may "
+        "hold the receiver's own credentials)."
+    )
+    host: str | None = Field(description="Callbacks: the host of the URL it is posted to.")
     notification_id: UUID | None = Field(description="E-mails: the share request's id.")
     recipients: list[str] | None = Field(description="E-mails: who it is sent to.")
     status: DeliveryStatus
@@ -52,13 +60,26 @@ class Delivery(BaseModel):
         description="HTTP status (callbacks) or SMTP reply code (e-mails) of the last attempt."
     )
     last_error: str | None = Field(description="What went wrong last, such as the SMTP reply.")
+    last_attempt_at: datetime | None = Field(
+        description="When the last attempt was answered or gave up; null before the first, "
+        "and for deliveries last tried before this was recorded."
+    )
     created_at: datetime
     updated_at: datetime
     delivered_at: datetime | None
 
 
 class DeliveryList(BaseModel):
-    items: list[Delivery] = Field(description="Newest change first.")
+    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True)
+
+    items: list[Delivery] = Field(
+        description="Operators: most recently changed first. A business user: newest first."
+    )
+    next_cursor: str | None = Field(
+        default=None,
+        description="A business user's list: pass as `cursor` for the next, older page; "
+        "null on the last page (and always for operators).",
+    )
 
 
 @dataclass(frozen=True)
@@ -67,6 +88,7 @@ class NotifierContext(ServiceContext):
 
     settings: NotifierSettings
     dispatcher: DeliveryDispatcher
+    verifier: JwksVerifier
 
 
 async def context(request: Request) -> NotifierContext:
@@ -77,33 +99,60 @@ async def context(request: Request) -> NotifierContext:
 Context = Annotated[NotifierContext, Depends(context)]
 
 
-def require_operator(request: Request, ctx: Context) -> None:
+#: Who calls: None for the operator, or the business user a token speaks for.
+Caller = Principal | None
+
+
+async def caller(request: Request, ctx: Context) -> Caller:
+    """The operator (the operator token; in development without one set, a request with no
+    token), or the principal of a token from the rules service: 401 when it is neither."""
     settings = ctx.settings
-    if not settings.operator_token:
-        if settings.is_development:
-            return
-        raise Forbidden("operator endpoints are off: set NOTIFIER_OPERATOR_TOKEN")
-    if not hmac.compare_digest(
-        bearer_token(request).encode(), settings.operator_token.encode()
+    unlocked = settings.is_development and not settings.operator_token
+    if unlocked and "Authorization" not in request.headers:
+        return None
+    token = bearer_token(request)
+    if settings.operator_token and hmac.compare_digest(
+        token.encode(), settings.operator_token.encode()
     ):  # bytes: a str that is not ASCII would raise
-        raise Forbidden("not an operator token")
+        return None
+    return await authenticate(ctx.verifier, request)
 
 
-router = APIRouter(
-    prefix="/v1/deliveries", tags=["deliveries"], dependencies=[Depends(require_operator)]
-)
+CallerDep = Annotated[Caller, Depends(caller)]
+
+router = APIRouter(prefix="/v1/deliveries", tags=["deliveries"])
 
 
 @router.get("", response_model=DeliveryList, response_model_by_alias=True)
 async def list_deliveries(
     ctx: Context,
+    who: CallerDep,
     status: DeliveryStatus | None = None,
     kind: DeliveryKind | None = None,
+    client_id: Annotated[
+        Text | None, Query(alias="clientId", max_length=200, description="One API client's.")
+    ] = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+    cursor: Annotated[
+        int | None,
+        Query(ge=1, le=BIGINT_MAX, description="`nextCursor` of the previous page."),
+    ] = None,
 ) -> dict[str, Any]:
-    """Deliveries by status and kind, such as `?kind=email&status=failed`."""
-    rows = await operator_actions.list_deliveries(ctx.pool, status=status, kind=kind, limit=limit)
-    return {"items": rows}
+    """Deliveries by status, kind and client, such as `?kind=email&status=failed`.
+
+    With the operator token: every organisation's, most recently changed first. With a
+    business user's token: the user's organisation's callbacks, newest first, a page at
+    a time (another organisation's client has none)."""
+    if who is None:
+        rows = await operator_actions.list_deliveries(
+            ctx.pool, status=status, kind=kind, client_id=client_id, limit=limit
+        )
+        return {"items": rows}
+    page = await callback_log.list_callbacks(
+        ctx.pool, who, kind=kind, client_id=client_id, status=status, before=cursor, limit=limit
+    )
+    next_cursor = None if page.next_before is None else str(page.next_before)
+    return {"items": page.items, "next_cursor": next_cursor}
 
 
 class ReplayAccepted(BaseModel):
@@ -115,13 +164,18 @@ class ReplayAccepted(BaseModel):
     "/{delivery_id}/replay",
     status_code=202,
     response_model=ReplayAccepted,
-    responses=problems({404: ["DELIVERY_NOT_PARKED"]}),
+    responses=problems({403: ["READ_ONLY_ROLE"], 404: ["DELIVERY_NOT_PARKED"]}),
 )
 async def replay_delivery(
-    delivery_id: Annotated[int, Path(ge=1, le=BIGINT_MAX)], ctx: Context
+    delivery_id: Annotated[int, Path(ge=1, le=BIGINT_MAX)], ctx: Context, who: CallerDep
 ) -> dict[str, Any]:
-    """Send a parked or failed delivery again, with a fresh retry schedule."""
-    if not await operator_actions.replay_delivery(ctx.pool, delivery_id):
+    """Send a parked or failed delivery again, with a fresh retry schedule. A business
+    user: an admin or editor, for a parked callback of the organisation."""
+    if who is None:
+        replayed = await operator_actions.replay_delivery(ctx.pool, delivery_id)
+    else:
+        replayed = await callback_log.replay_parked_callback(ctx.pool, who, delivery_id)
+    if not replayed:
         raise DeliveryNotParked(
             f"delivery {delivery_id} does not exist or is neither parked nor failed"
         )

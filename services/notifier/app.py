@@ -8,10 +8,11 @@ from fastapi import FastAPI
 
 from infra.broker import create_broker
 from infra.http import create_http_app
-from infra.openapi import Security
+from infra.openapi import CONSOLE_BEARER, Security
 from infra.retention import Purge
 from infra.runtime import ServiceRuntime
 from infra.serving import app_only
+from infra.tokens import JwksVerifier
 from services.notifier import api, repository
 from services.notifier.api import NotifierContext
 from services.notifier.dispatch import DeliveryDispatcher
@@ -22,8 +23,12 @@ from services.notifier.subscribers import register_subscribers
 MIGRATIONS = Path(__file__).parent / "migrations"
 
 
-def create_app(settings: NotifierSettings | None = None) -> tuple[FastAPI, ServiceRuntime]:
-    """The notifier's HTTP app and runtime; the runtime also runs the delivery workers."""
+def create_app(
+    settings: NotifierSettings | None = None, *, verifier: JwksVerifier | None = None
+) -> tuple[FastAPI, ServiceRuntime]:
+    """The notifier's HTTP app and runtime; the runtime also runs the delivery workers.
+    ``verifier`` (of business users' tokens) defaults to the issuer's JWKS at
+    ``token_issuer_url``."""
     settings = settings or NotifierSettings()
     # The notifier's relay publishes only what its consumers quarantine, to the
     # dead-letter topics, and what an operator replays.
@@ -46,6 +51,8 @@ def create_app(settings: NotifierSettings | None = None) -> tuple[FastAPI, Servi
     runtime.on_start(start_delivery_workers)
     runtime.on_stop(dispatcher.stop)
     runtime.metrics.before_scrape(read_delivery_state)
+    verifier = verifier or JwksVerifier(settings.token_issuer_url)
+    runtime.on_stop(verifier.aclose)
 
     app = create_http_app(
         runtime=runtime,
@@ -58,13 +65,17 @@ def create_app(settings: NotifierSettings | None = None) -> tuple[FastAPI, Servi
                     "type": "http",
                     "scheme": "bearer",
                     "description": "The operator token (NOTIFIER_OPERATOR_TOKEN).",
-                }
+                },
+                "consoleBearer": CONSOLE_BEARER,
             },
-            requirement=[{"operatorBearer": []}],
+            # A business user reads (and replays) its own organisation's callbacks.
+            requirement=[{"operatorBearer": []}, {"consoleBearer": []}],
             refusals=lambda _: {403: ["FORBIDDEN"]},
         ),
     )
-    app.state.notifier = NotifierContext(settings=settings, runtime=runtime, dispatcher=dispatcher)
+    app.state.notifier = NotifierContext(
+        settings=settings, runtime=runtime, dispatcher=dispatcher, verifier=verifier
+    )
     app.include_router(api.router)
     return app, runtime
 

@@ -15,10 +15,13 @@ async def list_deliveries(
     *,
     status: str | None = None,
     kind: str | None = None,
+    client_id: str | None = None,
     limit: int = 100,
 ) -> list[dict[str, Any]]:
     """Deliveries (never their bodies), most recently changed first."""
-    return await repository.list_deliveries(executor, status=status, kind=kind, limit=limit)
+    return await repository.list_deliveries(
+        executor, status=status, kind=kind, client_id=client_id, limit=limit
+    )
 
 
 async def replay_delivery(executor: repository.Executor, delivery_id: int) -> bool:

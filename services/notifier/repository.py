@@ -194,7 +194,8 @@ WHERE status = 'pending' AND kind = $1 AND next_attempt_at > now()
 MARK_DELIVERED = """
 UPDATE deliveries AS d
 SET status = 'delivered', delivered_at = now(), locked_until = NULL,
-    last_status_code = marked.status_code, last_error = NULL, updated_at = now()
+    last_status_code = marked.status_code, last_error = NULL, last_attempt_at = now(),
+    updated_at = now()
 FROM unnest($1::bigint[], $2::int[], $3::int[]) AS marked(id, attempt, status_code)
 WHERE d.id = marked.id AND d.attempts = marked.attempt AND d.status = 'pending'
 """
@@ -202,21 +203,21 @@ WHERE d.id = marked.id AND d.attempts = marked.attempt AND d.status = 'pending'
 SCHEDULE_RETRY = """
 UPDATE deliveries
 SET next_attempt_at = now() + $3::interval, locked_until = NULL,
-    last_status_code = $4, last_error = $5, updated_at = now()
+    last_status_code = $4, last_error = $5, last_attempt_at = now(), updated_at = now()
 WHERE id = $1 AND attempts = $2 AND status = 'pending'
 """
 
 PARK = """
 UPDATE deliveries
 SET status = 'parked', locked_until = NULL, last_status_code = $3, last_error = $4,
-    updated_at = now()
+    last_attempt_at = now(), updated_at = now()
 WHERE id = $1 AND attempts = $2 AND status = 'pending'
 """
 
 FAIL = """
 UPDATE deliveries
 SET status = 'failed', locked_until = NULL, last_status_code = $3, last_error = $4,
-    updated_at = now()
+    last_attempt_at = now(), updated_at = now()
 WHERE id = $1 AND attempts = $2 AND status = 'pending'
 """
 
@@ -230,6 +231,15 @@ WHERE id = $1 AND status IN ('parked', 'failed')
 RETURNING id
 """
 
+# A business user replays its own organisation's parked callbacks only.
+REPLAY_PARKED_CALLBACK_OF_ORGANISATION = """
+UPDATE deliveries
+SET status = 'pending', attempts = 0, next_attempt_at = now(), locked_until = NULL,
+    updated_at = now()
+WHERE id = $1 AND org_id = $2 AND kind = 'callback' AND status = 'parked'
+RETURNING id
+"""
+
 REPLAY_ALL_PARKED = """
 UPDATE deliveries
 SET status = 'pending', attempts = 0, next_attempt_at = now(), locked_until = NULL,
@@ -240,13 +250,45 @@ RETURNING id
 
 LIST_DELIVERIES = """
 SELECT id, kind, event_id, client_id, org_id, environment, request_id, transaction_id, url,
-       notification_id, recipients, status, attempts, next_attempt_at, last_status_code,
-       last_error, created_at, updated_at, delivered_at
+       NULLIF(host, '') AS host, notification_id, recipients, status, attempts,
+       next_attempt_at, last_status_code, last_error, last_attempt_at, created_at, updated_at,
+       delivered_at
 FROM deliveries
 WHERE ($1::text IS NULL OR status = $1) AND ($2::text IS NULL OR kind = $2)
+  AND ($4::text IS NULL OR client_id = $4)
 ORDER BY updated_at DESC, id DESC
 LIMIT $3
 """
+
+# A business's callback log: its organisation's callbacks (CALLBACK_LOG_OF_CLIENT: one
+# client's) with one of the statuses $2, newest first, those before an id. Each status
+# is a range of the deliveries_callback_log index (…_by_client), at most a page long;
+# the ranges are merged, so a page costs a few index probes however many callbacks the
+# organisation has, and however few of them have the status asked for (migration 0007).
+# The statuses are spelled out, one branch each, rather than taken from $2 in a lateral
+# join: with the status a parameter the planner cannot see that parked callbacks are
+# rare, and walks the primary key backwards through an organisation's delivered ones.
+# Never the URL: its query may hold the receiver's own credentials; the host says
+# where it goes.
+_CALLBACK_LOG_BRANCH = """(
+    SELECT id, kind, event_id, client_id, org_id, environment, request_id, transaction_id,
+           host, status, attempts, next_attempt_at, last_status_code, last_error,
+           last_attempt_at, created_at, updated_at, delivered_at
+    FROM deliveries
+    WHERE kind = 'callback' AND org_id = $1 AND status = '{status}' AND id < $3 {of_client}
+      AND '{status}' = ANY($2::text[])
+    ORDER BY id DESC
+    LIMIT $4
+)"""
+_CALLBACK_LOG = (
+    "\nUNION ALL\n".join(
+        _CALLBACK_LOG_BRANCH.replace("{status}", status)
+        for status in ("pending", "delivered", "parked", "failed")
+    )
+    + "\nORDER BY id DESC\nLIMIT $4\n"
+)
+CALLBACK_LOG = _CALLBACK_LOG.format(of_client="")
+CALLBACK_LOG_OF_CLIENT = _CALLBACK_LOG.format(of_client="AND client_id = $5")
 
 DELIVERY_COUNTS = """
 SELECT kind, status, count(*) AS deliveries FROM deliveries GROUP BY kind, status
@@ -569,10 +611,45 @@ async def replay_all_parked(executor: Executor) -> list[int]:
     return [row["id"] for row in await executor.fetch(REPLAY_ALL_PARKED)]
 
 
+async def replay_parked_callback_of_organisation(
+    executor: Executor, delivery_id: int, org_id: str
+) -> bool:
+    """Send the organisation's parked callback again; False when it has no such callback."""
+    return (
+        await executor.fetchval(REPLAY_PARKED_CALLBACK_OF_ORGANISATION, delivery_id, org_id)
+        is not None
+    )
+
+
 async def list_deliveries(
-    executor: Executor, *, status: str | None, kind: str | None = None, limit: int
+    executor: Executor,
+    *,
+    status: str | None,
+    kind: str | None = None,
+    client_id: str | None = None,
+    limit: int,
 ) -> list[dict[str, Any]]:
-    rows = await executor.fetch(LIST_DELIVERIES, status, kind, limit)
+    rows = await executor.fetch(LIST_DELIVERIES, status, kind, limit, client_id)
+    return [dict(row.items()) for row in rows]
+
+
+async def callback_log(
+    executor: Executor,
+    org_id: str,
+    *,
+    client_id: str | None,
+    statuses: Sequence[str],
+    before_id: int,
+    limit: int,
+) -> list[dict[str, Any]]:
+    """The organisation's callbacks (only ``client_id``'s, when given) with one of
+    ``statuses``, newest first, those with an id below ``before_id``."""
+    if client_id is None:
+        rows = await executor.fetch(CALLBACK_LOG, org_id, list(statuses), before_id, limit)
+    else:
+        rows = await executor.fetch(
+            CALLBACK_LOG_OF_CLIENT, org_id, list(statuses), before_id, limit, client_id
+        )
     return [dict(row.items()) for row in rows]
 
 

@@ -86,7 +86,13 @@ class NotifierSettings(ServiceSettings):
     operator_token: str = Field(
         default="",
         description="Bearer token for the operator endpoints (`/v1/deliveries`); without "
-        "one they answer only in development mode.",
+        "one they answer operators only in development mode.",
+    )
+    token_issuer_url: str = Field(
+        default="http://127.0.0.1:8001",
+        description="Base URL of the token issuer (the rules service) whose JWKS signs the "
+        "business users' tokens `/v1/deliveries` also accepts, for their organisation's "
+        "callbacks (also TOKEN_ISSUER_URL).",
     )
 
     smtp_url: str | None = Field(
@@ -123,6 +129,9 @@ class NotifierSettings(ServiceSettings):
         "deliveries are kept until delivered or replayed. Keep it longer than the inbox "
         "retention: a delivery row also stops a redelivered result from calling back twice.",
     )
+
+    def rules_service_url(self) -> str | None:
+        return self.token_issuer_url
 
     @field_validator("smtp_url")
     @classmethod

@@ -101,7 +101,9 @@ def create_app(settings: RulesSettings | None = None) -> tuple[FastAPI, ServiceR
         app.include_router(area.router)
     ledger = console.LedgerReader(settings, issuer)
     runtime.on_stop(ledger.aclose)
-    console.install(app, ledger)
+    notifier = console.NotifierClient(settings, issuer)
+    runtime.on_stop(notifier.aclose)
+    console.install(app, ledger, notifier)
     return app, runtime
 
 

@@ -6,10 +6,10 @@ its script, served from ``static/console/``, then calls the same ``/v1`` JSON
 API as any other client, riding on the cookie session. Editing controls are
 left out of the HTML for viewers, and the API refuses them anyway.
 
-The ledger is another service, so balances and transactions come through a
-same-origin proxy here (``/console/api/...``) that calls the ledger over HTTP
-with a short-lived token minted for the signed-in user: the browser never
-holds a bearer token.
+The ledger and the notifier are other services, so balances and transactions,
+and the callback log, come through a same-origin proxy here (``/console/api/...``)
+that calls them over HTTP with a short-lived token minted for the signed-in user:
+the browser never holds a bearer token.
 """
 
 from __future__ import annotations
@@ -27,6 +27,7 @@ import asyncpg
 import httpx
 import jinja2
 from fastapi import APIRouter, Depends, FastAPI, Query, Request
+from fastapi import Path as PathParameter
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from fastapi.staticfiles import StaticFiles
 
@@ -34,9 +35,17 @@ from contracts.text import Text
 from infra.dev.smtp_sink import list_messages
 from infra.logging import get_logger
 from infra.problems import Problem
+from infra.storable import BIGINT_MAX
 from infra.tokens import API_AUDIENCE
 from services.rules import accounts, rules, sessions
-from services.rules.api import Context, RulesContext, Tx, User, console_session
+from services.rules.api import (
+    Context,
+    RulesContext,
+    Tx,
+    User,
+    console_session,
+    require_csrf_token,
+)
 from services.rules.settings import RulesSettings
 from services.rules.tokens import TokenIssuer
 
@@ -76,10 +85,11 @@ EnvironmentQuery = Annotated[Environment, Query(description="`staging` or `produ
 router = APIRouter(prefix=PREFIX, include_in_schema=False)
 
 
-def install(app: FastAPI, ledger: LedgerReader) -> None:
-    """Serve the console's pages, its proxy (reading through ``ledger``) and its static
-    files from ``app``."""
+def install(app: FastAPI, ledger: LedgerReader, notifier: NotifierClient) -> None:
+    """Serve the console's pages, its proxy (reading through ``ledger``, and the callback
+    log through ``notifier``) and its static files from ``app``."""
     app.state.console_ledger = ledger
+    app.state.console_notifier = notifier
     app.include_router(router)
     app.mount(f"{PREFIX}/static", StaticFiles(directory=STATIC), name="console-static")
 
@@ -199,6 +209,12 @@ async def members_page(request: Request, ctx: Context) -> Response:
     return await _page(request, ctx, "members.html", "members")
 
 
+@router.get("/callbacks")
+async def callbacks_page(request: Request, ctx: Context) -> Response:
+    """The callback log: the organisation's callbacks, and replaying parked ones."""
+    return await _page(request, ctx, "callbacks.html", "callbacks")
+
+
 @dataclass(frozen=True)
 class ReceivedMail:
     name: str
@@ -275,26 +291,68 @@ async def ledger_read(
     return await _from_ledger(request, ctx, ledger, path, {"environment": environment, **params})
 
 
+#: Callbacks the callback page shows at a time.
+CALLBACK_PAGE_SIZE = 25
+StatusQuery = Literal["pending", "delivered", "parked", "failed"]
+
+
+@router.get("/api/deliveries")
+async def callback_log(
+    request: Request,
+    ctx: Context,
+    notifier: Notifier,
+    client_id: Annotated[Text | None, Query(alias="clientId", max_length=200)] = None,
+    status: StatusQuery | None = None,
+    cursor: Annotated[Text | None, Query(max_length=40)] = None,
+) -> Response:
+    """The organisation's callbacks from the notifier, newest first, a page at a time."""
+    session = await console_session(request, ctx)
+    params = {"clientId": client_id, "status": status, "cursor": cursor}
+    params = {name: value for name, value in params.items() if value is not None}
+    return await _relay(
+        ctx, session, notifier, "GET", "/v1/deliveries", {"limit": CALLBACK_PAGE_SIZE, **params}
+    )
+
+
+@router.post("/api/deliveries/{delivery_id}/replay")
+async def replay_callback(
+    delivery_id: Annotated[int, PathParameter(ge=1, le=BIGINT_MAX)],
+    request: Request,
+    ctx: Context,
+    notifier: Notifier,
+) -> Response:
+    """Send a parked callback again (admins and editors; a change, so it needs the
+    session's CSRF token)."""
+    session = await console_session(request, ctx)
+    require_csrf_token(request, session)
+    return await _relay(ctx, session, notifier, "POST", f"/v1/deliveries/{delivery_id}/replay", {})
+
+
 @dataclass(frozen=True)
 class _HeldToken:
     token: str
     renew_at: float  # on the reader's clock
 
 
-class LedgerReader:
-    """The console's way to the ledger: one HTTP client for the app's lifetime, and each
-    user's short-lived read token reused until shortly before it expires, so a page's
-    reads neither sign a token nor open a connection each."""
+class UpstreamClient:
+    """The console's way to another service: one HTTP client for the app's lifetime, and
+    each user's short-lived token reused until shortly before it expires, so a page's
+    calls neither sign a token nor open a connection each."""
+
+    #: The service called, and the problem code of its not answering.
+    service = "service"
+    unavailable_code = "SERVICE_UNAVAILABLE"
 
     def __init__(
         self,
+        base_url: str,
         settings: RulesSettings,
         issuer: TokenIssuer,
         *,
         http: httpx.AsyncClient | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        self._base_url = settings.ledger_url.rstrip("/")
+        self._base_url = base_url.rstrip("/")
         self._lifetime = settings.console_ledger_token_lifetime_seconds
         # Renewed this long before it expires, so a token is never sent as it runs out.
         self._renew_before = min(TOKEN_RENEWAL_MARGIN_SECONDS, self._lifetime / 2)
@@ -306,14 +364,28 @@ class LedgerReader:
     async def aclose(self) -> None:
         await self._http.aclose()
 
+    async def call(
+        self,
+        pool: asyncpg.Pool,
+        session: sessions.ConsoleSession,
+        method: Literal["GET", "POST"],
+        path: str,
+        params: Params,
+    ) -> httpx.Response:
+        """The service's answer to ``method path`` for the session's user."""
+        token = await self._token(pool, session)
+        return await self._http.request(
+            method,
+            self._base_url + path,
+            params=params,
+            headers={"Authorization": f"Bearer {token}"},
+        )
+
     async def get(
         self, pool: asyncpg.Pool, session: sessions.ConsoleSession, path: str, params: Params
     ) -> httpx.Response:
-        """The ledger's answer to ``GET path`` for the session's user."""
-        token = await self._token(pool, session)
-        return await self._http.get(
-            self._base_url + path, params=params, headers={"Authorization": f"Bearer {token}"}
-        )
+        """The service's answer to ``GET path`` for the session's user."""
+        return await self.call(pool, session, "GET", path, params)
 
     async def _token(self, pool: asyncpg.Pool, session: sessions.ConsoleSession) -> str:
         now = self._clock()
@@ -322,7 +394,7 @@ class LedgerReader:
             return held.token
         async with pool.acquire() as connection:
             user = await accounts.require_user(connection, session.org_id, session.user_id)
-            # For the read APIs only: the rules API refuses it, so a leaked one changes nothing.
+            # For the other services' APIs only: the rules API refuses it.
             token = await self._issuer.user_token(
                 connection, user, self._lifetime, audiences=(API_AUDIENCE,)
             )
@@ -333,12 +405,38 @@ class LedgerReader:
         return token
 
 
+class LedgerReader(UpstreamClient):
+    """The console's way to the ledger's reads (balances, transactions, rule totals)."""
+
+    service = "ledger"
+    unavailable_code = "LEDGER_UNAVAILABLE"
+
+    def __init__(self, settings: RulesSettings, issuer: TokenIssuer, **options: Any) -> None:
+        super().__init__(settings.ledger_url, settings, issuer, **options)
+
+
+class NotifierClient(UpstreamClient):
+    """The console's way to the notifier's callback log, and replays of parked callbacks."""
+
+    service = "notifier"
+    unavailable_code = "NOTIFIER_UNAVAILABLE"
+
+    def __init__(self, settings: RulesSettings, issuer: TokenIssuer, **options: Any) -> None:
+        super().__init__(settings.notifier_url, settings, issuer, **options)
+
+
 async def ledger_reader(request: Request) -> LedgerReader:
     reader: LedgerReader = request.app.state.console_ledger
     return reader
 
 
+async def notifier_client(request: Request) -> NotifierClient:
+    client: NotifierClient = request.app.state.console_notifier
+    return client
+
+
 Ledger = Annotated[LedgerReader, Depends(ledger_reader)]
+Notifier = Annotated[NotifierClient, Depends(notifier_client)]
 
 
 async def _from_ledger(
@@ -346,14 +444,27 @@ async def _from_ledger(
 ) -> Response:
     """The ledger's answer to ``GET path`` for the signed-in user, passed through as is."""
     session = await console_session(request, ctx)
+    return await _relay(ctx, session, ledger, "GET", path, params)
+
+
+async def _relay(
+    ctx: RulesContext,
+    session: sessions.ConsoleSession,
+    upstream: UpstreamClient,
+    method: Literal["GET", "POST"],
+    path: str,
+    params: Params,
+) -> Response:
+    """``upstream``'s answer to ``method path`` for the session's user, passed through as
+    is; a 503 problem when it cannot be reached."""
     try:
-        answer = await ledger.get(ctx.pool, session, path, params)
+        answer = await upstream.call(ctx.pool, session, method, path, params)
     except httpx.HTTPError as error:
-        log.warning("console.ledger_unreachable", error=type(error).__name__)
+        log.warning(f"console.{upstream.service}_unreachable", error=type(error).__name__)
         raise Problem(
-            "the ledger cannot be reached right now; try again shortly",
+            f"the {upstream.service} cannot be reached right now; try again shortly",
             status=503,
-            code="LEDGER_UNAVAILABLE",
+            code=upstream.unavailable_code,
             headers={"Retry-After": "5"},
         ) from error
     return Response(

@@ -48,6 +48,11 @@ class RulesSettings(ServiceSettings):
         description="Where the console's same-origin proxy reads members' balances and rules' "
         "transactions from the ledger.",
     )
+    notifier_url: str = Field(
+        default="http://127.0.0.1:8004",
+        description="Where the console's same-origin proxy reads the organisation's callback "
+        "log from the notifier, and replays parked callbacks.",
+    )
     ledger_guide_url: str | None = Field(
         default=None,
         description="The ledger's URL as developers reach it, shown in the integration guide "
@@ -67,7 +72,7 @@ class RulesSettings(ServiceSettings):
         ge=5,
         le=3600,
         description="Lifetime of the token the console mints for the signed-in user's "
-        "ledger reads.",
+        "ledger reads and callback-log calls to the notifier.",
     )
     dev_mail_dir: Path | None = Field(
         default=None,

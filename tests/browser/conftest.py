@@ -53,9 +53,16 @@ class Tenant:
     production_client_id: str
 
 
+#: Callbacks a receiver refuses are parked after two quick retries rather than after a
+#: day of them, so a test can show a parked callback (no other test waits on a retry).
+RETRY_SCHEDULE = "[0.5, 0.5]"
+
+
 @pytest.fixture(scope="session")
 def platform() -> Iterator[RunningPlatform]:
-    with running_platform("points-console-") as running:
+    with running_platform(
+        "points-console-", NOTIFIER_RETRY_SCHEDULE_SECONDS=RETRY_SCHEDULE
+    ) as running:
         yield running
 
 
@@ -170,9 +177,15 @@ async def create_rule(
 
 
 async def earn(
-    platform: RunningPlatform, tenant: Tenant, rule_id: str, user_id: str, amount: int
-) -> None:
-    """Trigger ``rule_id`` for ``user_id`` as the staging client does, until it is applied."""
+    platform: RunningPlatform,
+    tenant: Tenant,
+    rule_id: str,
+    user_id: str,
+    amount: int,
+    **fields: str,
+) -> str:
+    """Trigger ``rule_id`` for ``user_id`` as the staging client does (with ``fields``
+    such as a ``callbackUrl``), until it is applied; its request id."""
     request_id = uuid.uuid4().hex
     async with httpx.AsyncClient(timeout=10) as http:
         token = await http.post(
@@ -193,7 +206,7 @@ async def earn(
                 gateway,
                 headers=trigger,
                 json={"userId": user_id, "ruleId": rule_id, "amount": amount,
-                      "requestId": request_id},
+                      "requestId": request_id, **fields},
             )  # fmt: skip
             return response.status_code == 202
 
@@ -204,3 +217,4 @@ async def earn(
             return status.json()["status"] == "succeeded"
 
         await eventually(settled, timeout=30, what="the trigger to be applied")
+    return request_id

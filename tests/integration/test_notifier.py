@@ -37,6 +37,7 @@ from infra.http import create_http_app
 from infra.kafka_admin import create_topics
 from infra.runtime import ServiceRuntime
 from infra.signing import DEVELOPMENT_SIGNING_KEY, derive_signing_secret, verify
+from infra.tokens import JwksVerifier
 from services.notifier import queueing
 from services.notifier.api import NotifierContext
 from services.notifier.api import router as operator_router
@@ -623,12 +624,16 @@ class TestDeliveryLogs:
 
 @asynccontextmanager
 async def operator_api(
-    settings: NotifierSettings, notifier: RunningCallbacks
+    settings: NotifierSettings, notifier: RunningCallbacks, verifier: JwksVerifier | None = None
 ) -> AsyncIterator[httpx.AsyncClient]:
-    """An HTTP client of ``notifier``'s operator endpoints."""
+    """An HTTP client of ``notifier``'s delivery endpoints (business users' tokens checked
+    with ``verifier``)."""
     app = create_http_app()
     app.state.notifier = NotifierContext(
-        runtime=notifier.runtime, settings=settings, dispatcher=notifier.dispatcher
+        runtime=notifier.runtime,
+        settings=settings,
+        dispatcher=notifier.dispatcher,
+        verifier=verifier or JwksVerifier(settings.token_issuer_url),
     )
     app.include_router(operator_router)
     transport = httpx.ASGITransport(app=app)

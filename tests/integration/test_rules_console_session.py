@@ -1,5 +1,5 @@
 """The console's cookie session: sign in, CSRF protection on every change, sign out, and
-the ledger reads its pages make through the session.
+the ledger reads and callback-log calls its pages make through the session.
 
 One rules service runs for the whole module against a real PostgreSQL and a
 real broker; every test seeds an organisation of its own and drives it through
@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import uuid
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -18,7 +19,7 @@ import httpx
 import jwt
 import pytest
 
-from services.rules.console import LedgerReader
+from services.rules.console import LedgerReader, NotifierClient, UpstreamClient
 from tests.helpers import (
     PASSWORD,
     RULES_URL,
@@ -106,19 +107,28 @@ class FakeLedger:
         ]
 
 
+@asynccontextmanager
+async def upstream_in_place(
+    stack: RulesStack, name: str, upstream: UpstreamClient
+) -> AsyncIterator[None]:
+    """The console reaches ``upstream`` instead of its own ``app.state.<name>`` meanwhile."""
+    real = getattr(stack.app.state, name)
+    setattr(stack.app.state, name, upstream)
+    try:
+        yield
+    finally:
+        setattr(stack.app.state, name, real)
+        await upstream.aclose()
+
+
 @pytest.fixture
 async def ledger(stack: RulesStack) -> AsyncIterator[FakeLedger]:
     """The module's console reads from a fake ledger for the test."""
     fake = FakeLedger()
     http = httpx.AsyncClient(transport=httpx.MockTransport(fake))
     reader = LedgerReader(stack.settings, stack.app.state.rules.issuer, http=http, clock=fake.clock)
-    real = stack.app.state.console_ledger
-    stack.app.state.console_ledger = reader
-    try:
+    async with upstream_in_place(stack, "console_ledger", reader):
         yield fake
-    finally:
-        stack.app.state.console_ledger = real
-        await reader.aclose()
 
 
 async def read_balance(console: Console) -> httpx.Response:
@@ -417,3 +427,80 @@ class TestLedgerReads:
             for token in ledger.tokens
         ]
         assert emails == [console.email, other.email]
+
+
+@dataclass
+class FakeNotifier:
+    """The notifier's delivery endpoints as the console's proxy meets them."""
+
+    requests: list[httpx.Request] = field(default_factory=list)
+    reachable: bool = True
+
+    def __call__(self, request: httpx.Request) -> httpx.Response:
+        if not self.reachable:
+            raise httpx.ConnectError("connection refused", request=request)
+        self.requests.append(request)
+        if request.method == "POST":
+            return httpx.Response(202, json={"id": 7, "status": "pending"})
+        return httpx.Response(200, json={"items": [], "nextCursor": None})
+
+
+@pytest.fixture
+async def notifier(stack: RulesStack) -> AsyncIterator[FakeNotifier]:
+    """The module's console reaches a fake notifier for the test."""
+    fake = FakeNotifier()
+    http = httpx.AsyncClient(transport=httpx.MockTransport(fake))
+    client = NotifierClient(stack.settings, stack.app.state.rules.issuer, http=http)
+    async with upstream_in_place(stack, "console_notifier", client):
+        yield fake
+
+
+class TestCallbackLogThroughTheConsole:
+    async def test_the_log_is_read_from_the_notifier_for_the_signed_in_user(
+        self, console: Console, notifier: FakeNotifier
+    ) -> None:
+        response = await console.http.get(
+            "/console/api/deliveries", params={"clientId": "client-1", "status": "parked"}
+        )
+
+        assert response.status_code == 200, response.text
+        [request] = notifier.requests
+        assert request.url.path == "/v1/deliveries"
+        assert dict(request.url.params) == {
+            "clientId": "client-1",
+            "status": "parked",
+            "limit": "25",
+        }
+        token = request.headers["Authorization"].removeprefix("Bearer ")
+        claims = jwt.decode(token, options={"verify_signature": False})
+        assert (claims["email"], claims["typ"]) == (console.email, "user")
+
+    async def test_a_replay_with_the_csrf_token_reaches_the_notifier(
+        self, console: Console, notifier: FakeNotifier
+    ) -> None:
+        response = await console.http.post(
+            "/console/api/deliveries/7/replay", headers=console.csrf()
+        )
+
+        assert response.status_code == 202
+        assert [request.url.path for request in notifier.requests] == ["/v1/deliveries/7/replay"]
+
+    async def test_a_replay_without_the_csrf_token_is_refused_before_the_notifier(
+        self, console: Console, notifier: FakeNotifier
+    ) -> None:
+        response = await console.http.post("/console/api/deliveries/7/replay")
+
+        assert response.status_code == 403
+        assert response.json()["code"] == "CSRF_TOKEN_INVALID"
+        assert notifier.requests == []
+
+    async def test_a_notifier_out_of_reach_is_a_503_to_retry(
+        self, console: Console, notifier: FakeNotifier
+    ) -> None:
+        notifier.reachable = False
+
+        response = await console.http.get("/console/api/deliveries")
+
+        assert response.status_code == 503
+        assert response.json()["code"] == "NOTIFIER_UNAVAILABLE"
+        assert response.headers["Retry-After"] == "5"
