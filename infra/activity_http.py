@@ -1,0 +1,61 @@
+"""The query parameters every activity read takes, as a FastAPI dependency."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Annotated
+
+from fastapi import Depends, Query
+
+from contracts.text import Text
+from infra.activity import TIMEZONE_MAX_LENGTH, ActivityWindow, Granularity, activity_window
+
+
+@dataclass(frozen=True)
+class ActivityRange:
+    """What a caller asked for: an instant range and a bucket size."""
+
+    start: datetime | None
+    end: datetime | None
+    granularity: Granularity
+
+    def window(self, timezone: str) -> ActivityWindow:
+        """The hours or days of ``timezone`` it covers, or a problem."""
+        return activity_window(
+            start=self.start, end=self.end, granularity=self.granularity, timezone=timezone
+        )
+
+
+def activity_range(
+    start: Annotated[
+        datetime | None,
+        Query(
+            alias="from",
+            description="An instant with its offset; the range starts with the hour or day "
+            "holding it. Default: a day (by hour) or a week (by day) before `to`.",
+        ),
+    ] = None,
+    end: Annotated[
+        datetime | None,
+        Query(
+            alias="to",
+            description="An instant with its offset; the range ends with the hour or day "
+            "holding the instant just before it. Default: now.",
+        ),
+    ] = None,
+    bucket: Annotated[
+        Granularity, Query(description="`hour` or `day`, in the range's timezone.")
+    ] = "day",
+) -> ActivityRange:
+    return ActivityRange(start, end, bucket)
+
+
+RangeQuery = Annotated[ActivityRange, Depends(activity_range)]
+TimezoneQuery = Annotated[
+    Text,
+    Query(
+        max_length=TIMEZONE_MAX_LENGTH,
+        description="The IANA timezone whose hours and days the buckets are, e.g. `Europe/Paris`.",
+    ),
+]
