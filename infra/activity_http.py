@@ -4,12 +4,17 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Annotated
+from typing import Annotated, cast, get_args
 
 from fastapi import Depends, Query
 
+from contracts import Environment
 from contracts.text import Text
 from infra.activity import TIMEZONE_MAX_LENGTH, ActivityWindow, Granularity, activity_window
+from infra.problems import Problem
+from infra.tokens import Principal
+
+ENVIRONMENTS: tuple[str, ...] = get_args(Environment)
 
 
 @dataclass(frozen=True)
@@ -59,3 +64,25 @@ TimezoneQuery = Annotated[
         description="The IANA timezone whose hours and days the buckets are, e.g. `Europe/Paris`.",
     ),
 ]
+
+
+class UnknownEnvironment(Problem):
+    status = 400
+    code = "UNKNOWN_ENVIRONMENT"
+
+
+class BusinessUsersOnly(Problem):
+    status = 403
+    code = "FORBIDDEN"
+
+
+def business_user_scope(principal: Principal, environment: str) -> tuple[str, Environment]:
+    """The organisation and environment a business user's activity read covers: activity
+    is for the console, so an API client's token is refused."""
+    if environment not in ENVIRONMENTS:
+        raise UnknownEnvironment(
+            f"environment must be one of {', '.join(ENVIRONMENTS)}, not {environment!r}"
+        )
+    if principal.kind != "user":
+        raise BusinessUsersOnly("activity is for business users of the organisation")
+    return principal.org_id, cast("Environment", environment)

@@ -15,6 +15,7 @@ from infra.runtime import ServiceRuntime
 from infra.serving import app_only
 from infra.tokens import TOKEN_PATH, JwksVerifier
 from services.trigger import subscribers
+from services.trigger.activity import ActivityFlusher, ActivityTally
 from services.trigger.admission import Gateway
 from services.trigger.api import TRIGGER_PATH, TriggerContext, router, serve_trigger
 from services.trigger.housekeeping import PendingReconciler, RequestPurger
@@ -80,12 +81,16 @@ def create_app(
             requirement=[{"partnerOAuth": ["points:trigger"]}],
         ),
     )
+    tally = ActivityTally()
+    flusher = ActivityFlusher(tally, lambda: runtime.pool, interval=settings.activity_flush_seconds)
+    runtime.on_start(flusher.start)
+    runtime.on_stop(flusher.stop)
     app.state.trigger = TriggerContext(
         runtime=runtime,
         settings=settings,
         verifier=verifier,
         gateway=Gateway.on_database(
-            lambda: runtime.pool, settings, committed=runtime.outbox_committed
+            lambda: runtime.pool, settings, committed=runtime.outbox_committed, tally=tally
         ),
         results_consumed=ResultsConsumed(
             progress, subscribers.RESULTS_GROUP, timeout=settings.status_catch_up_seconds
