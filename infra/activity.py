@@ -102,6 +102,21 @@ class ActivityWindow:
         return slot - 1
 
 
+@dataclass(frozen=True)
+class ActivityRange:
+    """What a caller asked for: an instant range and a bucket size."""
+
+    start: datetime | None
+    end: datetime | None
+    granularity: Granularity
+
+    def window(self, timezone: str) -> ActivityWindow:
+        """The hours or days of ``timezone`` it covers, or a problem."""
+        return activity_window(
+            start=self.start, end=self.end, granularity=self.granularity, timezone=timezone
+        )
+
+
 def activity_window(
     *,
     start: datetime | None,

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from datetime import datetime
 from typing import Annotated, cast, get_args
 
@@ -10,26 +9,11 @@ from fastapi import Depends, Query
 
 from contracts import Environment
 from contracts.text import Text
-from infra.activity import TIMEZONE_MAX_LENGTH, ActivityWindow, Granularity, activity_window
+from infra.activity import TIMEZONE_MAX_LENGTH, ActivityRange, Granularity
 from infra.problems import Problem
 from infra.tokens import Principal
 
 ENVIRONMENTS: tuple[str, ...] = get_args(Environment)
-
-
-@dataclass(frozen=True)
-class ActivityRange:
-    """What a caller asked for: an instant range and a bucket size."""
-
-    start: datetime | None
-    end: datetime | None
-    granularity: Granularity
-
-    def window(self, timezone: str) -> ActivityWindow:
-        """The hours or days of ``timezone`` it covers, or a problem."""
-        return activity_window(
-            start=self.start, end=self.end, granularity=self.granularity, timezone=timezone
-        )
 
 
 def activity_range(

@@ -23,8 +23,9 @@ from infra.openapi import CONSOLE_BEARER, Security
 from infra.runtime import ServiceRuntime
 from infra.serving import app_only
 from services.rules import console, sessions
-from services.rules.api import RulesContext, accounts, guide, members, oauth, rules
+from services.rules.api import RulesContext, accounts, activity, guide, members, oauth, rules
 from services.rules.propagation import Propagation
+from services.rules.readers import LedgerReader
 from services.rules.settings import RulesSettings
 from services.rules.subscribers import register_subscribers
 from services.rules.tokens import TokenIssuer
@@ -88,9 +89,9 @@ def create_app(settings: RulesSettings | None = None) -> tuple[FastAPI, ServiceR
     app.state.rules = RulesContext(
         settings=settings, runtime=runtime, issuer=issuer, propagation=propagation
     )
-    for area in (oauth, accounts, rules, members, guide):
+    for area in (oauth, accounts, rules, members, activity, guide):
         app.include_router(area.router)
-    ledger = console.LedgerReader(settings, issuer)
+    ledger = LedgerReader(settings, issuer)
     runtime.on_stop(ledger.aclose)
     console.install(app, ledger)
     return app, runtime

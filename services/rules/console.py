@@ -14,8 +14,6 @@ holds a bearer token.
 
 from __future__ import annotations
 
-import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from email import policy
 from email.parser import BytesParser
@@ -23,7 +21,6 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 from urllib.parse import quote, urlencode
 
-import asyncpg
 import httpx
 import jinja2
 from fastapi import APIRouter, Depends, FastAPI, Query, Request
@@ -34,11 +31,9 @@ from contracts.text import Text
 from infra.dev.smtp_sink import list_messages
 from infra.logging import get_logger
 from infra.problems import Problem
-from infra.tokens import API_AUDIENCE
 from services.rules import accounts, rules, sessions
 from services.rules.api import Context, RulesContext, Tx, User, console_session
-from services.rules.settings import RulesSettings
-from services.rules.tokens import TokenIssuer
+from services.rules.readers import LedgerReader, Params
 
 log = get_logger(__name__)
 
@@ -46,9 +41,6 @@ HERE = Path(__file__).parent
 TEMPLATES = HERE / "templates"
 STATIC = HERE / "static"
 PREFIX = "/console"
-#: A user's ledger token is signed anew this long before it would expire (at most half
-#: its lifetime).
-TOKEN_RENEWAL_MARGIN_SECONDS = 10.0
 #: How many received messages the development mail page shows, newest first.
 MAIL_PAGE_SIZE = 50
 
@@ -69,8 +61,6 @@ PAGE_HEADERS = {
 }
 
 Environment = Literal["staging", "production"]
-#: Query parameters of a ledger read.
-Params = dict[str, Any]
 EnvironmentQuery = Annotated[Environment, Query(description="`staging` or `production`.")]
 
 router = APIRouter(prefix=PREFIX, include_in_schema=False)
@@ -261,64 +251,6 @@ async def ledger_read(
         raise Problem(f"no {read} read for {collection}", status=404, code="NOT_FOUND")
     path = f"/v1/{collection}/{quote(subject_id, safe='')}/{read}"
     return await _from_ledger(request, ctx, ledger, path, {"environment": environment, **params})
-
-
-@dataclass(frozen=True)
-class _HeldToken:
-    token: str
-    renew_at: float  # on the reader's clock
-
-
-class LedgerReader:
-    """The console's way to the ledger: one HTTP client for the app's lifetime, and each
-    user's short-lived read token reused until shortly before it expires, so a page's
-    reads neither sign a token nor open a connection each."""
-
-    def __init__(
-        self,
-        settings: RulesSettings,
-        issuer: TokenIssuer,
-        *,
-        http: httpx.AsyncClient | None = None,
-        clock: Callable[[], float] = time.monotonic,
-    ) -> None:
-        self._base_url = settings.ledger_url.rstrip("/")
-        self._lifetime = settings.console_ledger_token_lifetime_seconds
-        # Renewed this long before it expires, so a token is never sent as it runs out.
-        self._renew_before = min(TOKEN_RENEWAL_MARGIN_SECONDS, self._lifetime / 2)
-        self._issuer = issuer
-        self._http = http or httpx.AsyncClient(timeout=5.0)
-        self._clock = clock
-        self._tokens: dict[str, _HeldToken] = {}
-
-    async def aclose(self) -> None:
-        await self._http.aclose()
-
-    async def get(
-        self, pool: asyncpg.Pool, session: sessions.ConsoleSession, path: str, params: Params
-    ) -> httpx.Response:
-        """The ledger's answer to ``GET path`` for the session's user."""
-        token = await self._token(pool, session)
-        return await self._http.get(
-            self._base_url + path, params=params, headers={"Authorization": f"Bearer {token}"}
-        )
-
-    async def _token(self, pool: asyncpg.Pool, session: sessions.ConsoleSession) -> str:
-        now = self._clock()
-        held = self._tokens.get(session.user_id)
-        if held is not None and now < held.renew_at:
-            return held.token
-        async with pool.acquire() as connection:
-            user = await accounts.require_user(connection, session.org_id, session.user_id)
-            # For the read APIs only: the rules API refuses it, so a leaked one changes nothing.
-            token = await self._issuer.user_token(
-                connection, user, self._lifetime, audiences=(API_AUDIENCE,)
-            )
-        self._tokens = {
-            user_id: held for user_id, held in self._tokens.items() if now < held.renew_at
-        }
-        self._tokens[session.user_id] = _HeldToken(token, now + self._lifetime - self._renew_before)
-        return token
 
 
 async def ledger_reader(request: Request) -> LedgerReader:

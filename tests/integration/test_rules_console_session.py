@@ -18,7 +18,7 @@ import httpx
 import jwt
 import pytest
 
-from services.rules.console import LedgerReader
+from services.rules.readers import LedgerReader
 from tests.helpers import (
     PASSWORD,
     RULES_URL,
