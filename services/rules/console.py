@@ -155,6 +155,13 @@ async def rules_page(
     return await _page(request, ctx, "rules.html", "rules", environment=environment)
 
 
+@router.get("/overview")
+async def overview_page(
+    request: Request, ctx: Context, environment: Environment = "staging"
+) -> Response:
+    return await _page(request, ctx, "overview.html", "overview", environment=environment)
+
+
 @router.get("/rules/new")
 async def new_rule_page(
     request: Request, ctx: Context, environment: Environment = "staging"
