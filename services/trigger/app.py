@@ -10,7 +10,7 @@ from contracts import POINTS_REQUESTED, PointsRequestedEvent
 from infra.broker import create_broker
 from infra.catchup import CatchUp, GroupProgress
 from infra.http import create_http_app, serve_directly
-from infra.openapi import Security, partner_oauth
+from infra.openapi import CONSOLE_BEARER, Security, partner_oauth
 from infra.runtime import ServiceRuntime
 from infra.serving import app_only
 from infra.tokens import TOKEN_PATH, JwksVerifier
@@ -76,9 +76,15 @@ def create_app(
         version="1",
         security=Security(
             schemes={
-                "partnerOAuth": partner_oauth(settings.token_issuer_url.rstrip("/") + TOKEN_PATH)
+                "partnerOAuth": partner_oauth(settings.token_issuer_url.rstrip("/") + TOKEN_PATH),
+                "consoleBearer": CONSOLE_BEARER,
             },
-            requirement=[{"partnerOAuth": ["points:trigger"]}],
+            # Triggers and their status are for API clients; activity, for business users.
+            requirement=lambda _, path: (
+                [{"consoleBearer": []}]
+                if path.endswith("/activity")
+                else [{"partnerOAuth": ["points:trigger"]}]
+            ),
         ),
     )
     tally = ActivityTally()
