@@ -215,18 +215,7 @@ async def measure(dsn: str, calls: int) -> None:
         await runtime.stop()
 
 
-async def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--transactions", type=int, default=1_000_000)
-    parser.add_argument("--members", type=int, default=10_000)
-    parser.add_argument("--days", type=int, default=365)
-    parser.add_argument("--calls", type=int, default=200)
-    parser.add_argument(
-        "--server-dsn", help="a PostgreSQL server to use instead of an embedded one"
-    )
-    args = parser.parse_args()
-    folder = Path(tempfile.mkdtemp(prefix="bench-activity-pg-"))
-    folder.chmod(0o755)
+async def run(args: argparse.Namespace, folder: Path) -> None:
     server = None
     try:
         if args.server_dsn:
@@ -240,8 +229,26 @@ async def main() -> None:
     finally:
         if server is not None:
             server.stop()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--transactions", type=int, default=1_000_000)
+    parser.add_argument("--members", type=int, default=10_000)
+    parser.add_argument("--days", type=int, default=365)
+    parser.add_argument("--calls", type=int, default=200)
+    parser.add_argument(
+        "--server-dsn", help="a PostgreSQL server to use instead of an embedded one"
+    )
+    args = parser.parse_args()
+    # Not under /tmp/pytest-of-root: run as root, the server runs as its own user.
+    folder = Path(tempfile.mkdtemp(prefix="bench-activity-pg-"))
+    folder.chmod(0o755)
+    try:
+        asyncio.run(run(args, folder))
+    finally:
         shutil.rmtree(folder, ignore_errors=True)
 
 
 if __name__ == "__main__":
-    asyncio.run(main())
+    main()
