@@ -53,7 +53,7 @@ class TestActivityFlusher:
         tally, pool = ActivityTally(clock=lambda: AT), FakePool()
         tally.count("org-2", "staging", "rule-1", ACCEPTED)
         tally.count("org-1", "staging", "rule-1", ACCEPTED)
-        flusher = ActivityFlusher(tally, lambda: pool, interval=5)  # type: ignore[arg-type, return-value]
+        flusher = ActivityFlusher(tally, lambda: pool, interval=5)
 
         assert await flusher.flush() == 2
         assert [row[0] for row in flushed_rows(pool)] == ["org-1", "org-2"]
@@ -62,7 +62,7 @@ class TestActivityFlusher:
     async def test_keeps_the_counts_a_flush_could_not_write_for_the_next(self) -> None:
         tally, pool = ActivityTally(clock=lambda: AT), FakePool()
         tally.count("org-1", "staging", "rule-1", ACCEPTED)
-        flusher = ActivityFlusher(tally, lambda: pool, interval=5)  # type: ignore[arg-type, return-value]
+        flusher = ActivityFlusher(tally, lambda: pool, interval=5)
         pool.down = True
         with pytest.raises(OSError):
             await flusher.flush()
@@ -75,7 +75,7 @@ class TestActivityFlusher:
 
     async def test_writes_what_is_left_when_the_gateway_stops(self) -> None:
         tally, pool = ActivityTally(clock=lambda: AT), FakePool()
-        flusher = ActivityFlusher(tally, lambda: pool, interval=300)  # type: ignore[arg-type, return-value]
+        flusher = ActivityFlusher(tally, lambda: pool, interval=300)
         await flusher.start()
         tally.count("org-1", "staging", "rule-1", ACCEPTED)
 
