@@ -10,7 +10,13 @@ from zoneinfo import ZoneInfo
 import asyncpg
 
 from infra.activity import activity_window
-from services.ledger.activity import ActivityBucket, organisation_activity, rule_activity
+from services.ledger.activity import (
+    ActivityBucket,
+    Movement,
+    organisation_activity,
+    record,
+    rule_activity,
+)
 from services.ledger.expiry import expire_due_lots
 from tests.integration.test_ledger_reversals import reverse, verified
 from tests.integration.test_ledger_service import STAGING, apply, points_requested
@@ -132,11 +138,11 @@ class TestTheRollup:
 
 class TestRegrouping:
     async def add(self, pool: asyncpg.Pool, bucket: datetime, points: int) -> None:
-        await pool.execute(
-            "INSERT INTO activity VALUES ('org-1', 'staging', 'rule-earn', $1, 'earned', $2, 1)",
-            bucket,
-            points,
-        )
+        """Points earned in the quarter-hour ``bucket``, as the ledger records them."""
+        async with pool.acquire() as connection, connection.transaction():
+            await record(
+                connection, [Movement("org-1", "staging", "rule-earn", "earned", points)], bucket
+            )
 
     async def test_gives_the_day_daylight_saving_ends_its_25_hours(
         self, pool: asyncpg.Pool
@@ -189,3 +195,21 @@ class TestRegrouping:
             (15, 1),
             (16, 2),
         ]
+
+    async def test_reads_the_same_from_hours_as_from_quarter_hours(
+        self, pool: asyncpg.Pool
+    ) -> None:
+        await apply(pool, points_requested("member-1", amount=40))
+        await apply(
+            pool, points_requested("member-1", type="redeem", amount=5, rule_id="rule-earn")
+        )
+        totals = {}
+        for timezone in ("Europe/Berlin", "Asia/Kolkata"):  # whole hours / half an hour
+            window = activity_window(
+                start=days(-1), end=days(1), granularity="hour", timezone=timezone
+            )
+            async with pool.acquire() as connection:
+                hours = await rule_activity(connection, STAGING, "rule-earn", window)
+            totals[timezone] = (sum(h.earned for h in hours), sum(h.redeemed for h in hours))
+
+        assert totals == {"Europe/Berlin": (40, 5), "Asia/Kolkata": (40, 5)}
