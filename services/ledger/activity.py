@@ -2,10 +2,11 @@
 
 Every path that moves points (a batch of requests, an expiry pass, a reversal) adds
 what it moved to one row per (organisation, environment, rule, 15-minute bucket,
-kind), in its own transaction, with one statement: the per-bucket sums are made
-here first. Reads regroup those quarter-hours into the hours or days of any
-timezone (:mod:`infra.activity`), so a chart over a million entries reads a few
-thousand rows rather than the entries.
+kind), and to the same per whole hour, in its own transaction: the sums are made
+here first, then one upsert per table. Reads regroup those quarter-hours (or
+hours, when the window's buckets start on whole hours of UTC) into the hours or
+days of any timezone (:mod:`infra.activity`), so a chart over a million entries
+reads a few thousand rows rather than the entries.
 
 The rows are locked last in each transaction, after the members and the pools, and
 in key order: two partitions applying to one rule queue on its row, as they do on its
