@@ -4,12 +4,18 @@ or day, kept as batches, expiries and reversals are applied."""
 from __future__ import annotations
 
 import asyncio
+import shutil
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+from uuid import uuid4
 from zoneinfo import ZoneInfo
 
 import asyncpg
 
+from infra import db
 from infra.activity import activity_window
+from infra.runtime import INFRA_MIGRATIONS
 from services.ledger.activity import (
     ActivityBucket,
     Movement,
@@ -17,7 +23,15 @@ from services.ledger.activity import (
     record,
     rule_activity,
 )
+from services.ledger.app import MIGRATIONS as LEDGER_MIGRATIONS
 from services.ledger.expiry import expire_due_lots
+from services.ledger.repository import (
+    ReversalRow,
+    TransactionRow,
+    insert_reversal,
+    insert_transactions,
+)
+from tests.helpers import migrated_pool
 from tests.integration.test_ledger_reversals import reverse, verified
 from tests.integration.test_ledger_service import STAGING, apply, points_requested
 
@@ -213,3 +227,75 @@ class TestRegrouping:
             totals[timezone] = (sum(h.earned for h in hours), sum(h.redeemed for h in hours))
 
         assert totals == {"Europe/Berlin": (40, 5), "Asia/Kolkata": (40, 5)}
+
+
+def transaction_row(type: str, amount: int, created_at: datetime, **fields: Any) -> TransactionRow:
+    return TransactionRow(
+        id=fields.pop("id", None) or uuid4(),
+        environment="staging",
+        org_id="org-1",
+        user_id="member-1",
+        request_id=fields.pop("request_id", f"request-{uuid4().hex[:8]}"),
+        client_id="client-1",
+        rule_id="rule-earn",
+        rule_version=1,
+        correlation_id="correlation",
+        type=type,
+        amount=amount,
+        status=fields.pop("status", "applied"),
+        reason=fields.pop("reason", None),
+        created_at=created_at,
+    )
+
+
+class TestBackfill:
+    async def test_counts_what_the_ledger_recorded_before_the_rollup(
+        self, database_url: str, tmp_path: Path
+    ) -> None:
+        for migration in sorted(LEDGER_MIGRATIONS.glob("*.sql")):
+            if migration.name < "0008":
+                shutil.copy(migration, tmp_path)
+        await db.migrate(database_url, "ledger", [INFRA_MIGRATIONS, tmp_path])
+        at = datetime(2026, 11, 3, 10, 7, tzinfo=UTC)
+        earn = transaction_row("earn", 100, at)
+        connection = await db.connect(database_url, "ledger")
+        try:
+            await insert_transactions(
+                connection,
+                [
+                    earn,
+                    transaction_row("earn", 30, at + timedelta(minutes=20)),
+                    transaction_row(
+                        "redeem", 9, at, status="rejected", reason="INSUFFICIENT_BALANCE"
+                    ),
+                    transaction_row(
+                        "expiry", 30, at + timedelta(days=1), request_id=earn.request_id
+                    ),
+                ],
+            )
+            await insert_reversal(
+                connection,
+                ReversalRow(
+                    uuid4(), "staging", "org-1", "member-1", earn.request_id, "client-1",
+                    "rule-earn", 1, "correlation", 100, at + timedelta(days=2), earn.id,
+                    "refund", "user-1", 25, 0,
+                ),
+            )  # fmt: skip
+        finally:
+            await connection.close()
+
+        async with migrated_pool(database_url, "ledger", LEDGER_MIGRATIONS) as pool:
+            window = activity_window(
+                start=at, end=at + timedelta(days=3), granularity="day", timezone="UTC"
+            )
+            async with pool.acquire() as reading:
+                days_ = await rule_activity(reading, STAGING, "rule-earn", window)
+            hours = await pool.fetchval("SELECT sum(points) FROM activity_hours")
+
+        assert [(d.earned, d.expired, d.reversed, d.transactions) for d in days_] == [
+            (130, 0, 0, 2),
+            (0, 30, 0, 1),
+            (0, 0, 75, 1),
+            (0, 0, 0, 0),
+        ]
+        assert hours == 130 + 30 + 75
