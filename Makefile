@@ -6,7 +6,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: run test lint fmt docs venv clean bench-gateway bench-ledger bench-propagation bench-token-flood bench-restart bench-e2e bench-scale bench-soak up down test-tools
+.PHONY: run test lint fmt docs venv clean bench-gateway bench-ledger bench-activity bench-propagation bench-token-flood bench-restart bench-e2e bench-scale bench-soak up down test-tools
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -46,6 +46,9 @@ bench-gateway: $(STAMP)  ## gateway throughput and latency against a bare FastAP
 bench-ledger: $(STAMP)  ## ledger apply rate end to end against pgbench -N on the same PostgreSQL
 	@command -v pgbench >/dev/null || (apt-get update -qq && apt-get install -y -qq postgresql-client)
 	$(BIN)/python bench/ledger.py $(BENCH_ARGS)
+
+bench-activity: $(STAMP)  ## a rule's activity read (p50/p95/max) over 1,000,000 ledger transactions of that rule
+	$(BIN)/python bench/activity.py $(BENCH_ARGS)
 
 bench-propagation: $(STAMP)  ## how long a rule change takes to reach the gateway (p50/p95/max)
 	$(BIN)/python bench/propagation.py $(BENCH_ARGS)

@@ -497,6 +497,25 @@ _TYPES = (
     ),
     # --- Ledger ------------------------------------------------------------------
     ProblemType(
+        "UNKNOWN_TIMEZONE",
+        "Unknown timezone",
+        "The `timezone` parameter of an activity read is not an IANA timezone name.",
+        "Send a name such as `Europe/Paris`, `America/New_York` or `UTC`.",
+    ),
+    ProblemType(
+        "INVALID_ACTIVITY_RANGE",
+        "Invalid activity range",
+        "The `from` of an activity read does not come before its `to`, or one of them lies "
+        "before 1970 or after 2200.",
+        _FIX_AND_RESEND,
+    ),
+    ProblemType(
+        "ACTIVITY_RANGE_TOO_LARGE",
+        "Activity range too large",
+        "An activity read would answer more than 1000 hours or days.",
+        "Narrow the range, or read it by day rather than by hour.",
+    ),
+    ProblemType(
         "UNKNOWN_ENVIRONMENT",
         "Unknown environment",
         "The `environment` parameter is not `staging` or `production`.",

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Annotated
+from typing import Annotated, Literal
 from uuid import UUID
 
 import asyncpg
@@ -14,10 +14,12 @@ from pydantic import BaseModel, ConfigDict, Field
 from pydantic.alias_generators import to_camel
 
 from contracts.text import MultilineText, Text
+from infra.activity import ACTIVITY_PROBLEMS, ActivityWindow
+from infra.activity_http import RangeQuery, TimezoneQuery
 from infra.http import ServiceContext, Unauthorized, authenticate
 from infra.openapi import problems
 from infra.tokens import JwksVerifier, Principal
-from services.ledger import access, clients, reads, reversals
+from services.ledger import access, activity, clients, reads, reversals
 from services.ledger.settings import LedgerSettings
 
 
@@ -219,6 +221,83 @@ async def list_rule_transactions(
     return _transaction_page(page)
 
 
+class LedgerActivityBucket(CamelModel):
+    start: datetime = Field(description="The bucket's first instant.")
+    earned: int = Field(description="Points applied by earns.")
+    redeemed: int = Field(description="Points applied by redeems.")
+    reversed: int = Field(description="Points reversals moved back, either way.")
+    expired: int = Field(description="Points of earns that expired unspent.")
+    transactions: int = Field(description="Applied transactions of any of these kinds.")
+
+
+class LedgerActivity(CamelModel):
+    rule_id: str | None = Field(description="The rule; null for the whole organisation.")
+    environment: str
+    timezone: str
+    bucket: Literal["hour", "day"]
+    start: datetime = Field(alias="from", description="The first bucket's first instant.")
+    end: datetime = Field(alias="to", description="The first instant after the last bucket.")
+    buckets: list[LedgerActivityBucket]
+
+
+ACTIVITY_READ_PROBLEMS = {400: ["UNKNOWN_ENVIRONMENT", *ACTIVITY_PROBLEMS], 403: ["FORBIDDEN"]}
+
+
+def _activity_view(
+    rule_id: str | None,
+    scope: access.ReadScope,
+    window: ActivityWindow,
+    buckets: list[activity.ActivityBucket],
+) -> LedgerActivity:
+    return LedgerActivity(
+        rule_id=rule_id,
+        environment=scope.environment,
+        timezone=window.timezone,
+        bucket=window.granularity,
+        start=window.start,
+        end=window.end,
+        buckets=[LedgerActivityBucket.model_validate(b, from_attributes=True) for b in buckets],
+    )
+
+
+@rules_router.get("/{rule_id}/activity", responses=problems(ACTIVITY_READ_PROBLEMS))
+async def get_rule_activity(
+    rule_id: Text,
+    environment: EnvironmentQuery,
+    principal: PrincipalDep,
+    ctx: Context,
+    span: RangeQuery,
+    timezone: TimezoneQuery = "UTC",
+) -> LedgerActivity:
+    """Points one rule earned, redeemed, reversed and expired per hour or day of a
+    timezone, for a business user of its organisation."""
+    scope = access.totals_scope(principal, environment)
+    window = span.window(timezone)
+    async with ctx.pool.acquire() as connection:
+        buckets = await activity.rule_activity(connection, scope, rule_id, window)
+    return _activity_view(rule_id, scope, window, buckets)
+
+
+activity_router = APIRouter(prefix="/v1/activity", tags=["rules"])
+
+
+@activity_router.get("", responses=problems(ACTIVITY_READ_PROBLEMS))
+async def get_organisation_activity(
+    environment: EnvironmentQuery,
+    principal: PrincipalDep,
+    ctx: Context,
+    span: RangeQuery,
+    timezone: TimezoneQuery = "UTC",
+) -> LedgerActivity:
+    """Points every rule of the organisation moved in one environment, per hour or day of a
+    timezone, for a business user of the organisation."""
+    scope = access.totals_scope(principal, environment)
+    window = span.window(timezone)
+    async with ctx.pool.acquire() as connection:
+        buckets = await activity.organisation_activity(connection, scope, window)
+    return _activity_view(None, scope, window, buckets)
+
+
 class ReversalRequest(CamelModel):
     reversal_id: UUID = Field(
         description="The caller's idempotency key; a retry with it returns the same outcome."
@@ -319,5 +398,5 @@ async def reverse_transaction(
 
 #: Every route of the ledger, for the app factory.
 router = APIRouter()
-for area in (members_router, rules_router, transactions_router):
+for area in (members_router, rules_router, activity_router, transactions_router):
     router.include_router(area)

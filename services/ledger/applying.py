@@ -26,7 +26,7 @@ from contracts.limits import MAX_MEMBER_BALANCE, MAX_POOL_BALANCE
 from infra import inbox, outbox
 from infra.errors import is_transient
 from infra.logging import get_logger
-from services.ledger import lots_repository, repository
+from services.ledger import activity, lots_repository, repository
 from services.ledger.lots import Lot, MemberLots, changed_lots
 from services.ledger.repository import Account, AccountKey, Recorded, TransactionRow
 
@@ -342,8 +342,23 @@ async def _record(
     in_lots = await _record_lots(connection, outcomes, accounts, *lots)
     if outcomes:
         await outbox.enqueue_rows(connection, [result_row(outcome, now) for outcome in outcomes])
-    # last: it locks the pools
+    # last: it locks the pools, then the rules' activity rows
     await repository.add_to_balances(connection, changes, in_lots)
+    await activity.record(
+        connection,
+        (
+            activity.Movement(
+                outcome.event.org_id,
+                outcome.event.environment,
+                outcome.event.data.rule_id,
+                activity.KIND_OF_TYPE[outcome.event.data.type],
+                outcome.event.data.amount,
+            )
+            for outcome in outcomes
+            if outcome.status == "applied"
+        ),
+        now,
+    )
 
 
 async def _record_lots(

@@ -30,7 +30,7 @@ from contracts import PointsResultEvent, member_key
 from infra import outbox
 from infra.logging import get_logger
 from infra.periodic import Periodic
-from services.ledger import lots_repository, repository
+from services.ledger import activity, lots_repository, repository
 from services.ledger.applying import RESULT_EVENT_IDS
 from services.ledger.repository import TransactionRow
 
@@ -173,6 +173,14 @@ async def expire_chunk(
         raise LotExpiredMeanwhile("a lot this pass had locked open was expired meanwhile")
     await outbox.enqueue_rows(connection, events)
     await repository.add_to_balances(connection, changes, in_lots)  # last: it locks the pools
+    await activity.record(
+        connection,
+        (
+            activity.Movement(row.org_id, row.environment, row.rule_id, "expired", row.amount)
+            for row in transactions
+        ),
+        now,
+    )
     return len(due), sum(int(lot["remaining"]) for lot in due)
 
 

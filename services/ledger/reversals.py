@@ -18,7 +18,7 @@ from infra import outbox
 from infra.logging import get_logger
 from infra.problems import Problem
 from infra.tokens import Principal
-from services.ledger import lots_repository, repository
+from services.ledger import activity, lots_repository, repository
 from services.ledger.access import require_editor
 from services.ledger.applying import BALANCE_LIMIT_EXCEEDED, refusal
 from services.ledger.lots import MemberLots
@@ -200,6 +200,8 @@ async def reverse_transaction(
         )
         await _record_lot_moves(connection, reversal_id, moves)
         await repository.add_to_balances(connection, entries, {accounts[member].id: moves.in_lots})
+    movement = activity.Movement(org_id, environment, row.rule_id, "reversed", abs(to_member))
+    await activity.record(connection, [movement], now)
     # The gateway and the rules service release the rule's cap usage from this event.
     await outbox.enqueue(connection, _reversal_event(row, original))
     log.info(

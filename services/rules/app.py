@@ -24,8 +24,18 @@ from infra.retention import Purge
 from infra.runtime import ServiceRuntime
 from infra.serving import app_only
 from services.rules import console, sessions, sign_in_repository
-from services.rules.api import RulesContext, accounts, clients, guide, members, oauth, rules
+from services.rules.api import (
+    RulesContext,
+    accounts,
+    activity,
+    clients,
+    guide,
+    members,
+    oauth,
+    rules,
+)
 from services.rules.propagation import Propagation
+from services.rules.readers import LedgerReader, NotifierClient
 from services.rules.settings import RulesSettings
 from services.rules.subscribers import register_subscribers
 from services.rules.tokens import TokenIssuer
@@ -97,11 +107,11 @@ def create_app(settings: RulesSettings | None = None) -> tuple[FastAPI, ServiceR
     app.state.rules = RulesContext(
         settings=settings, runtime=runtime, issuer=issuer, propagation=propagation
     )
-    for area in (oauth, accounts, clients, rules, members, guide):
+    for area in (oauth, accounts, clients, rules, members, activity, guide):
         app.include_router(area.router)
-    ledger = console.LedgerReader(settings, issuer)
+    ledger = LedgerReader(settings, issuer)
     runtime.on_stop(ledger.aclose)
-    notifier = console.NotifierClient(settings, issuer)
+    notifier = NotifierClient(settings, issuer)
     runtime.on_stop(notifier.aclose)
     console.install(app, ledger, notifier)
     return app, runtime

@@ -14,8 +14,6 @@ the browser never holds a bearer token.
 
 from __future__ import annotations
 
-import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from email import policy
 from email.parser import BytesParser
@@ -23,7 +21,6 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 from urllib.parse import quote, urlencode
 
-import asyncpg
 import httpx
 import jinja2
 from fastapi import APIRouter, Depends, FastAPI, Query, Request
@@ -36,7 +33,6 @@ from infra.dev.smtp_sink import list_messages
 from infra.logging import get_logger
 from infra.problems import Problem
 from infra.storable import BIGINT_MAX
-from infra.tokens import API_AUDIENCE
 from services.rules import accounts, rules, sessions
 from services.rules.api import (
     Context,
@@ -46,8 +42,7 @@ from services.rules.api import (
     console_session,
     require_csrf_token,
 )
-from services.rules.settings import RulesSettings
-from services.rules.tokens import TokenIssuer
+from services.rules.readers import LedgerReader, NotifierClient, Params, UpstreamClient
 
 log = get_logger(__name__)
 
@@ -55,9 +50,6 @@ HERE = Path(__file__).parent
 TEMPLATES = HERE / "templates"
 STATIC = HERE / "static"
 PREFIX = "/console"
-#: A user's ledger token is signed anew this long before it would expire (at most half
-#: its lifetime).
-TOKEN_RENEWAL_MARGIN_SECONDS = 10.0
 #: How many received messages the development mail page shows, newest first.
 MAIL_PAGE_SIZE = 50
 
@@ -78,8 +70,6 @@ PAGE_HEADERS = {
 }
 
 Environment = Literal["staging", "production"]
-#: Query parameters of a ledger read.
-Params = dict[str, Any]
 EnvironmentQuery = Annotated[Environment, Query(description="`staging` or `production`.")]
 
 router = APIRouter(prefix=PREFIX, include_in_schema=False)
@@ -177,6 +167,13 @@ async def rules_page(
     request: Request, ctx: Context, environment: Environment = "staging"
 ) -> Response:
     return await _page(request, ctx, "rules.html", "rules", environment=environment)
+
+
+@router.get("/overview")
+async def overview_page(
+    request: Request, ctx: Context, environment: Environment = "staging"
+) -> Response:
+    return await _page(request, ctx, "overview.html", "overview", environment=environment)
 
 
 @router.get("/rules/new")
@@ -326,103 +323,6 @@ async def replay_callback(
     session = await console_session(request, ctx)
     require_csrf_token(request, session)
     return await _relay(ctx, session, notifier, "POST", f"/v1/deliveries/{delivery_id}/replay", {})
-
-
-@dataclass(frozen=True)
-class _HeldToken:
-    token: str
-    renew_at: float  # on the reader's clock
-
-
-class UpstreamClient:
-    """The console's way to another service: one HTTP client for the app's lifetime, and
-    each user's short-lived token reused until shortly before it expires, so a page's
-    calls neither sign a token nor open a connection each."""
-
-    #: The service called, and the problem code of its not answering.
-    service = "service"
-    unavailable_code = "SERVICE_UNAVAILABLE"
-
-    def __init__(
-        self,
-        base_url: str,
-        settings: RulesSettings,
-        issuer: TokenIssuer,
-        *,
-        http: httpx.AsyncClient | None = None,
-        clock: Callable[[], float] = time.monotonic,
-    ) -> None:
-        self._base_url = base_url.rstrip("/")
-        self._lifetime = settings.console_ledger_token_lifetime_seconds
-        # Renewed this long before it expires, so a token is never sent as it runs out.
-        self._renew_before = min(TOKEN_RENEWAL_MARGIN_SECONDS, self._lifetime / 2)
-        self._issuer = issuer
-        self._http = http or httpx.AsyncClient(timeout=5.0)
-        self._clock = clock
-        self._tokens: dict[str, _HeldToken] = {}
-
-    async def aclose(self) -> None:
-        await self._http.aclose()
-
-    async def call(
-        self,
-        pool: asyncpg.Pool,
-        session: sessions.ConsoleSession,
-        method: Literal["GET", "POST"],
-        path: str,
-        params: Params,
-    ) -> httpx.Response:
-        """The service's answer to ``method path`` for the session's user."""
-        token = await self._token(pool, session)
-        return await self._http.request(
-            method,
-            self._base_url + path,
-            params=params,
-            headers={"Authorization": f"Bearer {token}"},
-        )
-
-    async def get(
-        self, pool: asyncpg.Pool, session: sessions.ConsoleSession, path: str, params: Params
-    ) -> httpx.Response:
-        """The service's answer to ``GET path`` for the session's user."""
-        return await self.call(pool, session, "GET", path, params)
-
-    async def _token(self, pool: asyncpg.Pool, session: sessions.ConsoleSession) -> str:
-        now = self._clock()
-        held = self._tokens.get(session.user_id)
-        if held is not None and now < held.renew_at:
-            return held.token
-        async with pool.acquire() as connection:
-            user = await accounts.require_user(connection, session.org_id, session.user_id)
-            # For the other services' APIs only: the rules API refuses it.
-            token = await self._issuer.user_token(
-                connection, user, self._lifetime, audiences=(API_AUDIENCE,)
-            )
-        self._tokens = {
-            user_id: held for user_id, held in self._tokens.items() if now < held.renew_at
-        }
-        self._tokens[session.user_id] = _HeldToken(token, now + self._lifetime - self._renew_before)
-        return token
-
-
-class LedgerReader(UpstreamClient):
-    """The console's way to the ledger's reads (balances, transactions, rule totals)."""
-
-    service = "ledger"
-    unavailable_code = "LEDGER_UNAVAILABLE"
-
-    def __init__(self, settings: RulesSettings, issuer: TokenIssuer, **options: Any) -> None:
-        super().__init__(settings.ledger_url, settings, issuer, **options)
-
-
-class NotifierClient(UpstreamClient):
-    """The console's way to the notifier's callback log, and replays of parked callbacks."""
-
-    service = "notifier"
-    unavailable_code = "NOTIFIER_UNAVAILABLE"
-
-    def __init__(self, settings: RulesSettings, issuer: TokenIssuer, **options: Any) -> None:
-        super().__init__(settings.notifier_url, settings, issuer, **options)
 
 
 async def ledger_reader(request: Request) -> LedgerReader:

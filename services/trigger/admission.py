@@ -44,6 +44,7 @@ from infra.callback_urls import check_callback_url
 from infra.logging import get_logger
 from infra.problems import Problem, is_unavailable
 from services.trigger import repository
+from services.trigger.activity import ACCEPTED, ActivityTally
 from services.trigger.checks import (
     Caller,
     CheckedTrigger,
@@ -108,8 +109,11 @@ class Gateway:
         *,
         admit: Batch[Arrival, Admission],
         record: Batch[CheckedTrigger, dict[str, Any]],
+        tally: ActivityTally | None = None,
     ) -> None:
         self.settings = settings
+        #: Every answer, counted for the activity charts (services.trigger.activity).
+        self.tally = tally or ActivityTally()
         self.admissions = batched(admit, settings)
         self.recordings = batched(record, settings)
 
@@ -120,6 +124,7 @@ class Gateway:
         settings: TriggerSettings,
         *,
         committed: Callable[[], None] = lambda: None,
+        tally: ActivityTally | None = None,
     ) -> Gateway:
         """A gateway whose batches are the statements below, on the pool ``pool_of`` gives;
         ``committed`` is called after each batch of requests is recorded (their outbox
@@ -138,7 +143,7 @@ class Gateway:
             committed()
             return outcomes
 
-        return cls(settings, admit=admit, record=record)
+        return cls(settings, admit=admit, record=record, tally=tally)
 
     async def accept(
         self, caller: Caller, trigger: Trigger, signed: SignedRequest, correlation_id: str
@@ -152,9 +157,19 @@ class Gateway:
         moment. From the first on, the receipt and any refusal carry the client's
         rate-limit fields.
         """
-        admission = await self.admissions.submit(Arrival(caller, trigger))
-        with telling_the_rate_limit(admission.rate_limit):
-            return await self.judge(caller, trigger, signed, correlation_id, admission)
+        rule_id = None
+        try:
+            admission = await self.admissions.submit(Arrival(caller, trigger))
+            rule_id = known_rule(admission.lookup, caller, trigger.rule_id)
+            with telling_the_rate_limit(admission.rate_limit):
+                receipt = await self.judge(caller, trigger, signed, correlation_id, admission)
+        except Exception as error:
+            outcome = error.code if isinstance(error, Problem) else UNAVAILABLE
+            if isinstance(error, Problem) or is_unavailable(error):
+                self.tally.count(caller.org_id, caller.environment, rule_id, outcome)
+            raise
+        self.tally.count(caller.org_id, caller.environment, rule_id, ACCEPTED)
+        return receipt
 
     async def judge(
         self,
@@ -199,6 +214,18 @@ class Gateway:
                 at=time.time(),
                 window_seconds=self.settings.request_signature_window_seconds,
             )
+
+
+#: The outcome counted for a trigger the gateway could not record (database away).
+UNAVAILABLE = "SERVICE_UNAVAILABLE"
+
+
+def known_rule(lookup: Lookup, caller: Caller, rule_id: str) -> str | None:
+    """``rule_id`` if it names a rule of the caller's organisation, else None: activity is
+    counted under rules that exist, never under an id a client made up."""
+    if lookup.rule is None or lookup.rule["org_id"] != caller.org_id:
+        return None
+    return rule_id
 
 
 def batched(run_batch: Batch[T, R], settings: TriggerSettings) -> Coalescer[T, R]:

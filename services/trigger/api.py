@@ -8,16 +8,19 @@ from datetime import datetime
 from typing import Annotated, Any, Literal
 from uuid import UUID
 
-from fastapi import APIRouter, Depends, Request
+from fastapi import APIRouter, Depends, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from contracts.text import Text
+from infra.activity import ACTIVITY_PROBLEMS, ActivityWindow
+from infra.activity_http import RangeQuery, TimezoneQuery, business_user_scope
 from infra.http import ServiceContext, Unauthorized, authenticate
 from infra.openapi import RETRY_AFTER, header_docs, problems
 from infra.request_signing import SIGNATURE_HEADER, TIMESTAMP_HEADER
 from infra.tokens import JwksVerifier, Principal
+from services.trigger import activity
 from services.trigger.admission import Gateway, client_access
 from services.trigger.checks import MAX_AMOUNT, USER_ID, Caller, Trigger
 from services.trigger.rate_limits import rate_limit_headers
@@ -230,6 +233,8 @@ async def serve_trigger(request: Request) -> JSONResponse:
     try:
         body = TriggerRequest.model_validate_json(await request.body())
     except ValidationError as error:
+        caller = caller_of(principal)
+        ctx.gateway.tally.count(caller.org_id, caller.environment, None, "INVALID_REQUEST")
         raise RequestValidationError(error.errors(include_url=False)) from error
     return await answer_trigger(body, principal, ctx, request)
 
@@ -256,3 +261,86 @@ async def answer_trigger(
 async def get_points_request(request_id: Text, caller: Client, ctx: Context) -> dict[str, Any]:
     """Where a request stands: pending, succeeded or failed (with a reason); and any reversal."""
     return await request_status(ctx.pool, caller, request_id, results_consumed=ctx.results_consumed)
+
+
+class AnswersBucketView(BaseModel):
+    start: datetime = Field(description="The bucket's first instant.")
+    accepted: int = Field(description="Triggers answered 202.")
+    refused: dict[str, int] = Field(description="Triggers refused, by problem code.")
+
+
+class GatewayActivity(BaseModel):
+    """What the gateway answered, per hour or day of a timezone."""
+
+    rule_id: str | None = Field(
+        alias="ruleId", description="The rule; null for the whole organisation."
+    )
+    environment: str
+    timezone: str
+    bucket: Literal["hour", "day"]
+    start: datetime = Field(alias="from", description="The first bucket's first instant.")
+    end: datetime = Field(alias="to", description="The first instant after the last bucket.")
+    buckets: list[AnswersBucketView]
+
+
+async def business_user(request: Request, ctx: Context) -> Principal:
+    return await authenticate(ctx.verifier, request)
+
+
+BusinessUser = Annotated[Principal, Depends(business_user)]
+ACTIVITY_RESPONSES = problems(
+    {400: ["UNKNOWN_ENVIRONMENT", *ACTIVITY_PROBLEMS], 403: ["FORBIDDEN"]}
+)
+
+
+def _activity_view(
+    rule_id: str | None,
+    environment: str,
+    window: ActivityWindow,
+    buckets: list[activity.AnswersBucket],
+) -> GatewayActivity:
+    return GatewayActivity(
+        ruleId=rule_id,
+        environment=environment,
+        timezone=window.timezone,
+        bucket=window.granularity,
+        **{"from": window.start, "to": window.end},
+        buckets=[
+            AnswersBucketView(start=b.start, accepted=b.accepted, refused=b.refused)
+            for b in buckets
+        ],
+    )
+
+
+@router.get("/v1/rules/{rule_id}/activity", tags=["activity"], responses=ACTIVITY_RESPONSES)
+async def get_rule_activity(
+    rule_id: Text,
+    environment: Annotated[Text, Query(description="`staging` or `production`.")],
+    principal: BusinessUser,
+    ctx: Context,
+    span: RangeQuery,
+    timezone: TimezoneQuery = "UTC",
+) -> GatewayActivity:
+    """Triggers of one rule the gateway accepted and refused (by code), per hour or day of a
+    timezone, for a business user of its organisation."""
+    org_id, scope = business_user_scope(principal, environment)
+    window = span.window(timezone)
+    buckets = await activity.rule_activity(ctx.pool, org_id, scope, rule_id, window)
+    return _activity_view(rule_id, scope, window, buckets)
+
+
+@router.get("/v1/activity", tags=["activity"], responses=ACTIVITY_RESPONSES)
+async def get_organisation_activity(
+    environment: Annotated[Text, Query(description="`staging` or `production`.")],
+    principal: BusinessUser,
+    ctx: Context,
+    span: RangeQuery,
+    timezone: TimezoneQuery = "UTC",
+) -> GatewayActivity:
+    """Triggers of the organisation's clients in one environment the gateway accepted and
+    refused (by code), per hour or day of a timezone, for a business user; refusals that
+    named no rule of the organisation count here only."""
+    org_id, scope = business_user_scope(principal, environment)
+    window = span.window(timezone)
+    buckets = await activity.organisation_activity(ctx.pool, org_id, scope, window)
+    return _activity_view(None, scope, window, buckets)

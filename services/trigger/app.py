@@ -10,11 +10,12 @@ from contracts import POINTS_REQUESTED, PointsRequestedEvent
 from infra.broker import create_broker
 from infra.catchup import CatchUp, GroupProgress
 from infra.http import create_http_app, serve_directly
-from infra.openapi import Security, partner_oauth
+from infra.openapi import CONSOLE_BEARER, Security, partner_oauth
 from infra.runtime import ServiceRuntime
 from infra.serving import app_only
 from infra.tokens import TOKEN_PATH, JwksVerifier
 from services.trigger import subscribers
+from services.trigger.activity import ActivityFlusher, ActivityTally
 from services.trigger.admission import Gateway
 from services.trigger.api import TRIGGER_PATH, TriggerContext, router, serve_trigger
 from services.trigger.housekeeping import PendingReconciler, requests_purge
@@ -70,17 +71,27 @@ def create_app(
         version="1",
         security=Security(
             schemes={
-                "partnerOAuth": partner_oauth(settings.token_issuer_url.rstrip("/") + TOKEN_PATH)
+                "partnerOAuth": partner_oauth(settings.token_issuer_url.rstrip("/") + TOKEN_PATH),
+                "consoleBearer": CONSOLE_BEARER,
             },
-            requirement=[{"partnerOAuth": ["points:trigger"]}],
+            # Triggers and their status are for API clients; activity, for business users.
+            requirement=lambda _, path: (
+                [{"consoleBearer": []}]
+                if path.endswith("/activity")
+                else [{"partnerOAuth": ["points:trigger"]}]
+            ),
         ),
     )
+    tally = ActivityTally()
+    flusher = ActivityFlusher(tally, lambda: runtime.pool, interval=settings.activity_flush_seconds)
+    runtime.on_start(flusher.start)
+    runtime.on_stop(flusher.stop)
     app.state.trigger = TriggerContext(
         runtime=runtime,
         settings=settings,
         verifier=verifier,
         gateway=Gateway.on_database(
-            lambda: runtime.pool, settings, committed=runtime.outbox_committed
+            lambda: runtime.pool, settings, committed=runtime.outbox_committed, tally=tally
         ),
         results_consumed=ResultsConsumed(
             progress, subscribers.RESULTS_GROUP, timeout=settings.status_catch_up_seconds

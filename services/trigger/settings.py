@@ -77,6 +77,14 @@ class TriggerSettings(ServiceSettings):
         description="Batches of triggers that may run at once, each on its own connection; "
         "triggers arriving while all are busy go together in the next one.",
     )
+    activity_flush_seconds: float = Field(
+        default=5.0,
+        gt=0,
+        le=300,
+        description="How often each gateway adds the triggers it accepted and refused, counted "
+        "in memory, to the activity table; a gateway that crashes loses at most this long of "
+        "counts (one stopping cleanly writes them).",
+    )
     callback_dns_timeout_seconds: float = Field(
         default=2.0, gt=0, description="How long checking a callbackUrl's host may take."
     )

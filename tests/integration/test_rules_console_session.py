@@ -19,7 +19,7 @@ import httpx
 import jwt
 import pytest
 
-from services.rules.console import LedgerReader, NotifierClient, UpstreamClient
+from services.rules.readers import LedgerReader, NotifierClient, UpstreamClient
 from tests.helpers import (
     PASSWORD,
     RULES_URL,

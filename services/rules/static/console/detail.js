@@ -1,6 +1,7 @@
 // One rule: what it is, how to share it, what it has moved, and its history.
 import "./shell.js";
 import { ruleActions, shareList } from "./actions.js";
+import { activityPanel } from "./activity.js";
 import { ApiError, get } from "./api.js";
 import { formatDate, formatExpiry, formatPeriod } from "./time.js";
 import {
@@ -81,6 +82,20 @@ async function renderUsage(rule) {
   }
 }
 
+let activity = null;
+
+// Built once; a change to the rule (an action) reloads its figures.
+function renderActivity() {
+  if (activity) {
+    activity.reload();
+    return;
+  }
+  activity = activityPanel(document.getElementById("rule-activity"), {
+    path: `/v1/rules/${path}/activity`,
+    idPrefix: "rule-activity",
+  });
+}
+
 async function renderTransactions(rule) {
   const body = document.getElementById("transactions");
   const { items } = await get(
@@ -140,6 +155,7 @@ async function render() {
     throw failure;
   }
   renderHeader(rule);
+  renderActivity();
   await Promise.all([renderShare(rule), renderUsage(rule), renderTransactions(rule), renderAudit()]);
 }
 
