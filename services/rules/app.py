@@ -8,13 +8,17 @@ from fastapi import FastAPI
 
 from contracts import (
     CLIENTS_LIFECYCLE,
+    INVITATIONS_REQUESTED,
     MEMBERS_LIFECYCLE,
     NOTIFICATIONS_REQUESTED,
     RULES_LIFECYCLE,
+    USERS_LIFECYCLE,
     ClientLifecycleEvent,
+    InvitationEmailRequestedEvent,
     MemberLifecycleEvent,
     RuleLifecycleEvent,
     ShareEmailRequestedEvent,
+    UserLifecycleEvent,
 )
 from infra.broker import create_broker
 from infra.catchup import GroupProgress
@@ -23,7 +27,7 @@ from infra.openapi import CONSOLE_BEARER, Security
 from infra.runtime import ServiceRuntime
 from infra.serving import app_only
 from services.rules import console, sessions
-from services.rules.api import RulesContext, accounts, guide, members, oauth, rules
+from services.rules.api import RulesContext, accounts, guide, members, oauth, rules, team
 from services.rules.propagation import Propagation
 from services.rules.settings import RulesSettings
 from services.rules.subscribers import register_subscribers
@@ -40,6 +44,16 @@ PUBLISHES = (
         NOTIFICATIONS_REQUESTED,
         ShareEmailRequestedEvent,
         "A business user asked for a rule's integration details to be e-mailed.",
+    ),
+    (
+        USERS_LIFECYCLE,
+        UserLifecycleEvent,
+        "A business user joined, changed role or was removed.",
+    ),
+    (
+        INVITATIONS_REQUESTED,
+        InvitationEmailRequestedEvent,
+        "An admin invited someone to the console (the link's token sealed).",
     ),
 )
 
@@ -75,7 +89,10 @@ def create_app(settings: RulesSettings | None = None) -> tuple[FastAPI, ServiceR
                 },
             },
             requirement=[{"consoleBearer": []}, {"consoleSession": []}],
-            needs=lambda _, path: path.startswith("/v1/") and not path.startswith("/v1/auth/"),
+            # Signing in, and accepting an invitation (its token is the proof), need none.
+            needs=lambda _, path: (
+                path.startswith("/v1/") and not path.startswith(("/v1/auth/", "/v1/invitations/"))
+            ),
             # A change made with the cookie needs the session's CSRF token.
             refusals=lambda method: {} if method == "GET" else {403: ["CSRF_TOKEN_INVALID"]},
         ),
@@ -88,7 +105,7 @@ def create_app(settings: RulesSettings | None = None) -> tuple[FastAPI, ServiceR
     app.state.rules = RulesContext(
         settings=settings, runtime=runtime, issuer=issuer, propagation=propagation
     )
-    for area in (oauth, accounts, rules, members, guide):
+    for area in (oauth, accounts, rules, members, team, guide):
         app.include_router(area.router)
     ledger = console.LedgerReader(settings, issuer)
     runtime.on_stop(ledger.aclose)
