@@ -593,9 +593,8 @@ class TestTheInvitationEmail:
         settings: NotifierSettings = notifier_settings(database_url, smtp_url=mail_sink.url)
         with capture_logs() as logs:
             async with running_callbacks(settings) as notifier:
-                async with notifier.runtime.pool.acquire() as connection:
-                    async with connection.transaction():
-                        await queueing.queue_invitation_emails(connection, [event], settings)
+                async with notifier.runtime.pool.acquire() as connection, connection.transaction():
+                    await queueing.queue_invitation_emails(connection, [event], settings)
                 notifier.dispatcher.wake()
 
                 async def sent() -> bool:
