@@ -96,6 +96,10 @@ class Viewer:
     def can_edit(self) -> bool:
         return self.session.role != "viewer"
 
+    @property
+    def is_admin(self) -> bool:
+        return self.session.role == "admin"
+
 
 async def _viewer(request: Request, ctx: RulesContext) -> Viewer | None:
     session_id = request.cookies.get(sessions.COOKIE_NAME)
@@ -185,6 +189,22 @@ async def rule_page(request: Request, ctx: Context, rule_id: Text) -> Response:
 @router.get("/members")
 async def members_page(request: Request, ctx: Context) -> Response:
     return await _page(request, ctx, "members.html", "members")
+
+
+@router.get("/team")
+async def team_page(request: Request, ctx: Context) -> Response:
+    """Who is in the organisation; admins invite, change roles and remove users."""
+    hours = ctx.settings.invitation_lifetime_hours
+    return await _page(request, ctx, "team.html", "team", invitation_hours=f"{hours:g}")
+
+
+@router.get("/invitations/{token}")
+async def invitation_page(token: Text) -> Response:
+    """Where an invitation's link leads: the invitee sets a password (no session needed).
+    The token stays in the address; the page's script sends it to accept, and nothing
+    here reads, stores or logs it."""
+    del token
+    return _render("invitation.html", page="invitation")
 
 
 @dataclass(frozen=True)
