@@ -34,7 +34,9 @@ class InvitationEmailRequested(ContractModel):
     )
     role: UserRole = Field(description="Role the invitee will hold.")
     recipient: EmailAddress = Field(description="The invitee's e-mail address.")
-    invited_by: EmailAddress = Field(description="E-mail address of the admin who invited.")
+    invited_by: Text = Field(
+        min_length=1, max_length=254, description="E-mail address of the admin who invited."
+    )
     accept_url_prefix: Text = Field(
         min_length=1,
         max_length=2000,
