@@ -149,10 +149,12 @@ async def console_home() -> RedirectResponse:
 
 
 @router.get("/login")
-async def login_page(request: Request, ctx: Context, next: Text = "") -> Response:
+async def login_page(
+    request: Request, ctx: Context, next: Text = "", joined: Text = ""
+) -> Response:
     if await _viewer(request, ctx) is not None:
         return RedirectResponse(_safe_next(next), status_code=303)
-    return _render("login.html", page="login", next=_safe_next(next))
+    return _render("login.html", page="login", next=_safe_next(next), joined=bool(joined))
 
 
 def _safe_next(target: str) -> str:

@@ -64,6 +64,7 @@ async def test_an_invited_user_joins_through_the_email_and_is_sent_away_when_rem
         await screenshot(invitee, "console-invitation")
         await invitee.get_by_role("button", name="Join").click()
         await invitee.wait_for_url("**/console/login**")
+        await expect(invitee.get_by_role("status").first).to_contain_text("Your password is set")
         await invitee.get_by_label("E-mail").fill(address)
         await invitee.get_by_label("Password").fill(NEW_PASSWORD)
         await invitee.get_by_role("button", name="Sign in").click()
