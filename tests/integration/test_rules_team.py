@@ -367,7 +367,10 @@ class TestAccepting:
     ) -> None:
         with capture_logs() as logs:
             _, _, token = await invited(stack, tenant)
+            assert (await stack.http.get(f"/console/invitations/{token}")).status_code == 200
+            assert (await accept(stack.http, token, "short")).status_code == 400
             assert (await accept(stack.http, token)).status_code == 200
+            assert (await accept(stack.http, token)).status_code == 404
 
         assert token not in await rules_database_text(stack)
         assert token not in str(logs)
