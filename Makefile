@@ -72,7 +72,7 @@ COMPOSE := docker compose -f deploy/compose.yaml
 
 # Random secrets for the compose stack, written once and never committed.
 deploy/.env:
-	@umask 077 && $(PYTHON) -c "import secrets; names = ('POSTGRES_PASSWORD', 'CALLBACK_SIGNING_KEY', 'RULES_SIGNING_KEY_ENCRYPTION_KEY', 'NOTIFIER_OPERATOR_TOKEN'); print('\n'.join(f'{n}={secrets.token_urlsafe(32)}' for n in names))" > $@
+	@umask 077 && $(PYTHON) -c "import secrets; names = ('POSTGRES_PASSWORD', 'CALLBACK_SIGNING_KEY', 'INVITATION_SEALING_KEY', 'RULES_SIGNING_KEY_ENCRYPTION_KEY', 'NOTIFIER_OPERATOR_TOKEN'); print('\n'.join(f'{n}={secrets.token_urlsafe(32)}' for n in names))" > $@
 	@echo "wrote $@ (random secrets for the compose stack)"
 
 up: deploy/.env  ## the platform on Apache Kafka, PostgreSQL and Mailpit in containers (needs Docker)

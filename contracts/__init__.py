@@ -15,6 +15,11 @@ from contracts.clients_lifecycle import (
     ClientStatus,
 )
 from contracts.envelope import ContractModel, Environment, EventEnvelope
+from contracts.invitations_requested import (
+    InvitationEmailRequested,
+    InvitationEmailRequestedEvent,
+    InvitationEmailRequestedType,
+)
 from contracts.members_lifecycle import (
     MemberLifecycleEvent,
     MemberLifecycleType,
@@ -51,16 +56,26 @@ from contracts.topics import (
     DEAD_LETTER_TOPICS,
     GATEWAY_PROJECTED_TOPICS,
     GATEWAY_PROJECTION_GROUP,
+    INVITATIONS_REQUESTED,
     LEDGER_MEMBERS_GROUP,
+    LEDGER_USERS_GROUP,
     MEMBERS_LIFECYCLE,
     NOTIFICATIONS_REQUESTED,
     POINTS_REQUESTED,
     POINTS_RESULTS,
     RULES_LIFECYCLE,
     TOPICS_TO_CREATE,
+    USERS_LIFECYCLE,
     TopicSpec,
     dead_letter_topic,
     environment_group,
+)
+from contracts.users_lifecycle import (
+    USERS_ENVIRONMENT,
+    UserLifecycleEvent,
+    UserLifecycleType,
+    UserRole,
+    UserStanding,
 )
 
 # Topic name -> the one event class its messages parse into.
@@ -73,6 +88,8 @@ EVENT_TYPES: dict[str, type[EventEnvelope[Any]]] = {
         PointsRequestedEvent,
         PointsResultEvent,
         ShareEmailRequestedEvent,
+        UserLifecycleEvent,
+        InvitationEmailRequestedEvent,
     )
 }
 
@@ -83,13 +100,17 @@ __all__ = [
     "EVENT_TYPES",
     "GATEWAY_PROJECTED_TOPICS",
     "GATEWAY_PROJECTION_GROUP",
+    "INVITATIONS_REQUESTED",
     "LEDGER_MEMBERS_GROUP",
+    "LEDGER_USERS_GROUP",
     "MEMBERS_LIFECYCLE",
     "NOTIFICATIONS_REQUESTED",
     "POINTS_REQUESTED",
     "POINTS_RESULTS",
     "RULES_LIFECYCLE",
     "TOPICS_TO_CREATE",
+    "USERS_ENVIRONMENT",
+    "USERS_LIFECYCLE",
     "ClientLifecycleEvent",
     "ClientLifecycleType",
     "ClientRateLimit",
@@ -99,6 +120,9 @@ __all__ = [
     "EmailAddress",
     "Environment",
     "EventEnvelope",
+    "InvitationEmailRequested",
+    "InvitationEmailRequestedEvent",
+    "InvitationEmailRequestedType",
     "MemberLifecycleEvent",
     "MemberLifecycleType",
     "MemberStanding",
@@ -118,6 +142,10 @@ __all__ = [
     "ShareEmailRequestedEvent",
     "ShareEmailRequestedType",
     "TopicSpec",
+    "UserLifecycleEvent",
+    "UserLifecycleType",
+    "UserRole",
+    "UserStanding",
     "dead_letter_topic",
     "environment_group",
     "member_key",

@@ -8,6 +8,8 @@ MEMBERS_LIFECYCLE = "members.lifecycle.v1"
 POINTS_REQUESTED = "points.requested.v1"
 POINTS_RESULTS = "points.results.v1"
 NOTIFICATIONS_REQUESTED = "notifications.requested.v1"
+USERS_LIFECYCLE = "users.lifecycle.v1"
+INVITATIONS_REQUESTED = "notifications.invitations.v1"
 
 DEAD_LETTER_SUFFIX = ".dlq"
 
@@ -22,6 +24,10 @@ GATEWAY_PROJECTED_TOPICS = (RULES_LIFECYCLE, CLIENTS_LIFECYCLE, MEMBERS_LIFECYCL
 #: what it consumed, so the rules service answers a block or an unblock once this group
 #: has it too: a trigger accepted right after an unblock is not then failed by the ledger.
 LEDGER_MEMBERS_GROUP = "ledger.members"
+#: The ledger's consumer group for ``users.lifecycle.v1``. The ledger refuses a removed
+#: business user's tokens on what it consumed, so the rules service answers a removal
+#: (or a change of role) once this group has it.
+LEDGER_USERS_GROUP = "ledger.users"
 
 
 def environment_group(group_id: str, environment: str | None) -> str:
@@ -138,6 +144,27 @@ ALL_TOPICS: tuple[TopicSpec, ...] = (
         retention_ms=EVENT_RETENTION_MS,
         segment_ms=EVENT_SEGMENT_MS,
         description="Request to email a rule's integration details to third-party developers.",
+    ),
+    TopicSpec(
+        name=USERS_LIFECYCLE,
+        key="user id",
+        partitions=3,
+        compacted=True,
+        description=(
+            "A business user joined (accepted an invitation), changed role or was removed;"
+            " services that accept business users' tokens refuse a removed user's at once."
+        ),
+    ),
+    TopicSpec(
+        name=INVITATIONS_REQUESTED,
+        key="user id",
+        partitions=3,
+        compacted=False,
+        retention_ms=EVENT_RETENTION_MS,
+        segment_ms=EVENT_SEGMENT_MS,
+        description=(
+            "Request to e-mail an invitation to the console; the link's token travels sealed."
+        ),
     ),
 )
 

@@ -340,6 +340,30 @@ _TYPES = (
         "Send one of those roles.",
     ),
     ProblemType(
+        "ALREADY_A_MEMBER",
+        "Already a member",
+        "This e-mail address belongs to an active user of the organisation already; an "
+        "invitation is for someone who has not joined yet.",
+        "Change the user's role instead, or ask them to sign in (and reset their password "
+        "with an operator if they lost it).",
+    ),
+    ProblemType(
+        "LAST_ADMIN",
+        "Last admin",
+        "The change would leave the organisation without an admin: its last admin cannot be "
+        "demoted or removed.",
+        "Make another user an admin first, then change or remove this one.",
+    ),
+    ProblemType(
+        "INVITATION_INVALID",
+        "Invitation link not valid",
+        "The invitation link is unknown, was used already, or has expired (an invitation works "
+        "once, for a limited time, and inviting the address again replaces it). The answer "
+        "does not say which, as the remedy is the same.",
+        "Ask an admin of your organisation to invite you again; if you set your password "
+        "already, sign in.",
+    ),
+    ProblemType(
         "WEAK_PASSWORD",
         "Password too weak",
         "The password is shorter than the platform accepts.",

@@ -7,14 +7,18 @@ import asyncio
 from contracts import (
     CLIENTS_LIFECYCLE,
     LEDGER_MEMBERS_GROUP,
+    LEDGER_USERS_GROUP,
     MEMBERS_LIFECYCLE,
     POINTS_REQUESTED,
+    USERS_LIFECYCLE,
     ClientLifecycleEvent,
     MemberLifecycleEvent,
     PointsRequestedEvent,
+    UserLifecycleEvent,
 )
 from infra.consumers import environment_from_member_key
 from infra.runtime import ServiceRuntime
+from infra.user_standing import project_users
 from services.ledger.applying import apply_batch, fail_quarantined_request, members_apart
 from services.ledger.clients import project_clients
 from services.ledger.members import project_members
@@ -23,6 +27,7 @@ from services.ledger.settings import LedgerSettings
 GROUP = "ledger"
 CLIENTS_GROUP = "ledger.clients"
 MEMBERS_GROUP = LEDGER_MEMBERS_GROUP
+USERS_GROUP = LEDGER_USERS_GROUP
 
 
 def register_subscribers(runtime: ServiceRuntime, settings: LedgerSettings) -> None:
@@ -78,4 +83,14 @@ def register_subscribers(runtime: ServiceRuntime, settings: LedgerSettings) -> N
         environment_of=environment_from_member_key,
         description="Keeps which members their business blocked, on the members' accounts, so "
         "every request for a blocked member applied from then on is rejected (`MEMBER_BLOCKED`).",
+    )
+
+    runtime.consume(
+        {USERS_LIFECYCLE: UserLifecycleEvent},
+        group_id=USERS_GROUP,
+        handler=runtime.transactional(project_users),
+        by_environment=False,
+        description="Keeps which business users were removed, and each one's role now, so the "
+        "read API refuses a removed user's token at once and judges a demoted one by the new "
+        "role rather than the token's.",
     )

@@ -23,6 +23,7 @@ import asyncpg
 import httpx
 
 from infra.logging import get_logger
+from infra.sealing import CannotOpen, invitation_sealer
 from infra.signing import derive_signing_secret, sign
 from infra.waiting import wait_at_most
 from services.notifier import emails, repository
@@ -77,6 +78,7 @@ class DeliveryDispatcher:
         getaddrinfo: GetAddrInfo = socket.getaddrinfo,
     ) -> None:
         self._settings = settings
+        self._sealer = invitation_sealer(settings.invitation_sealing_key)
         self._transport = transport
         self.metrics = metrics or DeliveryMetrics()
         self._callbacks = WorkerPool(
@@ -250,9 +252,14 @@ class DeliveryDispatcher:
             await self._attempt_callback(delivery)
 
     async def _send_email(self, delivery: ClaimedEmail) -> AttemptOutcome:
+        try:
+            message = self._composed(delivery)
+        except CannotOpen:
+            # Retrying cannot help: the rules service sealed it under another key.
+            return AttemptOutcome(None, "the invitation token does not open", permanent=True)
         started = time.perf_counter()
         try:
-            refused = await emails.send_message(self._settings, delivery.body, delivery.recipients)
+            refused = await emails.send_message(self._settings, message, delivery.recipients)
         except (aiosmtplib.SMTPException, OSError) as error:
             return emails.smtp_outcome(error)
         finally:
@@ -267,6 +274,14 @@ class DeliveryDispatcher:
                 refused=len(refused),
             )
         return AttemptOutcome(250, None)
+
+    def _composed(self, delivery: ClaimedEmail) -> bytes:
+        """The bytes to send: as stored, with an invitation's token opened into its link."""
+        if delivery.sealed_secret is None:
+            return delivery.body
+        return emails.with_invitation_token(
+            delivery.body, delivery.sealed_secret, delivery.notification_id, self._sealer
+        )
 
     def _resolve_for(self, org_id: str) -> Resolve:
         """Resolution on ``org_id``'s behalf: a lookup it abandons keeps one of its slots."""

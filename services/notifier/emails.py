@@ -20,7 +20,8 @@ from uuid import UUID
 import aiosmtplib
 import jinja2
 
-from contracts import ShareEmailRequested
+from contracts import InvitationEmailRequested, ShareEmailRequested
+from infra.sealing import CannotOpen, Sealer
 from services.notifier.attempts import AttemptOutcome
 from services.notifier.settings import NotifierSettings
 
@@ -77,6 +78,57 @@ def render_share_email(
         _templates.get_template("share_email.html").render(fields), subtype="html"
     )
     return message.as_bytes()
+
+
+#: Stands where an invitation's token goes in the stored message: letters only, so no
+#: escaping or line folding touches it, and the parts are sent 8-bit so no transfer
+#: encoding does either.
+TOKEN_PLACEHOLDER = "POINTSINVITATIONTOKENPLACEHOLDER"  # noqa: S105 - no secret
+ROLE_LABELS = {"admin": "an admin", "editor": "an editor", "viewer": "a viewer"}
+
+
+def render_invitation_email(
+    invitation: InvitationEmailRequested, *, mail_from: str, reply_to: str | None
+) -> bytes:
+    """The invitation message as SMTP bytes, with :data:`TOKEN_PLACEHOLDER` where the
+    link's token goes: the token itself is added only when it is sent
+    (:func:`with_invitation_token`), so the stored message holds no secret."""
+    fields = {
+        "organisation_name": invitation.organisation_name,
+        "invited_by": invitation.invited_by,
+        "role": ROLE_LABELS[invitation.role],
+        "expires_at": invitation.expires_at.strftime("%Y-%m-%d %H:%M UTC"),
+        "link": invitation.accept_url_prefix + TOKEN_PLACEHOLDER,
+    }
+    message = EmailMessage(policy=SMTP)
+    try:
+        message["Subject"] = (
+            f"You are invited to the points console of {_one_line(invitation.organisation_name)}"
+        )
+        message["From"] = mail_from
+        message["To"] = [_address(invitation.recipient)]
+        if reply_to:
+            message["Reply-To"] = reply_to
+        message["Date"] = formatdate(usegmt=True)
+        message["Message-ID"] = _message_id(invitation.invitation_id, mail_from)
+    except (ValueError, TypeError) as error:
+        raise InvalidShareEmail(str(error)) from error
+    text = _templates.get_template("invitation_email.txt").render(fields)
+    message.set_content(text, cte="8bit")
+    html = _templates.get_template("invitation_email.html").render(fields)
+    message.add_alternative(html, subtype="html", cte="8bit")
+    return message.as_bytes()
+
+
+def with_invitation_token(
+    message: bytes, sealed_token: str, invitation_id: UUID, sealer: Sealer
+) -> bytes:
+    """The stored invitation ``message`` with its token opened into the link, to hand to
+    the SMTP server (and nowhere else); :class:`CannotOpen` when it does not open."""
+    token = sealer.open(str(invitation_id), sealed_token)
+    if not token.replace("-", "").replace("_", "").isalnum():
+        raise CannotOpen("the opened token is not a link token")
+    return message.replace(TOKEN_PLACEHOLDER.encode(), token.encode())
 
 
 def envelope_sender(mail_from: str) -> str:

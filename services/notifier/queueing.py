@@ -20,9 +20,11 @@ from urllib.parse import urlsplit
 import asyncpg
 
 from contracts import (
+    INVITATIONS_REQUESTED,
     NOTIFICATIONS_REQUESTED,
     POINTS_RESULTS,
     ClientLifecycleEvent,
+    InvitationEmailRequestedEvent,
     PointsResult,
     PointsResultEvent,
     ShareEmailRequestedEvent,
@@ -278,6 +280,50 @@ async def queue_share_email(
             rule_id=share.rule_id,
             recipients=len(share.recipients),
         )
+    return queued
+
+
+async def queue_invitation_emails(
+    connection: asyncpg.Connection,
+    events: Sequence[InvitationEmailRequestedEvent],
+    settings: NotifierSettings,
+) -> bool:
+    """Queue the invitation e-mails a batch asks for, each once; True when any was queued.
+
+    The message is stored with a placeholder for the link's token, and the token stays
+    sealed beside it: the sender opens it only to compose what it hands to the SMTP
+    server (:func:`emails.with_invitation_token`)."""
+    queued = False
+    for event in await inbox.claim_new(connection, events, INVITATIONS_REQUESTED):
+        invitation = event.data
+        try:
+            message = emails.render_invitation_email(
+                invitation, mail_from=settings.mail_from, reply_to=settings.mail_reply_to
+            )
+        except emails.InvalidShareEmail as error:
+            log.warning(
+                "email.rejected", notification_id=str(invitation.invitation_id), reason=str(error)
+            )
+            continue
+        new = await repository.insert_email(
+            connection,
+            NewEmail(
+                event_id=event.event_id,
+                notification_id=invitation.invitation_id,
+                org_id=event.org_id,
+                environment=event.environment,
+                recipients=(invitation.recipient,),
+                message=message,
+                sealed_secret=invitation.sealed_token,
+            ),
+        )
+        if new:
+            log.info(
+                "email.invitation_queued",
+                notification_id=str(invitation.invitation_id),
+                user_id=invitation.user_id,
+            )
+        queued |= new
     return queued
 
 

@@ -89,8 +89,8 @@ RETURNING event_id
 # share request in another event) both leave the queued e-mail alone.
 INSERT_EMAIL_DELIVERY = """
 INSERT INTO deliveries (
-    kind, event_id, notification_id, org_id, environment, recipients, host, body
-) VALUES ('email', $1, $2, $3, $4, $5, '', $6)
+    kind, event_id, notification_id, org_id, environment, recipients, host, body, sealed_secret
+) VALUES ('email', $1, $2, $3, $4, $5, '', $6, $7)
 ON CONFLICT DO NOTHING
 RETURNING id
 """
@@ -175,7 +175,8 @@ FROM due
 LEFT JOIN clients AS c ON c.client_id = due.client_id
 WHERE d.id = due.id
 RETURNING d.id, d.kind, d.event_id, d.org_id, d.client_id, d.request_id, d.url, d.host,
-          d.body, d.attempts, d.notification_id, d.recipients, c.signing_key_salt,
+          d.body, d.attempts, d.notification_id, d.recipients, d.sealed_secret,
+          c.signing_key_salt,
           CASE WHEN c.previous_salt_valid_until > now() THEN c.previous_signing_key_salt END
               AS previous_signing_key_salt
 """
@@ -330,6 +331,8 @@ class ClaimedEmail(ClaimedDelivery):
 
     notification_id: UUID
     recipients: tuple[str, ...]
+    #: An invitation's link token, sealed; the body holds a placeholder in its place.
+    sealed_secret: str | None = None
 
 
 async def upsert_client(
@@ -477,6 +480,7 @@ class NewEmail:
     environment: str
     recipients: tuple[str, ...]
     message: bytes
+    sealed_secret: str | None = None
 
 
 async def insert_email(connection: asyncpg.Connection, email: NewEmail) -> bool:
@@ -489,6 +493,7 @@ async def insert_email(connection: asyncpg.Connection, email: NewEmail) -> bool:
         email.environment,
         list(email.recipients),
         email.message,
+        email.sealed_secret,
     )
     return row is not None
 
@@ -534,6 +539,7 @@ def _claimed(row: asyncpg.Record) -> ClaimedCallback | ClaimedEmail:
             attempt=row["attempts"],
             notification_id=row["notification_id"],
             recipients=tuple(row["recipients"]),
+            sealed_secret=row["sealed_secret"],
         )
     salts = (row["signing_key_salt"], row["previous_signing_key_salt"])
     return ClaimedCallback(

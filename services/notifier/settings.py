@@ -8,6 +8,7 @@ from urllib.parse import urlsplit
 from pydantic import AliasChoices, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import SettingsConfigDict
 
+from infra.sealing import DEVELOPMENT_SEALING_KEY
 from infra.settings import ServiceSettings, refuse_weak_secrets, reveal
 from infra.signing import DEVELOPMENT_SIGNING_KEY
 
@@ -28,6 +29,13 @@ class NotifierSettings(ServiceSettings):
         validation_alias=AliasChoices("NOTIFIER_CALLBACK_SIGNING_KEY", "CALLBACK_SIGNING_KEY"),
         description="Platform key from which each client's callback-signing secret is "
         "derived; the rules service needs the same value (also CALLBACK_SIGNING_KEY).",
+    )
+    invitation_sealing_key: str = Field(
+        default="",
+        validation_alias=AliasChoices("NOTIFIER_INVITATION_SEALING_KEY", "INVITATION_SEALING_KEY"),
+        description="Platform key that opens invitation links' tokens, only to compose the "
+        "invitation e-mail; the rules service needs the same value (also "
+        "INVITATION_SEALING_KEY).",
     )
     retry_schedule_seconds: tuple[float, ...] = Field(
         default=(10, 60, 300, 1800, 7200, 21600, 43200, 86400),
@@ -152,14 +160,21 @@ class NotifierSettings(ServiceSettings):
     def _real_secrets_outside_development(self) -> NotifierSettings:
         if self.is_development:
             self.callback_signing_key = self.callback_signing_key or DEVELOPMENT_SIGNING_KEY
+            self.invitation_sealing_key = self.invitation_sealing_key or DEVELOPMENT_SEALING_KEY
             return self
         if not self.callback_signing_key:
             raise ValueError(
                 "CALLBACK_SIGNING_KEY (or NOTIFIER_CALLBACK_SIGNING_KEY) must be set "
                 "outside development mode"
             )
+        if not self.invitation_sealing_key:
+            raise ValueError(
+                "INVITATION_SEALING_KEY (or NOTIFIER_INVITATION_SEALING_KEY) must be set "
+                "outside development mode"
+            )
         keys = {
             "CALLBACK_SIGNING_KEY": self.callback_signing_key,
+            "INVITATION_SEALING_KEY": self.invitation_sealing_key,
             # Without one the operator endpoints stay shut outside development.
             "NOTIFIER_OPERATOR_TOKEN": self.operator_token or None,
         }

@@ -5,9 +5,11 @@ from __future__ import annotations
 
 from contracts import (
     CLIENTS_LIFECYCLE,
+    INVITATIONS_REQUESTED,
     NOTIFICATIONS_REQUESTED,
     POINTS_RESULTS,
     ClientLifecycleEvent,
+    InvitationEmailRequestedEvent,
     PointsResultEvent,
     ShareEmailRequestedEvent,
 )
@@ -20,6 +22,7 @@ from services.notifier.settings import NotifierSettings
 CLIENTS_GROUP = "notifier.clients"
 CALLBACKS_GROUP = "notifier.callbacks"
 EMAILS_GROUP = "notifier.emails"
+INVITATIONS_GROUP = "notifier.invitations"
 
 
 def register_subscribers(
@@ -71,4 +74,18 @@ def register_subscribers(
         group_id=EMAILS_GROUP,
         handler=queue_share_emails,
         description="Queues the share e-mails business users ask for.",
+    )
+
+    async def queue_invitation_emails(events: list[InvitationEmailRequestedEvent]) -> None:
+        """Queue each invitation e-mail once, however often the event is delivered."""
+        if await runtime.in_transaction(queueing.queue_invitation_emails, events, settings):
+            dispatcher.wake()
+
+    runtime.consume(
+        {INVITATIONS_REQUESTED: InvitationEmailRequestedEvent},
+        group_id=INVITATIONS_GROUP,
+        handler=queue_invitation_emails,
+        by_environment=False,
+        description="Queues the invitation e-mails admins send; the link's token stays sealed "
+        "until the message is handed to the SMTP server.",
     )

@@ -7,7 +7,7 @@ from typing import Any
 import asyncpg
 
 from infra.problems import Problem
-from services.rules import repository, throttle
+from services.rules import repository, team_repository, throttle
 from services.rules.credentials import (
     DUMMY_HASH,
     SignInThrottles,
@@ -56,8 +56,7 @@ async def create_user(
         raise Problem(f"role must be one of {', '.join(ROLES)}", code="INVALID_ROLE")
     if "@" not in email or len(email) > 254:
         raise Problem(f"{email!r} is not an e-mail address", code="INVALID_EMAIL")
-    if len(password) < 8:
-        raise Problem("password must have at least 8 characters", code="WEAK_PASSWORD")
+    check_password(password)
     user_id = new_id("usr")
     try:
         await repository.insert_user(
@@ -71,6 +70,18 @@ async def create_user(
     except asyncpg.UniqueViolationError as error:
         raise Conflict(f"a user with e-mail {email} exists", code="EMAIL_TAKEN") from error
     return {"id": user_id, "email": email}
+
+
+#: The fewest characters of a business user's password.
+MIN_PASSWORD_LENGTH = 8
+
+
+def check_password(password: str) -> None:
+    """Refuse a password too weak for a business user (``WEAK_PASSWORD``)."""
+    if len(password) < MIN_PASSWORD_LENGTH:
+        raise Problem(
+            f"password must have at least {MIN_PASSWORD_LENGTH} characters", code="WEAK_PASSWORD"
+        )
 
 
 async def require_user(connection: asyncpg.Connection, org_id: str, user_id: str) -> asyncpg.Record:
@@ -104,6 +115,8 @@ async def log_in(
             connection, keys, throttles, "logins", "user.login_throttled", ip=client_ip
         )
         user = await repository.get_user_by_email(connection, email)
+    if user is not None and user["status"] != "active":
+        user = None  # invited: signs in once the invitation is accepted
     # An unknown address costs as long as a known one, so timing reveals no accounts.
     matches = await verify_secret(user["password_hash"] if user else DUMMY_HASH, password)
     if user is None or not matches:
@@ -112,4 +125,5 @@ async def log_in(
         if hasher.check_needs_rehash(user["password_hash"]):
             await repository.update_password_hash(connection, user["id"], hasher.hash(password))
         await throttle.succeeded(connection, keys)
+        await team_repository.record_sign_in(connection, user["id"])
     return user

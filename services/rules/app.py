@@ -8,13 +8,17 @@ from fastapi import FastAPI
 
 from contracts import (
     CLIENTS_LIFECYCLE,
+    INVITATIONS_REQUESTED,
     MEMBERS_LIFECYCLE,
     NOTIFICATIONS_REQUESTED,
     RULES_LIFECYCLE,
+    USERS_LIFECYCLE,
     ClientLifecycleEvent,
+    InvitationEmailRequestedEvent,
     MemberLifecycleEvent,
     RuleLifecycleEvent,
     ShareEmailRequestedEvent,
+    UserLifecycleEvent,
 )
 from infra.broker import create_broker
 from infra.catchup import GroupProgress
@@ -33,6 +37,7 @@ from services.rules.api import (
     members,
     oauth,
     rules,
+    team,
 )
 from services.rules.propagation import Propagation
 from services.rules.readers import LedgerReader, NotifierClient
@@ -51,6 +56,16 @@ PUBLISHES = (
         NOTIFICATIONS_REQUESTED,
         ShareEmailRequestedEvent,
         "A business user asked for a rule's integration details to be e-mailed.",
+    ),
+    (
+        USERS_LIFECYCLE,
+        UserLifecycleEvent,
+        "A business user joined, changed role or was removed.",
+    ),
+    (
+        INVITATIONS_REQUESTED,
+        InvitationEmailRequestedEvent,
+        "An admin invited someone to the console (the link's token sealed).",
     ),
 )
 
@@ -94,7 +109,10 @@ def create_app(settings: RulesSettings | None = None) -> tuple[FastAPI, ServiceR
                 },
             },
             requirement=[{"consoleBearer": []}, {"consoleSession": []}],
-            needs=lambda _, path: path.startswith("/v1/") and not path.startswith("/v1/auth/"),
+            # Signing in, and accepting an invitation (its token is the proof), need none.
+            needs=lambda _, path: (
+                path.startswith("/v1/") and not path.startswith(("/v1/auth/", "/v1/invitations/"))
+            ),
             # A change made with the cookie needs the session's CSRF token.
             refusals=lambda method: {} if method == "GET" else {403: ["CSRF_TOKEN_INVALID"]},
         ),
@@ -107,7 +125,7 @@ def create_app(settings: RulesSettings | None = None) -> tuple[FastAPI, ServiceR
     app.state.rules = RulesContext(
         settings=settings, runtime=runtime, issuer=issuer, propagation=propagation
     )
-    for area in (oauth, accounts, clients, rules, members, activity, guide):
+    for area in (oauth, accounts, clients, rules, members, team, activity, guide):
         app.include_router(area.router)
     ledger = LedgerReader(settings, issuer)
     runtime.on_stop(ledger.aclose)

@@ -149,10 +149,12 @@ async def console_home() -> RedirectResponse:
 
 
 @router.get("/login")
-async def login_page(request: Request, ctx: Context, next: Text = "") -> Response:
+async def login_page(
+    request: Request, ctx: Context, next: Text = "", joined: Text = ""
+) -> Response:
     if await _viewer(request, ctx) is not None:
         return RedirectResponse(_safe_next(next), status_code=303)
-    return _render("login.html", page="login", next=_safe_next(next))
+    return _render("login.html", page="login", next=_safe_next(next), joined=bool(joined))
 
 
 def _safe_next(target: str) -> str:
@@ -210,6 +212,22 @@ async def members_page(request: Request, ctx: Context) -> Response:
 async def callbacks_page(request: Request, ctx: Context) -> Response:
     """The callback log: the organisation's callbacks, and replaying parked ones."""
     return await _page(request, ctx, "callbacks.html", "callbacks")
+
+
+@router.get("/team")
+async def team_page(request: Request, ctx: Context) -> Response:
+    """Who is in the organisation; admins invite, change roles and remove users."""
+    hours = ctx.settings.invitation_lifetime_hours
+    return await _page(request, ctx, "team.html", "team", invitation_hours=f"{hours:g}")
+
+
+@router.get("/invitations/{token}")
+async def invitation_page(token: Text) -> Response:
+    """Where an invitation's link leads: the invitee sets a password (no session needed).
+    The token stays in the address; the page's script sends it to accept, and nothing
+    here reads, stores or logs it."""
+    del token
+    return _render("invitation.html", page="invitation")
 
 
 @dataclass(frozen=True)

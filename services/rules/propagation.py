@@ -15,6 +15,9 @@ end once the change is published (:func:`readers_of`):
   the member's environment (``ledger.members.<environment>``), which rejects a blocked
   member's requests as it applies them. Without it, a trigger the gateway accepted
   right after an unblock could still be failed ``MEMBER_BLOCKED`` by the ledger.
+* a business user's removal or change of role (``users.lifecycle.v1``) also: the
+  ledger's users group (``ledger.users``), which refuses a removed user's bearer
+  tokens; so once a removal is answered, the user's token reads nothing there.
 
 Triggers pay nothing for it, and a refusal never waits: by the time a caller hears
 that a change is made, its readers have it.
@@ -38,7 +41,9 @@ from contracts import (
     GATEWAY_PROJECTED_TOPICS,
     GATEWAY_PROJECTION_GROUP,
     LEDGER_MEMBERS_GROUP,
+    LEDGER_USERS_GROUP,
     MEMBERS_LIFECYCLE,
+    USERS_LIFECYCLE,
     Environment,
     environment_group,
 )
@@ -80,6 +85,8 @@ def readers_of(staged: Iterable[tuple[str, str | None]]) -> list[Reader]:
     for topic, environment in staged:
         if topic == MEMBERS_LIFECYCLE and environment in ENVIRONMENTS:
             readers[environment_group(LEDGER_MEMBERS_GROUP, environment)] = (MEMBERS_LIFECYCLE,)
+        if topic == USERS_LIFECYCLE:
+            readers[LEDGER_USERS_GROUP] = (USERS_LIFECYCLE,)
     return sorted(readers.items())
 
 

@@ -506,3 +506,73 @@ class AuthorizationServerMetadata(BaseModel):
     grant_types_supported: list[str]
     token_endpoint_auth_methods_supported: list[str]
     scopes_supported: list[str]
+
+
+# --- the team ------------------------------------------------------------------------
+
+Role = Literal["admin", "editor", "viewer"]
+
+
+class TeamMemberView(CamelModel):
+    """A business user of the organisation, as every role may see it."""
+
+    id: str
+    email: str
+    role: Role
+    status: Literal["invited", "active"] = Field(
+        description="`invited` until the invitation is accepted, then `active`."
+    )
+    invited_at: datetime | None = Field(description="When last invited; null if never invited.")
+    invitation_expires_at: datetime | None = Field(
+        description="When the open invitation's link stops working; null when none is open."
+    )
+    last_sign_in_at: datetime | None = Field(description="Last sign-in, when known.")
+
+    @classmethod
+    def of(cls, row: asyncpg.Record | dict[str, Any]) -> TeamMemberView:
+        return cls(
+            id=row["id"],
+            email=row["email"],
+            role=row["role"],
+            status=row["status"],
+            invited_at=row["invited_at"],
+            invitation_expires_at=row.get("invitation_expires_at"),
+            last_sign_in_at=row["last_sign_in_at"],
+        )
+
+
+class TeamList(CamelModel):
+    items: list[TeamMemberView]
+
+
+class InvitationCreate(CamelModel):
+    """Whom to invite, and as what."""
+
+    model_config = ConfigDict(
+        json_schema_extra={"examples": [{"email": "sam@bakery.example", "role": "editor"}]}
+    )
+
+    email: EmailAddress
+    role: Role
+
+
+class RoleChange(CamelModel):
+    model_config = ConfigDict(json_schema_extra={"examples": [{"role": "viewer"}]})
+
+    role: Role
+
+
+class InvitationAcceptance(CamelModel):
+    """The password the invitee chooses (at least 8 characters)."""
+
+    model_config = ConfigDict(json_schema_extra={"examples": [{"password": "correct horse"}]})
+
+    password: Text = Field(max_length=1024)
+
+
+class InvitationAccepted(CamelModel):
+    """The invitee's account, now active: sign in with its e-mail and the new password."""
+
+    id: str
+    email: str
+    role: Role

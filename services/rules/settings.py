@@ -11,6 +11,7 @@ from pydantic import AliasChoices, Field, model_validator
 from pydantic_settings import SettingsConfigDict
 
 from infra.callback_urls import check_callback_url
+from infra.sealing import DEVELOPMENT_SEALING_KEY as DEV_INVITATION_SEALING_KEY
 from infra.settings import ServiceSettings, refuse_weak_secrets, var_dir
 from infra.signing import DEVELOPMENT_SIGNING_KEY as DEV_CALLBACK_SIGNING_KEY
 from infra.tokens import TOKEN_PATH
@@ -143,6 +144,20 @@ class RulesSettings(ServiceSettings):
         "without it a copy of the database cannot mint tokens. Keep it stable: keys sealed "
         "under another value cannot be opened.",
     )
+    invitation_sealing_key: str = Field(
+        default="",
+        validation_alias=AliasChoices("RULES_INVITATION_SEALING_KEY", "INVITATION_SEALING_KEY"),
+        description="Platform key that seals invitation links' tokens on their way to the "
+        "notifier (the topic and the notifier's database never hold one in the clear); the "
+        "notifier needs the same value.",
+    )
+    invitation_lifetime_hours: float = Field(
+        default=72,
+        gt=0,
+        le=24 * 30,
+        description="How long an invitation's one-time link works; inviting the same address "
+        "again replaces the link.",
+    )
 
     @model_validator(mode="after")
     def _platform_keys_outside_development(self) -> RulesSettings:
@@ -153,6 +168,9 @@ class RulesSettings(ServiceSettings):
             "RULES_SIGNING_KEY_ENCRYPTION_KEY",
             self.signing_key_encryption_key,
             DEV_KEY_ENCRYPTION_KEY,
+        )
+        self.invitation_sealing_key = self._platform_key(
+            "INVITATION_SEALING_KEY", self.invitation_sealing_key, DEV_INVITATION_SEALING_KEY
         )
         return self
 
@@ -189,6 +207,15 @@ class RulesSettings(ServiceSettings):
             timeout=self.callback_dns_timeout_seconds,
             field="url",
         )
+
+    @property
+    def invitation_lifetime(self) -> timedelta:
+        return timedelta(hours=self.invitation_lifetime_hours)
+
+    @property
+    def invitation_page_prefix(self) -> str:
+        """The console's invitation page, to which an invitation's link adds its token."""
+        return self.public_url.rstrip("/") + "/console/invitations/"
 
     @property
     def ledger_public_url(self) -> str:

@@ -141,6 +141,10 @@ class TestSlotCounter:
 
 
 class TestNotifierSettings:
+    @pytest.fixture(autouse=True)
+    def invitation_sealing_key(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        monkeypatch.setenv("INVITATION_SEALING_KEY", secrets.token_urlsafe(32))
+
     def test_development_uses_the_development_signing_key(self) -> None:
         settings = NotifierSettings(mode="development")
 

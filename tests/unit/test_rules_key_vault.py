@@ -80,6 +80,7 @@ class TestEncryptionKeySetting:
         values = {
             "mode": "production",
             "callback_signing_key": secrets.token_urlsafe(32),
+            "invitation_sealing_key": secrets.token_urlsafe(32),
             "database_url": "postgresql://db.example.com/points",
             "kafka_bootstrap_servers": "kafka.example.com:9092",
             **overrides,

@@ -216,6 +216,7 @@ class TestPlaceholderSecrets:
 #: Keys as an operator should make them: 32 random bytes each.
 RANDOM_KEYS = {
     "CALLBACK_SIGNING_KEY": secrets.token_urlsafe(32),
+    "INVITATION_SEALING_KEY": secrets.token_urlsafe(32),
     "RULES_SIGNING_KEY_ENCRYPTION_KEY": secrets.token_urlsafe(32),
     "NOTIFIER_OPERATOR_TOKEN": secrets.token_urlsafe(32),
 }
@@ -244,6 +245,8 @@ class TestGeneratedKeysOutsideDevelopment:
         [
             (RulesSettings, "CALLBACK_SIGNING_KEY"),
             (NotifierSettings, "CALLBACK_SIGNING_KEY"),
+            (RulesSettings, "INVITATION_SEALING_KEY"),
+            (NotifierSettings, "INVITATION_SEALING_KEY"),
             (RulesSettings, "RULES_SIGNING_KEY_ENCRYPTION_KEY"),
             (NotifierSettings, "NOTIFIER_OPERATOR_TOKEN"),
         ],

@@ -16,7 +16,7 @@ from fastapi import Depends, Request
 from infra import outbox
 from infra.http import Forbidden, ServiceContext, Unauthorized, bearer_token
 from infra.tokens import ALGORITHM
-from services.rules import credentials, sessions, throttle, tokens
+from services.rules import credentials, sessions, team_repository, throttle, tokens
 from services.rules.propagation import Propagation
 from services.rules.settings import RulesSettings
 
@@ -78,9 +78,9 @@ class BusinessUser:
         if self.role == "viewer":
             raise Forbidden("viewers cannot change anything", code="READ_ONLY_ROLE")
 
-    def require_admin(self) -> None:
+    def require_admin(self, what: str = "change API clients") -> None:
         if self.role != "admin":
-            raise Forbidden("only an admin can change API clients", code="ADMIN_ROLE_REQUIRED")
+            raise Forbidden(f"only an admin can {what}", code="ADMIN_ROLE_REQUIRED")
 
 
 async def current_user(request: Request, ctx: Context) -> BusinessUser:
@@ -113,7 +113,12 @@ async def current_user(request: Request, ctx: Context) -> BusinessUser:
         raise Unauthorized(f"token is invalid: {error}") from error
     if claims.get("typ") != "user":
         raise Unauthorized("a business user's token is required")
-    return BusinessUser(claims["sub"], claims["org_id"], claims["role"])
+    # The token names who signed in; whether they still may, and as what, is the
+    # database's to say, so a removal or a change of role counts from the next request.
+    role = await team_repository.active_user_role(ctx.pool, claims["org_id"], claims["sub"])
+    if role is None:
+        raise Unauthorized("this user is no longer a member of the organisation")
+    return BusinessUser(claims["sub"], claims["org_id"], role)
 
 
 User = Annotated[BusinessUser, Depends(current_user)]
