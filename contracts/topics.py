@@ -28,6 +28,8 @@ LEDGER_MEMBERS_GROUP = "ledger.members"
 #: business user's tokens on what it consumed, so the rules service answers a removal
 #: (or a change of role) once this group has it.
 LEDGER_USERS_GROUP = "ledger.users"
+#: The notifier's, for the same reason: it lets business users read their callback log.
+NOTIFIER_USERS_GROUP = "notifier.users"
 
 
 def environment_group(group_id: str, environment: str | None) -> str:

@@ -14,12 +14,15 @@ active, and their first event may still be on its way.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 
 import asyncpg
 
 from contracts import USERS_LIFECYCLE, UserLifecycleEvent
 from infra import inbox
+from infra.http import Unauthorized
+from infra.tokens import Principal
 
 UPSERT_USER_STANDING = """
 INSERT INTO user_standing (user_id, org_id, role, removed, changed_at)
@@ -69,3 +72,17 @@ async def current_role(
     if row["removed"]:
         raise UserRemoved(user_id)
     return str(row["role"])
+
+
+async def as_it_stands(
+    executor: asyncpg.Pool | asyncpg.Connection, principal: Principal
+) -> Principal:
+    """``principal`` judged by the user's standing now: a business user who was removed is
+    refused (401), and one whose role changed has the new role. A client is as it is."""
+    if principal.kind != "user":
+        return principal
+    try:
+        role = await current_role(executor, principal.org_id, principal.subject, principal.role)
+    except UserRemoved:
+        raise Unauthorized("this user is no longer a member of the organisation") from None
+    return principal if role == principal.role else dataclasses.replace(principal, role=role)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import datetime
@@ -20,7 +19,7 @@ from infra.activity_http import RangeQuery, TimezoneQuery
 from infra.http import ServiceContext, Unauthorized, authenticate
 from infra.openapi import problems
 from infra.tokens import JwksVerifier, Principal
-from infra.user_standing import UserRemoved, current_role
+from infra.user_standing import as_it_stands
 from services.ledger import access, activity, clients, reads, reversals
 from services.ledger.settings import LedgerSettings
 
@@ -92,14 +91,7 @@ async def _principal(request: Request, ctx: Context) -> Principal:
     principal = await authenticate(ctx.verifier, request)
     if principal.kind == "client" and await clients.is_revoked(ctx.pool, principal.client_id):
         raise Unauthorized("this client has been revoked")
-    if principal.kind == "user":
-        try:
-            role = await current_role(ctx.pool, principal.org_id, principal.subject, principal.role)
-        except UserRemoved:
-            raise Unauthorized("this user is no longer a member of the organisation") from None
-        if role != principal.role:
-            principal = dataclasses.replace(principal, role=role)
-    return principal
+    return await as_it_stands(ctx.pool, principal)
 
 
 PrincipalDep = Annotated[Principal, Depends(_principal)]

@@ -20,6 +20,7 @@ from infra.openapi import problems
 from infra.problems import Problem
 from infra.storable import BIGINT_MAX
 from infra.tokens import JwksVerifier, Principal
+from infra.user_standing import as_it_stands
 from services.notifier import callback_log, operator_actions
 from services.notifier.dispatch import DeliveryDispatcher
 from services.notifier.settings import NotifierSettings
@@ -115,7 +116,8 @@ async def caller(request: Request, ctx: Context) -> Caller:
         token.encode(), settings.operator_token.encode()
     ):  # bytes: a str that is not ASCII would raise
         return None
-    return await authenticate(ctx.verifier, request)
+    # A removed user's token is refused at once, and a replay judged by the role now.
+    return await as_it_stands(ctx.pool, await authenticate(ctx.verifier, request))
 
 
 CallerDep = Annotated[Caller, Depends(caller)]

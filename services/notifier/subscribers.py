@@ -7,14 +7,18 @@ from contracts import (
     CLIENTS_LIFECYCLE,
     INVITATIONS_REQUESTED,
     NOTIFICATIONS_REQUESTED,
+    NOTIFIER_USERS_GROUP,
     POINTS_RESULTS,
+    USERS_LIFECYCLE,
     ClientLifecycleEvent,
     InvitationEmailRequestedEvent,
     PointsResultEvent,
     ShareEmailRequestedEvent,
+    UserLifecycleEvent,
 )
 from infra.consumers import environment_from_member_key
 from infra.runtime import ServiceRuntime
+from infra.user_standing import project_users
 from services.notifier import queueing
 from services.notifier.dispatch import DeliveryDispatcher
 from services.notifier.settings import NotifierSettings
@@ -88,4 +92,14 @@ def register_subscribers(
         by_environment=False,
         description="Queues the invitation e-mails admins send; the link's token stays sealed "
         "until the message is handed to the SMTP server.",
+    )
+
+    runtime.consume(
+        {USERS_LIFECYCLE: UserLifecycleEvent},
+        group_id=NOTIFIER_USERS_GROUP,
+        handler=runtime.transactional(project_users),
+        by_environment=False,
+        description="Keeps which business users were removed, and each one's role now, so the "
+        "callback log refuses a removed user's token at once and judges a replay by the role "
+        "the user has now.",
     )

@@ -16,8 +16,9 @@ end once the change is published (:func:`readers_of`):
   member's requests as it applies them. Without it, a trigger the gateway accepted
   right after an unblock could still be failed ``MEMBER_BLOCKED`` by the ledger.
 * a business user's removal or change of role (``users.lifecycle.v1``) also: the
-  ledger's users group (``ledger.users``), which refuses a removed user's bearer
-  tokens; so once a removal is answered, the user's token reads nothing there.
+  ledger's and the notifier's users groups (``ledger.users``, ``notifier.users``),
+  which refuse a removed user's bearer tokens; so once a removal is answered, the
+  user's token reads nothing there.
 
 Triggers pay nothing for it, and a refusal never waits: by the time a caller hears
 that a change is made, its readers have it.
@@ -43,6 +44,7 @@ from contracts import (
     LEDGER_MEMBERS_GROUP,
     LEDGER_USERS_GROUP,
     MEMBERS_LIFECYCLE,
+    NOTIFIER_USERS_GROUP,
     USERS_LIFECYCLE,
     Environment,
     environment_group,
@@ -87,6 +89,7 @@ def readers_of(staged: Iterable[tuple[str, str | None]]) -> list[Reader]:
             readers[environment_group(LEDGER_MEMBERS_GROUP, environment)] = (MEMBERS_LIFECYCLE,)
         if topic == USERS_LIFECYCLE:
             readers[LEDGER_USERS_GROUP] = (USERS_LIFECYCLE,)
+            readers[NOTIFIER_USERS_GROUP] = (USERS_LIFECYCLE,)
     return sorted(readers.items())
 
 

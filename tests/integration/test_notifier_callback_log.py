@@ -6,12 +6,14 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 
 import httpx
 import pytest
 
-from contracts import PointsResultEvent
+from contracts import USERS_ENVIRONMENT, PointsResultEvent, UserLifecycleEvent, UserStanding
+from infra.user_standing import project_users
 from tests.integration.test_ledger_app import TestIssuer
 from tests.integration.test_notifier import (
     CallbackReceiver,
@@ -272,3 +274,56 @@ class TestReplayingAParkedCallback:
 
         assert refused.status_code == 404
         assert len(receiver.received) == 1
+
+
+def standing(kind: str, role: str) -> UserLifecycleEvent:
+    """What the rules service publishes when an admin removes ``user-1`` or changes its role."""
+    return UserLifecycleEvent.new_event(
+        data=UserStanding(
+            org_id="org-1",
+            user_id="user-1",
+            role=role,  # type: ignore[arg-type]
+            removed=kind == "user.removed",
+            changed_by="user-admin",
+            changed_at=datetime.now(UTC),
+        ),
+        environment=USERS_ENVIRONMENT,
+        org_id="org-1",
+        correlation_id="corr",
+        type=kind,
+    )
+
+
+class TestAUserWhoseStandingChanged:
+    async def test_a_removed_users_token_reads_nothing_at_once(
+        self, callback_log: CallbackLog
+    ) -> None:
+        token = callback_log.user(role="admin")
+        assert (await callback_log.http.get("/v1/deliveries", headers=token)).status_code == 200
+
+        await project_standing(callback_log, standing("user.removed", "admin"))
+        refused = await callback_log.http.get("/v1/deliveries", headers=token)
+
+        assert refused.status_code == 401
+        assert "no longer a member" in refused.json()["detail"]
+
+    async def test_an_editor_made_a_viewer_can_no_longer_replay(
+        self, callback_log: CallbackLog, failing: CallbackReceiver
+    ) -> None:
+        event = await callback_log.callback(failing.url(), status="parked")
+        [item] = await callback_log.listed(callback_log.user(), status="parked")
+
+        await project_standing(callback_log, standing("user.role_changed", "viewer"))
+        refused = await callback_log.http.post(
+            f"/v1/deliveries/{item['id']}/replay", headers=callback_log.user(role="editor")
+        )
+
+        assert refused.status_code == 403
+        assert (await callback_log.notifier.delivery(event))["status"] == "parked"
+
+
+async def project_standing(callback_log: CallbackLog, event: UserLifecycleEvent) -> None:
+    """The notifier's users consumer having consumed ``event``."""
+    pool = callback_log.notifier.runtime.pool
+    async with pool.acquire() as connection, connection.transaction():
+        await project_users(connection, [event])
