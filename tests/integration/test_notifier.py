@@ -48,6 +48,7 @@ from services.notifier.resolver import GetAddrInfo
 from services.notifier.settings import NotifierSettings
 
 PRODUCTION_KEY = "a-production-callback-signing-key-of-some-length"
+PRODUCTION_SEALING_KEY = "a-production-key-that-seals-invitation-links"
 FAST_SCHEDULE = (0.1, 0.1, 0.1, 0.1)
 RESPONSE_HEAD = "Status\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
 
@@ -516,7 +517,10 @@ class TestSsrfGuard:
         self, database_url: str, receiver: CallbackReceiver, url: str, reason: str
     ) -> None:
         settings = notifier_settings(
-            database_url, mode="production", callback_signing_key=PRODUCTION_KEY
+            database_url,
+            mode="production",
+            callback_signing_key=PRODUCTION_KEY,
+            invitation_sealing_key=PRODUCTION_SEALING_KEY,
         )
         async with running_callbacks(settings) as notifier:
             await notifier.receive_client(client_event())
