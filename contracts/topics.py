@@ -73,7 +73,7 @@ class TopicSpec:
 
 #: How long the event topics (those not compacted) keep a message: seven days, Kafka's
 #: own default, said explicitly so that no broker default decides how long the
-#: consumers' inboxes must remember an event (decision 0021).
+#: consumers' inboxes must remember an event (decision 0022).
 EVENT_RETENTION_MS = 7 * 24 * 3600 * 1000
 #: How long their log segments stay open: a message is deleted at most this long after
 #: its retention passed, rather than Kafka's default of seven days more.

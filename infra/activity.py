@@ -9,7 +9,7 @@ computed here, with the IANA database Python ships (``zoneinfo``); the database 
 handed them and groups its rows by which one they fall in (``width_bucket``), so it
 never needs to know the timezone.
 
-See docs/decisions/0022-activity-rollups.md.
+See docs/decisions/0024-activity-rollups.md.
 """
 
 from __future__ import annotations

@@ -7,7 +7,7 @@
 --           transaction as the entries it counts (services/ledger/activity.py), so
 --           a chart over a million entries reads a few thousand rows. Reads regroup
 --           the quarter-hours into the hours and days of any timezone
---           (infra/activity.py; docs/decisions/0022-activity-rollups.md).
+--           (infra/activity.py; docs/decisions/0024-activity-rollups.md).
 -- activity_hours
 --           the same per whole hour of UTC, kept alongside: a window whose
 --           buckets all start on whole UTC hours (any hour or day of a timezone
