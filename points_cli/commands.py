@@ -4,6 +4,7 @@ in one transaction with their audit lines and outbox events."""
 from __future__ import annotations
 
 import argparse
+import asyncio
 import dataclasses
 import json
 import sys
@@ -21,7 +22,7 @@ from infra import db, outbox, quarantine
 from infra.catchup import GroupProgress
 from infra.problems import Problem
 from infra.runtime import INFRA_MIGRATIONS
-from infra.settings import SERVICES, ServiceSettings
+from infra.settings import SERVICES, ServiceSettings, var_dir
 from services.rules import accounts, clients, tokens
 from services.rules.propagation import Propagation
 from services.rules.settings import RulesSettings
@@ -461,4 +462,31 @@ async def migrate(args: argparse.Namespace) -> int:
             timeout=settings.startup_timeout_seconds,
         )
         print(f"{schema}: {len(applied)} migration(s) applied")
+    return 0
+
+
+#: Where a running ``points dev`` takes ``points scale`` requests, in its state directory.
+CONTROL_SOCKET = "dev.sock"
+
+
+async def scale(args: argparse.Namespace) -> int:
+    """Ask the running ``points dev`` for more or fewer replicas of some services."""
+    path = var_dir() / CONTROL_SOCKET
+    try:
+        reader, writer = await asyncio.open_unix_connection(path)
+    except OSError:
+        print(f"points scale: no points dev runs with its state in {var_dir()}", file=sys.stderr)
+        return 2
+    writer.write(f"scale {args.replicas}\n".encode())
+    await writer.drain()
+    answer = json.loads(await reader.readline())
+    writer.close()
+    if "error" in answer:
+        print(f"points scale: {answer['error']}", file=sys.stderr)
+        return 1
+    replicas: dict[str, int] = answer["replicas"]
+    if args.json:
+        emit(replicas, True)
+    else:
+        print(", ".join(f"{count} {name}" for name, count in replicas.items()))
     return 0

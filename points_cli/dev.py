@@ -45,7 +45,7 @@ from infra.kafka_admin import create_topics, wait_for_kafka
 from infra.problem_types import PROBLEM_TYPES_PATH
 from infra.settings import SERVICES, ServiceSettings, environment_overrides, var_dir
 from infra.signing import DEVELOPMENT_SIGNING_KEY
-from points_cli.commands import migrations_of
+from points_cli.commands import CONTROL_SOCKET, migrations_of
 from services.rules import accounts, clients
 from services.rules.settings import RulesSettings
 
@@ -79,15 +79,21 @@ MOST_REPLICAS = 8
 
 
 def replicas(scale: str | None) -> dict[str, int]:
-    """How many processes of each service ``scale`` (``trigger=2,ledger=2``) asks for.
+    """How many processes of each service ``scale`` (``trigger=2,ledger=2``) asks for; a
+    service it does not name runs once.
 
     Raises :class:`StartupError` naming what is wrong with it.
     """
-    counts = dict.fromkeys(SERVICES, 1)
+    return {**dict.fromkeys(SERVICES, 1), **replicas_named(scale)}
+
+
+def replicas_named(scale: str | None) -> dict[str, int]:
+    """The services ``scale`` names, each with its number of replicas."""
+    counts: dict[str, int] = {}
     for part in filter(None, (item.strip() for item in (scale or "").split(","))):
         name, equals, count = part.partition("=")
         name = name.strip()
-        if name not in counts:
+        if name not in SERVICES:
             raise StartupError(f"--scale: unknown service {name!r} (one of {', '.join(SERVICES)})")
         if not equals or not count.strip().isdigit() or not 1 <= int(count) <= MOST_REPLICAS:
             raise StartupError(
@@ -341,36 +347,27 @@ async def run_stack(*, reset: bool = False, scale: str | None = None) -> int:
             )
         )
         stack.callback(stack_env.unlink, missing_ok=True)
-        children = {name: replica_names(name, counts[name]) for name in SERVICES}
         # Which process is which, for tools that stop or pause one of them.
         pids_file = state / "dev.pids"
 
         def write_pids() -> None:
             pids_file.write_text(json.dumps({**infra.pids, **supervisor.pids}))
 
+        names = {name: replica_names(name, counts[name]) for name in SERVICES}
         supervisor = Supervisor(
             log_dir=state / "log",
-            name_width=max(len(child) for names in children.values() for child in names),
-            on_restart=write_pids,
+            name_width=max(len(child) for children in names.values() for child in children) + 1,
+            on_change=write_pids,
         )
-        for name, names in children.items():
-            scaled = len(names) > 1
-            # Replicas share their service's port (the kernel spreads connections), and
-            # one that exits is started again while the others serve, as an orchestrator
-            # would; a service that runs once stops the stack when it exits, so the
-            # failure is seen.
-            shared = {"HTTP_REUSE_PORT": "true"} if scaled else {}
-            for child in names:
-                await supervisor.add(
-                    child,
-                    [sys.executable, "-m", f"services.{name}"],
-                    {**env, **shared},
-                    restart=scaled,
-                )
         # Time for each service's clean stop (HTTP, consumers, relay: a grace each).
         stop_timeout = 3 * ServiceSettings(mode="development").shutdown_grace_seconds + 5
+        replicas_now = Replicas(supervisor, env, names, stop_timeout=stop_timeout)
+        await replicas_now.start()
         write_pids()
         stack.callback(pids_file.unlink, missing_ok=True)
+        stack.callback((state / CONTROL_SOCKET).unlink, missing_ok=True)
+        control = await asyncio.start_unix_server(replicas_now.answer, path=state / CONTROL_SOCKET)
+        stack.push_async_callback(_close_server, control)
         watcher = asyncio.create_task(run_until_signal(supervisor, stop_timeout=stop_timeout))
         not_ready = await _ready_or_exit(watcher, ports, settings.ready_timeout_seconds)
         if watcher.done():
@@ -388,6 +385,92 @@ async def run_stack(*, reset: bool = False, scale: str | None = None) -> int:
             )
         first_exit = await watcher
         return 1 if first_exit is not None else 0
+
+
+class Replicas:
+    """The running replicas of each service, and changing their number while the stack
+    runs (``points scale``), as an operator scales a Deployment.
+
+    Replicas share their service's port (the kernel spreads connections), and one that
+    exits is started again while the others serve, as an orchestrator would; a service
+    started with one replica runs once, stops the stack when it exits so the failure is
+    seen, and cannot be scaled later (its port is not shared).
+    """
+
+    def __init__(
+        self,
+        supervisor: Supervisor,
+        env: dict[str, str],
+        names: dict[str, list[str]],
+        *,
+        stop_timeout: float,
+    ) -> None:
+        self._supervisor = supervisor
+        self._env = env
+        self._names = names
+        self._scalable = {name for name, children in names.items() if len(children) > 1}
+        self._stop_timeout = stop_timeout
+        self._changing = asyncio.Lock()
+
+    async def start(self) -> None:
+        for name, children in self._names.items():
+            for child in children:
+                await self._start(name, child)
+
+    async def _start(self, name: str, child: str) -> None:
+        scaled = name in self._scalable
+        shared = {"HTTP_REUSE_PORT": "true"} if scaled else {}
+        await self._supervisor.add(
+            child, [sys.executable, "-m", f"services.{name}"], {**self._env, **shared},
+            restart=scaled,
+        )  # fmt: skip
+
+    async def scale(self, wanted: dict[str, int]) -> dict[str, int]:
+        """Start or stop replicas until each service named has as many as ``wanted``
+        says (the newest go first); how many each service has then."""
+        fixed = [
+            name
+            for name, count in wanted.items()
+            if name not in self._scalable and count != len(self._names[name])
+        ]
+        if fixed:
+            raise StartupError(
+                f"{', '.join(fixed)} runs once: start points dev with --scale "
+                f"{fixed[0]}=2 to change its replicas while it runs"
+            )
+        async with self._changing:
+            for name, count in wanted.items():
+                children = self._names[name]
+                while len(children) < count:
+                    number = 1 + max(int(child.rsplit(".", 1)[1]) for child in children)
+                    await self._start(name, f"{name}.{number}")
+                    children.append(f"{name}.{number}")
+                    self._supervisor.announce("dev", f"{name}.{number} added")
+                while len(children) > count:
+                    child = children.pop()
+                    ended = await self._supervisor.remove(child, timeout=self._stop_timeout)
+                    self._supervisor.announce("dev", f"{child} removed ({ended.describe()})")
+        return {name: len(children) for name, children in self._names.items()}
+
+    async def answer(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        """One ``points scale`` request: a line ``scale <service>=<n>,…``, answered with a
+        line of JSON, ``{"replicas": {...}}`` or ``{"error": "..."}``."""
+        try:
+            request = (await reader.readline()).decode("utf-8", "replace").strip()
+            verb, _, spec = request.partition(" ")
+            if verb != "scale":
+                raise StartupError(f"unknown request {verb!r}")
+            answer: dict[str, object] = {"replicas": await self.scale(replicas_named(spec))}
+        except StartupError as error:
+            answer = {"error": str(error)}
+        writer.write(json.dumps(answer).encode() + b"\n")
+        await writer.drain()
+        writer.close()
+
+
+async def _close_server(server: asyncio.Server) -> None:
+    server.close()
+    await server.wait_closed()
 
 
 async def _ready_or_exit(

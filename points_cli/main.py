@@ -253,6 +253,13 @@ def build_parser() -> argparse.ArgumentParser:
     migrate = topics.add_parser("migrate", help="apply every service's database migrations")
     migrate.set_defaults(run=commands.migrate)
 
+    scale = topics.add_parser(
+        "scale", help="change how many replicas of a service the running points dev runs"
+    )
+    scale.add_argument("replicas", metavar="SERVICE=N,...", help="such as ledger=3,notifier=1")
+    scale.add_argument("--json", action="store_true", help="the replicas of every service")
+    scale.set_defaults(run=commands.scale)
+
     dev = topics.add_parser("dev", help="run the whole platform on one machine (make run)")
     dev.add_argument(
         "--reset",

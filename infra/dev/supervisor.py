@@ -61,7 +61,9 @@ class _Child:
     prefix: str
     log_path: Path | None
     restart: bool
-    """Started again whenever it exits, until the supervisor stops."""
+    """Started again whenever it exits, until the supervisor stops or removes it."""
+    removed: bool = False
+    """Stopped on purpose by :meth:`Supervisor.remove`: its exit is not a failure."""
     process: asyncio.subprocess.Process = field(init=False)
     log_file: LogFile | None = field(init=False, default=None)
     exited: asyncio.Task[ChildExit] = field(init=False)
@@ -87,10 +89,10 @@ class Supervisor:
         name_width: int = 8,
         log_dir: Path | None = None,
         view: TerminalView | None = None,
-        on_restart: Callable[[], object] | None = None,
+        on_change: Callable[[], object] | None = None,
     ) -> None:
-        """``on_restart`` is called each time a child is started again (its process id
-        changed)."""
+        """``on_change`` is called each time a child is started again, added or removed
+        once the stack runs (the process ids changed)."""
         self._output = output if output is not None else sys.stdout
         self._colour = self._output.isatty() if colour is None else colour
         self._name_width = name_width
@@ -100,8 +102,10 @@ class Supervisor:
         self._prefixes: dict[str, str] = {}
         self._children: dict[str, _Child] = {}
         self._summaries: asyncio.Task[None] | None = None
-        self._on_restart = on_restart
+        self._on_change = on_change
         self._stopping = False
+        self._membership = asyncio.Event()
+        """Set when a child is added or removed, so :meth:`wait_any` watches the new set."""
 
     @property
     def pids(self) -> dict[str, int]:
@@ -132,6 +136,7 @@ class Supervisor:
         await self._spawn(child)
         child.exited = asyncio.create_task(self._watch(child), name=f"supervise-{name}")
         self._children[name] = child
+        self._membership.set()
         if self._summaries is None:
             self._summaries = asyncio.create_task(self._show_summaries(), name="summaries")
 
@@ -151,12 +156,44 @@ class Supervisor:
         child.released = False
 
     async def wait_any(self) -> ChildExit:
-        """Wait until any child exits (returns at once if one already has)."""
+        """Wait until any child exits (returns at once if one already has); a child
+        stopped by :meth:`remove` does not count."""
         if not self._children:
             raise RuntimeError("no child was added")
-        watchers = [child.exited for child in self._children.values()]
-        done, _ = await asyncio.wait(watchers, return_when=asyncio.FIRST_COMPLETED)
-        return next(task.result() for task in watchers if task in done)
+        while True:
+            watchers = [child.exited for child in self._children.values() if not child.removed]
+            changed = asyncio.create_task(self._membership.wait())
+            try:
+                done, _ = await asyncio.wait(
+                    [*watchers, changed], return_when=asyncio.FIRST_COMPLETED
+                )
+            finally:
+                changed.cancel()
+            exits = [task.result() for task in watchers if task in done]
+            if exits:
+                return exits[0]
+            self._membership.clear()  # a child was added or removed: watch the new set
+
+    async def remove(self, name: str, timeout: float = 10.0) -> ChildExit:
+        """Stop child ``name`` (SIGTERM, then SIGKILL after ``timeout``) and forget it, as
+        an operator scales a service down; its exit ends no :meth:`wait_any`."""
+        child = self._children[name]
+        child.removed, child.restart = True, False
+        self._membership.set()
+        if not child.released:
+            signal_group(child.process.pid, signal.SIGTERM)
+        done, _ = await asyncio.wait([child.exited], timeout=timeout)
+        if not done and not child.released:
+            signal_group(child.process.pid, signal.SIGKILL)
+        ended = await child.exited
+        child.released = True
+        del self._children[name]
+        self._changed()
+        return ended
+
+    def _changed(self) -> None:
+        if self._on_change is not None:
+            self._on_change()
 
     # The timeout is a grace period before SIGKILL, not a cancellation.
     async def stop(self, timeout: float = 10.0) -> list[ChildExit]:
@@ -207,8 +244,7 @@ class Supervisor:
             if self._stopping:
                 return ChildExit(child.name, returncode)
             await self._spawn(child)
-            if self._on_restart is not None:
-                self._on_restart()
+            self._changed()
 
     async def _run(self, child: _Child) -> int:
         """Show the output of ``child``'s process until it exits; its exit status."""

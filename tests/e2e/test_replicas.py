@@ -143,6 +143,7 @@ class Offered:
     retried: Counter[str] = field(default_factory=Counter)
     """Why triggers were sent again (same requestId and body): no answer, or a 5xx code."""
     killed: list[str] = field(default_factory=list)
+    scaled: list[dict[str, int]] = field(default_factory=list)
 
 
 async def offer_triggers(
@@ -200,10 +201,24 @@ async def kill_replicas(platform: RunningPlatform, until: float, offered: Offere
     chaos = random.Random()
     while loop.time() + KILL_EVERY_SECONDS < until:
         await asyncio.sleep(KILL_EVERY_SECONDS)
-        child = chaos.choice(replicas_of(chaos.choice(sorted(SCALE))))
+        running = platform.pids
+        service = chaos.choice(sorted(SCALE))
+        child = chaos.choice(sorted(name for name in running if name.startswith(f"{service}.")))
         with contextlib.suppress(ProcessLookupError):  # already down, being restarted
-            os.killpg(platform.pids[child], signal.SIGKILL)
+            os.killpg(running[child], signal.SIGKILL)
             offered.killed.append(child)
+
+
+async def add_then_remove_replicas(
+    platform: RunningPlatform, until: float, offered: Offered
+) -> None:
+    """A third of the way in, a replica more of the ledger and the notifier, as an operator
+    scales up under load; two thirds of the way in, back down."""
+    loop = asyncio.get_running_loop()
+    third = (until - loop.time()) / 3
+    for scale in ("ledger=3,notifier=3", "ledger=2,notifier=2"):
+        await asyncio.sleep(third)
+        offered.scaled.append(await asyncio.to_thread(platform.points, "scale", scale))
 
 
 class TestChaos:
@@ -220,9 +235,11 @@ class TestChaos:
         await asyncio.gather(
             offer_triggers(gateway, developer, business.rule_id, receiver.url, until, offered),
             kill_replicas(platform, until, offered),
+            add_then_remove_replicas(platform, until, offered),
         )
 
         assert len(offered.killed) >= CHAOS_SECONDS // KILL_EVERY_SECONDS - 2, offered.killed
+        assert [(each["ledger"], each["notifier"]) for each in offered.scaled] == [(3, 3), (2, 2)]
         async with httpx.AsyncClient(timeout=10, headers=developer) as http:
             await eventually(
                 lambda: all_settled(http, gateway, offered), timeout=120,
@@ -252,7 +269,8 @@ class TestChaos:
         print(  # the figures of this run, for the record
             f"\nchaos: {len(offered.accepted)} triggers accepted, sent again after "
             f"{dict(offered.retried)}, "
-            f"{len(offered.killed)} replicas killed ({', '.join(offered.killed)}), "
+            f"{len(offered.killed)} replicas killed ({', '.join(offered.killed)}), a third "
+            "ledger and notifier added and removed, "
             f"{len(receiver.received)} callbacks for {len(called_back(receiver))} requests"
         )
 

@@ -355,7 +355,7 @@ class TestSupervisor:
     ) -> None:
         output = Output()
         restarts: list[int] = []
-        supervisor = Supervisor(output, log_dir=tmp_path, on_restart=lambda: restarts.append(1))
+        supervisor = Supervisor(output, log_dir=tmp_path, on_change=lambda: restarts.append(1))
         prints_its_pid = "import os, time; print('up', os.getpid(), flush=True); time.sleep(60)"
         await supervisor.add("ledger.1", python(prints_its_pid), {}, restart=True)
         await supervisor.add("ledger.2", python(prints_its_pid), {}, restart=True)
@@ -378,6 +378,28 @@ class TestSupervisor:
             ChildExit("ledger.2", -signal.SIGTERM),
         ]
         assert (tmp_path / "ledger.1.log").read_text().count("up ") == 2  # both lives filed
+
+    async def test_a_removed_replica_stops_without_stopping_the_rest(self) -> None:
+        output = Output()
+        supervisor = Supervisor(output)
+        sleeps = python("print('up', flush=True); import time; time.sleep(60)")
+        await supervisor.add("ledger.1", sleeps, {}, restart=True)
+        await supervisor.add("ledger.2", sleeps, {}, restart=True)
+        await supervisor.add("rules", sleeps, {})
+        await output.wait_for("ledger.1 | up", "ledger.2 | up", "rules    | up")
+        first_exit = asyncio.create_task(supervisor.wait_any())
+
+        removed = await supervisor.remove("ledger.2")
+        await supervisor.add("ledger.3", sleeps, {}, restart=True)
+        await output.wait_for("ledger.3 | up")
+        os.kill(supervisor.pids["rules"], signal.SIGTERM)
+        reported = await asyncio.wait_for(first_exit, 10)
+        exits = await supervisor.stop()
+
+        assert removed == ChildExit("ledger.2", -signal.SIGTERM)
+        assert reported == ChildExit("rules", -signal.SIGTERM)  # not the removal
+        assert [end.name for end in exits] == ["ledger.1", "rules", "ledger.3"]
+        assert "ledger.2" not in supervisor.pids
 
     async def test_stop_kills_a_child_that_ignores_sigterm(self) -> None:
         output = Output()
