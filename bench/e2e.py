@@ -154,6 +154,13 @@ class Seeded:
     rule_id: str
     tokens: list[str]
     console: dict[str, str]
+    clients: list[dict[str, str]] = field(default_factory=list)
+    """The clients as `points client create` printed them, to get fresh tokens with."""
+
+    def renew_tokens(self, platform: RunningPlatform) -> None:
+        """New tokens in place of the ones held, which expire (a run longer than a
+        token's lifetime would otherwise be refused from then on)."""
+        self.tokens[:] = [client_token(platform, client) for client in self.clients]
 
 
 def seed(platform: RunningPlatform, clients: int, per_second: int) -> Seeded:
@@ -183,7 +190,7 @@ def seed(platform: RunningPlatform, clients: int, per_second: int) -> Seeded:
         )  # fmt: skip
     rule_id, console = active_earn_rule(platform, [client["clientId"] for client in created])
     tokens = [client_token(platform, client) for client in created]
-    return Seeded(rule_id, tokens, console)
+    return Seeded(rule_id, tokens, console, created)
 
 
 # --- the load -------------------------------------------------------------------------

@@ -22,6 +22,7 @@ import argparse
 import asyncio
 import time
 import uuid
+from collections import Counter
 from dataclasses import dataclass, field
 
 import asyncpg
@@ -83,13 +84,28 @@ def summary(samples: Samples, horizon: float) -> None:
         )
 
 
+#: How often the load takes new client tokens: well inside a token's lifetime.
+TOKEN_RENEWAL_SECONDS = 60.0
+
+
 async def load(
-    gateway: LeanHttp, seeded: Seeded, receiver_url: str, rate: int, until: float
-) -> int:
-    """Offer ``rate`` triggers a second until ``until`` (monotonic); how many were sent."""
+    platform: RunningPlatform,
+    gateway: LeanHttp,
+    seeded: Seeded,
+    receiver_url: str,
+    rate: int,
+    until: float,
+) -> Counter[int]:
+    """Offer ``rate`` triggers a second until ``until`` (monotonic); how many were answered
+    with each status."""
     tasks: set[asyncio.Task[None]] = set()
+    answered: Counter[int] = Counter()
     start, number = time.perf_counter(), 0
+    renew_at = time.monotonic() + TOKEN_RENEWAL_SECONDS
     while time.monotonic() < until:
+        if time.monotonic() >= renew_at:
+            await asyncio.to_thread(seeded.renew_tokens, platform)
+            renew_at = time.monotonic() + TOKEN_RENEWAL_SECONDS
         delay = start + number / rate - time.perf_counter()
         if delay > 0:
             await asyncio.sleep(delay)
@@ -100,9 +116,10 @@ async def load(
         )
         tasks.add(task)
         task.add_done_callback(tasks.discard)
+        task.add_done_callback(lambda _, sent=item: answered.update([sent.status]))
         number += 1
     await asyncio.gather(*tasks)
-    return number
+    return answered
 
 
 async def run(platform: RunningPlatform, seeded: Seeded, options: argparse.Namespace) -> None:
@@ -114,7 +131,9 @@ async def run(platform: RunningPlatform, seeded: Seeded, options: argparse.Names
         await warm_up(gateway, seeded, receiver_url, log)
         began = time.monotonic()
         until = began + options.minutes * 60
-        sending = asyncio.create_task(load(gateway, seeded, receiver_url, options.rate, until))
+        sending = asyncio.create_task(
+            load(platform, gateway, seeded, receiver_url, options.rate, until)
+        )
         previous = None
         while not sending.done():
             elapsed = time.monotonic() - began
@@ -123,8 +142,13 @@ async def run(platform: RunningPlatform, seeded: Seeded, options: argparse.Names
             show(elapsed, measured, previous)
             previous = measured
             await asyncio.wait({sending}, timeout=options.sample_seconds)
-        sent = await sending
-        print(f"\nsent {sent:,} triggers in {options.minutes:g} min", flush=True)
+        answered = await sending
+        statuses = ", ".join(f"{count:,} {status}" for status, count in sorted(answered.items()))
+        print(
+            f"\nsent {answered.total():,} triggers in {options.minutes:g} min, answered: "
+            f"{statuses}",
+            flush=True,
+        )
         measured = await sizes(connection)
         samples.taken.append((time.monotonic() - began, measured))
         show(time.monotonic() - began, measured, previous)
