@@ -356,7 +356,7 @@ async def run_stack(*, reset: bool = False, scale: str | None = None) -> int:
         names = {name: replica_names(name, counts[name]) for name in SERVICES}
         supervisor = Supervisor(
             log_dir=state / "log",
-            name_width=max(len(child) for children in names.values() for child in children) + 1,
+            name_width=max(len(child) for children in names.values() for child in children),
             on_change=write_pids,
         )
         # Time for each service's clean stop (HTTP, consumers, relay: a grace each).
